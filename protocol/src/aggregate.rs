@@ -1,0 +1,153 @@
+//! Aggregation rules: how a round's deltas become one pseudo-gradient.
+//!
+//! Inputs are summed in a canonical order (sorted by sender key), so two nodes
+//! that merge the same set of deltas produce bit-identical results.
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::PublicKey;
+
+/// How a round's deltas are combined, named in the RunSpec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AggregationRule {
+    /// Mean of the deltas weighted by their sample counts.
+    WeightedMean,
+}
+
+/// One decoded delta as input to aggregation.
+#[derive(Clone, Debug)]
+pub struct Contribution {
+    pub sender: PublicKey,
+    pub samples: u64,
+    pub values: Vec<f32>,
+}
+
+/// Why a set of contributions could not be aggregated.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AggregateError {
+    #[error("no contributions to aggregate")]
+    Empty,
+    #[error("contribution from {sender} has {got} values, expected {expected}")]
+    Length {
+        sender: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("two contributions from the same sender {0}")]
+    DuplicateSender(String),
+}
+
+impl AggregationRule {
+    /// Aggregates contributions for a model of `params` parameters.
+    pub fn aggregate(
+        self,
+        inputs: &mut [Contribution],
+        params: usize,
+    ) -> Result<Vec<f32>, AggregateError> {
+        if inputs.is_empty() {
+            return Err(AggregateError::Empty);
+        }
+        inputs.sort_by(|a, b| a.sender.cmp(&b.sender));
+        for pair in inputs.windows(2) {
+            if pair[0].sender == pair[1].sender {
+                return Err(AggregateError::DuplicateSender(pair[0].sender.short()));
+            }
+        }
+        for c in inputs.iter() {
+            if c.values.len() != params {
+                return Err(AggregateError::Length {
+                    sender: c.sender.short(),
+                    got: c.values.len(),
+                    expected: params,
+                });
+            }
+        }
+        match self {
+            AggregationRule::WeightedMean => Ok(weighted_mean(inputs, params)),
+        }
+    }
+}
+
+/// Σ wᵢ·xᵢ with wᵢ = samplesᵢ / Σ samples, accumulated in input order.
+fn weighted_mean(inputs: &[Contribution], params: usize) -> Vec<f32> {
+    let total: f64 = inputs.iter().map(|c| c.samples as f64).sum();
+    let mut out = vec![0.0f32; params];
+    for c in inputs {
+        let w = (c.samples as f64 / total) as f32;
+        for (o, &x) in out.iter_mut().zip(&c.values) {
+            *o += w * x;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn c(id: u8, samples: u64, values: Vec<f32>) -> Contribution {
+        Contribution {
+            sender: PublicKey([id; 32]),
+            samples,
+            values,
+        }
+    }
+
+    #[test]
+    fn weights_by_samples() {
+        let mut inputs = vec![c(1, 1, vec![0.0, 4.0]), c(2, 3, vec![4.0, 0.0])];
+        let out = AggregationRule::WeightedMean
+            .aggregate(&mut inputs, 2)
+            .unwrap();
+        assert_eq!(out, vec![3.0, 1.0]);
+    }
+
+    #[test]
+    fn refuses_duplicates_and_wrong_lengths() {
+        let mut dup = vec![c(1, 1, vec![0.0]), c(1, 1, vec![1.0])];
+        assert!(matches!(
+            AggregationRule::WeightedMean.aggregate(&mut dup, 1),
+            Err(AggregateError::DuplicateSender(_))
+        ));
+        let mut short = vec![c(1, 1, vec![0.0])];
+        assert!(matches!(
+            AggregationRule::WeightedMean.aggregate(&mut short, 2),
+            Err(AggregateError::Length { .. })
+        ));
+        assert_eq!(
+            AggregationRule::WeightedMean.aggregate(&mut [], 2),
+            Err(AggregateError::Empty)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn result_does_not_depend_on_arrival_order(
+            rows in prop::collection::vec((1u64..1000, prop::collection::vec(-100f32..100.0, 8)), 1..8),
+            seed in any::<u64>(),
+        ) {
+            let mut a: Vec<_> = rows.iter().enumerate().map(|(i, (s, v))| c(i as u8, *s, v.clone())).collect();
+            let mut b = a.clone();
+            // A deterministic shuffle of the second copy.
+            let n = b.len();
+            for i in (1..n).rev() {
+                let j = (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64) % (i as u64 + 1)) as usize;
+                b.swap(i, j);
+            }
+            let x = AggregationRule::WeightedMean.aggregate(&mut a, 8).unwrap();
+            let y = AggregationRule::WeightedMean.aggregate(&mut b, 8).unwrap();
+            prop_assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn the_mean_lies_within_the_inputs(rows in prop::collection::vec((1u64..1000, -100f32..100.0), 1..8)) {
+            let mut inputs: Vec<_> = rows.iter().enumerate().map(|(i, (s, v))| c(i as u8, *s, vec![*v])).collect();
+            let lo = rows.iter().map(|r| r.1).fold(f32::INFINITY, f32::min);
+            let hi = rows.iter().map(|r| r.1).fold(f32::NEG_INFINITY, f32::max);
+            let out = AggregationRule::WeightedMean.aggregate(&mut inputs, 1).unwrap()[0];
+            prop_assert!(out >= lo - 1e-3 && out <= hi + 1e-3, "{out} not in [{lo}, {hi}]");
+        }
+    }
+}

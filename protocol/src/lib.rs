@@ -1,0 +1,29 @@
+//! Starling's protocol core: pure, sans-IO, deterministic.
+//!
+//! Everything two nodes must agree on lives here: the [`RunSpec`] that defines a
+//! swarm, the [`SignedDelta`] that carries one node's contribution to a round,
+//! the payload [`Codec`]s, the [`AggregationRule`]s and [`OuterOptimizer`] that
+//! turn a round's deltas into the next parameters, and [`RoundState`], the
+//! round state machine. Nothing in this crate touches a socket, a file or a
+//! clock: time arrives as a millisecond timestamp on each event, so the same
+//! code runs in a real node and in the simulator.
+
+pub mod aggregate;
+pub mod codec;
+pub mod delta;
+pub mod keys;
+pub mod outer;
+pub mod round;
+pub mod snapshot;
+pub mod spec;
+pub mod wire;
+
+pub use aggregate::{AggregateError, AggregationRule, Contribution};
+pub use codec::{Codec, CodecError};
+pub use delta::{DeltaHeader, DeltaId, Refusal, SignedDelta};
+pub use keys::PublicKey;
+pub use outer::OuterOptimizer;
+pub use round::{Action, Admission, Event, RoundConfig, RoundState};
+pub use snapshot::ModelState;
+pub use spec::{RunId, RunSpec, SpecError};
+pub use wire::WireError;

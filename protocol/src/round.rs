@@ -1,0 +1,457 @@
+//! `RoundState`: the round state machine, sans-IO.
+//!
+//! A node feeds it timestamped [`Event`]s (its own delta is ready, a validated
+//! peer delta arrived, a peer joined or left, time passed, state was synced)
+//! and carries out the [`Action`]s it returns (publish, merge, request state).
+//! It collects the current round's deltas until a quorum of recently active
+//! nodes has contributed or the deadline passes, buffers deltas for future
+//! rounds, drops stale ones and ignores duplicates. Deltas it hands out for a
+//! merge are sorted by sender key, the canonical merge order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::delta::{DeltaHeader, SignedDelta};
+use crate::keys::PublicKey;
+use crate::spec::RoundSpec;
+
+/// Tunables of the state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundConfig {
+    /// Fraction of active nodes (self included) whose deltas close a round early.
+    pub quorum: f64,
+    /// How long to wait for peers after publishing our own delta.
+    pub deadline_ms: u64,
+    /// How many distinct future rounds are buffered at most.
+    pub buffered_rounds: usize,
+    /// Most deltas kept for one round (bounds memory against floods of keys).
+    pub max_deltas_per_round: usize,
+    /// A node whose delta arrived within this many rounds counts as active.
+    pub activity_rounds: u64,
+    /// A peer this many rounds ahead means we are behind and should sync.
+    pub sync_lag_rounds: u64,
+    /// Least time between two state requests.
+    pub sync_retry_ms: u64,
+}
+
+impl RoundConfig {
+    /// The config a RunSpec's round section implies.
+    pub fn from_spec(spec: &RoundSpec) -> Self {
+        Self {
+            quorum: spec.quorum,
+            deadline_ms: spec.deadline_ms,
+            buffered_rounds: 8,
+            max_deltas_per_round: 4096,
+            activity_rounds: 2,
+            sync_lag_rounds: 2,
+            sync_retry_ms: 5_000,
+        }
+    }
+}
+
+/// Something that happened, as seen by the node.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Our own delta for the current round is trained, encoded and signed.
+    LocalDelta(SignedDelta),
+    /// A peer's delta that passed [`SignedDelta::validate`] and [`RoundState::admit`].
+    PeerDelta(SignedDelta),
+    /// A peer of this run connected (it is now expected to contribute).
+    PeerConnected(PublicKey),
+    /// A peer of this run went away.
+    PeerDisconnected(PublicKey),
+    /// Time passed; deadlines are checked.
+    Tick,
+    /// The node installed a peer's state for the start of `round`.
+    Synced { round: u64 },
+}
+
+/// Why a round closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Quorum,
+    Deadline,
+}
+
+/// Something the node must do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Gossip our delta.
+    Publish(SignedDelta),
+    /// Merge these deltas (sorted by sender) into the state of `round`, giving the
+    /// state of `round + 1`. The state machine has already moved on.
+    Merge {
+        round: u64,
+        deltas: Vec<SignedDelta>,
+        reason: CloseReason,
+    },
+    /// We are behind: fetch the current state from `peer`, which reached `round`.
+    RequestState { peer: PublicKey, round: u64 },
+}
+
+/// What to do with a peer's delta that passed validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Keep it and forward it.
+    Accept,
+    /// Already have this exact delta; ignore it.
+    Duplicate,
+    /// For a round that is already merged; ignore it.
+    Stale,
+    /// The sender signed a different delta for the same round.
+    Equivocation,
+    /// No room for it (too many deltas or rounds buffered); ignore it.
+    Full,
+}
+
+/// The round state machine of one node.
+#[derive(Debug)]
+pub struct RoundState {
+    me: PublicKey,
+    config: RoundConfig,
+    round: u64,
+    published_at: Option<u64>,
+    /// Deltas of the current and future rounds, keyed by round, then sender.
+    rounds: BTreeMap<u64, BTreeMap<PublicKey, SignedDelta>>,
+    connected: BTreeSet<PublicKey>,
+    /// The last round each peer contributed to.
+    last_active: HashMap<PublicKey, u64>,
+    last_sync_request: Option<u64>,
+}
+
+impl RoundState {
+    /// A node `me` starting (or resuming) at `round`.
+    pub fn new(me: PublicKey, config: RoundConfig, round: u64) -> Self {
+        Self {
+            me,
+            config,
+            round,
+            published_at: None,
+            rounds: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            last_active: HashMap::new(),
+            last_sync_request: None,
+        }
+    }
+
+    /// The round being collected.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Whether our own delta for the current round has been submitted.
+    pub fn has_local(&self) -> bool {
+        self.published_at.is_some()
+    }
+
+    /// Deltas collected so far for the current round, our own included.
+    pub fn collected(&self) -> usize {
+        self.rounds.get(&self.round).map_or(0, |m| m.len())
+    }
+
+    /// Nodes expected to contribute to the current round: ourselves, connected
+    /// peers of the run, and peers that contributed recently.
+    pub fn active(&self) -> BTreeSet<PublicKey> {
+        let mut set: BTreeSet<PublicKey> = self.connected.clone();
+        set.insert(self.me);
+        let horizon = self.round.saturating_sub(self.config.activity_rounds);
+        set.extend(
+            self.last_active
+                .iter()
+                .filter(|(_, &r)| r >= horizon)
+                .map(|(k, _)| *k),
+        );
+        set
+    }
+
+    /// How many deltas close the current round before its deadline.
+    pub fn quorum_target(&self) -> usize {
+        let active = self.active().len() as f64;
+        ((self.config.quorum * active).ceil() as usize).max(1)
+    }
+
+    /// Whether a validated peer delta is wanted. Pure: changes nothing.
+    pub fn admit(&self, header: &DeltaHeader) -> Admission {
+        if header.round < self.round {
+            return Admission::Stale;
+        }
+        if let Some(existing) = self
+            .rounds
+            .get(&header.round)
+            .and_then(|m| m.get(&header.sender))
+        {
+            return if existing.header == *header {
+                Admission::Duplicate
+            } else {
+                Admission::Equivocation
+            };
+        }
+        if header.sender == self.me {
+            // Someone replays a delta with our key that we did not make.
+            return Admission::Equivocation;
+        }
+        match self.rounds.get(&header.round) {
+            Some(m) if m.len() >= self.config.max_deltas_per_round => Admission::Full,
+            Some(_) => Admission::Accept,
+            None if self.future_rounds() < self.config.buffered_rounds => Admission::Accept,
+            // Full of future rounds: keep the newest, which tell a lagging node most.
+            None => match self.lowest_future_round() {
+                Some(lowest) if header.round > lowest => Admission::Accept,
+                _ => Admission::Full,
+            },
+        }
+    }
+
+    /// Advances the state machine by one event at time `now_ms`.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::LocalDelta(delta) => {
+                if delta.header.round != self.round || self.published_at.is_some() {
+                    // Trained for a round we have since left (e.g. after a sync).
+                    return actions;
+                }
+                self.rounds
+                    .entry(self.round)
+                    .or_default()
+                    .insert(self.me, delta.clone());
+                self.published_at = Some(now_ms);
+                actions.push(Action::Publish(delta));
+            }
+            Event::PeerDelta(delta) => {
+                if self.admit(&delta.header) != Admission::Accept {
+                    return actions;
+                }
+                let (round, sender) = (delta.header.round, delta.header.sender);
+                if !self.rounds.contains_key(&round)
+                    && self.future_rounds() >= self.config.buffered_rounds
+                {
+                    if let Some(lowest) = self.lowest_future_round() {
+                        self.rounds.remove(&lowest);
+                    }
+                }
+                self.rounds.entry(round).or_default().insert(sender, delta);
+                let seen = self.last_active.entry(sender).or_insert(round);
+                *seen = (*seen).max(round);
+                if round >= self.round + self.config.sync_lag_rounds && self.sync_allowed(now_ms) {
+                    self.last_sync_request = Some(now_ms);
+                    actions.push(Action::RequestState {
+                        peer: sender,
+                        round,
+                    });
+                }
+            }
+            Event::PeerConnected(peer) => {
+                if peer != self.me {
+                    self.connected.insert(peer);
+                }
+            }
+            Event::PeerDisconnected(peer) => {
+                self.connected.remove(&peer);
+                self.last_active.remove(&peer);
+            }
+            Event::Tick => {}
+            Event::Synced { round } => {
+                if round > self.round {
+                    self.jump_to(round);
+                }
+                return actions;
+            }
+        }
+        self.maybe_close(now_ms, &mut actions);
+        actions
+    }
+
+    fn sync_allowed(&self, now_ms: u64) -> bool {
+        self.last_sync_request
+            .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.sync_retry_ms)
+    }
+
+    fn future_rounds(&self) -> usize {
+        self.rounds.range(self.round + 1..).count()
+    }
+
+    fn lowest_future_round(&self) -> Option<u64> {
+        self.rounds.range(self.round + 1..).next().map(|(r, _)| *r)
+    }
+
+    fn jump_to(&mut self, round: u64) {
+        self.round = round;
+        self.published_at = None;
+        self.rounds = self.rounds.split_off(&round);
+        self.prune_activity();
+    }
+
+    fn prune_activity(&mut self) {
+        let horizon = self.round.saturating_sub(self.config.activity_rounds);
+        self.last_active.retain(|_, r| *r >= horizon);
+    }
+
+    fn maybe_close(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        let Some(published_at) = self.published_at else {
+            return;
+        };
+        let reason = if self.collected() >= self.quorum_target() {
+            CloseReason::Quorum
+        } else if now_ms >= published_at.saturating_add(self.config.deadline_ms) {
+            CloseReason::Deadline
+        } else {
+            return;
+        };
+        let round = self.round;
+        let deltas = self
+            .rounds
+            .remove(&round)
+            .unwrap_or_default()
+            .into_values()
+            .collect();
+        self.round += 1;
+        self.published_at = None;
+        self.prune_activity();
+        actions.push(Action::Merge {
+            round,
+            deltas,
+            reason,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Codec, RunId};
+    use ed25519_dalek::SigningKey;
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i; 32])
+    }
+
+    fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
+        SignedDelta::sign(
+            &key(i),
+            RunId([0; 32]),
+            round,
+            10,
+            Codec::Dense,
+            Codec::Dense.encode(&[value]),
+        )
+    }
+
+    fn config() -> RoundConfig {
+        RoundConfig::from_spec(&RoundSpec {
+            deadline_ms: 1_000,
+            quorum: 1.0,
+        })
+    }
+
+    fn state() -> RoundState {
+        let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+        s.handle(0, Event::PeerConnected(PublicKey::of(&key(2))));
+        s.handle(0, Event::PeerConnected(PublicKey::of(&key(3))));
+        s
+    }
+
+    fn merged(actions: &[Action]) -> Option<(u64, Vec<PublicKey>, CloseReason)> {
+        actions.iter().find_map(|a| match a {
+            Action::Merge {
+                round,
+                deltas,
+                reason,
+            } => Some((
+                *round,
+                deltas.iter().map(|d| d.header.sender).collect(),
+                *reason,
+            )),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn publishes_then_merges_at_quorum_in_sender_order() {
+        let mut s = state();
+        let a = s.handle(5, Event::LocalDelta(delta(1, 0, 1.0)));
+        assert!(matches!(a[0], Action::Publish(_)));
+        assert!(merged(&a).is_none());
+        assert!(merged(&s.handle(6, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
+        let (round, senders, reason) =
+            merged(&s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+        assert_eq!((round, reason), (0, CloseReason::Quorum));
+        let mut sorted = senders.clone();
+        sorted.sort();
+        assert_eq!(senders, sorted);
+        assert_eq!(s.round(), 1);
+    }
+
+    #[test]
+    fn merges_what_it_has_at_the_deadline() {
+        let mut s = state();
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(10, Event::PeerDelta(delta(2, 0, 2.0)));
+        assert!(merged(&s.handle(999, Event::Tick)).is_none());
+        let (_, senders, reason) = merged(&s.handle(1_000, Event::Tick)).unwrap();
+        assert_eq!(reason, CloseReason::Deadline);
+        assert_eq!(senders.len(), 2);
+    }
+
+    #[test]
+    fn a_departed_peer_no_longer_holds_the_round() {
+        let mut s = state();
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+        let a = s.handle(2, Event::PeerDisconnected(PublicKey::of(&key(3))));
+        assert_eq!(merged(&a).unwrap().2, CloseReason::Quorum);
+    }
+
+    #[test]
+    fn buffers_future_rounds_and_drops_stale_and_duplicates() {
+        let mut s = state();
+        s.handle(0, Event::PeerDelta(delta(2, 1, 2.0)));
+        assert_eq!(s.admit(&delta(2, 1, 2.0).header), Admission::Duplicate);
+        assert_eq!(s.admit(&delta(2, 1, 9.0).header), Admission::Equivocation);
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+        s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)));
+        assert_eq!(s.round(), 1);
+        assert_eq!(
+            s.collected(),
+            1,
+            "the buffered round-1 delta is now current"
+        );
+        assert_eq!(s.admit(&delta(3, 0, 3.0).header), Admission::Stale);
+    }
+
+    #[test]
+    fn a_peer_far_ahead_triggers_one_state_request_and_sync_jumps() {
+        let mut s = state();
+        let a = s.handle(0, Event::PeerDelta(delta(2, 7, 2.0)));
+        assert!(matches!(a[0], Action::RequestState { round: 7, .. }));
+        let again = s.handle(1, Event::PeerDelta(delta(3, 7, 3.0)));
+        assert!(again.is_empty(), "requests are rate limited");
+        s.handle(2, Event::Synced { round: 7 });
+        assert_eq!(s.round(), 7);
+        assert_eq!(
+            s.collected(),
+            2,
+            "deltas buffered for the synced round are kept"
+        );
+        let a = s.handle(3, Event::LocalDelta(delta(1, 7, 1.0)));
+        assert_eq!(merged(&a).unwrap().0, 7);
+    }
+
+    #[test]
+    fn a_stale_local_delta_after_sync_is_ignored() {
+        let mut s = state();
+        s.handle(0, Event::Synced { round: 3 });
+        assert!(s.handle(1, Event::LocalDelta(delta(1, 0, 1.0))).is_empty());
+    }
+
+    #[test]
+    fn future_buffer_is_bounded_and_keeps_the_newest() {
+        let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+        for r in 1..=20 {
+            s.handle(0, Event::PeerDelta(delta(2, r, 0.0)));
+        }
+        assert!(s.future_rounds() <= s.config.buffered_rounds);
+        assert_eq!(s.admit(&delta(3, 20, 0.0).header), Admission::Accept);
+        assert_eq!(s.admit(&delta(3, 1, 0.0).header), Admission::Full);
+    }
+}

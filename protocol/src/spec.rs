@@ -1,0 +1,296 @@
+//! `RunSpec`, the genesis of a swarm: everything nodes must agree on before
+//! they can train together. Stored as TOML; its hash is the run id.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::AggregationRule;
+use crate::codec::Codec;
+
+/// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
+/// so different runs never mix.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RunId(pub [u8; 32]);
+
+impl RunId {
+    /// A short hex prefix, enough to name topics and logs.
+    pub fn short(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunId({})", self.short())
+    }
+}
+
+/// Why a spec could not be read or is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("run spec is not valid TOML for a Starling spec: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("run spec field `{field}` is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The genesis of a swarm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// A human name for the run; part of the hash, so two runs can differ by name alone.
+    pub name: String,
+    /// Seeds the initial weights and the built-in data.
+    pub seed: u64,
+    pub model: ModelSpec,
+    pub dataset: DatasetSpec,
+    pub inner: InnerSpec,
+    pub outer: OuterSpec,
+    pub round: RoundSpec,
+    /// How deltas are encoded on the wire.
+    pub codec: Codec,
+    /// How a round's deltas are combined.
+    pub aggregation: AggregationRule,
+}
+
+/// The model every node trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Layer widths of an MLP with ReLU between layers: input, hidden..., classes.
+    pub layers: Vec<usize>,
+}
+
+/// The data each node trains on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// `synthetic`: the built-in seeded classification task.
+    pub kind: DatasetKind,
+    /// Training samples in each node's own shard.
+    pub samples_per_node: usize,
+    /// Held-out evaluation samples, the same for every node.
+    pub eval_samples: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    Synthetic,
+}
+
+/// The inner (local) optimizer: AdamW for `steps` steps per round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InnerSpec {
+    /// H, the local steps between two merges.
+    pub steps: u32,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// The outer optimizer: SGD with (Nesterov) momentum on the averaged pseudo-gradient.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OuterSpec {
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+}
+
+/// Round timing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundSpec {
+    /// How long a node waits for peers' deltas after publishing its own.
+    pub deadline_ms: u64,
+    /// Fraction of recently active nodes (self included) whose deltas close a round early.
+    pub quorum: f64,
+}
+
+impl RunSpec {
+    /// The default public run on the built-in task.
+    pub fn builtin() -> Self {
+        Self {
+            name: "starling-builtin".into(),
+            seed: 7,
+            model: ModelSpec {
+                layers: vec![32, 128, 128, 10],
+            },
+            dataset: DatasetSpec {
+                kind: DatasetKind::Synthetic,
+                samples_per_node: 4096,
+                eval_samples: 4096,
+            },
+            inner: InnerSpec {
+                steps: 50,
+                batch_size: 64,
+                lr: 2e-3,
+                weight_decay: 0.0,
+            },
+            outer: OuterSpec {
+                lr: 0.7,
+                momentum: 0.9,
+                nesterov: true,
+            },
+            round: RoundSpec {
+                deadline_ms: 30_000,
+                quorum: 1.0,
+            },
+            codec: Codec::Dense,
+            aggregation: AggregationRule::WeightedMean,
+        }
+    }
+
+    /// Parses and validates a spec from TOML.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: Self = toml::from_str(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The spec as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RunSpec always serializes to TOML")
+    }
+
+    /// The run id: a domain-separated BLAKE3 hash of the spec's canonical bincode
+    /// encoding (not of its TOML, whose formatting is free).
+    pub fn run_id(&self) -> RunId {
+        let mut h = blake3::Hasher::new_derive_key("starling 2026-11 run spec v1");
+        h.update(&crate::wire::encode(self));
+        RunId(*h.finalize().as_bytes())
+    }
+
+    /// Number of parameters of the model (weights and biases of every layer).
+    pub fn param_count(&self) -> usize {
+        self.model
+            .layers
+            .windows(2)
+            .map(|w| w[0] * w[1] + w[1])
+            .sum()
+    }
+
+    /// The largest encoded delta a node accepts in this run, with room for the header.
+    pub fn max_delta_bytes(&self) -> usize {
+        self.codec.max_payload_len(self.param_count()) + 1024
+    }
+
+    /// The largest encoded model state, with room for the header.
+    pub fn max_state_bytes(&self) -> usize {
+        self.param_count() * 8 + 1024
+    }
+
+    /// Checks every field; the error names the field to fix.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), SpecError> {
+            Err(SpecError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        }
+        let layers = &self.model.layers;
+        if layers.len() < 2 {
+            return bad(
+                "model.layers",
+                "needs at least an input and an output width",
+            );
+        }
+        if layers.iter().any(|&w| w == 0 || w > 65_536) {
+            return bad("model.layers", "every width must be between 1 and 65536");
+        }
+        if *layers.last().unwrap() < 2 {
+            return bad("model.layers", "the output layer needs at least 2 classes");
+        }
+        if self.param_count() > 100_000_000 {
+            return bad(
+                "model.layers",
+                "models over 100M parameters are not supported",
+            );
+        }
+        if self.dataset.samples_per_node == 0 {
+            return bad("dataset.samples_per_node", "must be at least 1");
+        }
+        if self.dataset.eval_samples == 0 {
+            return bad("dataset.eval_samples", "must be at least 1");
+        }
+        if self.inner.steps == 0 {
+            return bad("inner.steps", "must be at least 1");
+        }
+        if self.inner.batch_size == 0 {
+            return bad("inner.batch_size", "must be at least 1");
+        }
+        if !(self.inner.lr.is_finite() && self.inner.lr > 0.0) {
+            return bad("inner.lr", "must be a positive number");
+        }
+        if !(self.inner.weight_decay.is_finite() && self.inner.weight_decay >= 0.0) {
+            return bad("inner.weight_decay", "must be zero or positive");
+        }
+        if !(self.outer.lr.is_finite() && self.outer.lr > 0.0) {
+            return bad("outer.lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.outer.momentum) {
+            return bad("outer.momentum", "must be in [0, 1)");
+        }
+        if self.round.deadline_ms == 0 {
+            return bad("round.deadline_ms", "must be at least 1");
+        }
+        if !(self.round.quorum > 0.0 && self.round.quorum <= 1.0) {
+            return bad("round.quorum", "must be in (0, 1]");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_spec_round_trips_through_toml_with_the_same_id() {
+        let spec = RunSpec::builtin();
+        let back = RunSpec::from_toml(&spec.to_toml()).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(back.run_id(), spec.run_id());
+    }
+
+    #[test]
+    fn any_change_changes_the_run_id() {
+        let a = RunSpec::builtin();
+        let mut b = a.clone();
+        b.seed += 1;
+        assert_ne!(a.run_id(), b.run_id());
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut spec = RunSpec::builtin();
+        spec.round.quorum = 0.0;
+        let err = RunSpec::from_toml(&spec.to_toml()).unwrap_err().to_string();
+        assert!(err.contains("round.quorum"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = RunSpec::builtin().to_toml() + "\nsurprise = 1\n";
+        assert!(RunSpec::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn param_count_matches_the_mlp() {
+        let mut spec = RunSpec::builtin();
+        spec.model.layers = vec![2, 3, 4];
+        assert_eq!(spec.param_count(), 2 * 3 + 3 + 3 * 4 + 4);
+    }
+}

@@ -1,0 +1,201 @@
+//! The one place where Starling encodes and decodes bytes with bincode.
+//!
+//! Every decode takes the caller's byte limit and refuses longer input before
+//! bincode sees it, and decodes by borrowing from the input: byte fields are
+//! `&[u8]` slices checked against the bytes actually present, so a length
+//! prefix inside hostile input can never make the decoder allocate. Decoding
+//! untrusted bytes returns an error, never panics, and never leaves trailing
+//! bytes unread.
+
+use serde::{Deserialize, Serialize};
+
+use crate::delta::{DeltaHeader, SignedDelta};
+use crate::snapshot::ModelState;
+
+/// The largest message any Starling decoder accepts, whatever the caller's limit.
+pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_MESSAGE_BYTES>,
+>;
+
+const CONFIG: Config = bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>();
+
+/// Why bytes could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("message is {len} bytes, over the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("message has {0} trailing bytes after its end")]
+    TrailingBytes(usize),
+}
+
+/// Encodes a value. Encoding our own types cannot fail except by running out of
+/// memory, so this panics only on a bug (a type serde cannot express in bincode).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, CONFIG).expect("starling types always encode")
+}
+
+/// Decodes a value from untrusted bytes of at most `limit` bytes. Types with byte
+/// fields should borrow them (`&'a [u8]`) so that decoding never allocates.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, WireError> {
+    let limit = limit.min(MAX_MESSAGE_BYTES);
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, CONFIG)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if read != bytes.len() {
+        return Err(WireError::TrailingBytes(bytes.len() - read));
+    }
+    Ok(value)
+}
+
+/// A [`SignedDelta`] as it travels: the payload and signature borrow the input.
+#[derive(Serialize, Deserialize)]
+struct SignedDeltaWire<'a> {
+    header: DeltaHeader,
+    #[serde(borrow, with = "serde_bytes")]
+    payload: &'a [u8],
+    #[serde(borrow, with = "serde_bytes")]
+    signature: &'a [u8],
+}
+
+/// Encodes a signed delta for the wire or the delta log.
+pub fn encode_delta(delta: &SignedDelta) -> Vec<u8> {
+    encode(&SignedDeltaWire {
+        header: delta.header.clone(),
+        payload: &delta.payload,
+        signature: &delta.signature,
+    })
+}
+
+/// Decodes a signed delta of at most `limit` bytes. This checks the shape only;
+/// [`SignedDelta::verify`] checks what it claims.
+pub fn decode_delta(bytes: &[u8], limit: usize) -> Result<SignedDelta, WireError> {
+    let wire: SignedDeltaWire = decode(bytes, limit)?;
+    let signature: [u8; 64] = wire.signature.try_into().map_err(|_| {
+        WireError::Malformed(format!(
+            "signature is {} bytes, not 64",
+            wire.signature.len()
+        ))
+    })?;
+    Ok(SignedDelta {
+        header: wire.header,
+        payload: wire.payload.to_vec(),
+        signature,
+    })
+}
+
+/// The bytes a delta header's digest is computed over.
+pub fn encode_header(header: &DeltaHeader) -> Vec<u8> {
+    encode(header)
+}
+
+/// A [`ModelState`] as it travels and is stored: vectors as little-endian bytes.
+#[derive(Serialize, Deserialize)]
+struct ModelStateWire<'a> {
+    round: u64,
+    #[serde(borrow, with = "serde_bytes")]
+    params: &'a [u8],
+    #[serde(borrow, with = "serde_bytes")]
+    momentum: &'a [u8],
+}
+
+/// Encodes a model state (parameters, outer momentum and round).
+pub fn encode_state(state: &ModelState) -> Vec<u8> {
+    let params = f32s_to_le_bytes(&state.params);
+    let momentum = f32s_to_le_bytes(&state.momentum);
+    encode(&ModelStateWire {
+        round: state.round,
+        params: &params,
+        momentum: &momentum,
+    })
+}
+
+/// Decodes a model state of at most `limit` bytes that must hold exactly
+/// `param_count` parameters and as many momentum values.
+pub fn decode_state(
+    bytes: &[u8],
+    limit: usize,
+    param_count: usize,
+) -> Result<ModelState, WireError> {
+    let wire: ModelStateWire = decode(bytes, limit)?;
+    let expected = param_count * 4;
+    if wire.params.len() != expected || wire.momentum.len() != expected {
+        return Err(WireError::Malformed(format!(
+            "state holds {} parameter bytes and {} momentum bytes, expected {expected} each",
+            wire.params.len(),
+            wire.momentum.len()
+        )));
+    }
+    Ok(ModelState {
+        round: wire.round,
+        params: le_bytes_to_f32s(wire.params),
+        momentum: le_bytes_to_f32s(wire.momentum),
+    })
+}
+
+/// Little-endian bytes of an `f32` slice.
+pub fn f32s_to_le_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// `f32`s from little-endian bytes; the length must be a multiple of 4 (callers check).
+pub fn le_bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_checks_its_length() {
+        let state = ModelState {
+            round: 3,
+            params: vec![1.0, -2.5],
+            momentum: vec![0.0, 0.5],
+        };
+        let bytes = encode_state(&state);
+        assert_eq!(decode_state(&bytes, 1 << 20, 2).unwrap(), state);
+        assert!(decode_state(&bytes, 1 << 20, 3).is_err());
+    }
+
+    #[test]
+    fn refuses_input_over_the_callers_limit() {
+        let bytes = encode(&vec![1u8; 100]);
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes, 10),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_trailing_bytes() {
+        let mut bytes = encode(&7u32);
+        bytes.push(0);
+        assert_eq!(decode::<u32>(&bytes, 100), Err(WireError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_an_error_not_an_allocation() {
+        // Varint prefix claiming u64::MAX elements.
+        let bytes = [0xFFu8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(decode::<&serde_bytes::Bytes>(&bytes, 100).is_err());
+    }
+}
