@@ -1,1 +1,34 @@
-fn main() {}
+//! The `starling` binary: parses the command line, sets up logging, runs.
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use starling_node::cli::{execute, Cli};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.command {
+        starling_node::cli::Command::Swarm(_) => "warn",
+        _ => "info",
+    };
+    let filter = cli
+        .log
+        .log
+        .clone()
+        .map(EnvFilter::new)
+        .unwrap_or_else(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match execute(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

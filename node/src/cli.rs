@@ -1,0 +1,252 @@
+//! The `starling` command line: one clap-derive struct per concern, resolved
+//! into node options. Errors name the flag or file that fixes them.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+use starling_protocol::RunSpec;
+use tokio::sync::watch;
+
+use crate::{
+    local_swarm::{human_bytes, run_swarm, SwarmOptions},
+    net::NetOptions,
+    node::{run_node, NodeOptions},
+};
+
+/// Starling: train one model together across machines, with no coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "starling", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node of a swarm.
+    Run(RunArgs),
+    /// Run a local swarm of N nodes in one process over loopback and report how it trained.
+    Swarm(SwarmArgs),
+    /// Create and inspect run specs.
+    #[command(subcommand)]
+    Spec(SpecCommand),
+}
+
+/// Logging.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log filter (overrides RUST_LOG), e.g. `info` or `starling_node=debug`.
+    #[arg(long, global = true, env = "STARLING_LOG")]
+    pub log: Option<String>,
+}
+
+/// `starling run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory for this node's identity, spec and checkpoints.
+    #[arg(long, env = "STARLING_DATADIR")]
+    pub datadir: PathBuf,
+    /// The run spec (TOML) of the swarm to join. Defaults to the spec stored in --datadir.
+    #[arg(long, env = "STARLING_SPEC")]
+    pub spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Stop after the swarm reaches this round.
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Evaluate on the held-out split after every round (logged).
+    #[arg(long)]
+    pub evaluate: bool,
+}
+
+/// Networking.
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// Addresses to listen on.
+    #[arg(long, value_delimiter = ',', default_values_t = default_listen())]
+    pub listen: Vec<Multiaddr>,
+    /// Peers to connect to first, e.g. /ip4/1.2.3.4/tcp/9000/p2p/12D3Koo...
+    #[arg(long, value_delimiter = ',', env = "STARLING_BOOTNODES")]
+    pub bootnodes: Vec<Multiaddr>,
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Wait for this many peers of the run before the first round.
+    #[arg(long, default_value_t = 0)]
+    pub wait_peers: usize,
+    /// Give up waiting for --wait-peers after this many seconds and train with whoever is there.
+    #[arg(long, default_value_t = 60)]
+    pub wait_timeout: u64,
+}
+
+fn default_listen() -> Vec<Multiaddr> {
+    vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid"), "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid")]
+}
+
+/// `starling swarm`.
+#[derive(Debug, Args)]
+pub struct SwarmArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Rounds to train.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u64,
+    /// Print exactly one JSON object with the run's figures on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Run spec (TOML); the built-in task by default.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Keep node datadirs here instead of a temporary directory.
+    #[arg(long)]
+    pub datadir: Option<PathBuf>,
+    /// Seeds the node identities (and so their data shards).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Write the built-in spec as TOML, to start a new swarm.
+    New {
+        /// Where to write it; stdout when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the run id of a spec.
+    Hash {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
+
+/// Reads and validates a spec file; the error names the file.
+pub fn load_spec(path: &PathBuf) -> Result<RunSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the spec file {}", path.display()))?;
+    RunSpec::from_toml(&text).with_context(|| format!("spec file {} is not usable", path.display()))
+}
+
+/// Runs the parsed command.
+pub async fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Swarm(args) => swarm(args).await,
+        Command::Spec(SpecCommand::New { out }) => {
+            let text = RunSpec::builtin().to_toml();
+            match out {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Spec(SpecCommand::Hash { spec }) => {
+            println!("{}", load_spec(&spec)?.run_id());
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let spec = match &args.spec {
+        Some(path) => load_spec(path)?,
+        None => {
+            let store = starling_storage::Store::open(&args.datadir)?;
+            match store.spec()? {
+                Some(spec) => spec,
+                None => bail!(
+                    "the datadir {} holds no run spec yet; pass --spec FILE (create one with `starling spec new`)",
+                    args.datadir.display()
+                ),
+            }
+        }
+    };
+    let options = NodeOptions {
+        datadir: args.datadir,
+        spec,
+        listen: args.network.listen,
+        bootnodes: args.network.bootnodes,
+        net: NetOptions { mdns: !args.network.no_mdns, ..NetOptions::default() },
+        wait_peers: args.network.wait_peers,
+        wait_timeout: Duration::from_secs(args.network.wait_timeout),
+        rounds: args.rounds,
+        key: None,
+        evaluate: args.evaluate,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = shutdown_tx.send(true);
+        // A second signal exits at once.
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    let outcome = run_node(options, None, shutdown_rx).await?;
+    tracing::info!(
+        round = outcome.state.round,
+        merged = outcome.rounds_merged,
+        sent = outcome.traffic.sent,
+        received = outcome.traffic.received,
+        "node stopped"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn swarm(args: SwarmArgs) -> Result<()> {
+    let spec = match &args.spec {
+        Some(path) => load_spec(path)?,
+        None => RunSpec::builtin(),
+    };
+    let options = SwarmOptions {
+        nodes: args.nodes,
+        rounds: args.rounds,
+        spec,
+        datadir: args.datadir,
+        seed: args.seed,
+        progress_to_stderr: args.json,
+    };
+    if !args.json {
+        println!(
+            "starling swarm: {} nodes, {} rounds, {} parameters, run {}",
+            options.nodes,
+            options.rounds,
+            options.spec.param_count(),
+            options.spec.run_id().short()
+        );
+    }
+    let summary = run_swarm(options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!();
+        println!("accuracy      mean {:.2}%  min {:.2}%  (centralized baseline {:.2}%)", summary.mean_accuracy * 100.0, summary.min_accuracy * 100.0, summary.centralized_accuracy * 100.0);
+        println!("consensus     {:.2e} (RMS relative distance of node parameters from their mean)", summary.consensus_distance);
+        println!(
+            "traffic       {} sent per node per round ({} per node in all; a dense delta is {})",
+            human_bytes(summary.bytes_sent_per_node_per_round),
+            human_bytes(summary.bytes_sent_per_node),
+            human_bytes(summary.dense_delta_bytes as f64)
+        );
+        println!("time          {:.1}s swarm, {:.1}s centralized baseline, {:.1}s in all", summary.swarm_seconds, summary.centralized_seconds, summary.wall_seconds);
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! The Starling node: networking, training and the event loop that drives the protocol.
+
+pub mod cli;
+pub mod data;
+pub mod local_swarm;
+pub mod metrics;
+pub mod model;
+pub mod net;
+pub mod node;
+pub mod trainer;
