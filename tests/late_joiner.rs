@@ -10,7 +10,7 @@ use starling_node::{
     net::NetOptions,
     node::{run_node, NodeEvent, NodeOptions},
 };
-use starling_protocol::PublicKey;
+use starling_protocol::{round::CloseReason, PublicKey};
 use tokio::sync::{mpsc, watch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +35,11 @@ async fn a_late_joiner_syncs_state_and_then_agrees_with_the_swarm() {
     let mut addresses = Vec::new();
     let mut handles = Vec::new();
     for i in 0..2 {
-        handles.push(tokio::spawn(run_node(options(i, addresses.clone(), i, ROUNDS), Some(events_tx.clone()), stop_rx.clone())));
+        handles.push(tokio::spawn(run_node(
+            options(i, addresses.clone(), i, ROUNDS),
+            Some(events_tx.clone()),
+            stop_rx.clone(),
+        )));
         loop {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await.expect("node listens") {
                 Some(NodeEvent::Listening { address, .. }) => {
@@ -59,14 +63,30 @@ async fn a_late_joiner_syncs_state_and_then_agrees_with_the_swarm() {
     .await
     .expect("the first two nodes advance");
     let late_key = PublicKey::of(&node_key(99, 2));
-    handles.push(tokio::spawn(run_node(options(2, addresses.clone(), 1, ROUNDS), Some(events_tx.clone()), stop_rx.clone())));
+    handles.push(tokio::spawn(run_node(
+        options(2, addresses.clone(), 1, ROUNDS),
+        Some(events_tx.clone()),
+        stop_rx.clone(),
+    )));
     drop(events_tx);
 
     let mut late_rounds = Vec::new();
     let mut merged_with_late = 0;
+    let mut history = Vec::new();
+    let mut deadline_closes = 0;
     tokio::time::timeout(Duration::from_secs(240), async {
         while let Some(event) = events.recv().await {
             if let NodeEvent::Round(report) = event {
+                history.push(format!(
+                    "{} merged round {} from {} ({:?})",
+                    report.node.short(),
+                    report.round,
+                    report.merged,
+                    report.reason
+                ));
+                if report.reason != CloseReason::Quorum {
+                    deadline_closes += 1;
+                }
                 if report.node == late_key {
                     late_rounds.push(report.round);
                 } else if report.merged == 3 {
@@ -84,11 +104,13 @@ async fn a_late_joiner_syncs_state_and_then_agrees_with_the_swarm() {
     let first = *late_rounds.first().expect("the late node merged rounds");
     assert!(first >= 4, "the late node started at round {first}, not from the swarm's state");
     assert!(merged_with_late > 0, "the others never merged the late node's deltas");
+    assert_eq!(deadline_closes, 0, "no round waited for a node that never came:\n{}", history.join("\n"));
     for outcome in &outcomes {
         assert_eq!(outcome.state.round, ROUNDS);
     }
     assert!(
         outcomes.iter().all(|o| o.state.params == outcomes[0].state.params),
-        "all three nodes hold bit-identical parameters at the end"
+        "all three nodes hold bit-identical parameters at the end; merges after the late start:\n{}",
+        history.join("\n")
     );
 }

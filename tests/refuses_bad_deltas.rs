@@ -47,14 +47,22 @@ async fn wrong_key_and_wrong_run_deltas_are_refused_and_never_merged() {
     // The attacker: a real libp2p peer of the run with its own key.
     let attacker_key = SigningKey::from_bytes(&[2; 32]);
     let mut registry = Default::default();
-    let mut attacker = net::build_swarm(&attacker_key, &spec, &NetOptions { mdns: false, ..Default::default() }, &mut registry).unwrap();
+    let mut attacker = net::build_swarm(
+        &attacker_key,
+        &spec,
+        &NetOptions { mdns: false, ..Default::default() },
+        &mut registry,
+    )
+    .unwrap();
     let topic = net::delta_topic(&spec);
     attacker.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
     attacker.dial(address).unwrap();
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic: t, .. })) =
-                attacker.select_next_some().await
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                topic: t,
+                ..
+            })) = attacker.select_next_some().await
             {
                 if t == topic.hash() {
                     break;
@@ -92,6 +100,10 @@ async fn wrong_key_and_wrong_run_deltas_are_refused_and_never_merged() {
     .await
     .expect("the node finishes its two rounds");
 
-    assert_eq!(merged_by_round, vec![(0, 1), (1, 2)], "round 0 merges only our own delta; round 1 also the valid one");
+    assert_eq!(
+        merged_by_round,
+        vec![(0, 1), (1, 2)],
+        "round 0 merges only our own delta; round 1 also the valid one"
+    );
     assert_eq!(outcome.refused_deltas, 2, "both bad deltas are refused");
 }

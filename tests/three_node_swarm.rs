@@ -29,8 +29,20 @@ fn three_processes_beat_training_alone_and_agree() {
         (0..3).map(|i| dir.path().join(format!("node-{i}")).to_str().unwrap().to_string()).collect();
     let args = |i: usize| -> Vec<&str> {
         vec![
-            "run", "--datadir", &datadirs[i], "--spec", &spec_path, "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--no-mdns", "--wait-peers", "2", "--wait-timeout", "60", "--rounds", &rounds,
+            "run",
+            "--datadir",
+            &datadirs[i],
+            "--spec",
+            &spec_path,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--wait-peers",
+            "2",
+            "--wait-timeout",
+            "60",
+            "--rounds",
+            &rounds,
         ]
     };
     let mut first = NodeProcess::start("node-0", &args(0));
@@ -72,7 +84,10 @@ fn three_processes_beat_training_alone_and_agree() {
         })
         .fold(0.0f32, f32::max);
     for (i, acc) in swarm_acc.iter().enumerate() {
-        assert!(*acc > best_alone, "node {i} reached {acc:.4}, not above the best lone node's {best_alone:.4}");
+        assert!(
+            *acc > best_alone,
+            "node {i} reached {acc:.4}, not above the best lone node's {best_alone:.4}"
+        );
     }
     let views: Vec<&[f32]> = finals.iter().map(|p| p.as_slice()).collect();
     let distance = consensus_distance(&views);

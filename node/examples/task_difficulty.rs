@@ -24,17 +24,13 @@ fn main() -> Result<(), TrainError> {
         match arg.parse() {
             Ok(seed) => spec.seed = seed,
             Err(_) => {
-                eprintln!(
-                    "usage: task_difficulty [SEED]  (SEED: an unsigned integer, got {arg:?})"
-                );
+                eprintln!("usage: task_difficulty [SEED]  (SEED: an unsigned integer, got {arg:?})");
                 std::process::exit(2);
             }
         }
     }
     let task = SyntheticTask::new(&spec)?;
-    let shards: Vec<Dataset> = (0..NODES)
-        .map(|s| task.shard(s, spec.dataset.samples_per_node))
-        .collect();
+    let shards: Vec<Dataset> = (0..NODES).map(|s| task.shard(s, spec.dataset.samples_per_node)).collect();
     let all = Dataset::concat(&shards)?;
     let eval = task.eval_set();
     println!(
@@ -52,17 +48,8 @@ fn main() -> Result<(), TrainError> {
     );
 
     let mut linear = spec.clone();
-    linear.model.layers = vec![
-        spec.model.layers[0],
-        spec.model.layers[spec.model.layers.len() - 1],
-    ];
-    let lin = report(
-        &linear,
-        "linear, all 4 shards",
-        &all,
-        &eval,
-        STEPS_ALL_SHARDS,
-    )?;
+    linear.model.layers = vec![spec.model.layers[0], spec.model.layers[spec.model.layers.len() - 1]];
+    let lin = report(&linear, "linear, all 4 shards", &all, &eval, STEPS_ALL_SHARDS)?;
     let one = report(&spec, "MLP, 1 shard", &shards[0], &eval, STEPS_ONE_SHARD)?;
     // The same compute as four shards, on one: shows the gap is data, not steps.
     report(&spec, "MLP, 1 shard", &shards[0], &eval, STEPS_ALL_SHARDS)?;
@@ -107,7 +94,5 @@ fn checksum(params: &[f32]) -> u64 {
     params
         .iter()
         .flat_map(|v| v.to_bits().to_le_bytes())
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }

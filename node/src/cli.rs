@@ -127,7 +127,8 @@ pub enum SpecCommand {
 
 /// Reads and validates a spec file; the error names the file.
 pub fn load_spec(path: &PathBuf) -> Result<RunSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the spec file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the spec file {}", path.display()))?;
     RunSpec::from_toml(&text).with_context(|| format!("spec file {} is not usable", path.display()))
 }
 
@@ -139,7 +140,9 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Spec(SpecCommand::New { out }) => {
             let text = RunSpec::builtin().to_toml();
             match out {
-                Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => {
+                    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?
+                }
                 None => print!("{text}"),
             }
             Ok(())
@@ -238,15 +241,26 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!();
-        println!("accuracy      mean {:.2}%  min {:.2}%  (centralized baseline {:.2}%)", summary.mean_accuracy * 100.0, summary.min_accuracy * 100.0, summary.centralized_accuracy * 100.0);
-        println!("consensus     {:.2e} (RMS relative distance of node parameters from their mean)", summary.consensus_distance);
+        println!(
+            "accuracy      mean {:.2}%  min {:.2}%  (centralized baseline {:.2}%)",
+            summary.mean_accuracy * 100.0,
+            summary.min_accuracy * 100.0,
+            summary.centralized_accuracy * 100.0
+        );
+        println!(
+            "consensus     {:.2e} (RMS relative distance of node parameters from their mean)",
+            summary.consensus_distance
+        );
         println!(
             "traffic       {} sent per node per round ({} per node in all; a dense delta is {})",
             human_bytes(summary.bytes_sent_per_node_per_round),
             human_bytes(summary.bytes_sent_per_node),
             human_bytes(summary.dense_delta_bytes as f64)
         );
-        println!("time          {:.1}s swarm, {:.1}s centralized baseline, {:.1}s in all", summary.swarm_seconds, summary.centralized_seconds, summary.wall_seconds);
+        println!(
+            "time          {:.1}s swarm, {:.1}s centralized baseline, {:.1}s in all",
+            summary.swarm_seconds, summary.centralized_seconds, summary.wall_seconds
+        );
     }
     Ok(())
 }

@@ -14,19 +14,11 @@ use starling_protocol::RunSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("model.layers {layers:?} cannot define the synthetic task: {reason}")]
-    BadLayers {
-        layers: Vec<usize>,
-        reason: &'static str,
-    },
+    BadLayers { layers: Vec<usize>, reason: &'static str },
     #[error("cannot concatenate zero datasets: pass at least one part")]
     NoParts,
     #[error("dataset part {index} has {what} {got}, but the first part has {expected}; only datasets of one task can be concatenated")]
-    Mismatch {
-        index: usize,
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    Mismatch { index: usize, what: &'static str, expected: usize, got: usize },
     #[error("dataset is malformed: {0}")]
     Malformed(String),
 }
@@ -87,29 +79,17 @@ impl Dataset {
     pub fn concat(parts: &[Dataset]) -> Result<Dataset, DataError> {
         let first = parts.first().ok_or(DataError::NoParts)?;
         for (index, part) in parts.iter().enumerate() {
-            for (what, expected, got) in [
-                ("dim", first.dim, part.dim),
-                ("classes", first.classes, part.classes),
-            ] {
+            for (what, expected, got) in
+                [("dim", first.dim, part.dim), ("classes", first.classes, part.classes)]
+            {
                 if expected != got {
-                    return Err(DataError::Mismatch {
-                        index,
-                        what,
-                        expected,
-                        got,
-                    });
+                    return Err(DataError::Mismatch { index, what, expected, got });
                 }
             }
         }
         Ok(Dataset {
-            features: parts
-                .iter()
-                .flat_map(|p| p.features.iter().copied())
-                .collect(),
-            labels: parts
-                .iter()
-                .flat_map(|p| p.labels.iter().copied())
-                .collect(),
+            features: parts.iter().flat_map(|p| p.features.iter().copied()).collect(),
+            labels: parts.iter().flat_map(|p| p.labels.iter().copied()).collect(),
             dim: first.dim,
             classes: first.classes,
         })
@@ -167,10 +147,7 @@ impl SyntheticTask {
     /// The task of `spec`: its shape from `spec.model.layers`, its teacher from `spec.seed`.
     pub fn new(spec: &RunSpec) -> Result<Self, DataError> {
         let layers = &spec.model.layers;
-        let bad = |reason| DataError::BadLayers {
-            layers: layers.clone(),
-            reason,
-        };
+        let bad = |reason| DataError::BadLayers { layers: layers.clone(), reason };
         let (&dim, &classes) = match (layers.first(), layers.last()) {
             (Some(d), Some(c)) if layers.len() >= 2 => (d, c),
             _ => return Err(bad("needs an input and an output width")),
@@ -184,22 +161,12 @@ impl SyntheticTask {
         let hidden = dim.div_ceil(INPUTS_PER_TEACHER_UNIT);
         let mut rng = rng_for(&[TAG_TEACHER, spec.seed]);
         let scale = 1.0 / (dim as f64).sqrt();
-        let mut normals = |n: usize, s: f64| -> Vec<f64> {
-            (0..n).map(|_| normal(&mut rng) * s).collect::<Vec<_>>()
-        };
+        let mut normals =
+            |n: usize, s: f64| -> Vec<f64> { (0..n).map(|_| normal(&mut rng) * s).collect::<Vec<_>>() };
         let w = normals(hidden * dim, scale);
         let u = normals(classes * dim, scale);
         let v = normals(classes * hidden, 1.0);
-        Ok(Self {
-            seed: spec.seed,
-            dim,
-            classes,
-            hidden,
-            eval_samples: spec.dataset.eval_samples,
-            w,
-            u,
-            v,
-        })
+        Ok(Self { seed: spec.seed, dim, classes, hidden, eval_samples: spec.dataset.eval_samples, w, u, v })
     }
 
     pub fn dim(&self) -> usize {
@@ -242,12 +209,7 @@ impl SyntheticTask {
             features.extend(x.iter().map(|&xi| xi as f32));
             labels.push(label);
         }
-        Dataset {
-            features,
-            labels,
-            dim: self.dim,
-            classes: self.classes,
-        }
+        Dataset { features, labels, dim: self.dim, classes: self.classes }
     }
 
     /// The teacher's class for input `x`, and its margin: how far the winning logit
@@ -255,11 +217,8 @@ impl SyntheticTask {
     fn label(&self, x: &[f64]) -> (u32, f64) {
         let mean_abs = (2.0 / std::f64::consts::PI).sqrt();
         let norm = 1.0 / ((self.hidden as f64) * (1.0 - 2.0 / std::f64::consts::PI)).sqrt();
-        let h: Vec<f64> = self
-            .w
-            .chunks_exact(self.dim)
-            .map(|wj| (dot(wj, x).abs() - mean_abs) * norm)
-            .collect();
+        let h: Vec<f64> =
+            self.w.chunks_exact(self.dim).map(|wj| (dot(wj, x).abs() - mean_abs) * norm).collect();
         let mut best = (f64::NEG_INFINITY, 0u32);
         let mut second = f64::NEG_INFINITY;
         for c in 0..self.classes {
@@ -436,10 +395,7 @@ mod tests {
             counts[l as usize] += 1;
         }
         // A balanced task puts 500 in each; no class may be tiny or dominant.
-        assert!(
-            counts.iter().all(|&c| (150..1200).contains(&c)),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (150..1200).contains(&c)), "{counts:?}");
     }
 
     #[test]
@@ -462,12 +418,7 @@ mod tests {
         let data = SyntheticTask::new(&spec()).unwrap().shard(2, 2000);
         let n = data.features.len() as f64;
         let mean = data.features.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = data
-            .features
-            .iter()
-            .map(|&x| (x as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let var = data.features.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         assert!(mean.abs() < 0.02, "{mean}");
         assert!((var - 1.0).abs() < 0.03, "{var}");
     }
@@ -478,10 +429,7 @@ mod tests {
         for _ in 0..10_000 {
             let u = uniform01(&mut rng);
             let x = 1.0 - u;
-            assert!(
-                (portable_ln(x) - x.ln()).abs() <= 1e-13 * (1.0 + x.ln().abs()),
-                "{x}"
-            );
+            assert!((portable_ln(x) - x.ln()).abs() <= 1e-13 * (1.0 + x.ln().abs()), "{x}");
             let c = (2.0 * std::f64::consts::PI * u).cos();
             assert!((portable_cos_2pi(u) - c).abs() <= 1e-14, "{u}");
         }
@@ -493,10 +441,7 @@ mod tests {
     fn bad_layers_are_refused() {
         let mut s = spec();
         s.model.layers = vec![32];
-        assert!(matches!(
-            SyntheticTask::new(&s),
-            Err(DataError::BadLayers { .. })
-        ));
+        assert!(matches!(SyntheticTask::new(&s), Err(DataError::BadLayers { .. })));
         s.model.layers = vec![32, 1];
         assert!(SyntheticTask::new(&s).is_err());
     }
@@ -512,17 +457,7 @@ mod tests {
         let mut odd = b;
         odd.classes = 3;
         let err = Dataset::concat(&[a, odd]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DataError::Mismatch {
-                    index: 1,
-                    what: "classes",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Mismatch { index: 1, what: "classes", .. }), "{err}");
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
         Some(_) => None,
         None => Some(tempfile::tempdir().map_err(SwarmError::TempDir)?),
     };
-    let base = options.datadir.clone().unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
+    let base =
+        options.datadir.clone().unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut addresses = Vec::new();
@@ -135,7 +136,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     }
     let mut outcomes = Vec::new();
     for (index, handle) in handles.into_iter().enumerate() {
-        let outcome = handle.await.expect("node task panicked").map_err(|source| SwarmError::Node { index, source })?;
+        let outcome =
+            handle.await.expect("node task panicked").map_err(|source| SwarmError::Node { index, source })?;
         outcomes.push(outcome);
     }
     drop(shutdown_tx);
@@ -152,10 +154,8 @@ fn summarize(
     let spec = &options.spec;
     let task = SyntheticTask::new(spec).map_err(|e| SwarmError::Data(e.to_string()))?;
     let eval = task.eval_set();
-    let shards: Vec<Dataset> = outcomes
-        .iter()
-        .map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node))
-        .collect();
+    let shards: Vec<Dataset> =
+        outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
     let evaluator = Trainer::new(spec, shards[0].clone(), 0)?;
     let mut accuracies = Vec::new();
     for outcome in outcomes {
@@ -244,7 +244,8 @@ impl Progress {
         let min_acc = accs.iter().copied().fold(f32::INFINITY, f32::min);
         let peers = reports.iter().map(|r| r.peers).sum::<usize>() as f32 / n;
         let sent = reports.iter().map(|r| r.traffic.sent).sum::<u64>() as f64 / n as f64;
-        let deadline = reports.iter().filter(|r| r.reason != starling_protocol::round::CloseReason::Quorum).count();
+        let deadline =
+            reports.iter().filter(|r| r.reason != starling_protocol::round::CloseReason::Quorum).count();
         let line = format!(
             "round {:>3}/{}  loss {loss:.4}  accuracy {:.2}% (min {:.2}%)  peers {peers:.1}  sent {}/node  {:.1}s{}",
             round + 1,
@@ -275,7 +276,6 @@ pub fn human_bytes(bytes: f64) -> String {
     }
     format!("{value:.1} {}", UNITS[unit])
 }
-
 
 #[cfg(test)]
 mod tests {

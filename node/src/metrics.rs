@@ -1,7 +1,6 @@
 //! Node metrics: the Prometheus registry that libp2p's bandwidth counters and
 //! Starling's own counters live in, and the figures read back from it.
 
-
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -37,7 +36,11 @@ impl Default for NodeMetrics {
         starling.register("round", "Round the node is collecting", round.clone());
         starling.register("deltas_accepted", "Peer deltas accepted", deltas_accepted.clone());
         starling.register("deltas_refused", "Peer deltas refused, by reason", deltas_refused.clone());
-        starling.register("deltas_ignored", "Peer deltas ignored (duplicate, stale), by reason", deltas_ignored.clone());
+        starling.register(
+            "deltas_ignored",
+            "Peer deltas ignored (duplicate, stale), by reason",
+            deltas_ignored.clone(),
+        );
         starling.register("merges", "Rounds merged", merges.clone());
         starling.register("state_syncs", "States installed from peers", state_syncs.clone());
         Self { registry, round, deltas_accepted, deltas_refused, deltas_ignored, merges, state_syncs }
@@ -86,7 +89,6 @@ impl NodeMetrics {
             .sum::<f64>() as u64
     }
 }
-
 
 /// Bytes through the transport.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

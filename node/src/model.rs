@@ -40,20 +40,12 @@ impl Mlp {
                 let bias = Var::zeros(fan_out, DType::F32, &device)?;
                 named.insert(format!("{}.weight", layer_name(i)), weight.clone());
                 named.insert(format!("{}.bias", layer_name(i)), bias.clone());
-                linears.push(Linear::new(
-                    weight.as_tensor().clone(),
-                    Some(bias.as_tensor().clone()),
-                ));
+                linears.push(Linear::new(weight.as_tensor().clone(), Some(bias.as_tensor().clone())));
                 vars.push(weight);
                 vars.push(bias);
             }
         }
-        let mlp = Self {
-            layers: layers.to_vec(),
-            varmap,
-            vars,
-            linears,
-        };
+        let mlp = Self { layers: layers.to_vec(), varmap, vars, linears };
         mlp.set_params(&Self::initial_params(layers, 0))?;
         Ok(mlp)
     }
@@ -67,9 +59,7 @@ impl Mlp {
         for w in layers.windows(2) {
             let (fan_in, fan_out) = (w[0], w[1]);
             let bound = (6.0 / fan_in.max(1) as f64).sqrt();
-            out.extend(
-                (0..fan_in * fan_out).map(|_| ((2.0 * uniform01(&mut rng) - 1.0) * bound) as f32),
-            );
+            out.extend((0..fan_in * fan_out).map(|_| ((2.0 * uniform01(&mut rng) - 1.0) * bound) as f32));
             out.extend(std::iter::repeat_n(0f32, fan_out));
         }
         out
@@ -97,10 +87,7 @@ impl Mlp {
     pub fn set_params(&self, flat: &[f32]) -> Result<(), TrainError> {
         let expected = Self::param_count(&self.layers);
         if flat.len() != expected {
-            return Err(TrainError::ParamCount {
-                expected,
-                got: flat.len(),
-            });
+            return Err(TrainError::ParamCount { expected, got: flat.len() });
         }
         let mut offset = 0;
         for var in &self.vars {
@@ -148,10 +135,7 @@ fn check_layers(layers: &[usize]) -> Result<(), TrainError> {
     } else {
         return Ok(());
     };
-    Err(TrainError::BadLayers {
-        layers: layers.to_vec(),
-        reason,
-    })
+    Err(TrainError::BadLayers { layers: layers.to_vec(), reason })
 }
 
 #[cfg(test)]
@@ -162,9 +146,7 @@ mod tests {
     const LAYERS: [usize; 4] = [5, 7, 3, 4];
 
     fn pattern(n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (i as f32 * 0.37).sin() * 1e-3 + i as f32)
-            .collect()
+        (0..n).map(|i| (i as f32 * 0.37).sin() * 1e-3 + i as f32).collect()
     }
 
     #[test]
@@ -202,10 +184,7 @@ mod tests {
         assert_eq!(Mlp::param_count(&spec.model.layers), spec.param_count());
         spec.model.layers = LAYERS.to_vec();
         assert_eq!(Mlp::param_count(&LAYERS), spec.param_count());
-        assert_eq!(
-            Mlp::new(&LAYERS).unwrap().params().unwrap().len(),
-            spec.param_count()
-        );
+        assert_eq!(Mlp::new(&LAYERS).unwrap().params().unwrap().len(), spec.param_count());
     }
 
     #[test]
@@ -223,16 +202,7 @@ mod tests {
     fn a_wrong_length_is_refused_with_both_counts() {
         let mlp = Mlp::new(&LAYERS).unwrap();
         let err = mlp.set_params(&[0.0; 3]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TrainError::ParamCount {
-                    expected: 82,
-                    got: 3
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, TrainError::ParamCount { expected: 82, got: 3 }), "{err}");
     }
 
     #[test]
@@ -246,8 +216,7 @@ mod tests {
     fn forward_gives_logits_per_class_with_relu_between_layers() {
         let mlp = Mlp::new(&[2, 2, 1]).unwrap();
         // Hidden = relu(I·x), out = [1, 1]·hidden + 0.5.
-        mlp.set_params(&[1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.5])
-            .unwrap();
+        mlp.set_params(&[1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.5]).unwrap();
         let x = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
         let y = mlp.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(y, vec![vec![1.5], vec![7.5]]);

@@ -14,12 +14,12 @@ use std::{
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use libp2p::{
-    gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response, swarm::SwarmEvent, Multiaddr, PeerId,
-    Swarm,
+    gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response, swarm::SwarmEvent, Multiaddr,
+    PeerId, Swarm,
 };
 use starling_protocol::{
     round::CloseReason, wire, Action, Admission, Contribution, Event, ModelState, OuterOptimizer, PublicKey,
-    RoundConfig, RoundState, RunSpec, SignedDelta,
+    RoundConfig, RoundState, RunSpec, SignedDelta, SyncReply,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -283,7 +283,11 @@ impl Node {
                 let waited = self.started.elapsed();
                 if self.run_peers.len() >= self.options.wait_peers || waited >= self.options.wait_timeout {
                     if self.run_peers.len() < self.options.wait_peers {
-                        warn!(peers = self.run_peers.len(), wanted = self.options.wait_peers, "starting with fewer peers than --wait-peers");
+                        warn!(
+                            peers = self.run_peers.len(),
+                            wanted = self.options.wait_peers,
+                            "starting with fewer peers than --wait-peers"
+                        );
                     }
                     self.probe_or_start();
                 }
@@ -319,7 +323,7 @@ impl Node {
 
     /// Starts training the current round if nothing is in flight.
     fn maybe_train(&mut self) {
-        if self.phase != Phase::Running || self.done() || self.rounds.has_local() {
+        if self.phase != Phase::Running || self.done() || !self.rounds.wants_local() {
             return;
         }
         let Some(mut trainer) = self.trainer.take() else { return };
@@ -345,7 +349,14 @@ impl Node {
         // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
         let delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
         let payload = self.spec.codec.encode(&delta);
-        let signed = SignedDelta::sign(&self.key, self.spec.run_id(), round, outcome.samples, self.spec.codec, payload);
+        let signed = SignedDelta::sign(
+            &self.key,
+            self.spec.run_id(),
+            round,
+            outcome.samples,
+            self.spec.codec,
+            payload,
+        );
         let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(signed));
         self.apply(actions)
     }
@@ -354,14 +365,19 @@ impl Node {
         for action in actions {
             match action {
                 Action::Publish(delta) => {
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), delta.to_bytes()) {
+                    if let Err(e) =
+                        self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), delta.to_bytes())
+                    {
                         // Alone in the run: nobody to send to, and the round closes on our delta alone.
                         debug!(error = %e, "delta not published");
                     }
                 }
                 Action::Merge { round, deltas, reason } => self.merge(round, deltas, reason)?,
                 Action::RequestState { peer, round } => {
-                    info!(behind_by = round.saturating_sub(self.state.round), "a peer is ahead; requesting its state");
+                    info!(
+                        behind_by = round.saturating_sub(self.state.round),
+                        "a peer is ahead; requesting its state"
+                    );
                     let target = net::peer_id(&peer)
                         .filter(|p| self.swarm.is_connected(p))
                         .or_else(|| self.run_peers.iter().next().copied());
@@ -437,23 +453,19 @@ impl Node {
         if self.sync_pending.is_some() {
             return;
         }
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, StateRequest { run_id: self.spec.run_id() });
+        let id =
+            self.swarm.behaviour_mut().sync.send_request(&peer, StateRequest { run_id: self.spec.run_id() });
         self.sync_pending = Some(id);
     }
 
     fn on_state_response(&mut self, bytes: Option<Vec<u8>>) -> Result<(), NodeError> {
         self.sync_pending = None;
         if let Some(bytes) = bytes {
-            match wire::decode_state(&bytes, self.spec.max_state_bytes(), self.spec.param_count()) {
-                Ok(state) if state.round > self.state.round => {
-                    info!(from = self.state.round, to = state.round, "installed the state of a peer");
-                    self.state = state;
-                    self.store.save_checkpoint(&self.state)?;
-                    self.metrics.state_syncs.inc();
-                    let actions = self.rounds.handle(self.now_ms(), Event::Synced { round: self.state.round });
-                    self.apply(actions)?;
+            match wire::decode_sync_reply(&bytes, self.spec.max_sync_reply_bytes(), self.spec.param_count()) {
+                Ok(reply) if reply.state.round > self.state.round || self.rounds.observing() => {
+                    self.install(reply)?
                 }
-                Ok(state) => debug!(peer_round = state.round, "peer is not ahead of us"),
+                Ok(reply) => debug!(peer_round = reply.state.round, "peer is not ahead of us"),
                 Err(e) => warn!(error = %e, "peer sent an unreadable state"),
             }
         }
@@ -463,6 +475,31 @@ impl Node {
             self.maybe_train();
         }
         Ok(())
+    }
+
+    /// Installs a peer's state, then the deltas of its current round it holds.
+    fn install(&mut self, reply: SyncReply) -> Result<(), NodeError> {
+        info!(
+            from = self.state.round,
+            to = reply.state.round,
+            expected_from = reply.expected_from,
+            "installed the state of a peer"
+        );
+        self.state = reply.state;
+        self.store.save_checkpoint(&self.state)?;
+        self.metrics.state_syncs.inc();
+        let now = self.now_ms();
+        let synced = Event::Synced { round: self.state.round, expected_from: reply.expected_from };
+        let mut actions = self.rounds.handle(now, synced);
+        let (run, codec, params) = (self.spec.run_id(), self.spec.codec, self.spec.param_count());
+        for delta in reply.deltas {
+            if delta.validate(run, codec, params).is_ok()
+                && self.rounds.admit(&delta.header) == Admission::Accept
+            {
+                actions.extend(self.rounds.handle(now, Event::PeerDelta(delta)));
+            }
+        }
+        self.apply(actions)
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
@@ -494,10 +531,16 @@ impl Node {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) -> Result<(), NodeError> {
         match event {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
                 self.on_gossip(propagation_source, message_id, &message.data)?;
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) if topic == self.topic.hash() => {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
+                if topic == self.topic.hash() =>
+            {
                 if let Some(key) = net::peer_key(&peer_id) {
                     if self.run_peers.insert(peer_id) {
                         debug!(peer = %peer_id, "run peer joined");
@@ -506,7 +549,9 @@ impl Node {
                     }
                 }
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }) if topic == self.topic.hash() => {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic })
+                if topic == self.topic.hash() =>
+            {
                 self.peer_left(peer_id)?;
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
@@ -528,10 +573,16 @@ impl Node {
                     }
                 }
             }
-            BehaviourEvent::Sync(request_response::Event::Message { message, .. }) => match message {
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let response = if request.run_id == self.spec.run_id() && self.phase != Phase::Gathering {
-                        StateResponse::State(wire::encode_state(&self.state))
+                        let expected_from = net::peer_key(&peer)
+                            .map_or(self.state.round + 2, |k| self.rounds.expected_from(&k));
+                        StateResponse::State(wire::encode_sync_reply(&SyncReply {
+                            state: self.state.clone(),
+                            expected_from,
+                            deltas: self.rounds.current_deltas(),
+                        }))
                     } else {
                         StateResponse::Unavailable
                     };
@@ -556,7 +607,12 @@ impl Node {
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: &[u8]) -> Result<(), NodeError> {
         let spec = &self.spec;
-        let acceptance = match SignedDelta::from_untrusted(data, spec.run_id(), spec.codec, spec.param_count()) {
+        let acceptance = match SignedDelta::from_untrusted(
+            data,
+            spec.run_id(),
+            spec.codec,
+            spec.param_count(),
+        ) {
             Err(refusal) => {
                 warn!(peer = %source, reason = %refusal, "refused a delta");
                 self.metrics.refused(refusal.label());

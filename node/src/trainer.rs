@@ -24,15 +24,10 @@ pub enum TrainError {
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("model.layers {layers:?} is not a usable MLP: {reason}")]
-    BadLayers {
-        layers: Vec<usize>,
-        reason: &'static str,
-    },
+    BadLayers { layers: Vec<usize>, reason: &'static str },
     #[error("expected {expected} parameters for this model, got {got}; the parameters belong to another model.layers")]
     ParamCount { expected: usize, got: usize },
-    #[error(
-        "parameter {index} is {value}; refusing to train from or evaluate non-finite parameters"
-    )]
+    #[error("parameter {index} is {value}; refusing to train from or evaluate non-finite parameters")]
     NonFinite { index: usize, value: f32 },
     #[error("training diverged at step {step}: loss is {loss}; lower inner.lr")]
     Diverged { step: u64, loss: f32 },
@@ -162,10 +157,7 @@ impl Trainer {
             let value = loss.to_scalar::<f32>()?;
             self.steps_done += 1;
             if !value.is_finite() {
-                return Err(TrainError::Diverged {
-                    step: self.steps_done,
-                    loss: value,
-                });
+                return Err(TrainError::Diverged { step: self.steps_done, loss: value });
             }
             loss_sum += value as f64;
             self.optimizer.backward_step(&loss)?;
@@ -193,20 +185,14 @@ pub fn train_alone(
 }
 
 /// Loss and accuracy of `params` for a model of widths `layers` on `data`.
-pub fn evaluate(
-    layers: &[usize],
-    params: &[f32],
-    data: &Dataset,
-) -> Result<Evaluation, TrainError> {
+pub fn evaluate(layers: &[usize], params: &[f32], data: &Dataset) -> Result<Evaluation, TrainError> {
     evaluate_with(&Mlp::new(layers)?, params, data)
 }
 
 fn evaluate_with(model: &Mlp, params: &[f32], data: &Dataset) -> Result<Evaluation, TrainError> {
     check_fits(model.layers(), data)?;
     if data.is_empty() {
-        return Err(TrainError::DataMismatch(
-            "cannot evaluate on an empty data set".into(),
-        ));
+        return Err(TrainError::DataMismatch("cannot evaluate on an empty data set".into()));
     }
     check_finite(params)?;
     model.set_params(params)?;
@@ -220,20 +206,11 @@ fn evaluate_with(model: &Mlp, params: &[f32], data: &Dataset) -> Result<Evaluati
         )?;
         let y = Tensor::from_slice(&data.labels[start..start + n], n, &Device::Cpu)?;
         let logits = model.forward(&x)?;
-        loss_sum +=
-            candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
-        correct += logits
-            .argmax(1)?
-            .eq(&y)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
+        loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
+        correct += logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
     }
     let n = data.len() as f64;
-    Ok(Evaluation {
-        loss: (loss_sum / n) as f32,
-        accuracy: (correct / n) as f32,
-    })
+    Ok(Evaluation { loss: (loss_sum / n) as f32, accuracy: (correct / n) as f32 })
 }
 
 /// Checks that `data` is well formed and has the model's input and output widths.
@@ -251,10 +228,7 @@ fn check_fits(layers: &[usize], data: &Dataset) -> Result<(), TrainError> {
 
 fn check_finite(params: &[f32]) -> Result<(), TrainError> {
     match params.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(TrainError::NonFinite {
-            index,
-            value: params[index],
-        }),
+        Some(index) => Err(TrainError::NonFinite { index, value: params[index] }),
         None => Ok(()),
     }
 }
@@ -328,10 +302,7 @@ mod tests {
         let after = trainer.evaluate(&params, &eval).unwrap();
         assert!(losses[7] < losses[0] * 0.8, "{losses:?}");
         assert!(after.loss < before.loss, "{before:?} -> {after:?}");
-        assert!(
-            after.accuracy > before.accuracy + 0.1,
-            "{before:?} -> {after:?}"
-        );
+        assert!(after.accuracy > before.accuracy + 0.1, "{before:?} -> {after:?}");
         assert!((0.0..=1.0).contains(&after.accuracy));
         assert_eq!(trainer.steps_done(), 160);
     }
@@ -370,10 +341,7 @@ mod tests {
         let (mut trainer, _, init) = setup(&spec);
         let data = trainer.data().clone();
         let alone = train_alone(&spec, data.clone(), &init, 15, 1).unwrap();
-        assert_eq!(
-            bits(&alone),
-            bits(&trainer.train_round(&init, 15).unwrap().params)
-        );
+        assert_eq!(bits(&alone), bits(&trainer.train_round(&init, 15).unwrap().params));
         assert_eq!(train_alone(&spec, data, &init, 0, 1).unwrap(), init);
     }
 
@@ -397,38 +365,21 @@ mod tests {
     fn bad_inputs_are_errors_not_panics() {
         let spec = small_spec();
         let (mut t, eval, init) = setup(&spec);
-        assert!(matches!(
-            t.train_round(&init[1..], 1),
-            Err(TrainError::ParamCount { .. })
-        ));
+        assert!(matches!(t.train_round(&init[1..], 1), Err(TrainError::ParamCount { .. })));
         assert!(matches!(t.train_round(&init, 0), Err(TrainError::Zero(_))));
         let mut nan = init.clone();
         nan[3] = f32::NAN;
-        assert!(matches!(
-            t.train_round(&nan, 1),
-            Err(TrainError::NonFinite { index: 3, .. })
-        ));
-        let empty = Dataset {
-            features: vec![],
-            labels: vec![],
-            dim: 32,
-            classes: 10,
-        };
+        assert!(matches!(t.train_round(&nan, 1), Err(TrainError::NonFinite { index: 3, .. })));
+        let empty = Dataset { features: vec![], labels: vec![], dim: 32, classes: 10 };
         assert!(t.evaluate(&init, &empty).is_err());
         assert!(Trainer::new(&spec, empty, 0).is_err());
         let mut wrong = eval.clone();
         wrong.dim = 16;
         wrong.features.truncate(16 * wrong.len());
-        assert!(matches!(
-            t.evaluate(&init, &wrong),
-            Err(TrainError::DataMismatch(_))
-        ));
+        assert!(matches!(t.evaluate(&init, &wrong), Err(TrainError::DataMismatch(_))));
         let mut huge = init.clone();
         huge.iter_mut().for_each(|v| *v = 1e30);
-        assert!(matches!(
-            t.train_round(&huge, 1),
-            Err(TrainError::Diverged { step: 1, .. })
-        ));
+        assert!(matches!(t.train_round(&huge, 1), Err(TrainError::Diverged { step: 1, .. })));
     }
 
     #[test]

@@ -29,22 +29,14 @@ pub enum AggregateError {
     #[error("no contributions to aggregate")]
     Empty,
     #[error("contribution from {sender} has {got} values, expected {expected}")]
-    Length {
-        sender: String,
-        got: usize,
-        expected: usize,
-    },
+    Length { sender: String, got: usize, expected: usize },
     #[error("two contributions from the same sender {0}")]
     DuplicateSender(String),
 }
 
 impl AggregationRule {
     /// Aggregates contributions for a model of `params` parameters.
-    pub fn aggregate(
-        self,
-        inputs: &mut [Contribution],
-        params: usize,
-    ) -> Result<Vec<f32>, AggregateError> {
+    pub fn aggregate(self, inputs: &mut [Contribution], params: usize) -> Result<Vec<f32>, AggregateError> {
         if inputs.is_empty() {
             return Err(AggregateError::Empty);
         }
@@ -88,19 +80,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn c(id: u8, samples: u64, values: Vec<f32>) -> Contribution {
-        Contribution {
-            sender: PublicKey([id; 32]),
-            samples,
-            values,
-        }
+        Contribution { sender: PublicKey([id; 32]), samples, values }
     }
 
     #[test]
     fn weights_by_samples() {
         let mut inputs = vec![c(1, 1, vec![0.0, 4.0]), c(2, 3, vec![4.0, 0.0])];
-        let out = AggregationRule::WeightedMean
-            .aggregate(&mut inputs, 2)
-            .unwrap();
+        let out = AggregationRule::WeightedMean.aggregate(&mut inputs, 2).unwrap();
         assert_eq!(out, vec![3.0, 1.0]);
     }
 
@@ -116,10 +102,7 @@ mod tests {
             AggregationRule::WeightedMean.aggregate(&mut short, 2),
             Err(AggregateError::Length { .. })
         ));
-        assert_eq!(
-            AggregationRule::WeightedMean.aggregate(&mut [], 2),
-            Err(AggregateError::Empty)
-        );
+        assert_eq!(AggregationRule::WeightedMean.aggregate(&mut [], 2), Err(AggregateError::Empty));
     }
 
     proptest! {

@@ -21,12 +21,7 @@ pub enum Codec {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     #[error("{codec} payload is {len} bytes; a model of {params} parameters needs {expected}")]
-    Length {
-        codec: Codec,
-        len: usize,
-        params: usize,
-        expected: usize,
-    },
+    Length { codec: Codec, len: usize, params: usize, expected: usize },
     #[error("payload holds a non-finite value at index {0}")]
     NonFinite(usize),
     #[error("unknown codec `{0}` (known: dense)")]
@@ -47,12 +42,7 @@ impl Codec {
             Codec::Dense => {
                 let expected = params * 4;
                 if payload.len() != expected {
-                    return Err(CodecError::Length {
-                        codec: self,
-                        len: payload.len(),
-                        params,
-                        expected,
-                    });
+                    return Err(CodecError::Length { codec: self, len: payload.len(), params, expected });
                 }
                 let values = le_bytes_to_f32s(payload);
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -69,12 +59,7 @@ impl Codec {
             Codec::Dense => {
                 let expected = params * 4;
                 if payload.len() != expected {
-                    return Err(CodecError::Length {
-                        codec: self,
-                        len: payload.len(),
-                        params,
-                        expected,
-                    });
+                    return Err(CodecError::Length { codec: self, len: payload.len(), params, expected });
                 }
                 match payload
                     .chunks_exact(4)
@@ -131,14 +116,8 @@ mod tests {
     #[test]
     fn dense_refuses_wrong_lengths_and_non_finite_values() {
         let bytes = Codec::Dense.encode(&[1.0, 2.0]);
-        assert!(matches!(
-            Codec::Dense.decode(&bytes, 3),
-            Err(CodecError::Length { .. })
-        ));
-        assert!(matches!(
-            Codec::Dense.decode(&bytes[..7], 2),
-            Err(CodecError::Length { .. })
-        ));
+        assert!(matches!(Codec::Dense.decode(&bytes, 3), Err(CodecError::Length { .. })));
+        assert!(matches!(Codec::Dense.decode(&bytes[..7], 2), Err(CodecError::Length { .. })));
         let nan = Codec::Dense.encode(&[1.0, f32::NAN]);
         assert_eq!(Codec::Dense.decode(&nan, 2), Err(CodecError::NonFinite(1)));
     }

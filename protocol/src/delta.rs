@@ -128,11 +128,7 @@ impl SignedDelta {
             payload_hash: payload_hash(&payload),
         };
         let signature = key.sign(&header_digest(&header)).to_bytes();
-        Self {
-            header,
-            payload,
-            signature,
-        }
+        Self { header, payload, signature }
     }
 
     /// Checks the payload against its hash and the signature against the sender's
@@ -146,8 +142,7 @@ impl SignedDelta {
         }
         let key = VerifyingKey::from_bytes(&self.header.sender.0).map_err(|_| Refusal::BadKey)?;
         let signature = Signature::from_bytes(&self.signature);
-        key.verify_strict(&header_digest(&self.header), &signature)
-            .map_err(|_| Refusal::BadSignature)
+        key.verify_strict(&header_digest(&self.header), &signature).map_err(|_| Refusal::BadSignature)
     }
 
     /// Everything a node checks before it accepts or forwards a delta of this run:
@@ -158,10 +153,7 @@ impl SignedDelta {
             return Err(Refusal::WrongRun);
         }
         if self.header.codec != codec {
-            return Err(Refusal::WrongCodec {
-                got: self.header.codec,
-                expected: codec,
-            });
+            return Err(Refusal::WrongCodec { got: self.header.codec, expected: codec });
         }
         if self.header.samples == 0 {
             return Err(Refusal::ZeroSamples);
@@ -175,15 +167,9 @@ impl SignedDelta {
     }
 
     /// Decodes and fully validates bytes received from the network.
-    pub fn from_untrusted(
-        bytes: &[u8],
-        run_id: RunId,
-        codec: Codec,
-        params: usize,
-    ) -> Result<Self, Refusal> {
+    pub fn from_untrusted(bytes: &[u8], run_id: RunId, codec: Codec, params: usize) -> Result<Self, Refusal> {
         let limit = codec.max_payload_len(params) + 1024;
-        let delta =
-            wire::decode_delta(bytes, limit).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let delta = wire::decode_delta(bytes, limit).map_err(|e| Refusal::Malformed(e.to_string()))?;
         delta.validate(run_id, codec, params)?;
         Ok(delta)
     }
@@ -212,14 +198,7 @@ mod tests {
     }
 
     fn sample(values: &[f32]) -> SignedDelta {
-        SignedDelta::sign(
-            &key(1),
-            RunId([9; 32]),
-            4,
-            100,
-            Codec::Dense,
-            Codec::Dense.encode(values),
-        )
+        SignedDelta::sign(&key(1), RunId([9; 32]), 4, 100, Codec::Dense, Codec::Dense.encode(values))
     }
 
     #[test]
@@ -232,10 +211,7 @@ mod tests {
     #[test]
     fn another_run_is_refused() {
         let d = sample(&[1.0]);
-        assert_eq!(
-            d.validate(RunId([8; 32]), Codec::Dense, 1),
-            Err(Refusal::WrongRun)
-        );
+        assert_eq!(d.validate(RunId([8; 32]), Codec::Dense, 1), Err(Refusal::WrongRun));
     }
 
     #[test]

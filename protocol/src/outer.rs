@@ -16,11 +16,7 @@ pub struct OuterOptimizer {
 
 impl From<&OuterSpec> for OuterOptimizer {
     fn from(spec: &OuterSpec) -> Self {
-        Self {
-            lr: spec.lr as f32,
-            momentum: spec.momentum as f32,
-            nesterov: spec.nesterov,
-        }
+        Self { lr: spec.lr as f32, momentum: spec.momentum as f32, nesterov: spec.nesterov }
     }
 }
 
@@ -29,16 +25,8 @@ impl OuterOptimizer {
     /// θ_r − mean θ_i and `update` is `grad + μ·m` (Nesterov) or `m` (heavy ball),
     /// with `m ← μ·m + grad`.
     pub fn step(&self, params: &mut [f32], momentum: &mut [f32], grad: &[f32]) {
-        assert_eq!(
-            params.len(),
-            grad.len(),
-            "pseudo-gradient length must match the model"
-        );
-        assert_eq!(
-            params.len(),
-            momentum.len(),
-            "momentum length must match the model"
-        );
+        assert_eq!(params.len(), grad.len(), "pseudo-gradient length must match the model");
+        assert_eq!(params.len(), momentum.len(), "momentum length must match the model");
         let (lr, mu) = (self.lr, self.momentum);
         for ((p, m), &g) in params.iter_mut().zip(momentum.iter_mut()).zip(grad) {
             *m = mu * *m + g;
@@ -54,11 +42,7 @@ mod tests {
 
     #[test]
     fn lr_one_without_momentum_is_plain_averaging() {
-        let opt = OuterOptimizer {
-            lr: 1.0,
-            momentum: 0.0,
-            nesterov: false,
-        };
+        let opt = OuterOptimizer { lr: 1.0, momentum: 0.0, nesterov: false };
         let mut params = vec![1.0, 2.0];
         let mut m = vec![0.0; 2];
         // mean of local models is [0.5, 2.5]; pseudo-gradient θ − mean = [0.5, −0.5]
@@ -68,11 +52,7 @@ mod tests {
 
     #[test]
     fn nesterov_looks_ahead() {
-        let opt = OuterOptimizer {
-            lr: 1.0,
-            momentum: 0.5,
-            nesterov: true,
-        };
+        let opt = OuterOptimizer { lr: 1.0, momentum: 0.5, nesterov: true };
         let mut params = vec![0.0];
         let mut m = vec![0.0];
         opt.step(&mut params, &mut m, &[1.0]);

@@ -7,6 +7,16 @@
 //! nodes has contributed or the deadline passes, buffers deltas for future
 //! rounds, drops stale ones and ignores duplicates. Deltas it hands out for a
 //! merge are sorted by sender key, the canonical merge order.
+//!
+//! Who is expected in a round is fixed by a rule every node applies alike, so
+//! that nodes merge the same set. Peers that are there before a node's first
+//! round are expected from the start. A peer that connects to a running node
+//! during round r is expected from round r + 2: by then it has had a whole round
+//! to fetch the state of r + 1 and train on it. A joining node learns that round
+//! from the peer it syncs from and observes (no training, re-syncing at each new
+//! round) until then, rather than contribute to a round whose earlier deltas it
+//! never saw. Only expected nodes' deltas count toward the quorum, so an early
+//! delta from a newcomer cannot close a round before the nodes it waits for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -55,14 +65,17 @@ pub enum Event {
     LocalDelta(SignedDelta),
     /// A peer's delta that passed [`SignedDelta::validate`] and [`RoundState::admit`].
     PeerDelta(SignedDelta),
-    /// A peer of this run connected (it is now expected to contribute).
+    /// A peer of this run connected: expected in this round if we have not yet
+    /// published for it, from the next round otherwise.
     PeerConnected(PublicKey),
     /// A peer of this run went away.
     PeerDisconnected(PublicKey),
     /// Time passed; deadlines are checked.
     Tick,
-    /// The node installed a peer's state for the start of `round`.
-    Synced { round: u64 },
+    /// The node installed a peer's state for the start of `round`; the peer
+    /// expects our deltas from `expected_from`. Until then we observe, syncing
+    /// again as each new round begins.
+    Synced { round: u64, expected_from: u64 },
 }
 
 /// Why a round closed.
@@ -79,11 +92,7 @@ pub enum Action {
     Publish(SignedDelta),
     /// Merge these deltas (sorted by sender) into the state of `round`, giving the
     /// state of `round + 1`. The state machine has already moved on.
-    Merge {
-        round: u64,
-        deltas: Vec<SignedDelta>,
-        reason: CloseReason,
-    },
+    Merge { round: u64, deltas: Vec<SignedDelta>, reason: CloseReason },
     /// We are behind: fetch the current state from `peer`, which reached `round`.
     RequestState { peer: PublicKey, round: u64 },
 }
@@ -112,10 +121,16 @@ pub struct RoundState {
     published_at: Option<u64>,
     /// Deltas of the current and future rounds, keyed by round, then sender.
     rounds: BTreeMap<u64, BTreeMap<PublicKey, SignedDelta>>,
-    connected: BTreeSet<PublicKey>,
+    /// Connected peers of the run, and the round from which each is expected.
+    connected: BTreeMap<PublicKey, u64>,
     /// The last round each peer contributed to.
     last_active: HashMap<PublicKey, u64>,
-    last_sync_request: Option<u64>,
+    /// The round and time of our last state request.
+    last_sync_request: Option<(u64, u64)>,
+    /// Rounds before this one are observed, not contributed to (after a sync).
+    contribute_from: u64,
+    /// Whether this node has published a delta since it started.
+    ever_published: bool,
 }
 
 impl RoundState {
@@ -127,9 +142,11 @@ impl RoundState {
             round,
             published_at: None,
             rounds: BTreeMap::new(),
-            connected: BTreeSet::new(),
+            connected: BTreeMap::new(),
             last_active: HashMap::new(),
             last_sync_request: None,
+            contribute_from: 0,
+            ever_published: false,
         }
     }
 
@@ -143,6 +160,31 @@ impl RoundState {
         self.published_at.is_some()
     }
 
+    /// Whether the node should train for the current round now: not yet
+    /// published, and not observing it.
+    pub fn wants_local(&self) -> bool {
+        self.published_at.is_none() && !self.observing()
+    }
+
+    /// Whether we are sitting out the current round after a mid-round sync.
+    pub fn observing(&self) -> bool {
+        self.round < self.contribute_from
+    }
+
+    /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
+    pub fn expected_from(&self, peer: &PublicKey) -> u64 {
+        match self.connected.get(peer) {
+            Some(&from) => from,
+            None => self.round + 2,
+        }
+    }
+
+    /// The deltas collected for the current round, in sender order (served to
+    /// a node that syncs mid-round, since gossip does not replay them).
+    pub fn current_deltas(&self) -> Vec<SignedDelta> {
+        self.rounds.get(&self.round).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
     /// Deltas collected so far for the current round, our own included.
     pub fn collected(&self) -> usize {
         self.rounds.get(&self.round).map_or(0, |m| m.len())
@@ -151,15 +193,11 @@ impl RoundState {
     /// Nodes expected to contribute to the current round: ourselves, connected
     /// peers of the run, and peers that contributed recently.
     pub fn active(&self) -> BTreeSet<PublicKey> {
-        let mut set: BTreeSet<PublicKey> = self.connected.clone();
+        let mut set: BTreeSet<PublicKey> =
+            self.connected.iter().filter(|(_, &from)| from <= self.round).map(|(k, _)| *k).collect();
         set.insert(self.me);
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
-        set.extend(
-            self.last_active
-                .iter()
-                .filter(|(_, &r)| r >= horizon)
-                .map(|(k, _)| *k),
-        );
+        set.extend(self.last_active.iter().filter(|(_, &r)| r >= horizon).map(|(k, _)| *k));
         set
     }
 
@@ -174,16 +212,8 @@ impl RoundState {
         if header.round < self.round {
             return Admission::Stale;
         }
-        if let Some(existing) = self
-            .rounds
-            .get(&header.round)
-            .and_then(|m| m.get(&header.sender))
-        {
-            return if existing.header == *header {
-                Admission::Duplicate
-            } else {
-                Admission::Equivocation
-            };
+        if let Some(existing) = self.rounds.get(&header.round).and_then(|m| m.get(&header.sender)) {
+            return if existing.header == *header { Admission::Duplicate } else { Admission::Equivocation };
         }
         if header.sender == self.me {
             // Someone replays a delta with our key that we did not make.
@@ -210,11 +240,9 @@ impl RoundState {
                     // Trained for a round we have since left (e.g. after a sync).
                     return actions;
                 }
-                self.rounds
-                    .entry(self.round)
-                    .or_default()
-                    .insert(self.me, delta.clone());
+                self.rounds.entry(self.round).or_default().insert(self.me, delta.clone());
                 self.published_at = Some(now_ms);
+                self.ever_published = true;
                 actions.push(Action::Publish(delta));
             }
             Event::PeerDelta(delta) => {
@@ -222,9 +250,7 @@ impl RoundState {
                     return actions;
                 }
                 let (round, sender) = (delta.header.round, delta.header.sender);
-                if !self.rounds.contains_key(&round)
-                    && self.future_rounds() >= self.config.buffered_rounds
-                {
+                if !self.rounds.contains_key(&round) && self.future_rounds() >= self.config.buffered_rounds {
                     if let Some(lowest) = self.lowest_future_round() {
                         self.rounds.remove(&lowest);
                     }
@@ -232,17 +258,16 @@ impl RoundState {
                 self.rounds.entry(round).or_default().insert(sender, delta);
                 let seen = self.last_active.entry(sender).or_insert(round);
                 *seen = (*seen).max(round);
-                if round >= self.round + self.config.sync_lag_rounds && self.sync_allowed(now_ms) {
-                    self.last_sync_request = Some(now_ms);
-                    actions.push(Action::RequestState {
-                        peer: sender,
-                        round,
-                    });
+                let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
+                if round >= self.round + lag && self.sync_allowed(round, now_ms) {
+                    self.last_sync_request = Some((round, now_ms));
+                    actions.push(Action::RequestState { peer: sender, round });
                 }
             }
             Event::PeerConnected(peer) => {
-                if peer != self.me {
-                    self.connected.insert(peer);
+                if peer != self.me && !self.connected.contains_key(&peer) {
+                    let from = if self.ever_published { self.round + 2 } else { self.round };
+                    self.connected.insert(peer, from);
                 }
             }
             Event::PeerDisconnected(peer) => {
@@ -250,9 +275,10 @@ impl RoundState {
                 self.last_active.remove(&peer);
             }
             Event::Tick => {}
-            Event::Synced { round } => {
-                if round > self.round {
+            Event::Synced { round, expected_from } => {
+                if round > self.round || (round == self.round && self.observing()) {
                     self.jump_to(round);
+                    self.contribute_from = expected_from;
                 }
                 return actions;
             }
@@ -261,9 +287,12 @@ impl RoundState {
         actions
     }
 
-    fn sync_allowed(&self, now_ms: u64) -> bool {
-        self.last_sync_request
-            .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.sync_retry_ms)
+    /// A request for a newer round than the last one goes out at once; a repeat
+    /// waits for the retry interval.
+    fn sync_allowed(&self, round: u64, now_ms: u64) -> bool {
+        self.last_sync_request.is_none_or(|(last_round, t)| {
+            round > last_round || now_ms.saturating_sub(t) >= self.config.sync_retry_ms
+        })
     }
 
     fn future_rounds(&self) -> usize {
@@ -290,7 +319,10 @@ impl RoundState {
         let Some(published_at) = self.published_at else {
             return;
         };
-        let reason = if self.collected() >= self.quorum_target() {
+        let active = self.active();
+        let from_active =
+            self.rounds.get(&self.round).map_or(0, |m| m.keys().filter(|k| active.contains(k)).count());
+        let reason = if from_active >= self.quorum_target() {
             CloseReason::Quorum
         } else if now_ms >= published_at.saturating_add(self.config.deadline_ms) {
             CloseReason::Deadline
@@ -298,20 +330,11 @@ impl RoundState {
             return;
         };
         let round = self.round;
-        let deltas = self
-            .rounds
-            .remove(&round)
-            .unwrap_or_default()
-            .into_values()
-            .collect();
+        let deltas = self.rounds.remove(&round).unwrap_or_default().into_values().collect();
         self.round += 1;
         self.published_at = None;
         self.prune_activity();
-        actions.push(Action::Merge {
-            round,
-            deltas,
-            reason,
-        });
+        actions.push(Action::Merge { round, deltas, reason });
     }
 }
 
@@ -326,21 +349,11 @@ mod tests {
     }
 
     fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
-        SignedDelta::sign(
-            &key(i),
-            RunId([0; 32]),
-            round,
-            10,
-            Codec::Dense,
-            Codec::Dense.encode(&[value]),
-        )
+        SignedDelta::sign(&key(i), RunId([0; 32]), round, 10, Codec::Dense, Codec::Dense.encode(&[value]))
     }
 
     fn config() -> RoundConfig {
-        RoundConfig::from_spec(&RoundSpec {
-            deadline_ms: 1_000,
-            quorum: 1.0,
-        })
+        RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 })
     }
 
     fn state() -> RoundState {
@@ -352,15 +365,9 @@ mod tests {
 
     fn merged(actions: &[Action]) -> Option<(u64, Vec<PublicKey>, CloseReason)> {
         actions.iter().find_map(|a| match a {
-            Action::Merge {
-                round,
-                deltas,
-                reason,
-            } => Some((
-                *round,
-                deltas.iter().map(|d| d.header.sender).collect(),
-                *reason,
-            )),
+            Action::Merge { round, deltas, reason } => {
+                Some((*round, deltas.iter().map(|d| d.header.sender).collect(), *reason))
+            }
             _ => None,
         })
     }
@@ -372,8 +379,7 @@ mod tests {
         assert!(matches!(a[0], Action::Publish(_)));
         assert!(merged(&a).is_none());
         assert!(merged(&s.handle(6, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
-        let (round, senders, reason) =
-            merged(&s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+        let (round, senders, reason) = merged(&s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
         assert_eq!((round, reason), (0, CloseReason::Quorum));
         let mut sorted = senders.clone();
         sorted.sort();
@@ -411,11 +417,7 @@ mod tests {
         s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
         s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)));
         assert_eq!(s.round(), 1);
-        assert_eq!(
-            s.collected(),
-            1,
-            "the buffered round-1 delta is now current"
-        );
+        assert_eq!(s.collected(), 1, "the buffered round-1 delta is now current");
         assert_eq!(s.admit(&delta(3, 0, 3.0).header), Admission::Stale);
     }
 
@@ -426,13 +428,9 @@ mod tests {
         assert!(matches!(a[0], Action::RequestState { round: 7, .. }));
         let again = s.handle(1, Event::PeerDelta(delta(3, 7, 3.0)));
         assert!(again.is_empty(), "requests are rate limited");
-        s.handle(2, Event::Synced { round: 7 });
+        s.handle(2, Event::Synced { round: 7, expected_from: 7 });
         assert_eq!(s.round(), 7);
-        assert_eq!(
-            s.collected(),
-            2,
-            "deltas buffered for the synced round are kept"
-        );
+        assert_eq!(s.collected(), 2, "deltas buffered for the synced round are kept");
         let a = s.handle(3, Event::LocalDelta(delta(1, 7, 1.0)));
         assert_eq!(merged(&a).unwrap().0, 7);
     }
@@ -440,7 +438,7 @@ mod tests {
     #[test]
     fn a_stale_local_delta_after_sync_is_ignored() {
         let mut s = state();
-        s.handle(0, Event::Synced { round: 3 });
+        s.handle(0, Event::Synced { round: 3, expected_from: 3 });
         assert!(s.handle(1, Event::LocalDelta(delta(1, 0, 1.0))).is_empty());
     }
 
@@ -453,5 +451,38 @@ mod tests {
         assert!(s.future_rounds() <= s.config.buffered_rounds);
         assert_eq!(s.admit(&delta(3, 20, 0.0).header), Admission::Accept);
         assert_eq!(s.admit(&delta(3, 1, 0.0).header), Admission::Full);
+    }
+
+    #[test]
+    fn a_peer_that_connects_to_a_running_node_is_expected_two_rounds_later() {
+        let (k2, k3) = (PublicKey::of(&key(2)), PublicKey::of(&key(3)));
+        let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+        s.handle(0, Event::PeerConnected(k2));
+        assert_eq!(s.expected_from(&k2), 0, "peers there before the first round are expected at once");
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(1, Event::PeerConnected(k3));
+        assert_eq!(s.expected_from(&k3), 2);
+        // The newcomer's early delta does not count toward the quorum...
+        assert!(merged(&s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
+        // ...but is merged with the round once the expected peer delivers.
+        let (round, senders, reason) = merged(&s.handle(3, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+        assert_eq!((round, senders.len(), reason), (0, 3, CloseReason::Quorum));
+    }
+
+    #[test]
+    fn an_observer_sits_out_the_round_and_resyncs_when_the_next_begins() {
+        let mut s = state();
+        s.handle(0, Event::Synced { round: 5, expected_from: 7 });
+        assert!(s.observing() && !s.wants_local());
+        assert!(s.handle(1, Event::PeerDelta(delta(2, 5, 2.0))).is_empty());
+        let a = s.handle(2, Event::PeerDelta(delta(2, 6, 2.0)));
+        assert!(matches!(a[0], Action::RequestState { round: 6, .. }), "{a:?}");
+        s.handle(3, Event::Synced { round: 6, expected_from: 7 });
+        assert!(s.observing(), "still observing round 6");
+        assert_eq!(s.collected(), 1, "the buffered round-6 delta is kept");
+        let a = s.handle(4, Event::PeerDelta(delta(2, 7, 2.0)));
+        assert!(matches!(a[0], Action::RequestState { round: 7, .. }), "{a:?}");
+        s.handle(5, Event::Synced { round: 7, expected_from: 7 });
+        assert!(!s.observing() && s.wants_local());
     }
 }

@@ -1,4 +1,20 @@
-//! `ModelState`: what a node must hold to continue a run, and its hash.
+//! `ModelState`: what a node must hold to continue a run, and its hash; and
+//! `SyncReply`, what a node sends a peer that asks for it.
+
+use crate::delta::SignedDelta;
+
+/// Most deltas of the current round a sync reply carries.
+pub const MAX_SYNC_DELTAS: usize = 256;
+
+/// The answer to a state request: our state, the round from which we expect the
+/// requester's deltas, and the deltas of our current round we hold (gossip does
+/// not replay what was published before the requester subscribed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncReply {
+    pub state: ModelState,
+    pub expected_from: u64,
+    pub deltas: Vec<SignedDelta>,
+}
 
 /// Parameters θ_r at the start of `round`, and the outer optimizer's momentum.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,11 +28,7 @@ impl ModelState {
     /// A fresh state at round 0.
     pub fn initial(params: Vec<f32>) -> Self {
         let momentum = vec![0.0; params.len()];
-        Self {
-            round: 0,
-            params,
-            momentum,
-        }
+        Self { round: 0, params, momentum }
     }
 
     /// A domain-separated BLAKE3 hash of the round, parameters and momentum.

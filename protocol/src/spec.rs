@@ -125,29 +125,11 @@ impl RunSpec {
         Self {
             name: "starling-builtin".into(),
             seed: 7,
-            model: ModelSpec {
-                layers: vec![32, 128, 128, 10],
-            },
-            dataset: DatasetSpec {
-                kind: DatasetKind::Synthetic,
-                samples_per_node: 4096,
-                eval_samples: 4096,
-            },
-            inner: InnerSpec {
-                steps: 50,
-                batch_size: 64,
-                lr: 2e-3,
-                weight_decay: 0.0,
-            },
-            outer: OuterSpec {
-                lr: 0.7,
-                momentum: 0.9,
-                nesterov: true,
-            },
-            round: RoundSpec {
-                deadline_ms: 30_000,
-                quorum: 1.0,
-            },
+            model: ModelSpec { layers: vec![32, 128, 128, 10] },
+            dataset: DatasetSpec { kind: DatasetKind::Synthetic, samples_per_node: 4096, eval_samples: 4096 },
+            inner: InnerSpec { steps: 50, batch_size: 64, lr: 2e-3, weight_decay: 0.0 },
+            outer: OuterSpec { lr: 0.7, momentum: 0.9, nesterov: true },
+            round: RoundSpec { deadline_ms: 30_000, quorum: 1.0 },
             codec: Codec::Dense,
             aggregation: AggregationRule::WeightedMean,
         }
@@ -175,11 +157,7 @@ impl RunSpec {
 
     /// Number of parameters of the model (weights and biases of every layer).
     pub fn param_count(&self) -> usize {
-        self.model
-            .layers
-            .windows(2)
-            .map(|w| w[0] * w[1] + w[1])
-            .sum()
+        self.model.layers.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
     }
 
     /// The largest encoded delta a node accepts in this run, with room for the header.
@@ -192,20 +170,19 @@ impl RunSpec {
         self.param_count() * 8 + 1024
     }
 
+    /// The largest sync reply: a state and the deltas of one round.
+    pub fn max_sync_reply_bytes(&self) -> usize {
+        self.max_state_bytes() + crate::snapshot::MAX_SYNC_DELTAS * self.max_delta_bytes()
+    }
+
     /// Checks every field; the error names the field to fix.
     pub fn validate(&self) -> Result<(), SpecError> {
         fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), SpecError> {
-            Err(SpecError::Invalid {
-                field,
-                reason: reason.into(),
-            })
+            Err(SpecError::Invalid { field, reason: reason.into() })
         }
         let layers = &self.model.layers;
         if layers.len() < 2 {
-            return bad(
-                "model.layers",
-                "needs at least an input and an output width",
-            );
+            return bad("model.layers", "needs at least an input and an output width");
         }
         if layers.iter().any(|&w| w == 0 || w > 65_536) {
             return bad("model.layers", "every width must be between 1 and 65536");
@@ -214,10 +191,7 @@ impl RunSpec {
             return bad("model.layers", "the output layer needs at least 2 classes");
         }
         if self.param_count() > 100_000_000 {
-            return bad(
-                "model.layers",
-                "models over 100M parameters are not supported",
-            );
+            return bad("model.layers", "models over 100M parameters are not supported");
         }
         if self.dataset.samples_per_node == 0 {
             return bad("dataset.samples_per_node", "must be at least 1");

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::delta::{DeltaHeader, SignedDelta};
-use crate::snapshot::ModelState;
+use crate::snapshot::{ModelState, SyncReply, MAX_SYNC_DELTAS};
 
 /// The largest message any Starling decoder accepts, whatever the caller's limit.
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
@@ -45,10 +45,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, WireError> {
     let limit = limit.min(MAX_MESSAGE_BYTES);
     if bytes.len() > limit {
-        return Err(WireError::TooLarge {
-            len: bytes.len(),
-            limit,
-        });
+        return Err(WireError::TooLarge { len: bytes.len(), limit });
     }
     let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, CONFIG)
         .map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -80,18 +77,15 @@ pub fn encode_delta(delta: &SignedDelta) -> Vec<u8> {
 /// Decodes a signed delta of at most `limit` bytes. This checks the shape only;
 /// [`SignedDelta::verify`] checks what it claims.
 pub fn decode_delta(bytes: &[u8], limit: usize) -> Result<SignedDelta, WireError> {
-    let wire: SignedDeltaWire = decode(bytes, limit)?;
-    let signature: [u8; 64] = wire.signature.try_into().map_err(|_| {
-        WireError::Malformed(format!(
-            "signature is {} bytes, not 64",
-            wire.signature.len()
-        ))
-    })?;
-    Ok(SignedDelta {
-        header: wire.header,
-        payload: wire.payload.to_vec(),
-        signature,
-    })
+    delta_from_wire(decode(bytes, limit)?)
+}
+
+fn delta_from_wire(wire: SignedDeltaWire) -> Result<SignedDelta, WireError> {
+    let signature: [u8; 64] = wire
+        .signature
+        .try_into()
+        .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", wire.signature.len())))?;
+    Ok(SignedDelta { header: wire.header, payload: wire.payload.to_vec(), signature })
 }
 
 /// The bytes a delta header's digest is computed over.
@@ -113,21 +107,16 @@ struct ModelStateWire<'a> {
 pub fn encode_state(state: &ModelState) -> Vec<u8> {
     let params = f32s_to_le_bytes(&state.params);
     let momentum = f32s_to_le_bytes(&state.momentum);
-    encode(&ModelStateWire {
-        round: state.round,
-        params: &params,
-        momentum: &momentum,
-    })
+    encode(&ModelStateWire { round: state.round, params: &params, momentum: &momentum })
 }
 
 /// Decodes a model state of at most `limit` bytes that must hold exactly
 /// `param_count` parameters and as many momentum values.
-pub fn decode_state(
-    bytes: &[u8],
-    limit: usize,
-    param_count: usize,
-) -> Result<ModelState, WireError> {
-    let wire: ModelStateWire = decode(bytes, limit)?;
+pub fn decode_state(bytes: &[u8], limit: usize, param_count: usize) -> Result<ModelState, WireError> {
+    state_from_wire(&decode(bytes, limit)?, param_count)
+}
+
+fn state_from_wire(wire: &ModelStateWire, param_count: usize) -> Result<ModelState, WireError> {
     let expected = param_count * 4;
     if wire.params.len() != expected || wire.momentum.len() != expected {
         return Err(WireError::Malformed(format!(
@@ -143,6 +132,54 @@ pub fn decode_state(
     })
 }
 
+/// A [`SyncReply`] as it travels.
+#[derive(Serialize, Deserialize)]
+struct SyncReplyWire<'a> {
+    #[serde(borrow)]
+    state: ModelStateWire<'a>,
+    expected_from: u64,
+    #[serde(borrow)]
+    deltas: Vec<SignedDeltaWire<'a>>,
+}
+
+/// Encodes a sync reply.
+pub fn encode_sync_reply(reply: &SyncReply) -> Vec<u8> {
+    let params = f32s_to_le_bytes(&reply.state.params);
+    let momentum = f32s_to_le_bytes(&reply.state.momentum);
+    encode(&SyncReplyWire {
+        state: ModelStateWire { round: reply.state.round, params: &params, momentum: &momentum },
+        expected_from: reply.expected_from,
+        deltas: reply
+            .deltas
+            .iter()
+            .take(MAX_SYNC_DELTAS)
+            .map(|d| SignedDeltaWire {
+                header: d.header.clone(),
+                payload: &d.payload,
+                signature: &d.signature,
+            })
+            .collect(),
+    })
+}
+
+/// Decodes a sync reply of at most `limit` bytes for a model of `param_count`
+/// parameters. The deltas it carries still need [`SignedDelta::validate`].
+pub fn decode_sync_reply(bytes: &[u8], limit: usize, param_count: usize) -> Result<SyncReply, WireError> {
+    let wire: SyncReplyWire = decode(bytes, limit)?;
+    if wire.deltas.len() > MAX_SYNC_DELTAS {
+        return Err(WireError::Malformed(format!(
+            "sync reply carries {} deltas, over {MAX_SYNC_DELTAS}",
+            wire.deltas.len()
+        )));
+    }
+    let state = state_from_wire(&wire.state, param_count)?;
+    let mut deltas = Vec::with_capacity(wire.deltas.len());
+    for d in wire.deltas {
+        deltas.push(delta_from_wire(d)?);
+    }
+    Ok(SyncReply { state, expected_from: wire.expected_from, deltas })
+}
+
 /// Little-endian bytes of an `f32` slice.
 pub fn f32s_to_le_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
@@ -154,10 +191,7 @@ pub fn f32s_to_le_bytes(values: &[f32]) -> Vec<u8> {
 
 /// `f32`s from little-endian bytes; the length must be a multiple of 4 (callers check).
 pub fn le_bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 #[cfg(test)]
@@ -166,23 +200,30 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_checks_its_length() {
-        let state = ModelState {
-            round: 3,
-            params: vec![1.0, -2.5],
-            momentum: vec![0.0, 0.5],
-        };
+        let state = ModelState { round: 3, params: vec![1.0, -2.5], momentum: vec![0.0, 0.5] };
         let bytes = encode_state(&state);
         assert_eq!(decode_state(&bytes, 1 << 20, 2).unwrap(), state);
         assert!(decode_state(&bytes, 1 << 20, 3).is_err());
     }
 
     #[test]
+    fn sync_reply_round_trips() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let delta = SignedDelta::sign(&key, crate::RunId([0; 32]), 2, 9, crate::Codec::Dense, vec![0; 8]);
+        let reply = SyncReply {
+            state: ModelState { round: 2, params: vec![1.0, 2.0], momentum: vec![0.0, 0.0] },
+            expected_from: 2,
+            deltas: vec![delta],
+        };
+        let bytes = encode_sync_reply(&reply);
+        assert_eq!(decode_sync_reply(&bytes, 1 << 20, 2).unwrap(), reply);
+        assert!(decode_sync_reply(&bytes, 1 << 20, 3).is_err());
+    }
+
+    #[test]
     fn refuses_input_over_the_callers_limit() {
         let bytes = encode(&vec![1u8; 100]);
-        assert!(matches!(
-            decode::<Vec<u8>>(&bytes, 10),
-            Err(WireError::TooLarge { .. })
-        ));
+        assert!(matches!(decode::<Vec<u8>>(&bytes, 10), Err(WireError::TooLarge { .. })));
     }
 
     #[test]

@@ -63,26 +63,17 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         let meta = db.open_tree("meta")?;
         let checkpoints = db.open_tree("checkpoints")?;
-        Ok(Self {
-            db,
-            meta,
-            checkpoints,
-        })
+        Ok(Self { db, meta, checkpoints })
     }
 
     /// The node's identity key, created on first use and reused after.
     pub fn identity(&self) -> Result<SigningKey, StoreError> {
         if let Some(bytes) = self.meta.get(IDENTITY_KEY)? {
-            let secret: [u8; 32] = bytes
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::CorruptIdentity(bytes.len()))?;
+            let secret: [u8; 32] =
+                bytes.as_ref().try_into().map_err(|_| StoreError::CorruptIdentity(bytes.len()))?;
             return Ok(SigningKey::from_bytes(&secret));
         }
         let mut secret = [0u8; 32];
@@ -103,8 +94,7 @@ impl Store {
         let Some(bytes) = self.meta.get(SPEC_KEY)? else {
             return Ok(None);
         };
-        let text =
-            std::str::from_utf8(&bytes).map_err(|e| StoreError::CorruptSpec(e.to_string()))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| StoreError::CorruptSpec(e.to_string()))?;
         Ok(Some(RunSpec::from_toml(text)?))
     }
 
@@ -137,17 +127,10 @@ impl Store {
         let mut skipped = Vec::new();
         for entry in self.checkpoints.iter().rev() {
             let (key, record) = entry?;
-            let round = key
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
+            let round = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
             match decode_record(&record, param_count) {
                 Ok(state) if state.round == round => {
-                    return Ok(CheckpointScan {
-                        state: Some(state),
-                        skipped,
-                    })
+                    return Ok(CheckpointScan { state: Some(state), skipped })
                 }
                 Ok(state) => skipped.push(CorruptCheckpoint {
                     round,
@@ -156,10 +139,7 @@ impl Store {
                 Err(reason) => skipped.push(CorruptCheckpoint { round, reason }),
             }
         }
-        Ok(CheckpointScan {
-            state: None,
-            skipped,
-        })
+        Ok(CheckpointScan { state: None, skipped })
     }
 
     /// Rounds of the checkpoints kept, oldest first.
@@ -167,13 +147,7 @@ impl Store {
         self.checkpoints
             .iter()
             .keys()
-            .map(|k| {
-                Ok(k?
-                    .as_ref()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(u64::MAX))
-            })
+            .map(|k| Ok(k?.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)))
             .collect()
     }
 
@@ -195,10 +169,7 @@ fn checksum(body: &[u8]) -> blake3::Hash {
 
 fn decode_record(record: &[u8], param_count: usize) -> Result<ModelState, String> {
     if record.len() < CHECKSUM_LEN {
-        return Err(format!(
-            "record is {} bytes, shorter than its checksum",
-            record.len()
-        ));
+        return Err(format!("record is {} bytes, shorter than its checksum", record.len()));
     }
     let (sum, body) = record.split_at(CHECKSUM_LEN);
     if checksum(body).as_bytes() != sum {
@@ -213,11 +184,7 @@ mod tests {
     use super::*;
 
     fn state(round: u64) -> ModelState {
-        ModelState {
-            round,
-            params: vec![round as f32, 1.5, -2.0],
-            momentum: vec![0.25; 3],
-        }
+        ModelState { round, params: vec![round as f32, 1.5, -2.0], momentum: vec![0.25; 3] }
     }
 
     #[test]
@@ -256,9 +223,7 @@ mod tests {
         let mut whole = Vec::new();
         whole.extend_from_slice(checksum(&wire::encode_state(&state(3))).as_bytes());
         whole.extend_from_slice(&wire::encode_state(&state(3)));
-        store
-            .put_raw_checkpoint(3, &whole[..whole.len() / 2])
-            .unwrap();
+        store.put_raw_checkpoint(3, &whole[..whole.len() / 2]).unwrap();
         // And one whose bytes rotted.
         whole[40] ^= 0x10;
         store.put_raw_checkpoint(4, &whole).unwrap();
@@ -267,15 +232,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let scan = store.latest_checkpoint(3).unwrap();
         assert_eq!(scan.state, Some(state(2)));
-        assert_eq!(
-            scan.skipped.iter().map(|c| c.round).collect::<Vec<_>>(),
-            vec![4, 3]
-        );
-        assert!(
-            scan.skipped[0].reason.contains("checksum"),
-            "{:?}",
-            scan.skipped
-        );
+        assert_eq!(scan.skipped.iter().map(|c| c.round).collect::<Vec<_>>(), vec![4, 3]);
+        assert!(scan.skipped[0].reason.contains("checksum"), "{:?}", scan.skipped);
     }
 
     #[test]
@@ -292,9 +250,7 @@ mod tests {
     fn two_stores_cannot_share_a_datadir() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path())
-            .err()
-            .expect("second open must fail");
+        let err = Store::open(dir.path()).err().expect("second open must fail");
         assert!(err.to_string().contains("--datadir"), "{err}");
     }
 }

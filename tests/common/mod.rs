@@ -59,7 +59,12 @@ impl NodeProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited ({status}) before logging {needle:?}:\n{}", self.name, self.log());
             }
-            assert!(Instant::now() < deadline, "{} did not log {needle:?} within {timeout:?}:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -78,7 +83,12 @@ impl NodeProcess {
                 assert!(status.success(), "{} failed ({status}):\n{}", self.name, self.log());
                 return;
             }
-            assert!(Instant::now() < deadline, "{} still running after {timeout:?}:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -6,8 +6,8 @@ pub mod sync;
 use std::time::Duration;
 
 use libp2p::{
-    gossipsub, identify, identity, kad, mdns, noise, ping, request_response, swarm::behaviour::toggle::Toggle,
-    swarm::NetworkBehaviour, tcp, yamux, PeerId, StreamProtocol, Swarm,
+    gossipsub, identify, identity, kad, mdns, noise, ping, request_response,
+    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux, PeerId, StreamProtocol, Swarm,
 };
 use starling_protocol::{PublicKey, RunSpec};
 
@@ -84,7 +84,7 @@ pub fn build_swarm(
 ) -> Result<Swarm<Behaviour>, NetError> {
     let run = spec.run_id().short();
     let max_delta = spec.max_delta_bytes();
-    let max_state = spec.max_state_bytes();
+    let max_sync = spec.max_sync_reply_bytes();
     let mdns_enabled = options.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(key))
         .with_tokio()
@@ -98,11 +98,13 @@ pub fn build_swarm(
                 gossipsub_config(max_delta)?,
             )?;
             let identify = identify::Behaviour::new(
-                identify::Config::new(format!("/starling/{run}/1"), key.public()).with_agent_version(AGENT.into()),
+                identify::Config::new(format!("/starling/{run}/1"), key.public())
+                    .with_agent_version(AGENT.into()),
             );
             let peer = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(
-                StreamProtocol::try_from_owned(format!("/starling/{run}/kad/1")).expect("starts with a slash"),
+                StreamProtocol::try_from_owned(format!("/starling/{run}/kad/1"))
+                    .expect("starts with a slash"),
             );
             kad_config.set_query_timeout(Duration::from_secs(30));
             let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
@@ -115,9 +117,10 @@ pub fn build_swarm(
                 None
             };
             let sync = request_response::Behaviour::with_codec(
-                StateCodec::new(max_state),
+                StateCodec::new(max_sync),
                 [(
-                    StreamProtocol::try_from_owned(format!("/starling/{run}/state/1")).expect("starts with a slash"),
+                    StreamProtocol::try_from_owned(format!("/starling/{run}/state/1"))
+                        .expect("starts with a slash"),
                     request_response::ProtocolSupport::Full,
                 )],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),

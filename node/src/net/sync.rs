@@ -49,7 +49,8 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(bytes).await?;
     io.close().await
@@ -66,9 +67,9 @@ impl libp2p::request_response::Codec for StateCodec {
         io: &mut T,
     ) -> io::Result<StateRequest> {
         let bytes = read_frame(io, 32).await?;
-        let run_id: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "state request must hold a 32-byte run id"))?;
+        let run_id: [u8; 32] = bytes.try_into().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "state request must hold a 32-byte run id")
+        })?;
         Ok(StateRequest { run_id: RunId(run_id) })
     }
 
