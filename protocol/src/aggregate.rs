@@ -40,7 +40,7 @@ impl AggregationRule {
         if inputs.is_empty() {
             return Err(AggregateError::Empty);
         }
-        inputs.sort_by(|a, b| a.sender.cmp(&b.sender));
+        inputs.sort_by_key(|c| c.sender);
         for pair in inputs.windows(2) {
             if pair[0].sender == pair[1].sender {
                 return Err(AggregateError::DuplicateSender(pair[0].sender.short()));

@@ -156,6 +156,9 @@ fn gossipsub_config(max_delta: usize) -> Result<gossipsub::Config, String> {
         .message_id_fn(|m: &gossipsub::Message| {
             gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..20])
         })
+        // Tell mesh peers at once that we already hold the deltas we publish,
+        // so they do not forward our own delta back to us.
+        .idontwant_on_publish(true)
         .heartbeat_interval(Duration::from_millis(500))
         .duplicate_cache_time(Duration::from_secs(300))
         .build()
