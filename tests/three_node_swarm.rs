@@ -9,12 +9,11 @@ use std::time::Duration;
 use common::{test_spec, write_spec, NodeProcess};
 use starling_node::{
     data::SyntheticTask,
-    local_swarm::consensus_distance,
     model::Mlp,
     node::shard_seed,
     trainer::{train_alone, Trainer},
 };
-use starling_protocol::PublicKey;
+use starling_protocol::{consensus_distance, PublicKey};
 use starling_storage::Store;
 
 const ROUNDS: u64 = 8;

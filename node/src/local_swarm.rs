@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration, time:
 
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
-use starling_protocol::RunSpec;
+use starling_protocol::{consensus_distance, RunSpec};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -193,28 +193,6 @@ fn summarize(
     })
 }
 
-/// RMS over nodes of ‖θᵢ − θ̄‖ / ‖θ̄‖: zero when every node holds the same parameters.
-pub fn consensus_distance(params: &[&[f32]]) -> f64 {
-    let Some(first) = params.first() else { return 0.0 };
-    let n = params.len() as f64;
-    let mut mean = vec![0.0f64; first.len()];
-    for p in params {
-        for (m, &v) in mean.iter_mut().zip(p.iter()) {
-            *m += v as f64 / n;
-        }
-    }
-    let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
-    if norm == 0.0 {
-        return 0.0;
-    }
-    let mean_sq: f64 = params
-        .iter()
-        .map(|p| p.iter().zip(&mean).map(|(&v, m)| (v as f64 - m).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        / n;
-    mean_sq.sqrt() / norm
-}
-
 /// Prints one line per round once every node has merged it.
 struct Progress {
     nodes: usize,
@@ -280,15 +258,6 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn consensus_distance_is_zero_for_equal_models_and_grows_with_spread() {
-        let a = [1.0f32, 2.0, 3.0];
-        assert_eq!(consensus_distance(&[&a, &a, &a]), 0.0);
-        let b = [1.1f32, 2.0, 3.0];
-        let d = consensus_distance(&[&a, &b]);
-        assert!(d > 0.0 && d < 0.05, "{d}");
-    }
 
     #[test]
     fn node_keys_are_deterministic_and_distinct() {

@@ -10,6 +10,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod consensus;
 pub mod delta;
 pub mod keys;
 pub mod outer;
@@ -20,6 +21,7 @@ pub mod wire;
 
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use codec::{Codec, CodecError};
+pub use consensus::consensus_distance;
 pub use delta::{DeltaHeader, DeltaId, Refusal, SignedDelta};
 pub use keys::PublicKey;
 pub use outer::OuterOptimizer;
