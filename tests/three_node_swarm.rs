@@ -63,7 +63,8 @@ fn three_processes_beat_training_alone_and_agree() {
     let mut keys = Vec::new();
     for datadir in &datadirs {
         let store = Store::open(std::path::Path::new(datadir)).unwrap();
-        let state = store.latest_checkpoint(spec.param_count()).unwrap().state.expect("a checkpoint");
+        let state =
+            store.latest_checkpoint(spec.param_count()).unwrap().checkpoint.expect("a checkpoint").state;
         assert_eq!(state.round, ROUNDS, "{datadir} stopped at round {}", state.round);
         keys.push(PublicKey::of(&store.identity().unwrap()));
         finals.push(state.params);

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
-use starling_protocol::RunSpec;
+use starling_protocol::{Codec, RunSpec};
 use tokio::sync::watch;
 
 use crate::{
@@ -34,6 +34,43 @@ pub enum Command {
     /// Create and inspect run specs.
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Benchmarks and reports that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Two peers on loopback exchange and average a delta of --params floats.
+    Average {
+        #[arg(long, default_value_t = 10_000_000)]
+        params: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Codec of the deltas (dense, f16, int8, topk:F, topk:F+int8).
+        #[arg(long, default_value = "dense")]
+        codec: Codec,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs the local swarm once per codec and prints bytes, compression and accuracy.
+    Codecs {
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: u64,
+        /// Codecs to compare, comma-separated; dense is always run first as the reference.
+        #[arg(long, value_delimiter = ',', default_values_t = default_codecs())]
+        codecs: Vec<Codec>,
+    },
+}
+
+fn default_codecs() -> Vec<Codec> {
+    ["f16", "int8", "topk:0.1", "topk:0.05+int8", "topk:0.02+int8", "topk:0.01+int8"]
+        .iter()
+        .map(|c| c.parse().expect("valid codec"))
+        .collect()
 }
 
 /// Logging.
@@ -108,6 +145,9 @@ pub struct SwarmArgs {
     /// Seeds the node identities (and so their data shards).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Overrides the spec's delta codec: dense, f16, int8, topk:F or topk:F+int8.
+    #[arg(long)]
+    pub codec: Option<Codec>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +177,34 @@ pub async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Swarm(args) => swarm(args).await,
+        Command::Bench(BenchCommand::Average { params, rounds, codec, json }) => {
+            let report = crate::bench::average(params, rounds, codec).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "two peers, {} floats, {} ({} per delta): {:.3} s per round (min {:.3}, max {:.3}) over {} rounds",
+                    report.params,
+                    report.codec,
+                    human_bytes(report.payload_bytes as f64),
+                    report.mean_seconds,
+                    report.min_seconds,
+                    report.max_seconds,
+                    report.rounds
+                );
+                println!(
+                    "  encode+sign {:.3} s, transfer {:.3} s, verify {:.3} s, decode+merge {:.3} s",
+                    report.encode_sign_seconds,
+                    report.transfer_seconds,
+                    report.verify_seconds,
+                    report.merge_seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
+            codec_table(nodes, rounds, codecs).await
+        }
         Command::Spec(SpecCommand::New { out }) => {
             let text = RunSpec::builtin().to_toml();
             match out {
@@ -215,10 +283,13 @@ async fn wait_for_signal() {
 }
 
 async fn swarm(args: SwarmArgs) -> Result<()> {
-    let spec = match &args.spec {
+    let mut spec = match &args.spec {
         Some(path) => load_spec(path)?,
         None => RunSpec::builtin(),
     };
+    if let Some(codec) = args.codec {
+        spec.codec = codec;
+    }
     let options = SwarmOptions {
         nodes: args.nodes,
         rounds: args.rounds,
@@ -226,6 +297,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         datadir: args.datadir,
         seed: args.seed,
         progress_to_stderr: args.json,
+        quiet: false,
     };
     if !args.json {
         println!(
@@ -260,6 +332,40 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         println!(
             "time          {:.1}s swarm, {:.1}s centralized baseline, {:.1}s in all",
             summary.swarm_seconds, summary.centralized_seconds, summary.wall_seconds
+        );
+    }
+    Ok(())
+}
+
+async fn codec_table(nodes: usize, rounds: u64, codecs: Vec<Codec>) -> Result<()> {
+    let mut all = vec![Codec::Dense];
+    all.extend(codecs.into_iter().filter(|c| *c != Codec::Dense));
+    println!("| codec | delta bytes | ratio vs dense | sent/node/round | received/needed | accuracy | loss vs dense |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut dense: Option<(f64, f32)> = None;
+    for codec in all {
+        let mut spec = RunSpec::builtin();
+        spec.codec = codec;
+        let summary = run_swarm(SwarmOptions {
+            nodes,
+            rounds,
+            spec,
+            datadir: None,
+            seed: 1,
+            progress_to_stderr: true,
+            quiet: true,
+        })
+        .await?;
+        let delta = summary.unique_delta_bytes_per_round / nodes as f64;
+        let (dense_delta, dense_acc) = *dense.get_or_insert((delta, summary.mean_accuracy));
+        println!(
+            "| {codec} | {} | {:.1}x | {} | {:.2} | {:.2}% | {:+.2} pt |",
+            human_bytes(delta),
+            dense_delta / delta,
+            human_bytes(summary.bytes_sent_per_node_per_round),
+            summary.received_over_needed,
+            summary.mean_accuracy * 100.0,
+            (dense_acc - summary.mean_accuracy) * 100.0,
         );
     }
     Ok(())

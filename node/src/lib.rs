@@ -1,5 +1,6 @@
 //! The Starling node: networking, training and the event loop that drives the protocol.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod local_swarm;

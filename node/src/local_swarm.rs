@@ -28,6 +28,8 @@ pub struct SwarmOptions {
     pub seed: u64,
     /// Print progress lines to stderr instead of stdout (stdout carries JSON).
     pub progress_to_stderr: bool,
+    /// Print no progress lines at all.
+    pub quiet: bool,
 }
 
 /// The figures of a finished local swarm.
@@ -44,6 +46,15 @@ pub struct SwarmSummary {
     pub bytes_sent_per_node: f64,
     pub bytes_received_per_node: f64,
     pub bytes_sent_per_node_per_round: f64,
+    /// Bytes received per node per round, protocol overhead and gossip duplicates included.
+    pub bytes_received_per_node_per_round: f64,
+    /// Encoded bytes of all the distinct deltas of a round (every node's one delta).
+    pub unique_delta_bytes_per_round: f64,
+    /// What one node must receive at least: every other node's delta.
+    pub needed_delta_bytes_per_node_per_round: f64,
+    /// bytes_received_per_node_per_round / needed_delta_bytes_per_node_per_round.
+    pub received_over_needed: f64,
+    pub codec: String,
     pub dense_delta_bytes: usize,
     pub wall_seconds: f64,
     pub swarm_seconds: f64,
@@ -125,7 +136,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     }
     drop(events_tx);
     let swarm_start = Instant::now();
-    let mut progress = Progress::new(options.nodes, options.rounds, options.progress_to_stderr);
+    let mut progress =
+        Progress::new(options.nodes, options.rounds, options.progress_to_stderr, options.quiet);
     for report in early_reports {
         progress.add(report);
     }
@@ -174,6 +186,10 @@ fn summarize(
     let sent: f64 = outcomes.iter().map(|o| o.traffic.sent as f64).sum::<f64>() / n;
     let received: f64 = outcomes.iter().map(|o| o.traffic.received as f64).sum::<f64>() / n;
     let params: Vec<&[f32]> = outcomes.iter().map(|o| o.state.params.as_slice()).collect();
+    let rounds = options.rounds as f64;
+    let unique = outcomes.iter().map(|o| o.published_bytes as f64).sum::<f64>() / rounds;
+    let needed = unique * (n - 1.0) / n;
+    let received_per_round = received / rounds;
     Ok(SwarmSummary {
         run_id: spec.run_id().to_string(),
         nodes: outcomes.len(),
@@ -185,7 +201,12 @@ fn summarize(
         consensus_distance: consensus_distance(&params),
         bytes_sent_per_node: sent,
         bytes_received_per_node: received,
-        bytes_sent_per_node_per_round: sent / options.rounds as f64,
+        bytes_sent_per_node_per_round: sent / rounds,
+        bytes_received_per_node_per_round: received_per_round,
+        unique_delta_bytes_per_round: unique,
+        needed_delta_bytes_per_node_per_round: needed,
+        received_over_needed: if needed > 0.0 { received_per_round / needed } else { 0.0 },
+        codec: spec.codec.to_string(),
         dense_delta_bytes: spec.param_count() * 4,
         wall_seconds: wall.elapsed().as_secs_f64(),
         swarm_seconds,
@@ -198,13 +219,14 @@ struct Progress {
     nodes: usize,
     rounds: u64,
     to_stderr: bool,
+    quiet: bool,
     pending: BTreeMap<u64, Vec<RoundReport>>,
     started: Instant,
 }
 
 impl Progress {
-    fn new(nodes: usize, rounds: u64, to_stderr: bool) -> Self {
-        Self { nodes, rounds, to_stderr, pending: BTreeMap::new(), started: Instant::now() }
+    fn new(nodes: usize, rounds: u64, to_stderr: bool, quiet: bool) -> Self {
+        Self { nodes, rounds, to_stderr, quiet, pending: BTreeMap::new(), started: Instant::now() }
     }
 
     fn add(&mut self, report: RoundReport) {
@@ -215,6 +237,9 @@ impl Progress {
             return;
         }
         let reports = self.pending.remove(&round).expect("just inserted");
+        if self.quiet {
+            return;
+        }
         let n = reports.len() as f32;
         let loss = reports.iter().map(|r| r.train_loss).sum::<f32>() / n;
         let accs: Vec<f32> = reports.iter().filter_map(|r| r.eval.map(|e| e.accuracy)).collect();

@@ -9,9 +9,10 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A node logs what it does; commands that print their own report log only problems.
     let default = match cli.command {
-        starling_node::cli::Command::Swarm(_) => "warn",
-        _ => "info",
+        starling_node::cli::Command::Run(_) => "info",
+        _ => "warn",
     };
     let filter = cli
         .log

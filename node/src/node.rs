@@ -18,8 +18,8 @@ use libp2p::{
     PeerId, Swarm,
 };
 use starling_protocol::{
-    round::CloseReason, wire, Action, Admission, Contribution, Event, ModelState, OuterOptimizer, PublicKey,
-    RoundConfig, RoundState, RunSpec, SignedDelta, SyncReply,
+    round::CloseReason, wire, Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig,
+    RoundState, RunSpec, SignedDelta, SyncReply,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -82,6 +82,8 @@ pub struct NodeOutcome {
     pub traffic: Traffic,
     pub rounds_merged: u64,
     pub refused_deltas: u64,
+    /// Bytes of the delta payloads this node published.
+    pub published_bytes: u64,
 }
 
 /// Why a node could not run.
@@ -130,6 +132,8 @@ struct Node {
     metrics: NodeMetrics,
     rounds: RoundState,
     state: ModelState,
+    /// What the lossy codec has not yet sent of our deltas (error feedback).
+    residual: Vec<f32>,
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
     eval: Dataset,
@@ -138,8 +142,12 @@ struct Node {
     sync_pending: Option<request_response::OutboundRequestId>,
     phase: Phase,
     started: Instant,
+    /// When we last asked the DHT for peers.
+    last_lookup: Option<Instant>,
     last_loss: f32,
     rounds_merged: u64,
+    /// Bytes of all the delta payloads this node published.
+    published_bytes: u64,
     events: Option<mpsc::UnboundedSender<NodeEvent>>,
 }
 
@@ -206,15 +214,15 @@ impl Node {
         for bad in &scan.skipped {
             warn!(round = bad.round, reason = %bad.reason, "skipping unreadable checkpoint");
         }
-        let state = match scan.state {
-            Some(state) => {
-                info!(round = state.round, "resuming from checkpoint");
-                state
+        let (state, residual) = match scan.checkpoint {
+            Some(checkpoint) => {
+                info!(round = checkpoint.state.round, "resuming from checkpoint");
+                (checkpoint.state, checkpoint.residual)
             }
             None => {
                 let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
-                store.save_checkpoint(&state)?;
-                state
+                store.save_checkpoint(&state, &[])?;
+                (state, Vec::new())
             }
         };
         let me = PublicKey::of(&key);
@@ -254,6 +262,7 @@ impl Node {
             metrics,
             rounds,
             state,
+            residual,
             trainer: Some(trainer),
             eval,
             train_tx,
@@ -261,8 +270,10 @@ impl Node {
             sync_pending: None,
             phase: Phase::Gathering,
             started: Instant::now(),
+            last_lookup: None,
             last_loss: f32::NAN,
             rounds_merged: 0,
+            published_bytes: 0,
             events,
             options,
         })
@@ -281,6 +292,14 @@ impl Node {
         match self.phase {
             Phase::Gathering => {
                 let waited = self.started.elapsed();
+                // Ask the peers we know whom they know, until enough are here: a peer
+                // that joined our bootnode after our first lookup is found by the next.
+                if self.run_peers.len() < self.options.wait_peers
+                    && self.last_lookup.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
+                    self.last_lookup = Some(Instant::now());
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
                 if self.run_peers.len() >= self.options.wait_peers || waited >= self.options.wait_timeout {
                     if self.run_peers.len() < self.options.wait_peers {
                         warn!(
@@ -348,7 +367,8 @@ impl Node {
         self.last_loss = outcome.mean_loss;
         // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
         let delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
-        let payload = self.spec.codec.encode(&delta);
+        let payload =
+            self.spec.codec.encode_with_feedback(&delta, &mut self.residual, self.spec.feedback_decay as f32);
         let signed = SignedDelta::sign(
             &self.key,
             self.spec.run_id(),
@@ -365,9 +385,9 @@ impl Node {
         for action in actions {
             match action {
                 Action::Publish(delta) => {
-                    if let Err(e) =
-                        self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), delta.to_bytes())
-                    {
+                    let bytes = delta.to_bytes();
+                    self.published_bytes += bytes.len() as u64;
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
                         // Alone in the run: nobody to send to, and the round closes on our delta alone.
                         debug!(error = %e, "delta not published");
                     }
@@ -391,25 +411,15 @@ impl Node {
     }
 
     fn merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), NodeError> {
-        let params = self.spec.param_count();
         let merged = deltas.len();
-        let mut inputs = Vec::with_capacity(merged);
-        for delta in deltas {
-            let values = self
-                .spec
-                .codec
-                .decode(&delta.payload, params)
-                .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
-            inputs.push(Contribution { sender: delta.header.sender, samples: delta.header.samples, values });
-        }
         let mean = self
             .spec
             .aggregation
-            .aggregate(&mut inputs, params)
+            .aggregate_deltas(&deltas, self.spec.codec, self.spec.param_count())
             .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
         self.outer.step(&mut self.state.params, &mut self.state.momentum, &mean);
         self.state.round = round + 1;
-        self.store.save_checkpoint(&self.state)?;
+        self.store.save_checkpoint(&self.state, &self.residual)?;
         self.rounds_merged += 1;
         self.metrics.merges.inc();
         self.metrics.round.set(self.state.round as i64);
@@ -486,7 +496,7 @@ impl Node {
             "installed the state of a peer"
         );
         self.state = reply.state;
-        self.store.save_checkpoint(&self.state)?;
+        self.store.save_checkpoint(&self.state, &self.residual)?;
         self.metrics.state_syncs.inc();
         let now = self.now_ms();
         let synced = Event::Synced { round: self.state.round, expected_from: reply.expected_from };
@@ -647,6 +657,7 @@ impl Node {
             traffic: self.metrics.transport_bytes(),
             rounds_merged: self.rounds_merged,
             refused_deltas: self.metrics.refused_total(),
+            published_bytes: self.published_bytes,
         }
     }
 }

@@ -26,6 +26,6 @@ pub use delta::{DeltaHeader, DeltaId, Refusal, SignedDelta};
 pub use keys::PublicKey;
 pub use outer::OuterOptimizer;
 pub use round::{Action, Admission, Event, RoundConfig, RoundState};
-pub use snapshot::{ModelState, SyncReply};
+pub use snapshot::{Checkpoint, ModelState, SyncReply};
 pub use spec::{RunId, RunSpec, SpecError};
 pub use wire::WireError;

@@ -16,6 +16,14 @@ pub struct SyncReply {
     pub deltas: Vec<SignedDelta>,
 }
 
+/// What a node checkpoints: the shared state and its own error-feedback residual
+/// (what its lossy codec has not yet sent; empty when there is none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub state: ModelState,
+    pub residual: Vec<f32>,
+}
+
 /// Parameters θ_r at the start of `round`, and the outer optimizer's momentum.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelState {

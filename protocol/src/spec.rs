@@ -59,6 +59,9 @@ pub struct RunSpec {
     pub round: RoundSpec,
     /// How deltas are encoded on the wire.
     pub codec: Codec,
+    /// Error feedback of lossy codecs: the share of last round's unsent residual
+    /// carried into the next delta (1 = classic error feedback, 0 = none).
+    pub feedback_decay: f64,
     /// How a round's deltas are combined.
     pub aggregation: AggregationRule,
 }
@@ -131,6 +134,8 @@ impl RunSpec {
             outer: OuterSpec { lr: 0.7, momentum: 0.9, nesterov: true },
             round: RoundSpec { deadline_ms: 30_000, quorum: 1.0 },
             codec: Codec::Dense,
+            // Tuned on the built-in task with top-k codecs (dense ignores it).
+            feedback_decay: 0.8,
             aggregation: AggregationRule::WeightedMean,
         }
     }
@@ -216,6 +221,9 @@ impl RunSpec {
         }
         if !(0.0..1.0).contains(&self.outer.momentum) {
             return bad("outer.momentum", "must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.feedback_decay) {
+            return bad("feedback_decay", "must be in [0, 1]");
         }
         if self.round.deadline_ms == 0 {
             return bad("round.deadline_ms", "must be at least 1");

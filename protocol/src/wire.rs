@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::delta::{DeltaHeader, SignedDelta};
-use crate::snapshot::{ModelState, SyncReply, MAX_SYNC_DELTAS};
+use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
 
 /// The largest message any Starling decoder accepts, whatever the caller's limit.
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
@@ -130,6 +130,41 @@ fn state_from_wire(wire: &ModelStateWire, param_count: usize) -> Result<ModelSta
         params: le_bytes_to_f32s(wire.params),
         momentum: le_bytes_to_f32s(wire.momentum),
     })
+}
+
+/// A [`Checkpoint`] as it is stored.
+#[derive(Serialize, Deserialize)]
+struct CheckpointWire<'a> {
+    #[serde(borrow)]
+    state: ModelStateWire<'a>,
+    #[serde(borrow, with = "serde_bytes")]
+    residual: &'a [u8],
+}
+
+/// Encodes a checkpoint: a state and the node's residual (empty for none).
+pub fn encode_checkpoint(state: &ModelState, residual: &[f32]) -> Vec<u8> {
+    let params = f32s_to_le_bytes(&state.params);
+    let momentum = f32s_to_le_bytes(&state.momentum);
+    let residual = f32s_to_le_bytes(residual);
+    encode(&CheckpointWire {
+        state: ModelStateWire { round: state.round, params: &params, momentum: &momentum },
+        residual: &residual,
+    })
+}
+
+/// Decodes a checkpoint of a model of `param_count` parameters; the residual is
+/// empty or of the model's length.
+pub fn decode_checkpoint(bytes: &[u8], limit: usize, param_count: usize) -> Result<Checkpoint, WireError> {
+    let wire: CheckpointWire = decode(bytes, limit)?;
+    let state = state_from_wire(&wire.state, param_count)?;
+    if !wire.residual.is_empty() && wire.residual.len() != param_count * 4 {
+        return Err(WireError::Malformed(format!(
+            "residual holds {} bytes, expected 0 or {}",
+            wire.residual.len(),
+            param_count * 4
+        )));
+    }
+    Ok(Checkpoint { state, residual: le_bytes_to_f32s(wire.residual) })
 }
 
 /// A [`SyncReply`] as it travels.

@@ -1,7 +1,8 @@
 //! Crash-safe storage for a Starling node, on sled.
 //!
 //! One sled database per datadir holds the node's identity key, the RunSpec it
-//! trains, and its latest checkpoints. Every checkpoint is one record keyed by
+//! trains, and its latest checkpoints (model state, outer momentum and the
+//! error-feedback residual, together). Every checkpoint is one record keyed by
 //! its round and carrying a BLAKE3 checksum of its body; the newest record
 //! that verifies is the state to resume from. A crash at any instant therefore
 //! leaves either the new record whole or the previous one in charge: a torn or
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use rand::Rng;
-use starling_protocol::{wire, ModelState, RunSpec, SpecError};
+use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SpecError};
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
@@ -45,7 +46,7 @@ pub struct CorruptCheckpoint {
 /// The newest readable checkpoint, if any, and the newer records that were not readable.
 #[derive(Clone, Debug)]
 pub struct CheckpointScan {
-    pub state: Option<ModelState>,
+    pub checkpoint: Option<Checkpoint>,
     pub skipped: Vec<CorruptCheckpoint>,
 }
 
@@ -105,9 +106,10 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a checkpoint durably (flushed before returning), then prunes old ones.
-    pub fn save_checkpoint(&self, state: &ModelState) -> Result<(), StoreError> {
-        let body = wire::encode_state(state);
+    /// Writes a checkpoint of `state` and the node's error-feedback `residual`
+    /// (empty for none) durably, flushed before returning; then prunes old ones.
+    pub fn save_checkpoint(&self, state: &ModelState, residual: &[f32]) -> Result<(), StoreError> {
+        let body = wire::encode_checkpoint(state, residual);
         let mut record = Vec::with_capacity(CHECKSUM_LEN + body.len());
         record.extend_from_slice(checksum(&body).as_bytes());
         record.extend_from_slice(&body);
@@ -129,17 +131,17 @@ impl Store {
             let (key, record) = entry?;
             let round = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
             match decode_record(&record, param_count) {
-                Ok(state) if state.round == round => {
-                    return Ok(CheckpointScan { state: Some(state), skipped })
+                Ok(checkpoint) if checkpoint.state.round == round => {
+                    return Ok(CheckpointScan { checkpoint: Some(checkpoint), skipped })
                 }
-                Ok(state) => skipped.push(CorruptCheckpoint {
+                Ok(checkpoint) => skipped.push(CorruptCheckpoint {
                     round,
-                    reason: format!("record claims round {}", state.round),
+                    reason: format!("record claims round {}", checkpoint.state.round),
                 }),
                 Err(reason) => skipped.push(CorruptCheckpoint { round, reason }),
             }
         }
-        Ok(CheckpointScan { state: None, skipped })
+        Ok(CheckpointScan { checkpoint: None, skipped })
     }
 
     /// Rounds of the checkpoints kept, oldest first.
@@ -167,7 +169,7 @@ fn checksum(body: &[u8]) -> blake3::Hash {
     h.finalize()
 }
 
-fn decode_record(record: &[u8], param_count: usize) -> Result<ModelState, String> {
+fn decode_record(record: &[u8], param_count: usize) -> Result<Checkpoint, String> {
     if record.len() < CHECKSUM_LEN {
         return Err(format!("record is {} bytes, shorter than its checksum", record.len()));
     }
@@ -175,16 +177,23 @@ fn decode_record(record: &[u8], param_count: usize) -> Result<ModelState, String
     if checksum(body).as_bytes() != sum {
         return Err("checksum mismatch (torn or corrupted write)".into());
     }
-    let limit = param_count * 8 + 1024;
-    wire::decode_state(body, limit, param_count).map_err(|e| e.to_string())
+    let limit = param_count * 12 + 1024;
+    wire::decode_checkpoint(body, limit, param_count).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn state(round: u64) -> ModelState {
-        ModelState { round, params: vec![round as f32, 1.5, -2.0], momentum: vec![0.25; 3] }
+    fn save(store: &Store, checkpoint: &Checkpoint) {
+        store.save_checkpoint(&checkpoint.state, &checkpoint.residual).unwrap();
+    }
+
+    fn state(round: u64) -> Checkpoint {
+        Checkpoint {
+            state: ModelState { round, params: vec![round as f32, 1.5, -2.0], momentum: vec![0.25; 3] },
+            residual: if round.is_multiple_of(2) { vec![] } else { vec![0.5, 0.0, -0.5] },
+        }
     }
 
     #[test]
@@ -202,13 +211,13 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             store.set_spec(&RunSpec::builtin()).unwrap();
             for r in 0..6 {
-                store.save_checkpoint(&state(r)).unwrap();
+                save(&store, &state(r));
             }
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.spec().unwrap(), Some(RunSpec::builtin()));
         let scan = store.latest_checkpoint(3).unwrap();
-        assert_eq!(scan.state, Some(state(5)));
+        assert_eq!(scan.checkpoint, Some(state(5)));
         assert!(scan.skipped.is_empty());
         assert_eq!(store.checkpoint_rounds().unwrap(), vec![3, 4, 5]);
     }
@@ -217,12 +226,14 @@ mod tests {
     fn a_torn_write_falls_back_to_the_previous_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.save_checkpoint(&state(1)).unwrap();
-        store.save_checkpoint(&state(2)).unwrap();
+        save(&store, &state(1));
+        save(&store, &state(2));
         // A record for round 3 whose write stopped half-way.
         let mut whole = Vec::new();
-        whole.extend_from_slice(checksum(&wire::encode_state(&state(3))).as_bytes());
-        whole.extend_from_slice(&wire::encode_state(&state(3)));
+        whole.extend_from_slice(
+            checksum(&wire::encode_checkpoint(&state(3).state, &state(3).residual)).as_bytes(),
+        );
+        whole.extend_from_slice(&wire::encode_checkpoint(&state(3).state, &state(3).residual));
         store.put_raw_checkpoint(3, &whole[..whole.len() / 2]).unwrap();
         // And one whose bytes rotted.
         whole[40] ^= 0x10;
@@ -231,7 +242,7 @@ mod tests {
 
         let store = Store::open(dir.path()).unwrap();
         let scan = store.latest_checkpoint(3).unwrap();
-        assert_eq!(scan.state, Some(state(2)));
+        assert_eq!(scan.checkpoint, Some(state(2)));
         assert_eq!(scan.skipped.iter().map(|c| c.round).collect::<Vec<_>>(), vec![4, 3]);
         assert!(scan.skipped[0].reason.contains("checksum"), "{:?}", scan.skipped);
     }
@@ -240,9 +251,9 @@ mod tests {
     fn a_checkpoint_of_another_shape_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.save_checkpoint(&state(1)).unwrap();
+        save(&store, &state(1));
         let scan = store.latest_checkpoint(4).unwrap();
-        assert_eq!(scan.state, None);
+        assert_eq!(scan.checkpoint, None);
         assert_eq!(scan.skipped.len(), 1);
     }
 

@@ -93,6 +93,12 @@ impl NodeProcess {
         }
     }
 
+    /// Sends SIGINT, as Ctrl-C would.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -INT failed");
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")

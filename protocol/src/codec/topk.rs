@@ -1,0 +1,141 @@
+//! `topk:F` and `topk:F+int8`: only the k = ⌈F·n⌉ coordinates largest in
+//! magnitude. Layout: k indices in increasing order as LEB128 varint gaps
+//! (the first gap is the first index), then the k values, as `f32` or in the
+//! int8 block layout. k follows from the codec and the model, so it is not sent.
+
+use super::{int8, CodecError};
+
+fn values_len(k: usize, int8: bool) -> usize {
+    if int8 {
+        int8::len(k)
+    } else {
+        k * 4
+    }
+}
+
+/// Largest payload: every gap in its longest (5-byte) form.
+pub(super) fn max_len(k: usize, int8: bool) -> usize {
+    k * 5 + values_len(k, int8)
+}
+
+fn write_varint(mut v: u32, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint of at most 5 bytes; returns the value and the bytes used.
+fn read_varint(bytes: &[u8]) -> Result<(u64, usize), CodecError> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().take(5).enumerate() {
+        value |= ((b & 0x7F) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(CodecError::Sparse("index gap is truncated or longer than 5 bytes".into()))
+}
+
+pub(super) fn encode(values: &[f32], k: usize, int8: bool) -> Vec<u8> {
+    let n = values.len();
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    if k > 0 && k < n {
+        // Largest magnitude first; ties by lower index, so the choice is canonical.
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            values[b as usize].abs().total_cmp(&values[a as usize].abs()).then(a.cmp(&b))
+        });
+    }
+    idx.truncate(k);
+    idx.sort_unstable();
+    let mut out = Vec::with_capacity(max_len(k, int8));
+    let mut prev = 0;
+    for (j, &i) in idx.iter().enumerate() {
+        write_varint(if j == 0 { i } else { i - prev }, &mut out);
+        prev = i;
+    }
+    let kept: Vec<f32> = idx.iter().map(|&i| values[i as usize]).collect();
+    if int8 {
+        int8::encode_into(&kept, &mut out);
+    } else {
+        for v in kept {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Splits a payload into its index section and its value section.
+fn split(payload: &[u8], k: usize, int8: bool) -> Result<(&[u8], &[u8]), CodecError> {
+    let values = values_len(k, int8);
+    if payload.len() < values + k || payload.len() > max_len(k, int8) {
+        return Err(CodecError::Sparse(format!(
+            "{} bytes cannot hold {k} indices and their values ({values} bytes)",
+            payload.len()
+        )));
+    }
+    Ok(payload.split_at(payload.len() - values))
+}
+
+/// Calls `f(j, index)` for the k indices, checking that they increase and stay below `n`.
+fn for_each_index(
+    section: &[u8],
+    k: usize,
+    n: usize,
+    mut f: impl FnMut(usize, usize),
+) -> Result<(), CodecError> {
+    let mut pos = 0;
+    let mut prev = 0u64;
+    for j in 0..k {
+        let (gap, used) = read_varint(&section[pos..])?;
+        pos += used;
+        if j > 0 && gap == 0 {
+            return Err(CodecError::Sparse(format!("index {j} repeats the one before it")));
+        }
+        let index = if j == 0 { gap } else { prev + gap };
+        if index >= n as u64 {
+            return Err(CodecError::Sparse(format!("index {index} is outside a model of {n} parameters")));
+        }
+        f(j, index as usize);
+        prev = index;
+    }
+    if pos != section.len() {
+        return Err(CodecError::Sparse(format!("{} bytes after the last index", section.len() - pos)));
+    }
+    Ok(())
+}
+
+pub(super) fn check(payload: &[u8], n: usize, k: usize, int8: bool) -> Result<(), CodecError> {
+    let (indices, values) = split(payload, k, int8)?;
+    for_each_index(indices, k, n, |_, _| {})?;
+    if int8 {
+        int8::check(values, k)
+    } else {
+        match values.chunks_exact(4).position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()) {
+            Some(i) => Err(CodecError::NonFinite(i)),
+            None => Ok(()),
+        }
+    }
+}
+
+pub(super) fn accumulate(
+    payload: &[u8],
+    k: usize,
+    int8: bool,
+    weight: f32,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    let (indices, values) = split(payload, k, int8)?;
+    let n = out.len();
+    if int8 {
+        let mut positions = Vec::with_capacity(k);
+        for_each_index(indices, k, n, |_, i| positions.push(i))?;
+        int8::for_each(values, k, weight, |j, v| out[positions[j]] += v)
+    } else {
+        for_each_index(indices, k, n, |j, i| {
+            let c = &values[4 * j..4 * j + 4];
+            out[i] += weight * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        })
+    }
+}
