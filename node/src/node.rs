@@ -107,6 +107,9 @@ pub enum NodeError {
     Merge { round: u64, reason: String },
 }
 
+/// How long an accepted delta waits before gossipsub may forward it.
+const FORWARD_HOLD: Duration = Duration::from_millis(25);
+
 type TrainDone = (Trainer, u64, Result<TrainOutcome, TrainError>);
 
 #[derive(Debug, PartialEq, Eq)]
@@ -138,6 +141,7 @@ struct Node {
     trainer: Option<Trainer>,
     eval: Dataset,
     train_tx: mpsc::UnboundedSender<TrainDone>,
+    forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     run_peers: BTreeSet<PeerId>,
     sync_pending: Option<request_response::OutboundRequestId>,
     phase: Phase,
@@ -158,13 +162,21 @@ pub async fn run_node(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<NodeOutcome, NodeError> {
     let (train_tx, mut train_rx) = mpsc::unbounded_channel();
-    let mut node = Node::open(options, events, train_tx)?;
+    let (forward_tx, mut forward_rx) = mpsc::unbounded_channel();
+    let mut node = Node::open(options, events, train_tx, forward_tx)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = node.swarm.select_next_some() => node.on_swarm_event(event)?,
             Some(done) = train_rx.recv() => node.on_trained(done)?,
+            Some((id, source)) = forward_rx.recv() => {
+                node.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &id,
+                    &source,
+                    gossipsub::MessageAcceptance::Accept,
+                );
+            }
             _ = tick.tick() => {
                 if node.on_tick()? {
                     break;
@@ -186,6 +198,7 @@ impl Node {
         options: NodeOptions,
         events: Option<mpsc::UnboundedSender<NodeEvent>>,
         train_tx: mpsc::UnboundedSender<TrainDone>,
+        forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     ) -> Result<Self, NodeError> {
         let spec = options.spec.clone();
         std::fs::create_dir_all(&options.datadir)
@@ -266,6 +279,7 @@ impl Node {
             trainer: Some(trainer),
             eval,
             train_tx,
+            forward_tx,
             run_peers: BTreeSet::new(),
             sync_pending: None,
             phase: Phase::Gathering,
@@ -646,7 +660,19 @@ impl Node {
                 }
             },
         };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+        if acceptance == gossipsub::MessageAcceptance::Accept {
+            // Forward a little later: peers that got the delta at the same time as
+            // us have by then told us so (gossipsub's IDONTWANT, sent on receipt),
+            // and gossipsub skips them. Without the hold, every node of a small
+            // mesh forwards every delta to every other node that already has it.
+            let tx = self.forward_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FORWARD_HOLD).await;
+                let _ = tx.send((id, source));
+            });
+        } else {
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+        }
         Ok(())
     }
 
