@@ -127,3 +127,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fast_topk_selection_matches_a_full_selection() {
+    // Large enough to take the sampled-threshold path, with ties at the boundary.
+    let n = 600_000;
+    let values: Vec<f32> = (0..n as u64).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 100.0).collect();
+    for k in [1, 1000, 6000, 60_000] {
+        let fast = topk::select(&values, k);
+        let mut full: Vec<u32> = (0..n as u32).collect();
+        full.select_nth_unstable_by(k - 1, |a, b| {
+            values[*b as usize].abs().total_cmp(&values[*a as usize].abs()).then(a.cmp(b))
+        });
+        full.truncate(k);
+        full.sort_unstable();
+        assert_eq!(fast, full, "k = {k}");
+    }
+}

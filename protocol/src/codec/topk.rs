@@ -38,17 +38,57 @@ fn read_varint(bytes: &[u8]) -> Result<(u64, usize), CodecError> {
     Err(CodecError::Sparse("index gap is truncated or longer than 5 bytes".into()))
 }
 
-pub(super) fn encode(values: &[f32], k: usize, int8: bool) -> Vec<u8> {
+/// The indices of the `k` values largest in magnitude, in increasing order; ties
+/// go to the lower index, so the choice is canonical.
+///
+/// A full selection over millions of coordinates is slow (random access through
+/// an index array), so a threshold is first estimated from an evenly strided
+/// sample, set low enough that at least `k` values clear it; the exact selection
+/// then runs over those candidates only. The result is the same as a full
+/// selection: every top-k value is at least the k-th largest magnitude, which is
+/// at least any threshold that `k` values clear.
+pub(super) fn select(values: &[f32], k: usize) -> Vec<u32> {
     let n = values.len();
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    if k > 0 && k < n {
-        // Largest magnitude first; ties by lower index, so the choice is canonical.
-        idx.select_nth_unstable_by(k - 1, |&a, &b| {
-            values[b as usize].abs().total_cmp(&values[a as usize].abs()).then(a.cmp(&b))
-        });
+    if k >= n {
+        return (0..n as u32).collect();
     }
-    idx.truncate(k);
-    idx.sort_unstable();
+    let by_magnitude =
+        |a: &u32, b: &u32| values[*b as usize].abs().total_cmp(&values[*a as usize].abs()).then(a.cmp(b));
+    let mut candidates: Vec<u32> = match threshold(values, k) {
+        Some(t) => (0..n as u32).filter(|&i| values[i as usize].abs() >= t).collect(),
+        None => Vec::new(),
+    };
+    if candidates.len() < k {
+        candidates = (0..n as u32).collect();
+    }
+    if k > 0 && k < candidates.len() {
+        candidates.select_nth_unstable_by(k - 1, by_magnitude);
+    }
+    candidates.truncate(k);
+    candidates.sort_unstable();
+    candidates
+}
+
+/// A magnitude that somewhat more than `k` of `values` likely reach, from a sample.
+fn threshold(values: &[f32], k: usize) -> Option<f32> {
+    const SAMPLE: usize = 1 << 16;
+    let n = values.len();
+    if n <= 4 * SAMPLE || k == 0 {
+        return None; // small enough to select directly
+    }
+    let stride = n / SAMPLE;
+    let mut sample: Vec<f32> = values.iter().step_by(stride).map(|v| v.abs()).collect();
+    let m = sample.len();
+    let expected = (k as f64 * m as f64 / n as f64).ceil();
+    // Aim several standard deviations below the expected count's position.
+    let want = (expected + 4.0 * expected.sqrt() + 16.0).min(m as f64) as usize;
+    let position = m - want;
+    let (_, t, _) = sample.select_nth_unstable_by(position, |a, b| a.total_cmp(b));
+    Some(*t)
+}
+
+pub(super) fn encode(values: &[f32], k: usize, int8: bool) -> Vec<u8> {
+    let idx = select(values, k);
     let mut out = Vec::with_capacity(max_len(k, int8));
     let mut prev = 0;
     for (j, &i) in idx.iter().enumerate() {
