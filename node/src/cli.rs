@@ -290,6 +290,12 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
     if let Some(codec) = args.codec {
         spec.codec = codec;
     }
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let options = SwarmOptions {
         nodes: args.nodes,
         rounds: args.rounds,
