@@ -13,7 +13,7 @@ use crate::{
     model::Mlp,
     net::NetOptions,
     node::{run_node, shard_seed, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport},
-    trainer::{train_alone, Trainer},
+    trainer::{evaluate, train_alone},
 };
 
 /// What `starling swarm` is asked to do.
@@ -168,10 +168,10 @@ fn summarize(
     let eval = task.eval_set();
     let shards: Vec<Dataset> =
         outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
-    let evaluator = Trainer::new(spec, shards[0].clone(), 0)?;
+    let layers = &spec.model.layers;
     let mut accuracies = Vec::new();
     for outcome in outcomes {
-        accuracies.push(evaluator.evaluate(&outcome.state.params, &eval)?.accuracy);
+        accuracies.push(evaluate(layers, &outcome.state.params, &eval)?.accuracy);
     }
 
     let central_start = Instant::now();
@@ -179,7 +179,7 @@ fn summarize(
     let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
     let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
     let central = train_alone(spec, all, &initial, steps, spec.seed)?;
-    let centralized_accuracy = evaluator.evaluate(&central, &eval)?.accuracy;
+    let centralized_accuracy = evaluate(layers, &central, &eval)?.accuracy;
     let centralized_seconds = central_start.elapsed().as_secs_f64();
 
     let n = outcomes.len() as f64;

@@ -103,19 +103,6 @@ struct ModelStateWire<'a> {
     momentum: &'a [u8],
 }
 
-/// Encodes a model state (parameters, outer momentum and round).
-pub fn encode_state(state: &ModelState) -> Vec<u8> {
-    let params = f32s_to_le_bytes(&state.params);
-    let momentum = f32s_to_le_bytes(&state.momentum);
-    encode(&ModelStateWire { round: state.round, params: &params, momentum: &momentum })
-}
-
-/// Decodes a model state of at most `limit` bytes that must hold exactly
-/// `param_count` parameters and as many momentum values.
-pub fn decode_state(bytes: &[u8], limit: usize, param_count: usize) -> Result<ModelState, WireError> {
-    state_from_wire(&decode(bytes, limit)?, param_count)
-}
-
 fn state_from_wire(wire: &ModelStateWire, param_count: usize) -> Result<ModelState, WireError> {
     let expected = param_count * 4;
     if wire.params.len() != expected || wire.momentum.len() != expected {
@@ -232,14 +219,6 @@ pub fn le_bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_round_trips_and_checks_its_length() {
-        let state = ModelState { round: 3, params: vec![1.0, -2.5], momentum: vec![0.0, 0.5] };
-        let bytes = encode_state(&state);
-        assert_eq!(decode_state(&bytes, 1 << 20, 2).unwrap(), state);
-        assert!(decode_state(&bytes, 1 << 20, 3).is_err());
-    }
 
     #[test]
     fn sync_reply_round_trips() {

@@ -14,7 +14,7 @@ pub struct StateRequest {
     pub run_id: RunId,
 }
 
-/// The encoded state (`starling_protocol::wire::encode_state`), or nothing.
+/// An encoded `SyncReply` (`starling_protocol::wire::encode_sync_reply`), or nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateResponse {
     State(Vec<u8>),
