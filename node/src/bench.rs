@@ -2,7 +2,8 @@
 //!
 //! - `average`: two peers on loopback, each with a delta of `--params` floats,
 //!   exchange and average them over the real libp2p stack; seconds per round
-//!   include encode, sign, transfer, verify, decode and merge.
+//!   include encode, sign, transfer, verify, decode and merge (after one
+//!   unmeasured warm-up round).
 //! - `codecs`: the local swarm once per codec, as a table of bytes, compression
 //!   and accuracy next to dense.
 
@@ -147,11 +148,13 @@ async fn peer(
     let delta: Vec<f32> = (0..n).map(|_| rng.random_range(-1e-3f32..1e-3)).collect();
     let mut state = ModelState::initial(vec![0.0; n]);
     let mut residual = Vec::new();
+    let mut mean = vec![0.0f32; n];
     let outer = OuterOptimizer::from(&spec.outer);
     let (run, codec) = (spec.run_id(), spec.codec);
     let mut timings = Vec::with_capacity(rounds);
     let mut payload_bytes = 0;
-    for round in 0..rounds as u64 {
+    // Round 0 is a warm-up, not measured: it pays the first touch of every buffer.
+    for round in 0..=rounds as u64 {
         barrier.wait().await;
         let start = Instant::now();
         let payload = codec.encode_with_feedback(&delta, &mut residual, 1.0);
@@ -187,12 +190,14 @@ async fn peer(
             &source,
             gossipsub::MessageAcceptance::Accept,
         );
-        let mean = spec
-            .aggregation
-            .aggregate_deltas(&[own, other], codec, n)
+        spec.aggregation
+            .aggregate_deltas_into(&[own, other], codec, &mut mean)
             .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
         outer.step(&mut state.params, &mut state.momentum, &mean);
         let merged = Instant::now();
+        if round == 0 {
+            continue;
+        }
         timings.push(Timing {
             total: (merged - start).as_secs_f64(),
             encode_sign: (encoded - start).as_secs_f64(),

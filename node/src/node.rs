@@ -137,6 +137,8 @@ struct Node {
     state: ModelState,
     /// What the lossy codec has not yet sent of our deltas (error feedback).
     residual: Vec<f32>,
+    /// The round's aggregated pseudo-gradient, reused from round to round.
+    merge_buffer: Vec<f32>,
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
     eval: Dataset,
@@ -276,6 +278,7 @@ impl Node {
             rounds,
             state,
             residual,
+            merge_buffer: Vec::new(),
             trainer: Some(trainer),
             eval,
             train_tx,
@@ -426,12 +429,12 @@ impl Node {
 
     fn merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), NodeError> {
         let merged = deltas.len();
-        let mean = self
-            .spec
+        self.merge_buffer.resize(self.spec.param_count(), 0.0);
+        self.spec
             .aggregation
-            .aggregate_deltas(&deltas, self.spec.codec, self.spec.param_count())
+            .aggregate_deltas_into(&deltas, self.spec.codec, &mut self.merge_buffer)
             .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
-        self.outer.step(&mut self.state.params, &mut self.state.momentum, &mean);
+        self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
         self.state.round = round + 1;
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.rounds_merged += 1;
