@@ -256,7 +256,8 @@ impl<'a> Sim<'a> {
                 let codec = self.scenario.codec;
                 let payload =
                     codec.encode_with_feedback(&delta, &mut n.residual, self.scenario.feedback_decay);
-                let signed = SignedDelta::sign(&n.key, RunId([7; 32]), round, 1, codec, payload);
+                let base = n.state.lineage;
+                let signed = SignedDelta::sign(&n.key, RunId([7; 32]), round, base, 1, codec, payload);
                 let actions = n.rounds.handle(now, Event::LocalDelta(signed));
                 self.apply(node, actions)
             }
@@ -295,7 +296,7 @@ impl<'a> Sim<'a> {
                 }
                 Action::Merge { round, deltas, reason } => self.merge(node, round, deltas, reason)?,
                 // Every simulated node starts at round 0 and stays: nothing to sync yet.
-                Action::RequestState { .. } => {}
+                Action::RequestState { .. } | Action::Diverged { .. } => {}
             }
         }
         Ok(())
@@ -315,7 +316,7 @@ impl<'a> Sim<'a> {
             .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
         let n = &mut self.nodes[node];
         self.scenario.outer.step(&mut n.state.params, &mut n.state.momentum, &mean);
-        n.state.round = round + 1;
+        n.state.record_merge(round, &deltas);
         let params = n.state.params.clone();
         if n.state.round < self.scenario.rounds {
             let at = self.now + self.scenario.compute_ms;

@@ -2,8 +2,8 @@
 //!
 //! - `average`: two peers on loopback, each with a delta of `--params` floats,
 //!   exchange and average them over the real libp2p stack; seconds per round
-//!   include encode, sign, transfer, verify, decode and merge (after one
-//!   unmeasured warm-up round).
+//!   include encode, sign, transfer, verify, decode and
+//!   merge (after one unmeasured warm-up round).
 //! - `codecs`: the local swarm once per codec, as a table of bytes, compression
 //!   and accuracy next to dense.
 
@@ -157,9 +157,11 @@ async fn peer(
     for round in 0..=rounds as u64 {
         barrier.wait().await;
         let start = Instant::now();
+        // A node announces the lineage of the state it trained from with each delta.
+        let base = state.lineage;
         let payload = codec.encode_with_feedback(&delta, &mut residual, 1.0);
         payload_bytes = payload.len();
-        let own = SignedDelta::sign(&key, run, round, 64, codec, payload);
+        let own = SignedDelta::sign(&key, run, round, base, 64, codec, payload);
         let bytes = own.to_bytes();
         let encoded = Instant::now();
         swarm
@@ -190,10 +192,14 @@ async fn peer(
             &source,
             gossipsub::MessageAcceptance::Accept,
         );
+        // Canonical merge order: by sender.
+        let mut pair = [own, other];
+        pair.sort_by_key(|d| d.header.sender);
         spec.aggregation
-            .aggregate_deltas_into(&[own, other], codec, &mut mean)
+            .aggregate_deltas_into(&pair, codec, &mut mean)
             .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
         outer.step(&mut state.params, &mut state.momentum, &mean);
+        state.record_merge(round, &pair);
         let merged = Instant::now();
         if round == 0 {
             continue;

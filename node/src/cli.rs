@@ -146,6 +146,8 @@ pub struct SwarmArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Overrides the spec's delta codec: dense, f16, int8, topk:F or topk:F+int8.
+    /// With the built-in spec, the outer step changes to the one that suits the
+    /// codec (`OuterSpec::for_codec`); a --spec file keeps its own.
     #[arg(long)]
     pub codec: Option<Codec>,
 }
@@ -157,6 +159,9 @@ pub enum SpecCommand {
         /// Where to write it; stdout when absent.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Delta codec; the outer step is set to the one that suits it.
+        #[arg(long, default_value = "dense")]
+        codec: Codec,
     },
     /// Print the run id of a spec.
     Hash {
@@ -205,8 +210,8 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
             codec_table(nodes, rounds, codecs).await
         }
-        Command::Spec(SpecCommand::New { out }) => {
-            let text = RunSpec::builtin().to_toml();
+        Command::Spec(SpecCommand::New { out, codec }) => {
+            let text = RunSpec::builtin_with_codec(codec).to_toml();
             match out {
                 Some(path) => {
                     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?
@@ -283,13 +288,16 @@ async fn wait_for_signal() {
 }
 
 async fn swarm(args: SwarmArgs) -> Result<()> {
-    let mut spec = match &args.spec {
-        Some(path) => load_spec(path)?,
-        None => RunSpec::builtin(),
+    let spec = match (&args.spec, args.codec) {
+        // A spec file's outer step is the author's choice; only the codec changes.
+        (Some(path), codec) => {
+            let mut spec = load_spec(path)?;
+            spec.codec = codec.unwrap_or(spec.codec);
+            spec
+        }
+        (None, Some(codec)) => RunSpec::builtin_with_codec(codec),
+        (None, None) => RunSpec::builtin(),
     };
-    if let Some(codec) = args.codec {
-        spec.codec = codec;
-    }
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -350,8 +358,7 @@ async fn codec_table(nodes: usize, rounds: u64, codecs: Vec<Codec>) -> Result<()
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut dense: Option<(f64, f32)> = None;
     for codec in all {
-        let mut spec = RunSpec::builtin();
-        spec.codec = codec;
+        let spec = RunSpec::builtin_with_codec(codec);
         let summary = run_swarm(SwarmOptions {
             nodes,
             rounds,

@@ -110,7 +110,8 @@ pub enum NodeError {
 /// How long an accepted delta waits before gossipsub may forward it.
 const FORWARD_HOLD: Duration = Duration::from_millis(25);
 
-type TrainDone = (Trainer, u64, Result<TrainOutcome, TrainError>);
+/// A trainer handed back with the round and the state hash it trained from.
+type TrainDone = (Trainer, u64, [u8; 32], Result<TrainOutcome, TrainError>);
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
@@ -364,19 +365,20 @@ impl Node {
         }
         let Some(mut trainer) = self.trainer.take() else { return };
         let round = self.state.round;
+        let base = self.state.lineage;
         let start = self.state.params.clone();
         let steps = self.spec.inner.steps;
         let tx = self.train_tx.clone();
         tokio::task::spawn_blocking(move || {
             let outcome = trainer.train_round(&start, steps);
-            let _ = tx.send((trainer, round, outcome));
+            let _ = tx.send((trainer, round, base, outcome));
         });
     }
 
-    fn on_trained(&mut self, (trainer, round, outcome): TrainDone) -> Result<(), NodeError> {
+    fn on_trained(&mut self, (trainer, round, base, outcome): TrainDone) -> Result<(), NodeError> {
         self.trainer = Some(trainer);
-        if round != self.state.round {
-            debug!(round, now = self.state.round, "dropping a delta trained for a round we left");
+        if round != self.state.round || base != self.state.lineage {
+            debug!(round, now = self.state.round, "dropping a delta trained from a state we have since left");
             self.maybe_train();
             return Ok(());
         }
@@ -390,6 +392,7 @@ impl Node {
             &self.key,
             self.spec.run_id(),
             round,
+            base,
             outcome.samples,
             self.spec.codec,
             payload,
@@ -410,6 +413,15 @@ impl Node {
                     }
                 }
                 Action::Merge { round, deltas, reason } => self.merge(round, deltas, reason)?,
+                Action::Diverged { peer, round } => {
+                    warn!(
+                        round,
+                        "most deltas of this round came from a state other than ours; fetching a peer's state"
+                    );
+                    if let Some(target) = net::peer_id(&peer).filter(|p| self.swarm.is_connected(p)) {
+                        self.request_state(target);
+                    }
+                }
                 Action::RequestState { peer, round } => {
                     info!(
                         behind_by = round.saturating_sub(self.state.round),
@@ -435,7 +447,7 @@ impl Node {
             .aggregate_deltas_into(&deltas, self.spec.codec, &mut self.merge_buffer)
             .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
         self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
-        self.state.round = round + 1;
+        self.state.record_merge(round, &deltas);
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.rounds_merged += 1;
         self.metrics.merges.inc();

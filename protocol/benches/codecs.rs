@@ -46,9 +46,9 @@ fn signatures(c: &mut Criterion) {
         group.sample_size(10);
         group.throughput(Throughput::Bytes(payload.len() as u64));
         group.bench_function("sign", |b| {
-            b.iter(|| SignedDelta::sign(&key, RunId([0; 32]), 1, 64, Codec::Dense, payload.clone()))
+            b.iter(|| SignedDelta::sign(&key, RunId([0; 32]), 1, [0; 32], 64, Codec::Dense, payload.clone()))
         });
-        let signed = SignedDelta::sign(&key, RunId([0; 32]), 1, 64, Codec::Dense, payload.clone());
+        let signed = SignedDelta::sign(&key, RunId([0; 32]), 1, [0; 32], 64, Codec::Dense, payload.clone());
         group.bench_function("verify", |b| b.iter(|| signed.verify().unwrap()));
         let bytes = signed.to_bytes();
         group.bench_function("receive (decode, verify, check)", |b| {
@@ -68,7 +68,15 @@ fn aggregate(c: &mut Criterion) {
             let deltas: Vec<SignedDelta> = (0..PEERS)
                 .map(|i| {
                     let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
-                    SignedDelta::sign(&key, RunId([0; 32]), 1, 64, codec, codec.encode(&delta(n, i as u64)))
+                    SignedDelta::sign(
+                        &key,
+                        RunId([0; 32]),
+                        1,
+                        [0; 32],
+                        64,
+                        codec,
+                        codec.encode(&delta(n, i as u64)),
+                    )
                 })
                 .collect();
             group.bench_with_input(BenchmarkId::new("decode+aggregate", codec), &codec, |b, codec| {

@@ -171,7 +171,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, (s, v))| {
                     let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
-                    SignedDelta::sign(&key, RunId([0; 32]), 0, *s, codec, codec.encode(v))
+                    SignedDelta::sign(&key, RunId([0; 32]), 0, [0; 32], *s, codec, codec.encode(v))
                 })
                 .collect();
             let fused = AggregationRule::WeightedMean.aggregate_deltas(&deltas, codec, 3).unwrap();

@@ -24,6 +24,10 @@ const PAYLOAD_DOMAIN: &str = "starling 2026-11 delta payload v1";
 pub struct DeltaHeader {
     pub run_id: RunId,
     pub round: u64,
+    /// [`crate::ModelState::lineage`] of the state this delta was trained from:
+    /// every node announces it with each delta, so a node can tell whether it
+    /// agrees with its peers (see [`crate::round`]).
+    pub base: [u8; 32],
     pub sender: PublicKey,
     /// Training samples behind this delta: its weight in the mean.
     pub samples: u64,
@@ -109,11 +113,13 @@ fn payload_hash(payload: &[u8]) -> [u8; 32] {
 }
 
 impl SignedDelta {
-    /// Signs an encoded payload for `round` of `run_id`.
+    /// Signs an encoded payload for `round` of `run_id`, trained from the state
+    /// whose lineage is `base`.
     pub fn sign(
         key: &SigningKey,
         run_id: RunId,
         round: u64,
+        base: [u8; 32],
         samples: u64,
         codec: Codec,
         payload: Vec<u8>,
@@ -121,6 +127,7 @@ impl SignedDelta {
         let header = DeltaHeader {
             run_id,
             round,
+            base,
             sender: PublicKey::of(key),
             samples,
             codec,
@@ -198,7 +205,7 @@ mod tests {
     }
 
     fn sample(values: &[f32]) -> SignedDelta {
-        SignedDelta::sign(&key(1), RunId([9; 32]), 4, 100, Codec::Dense, Codec::Dense.encode(values))
+        SignedDelta::sign(&key(1), RunId([9; 32]), 4, [0; 32], 100, Codec::Dense, Codec::Dense.encode(values))
     }
 
     #[test]
@@ -230,7 +237,7 @@ mod tests {
     proptest! {
         #[test]
         fn encode_decode_round_trips(values in prop::collection::vec(-1e6f32..1e6, 0..300), round in any::<u64>()) {
-            let d = SignedDelta::sign(&key(3), RunId([1; 32]), round, 7, Codec::Dense, Codec::Dense.encode(&values));
+            let d = SignedDelta::sign(&key(3), RunId([1; 32]), round, [0; 32], 7, Codec::Dense, Codec::Dense.encode(&values));
             let back = wire::decode_delta(&d.to_bytes(), 1 << 20).unwrap();
             prop_assert_eq!(&back, &d);
             prop_assert!(back.validate(RunId([1; 32]), Codec::Dense, values.len()).is_ok());
@@ -238,7 +245,7 @@ mod tests {
 
         #[test]
         fn any_bit_flip_is_refused(values in prop::collection::vec(-10f32..10.0, 1..64), bit in any::<prop::sample::Index>()) {
-            let d = SignedDelta::sign(&key(4), RunId([2; 32]), 3, 5, Codec::Dense, Codec::Dense.encode(&values));
+            let d = SignedDelta::sign(&key(4), RunId([2; 32]), 3, [0; 32], 5, Codec::Dense, Codec::Dense.encode(&values));
             let mut bytes = d.to_bytes();
             let i = bit.index(bytes.len() * 8);
             bytes[i / 8] ^= 1 << (i % 8);

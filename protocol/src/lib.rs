@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod consensus;
 pub mod delta;
+pub mod group;
 pub mod keys;
 pub mod outer;
 pub mod round;

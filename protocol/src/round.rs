@@ -17,6 +17,20 @@
 //! round) until then, rather than contribute to a round whose earlier deltas it
 //! never saw. Only expected nodes' deltas count toward the quorum, so an early
 //! delta from a newcomer cannot close a round before the nodes it waits for.
+//!
+//! Agreement is checked, not assumed. Each delta carries the lineage of the
+//! state it was trained from (a hash chain of the merges that made it). When a round closes, the node looks at the bases of the
+//! deltas it merged: if more of them (ties: the smaller hash) share a base
+//! other than its own, it has drifted (it missed a delta, or sat on the other
+//! side of a partition) and asks a peer holding the majority's state for it.
+//! After a partition heals, the smaller side thus adopts the larger side's
+//! state within a round or two, and the swarm agrees again.
+//!
+//! Large swarms can aggregate in small groups instead of all-to-all (see
+//! [`crate::group`]): the driver tells the state machine the group of a round
+//! ([`Event::Group`]); only that group's deltas are expected and merged, and the
+//! agreement check is off, since groups that rotate hold different states by
+//! design and mix them over the rounds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -76,6 +90,9 @@ pub enum Event {
     /// expects our deltas from `expected_from`. Until then we observe, syncing
     /// again as each new round begins.
     Synced { round: u64, expected_from: u64 },
+    /// The node aggregates `round` in a group with these members (itself
+    /// included): only their deltas are expected and merged.
+    Group { round: u64, members: Vec<PublicKey> },
 }
 
 /// Why a round closed.
@@ -95,6 +112,9 @@ pub enum Action {
     Merge { round: u64, deltas: Vec<SignedDelta>, reason: CloseReason },
     /// We are behind: fetch the current state from `peer`, which reached `round`.
     RequestState { peer: PublicKey, round: u64 },
+    /// We merged `round` from a state the majority of its deltas did not come
+    /// from: fetch the state of `peer`, which holds the majority's.
+    Diverged { peer: PublicKey, round: u64 },
 }
 
 /// What to do with a peer's delta that passed validation.
@@ -131,6 +151,8 @@ pub struct RoundState {
     contribute_from: u64,
     /// Whether this node has published a delta since it started.
     ever_published: bool,
+    /// Group members of the current and coming rounds, when grouped.
+    groups: BTreeMap<u64, BTreeSet<PublicKey>>,
 }
 
 impl RoundState {
@@ -147,6 +169,7 @@ impl RoundState {
             last_sync_request: None,
             contribute_from: 0,
             ever_published: false,
+            groups: BTreeMap::new(),
         }
     }
 
@@ -193,6 +216,11 @@ impl RoundState {
     /// Nodes expected to contribute to the current round: ourselves, connected
     /// peers of the run, and peers that contributed recently.
     pub fn active(&self) -> BTreeSet<PublicKey> {
+        if let Some(group) = self.groups.get(&self.round) {
+            let mut set = group.clone();
+            set.insert(self.me);
+            return set;
+        }
         let mut set: BTreeSet<PublicKey> =
             self.connected.iter().filter(|(_, &from)| from <= self.round).map(|(k, _)| *k).collect();
         set.insert(self.me);
@@ -275,6 +303,16 @@ impl RoundState {
                 self.last_active.remove(&peer);
             }
             Event::Tick => {}
+            Event::Group { round, members } => {
+                if round >= self.round {
+                    self.groups.insert(round, members.into_iter().collect());
+                    // Bounded like the future-round buffer.
+                    while self.groups.len() > self.config.buffered_rounds + 1 {
+                        let last = *self.groups.keys().next_back().expect("not empty");
+                        self.groups.remove(&last);
+                    }
+                }
+            }
             Event::Synced { round, expected_from } => {
                 if round > self.round || (round == self.round && self.observing()) {
                     self.jump_to(round);
@@ -305,6 +343,7 @@ impl RoundState {
 
     fn jump_to(&mut self, round: u64) {
         self.round = round;
+        self.groups = self.groups.split_off(&round);
         self.published_at = None;
         self.rounds = self.rounds.split_off(&round);
         self.prune_activity();
@@ -330,11 +369,40 @@ impl RoundState {
             return;
         };
         let round = self.round;
-        let deltas = self.rounds.remove(&round).unwrap_or_default().into_values().collect();
+        let mut deltas: Vec<SignedDelta> =
+            self.rounds.remove(&round).unwrap_or_default().into_values().collect();
+        let group = self.groups.remove(&round);
+        if let Some(group) = &group {
+            deltas.retain(|d| group.contains(&d.header.sender));
+        }
         self.round += 1;
         self.published_at = None;
         self.prune_activity();
+        let diverged = if group.is_none() { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
+        if let Some(peer) = diverged {
+            actions.push(Action::Diverged { peer, round });
+        }
+    }
+
+    /// The first sender (in key order) of the base most of `deltas` share, when
+    /// that base is not our own: more deltas, or as many and a smaller hash.
+    fn majority_elsewhere(&self, deltas: &[SignedDelta]) -> Option<PublicKey> {
+        let own = deltas.iter().find(|d| d.header.sender == self.me)?.header.base;
+        let mut counts: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        for d in deltas {
+            *counts.entry(d.header.base).or_default() += 1;
+        }
+        // BTreeMap order is by hash, so the first maximum has the smallest hash.
+        let (best, &count) =
+            counts.iter().fold(None, |best: Option<(&[u8; 32], &usize)>, (b, c)| match best {
+                Some((_, bc)) if bc >= c => best,
+                _ => Some((b, c)),
+            })?;
+        if *best == own || count == 0 {
+            return None;
+        }
+        deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
     }
 }
 
@@ -349,7 +417,26 @@ mod tests {
     }
 
     fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
-        SignedDelta::sign(&key(i), RunId([0; 32]), round, 10, Codec::Dense, Codec::Dense.encode(&[value]))
+        based(i, round, value, [0; 32])
+    }
+
+    fn based(i: u8, round: u64, value: f32, base: [u8; 32]) -> SignedDelta {
+        SignedDelta::sign(
+            &key(i),
+            RunId([0; 32]),
+            round,
+            base,
+            10,
+            Codec::Dense,
+            Codec::Dense.encode(&[value]),
+        )
+    }
+
+    fn diverged(actions: &[Action]) -> Option<PublicKey> {
+        actions.iter().find_map(|a| match a {
+            Action::Diverged { peer, .. } => Some(*peer),
+            _ => None,
+        })
     }
 
     fn config() -> RoundConfig {
@@ -484,5 +571,48 @@ mod tests {
         assert!(matches!(a[0], Action::RequestState { round: 7, .. }), "{a:?}");
         s.handle(5, Event::Synced { round: 7, expected_from: 7 });
         assert!(!s.observing() && s.wants_local());
+    }
+
+    #[test]
+    fn a_node_whose_base_the_majority_does_not_share_asks_for_their_state() {
+        let mut s = state();
+        s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [9; 32])));
+        s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [5; 32])));
+        let a = s.handle(2, Event::PeerDelta(based(3, 0, 3.0, [5; 32])));
+        assert!(merged(&a).is_some());
+        assert_eq!(diverged(&a), Some(PublicKey::of(&key(2))));
+    }
+
+    #[test]
+    fn the_majority_and_a_tie_won_by_the_smaller_hash_stay_put() {
+        let mut s = state();
+        s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [5; 32])));
+        s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [5; 32])));
+        let a = s.handle(2, Event::PeerDelta(based(3, 0, 3.0, [9; 32])));
+        assert!(merged(&a).is_some() && diverged(&a).is_none());
+        // Two against two: the smaller hash wins.
+        let mut s = state();
+        s.handle(0, Event::PeerConnected(PublicKey::of(&key(4))));
+        s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [5; 32])));
+        s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [5; 32])));
+        s.handle(1, Event::PeerDelta(based(3, 0, 2.0, [9; 32])));
+        let a = s.handle(2, Event::PeerDelta(based(4, 0, 3.0, [9; 32])));
+        assert!(merged(&a).is_some() && diverged(&a).is_none());
+    }
+
+    #[test]
+    fn a_grouped_round_expects_and_merges_only_its_group() {
+        let mut s = state();
+        let group = vec![PublicKey::of(&key(1)), PublicKey::of(&key(3))];
+        s.handle(0, Event::Group { round: 0, members: group });
+        s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [1; 32])));
+        s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [2; 32])));
+        let a = s.handle(2, Event::PeerDelta(based(3, 0, 3.0, [3; 32])));
+        let (_, senders, reason) = merged(&a).expect("the group is complete");
+        assert_eq!(reason, CloseReason::Quorum);
+        assert_eq!(senders, vec![PublicKey::of(&key(1)), PublicKey::of(&key(3))]);
+        assert!(diverged(&a).is_none(), "grouped rounds do not check agreement");
+        // Round 1 has no group: back to everyone.
+        assert_eq!(s.quorum_target(), 3);
     }
 }

@@ -97,6 +97,7 @@ pub fn encode_header(header: &DeltaHeader) -> Vec<u8> {
 #[derive(Serialize, Deserialize)]
 struct ModelStateWire<'a> {
     round: u64,
+    lineage: [u8; 32],
     #[serde(borrow, with = "serde_bytes")]
     params: &'a [u8],
     #[serde(borrow, with = "serde_bytes")]
@@ -114,6 +115,7 @@ fn state_from_wire(wire: &ModelStateWire, param_count: usize) -> Result<ModelSta
     }
     Ok(ModelState {
         round: wire.round,
+        lineage: wire.lineage,
         params: le_bytes_to_f32s(wire.params),
         momentum: le_bytes_to_f32s(wire.momentum),
     })
@@ -134,7 +136,12 @@ pub fn encode_checkpoint(state: &ModelState, residual: &[f32]) -> Vec<u8> {
     let momentum = f32s_to_le_bytes(&state.momentum);
     let residual = f32s_to_le_bytes(residual);
     encode(&CheckpointWire {
-        state: ModelStateWire { round: state.round, params: &params, momentum: &momentum },
+        state: ModelStateWire {
+            round: state.round,
+            lineage: state.lineage,
+            params: &params,
+            momentum: &momentum,
+        },
         residual: &residual,
     })
 }
@@ -169,7 +176,12 @@ pub fn encode_sync_reply(reply: &SyncReply) -> Vec<u8> {
     let params = f32s_to_le_bytes(&reply.state.params);
     let momentum = f32s_to_le_bytes(&reply.state.momentum);
     encode(&SyncReplyWire {
-        state: ModelStateWire { round: reply.state.round, params: &params, momentum: &momentum },
+        state: ModelStateWire {
+            round: reply.state.round,
+            lineage: reply.state.lineage,
+            params: &params,
+            momentum: &momentum,
+        },
         expected_from: reply.expected_from,
         deltas: reply
             .deltas
@@ -223,9 +235,15 @@ mod tests {
     #[test]
     fn sync_reply_round_trips() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
-        let delta = SignedDelta::sign(&key, crate::RunId([0; 32]), 2, 9, crate::Codec::Dense, vec![0; 8]);
+        let delta =
+            SignedDelta::sign(&key, crate::RunId([0; 32]), 2, [0; 32], 9, crate::Codec::Dense, vec![0; 8]);
         let reply = SyncReply {
-            state: ModelState { round: 2, params: vec![1.0, 2.0], momentum: vec![0.0, 0.0] },
+            state: ModelState {
+                round: 2,
+                lineage: [3; 32],
+                params: vec![1.0, 2.0],
+                momentum: vec![0.0, 0.0],
+            },
             expected_from: 2,
             deltas: vec![delta],
         };

@@ -191,7 +191,12 @@ mod tests {
 
     fn state(round: u64) -> Checkpoint {
         Checkpoint {
-            state: ModelState { round, params: vec![round as f32, 1.5, -2.0], momentum: vec![0.25; 3] },
+            state: ModelState {
+                round,
+                lineage: [round as u8; 32],
+                params: vec![round as f32, 1.5, -2.0],
+                momentum: vec![0.25; 3],
+            },
             residual: if round.is_multiple_of(2) { vec![] } else { vec![0.5, 0.0, -0.5] },
         }
     }

@@ -73,6 +73,9 @@ impl Codec {
         if residual.len() != delta.len() {
             *residual = vec![0.0; delta.len()];
         }
+        if let Codec::TopK { ppm, int8 } = self {
+            return topk::encode_with_feedback(delta, residual, decay, self.kept(delta.len(), ppm), int8);
+        }
         for (r, d) in residual.iter_mut().zip(delta) {
             *r = decay * *r + d;
         }

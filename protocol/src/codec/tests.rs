@@ -144,3 +144,30 @@ fn fast_topk_selection_matches_a_full_selection() {
         assert_eq!(fast, full, "k = {k}");
     }
 }
+
+#[test]
+fn fused_topk_feedback_matches_updating_then_encoding() {
+    // A small LCG: the fused path must match whatever the values are.
+    let mut state = 11u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    for n in [1_000usize, 400_000] {
+        for codec in [Codec::TopK { ppm: 10_000, int8: true }, Codec::TopK { ppm: 50_000, int8: false }] {
+            let mut fused = Vec::new();
+            let mut reference = vec![0.0f32; n];
+            for _ in 0..3 {
+                let delta: Vec<f32> = (0..n).map(|_| next()).collect();
+                let payload = codec.encode_with_feedback(&delta, &mut fused, 0.8);
+                for (r, d) in reference.iter_mut().zip(&delta) {
+                    *r = 0.8 * *r + d;
+                }
+                let expected = codec.encode(&reference);
+                codec.accumulate(&expected, n, -1.0, &mut reference).unwrap();
+                assert_eq!(payload, expected, "{codec} at {n}");
+                assert_eq!(fused, reference, "{codec} at {n}");
+            }
+        }
+    }
+}

@@ -48,19 +48,25 @@ fn read_varint(bytes: &[u8]) -> Result<(u64, usize), CodecError> {
 /// selection: every top-k value is at least the k-th largest magnitude, which is
 /// at least any threshold that `k` values clear.
 pub(super) fn select(values: &[f32], k: usize) -> Vec<u32> {
+    let candidates = match threshold(values.len(), k, |i| values[i]) {
+        Some(t) => (0..values.len() as u32).filter(|&i| values[i as usize].abs() >= t).collect(),
+        None => Vec::new(),
+    };
+    select_from(values, k, candidates)
+}
+
+/// The exact top `k` of `values` among `candidates` (all indices if there are
+/// fewer than `k` candidates), in increasing order.
+fn select_from(values: &[f32], k: usize, mut candidates: Vec<u32>) -> Vec<u32> {
     let n = values.len();
     if k >= n {
         return (0..n as u32).collect();
     }
-    let by_magnitude =
-        |a: &u32, b: &u32| values[*b as usize].abs().total_cmp(&values[*a as usize].abs()).then(a.cmp(b));
-    let mut candidates: Vec<u32> = match threshold(values, k) {
-        Some(t) => (0..n as u32).filter(|&i| values[i as usize].abs() >= t).collect(),
-        None => Vec::new(),
-    };
     if candidates.len() < k {
         candidates = (0..n as u32).collect();
     }
+    let by_magnitude =
+        |a: &u32, b: &u32| values[*b as usize].abs().total_cmp(&values[*a as usize].abs()).then(a.cmp(b));
     if k > 0 && k < candidates.len() {
         candidates.select_nth_unstable_by(k - 1, by_magnitude);
     }
@@ -69,15 +75,16 @@ pub(super) fn select(values: &[f32], k: usize) -> Vec<u32> {
     candidates
 }
 
-/// A magnitude that somewhat more than `k` of `values` likely reach, from a sample.
-fn threshold(values: &[f32], k: usize) -> Option<f32> {
+/// A magnitude that somewhat more than `k` of the `n` values `value(i)` likely
+/// reach, estimated from an evenly strided sample; `None` when `n` is small
+/// enough to select directly.
+fn threshold(n: usize, k: usize, value: impl Fn(usize) -> f32) -> Option<f32> {
     const SAMPLE: usize = 1 << 16;
-    let n = values.len();
-    if n <= 4 * SAMPLE || k == 0 {
-        return None; // small enough to select directly
+    if n <= 4 * SAMPLE || k == 0 || k >= n {
+        return None;
     }
     let stride = n / SAMPLE;
-    let mut sample: Vec<f32> = values.iter().step_by(stride).map(|v| v.abs()).collect();
+    let mut sample: Vec<f32> = (0..n).step_by(stride).map(|i| value(i).abs()).collect();
     let m = sample.len();
     let expected = (k as f64 * m as f64 / n as f64).ceil();
     // Aim several standard deviations below the expected count's position.
@@ -88,7 +95,49 @@ fn threshold(values: &[f32], k: usize) -> Option<f32> {
 }
 
 pub(super) fn encode(values: &[f32], k: usize, int8: bool) -> Vec<u8> {
-    let idx = select(values, k);
+    write(values, &select(values, k), int8)
+}
+
+/// Error feedback fused into one pass: `residual ← decay·residual + delta`
+/// while collecting the coordinates above the sampled threshold, then the
+/// top-k of the result is encoded and what it carries is taken out of the
+/// residual. Same payload and residual as updating first and encoding after,
+/// with one pass over the model instead of two.
+pub(super) fn encode_with_feedback(
+    delta: &[f32],
+    residual: &mut [f32],
+    decay: f32,
+    k: usize,
+    int8: bool,
+) -> Vec<u8> {
+    let n = delta.len();
+    let candidates = match threshold(n, k, |i| decay * residual[i] + delta[i]) {
+        Some(t) => {
+            let mut candidates = Vec::with_capacity(k + k / 2 + 64);
+            for (i, (r, d)) in residual.iter_mut().zip(delta).enumerate() {
+                *r = decay * *r + d;
+                if r.abs() >= t {
+                    candidates.push(i as u32);
+                }
+            }
+            candidates
+        }
+        None => {
+            for (r, d) in residual.iter_mut().zip(delta) {
+                *r = decay * *r + d;
+            }
+            Vec::new()
+        }
+    };
+    let idx = select_from(residual, k, candidates);
+    let payload = write(residual, &idx, int8);
+    accumulate(&payload, k, int8, -1.0, residual).expect("a payload we just encoded decodes");
+    payload
+}
+
+/// The payload carrying `values` at the increasing indices `idx`.
+fn write(values: &[f32], idx: &[u32], int8: bool) -> Vec<u8> {
+    let k = idx.len();
     let mut out = Vec::with_capacity(max_len(k, int8));
     let mut prev = 0;
     for (j, &i) in idx.iter().enumerate() {
