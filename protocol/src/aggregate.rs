@@ -10,10 +10,11 @@ use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 
 /// How a round's deltas are combined, named in the RunSpec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AggregationRule {
     /// Mean of the deltas weighted by their sample counts.
+    #[default]
     WeightedMean,
 }
 

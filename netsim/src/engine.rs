@@ -1,0 +1,884 @@
+//! Virtual mode: a discrete-event simulation of a whole swarm in virtual time.
+//!
+//! Every simulated node runs the real protocol core: its own [`RoundState`],
+//! real ed25519-signed [`SignedDelta`]s encoded by the real codec with error
+//! feedback, the real aggregation rule and outer optimizer, and lineage-based
+//! repair by state transfer. Only the network and the clock are simulated:
+//! messages travel a gossip mesh over links with sampled latency, per-node
+//! uplink and downlink queues and loss; partitions, churn and stragglers come
+//! from the scenario. All randomness flows from the scenario's seed, and
+//! events at the same instant run in the order they were scheduled, so a run
+//! is reproducible bit for bit.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    rc::Rc,
+};
+
+use ed25519_dalek::SigningKey;
+use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
+use starling_protocol::{
+    group, round::CloseReason, Action, Admission, Codec, DeltaId, Event, ModelState, OuterOptimizer,
+    PublicKey, RoundConfig, RoundState, RunId, SignedDelta,
+};
+
+use crate::{
+    link::{self, Mesh},
+    metrics::{RoundLedger, NodeMerge},
+    scenario::{AttackBehaviour, EventKind, Scenario, Workload},
+    workload::{NodeModel, Task, Trained},
+    SimError,
+};
+
+/// Virtual time in microseconds.
+type Micros = u64;
+
+const MS: Micros = 1_000;
+
+enum Happening {
+    /// A node's training job for a round is due.
+    TrainDone { node: usize, job: usize },
+    /// A message reached the receiver's network interface (before its downlink queue).
+    Arrive { to: usize, from: usize, message: Rc<Message> },
+    /// A message was fully received.
+    Deliver { to: usize, from: usize, message: Rc<Message> },
+    /// A node's round deadline may have passed.
+    Deadline { node: usize },
+    /// A state transfer from `from` finished.
+    SyncDone { node: usize, from: usize, epoch: u64 },
+    /// A crashed node comes back.
+    Restart { node: usize },
+    /// A node forwards a delta it accepted to its mesh peers.
+    Forward { node: usize, from: usize, message: Rc<Message> },
+}
+
+/// How long a node holds an accepted delta before forwarding it, as the real
+/// node does, so that IDONTWANTs from peers that already have it can arrive.
+const FORWARD_HOLD: Micros = 25 * MS;
+
+struct Message {
+    delta: SignedDelta,
+    id: DeltaId,
+    bytes: u64,
+    published_at: Micros,
+}
+
+struct Scheduled {
+    at: Micros,
+    seq: u64,
+    what: Happening,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Whether a node is running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Up,
+    Crashed,
+    Left,
+}
+
+struct SimNode {
+    key: SigningKey,
+    public: PublicKey,
+    rounds: RoundState,
+    state: ModelState,
+    residual: Vec<f32>,
+    /// Handed to a training job and back.
+    model: Option<Box<dyn NodeModel>>,
+    life: Life,
+    /// Bumped when the node crashes or installs a state: stale work is dropped.
+    epoch: u64,
+    /// Waiting for its first state transfer (a joiner); it does not train until then.
+    syncing: bool,
+    speed: f64,
+    attacker: bool,
+    side: usize,
+    uplink_free: Micros,
+    downlink_free: Micros,
+    /// Deltas seen, with when, for duplicate suppression and IDONTWANT.
+    seen: HashMap<DeltaId, (u64, Micros)>,
+}
+
+/// A training job: inputs fixed when it starts, so its result does not depend
+/// on when or on which thread it runs.
+struct Job {
+    epoch: u64,
+    round: u64,
+    lineage: [u8; 32],
+    start: Vec<f32>,
+    model: Option<Box<dyn NodeModel>>,
+    result: Option<Result<Trained, String>>,
+}
+
+/// What a virtual run produced.
+pub struct Outcome {
+    pub ledger: RoundLedger,
+    pub virtual_ms: u64,
+    pub params: usize,
+    /// Rounds at which scheduled events fired, for plot markers.
+    pub markers: Vec<(u64, String)>,
+}
+
+pub(crate) struct Engine<'a> {
+    sc: &'a Scenario,
+    task: &'a dyn Task,
+    run: RunId,
+    codec: Codec,
+    outer: OuterOptimizer,
+    config: RoundConfig,
+    params: usize,
+    rng: Xoshiro256PlusPlus,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    now: Micros,
+    nodes: Vec<SimNode>,
+    mesh: Mesh,
+    verdicts: HashMap<DeltaId, bool>,
+    jobs: Vec<Job>,
+    pending_jobs: Vec<usize>,
+    free_jobs: Vec<usize>,
+    merge_buffer: Vec<f32>,
+    ledger: RoundLedger,
+    events: Vec<(u64, EventKind)>,
+    leading_round: u64,
+    markers: Vec<(u64, String)>,
+    eval_nodes: Vec<bool>,
+    grouped: bool,
+    /// Groups of a round: the groups as node indices, and each node's group.
+    groups: HashMap<u64, Rc<(Vec<Vec<usize>>, Vec<usize>)>>,
+    index: HashMap<PublicKey, usize>,
+}
+
+/// Runs a scenario in virtual time; `progress(done, total)` after each finished round.
+pub fn run(
+    sc: &Scenario,
+    task: &dyn Task,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Outcome, SimError> {
+    let mut engine = Engine::new(sc, task)?;
+    for node in 0..engine.nodes.len() {
+        engine.enter_round(node);
+        engine.maybe_train(node);
+    }
+    let mut done = 0;
+    while let Some(Reverse(next)) = engine.queue.pop() {
+        engine.now = next.at;
+        engine.step(next.what)?;
+        let finished = engine.ledger.finalize_ready(engine.min_live_round(), &mut |_| {});
+        if finished > done {
+            done = finished;
+            progress(done.min(sc.rounds), sc.rounds);
+        }
+        if engine.all_done() {
+            break;
+        }
+    }
+    engine.ledger.finalize_all();
+    progress(sc.rounds, sc.rounds);
+    Ok(Outcome {
+        ledger: engine.ledger,
+        virtual_ms: engine.now / MS,
+        params: engine.params,
+        markers: engine.markers,
+    })
+}
+
+impl<'a> Engine<'a> {
+    fn new(sc: &'a Scenario, task: &'a dyn Task) -> Result<Self, SimError> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(sc.seed);
+        let initial = task.initial_params();
+        let params = initial.len();
+        let codec = sc.protocol.codec;
+        let config = RoundConfig {
+            quorum: sc.protocol.quorum,
+            deadline_ms: sc.protocol.deadline_ms,
+            ..RoundConfig::from_spec(&starling_protocol::spec::RoundSpec {
+                deadline_ms: sc.protocol.deadline_ms,
+                quorum: sc.protocol.quorum,
+            })
+        };
+        let attackers = (sc.nodes as f64 * sc.attack.fraction).round() as usize;
+        let stragglers = (sc.nodes as f64 * sc.compute.straggler_fraction).round() as usize;
+        // Stragglers are a seeded random subset of the nodes.
+        let mut order: Vec<usize> = (0..sc.nodes).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let slow: Vec<bool> = {
+            let mut v = vec![false; sc.nodes];
+            for &i in order.iter().take(stragglers) {
+                v[i] = true;
+            }
+            v
+        };
+        let mut engine = Self {
+            sc,
+            task,
+            run: RunId(*blake3::hash(sc.name.as_bytes()).as_bytes()),
+            codec,
+            outer: sc.protocol.outer(),
+            config,
+            params,
+            rng,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            nodes: Vec::with_capacity(sc.nodes),
+            mesh: Mesh::default(),
+            verdicts: HashMap::new(),
+            jobs: Vec::new(),
+            pending_jobs: Vec::new(),
+            free_jobs: Vec::new(),
+            merge_buffer: vec![0.0; params],
+            ledger: RoundLedger::new(sc.rounds),
+            events: sc.events.iter().map(|e| (e.at_round, e.what.clone())).collect(),
+            leading_round: 0,
+            markers: Vec::new(),
+            eval_nodes: Vec::new(),
+            grouped: sc.protocol.group_size >= 2,
+            groups: HashMap::new(),
+            index: HashMap::new(),
+        };
+        engine.events.sort_by_key(|e| e.0);
+        for i in 0..sc.nodes {
+            let speed = if slow[i] { sc.compute.straggler_slowdown } else { 1.0 };
+            engine.add_node(initial.clone(), speed, i >= sc.nodes - attackers)?;
+        }
+        engine.mesh = link::mesh(sc.nodes, sc.link.mesh_degree, &mut engine.rng);
+        engine.eval_nodes = eval_sample(sc, task, sc.nodes);
+        if !engine.grouped {
+            let keys: Vec<PublicKey> = engine.nodes.iter().map(|n| n.public).collect();
+            for n in &mut engine.nodes {
+                for k in &keys {
+                    n.rounds.handle(0, Event::PeerConnected(*k));
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    fn add_node(&mut self, params: Vec<f32>, speed: f64, attacker: bool) -> Result<usize, SimError> {
+        let index = self.nodes.len();
+        let key = starling_node::local_swarm::node_key(self.sc.seed, index);
+        let public = PublicKey::of(&key);
+        let model = self.task.node_model(index, &public).map_err(SimError::Workload)?;
+        self.index.insert(public, index);
+        self.groups.clear();
+        self.nodes.push(SimNode {
+            key,
+            public,
+            rounds: RoundState::new(public, self.config.clone(), 0),
+            state: ModelState::initial(params),
+            residual: Vec::new(),
+            model: Some(model),
+            life: Life::Up,
+            epoch: 0,
+            syncing: false,
+            speed,
+            attacker,
+            side: 0,
+            uplink_free: 0,
+            downlink_free: 0,
+            seen: HashMap::new(),
+        });
+        Ok(index)
+    }
+
+    fn schedule(&mut self, at: Micros, what: Happening) {
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, what }));
+        self.seq += 1;
+    }
+
+    fn up(&self, node: usize) -> bool {
+        self.nodes[node].life == Life::Up
+    }
+
+    fn min_live_round(&self) -> u64 {
+        self.nodes.iter().filter(|n| n.life == Life::Up).map(|n| n.state.round).min().unwrap_or(u64::MAX)
+    }
+
+    fn all_done(&self) -> bool {
+        let live = self.nodes.iter().filter(|n| n.life == Life::Up);
+        self.nodes.iter().all(|n| n.life == Life::Left) || live.clone().all(|n| n.state.round >= self.sc.rounds)
+    }
+
+    fn step(&mut self, what: Happening) -> Result<(), SimError> {
+        match what {
+            Happening::TrainDone { node, job } => self.on_trained(node, job),
+            Happening::Arrive { to, from, message } => {
+                if !self.up(to) {
+                    return Ok(());
+                }
+                let rx = link::transfer_time(message.bytes, self.sc.link.downlink_mbps);
+                let done = self.now.max(self.nodes[to].downlink_free) + rx;
+                self.nodes[to].downlink_free = done;
+                self.schedule(done, Happening::Deliver { to, from, message });
+                Ok(())
+            }
+            Happening::Deliver { to, from, message } => self.on_deliver(to, from, message),
+            Happening::Deadline { node } => {
+                if self.up(node) {
+                    let actions = self.nodes[node].rounds.handle(self.now / MS, Event::Tick);
+                    self.apply(node, actions)?;
+                }
+                Ok(())
+            }
+            Happening::SyncDone { node, from, epoch } => self.on_synced(node, from, epoch),
+            Happening::Restart { node } => {
+                self.restart(node);
+                Ok(())
+            }
+            Happening::Forward { node, from, message } => {
+                self.forward(node, from, message);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a training job if the node wants to contribute to its round.
+    fn maybe_train(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        if n.life != Life::Up || n.syncing || n.state.round >= self.sc.rounds || !n.rounds.wants_local() {
+            return;
+        }
+        let Some(model) = n.model.take() else { return };
+        let job = Job {
+            epoch: n.epoch,
+            round: n.state.round,
+            lineage: n.state.lineage,
+            start: n.state.params.clone(),
+            model: Some(model),
+            result: None,
+        };
+        let speed = n.speed;
+        let index = match self.free_jobs.pop() {
+            Some(i) => {
+                self.jobs[i] = job;
+                i
+            }
+            None => {
+                self.jobs.push(job);
+                self.jobs.len() - 1
+            }
+        };
+        self.pending_jobs.push(index);
+        let jitter = self.sc.compute.jitter;
+        let factor = speed * (1.0 + if jitter > 0.0 { self.rng.random_range(-jitter..jitter) } else { 0.0 });
+        let at = self.now + (self.sc.compute.round_ms as f64 * factor * MS as f64) as Micros;
+        self.schedule(at, Happening::TrainDone { node, job: index });
+    }
+
+    /// Runs every started job whose result is not in yet, on all cores.
+    fn run_pending_jobs(&mut self) {
+        let pending = std::mem::take(&mut self.pending_jobs);
+        let mut batch: Vec<&mut Job> = Vec::with_capacity(pending.len());
+        // Safe disjoint borrows: indices in `pending` are distinct.
+        let mut rest: &mut [Job] = &mut self.jobs;
+        let mut offset = 0;
+        let mut sorted = pending;
+        sorted.sort_unstable();
+        for i in sorted {
+            let (_, tail) = rest.split_at_mut(i - offset);
+            let (job, tail) = tail.split_first_mut().expect("job index in range");
+            batch.push(job);
+            rest = tail;
+            offset = i + 1;
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(batch.len().max(1));
+        let chunk = batch.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for part in batch.chunks_mut(chunk) {
+                s.spawn(move || {
+                    for job in part {
+                        let model = job.model.as_mut().expect("a pending job holds its model");
+                        job.result = Some(model.train(&job.start));
+                    }
+                });
+            }
+        });
+    }
+
+    fn on_trained(&mut self, node: usize, job_index: usize) -> Result<(), SimError> {
+        if self.jobs[job_index].result.is_none() {
+            self.run_pending_jobs();
+        }
+        let job = &mut self.jobs[job_index];
+        let (epoch, round, lineage) = (job.epoch, job.round, job.lineage);
+        let result = job.result.take().expect("ran");
+        self.nodes[node].model = job.model.take();
+        self.free_jobs.push(job_index);
+        let trained = result.map_err(|e| SimError::Workload(format!("node {node}: {e}")))?;
+        let n = &mut self.nodes[node];
+        if n.life != Life::Up || n.epoch != epoch || n.state.round != round || n.state.lineage != lineage {
+            self.maybe_train(node);
+            return Ok(());
+        }
+        let payload = if self.grouped {
+            // Grouped rounds average models: see `merge`.
+            let mut model = trained.params;
+            if n.attacker {
+                tamper(self.sc.attack.behaviour, &mut model);
+            }
+            self.codec.encode(&model)
+        } else {
+            let mut delta: Vec<f32> =
+                n.state.params.iter().zip(&trained.params).map(|(a, b)| a - b).collect();
+            if n.attacker {
+                tamper(self.sc.attack.behaviour, &mut delta);
+            }
+            self.codec.encode_with_feedback(&delta, &mut n.residual, self.sc.protocol.feedback_decay)
+        };
+        let signed =
+            SignedDelta::sign(&n.key, self.run, round, n.state.lineage, trained.samples.max(1), self.codec, payload);
+        let actions = n.rounds.handle(self.now / MS, Event::LocalDelta(signed));
+        self.apply(node, actions)
+    }
+
+    fn apply(&mut self, node: usize, actions: Vec<Action>) -> Result<(), SimError> {
+        for action in actions {
+            match action {
+                Action::Publish(delta) => self.publish(node, delta),
+                Action::Merge { round, deltas, reason } => self.merge(node, round, deltas, reason)?,
+                Action::RequestState { peer, .. } | Action::Diverged { peer, .. } => self.request_state(node, peer),
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, node: usize, delta: SignedDelta) {
+        let id = delta.id();
+        let round = delta.header.round;
+        let bytes = delta.to_bytes().len() as u64;
+        let message = Rc::new(Message { delta, id, bytes, published_at: self.now });
+        self.nodes[node].seen.insert(id, (round, self.now));
+        let owed = self.audience(node).into_iter().filter(|&p| self.up(p)).count();
+        self.ledger.published(round, owed);
+        let deadline = self.now + (self.config.deadline_ms + 1) * MS;
+        self.schedule(deadline, Happening::Deadline { node });
+        let targets: Vec<usize> = self.first_hops(node);
+        for to in targets {
+            self.send(node, to, message.clone());
+        }
+    }
+
+    /// Who should receive `node`'s delta: its group, or everyone.
+    fn audience(&mut self, node: usize) -> Vec<usize> {
+        if self.grouped {
+            let round = self.nodes[node].state.round;
+            self.group_of(round, node).into_iter().filter(|&p| p != node).collect()
+        } else {
+            (0..self.nodes.len()).filter(|&p| p != node && self.nodes[p].life != Life::Left).collect()
+        }
+    }
+
+    /// Where a node sends its own delta: its group directly, or its mesh peers.
+    fn first_hops(&mut self, node: usize) -> Vec<usize> {
+        if self.grouped {
+            self.audience(node)
+        } else {
+            self.mesh.peers(node).to_vec()
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, message: Rc<Message>) {
+        if !self.up(to) || self.nodes[from].side != self.nodes[to].side {
+            return;
+        }
+        let round = message.delta.header.round;
+        self.ledger.sent(round, message.bytes);
+        let tx = link::transfer_time(message.bytes, self.sc.link.uplink_mbps);
+        let start = self.now.max(self.nodes[from].uplink_free);
+        self.nodes[from].uplink_free = start + tx;
+        if self.sc.link.loss > 0.0 && self.rng.random_bool(self.sc.link.loss) {
+            self.ledger.lost();
+            return;
+        }
+        let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
+        self.schedule(start + tx + latency, Happening::Arrive { to, from, message });
+    }
+
+    fn on_deliver(&mut self, to: usize, from: usize, message: Rc<Message>) -> Result<(), SimError> {
+        if !self.up(to) {
+            return Ok(());
+        }
+        let round = message.delta.header.round;
+        self.ledger.received(round, message.bytes);
+        if self.nodes[to].seen.contains_key(&message.id) {
+            return Ok(());
+        }
+        self.nodes[to].seen.insert(message.id, (round, self.now));
+        self.ledger.first_delivery(round, self.now - message.published_at);
+        let (run, codec, params) = (self.run, self.codec, self.params);
+        let valid = *self
+            .verdicts
+            .entry(message.id)
+            .or_insert_with(|| message.delta.validate(run, codec, params).is_ok());
+        if !valid {
+            self.ledger.refused();
+            return Ok(());
+        }
+        let n = &mut self.nodes[to];
+        if n.rounds.admit(&message.delta.header) != Admission::Accept {
+            return Ok(());
+        }
+        let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(message.delta.clone()));
+        if !self.grouped {
+            self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
+        }
+        self.apply(to, actions)
+    }
+
+    /// Gossip: forward an accepted delta to mesh peers, except the one it came
+    /// from and those whose IDONTWANT (sent when they got it) has arrived.
+    fn forward(&mut self, node: usize, from: usize, message: Rc<Message>) {
+        if !self.up(node) {
+            return;
+        }
+        let peers: Vec<usize> = self.mesh.peers(node).to_vec();
+        for p in peers {
+            if p == from || !self.up(p) {
+                continue;
+            }
+            if let Some(&(_, at)) = self.nodes[p].seen.get(&message.id) {
+                let idontwant = link::sample_latency(&self.sc.link.latency, &mut self.rng);
+                if at + idontwant <= self.now {
+                    continue;
+                }
+            }
+            self.send(node, p, message.clone());
+        }
+    }
+
+    fn merge(&mut self, node: usize, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), SimError> {
+        let merged = deltas.len();
+        self.sc
+            .protocol
+            .aggregation
+            .aggregate_deltas_into(&deltas, self.codec, &mut self.merge_buffer)
+            .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
+        let n = &mut self.nodes[node];
+        if self.grouped {
+            // The members of a group start from different states (they were in
+            // different groups last round), so averaging their pseudo-gradients
+            // would never bring the states together. Each publishes its trained
+            // model θⱼ instead, and the outer step's pseudo-gradient is
+            // θᵢ − mean θⱼ: the group's progress plus this node's distance from
+            // the group, which the step closes.
+            for (g, p) in self.merge_buffer.iter_mut().zip(&n.state.params) {
+                *g = p - *g;
+            }
+        }
+        self.outer.step(&mut n.state.params, &mut n.state.momentum, &self.merge_buffer);
+        n.state.record_merge(round, &deltas);
+        n.seen.retain(|_, (r, _)| *r + 2 >= round);
+        let score = if self.eval_nodes.get(node).copied().unwrap_or(false) {
+            Some(self.task.evaluate(&n.state.params).map_err(SimError::Workload)?)
+        } else {
+            None
+        };
+        let params = Some(n.state.params.clone());
+        self.ledger.merged(round, NodeMerge { node, merged, deadline: reason == CloseReason::Deadline, score, params });
+        if round + 1 > self.leading_round {
+            self.leading_round = round + 1;
+            self.fire_events();
+        }
+        if self.up(node) && self.sc.churn.crash_per_round > 0.0 && self.rng.random_bool(self.sc.churn.crash_per_round) {
+            self.crash(node, self.sc.churn.restart_after_ms);
+            return Ok(());
+        }
+        self.enter_round(node);
+        self.maybe_train(node);
+        Ok(())
+    }
+
+    /// Tells a grouped node its group for the round it is in.
+    fn enter_round(&mut self, node: usize) {
+        if !self.grouped {
+            return;
+        }
+        let round = self.nodes[node].state.round;
+        let members: Vec<PublicKey> =
+            self.group_of(round, node).into_iter().map(|i| self.nodes[i].public).collect();
+        let actions = self.nodes[node].rounds.handle(self.now / MS, Event::Group { round, members });
+        debug_assert!(actions.is_empty());
+    }
+
+    /// Indices of the members of `node`'s group in `round` (itself included).
+    fn group_of(&mut self, round: u64, node: usize) -> Vec<usize> {
+        let groups = match self.groups.get(&round) {
+            Some(g) => g.clone(),
+            None => {
+                // Groups come from the member list everyone shares: all nodes that
+                // joined and have not left (a crashed node is still a member).
+                let members: Vec<PublicKey> =
+                    self.nodes.iter().filter(|n| n.life != Life::Left).map(|n| n.public).collect();
+                let assigned = group::assign(&self.run.0, round, &members, self.sc.protocol.group_size);
+                let mut of = vec![usize::MAX; self.nodes.len()];
+                let groups: Vec<Vec<usize>> = assigned
+                    .iter()
+                    .enumerate()
+                    .map(|(g, keys)| {
+                        keys.iter()
+                            .map(|k| {
+                                let i = self.index[k];
+                                of[i] = g;
+                                i
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let entry = Rc::new((groups, of));
+                self.groups.retain(|r, _| *r + 4 > round);
+                self.groups.insert(round, entry.clone());
+                entry
+            }
+        };
+        match groups.1.get(node) {
+            Some(&g) if g != usize::MAX => groups.0[g].clone(),
+            _ => vec![node],
+        }
+    }
+
+    fn index_of(&self, key: &PublicKey) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    fn request_state(&mut self, node: usize, peer: PublicKey) {
+        let Some(from) = self.index_of(&peer) else { return };
+        if !self.up(from) || self.nodes[from].side != self.nodes[node].side {
+            return;
+        }
+        let bytes = (self.params as u64) * 8 + 64;
+        let tx = link::transfer_time(bytes, self.sc.link.uplink_mbps.min_positive(self.sc.link.downlink_mbps));
+        let latency = 2 * link::sample_latency(&self.sc.link.latency, &mut self.rng);
+        let round = self.nodes[node].state.round;
+        self.ledger.sync(round, bytes);
+        let epoch = self.nodes[node].epoch;
+        self.schedule(self.now + latency + tx, Happening::SyncDone { node, from, epoch });
+    }
+
+    fn on_synced(&mut self, node: usize, from: usize, epoch: u64) -> Result<(), SimError> {
+        if !self.up(node) || self.nodes[node].epoch != epoch || !self.up(from) {
+            return Ok(());
+        }
+        let state = self.nodes[from].state.clone();
+        let me = self.nodes[node].public;
+        let expected_from = self.nodes[from].rounds.expected_from(&me);
+        let deltas = self.nodes[from].rounds.current_deltas();
+        let now = self.now / MS;
+        let n = &mut self.nodes[node];
+        n.state = state;
+        n.epoch += 1;
+        n.syncing = false;
+        let mut actions = n.rounds.handle(now, Event::Synced { round: n.state.round, expected_from });
+        for d in deltas {
+            if n.rounds.admit(&d.header) == Admission::Accept {
+                actions.extend(n.rounds.handle(now, Event::PeerDelta(d)));
+            }
+        }
+        self.enter_round(node);
+        self.apply(node, actions)?;
+        self.maybe_train(node);
+        Ok(())
+    }
+
+    fn crash(&mut self, node: usize, restart_after_ms: u64) {
+        let n = &mut self.nodes[node];
+        n.life = Life::Crashed;
+        n.epoch += 1;
+        let key = n.public;
+        self.disconnect_everywhere(key);
+        if restart_after_ms > 0 {
+            self.schedule(self.now + restart_after_ms * MS, Happening::Restart { node });
+        }
+    }
+
+    fn disconnect_everywhere(&mut self, key: PublicKey) {
+        if self.grouped {
+            return;
+        }
+        let now = self.now / MS;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].life == Life::Up {
+                let actions = self.nodes[i].rounds.handle(now, Event::PeerDisconnected(key));
+                // A departure can complete a round that waited for the departed node.
+                let _ = self.apply(i, actions);
+            }
+        }
+    }
+
+    /// A crashed node restarts from its last checkpoint (its state at the last merge).
+    fn restart(&mut self, node: usize) {
+        if self.nodes[node].life != Life::Crashed {
+            return;
+        }
+        let now = self.now / MS;
+        let round = self.nodes[node].state.round;
+        let public = self.nodes[node].public;
+        let mut rounds = RoundState::new(public, self.config.clone(), round);
+        if !self.grouped {
+            for p in self.nodes.iter().filter(|p| p.life == Life::Up) {
+                rounds.handle(now, Event::PeerConnected(p.public));
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].life == Life::Up {
+                    self.nodes[i].rounds.handle(now, Event::PeerConnected(public));
+                }
+            }
+        }
+        let n = &mut self.nodes[node];
+        n.rounds = rounds;
+        n.life = Life::Up;
+        n.uplink_free = self.now;
+        n.downlink_free = self.now;
+        n.seen.clear();
+        self.enter_round(node);
+        self.maybe_train(node);
+    }
+
+    fn fire_events(&mut self) {
+        while let Some((at, _)) = self.events.first() {
+            if *at > self.leading_round {
+                break;
+            }
+            let (at, what) = self.events.remove(0);
+            let label = match &what {
+                EventKind::Partition { sides } => {
+                    let total: f64 = sides.iter().sum();
+                    let n = self.nodes.len();
+                    let mut bound = 0.0;
+                    let mut cuts = Vec::new();
+                    for f in sides {
+                        bound += f / total;
+                        cuts.push((bound * n as f64).round() as usize);
+                    }
+                    for i in 0..n {
+                        self.nodes[i].side = cuts.iter().position(|&c| i < c).unwrap_or(sides.len() - 1);
+                    }
+                    format!("partition {}", sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/"))
+                }
+                EventKind::Heal => {
+                    for n in &mut self.nodes {
+                        n.side = 0;
+                    }
+                    "heal".to_string()
+                }
+                EventKind::Crash { count, restart_after_ms } => {
+                    let victims: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
+                    for v in &victims {
+                        self.crash(*v, *restart_after_ms);
+                    }
+                    format!("{} crash", victims.len())
+                }
+                EventKind::Leave { count } => {
+                    let leaving: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
+                    for &v in &leaving {
+                        self.crash(v, 0);
+                        self.nodes[v].life = Life::Left;
+                    }
+                    self.groups.clear();
+                    format!("{} leave", leaving.len())
+                }
+                EventKind::Join { count } => {
+                    let mut joined = 0;
+                    for _ in 0..*count {
+                        if self.join().is_ok() {
+                            joined += 1;
+                        }
+                    }
+                    format!("{joined} join")
+                }
+            };
+            self.markers.push((at, label));
+        }
+    }
+
+    /// A new node: genesis state, connected to everyone, fetching a peer's state first.
+    fn join(&mut self) -> Result<usize, SimError> {
+        let initial = self.task.initial_params();
+        let node = self.add_node(initial, 1.0, false)?;
+        self.eval_nodes.push(self.task.cheap_to_evaluate());
+        let side = self.nodes.first().map_or(0, |n| n.side);
+        self.nodes[node].side = side;
+        self.nodes[node].syncing = true;
+        self.nodes[node].uplink_free = self.now;
+        self.nodes[node].downlink_free = self.now;
+        self.mesh.join(node, self.sc.link.mesh_degree, &mut self.rng);
+        let now = self.now / MS;
+        let public = self.nodes[node].public;
+        if !self.grouped {
+            for i in 0..node {
+                if self.up(i) {
+                    let peer = self.nodes[i].public;
+                    self.nodes[node].rounds.handle(now, Event::PeerConnected(peer));
+                    self.nodes[i].rounds.handle(now, Event::PeerConnected(public));
+                }
+            }
+        }
+        let source = (0..node).filter(|&i| self.up(i) && self.nodes[i].side == side).max_by_key(|&i| self.nodes[i].state.round);
+        if let Some(source) = source {
+            let peer = self.nodes[source].public;
+            self.request_state(node, peer);
+        } else {
+            self.nodes[node].syncing = false;
+        }
+        Ok(node)
+    }
+}
+
+/// Which nodes are evaluated each round: all for cheap workloads, else an evenly spaced sample.
+fn eval_sample(sc: &Scenario, task: &dyn Task, nodes: usize) -> Vec<bool> {
+    if task.cheap_to_evaluate() {
+        return vec![true; nodes];
+    }
+    let want = match sc.workload {
+        Workload::Candle { eval_nodes, .. } => eval_nodes.clamp(1, nodes),
+        Workload::Quadratic { .. } => nodes,
+    };
+    let mut v = vec![false; nodes];
+    for j in 0..want {
+        v[j * nodes / want] = true;
+    }
+    v
+}
+
+/// The attack hook: what an attacker does to the delta it honestly trained.
+fn tamper(behaviour: AttackBehaviour, delta: &mut [f32]) {
+    match behaviour {
+        AttackBehaviour::None => {}
+        AttackBehaviour::SignFlip => delta.iter_mut().for_each(|v| *v = -*v),
+    }
+}
+
+trait MinPositive {
+    fn min_positive(self, other: Self) -> Self;
+}
+
+impl MinPositive for f64 {
+    /// The smaller of two bandwidths where 0 means unlimited.
+    fn min_positive(self, other: f64) -> f64 {
+        match (self > 0.0, other > 0.0) {
+            (true, true) => self.min(other),
+            (true, false) => self,
+            (false, _) => other,
+        }
+    }
+}
