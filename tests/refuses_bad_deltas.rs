@@ -16,7 +16,7 @@ use starling_protocol::{Codec, PublicKey, RunId, SignedDelta};
 use tokio::sync::{mpsc, watch};
 
 fn delta(signer: &SigningKey, run: RunId, round: u64, params: usize) -> SignedDelta {
-    SignedDelta::sign(signer, run, round, 64, Codec::Dense, Codec::Dense.encode(&vec![0.0; params]))
+    SignedDelta::sign(signer, run, round, [0; 32], 64, Codec::Dense, Codec::Dense.encode(&vec![0.0; params]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ use starling_protocol::{
 
 use crate::{
     link::{self, Mesh},
-    metrics::{RoundLedger, NodeMerge},
+    metrics::{NodeMerge, RoundLedger},
     scenario::{AttackBehaviour, EventKind, Scenario, Workload},
     workload::{NodeModel, Task, Trained},
     SimError,
@@ -128,6 +128,12 @@ struct Job {
     result: Option<Result<Trained, String>>,
 }
 
+/// The groups of a round: each group's node indices, and each node's group.
+struct RoundGroups {
+    members: Vec<Vec<usize>>,
+    group_of: Vec<usize>,
+}
+
 /// What a virtual run produced.
 pub struct Outcome {
     pub ledger: RoundLedger,
@@ -162,17 +168,12 @@ pub(crate) struct Engine<'a> {
     markers: Vec<(u64, String)>,
     eval_nodes: Vec<bool>,
     grouped: bool,
-    /// Groups of a round: the groups as node indices, and each node's group.
-    groups: HashMap<u64, Rc<(Vec<Vec<usize>>, Vec<usize>)>>,
+    groups: HashMap<u64, Rc<RoundGroups>>,
     index: HashMap<PublicKey, usize>,
 }
 
 /// Runs a scenario in virtual time; `progress(done, total)` after each finished round.
-pub fn run(
-    sc: &Scenario,
-    task: &dyn Task,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Outcome, SimError> {
+pub fn run(sc: &Scenario, task: &dyn Task, progress: &mut dyn FnMut(u64, u64)) -> Result<Outcome, SimError> {
     let mut engine = Engine::new(sc, task)?;
     for node in 0..engine.nodes.len() {
         engine.enter_round(node);
@@ -258,8 +259,8 @@ impl<'a> Engine<'a> {
             index: HashMap::new(),
         };
         engine.events.sort_by_key(|e| e.0);
-        for i in 0..sc.nodes {
-            let speed = if slow[i] { sc.compute.straggler_slowdown } else { 1.0 };
+        for (i, &slow) in slow.iter().enumerate() {
+            let speed = if slow { sc.compute.straggler_slowdown } else { 1.0 };
             engine.add_node(initial.clone(), speed, i >= sc.nodes - attackers)?;
         }
         engine.mesh = link::mesh(sc.nodes, sc.link.mesh_degree, &mut engine.rng);
@@ -317,7 +318,8 @@ impl<'a> Engine<'a> {
 
     fn all_done(&self) -> bool {
         let live = self.nodes.iter().filter(|n| n.life == Life::Up);
-        self.nodes.iter().all(|n| n.life == Life::Left) || live.clone().all(|n| n.state.round >= self.sc.rounds)
+        self.nodes.iter().all(|n| n.life == Life::Left)
+            || live.clone().all(|n| n.state.round >= self.sc.rounds)
     }
 
     fn step(&mut self, what: Happening) -> Result<(), SimError> {
@@ -446,8 +448,15 @@ impl<'a> Engine<'a> {
             }
             self.codec.encode_with_feedback(&delta, &mut n.residual, self.sc.protocol.feedback_decay)
         };
-        let signed =
-            SignedDelta::sign(&n.key, self.run, round, n.state.lineage, trained.samples.max(1), self.codec, payload);
+        let signed = SignedDelta::sign(
+            &n.key,
+            self.run,
+            round,
+            n.state.lineage,
+            trained.samples.max(1),
+            self.codec,
+            payload,
+        );
         let actions = n.rounds.handle(self.now / MS, Event::LocalDelta(signed));
         self.apply(node, actions)
     }
@@ -457,7 +466,9 @@ impl<'a> Engine<'a> {
             match action {
                 Action::Publish(delta) => self.publish(node, delta),
                 Action::Merge { round, deltas, reason } => self.merge(node, round, deltas, reason)?,
-                Action::RequestState { peer, .. } | Action::Diverged { peer, .. } => self.request_state(node, peer),
+                Action::RequestState { peer, .. } | Action::Diverged { peer, .. } => {
+                    self.request_state(node, peer)
+                }
             }
         }
         Ok(())
@@ -567,7 +578,13 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn merge(&mut self, node: usize, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), SimError> {
+    fn merge(
+        &mut self,
+        node: usize,
+        round: u64,
+        deltas: Vec<SignedDelta>,
+        reason: CloseReason,
+    ) -> Result<(), SimError> {
         let merged = deltas.len();
         self.sc
             .protocol
@@ -595,12 +612,18 @@ impl<'a> Engine<'a> {
             None
         };
         let params = Some(n.state.params.clone());
-        self.ledger.merged(round, NodeMerge { node, merged, deadline: reason == CloseReason::Deadline, score, params });
+        self.ledger.merged(
+            round,
+            NodeMerge { node, merged, deadline: reason == CloseReason::Deadline, score, params },
+        );
         if round + 1 > self.leading_round {
             self.leading_round = round + 1;
             self.fire_events();
         }
-        if self.up(node) && self.sc.churn.crash_per_round > 0.0 && self.rng.random_bool(self.sc.churn.crash_per_round) {
+        if self.up(node)
+            && self.sc.churn.crash_per_round > 0.0
+            && self.rng.random_bool(self.sc.churn.crash_per_round)
+        {
             self.crash(node, self.sc.churn.restart_after_ms);
             return Ok(());
         }
@@ -645,14 +668,14 @@ impl<'a> Engine<'a> {
                             .collect()
                     })
                     .collect();
-                let entry = Rc::new((groups, of));
+                let entry = Rc::new(RoundGroups { members: groups, group_of: of });
                 self.groups.retain(|r, _| *r + 4 > round);
                 self.groups.insert(round, entry.clone());
                 entry
             }
         };
-        match groups.1.get(node) {
-            Some(&g) if g != usize::MAX => groups.0[g].clone(),
+        match groups.group_of.get(node) {
+            Some(&g) if g != usize::MAX => groups.members[g].clone(),
             _ => vec![node],
         }
     }
@@ -667,7 +690,8 @@ impl<'a> Engine<'a> {
             return;
         }
         let bytes = (self.params as u64) * 8 + 64;
-        let tx = link::transfer_time(bytes, self.sc.link.uplink_mbps.min_positive(self.sc.link.downlink_mbps));
+        let tx =
+            link::transfer_time(bytes, self.sc.link.uplink_mbps.min_positive(self.sc.link.downlink_mbps));
         let latency = 2 * link::sample_latency(&self.sc.link.latency, &mut self.rng);
         let round = self.nodes[node].state.round;
         self.ledger.sync(round, bytes);
@@ -773,7 +797,10 @@ impl<'a> Engine<'a> {
                     for i in 0..n {
                         self.nodes[i].side = cuts.iter().position(|&c| i < c).unwrap_or(sides.len() - 1);
                     }
-                    format!("partition {}", sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/"))
+                    format!(
+                        "partition {}",
+                        sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/")
+                    )
                 }
                 EventKind::Heal => {
                     for n in &mut self.nodes {
@@ -782,14 +809,16 @@ impl<'a> Engine<'a> {
                     "heal".to_string()
                 }
                 EventKind::Crash { count, restart_after_ms } => {
-                    let victims: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
+                    let victims: Vec<usize> =
+                        (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
                     for v in &victims {
                         self.crash(*v, *restart_after_ms);
                     }
                     format!("{} crash", victims.len())
                 }
                 EventKind::Leave { count } => {
-                    let leaving: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
+                    let leaving: Vec<usize> =
+                        (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
                     for &v in &leaving {
                         self.crash(v, 0);
                         self.nodes[v].life = Life::Left;
@@ -833,7 +862,9 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let source = (0..node).filter(|&i| self.up(i) && self.nodes[i].side == side).max_by_key(|&i| self.nodes[i].state.round);
+        let source = (0..node)
+            .filter(|&i| self.up(i) && self.nodes[i].side == side)
+            .max_by_key(|&i| self.nodes[i].state.round);
         if let Some(source) = source {
             let peer = self.nodes[source].public;
             self.request_state(node, peer);

@@ -79,7 +79,8 @@ pub enum ReportError {
     Plot(#[from] plot::PlotError),
 }
 
-const CSV_HEADER: &str = "round,active_nodes,mean_accuracy,min_accuracy,mean_loss,max_loss,consensus_distance,\
+const CSV_HEADER: &str =
+    "round,active_nodes,mean_accuracy,min_accuracy,mean_loss,max_loss,consensus_distance,\
 delivered_fraction,p50_latency_ms,p99_latency_ms,bytes_sent_per_node,bytes_received_per_node,\
 deadline_closes,state_syncs";
 
@@ -137,7 +138,8 @@ fn write_plots(
     rows: &[RoundRow],
     markers: &[(u64, String)],
 ) -> Result<(), ReportError> {
-    let markers: Vec<Marker> = markers.iter().map(|(x, label)| Marker { x: *x as f64, label: label.clone() }).collect();
+    let markers: Vec<Marker> =
+        markers.iter().map(|(x, label)| Marker { x: *x as f64, label: label.clone() }).collect();
     let line = |label: &str, f: &dyn Fn(&RoundRow) -> Option<f64>| Series {
         label: label.to_string(),
         points: rows.iter().filter_map(|r| f(r).map(|y| (r.round as f64, y))).collect(),
@@ -161,7 +163,10 @@ fn write_plots(
             x_label: "round".into(),
             y_label: "relative squared error to the optimum".into(),
             log_y: true,
-            series: vec![line("mean over nodes", &|r| Some(r.mean_loss)), line("worst node", &|r| Some(r.max_loss))],
+            series: vec![
+                line("mean over nodes", &|r| Some(r.mean_loss)),
+                line("worst node", &|r| Some(r.max_loss)),
+            ],
             markers: markers.clone(),
         }
     };

@@ -190,12 +190,23 @@ impl ProtocolSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Latency {
-    Fixed { ms: f64 },
-    Uniform { min_ms: f64, max_ms: f64 },
+    Fixed {
+        ms: f64,
+    },
+    Uniform {
+        min_ms: f64,
+        max_ms: f64,
+    },
     /// Normal around `mean_ms` with standard deviation `jitter_ms`, cut at 0.
-    Normal { mean_ms: f64, jitter_ms: f64 },
+    Normal {
+        mean_ms: f64,
+        jitter_ms: f64,
+    },
     /// Log-normal with this median and log-space standard deviation (heavy tail).
-    Lognormal { median_ms: f64, sigma: f64 },
+    Lognormal {
+        median_ms: f64,
+        sigma: f64,
+    },
 }
 
 /// The network between nodes.
@@ -343,7 +354,8 @@ impl Scenario {
     /// Reads and checks a scenario file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: name.clone(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Read { path: name.clone(), source })?;
         let scenario: Scenario =
             toml::from_str(&text).map_err(|e| ScenarioError::Parse { path: name, source: Box::new(e) })?;
         scenario.validate()?;

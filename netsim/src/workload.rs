@@ -97,8 +97,7 @@ impl Task for Quadratic {
     fn node_model(&self, index: usize, _key: &PublicKey) -> Result<Box<dyn NodeModel>, String> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed.wrapping_mul(1_000_003) ^ index as u64);
         // Mean-zero offsets (a symmetric ±1 draw), so the swarm's optimum is θ*.
-        let optimum =
-            self.optimum.iter().map(|o| o + self.spread * rng.random_range(-1.0f32..1.0)).collect();
+        let optimum = self.optimum.iter().map(|o| o + self.spread * rng.random_range(-1.0f32..1.0)).collect();
         Ok(Box::new(QuadraticNode { optimum, noise: self.noise, steps: self.steps, lr: self.lr, rng }))
     }
 

@@ -103,6 +103,9 @@ pub enum CloseReason {
 }
 
 /// Something the node must do.
+// Actions live for one call and most of them are Publish or Merge: boxing the
+// delta would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Gossip our delta.

@@ -1,0 +1,107 @@
+//! Whole behaviours of the simulator: reproducible files, agreement with the
+//! real swarm, and what the protocol promises under partitions and scale.
+
+use std::{path::PathBuf, process::Command};
+
+use starling_netsim::{scenario::Workload, Scenario};
+
+fn scenario(name: &str) -> Scenario {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{name}.toml"));
+    Scenario::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn netsim(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starling-netsim")).args(args).output().expect("starling-netsim runs")
+}
+
+#[test]
+fn the_same_scenario_and_seed_give_byte_identical_reports() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/partition-heal.toml");
+    for dir in &dirs {
+        let out = netsim(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--no-host-figures",
+            "--quiet",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for name in ["summary.json", "rounds.csv", "consensus.svg", "loss.svg", "overview.svg"] {
+        let a = std::fs::read(dirs[0].path().join(name)).unwrap();
+        let b = std::fs::read(dirs[1].path().join(name)).unwrap();
+        assert!(!a.is_empty(), "{name} is empty");
+        assert!(a == b, "{name} differs between two runs of the same scenario");
+    }
+    let rows = std::fs::read_to_string(dirs[0].path().join("rounds.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 36, "a header and one row per round");
+}
+
+#[test]
+fn a_bad_scenario_is_refused_with_the_file_and_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "name = \"t\"\nnodes = 3\nrounds = 2\n[link]\nlatncy = 5\n").unwrap();
+    let out = netsim(&["run", file.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typo.toml") && err.contains("latncy"), "unclear error: {err}");
+}
+
+/// The simulated baseline trains the same shards with the same protocol code
+/// as `starling swarm`, so it must reach the same accuracy.
+#[test]
+fn the_simulated_baseline_reaches_the_accuracy_of_the_real_swarm() {
+    let mut sc = scenario("baseline");
+    sc.rounds = 8;
+    let simulated = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    let simulated = simulated.summary.final_mean_accuracy.expect("a classification workload");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let real = runtime
+        .block_on(starling_node::local_swarm::run_swarm(starling_node::local_swarm::SwarmOptions {
+            nodes: sc.nodes,
+            rounds: sc.rounds,
+            spec: starling_protocol::RunSpec::builtin(),
+            datadir: None,
+            seed: sc.seed,
+            progress_to_stderr: false,
+            quiet: true,
+        }))
+        .unwrap();
+    let real = real.mean_accuracy as f64;
+    assert!(real > 0.7, "the real swarm learns beyond a linear model ({real})");
+    assert!((simulated - real).abs() <= 0.01, "simulated {simulated:.4} vs real swarm {real:.4}");
+}
+
+#[test]
+fn after_a_partition_heals_the_swarm_agrees_again() {
+    let sc = scenario("partition-heal");
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    let rows = &out.rows;
+    let bound = 1e-9;
+    assert!(rows[..10].iter().all(|r| r.consensus_distance < bound), "agreement before the partition");
+    let split = rows[12..20].iter().map(|r| r.consensus_distance).fold(0.0, f64::max);
+    assert!(split > 1e-3, "the sides drift apart while split ({split:e})");
+    let heal = out.markers.iter().find(|(_, l)| l == "heal").expect("heal marker").0 as usize;
+    let back = rows[heal..].iter().position(|r| r.consensus_distance < bound).expect("agreement returns");
+    assert!(back <= 3, "consensus took {back} rounds to return after the heal");
+    assert!(rows[heal + 3..].iter().all(|r| r.consensus_distance < bound), "and it stays");
+    let before = rows[9].mean_loss;
+    let end = rows.last().unwrap().mean_loss;
+    assert!(end < before * 1.5, "training goes on after the heal ({before:e} -> {end:e})");
+}
+
+#[test]
+fn rotating_groups_train_a_large_swarm_and_keep_it_together() {
+    let mut sc = scenario("scale-1k");
+    sc.nodes = 300;
+    sc.rounds = 25;
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    assert!(matches!(sc.workload, Workload::Quadratic { .. }));
+    let (first, last) = (&out.rows[0], out.rows.last().unwrap());
+    assert!(last.mean_loss < first.mean_loss / 3.0, "loss {:e} -> {:e}", first.mean_loss, last.mean_loss);
+    assert!(last.consensus_distance < 0.5, "groups mix the swarm ({:e})", last.consensus_distance);
+    assert_eq!(last.active_nodes, 300);
+}
