@@ -170,6 +170,8 @@ pub(crate) struct Engine<'a> {
     grouped: bool,
     groups: HashMap<u64, Rc<RoundGroups>>,
     index: HashMap<PublicKey, usize>,
+    /// How many running nodes are at each round (the slowest one closes rows).
+    live_rounds: std::collections::BTreeMap<u64, usize>,
 }
 
 /// Runs a scenario in virtual time; `progress(done, total)` after each finished round.
@@ -257,6 +259,7 @@ impl<'a> Engine<'a> {
             grouped: sc.protocol.group_size >= 2,
             groups: HashMap::new(),
             index: HashMap::new(),
+            live_rounds: std::collections::BTreeMap::new(),
         };
         engine.events.sort_by_key(|e| e.0);
         for (i, &slow) in slow.iter().enumerate() {
@@ -300,6 +303,7 @@ impl<'a> Engine<'a> {
             downlink_free: 0,
             seen: HashMap::new(),
         });
+        self.track(index);
         Ok(index)
     }
 
@@ -313,13 +317,31 @@ impl<'a> Engine<'a> {
     }
 
     fn min_live_round(&self) -> u64 {
-        self.nodes.iter().filter(|n| n.life == Life::Up).map(|n| n.state.round).min().unwrap_or(u64::MAX)
+        self.live_rounds.keys().next().copied().unwrap_or(u64::MAX)
     }
 
     fn all_done(&self) -> bool {
-        let live = self.nodes.iter().filter(|n| n.life == Life::Up);
-        self.nodes.iter().all(|n| n.life == Life::Left)
-            || live.clone().all(|n| n.state.round >= self.sc.rounds)
+        self.min_live_round() >= self.sc.rounds
+    }
+
+    /// Stops counting a node's round (before its round or life changes).
+    fn untrack(&mut self, node: usize) {
+        if self.nodes[node].life == Life::Up {
+            let round = self.nodes[node].state.round;
+            if let std::collections::btree_map::Entry::Occupied(mut e) = self.live_rounds.entry(round) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// Counts a node's round again (after its round or life changed).
+    fn track(&mut self, node: usize) {
+        if self.nodes[node].life == Life::Up {
+            *self.live_rounds.entry(self.nodes[node].state.round).or_default() += 1;
+        }
     }
 
     fn step(&mut self, what: Happening) -> Result<(), SimError> {
@@ -591,6 +613,7 @@ impl<'a> Engine<'a> {
             .aggregation
             .aggregate_deltas_into(&deltas, self.codec, &mut self.merge_buffer)
             .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
+        self.untrack(node);
         let n = &mut self.nodes[node];
         if self.grouped {
             // The members of a group start from different states (they were in
@@ -605,6 +628,8 @@ impl<'a> Engine<'a> {
         }
         self.outer.step(&mut n.state.params, &mut n.state.momentum, &self.merge_buffer);
         n.state.record_merge(round, &deltas);
+        self.track(node);
+        let n = &mut self.nodes[node];
         n.seen.retain(|_, (r, _)| *r + 2 >= round);
         let score = if self.eval_nodes.get(node).copied().unwrap_or(false) {
             Some(self.task.evaluate(&n.state.params).map_err(SimError::Workload)?)
@@ -708,6 +733,7 @@ impl<'a> Engine<'a> {
         let expected_from = self.nodes[from].rounds.expected_from(&me);
         let deltas = self.nodes[from].rounds.current_deltas();
         let now = self.now / MS;
+        self.untrack(node);
         let n = &mut self.nodes[node];
         n.state = state;
         n.epoch += 1;
@@ -718,6 +744,7 @@ impl<'a> Engine<'a> {
                 actions.extend(n.rounds.handle(now, Event::PeerDelta(d)));
             }
         }
+        self.track(node);
         self.enter_round(node);
         self.apply(node, actions)?;
         self.maybe_train(node);
@@ -725,6 +752,7 @@ impl<'a> Engine<'a> {
     }
 
     fn crash(&mut self, node: usize, restart_after_ms: u64) {
+        self.untrack(node);
         let n = &mut self.nodes[node];
         n.life = Life::Crashed;
         n.epoch += 1;
@@ -774,6 +802,7 @@ impl<'a> Engine<'a> {
         n.uplink_free = self.now;
         n.downlink_free = self.now;
         n.seen.clear();
+        self.track(node);
         self.enter_round(node);
         self.maybe_train(node);
     }

@@ -79,10 +79,13 @@ pub async fn average(params: usize, rounds: usize, codec: Codec) -> Result<Avera
     let n = spec.param_count();
     let barrier = Arc::new(Barrier::new(2));
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let first = tokio::spawn(peer(0, spec.clone(), barrier.clone(), rounds, None, Some(addr_tx)));
+    // Each peer gets its own thread and runtime, as it would have its own
+    // machine: on one shared runtime, both peers' CPU work could end up on one
+    // worker and run one after the other.
+    let first = on_own_thread(peer(0, spec.clone(), barrier.clone(), rounds, None, Some(addr_tx)));
     let address = addr_rx.await.map_err(|_| BenchError::Net("first peer did not listen".into()))?;
-    let second = tokio::spawn(peer(1, spec.clone(), barrier, rounds, Some(address), None));
-    let (a, b) = (first.await.expect("peer task"), second.await.expect("peer task"));
+    let second = on_own_thread(peer(1, spec.clone(), barrier, rounds, Some(address), None));
+    let (a, b) = (first.await, second.await);
     let (a, b) = (a?, b?);
     let per_round: Vec<f64> = a.0.iter().zip(&b.0).map(|(x, y)| x.total.max(y.total)).collect();
     let all: Vec<Timing> = a.0.iter().chain(&b.0).copied().collect();
@@ -100,6 +103,23 @@ pub async fn average(params: usize, rounds: usize, codec: Codec) -> Result<Avera
         verify_seconds: avg(|t| t.verify),
         merge_seconds: avg(|t| t.merge),
     })
+}
+
+/// Starts a peer on a thread of its own with a single-threaded runtime; the
+/// receiver yields its result.
+fn on_own_thread<F>(peer: F) -> impl std::future::Future<Output = Result<(Vec<Timing>, usize), BenchError>>
+where
+    F: std::future::Future<Output = Result<(Vec<Timing>, usize), BenchError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(peer),
+            Err(e) => Err(BenchError::Net(format!("cannot start a runtime: {e}"))),
+        };
+        let _ = tx.send(result);
+    });
+    async move { rx.await.unwrap_or_else(|_| Err(BenchError::Net("a peer thread panicked".into()))) }
 }
 
 async fn peer(
