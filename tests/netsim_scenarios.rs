@@ -61,13 +61,14 @@ fn the_simulated_baseline_reaches_the_accuracy_of_the_real_swarm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let real = runtime
         .block_on(starling_node::local_swarm::run_swarm(starling_node::local_swarm::SwarmOptions {
-            nodes: sc.nodes,
-            rounds: sc.rounds,
-            spec: starling_protocol::RunSpec::builtin(),
-            datadir: None,
             seed: sc.seed,
-            progress_to_stderr: false,
             quiet: true,
+            centralized_baseline: false,
+            ..starling_node::local_swarm::SwarmOptions::new(
+                sc.nodes,
+                sc.rounds,
+                starling_protocol::RunSpec::builtin(),
+            )
         }))
         .unwrap();
     let real = real.mean_accuracy as f64;
@@ -104,4 +105,42 @@ fn rotating_groups_train_a_large_swarm_and_keep_it_together() {
     assert!(last.mean_loss < first.mean_loss / 3.0, "loss {:e} -> {:e}", first.mean_loss, last.mean_loss);
     assert!(last.consensus_distance < 0.5, "groups mix the swarm ({:e})", last.consensus_distance);
     assert_eq!(last.active_nodes, 300);
+}
+
+/// Live mode runs real node stacks over the in-memory transport.
+#[test]
+fn live_mode_runs_real_nodes_that_agree() {
+    let sc: Scenario = toml::from_str(
+        r#"
+name = "live-small"
+nodes = 6
+rounds = 2
+mode = "live"
+[workload]
+kind = "candle"
+samples_per_node = 256
+eval_samples = 256
+inner_steps = 3
+eval_nodes = 2
+"#,
+    )
+    .unwrap();
+    let out = starling_netsim::run(&sc, true, &mut |_, _| {}).unwrap();
+    assert_eq!(out.rows.len(), 2);
+    for r in &out.rows {
+        assert_eq!(r.active_nodes, 6, "round {}: every node merged", r.round);
+        assert!(r.consensus_distance < 1e-12, "round {}: nodes hold identical parameters", r.round);
+        assert!(r.mean_accuracy.is_some() && r.bytes_received_per_node > 0.0);
+    }
+    assert!(out.summary.wall_seconds.is_some());
+}
+
+#[test]
+fn live_mode_refuses_what_only_virtual_mode_simulates() {
+    let sc: Scenario = toml::from_str(
+        "name = \"l\"\nnodes = 3\nrounds = 1\nmode = \"live\"\n[workload]\nkind = \"candle\"\n[link]\nloss = 0.1\n",
+    )
+    .unwrap();
+    let err = starling_netsim::run(&sc, false, &mut |_, _| {}).err().expect("refused").to_string();
+    assert!(err.contains("[link]") && err.contains("virtual"), "{err}");
 }

@@ -89,10 +89,12 @@ pub fn rounds_csv(rows: &[RoundRow]) -> String {
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    // Figures a mode does not observe (live mode's delta latency) stay empty.
+    let ms = |v: f64| if v.is_finite() { format!("{v:.1}") } else { String::new() };
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.6e},{:.6e},{:.6e},{:.6},{:.1},{:.1},{:.1},{:.1},{},{}",
+            "{},{},{},{},{:.6e},{:.6e},{:.6e},{:.6},{},{},{:.1},{:.1},{},{}",
             r.round,
             r.active_nodes,
             opt(r.mean_accuracy),
@@ -101,8 +103,8 @@ pub fn rounds_csv(rows: &[RoundRow]) -> String {
             r.max_loss,
             r.consensus_distance,
             r.delivered_fraction,
-            r.p50_latency_ms,
-            r.p99_latency_ms,
+            ms(r.p50_latency_ms),
+            ms(r.p99_latency_ms),
             r.bytes_sent_per_node,
             r.bytes_received_per_node,
             r.deadline_closes,

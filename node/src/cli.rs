@@ -305,13 +305,11 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     let options = SwarmOptions {
-        nodes: args.nodes,
-        rounds: args.rounds,
-        spec,
         datadir: args.datadir,
         seed: args.seed,
         progress_to_stderr: args.json,
         quiet: false,
+        ..SwarmOptions::new(args.nodes, args.rounds, spec)
     };
     if !args.json {
         println!(
@@ -360,13 +358,10 @@ async fn codec_table(nodes: usize, rounds: u64, codecs: Vec<Codec>) -> Result<()
     for codec in all {
         let spec = RunSpec::builtin_with_codec(codec);
         let summary = run_swarm(SwarmOptions {
-            nodes,
-            rounds,
-            spec,
-            datadir: None,
             seed: 1,
             progress_to_stderr: true,
             quiet: true,
+            ..SwarmOptions::new(nodes, rounds, spec)
         })
         .await?;
         let delta = summary.unique_delta_bytes_per_round / nodes as f64;

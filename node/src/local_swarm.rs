@@ -1,22 +1,50 @@
-//! `starling swarm`: N real nodes in one process, over loopback TCP, training
-//! the built-in task together; then the figures that say how well it went.
+//! N real node stacks (`run_node`, the code of `starling run`) in one process,
+//! training the built-in task together: `starling swarm` over loopback TCP, and
+//! the live mode of netsim over libp2p's in-memory transport, up to a few
+//! hundred nodes, with every node's figures reported as each round merges.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf, time::Duration, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ed25519_dalek::SigningKey;
+use libp2p::Multiaddr;
+use rand::{rngs::Xoshiro256PlusPlus, SeedableRng};
 use serde::Serialize;
-use starling_protocol::{consensus_distance, RunSpec};
-use tokio::sync::{mpsc, watch};
+use starling_protocol::{consensus_distance, round::CloseReason, PublicKey, RunSpec};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 
 use crate::{
     data::{Dataset, SyntheticTask},
     model::Mlp,
-    net::NetOptions,
-    node::{run_node, shard_seed, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport},
+    net::{NetOptions, Transport},
+    node::{
+        run_node_with, shard_seed, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport,
+    },
     trainer::{evaluate, train_alone},
 };
 
-/// What `starling swarm` is asked to do.
+/// Swarms of at most this many nodes bootstrap as a full mesh under [`Bootstrap::Auto`].
+pub const FULL_MESH_MAX_NODES: usize = 16;
+/// Earlier nodes (besides node 0) each node dials under [`Bootstrap::Auto`] above that.
+pub const AUTO_FANOUT: usize = 3;
+/// How long a node may take to open its datadir and start listening.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, once the swarm starts, a node waits for its bootstrap peers.
+const PEER_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle connection of a local swarm stays open: longer than any run.
+const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long stopping nodes may take to checkpoint and close before they are aborted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a local swarm is asked to do.
 #[derive(Clone, Debug)]
 pub struct SwarmOptions {
     pub nodes: usize,
@@ -24,12 +52,148 @@ pub struct SwarmOptions {
     pub spec: RunSpec,
     /// Where node datadirs go; a temporary directory when absent.
     pub datadir: Option<PathBuf>,
-    /// Seeds the node keys, so the whole run is reproducible.
+    /// Seeds the node keys and the bootstrap graph, so the whole run is reproducible.
     pub seed: u64,
     /// Print progress lines to stderr instead of stdout (stdout carries JSON).
     pub progress_to_stderr: bool,
     /// Print no progress lines at all.
     pub quiet: bool,
+    /// Loopback TCP (`starling swarm`) or the in-memory transport (live mode).
+    pub transport: Transport,
+    /// Whom each node dials when it starts.
+    pub bootstrap: Bootstrap,
+    /// Whose deltas each node waits for before it closes a round.
+    pub membership: Membership,
+    /// Let Kademlia lookups connect nodes beyond the bootstrap graph (as
+    /// `starling run` does). Above a few dozen nodes that approaches a full
+    /// mesh, whose connections dominate memory and CPU in one process.
+    pub peer_discovery: bool,
+    /// Which nodes evaluate on the held-out set after every merge (the summary
+    /// evaluates every node's final parameters either way).
+    pub evaluate: Evaluate,
+    /// Train the summary's centralized baseline: nodes × rounds × `inner.steps`
+    /// steps on the union of the shards, on one thread. Off, its figures are NaN and 0.
+    pub centralized_baseline: bool,
+    /// Receives every node's figures of every round as it merges.
+    pub rounds_tx: Option<mpsc::UnboundedSender<NodeRound>>,
+    /// Put a copy of the merged parameters in every [`NodeRound`].
+    pub report_params: bool,
+    /// Fail when no node merges a round for this long (the first round's wait
+    /// includes gathering peers and training).
+    pub stall_timeout: Duration,
+}
+
+impl SwarmOptions {
+    /// `nodes` nodes training `spec` for `rounds` rounds as `starling swarm` runs
+    /// them: loopback TCP, a full mesh, every node evaluating, the centralized
+    /// baseline trained, progress printed, no observer, keys seeded with 1.
+    pub fn new(nodes: usize, rounds: u64, spec: RunSpec) -> Self {
+        Self {
+            nodes,
+            rounds,
+            spec,
+            datadir: None,
+            seed: 1,
+            progress_to_stderr: false,
+            quiet: false,
+            transport: Transport::Tcp,
+            bootstrap: Bootstrap::FullMesh,
+            membership: Membership::Discovered,
+            peer_discovery: true,
+            evaluate: Evaluate::EveryNode,
+            centralized_baseline: true,
+            rounds_tx: None,
+            report_params: false,
+            stall_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl SwarmOptions {
+    /// Live mode: `nodes` nodes over the in-memory transport, bootstrapped
+    /// sparsely above [`FULL_MESH_MAX_NODES`] and kept sparse (no Kademlia
+    /// discovery), every node expecting every other ([`Membership::Roster`]);
+    /// no progress lines and no centralized baseline. Set `rounds_tx` (and
+    /// `report_params`) to observe the rounds; set `membership` and
+    /// `peer_discovery` back to see `starling run`'s own rules at work.
+    pub fn live(nodes: usize, rounds: u64, spec: RunSpec) -> Self {
+        Self {
+            quiet: true,
+            transport: Transport::Memory,
+            bootstrap: Bootstrap::Auto,
+            membership: Membership::Roster,
+            peer_discovery: false,
+            centralized_baseline: false,
+            ..Self::new(nodes, rounds, spec)
+        }
+    }
+}
+
+/// Whom a node expects deltas from, which decides when a round closes at quorum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Membership {
+    /// The rule of `starling run`: the run peers a node is directly connected to,
+    /// and the nodes whose deltas reached it in the last rounds. In a sparse
+    /// swarm, round 0 closes once the direct peers have delivered, so deltas of
+    /// nodes further away can arrive too late and nodes merge different sets.
+    #[default]
+    Discovered,
+    /// Every node is told every node's key before round 0 and expects them all
+    /// (as a private swarm's allow-list would let it), so at quorum 1.0 a round
+    /// closes only with every delta, or at the deadline.
+    Roster,
+}
+
+/// Whom each node dials when it starts; nodes start in index order and dial
+/// only earlier ones. Kademlia lookups and identify connect nodes further, and
+/// gossipsub forwards deltas across its mesh to nodes not directly connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// [`Bootstrap::FullMesh`] up to [`FULL_MESH_MAX_NODES`] nodes,
+    /// [`Bootstrap::Sparse`] with [`AUTO_FANOUT`] above.
+    #[default]
+    Auto,
+    /// Every node dials every earlier one.
+    FullMesh,
+    /// Every node dials node 0 and `fanout` other earlier nodes drawn with the swarm's seed.
+    Sparse { fanout: usize },
+}
+
+/// Which nodes evaluate after every merge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Evaluate {
+    #[default]
+    EveryNode,
+    /// Nodes `0..n` only (evaluation costs about a tenth of a round's training
+    /// per node with the built-in spec; `dataset.eval_samples` scales it).
+    FirstNodes(usize),
+}
+
+/// One node's figures of one merged round.
+#[derive(Clone, Debug)]
+pub struct NodeRound {
+    /// The node's index in the swarm.
+    pub node: usize,
+    /// The round merged; the node's state is now at `round + 1`.
+    pub round: u64,
+    /// Accuracy on the held-out set, when this node evaluates (see [`Evaluate`]).
+    pub accuracy: Option<f32>,
+    /// Mean loss of the node's own inner steps for this round.
+    pub train_loss: f32,
+    /// Deltas merged, the node's own included.
+    pub merged: usize,
+    pub reason: CloseReason,
+    /// Directly connected peers of the run (gossipsub subscribers of its topic).
+    pub peers: usize,
+    /// Transport bytes sent since the node started (cumulative; protocol
+    /// overhead and gossip duplicates included).
+    pub bytes_sent: u64,
+    /// Transport bytes received since the node started (cumulative).
+    pub bytes_received: u64,
+    /// Time from the swarm's start (all nodes listening) to the harness receiving this.
+    pub elapsed: Duration,
+    /// The merged parameters, when [`SwarmOptions::report_params`] asks.
+    pub params: Option<Arc<Vec<f32>>>,
 }
 
 /// The figures of a finished local swarm.
@@ -70,8 +234,14 @@ pub enum SwarmError {
     NoRounds,
     #[error("node {index} failed: {source}")]
     Node { index: usize, source: NodeError },
-    #[error("node {0} stopped before it started listening")]
+    #[error("node {index} panicked or was aborted: {reason}")]
+    NodePanicked { index: usize, reason: String },
+    #[error("node {index} stopped before the swarm finished, at round {round} of {rounds}")]
+    NodeStoppedEarly { index: usize, round: u64, rounds: u64 },
+    #[error("node {0} did not start listening within {LISTEN_TIMEOUT:?}")]
     NoAddress(usize),
+    #[error("no node merged a round for {seconds:.0}s (last complete round: {complete}; raise stall_timeout or lower the spec's inner.steps)")]
+    Stalled { seconds: f64, complete: String },
     #[error("cannot create a temporary datadir: {0}")]
     TempDir(std::io::Error),
     #[error(transparent)]
@@ -86,6 +256,86 @@ pub fn node_key(seed: u64, index: usize) -> SigningKey {
     h.update(&seed.to_le_bytes());
     h.update(&(index as u64).to_le_bytes());
     SigningKey::from_bytes(h.finalize().as_bytes())
+}
+
+/// The earlier nodes each node dials, by index.
+pub fn bootstrap_plan(nodes: usize, bootstrap: Bootstrap, seed: u64) -> Vec<Vec<usize>> {
+    let fanout = match bootstrap {
+        Bootstrap::Auto if nodes <= FULL_MESH_MAX_NODES => None,
+        Bootstrap::Auto => Some(AUTO_FANOUT),
+        Bootstrap::FullMesh => None,
+        Bootstrap::Sparse { fanout } => Some(fanout),
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x626f_6f74_7374_7261);
+    (0..nodes)
+        .map(|index| match fanout {
+            _ if index == 0 => Vec::new(),
+            None => (0..index).collect(),
+            Some(fanout) => {
+                let others = index - 1;
+                let mut dials = vec![0];
+                dials.extend(
+                    rand::seq::index::sample(&mut rng, others, fanout.min(others)).into_iter().map(|i| i + 1),
+                );
+                dials.sort_unstable();
+                dials
+            }
+        })
+        .collect()
+}
+
+/// How many run peers each node has in the bootstrap graph: the nodes it dials
+/// and the nodes that dial it. A node waits for them before its first round.
+fn bootstrap_degrees(plan: &[Vec<usize>]) -> Vec<usize> {
+    let mut degrees: Vec<usize> = plan.iter().map(Vec::len).collect();
+    for dials in plan {
+        for &earlier in dials {
+            degrees[earlier] += 1;
+        }
+    }
+    degrees
+}
+
+type NodeResult = (usize, Result<NodeOutcome, NodeError>);
+
+/// The running nodes, stopped and joined on every way out.
+struct RunningNodes {
+    tasks: JoinSet<NodeResult>,
+    /// Node index of each task, for the tasks that end without returning theirs.
+    index_of_task: HashMap<tokio::task::Id, usize>,
+    shutdown: watch::Sender<bool>,
+    rounds: u64,
+}
+
+impl RunningNodes {
+    fn spawn(&mut self, index: usize, node: impl std::future::Future<Output = NodeResult> + Send + 'static) {
+        let handle = self.tasks.spawn(node);
+        self.index_of_task.insert(handle.id(), index);
+    }
+
+    /// The next node to stop: its outcome if it reached the last round, or why not.
+    async fn join_next(&mut self) -> Option<Result<(usize, NodeOutcome), SwarmError>> {
+        let joined = self.tasks.join_next().await?;
+        Some(match joined {
+            Ok((index, Ok(outcome))) if outcome.state.round >= self.rounds => Ok((index, outcome)),
+            Ok((index, Ok(outcome))) => {
+                Err(SwarmError::NodeStoppedEarly { index, round: outcome.state.round, rounds: self.rounds })
+            }
+            Ok((index, Err(source))) => Err(SwarmError::Node { index, source }),
+            Err(e) => Err(SwarmError::NodePanicked {
+                index: self.index_of_task.get(&e.id()).copied().unwrap_or(usize::MAX),
+                reason: e.to_string(),
+            }),
+        })
+    }
+
+    /// Asks every node to stop, waits a little for them to checkpoint, aborts the rest.
+    async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, async { while self.tasks.join_next().await.is_some() {} })
+            .await;
+        self.tasks.shutdown().await;
+    }
 }
 
 /// Runs the swarm to the end and returns its summary.
@@ -105,56 +355,179 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
         options.datadir.clone().unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut addresses = Vec::new();
-    let mut handles = Vec::new();
-    let mut early_reports = Vec::new();
+    let (start_tx, start_rx) = watch::channel(false);
+    let mut running = RunningNodes {
+        tasks: JoinSet::new(),
+        index_of_task: HashMap::new(),
+        shutdown: shutdown_tx,
+        rounds: options.rounds,
+    };
+    let plan = bootstrap_plan(options.nodes, options.bootstrap, options.seed);
+    let degrees = bootstrap_degrees(&plan);
+    let listen: Multiaddr = match options.transport {
+        Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
+        Transport::Memory => "/memory/0",
+    }
+    .parse()
+    .expect("valid multiaddr");
+    let roster: Vec<PublicKey> =
+        (0..options.nodes).map(|index| PublicKey::of(&node_key(options.seed, index))).collect();
+    let index_of: HashMap<PublicKey, usize> = roster.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let mut addresses: Vec<Multiaddr> = Vec::new();
     for index in 0..options.nodes {
+        let key = node_key(options.seed, index);
         let node_options = NodeOptions {
             datadir: base.join(format!("node-{index}")),
             spec: options.spec.clone(),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
-            // Every node dials all earlier ones: a full mesh from the start.
-            bootnodes: addresses.clone(),
-            net: NetOptions { mdns: false, ..NetOptions::default() },
-            wait_peers: options.nodes - 1,
-            wait_timeout: Duration::from_secs(60),
+            listen: vec![listen.clone()],
+            bootnodes: plan[index].iter().map(|&i| addresses[i].clone()).collect(),
+            net: NetOptions {
+                mdns: false,
+                transport: options.transport,
+                peer_discovery: options.peer_discovery,
+                // Bootstrap connections outside the gossip mesh idle; closing one
+                // would make both ends stop expecting each other's deltas.
+                idle_timeout: CONNECTION_IDLE_TIMEOUT,
+            },
+            wait_peers: degrees[index],
+            wait_timeout: PEER_WAIT_TIMEOUT,
             rounds: Some(options.rounds),
-            key: Some(node_key(options.seed, index)),
-            evaluate: true,
+            key: Some(key.clone()),
+            evaluate: match options.evaluate {
+                Evaluate::EveryNode => true,
+                Evaluate::FirstNodes(n) => index < n,
+            },
         };
-        handles.push(tokio::spawn(run_node(node_options, Some(events_tx.clone()), shutdown_rx.clone())));
-        loop {
-            match events_rx.recv().await {
-                Some(NodeEvent::Listening { address, .. }) => {
-                    addresses.push(address);
-                    break;
-                }
-                Some(NodeEvent::Round(report)) => early_reports.push(report),
-                None => return Err(SwarmError::NoAddress(index)),
+        let hooks = HarnessHooks {
+            report_params: options.report_params,
+            start: Some(start_rx.clone()),
+            expected_peers: match options.membership {
+                Membership::Discovered => Vec::new(),
+                Membership::Roster => roster.iter().copied().filter(|&k| k != PublicKey::of(&key)).collect(),
+            },
+        };
+        let node = run_node_with(node_options, hooks, Some(events_tx.clone()), shutdown_rx.clone());
+        running.spawn(index, async move { (index, node.await) });
+        match wait_listening(&mut running, &mut events_rx, PublicKey::of(&key)).await {
+            Ok(address) => addresses.push(address),
+            Err(e) => {
+                running.stop().await;
+                return Err(e.unwrap_or(SwarmError::NoAddress(index)));
             }
         }
     }
     drop(events_tx);
+    // Every node is listening and has dialed its bootnodes: round 0 may begin.
+    let _ = start_tx.send(true);
     let swarm_start = Instant::now();
     let mut progress =
         Progress::new(options.nodes, options.rounds, options.progress_to_stderr, options.quiet);
-    for report in early_reports {
-        progress.add(report);
+    let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; options.nodes];
+    let observer = Observer { index_of, rounds_tx: options.rounds_tx.clone(), started: swarm_start };
+    let mut stopped = 0;
+    while stopped < options.nodes {
+        tokio::select! {
+            Some(event) = events_rx.recv() => {
+                if let NodeEvent::Round(report) = event {
+                    observer.send(&report);
+                    progress.add(report);
+                }
+            }
+            Some(result) = running.join_next() => {
+                match result {
+                    Ok((index, outcome)) => {
+                        outcomes[index] = Some(outcome);
+                        stopped += 1;
+                    }
+                    Err(e) => {
+                        running.stop().await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ = tokio::time::sleep(options.stall_timeout.saturating_sub(progress.since_last_merge())) => {
+                if progress.since_last_merge() >= options.stall_timeout {
+                    running.stop().await;
+                    return Err(SwarmError::Stalled {
+                        seconds: options.stall_timeout.as_secs_f64(),
+                        complete: progress.complete_rounds(),
+                    });
+                }
+            }
+        }
     }
-    while let Some(event) = events_rx.recv().await {
+    // Every node has stopped, so every report it sent is queued.
+    while let Ok(event) = events_rx.try_recv() {
         if let NodeEvent::Round(report) = event {
+            observer.send(&report);
             progress.add(report);
         }
     }
-    let mut outcomes = Vec::new();
-    for (index, handle) in handles.into_iter().enumerate() {
-        let outcome =
-            handle.await.expect("node task panicked").map_err(|source| SwarmError::Node { index, source })?;
-        outcomes.push(outcome);
-    }
-    drop(shutdown_tx);
+    running.stop().await;
     let swarm_seconds = swarm_start.elapsed().as_secs_f64();
+    let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.expect("every node joined")).collect();
     summarize(&options, &outcomes, swarm_seconds, wall)
+}
+
+/// Waits for the node with `key` to report its listen address. `Err(None)`
+/// means it timed out; `Err(Some(_))` that a node stopped.
+async fn wait_listening(
+    running: &mut RunningNodes,
+    events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+    key: PublicKey,
+) -> Result<Multiaddr, Option<SwarmError>> {
+    let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => {
+                // Nothing else can come yet: the start gate holds every node's first round.
+                if let NodeEvent::Listening { node, address } = event {
+                    if node == key {
+                        return Ok(address);
+                    }
+                }
+            }
+            Some(result) = running.join_next() => {
+                // A node that stops before the swarm starts has failed, whatever it returned.
+                return Err(Some(match result {
+                    Ok((index, outcome)) => SwarmError::NodeStoppedEarly {
+                        index,
+                        round: outcome.state.round,
+                        rounds: running.rounds,
+                    },
+                    Err(e) => e,
+                }));
+            }
+            _ = &mut deadline => return Err(None),
+        }
+    }
+}
+
+/// Turns node reports into [`NodeRound`]s for the caller.
+struct Observer {
+    index_of: HashMap<PublicKey, usize>,
+    rounds_tx: Option<mpsc::UnboundedSender<NodeRound>>,
+    started: Instant,
+}
+
+impl Observer {
+    fn send(&self, report: &RoundReport) {
+        let Some(tx) = &self.rounds_tx else { return };
+        let _ = tx.send(NodeRound {
+            node: self.index_of.get(&report.node).copied().unwrap_or(usize::MAX),
+            round: report.round,
+            accuracy: report.eval.map(|e| e.accuracy),
+            train_loss: report.train_loss,
+            merged: report.merged,
+            reason: report.reason,
+            peers: report.peers,
+            bytes_sent: report.traffic.sent,
+            bytes_received: report.traffic.received,
+            elapsed: self.started.elapsed(),
+            params: report.params.clone(),
+        });
+    }
 }
 
 fn summarize(
@@ -166,21 +539,24 @@ fn summarize(
     let spec = &options.spec;
     let task = SyntheticTask::new(spec).map_err(|e| SwarmError::Data(e.to_string()))?;
     let eval = task.eval_set();
-    let shards: Vec<Dataset> =
-        outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
     let layers = &spec.model.layers;
     let mut accuracies = Vec::new();
     for outcome in outcomes {
         accuracies.push(evaluate(layers, &outcome.state.params, &eval)?.accuracy);
     }
 
-    let central_start = Instant::now();
-    let all = Dataset::concat(&shards).map_err(|e| SwarmError::Data(e.to_string()))?;
-    let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
-    let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
-    let central = train_alone(spec, all, &initial, steps, spec.seed)?;
-    let centralized_accuracy = evaluate(layers, &central, &eval)?.accuracy;
-    let centralized_seconds = central_start.elapsed().as_secs_f64();
+    let (centralized_accuracy, centralized_seconds) = if options.centralized_baseline {
+        let central_start = Instant::now();
+        let shards: Vec<Dataset> =
+            outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
+        let all = Dataset::concat(&shards).map_err(|e| SwarmError::Data(e.to_string()))?;
+        let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
+        let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
+        let central = train_alone(spec, all, &initial, steps, spec.seed)?;
+        (evaluate(layers, &central, &eval)?.accuracy, central_start.elapsed().as_secs_f64())
+    } else {
+        (f32::NAN, 0.0)
+    };
 
     let n = outcomes.len() as f64;
     let sent: f64 = outcomes.iter().map(|o| o.traffic.sent as f64).sum::<f64>() / n;
@@ -222,14 +598,49 @@ struct Progress {
     quiet: bool,
     pending: BTreeMap<u64, Vec<RoundReport>>,
     started: Instant,
+    /// When the last report came (or the swarm started).
+    last_report: Instant,
+    /// The last round every node has merged.
+    complete: Option<u64>,
 }
 
 impl Progress {
     fn new(nodes: usize, rounds: u64, to_stderr: bool, quiet: bool) -> Self {
-        Self { nodes, rounds, to_stderr, quiet, pending: BTreeMap::new(), started: Instant::now() }
+        let now = Instant::now();
+        Self {
+            nodes,
+            rounds,
+            to_stderr,
+            quiet,
+            pending: BTreeMap::new(),
+            started: now,
+            last_report: now,
+            complete: None,
+        }
     }
 
-    fn add(&mut self, report: RoundReport) {
+    fn since_last_merge(&self) -> Duration {
+        self.last_report.elapsed()
+    }
+
+    /// Where the swarm got to, for a stall message.
+    fn complete_rounds(&self) -> String {
+        let complete = self.complete.map_or("none".to_string(), |r| (r + 1).to_string());
+        let partial: Vec<String> = self
+            .pending
+            .iter()
+            .map(|(round, r)| format!("{}/{} nodes merged round {}", r.len(), self.nodes, round + 1))
+            .collect();
+        if partial.is_empty() {
+            complete
+        } else {
+            format!("{complete}; {}", partial.join(", "))
+        }
+    }
+
+    fn add(&mut self, mut report: RoundReport) {
+        self.last_report = Instant::now();
+        report.params = None;
         let round = report.round;
         let reports = self.pending.entry(round).or_default();
         reports.push(report);
@@ -237,6 +648,7 @@ impl Progress {
             return;
         }
         let reports = self.pending.remove(&round).expect("just inserted");
+        self.complete = self.complete.max(Some(round));
         if self.quiet {
             return;
         }
@@ -283,6 +695,83 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec small enough that a dozen nodes train two rounds in seconds in the dev profile.
+    fn small_spec(name: &str) -> RunSpec {
+        let mut spec = RunSpec::builtin();
+        spec.name = format!("test-{name}");
+        spec.model.layers = vec![16, 32, 4];
+        spec.dataset.samples_per_node = 256;
+        spec.dataset.eval_samples = 256;
+        spec.inner.steps = 5;
+        spec.inner.batch_size = 32;
+        spec.round.deadline_ms = 10_000;
+        spec
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sparse_in_memory_swarm_merges_every_delta_and_agrees() {
+        const NODES: usize = 12;
+        const ROUNDS: u64 = 2;
+        let (rounds_tx, mut rounds_rx) = mpsc::unbounded_channel();
+        // Live mode's defaults: memory transport, a roster, no Kademlia, so the
+        // bootstrap graph stays sparse and gossipsub must relay most deltas.
+        let options = SwarmOptions {
+            seed: 3,
+            bootstrap: Bootstrap::Sparse { fanout: 2 },
+            evaluate: Evaluate::FirstNodes(2),
+            rounds_tx: Some(rounds_tx),
+            report_params: true,
+            stall_timeout: Duration::from_secs(60),
+            ..SwarmOptions::live(NODES, ROUNDS, small_spec("live-memory"))
+        };
+        let summary = tokio::time::timeout(Duration::from_secs(120), run_swarm(options))
+            .await
+            .expect("the swarm finishes within two minutes")
+            .expect("the swarm runs");
+        let mut by_round: BTreeMap<u64, Vec<NodeRound>> = BTreeMap::new();
+        while let Ok(report) = rounds_rx.try_recv() {
+            by_round.entry(report.round).or_default().push(report);
+        }
+        assert_eq!(by_round.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+        for (round, reports) in &by_round {
+            let mut nodes: Vec<usize> = reports.iter().map(|r| r.node).collect();
+            nodes.sort_unstable();
+            assert_eq!(nodes, (0..NODES).collect::<Vec<_>>(), "every node merged round {round} once");
+            assert!(reports.iter().any(|r| r.peers < NODES - 1), "the swarm stayed sparse");
+            for r in reports {
+                assert_eq!(r.merged, NODES, "node {} merged {} deltas in round {round}", r.node, r.merged);
+                assert_eq!(r.accuracy.is_some(), r.node < 2, "only the first two nodes evaluate");
+            }
+            let params: Vec<&[f32]> =
+                reports.iter().map(|r| r.params.as_ref().expect("params are reported").as_slice()).collect();
+            // Same deltas, canonical order: bit-identical parameters.
+            assert!(params.iter().all(|p| *p == params[0]), "nodes disagree after round {round}");
+            assert!(consensus_distance(&params) < 1e-12);
+        }
+        assert!(summary.consensus_distance < 1e-12);
+        assert!(summary.bytes_received_per_node > 0.0);
+        assert!(summary.centralized_accuracy.is_nan());
+    }
+
+    #[test]
+    fn sparse_bootstrap_dials_node_zero_and_a_few_earlier_nodes() {
+        let plan = bootstrap_plan(50, Bootstrap::Sparse { fanout: 3 }, 9);
+        assert_eq!(plan, bootstrap_plan(50, Bootstrap::Sparse { fanout: 3 }, 9), "seeded");
+        assert!(plan[0].is_empty());
+        assert_eq!(plan[1], vec![0]);
+        assert_eq!(plan[3], vec![0, 1, 2]);
+        for (index, dials) in plan.iter().enumerate().skip(4) {
+            assert_eq!(dials.len(), 4, "node {index}: {dials:?}");
+            assert_eq!(dials[0], 0);
+            assert!(dials.windows(2).all(|w| w[0] < w[1]) && dials.iter().all(|&d| d < index));
+        }
+        let degrees = bootstrap_degrees(&plan);
+        assert_eq!(degrees[0], 49);
+        assert_eq!(degrees.iter().sum::<usize>(), 2 * plan.iter().map(Vec::len).sum::<usize>());
+        assert_eq!(bootstrap_plan(4, Bootstrap::Auto, 9), bootstrap_plan(4, Bootstrap::FullMesh, 9));
+        assert_eq!(bootstrap_plan(4, Bootstrap::FullMesh, 9)[3], vec![0, 1, 2]);
+    }
 
     #[test]
     fn node_keys_are_deterministic_and_distinct() {

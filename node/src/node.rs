@@ -8,6 +8,7 @@
 use std::{
     collections::BTreeSet,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -72,6 +73,30 @@ pub struct RoundReport {
     pub merged: usize,
     pub reason: CloseReason,
     pub traffic: Traffic,
+    /// The parameters after the merge; only when [`HarnessHooks::report_params`] asks.
+    pub params: Option<Arc<Vec<f32>>>,
+}
+
+/// What an in-process harness (the local swarm, netsim's live mode) can ask of
+/// a node beyond [`NodeOptions`]; `starling run` leaves all of it at the default.
+#[derive(Clone, Debug, Default)]
+pub struct HarnessHooks {
+    /// Put a copy of the merged parameters in every [`RoundReport`], so the
+    /// harness can measure consensus distance round by round.
+    pub report_params: bool,
+    /// Hold the first round until this turns true, so that nodes started one
+    /// after another begin round 0 together; `wait_peers` and `wait_timeout`
+    /// count from then.
+    pub start: Option<watch::Receiver<bool>>,
+    /// Run members to expect from the first round as if they were connected,
+    /// whether or not they ever connect directly (a roster known in advance).
+    pub expected_peers: Vec<PublicKey>,
+}
+
+impl HarnessHooks {
+    fn holds_start(&self) -> bool {
+        self.start.as_ref().is_some_and(|gate| !*gate.borrow())
+    }
 }
 
 /// How a node ended.
@@ -156,17 +181,30 @@ struct Node {
     /// Bytes of all the delta payloads this node published.
     published_bytes: u64,
     events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    hooks: HarnessHooks,
+    /// When gathering began (or the start gate opened): `wait_timeout` counts from here.
+    gathering_since: Instant,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
 pub async fn run_node(
     options: NodeOptions,
     events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<NodeOutcome, NodeError> {
+    run_node_with(options, HarnessHooks::default(), events, shutdown).await
+}
+
+/// [`run_node`] with what an in-process harness asks for besides.
+pub async fn run_node_with(
+    options: NodeOptions,
+    hooks: HarnessHooks,
+    events: Option<mpsc::UnboundedSender<NodeEvent>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<NodeOutcome, NodeError> {
     let (train_tx, mut train_rx) = mpsc::unbounded_channel();
     let (forward_tx, mut forward_rx) = mpsc::unbounded_channel();
-    let mut node = Node::open(options, events, train_tx, forward_tx)?;
+    let mut node = Node::open(options, hooks, events, train_tx, forward_tx)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -199,6 +237,7 @@ pub async fn run_node(
 impl Node {
     fn open(
         options: NodeOptions,
+        hooks: HarnessHooks,
         events: Option<mpsc::UnboundedSender<NodeEvent>>,
         train_tx: mpsc::UnboundedSender<TrainDone>,
         forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
@@ -266,7 +305,11 @@ impl Node {
         swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribing to a new topic cannot fail");
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
-        let rounds = RoundState::new(me, RoundConfig::from_spec(&spec.round), state.round);
+        let mut rounds = RoundState::new(me, RoundConfig::from_spec(&spec.round), state.round);
+        for peer in &hooks.expected_peers {
+            // Nothing is published yet, so this only records whom to expect.
+            let _ = rounds.handle(0, Event::PeerConnected(*peer));
+        }
         Ok(Self {
             outer: OuterOptimizer::from(&spec.outer),
             spec,
@@ -293,6 +336,8 @@ impl Node {
             rounds_merged: 0,
             published_bytes: 0,
             events,
+            hooks,
+            gathering_since: Instant::now(),
             options,
         })
     }
@@ -309,7 +354,6 @@ impl Node {
     fn on_tick(&mut self) -> Result<bool, NodeError> {
         match self.phase {
             Phase::Gathering => {
-                let waited = self.started.elapsed();
                 // Ask the peers we know whom they know, until enough are here: a peer
                 // that joined our bootnode after our first lookup is found by the next.
                 if self.run_peers.len() < self.options.wait_peers
@@ -318,6 +362,11 @@ impl Node {
                     self.last_lookup = Some(Instant::now());
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
+                if self.hooks.holds_start() {
+                    self.gathering_since = Instant::now();
+                    return Ok(false);
+                }
+                let waited = self.gathering_since.elapsed();
                 if self.run_peers.len() >= self.options.wait_peers || waited >= self.options.wait_timeout {
                     if self.run_peers.len() < self.options.wait_peers {
                         warn!(
@@ -466,6 +515,7 @@ impl Node {
             merged,
             reason,
             traffic: self.metrics.transport_bytes(),
+            params: self.hooks.report_params.then(|| Arc::new(self.state.params.clone())),
         };
         info!(
             round,

@@ -1,4 +1,5 @@
-//! The libp2p side of a node: the composed behaviour, the transport stack, and
+//! The libp2p side of a node: the composed behaviour, the transport stack (TCP
+//! and QUIC, or libp2p's in-memory transport for many nodes in one process), and
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
 pub mod sync;
@@ -6,8 +7,11 @@ pub mod sync;
 use std::time::Duration;
 
 use libp2p::{
+    core::{transport::MemoryTransport, upgrade, Transport as _},
     gossipsub, identify, identity, kad, mdns, noise, ping, request_response,
-    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, tcp, yamux, PeerId, StreamProtocol, Swarm,
+    swarm::behaviour::toggle::Toggle,
+    swarm::NetworkBehaviour,
+    tcp, yamux, PeerId, StreamProtocol, Swarm,
 };
 use starling_protocol::{PublicKey, RunSpec};
 
@@ -27,16 +31,42 @@ pub struct Behaviour {
     pub sync: request_response::Behaviour<StateCodec>,
 }
 
+/// Which transport carries a node's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP and QUIC over real sockets: what `starling run` uses.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport, upgraded with noise and yamux like
+    /// TCP: nodes listen on `/memory/0` (the transport picks the port) and dial
+    /// `/memory/N`. Only nodes of the same process can reach each other, so many
+    /// nodes run without sockets or ports; mDNS is off whatever `mdns` says.
+    Memory,
+}
+
 /// Network options of a node.
 #[derive(Clone, Debug)]
 pub struct NetOptions {
     pub mdns: bool,
     pub idle_timeout: Duration,
+    pub transport: Transport,
+    /// Serve Kademlia lookups, so that nodes find and connect run peers beyond
+    /// their bootnodes. Every lookup connects the asker to the peers it walks,
+    /// so a swarm of a few hundred nodes ends up close to a full mesh. Off, the
+    /// node answers no lookups (Kademlia client mode) and does no periodic ones:
+    /// nodes keep the connections they dial and accept, and gossipsub's mesh
+    /// carries deltas across that graph.
+    pub peer_discovery: bool,
 }
 
 impl Default for NetOptions {
     fn default() -> Self {
-        Self { mdns: true, idle_timeout: Duration::from_secs(120) }
+        Self {
+            mdns: true,
+            idle_timeout: Duration::from_secs(120),
+            transport: Transport::Tcp,
+            peer_discovery: true,
+        }
     }
 }
 
@@ -75,78 +105,123 @@ pub fn peer_id(key: &PublicKey) -> Option<PeerId> {
     Some(PeerId::from_public_key(&identity::PublicKey::from(ed)))
 }
 
-/// Builds the swarm: TCP and QUIC, noise, yamux, with bandwidth counted into `registry`.
+/// Builds the swarm on the transport `options` names (TCP and QUIC, or memory),
+/// with noise and yamux, and with bandwidth counted into `registry`.
 pub fn build_swarm(
     key: &ed25519_dalek::SigningKey,
     spec: &RunSpec,
     options: &NetOptions,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<Swarm<Behaviour>, NetError> {
-    let run = spec.run_id().short();
-    let max_delta = spec.max_delta_bytes();
-    let max_sync = spec.max_sync_reply_bytes();
-    let mdns_enabled = options.mdns;
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(key))
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_quic()
-        .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| {
-            let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Anonymous,
-                gossipsub_config(max_delta)?,
-            )?;
-            let identify = identify::Behaviour::new(
-                identify::Config::new(format!("/starling/{run}/1"), key.public())
-                    .with_agent_version(AGENT.into()),
-            );
-            let peer = key.public().to_peer_id();
-            let mut kad_config = kad::Config::new(
-                StreamProtocol::try_from_owned(format!("/starling/{run}/kad/1"))
-                    .expect("starts with a slash"),
-            );
-            kad_config.set_query_timeout(Duration::from_secs(30));
-            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
-            // Nodes of a swarm are servers to each other even without a confirmed
-            // external address (loopback and LAN swarms never get one).
-            kad.set_mode(Some(kad::Mode::Server));
-            let mdns = if mdns_enabled {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
-            } else {
-                None
-            };
-            let sync = request_response::Behaviour::with_codec(
-                StateCodec::new(max_sync),
-                [(
-                    StreamProtocol::try_from_owned(format!("/starling/{run}/state/1"))
-                        .expect("starts with a slash"),
-                    request_response::ProtocolSupport::Full,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
-            );
-            Ok(Behaviour {
-                gossipsub,
-                identify,
-                ping: ping::Behaviour::default(),
-                kad,
-                mdns: Toggle::from(mdns),
-                sync,
+    let limits = BehaviourLimits {
+        run: spec.run_id().short(),
+        topic: delta_topic(spec).hash(),
+        max_delta: spec.max_delta_bytes(),
+        max_sync: spec.max_sync_reply_bytes(),
+        // mDNS multicasts on real interfaces; in-memory nodes cannot be reached that way.
+        mdns: options.mdns && options.transport == Transport::Tcp,
+        peer_discovery: options.peer_discovery,
+    };
+    let idle_timeout = options.idle_timeout;
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair(key)).with_tokio();
+    let swarm = match options.transport {
+        Transport::Tcp => builder
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_quic()
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|key| behaviour(key, &limits))
+            .map_err(|e| NetError::Gossipsub(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+            .build(),
+        Transport::Memory => builder
+            .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(MemoryTransport::default()
+                    .upgrade(upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
             })
-        })
-        .map_err(|e| NetError::Gossipsub(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(options.idle_timeout))
-        .build();
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|key| behaviour(key, &limits))
+            .map_err(|e| NetError::Gossipsub(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+            .build(),
+    };
     Ok(swarm)
 }
 
-fn gossipsub_config(max_delta: usize) -> Result<gossipsub::Config, String> {
+/// What the behaviour takes from the run spec and the options.
+struct BehaviourLimits {
+    run: String,
+    topic: gossipsub::TopicHash,
+    max_delta: usize,
+    max_sync: usize,
+    mdns: bool,
+    peer_discovery: bool,
+}
+
+fn behaviour(
+    key: &identity::Keypair,
+    limits: &BehaviourLimits,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let run = &limits.run;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Anonymous,
+        gossipsub_config(limits.max_delta, limits.topic.clone())?,
+    )?;
+    let identify = identify::Behaviour::new(
+        identify::Config::new(format!("/starling/{run}/1"), key.public()).with_agent_version(AGENT.into()),
+    );
+    let peer = key.public().to_peer_id();
+    let mut kad_config = kad::Config::new(
+        StreamProtocol::try_from_owned(format!("/starling/{run}/kad/1")).expect("starts with a slash"),
+    );
+    kad_config.set_query_timeout(Duration::from_secs(30));
+    if !limits.peer_discovery {
+        kad_config.set_periodic_bootstrap_interval(None);
+    }
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
+    // Nodes of a swarm are servers to each other even without a confirmed
+    // external address (loopback, LAN and in-memory swarms never get one).
+    kad.set_mode(Some(if limits.peer_discovery { kad::Mode::Server } else { kad::Mode::Client }));
+    let mdns =
+        if limits.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+    let sync = request_response::Behaviour::with_codec(
+        StateCodec::new(limits.max_sync),
+        [(
+            StreamProtocol::try_from_owned(format!("/starling/{run}/state/1")).expect("starts with a slash"),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+    );
+    Ok(Behaviour {
+        gossipsub,
+        identify,
+        ping: ping::Behaviour::default(),
+        kad,
+        mdns: Toggle::from(mdns),
+        sync,
+    })
+}
+
+/// How far gossipsub's frame limit must exceed the largest message: libp2p-gossipsub
+/// 0.50.1 checks the limit against its whole read buffer, not against one frame, and
+/// that buffer holds a frame plus up to one 8 KiB read of the next (asynchronous-codec's
+/// read size). At exactly the message limit, two messages sent back to back can fail
+/// that check; the receiver then drops its inbound stream and every message buffered on it.
+const GOSSIP_READ_SLACK: usize = 8 * 1024;
+
+fn gossipsub_config(max_delta: usize, topic: gossipsub::TopicHash) -> Result<gossipsub::Config, String> {
+    // A delta travels whole, as one message: it is only useful whole, is
+    // validated whole before it is forwarded, and splitting it would need
+    // reassembly state per sender. So the limit is raised from the 64 KiB
+    // default to the largest delta this run's spec allows, plus framing.
+    let max_message = max_delta + 4096;
     gossipsub::ConfigBuilder::default()
-        // A delta travels whole, as one message: it is only useful whole, is
-        // validated whole before it is forwarded, and splitting it would need
-        // reassembly state per sender. So the limit is raised from the 64 KiB
-        // default to the largest delta this run's spec allows, plus framing.
-        .max_transmit_size(max_delta + 4096)
+        // Each delta is held to the tight limit; only the frame limit has the slack.
+        .max_transmit_size(max_message + GOSSIP_READ_SLACK)
+        .max_transmit_size_for_topic(max_message, topic)
         // Forward nothing until the node has decoded, verified and admitted it.
         .validate_messages()
         // Deltas carry their own ed25519 signature, so gossipsub's own signing
@@ -176,5 +251,47 @@ mod tests {
         let id = keypair(&key).public().to_peer_id();
         assert_eq!(peer_key(&id), Some(public));
         assert_eq!(peer_id(&public), Some(id));
+    }
+
+    #[tokio::test]
+    async fn memory_swarms_listen_on_an_assigned_port_and_connect() {
+        use futures::StreamExt;
+        use libp2p::{multiaddr::Protocol, swarm::SwarmEvent};
+
+        let spec = RunSpec::builtin();
+        let options = NetOptions { transport: Transport::Memory, ..NetOptions::default() };
+        let build = |seed: u8| {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            build_swarm(&key, &spec, &options, &mut Default::default()).expect("memory swarm builds")
+        };
+        let (mut listener, mut dialer) = (build(1), build(2));
+        listener.listen_on("/memory/0".parse().expect("valid")).expect("memory listens");
+        let wait = Duration::from_secs(10);
+        let address = tokio::time::timeout(wait, async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .expect("the listener reports its address");
+        assert!(matches!(address.iter().next(), Some(Protocol::Memory(port)) if port != 0), "{address}");
+        let listener_id = *listener.local_peer_id();
+        dialer.dial(address.with(Protocol::P2p(listener_id))).expect("dial starts");
+        tokio::time::timeout(wait, async {
+            loop {
+                tokio::select! {
+                    _ = listener.select_next_some() => {}
+                    event = dialer.select_next_some() => match event {
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == listener_id => return,
+                        SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+                        _ => {}
+                    },
+                }
+            }
+        })
+        .await
+        .expect("noise and yamux upgrade the memory connection");
     }
 }
