@@ -37,6 +37,15 @@ pub enum Command {
     /// Benchmarks and reports that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Read a datadir offline: run, round, parameter hash, checkpoints, health.
+    /// Exits with status 1 when the datadir is not healthy.
+    Inspect {
+        #[arg(long, env = "STARLING_DATADIR")]
+        datadir: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +218,18 @@ pub async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
             codec_table(nodes, rounds, codecs).await
+        }
+        Command::Inspect { datadir, json } => {
+            let inspection = crate::inspect::inspect(&datadir)?;
+            if json {
+                println!("{}", serde_json::to_string(&inspection)?);
+            } else {
+                println!("{inspection}");
+            }
+            if !inspection.healthy {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Spec(SpecCommand::New { out, codec }) => {
             let text = RunSpec::builtin_with_codec(codec).to_toml();

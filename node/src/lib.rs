@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod inspect;
 pub mod local_swarm;
 pub mod metrics;
 pub mod model;

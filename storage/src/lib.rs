@@ -83,6 +83,18 @@ impl Store {
         self.identity()
     }
 
+    /// The identity key if the datadir has one; unlike [`Store::identity`], never creates it.
+    pub fn existing_identity(&self) -> Result<Option<SigningKey>, StoreError> {
+        match self.meta.get(IDENTITY_KEY)? {
+            Some(bytes) => {
+                let secret: [u8; 32] =
+                    bytes.as_ref().try_into().map_err(|_| StoreError::CorruptIdentity(bytes.len()))?;
+                Ok(Some(SigningKey::from_bytes(&secret)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Installs a given identity key (used by tests and `swarm`, which derive keys from a seed).
     pub fn set_identity(&self, key: &SigningKey) -> Result<(), StoreError> {
         self.meta.insert(IDENTITY_KEY, &key.to_bytes()[..])?;
