@@ -4,7 +4,7 @@
 //! hundred nodes, with every node's figures reported as each round merges.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     io::Write,
     path::PathBuf,
     sync::Arc,
@@ -405,6 +405,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 Membership::Discovered => Vec::new(),
                 Membership::Roster => roster.iter().copied().filter(|&k| k != PublicKey::of(&key)).collect(),
             },
+            // The harness stops every node once all have merged the last round.
+            linger_until_shutdown: true,
         };
         let node = run_node_with(node_options, hooks, Some(events_tx.clone()), shutdown_rx.clone());
         running.spawn(index, async move { (index, node.await) });
@@ -425,10 +427,19 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; options.nodes];
     let observer = Observer { index_of, rounds_tx: options.rounds_tx.clone(), started: swarm_start };
     let mut stopped = 0;
+    // Nodes that merged the last round; they linger, relaying, until all have.
+    let mut finished = HashSet::new();
     while stopped < options.nodes {
         tokio::select! {
             Some(event) = events_rx.recv() => {
                 if let NodeEvent::Round(report) = event {
+                    if report.round + 1 >= options.rounds {
+                        finished.insert(report.node);
+                        if finished.len() == options.nodes {
+                            // Every node holds the last round: nothing left to relay.
+                            let _ = running.shutdown.send(true);
+                        }
+                    }
                     observer.send(&report);
                     progress.add(report);
                 }
