@@ -118,9 +118,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let by_round = collector.await?;
 
     println!(
-        "| round | nodes | merged min/mean/max | deadline closes | first..last merge (s) | accuracy | consensus | sent/node | recv/node |"
+        "| round | nodes | merged min/mean/max | deadline closes | first..last merge (s) | accuracy | consensus | identical | sent/node | recv/node |"
     );
-    println!("| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | --- | ---: | --- | ---: | ---: | --- | ---: | ---: |");
     let mut previous: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     for (round, reports) in &by_round {
         let n = reports.len() as f64;
@@ -138,7 +138,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             received += r.bytes_received - r0;
         }
         println!(
-            "| {} | {} | {}/{:.1}/{} | {deadline} | {first:.1}..{last:.1} | {:.2}% | {:.2e} | {} | {} |",
+            "| {} | {} | {}/{:.1}/{} | {deadline} | {first:.1}..{last:.1} | {:.2}% | {:.2e} | {} | {} | {} |",
             round + 1,
             reports.len(),
             merged.iter().min().unwrap_or(&0),
@@ -146,6 +146,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             merged.iter().max().unwrap_or(&0),
             accs.iter().sum::<f32>() / accs.len().max(1) as f32 * 100.0,
             consensus_distance(&params),
+            // Bit-identical parameters: every node merged the same deltas.
+            if params.iter().all(|p| *p == params[0]) { "yes" } else { "no" },
             starling_node::local_swarm::human_bytes(sent as f64 / n),
             starling_node::local_swarm::human_bytes(received as f64 / n),
         );

@@ -4,8 +4,7 @@
 //! hundred nodes, with every node's figures reported as each round merges.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    io::Write,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -14,22 +13,21 @@ use std::{
 use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
 use rand::{rngs::Xoshiro256PlusPlus, SeedableRng};
-use serde::Serialize;
-use starling_protocol::{consensus_distance, round::CloseReason, PublicKey, RunSpec};
+use starling_protocol::{round::CloseReason, PublicKey, RunSpec};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
 
 use crate::{
-    data::{Dataset, SyntheticTask},
-    model::Mlp,
     net::{NetOptions, Transport},
-    node::{
-        run_node_with, shard_seed, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport,
-    },
-    trainer::{evaluate, train_alone},
+    node::{run_node_with, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport},
 };
+
+mod report;
+
+pub use report::{human_bytes, SwarmSummary};
+use report::{summarize, Progress};
 
 /// Swarms of at most this many nodes bootstrap as a full mesh under [`Bootstrap::Auto`].
 pub const FULL_MESH_MAX_NODES: usize = 16;
@@ -164,8 +162,8 @@ pub enum Bootstrap {
 pub enum Evaluate {
     #[default]
     EveryNode,
-    /// Nodes `0..n` only (evaluation costs about a tenth of a round's training
-    /// per node with the built-in spec; `dataset.eval_samples` scales it).
+    /// Nodes `0..n` only. With the built-in spec one evaluation of 4096 samples
+    /// costs about as much as 10 inner steps; `dataset.eval_samples` scales it.
     FirstNodes(usize),
 }
 
@@ -194,35 +192,6 @@ pub struct NodeRound {
     pub elapsed: Duration,
     /// The merged parameters, when [`SwarmOptions::report_params`] asks.
     pub params: Option<Arc<Vec<f32>>>,
-}
-
-/// The figures of a finished local swarm.
-#[derive(Clone, Debug, Serialize)]
-pub struct SwarmSummary {
-    pub run_id: String,
-    pub nodes: usize,
-    pub rounds: u64,
-    pub params: usize,
-    pub mean_accuracy: f32,
-    pub min_accuracy: f32,
-    pub centralized_accuracy: f32,
-    pub consensus_distance: f64,
-    pub bytes_sent_per_node: f64,
-    pub bytes_received_per_node: f64,
-    pub bytes_sent_per_node_per_round: f64,
-    /// Bytes received per node per round, protocol overhead and gossip duplicates included.
-    pub bytes_received_per_node_per_round: f64,
-    /// Encoded bytes of all the distinct deltas of a round (every node's one delta).
-    pub unique_delta_bytes_per_round: f64,
-    /// What one node must receive at least: every other node's delta.
-    pub needed_delta_bytes_per_node_per_round: f64,
-    /// bytes_received_per_node_per_round / needed_delta_bytes_per_node_per_round.
-    pub received_over_needed: f64,
-    pub codec: String,
-    pub dense_delta_bytes: usize,
-    pub wall_seconds: f64,
-    pub swarm_seconds: f64,
-    pub centralized_seconds: f64,
 }
 
 /// Errors of the local swarm.
@@ -405,6 +374,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 Membership::Discovered => Vec::new(),
                 Membership::Roster => roster.iter().copied().filter(|&k| k != PublicKey::of(&key)).collect(),
             },
+            // The harness stops every node once all have merged the last round.
+            linger_until_shutdown: true,
         };
         let node = run_node_with(node_options, hooks, Some(events_tx.clone()), shutdown_rx.clone());
         running.spawn(index, async move { (index, node.await) });
@@ -425,10 +396,19 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; options.nodes];
     let observer = Observer { index_of, rounds_tx: options.rounds_tx.clone(), started: swarm_start };
     let mut stopped = 0;
+    // Nodes that merged the last round; they linger, relaying, until all have.
+    let mut finished = HashSet::new();
     while stopped < options.nodes {
         tokio::select! {
             Some(event) = events_rx.recv() => {
                 if let NodeEvent::Round(report) = event {
+                    if report.round + 1 >= options.rounds {
+                        finished.insert(report.node);
+                        if finished.len() == options.nodes {
+                            // Every node holds the last round: nothing left to relay.
+                            let _ = running.shutdown.send(true);
+                        }
+                    }
                     observer.send(&report);
                     progress.add(report);
                 }
@@ -530,170 +510,12 @@ impl Observer {
     }
 }
 
-fn summarize(
-    options: &SwarmOptions,
-    outcomes: &[NodeOutcome],
-    swarm_seconds: f64,
-    wall: Instant,
-) -> Result<SwarmSummary, SwarmError> {
-    let spec = &options.spec;
-    let task = SyntheticTask::new(spec).map_err(|e| SwarmError::Data(e.to_string()))?;
-    let eval = task.eval_set();
-    let layers = &spec.model.layers;
-    let mut accuracies = Vec::new();
-    for outcome in outcomes {
-        accuracies.push(evaluate(layers, &outcome.state.params, &eval)?.accuracy);
-    }
-
-    let (centralized_accuracy, centralized_seconds) = if options.centralized_baseline {
-        let central_start = Instant::now();
-        let shards: Vec<Dataset> =
-            outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
-        let all = Dataset::concat(&shards).map_err(|e| SwarmError::Data(e.to_string()))?;
-        let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
-        let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
-        let central = train_alone(spec, all, &initial, steps, spec.seed)?;
-        (evaluate(layers, &central, &eval)?.accuracy, central_start.elapsed().as_secs_f64())
-    } else {
-        (f32::NAN, 0.0)
-    };
-
-    let n = outcomes.len() as f64;
-    let sent: f64 = outcomes.iter().map(|o| o.traffic.sent as f64).sum::<f64>() / n;
-    let received: f64 = outcomes.iter().map(|o| o.traffic.received as f64).sum::<f64>() / n;
-    let params: Vec<&[f32]> = outcomes.iter().map(|o| o.state.params.as_slice()).collect();
-    let rounds = options.rounds as f64;
-    let unique = outcomes.iter().map(|o| o.published_bytes as f64).sum::<f64>() / rounds;
-    let needed = unique * (n - 1.0) / n;
-    let received_per_round = received / rounds;
-    Ok(SwarmSummary {
-        run_id: spec.run_id().to_string(),
-        nodes: outcomes.len(),
-        rounds: options.rounds,
-        params: spec.param_count(),
-        mean_accuracy: accuracies.iter().sum::<f32>() / accuracies.len() as f32,
-        min_accuracy: accuracies.iter().copied().fold(f32::INFINITY, f32::min),
-        centralized_accuracy,
-        consensus_distance: consensus_distance(&params),
-        bytes_sent_per_node: sent,
-        bytes_received_per_node: received,
-        bytes_sent_per_node_per_round: sent / rounds,
-        bytes_received_per_node_per_round: received_per_round,
-        unique_delta_bytes_per_round: unique,
-        needed_delta_bytes_per_node_per_round: needed,
-        received_over_needed: if needed > 0.0 { received_per_round / needed } else { 0.0 },
-        codec: spec.codec.to_string(),
-        dense_delta_bytes: spec.param_count() * 4,
-        wall_seconds: wall.elapsed().as_secs_f64(),
-        swarm_seconds,
-        centralized_seconds,
-    })
-}
-
-/// Prints one line per round once every node has merged it.
-struct Progress {
-    nodes: usize,
-    rounds: u64,
-    to_stderr: bool,
-    quiet: bool,
-    pending: BTreeMap<u64, Vec<RoundReport>>,
-    started: Instant,
-    /// When the last report came (or the swarm started).
-    last_report: Instant,
-    /// The last round every node has merged.
-    complete: Option<u64>,
-}
-
-impl Progress {
-    fn new(nodes: usize, rounds: u64, to_stderr: bool, quiet: bool) -> Self {
-        let now = Instant::now();
-        Self {
-            nodes,
-            rounds,
-            to_stderr,
-            quiet,
-            pending: BTreeMap::new(),
-            started: now,
-            last_report: now,
-            complete: None,
-        }
-    }
-
-    fn since_last_merge(&self) -> Duration {
-        self.last_report.elapsed()
-    }
-
-    /// Where the swarm got to, for a stall message.
-    fn complete_rounds(&self) -> String {
-        let complete = self.complete.map_or("none".to_string(), |r| (r + 1).to_string());
-        let partial: Vec<String> = self
-            .pending
-            .iter()
-            .map(|(round, r)| format!("{}/{} nodes merged round {}", r.len(), self.nodes, round + 1))
-            .collect();
-        if partial.is_empty() {
-            complete
-        } else {
-            format!("{complete}; {}", partial.join(", "))
-        }
-    }
-
-    fn add(&mut self, mut report: RoundReport) {
-        self.last_report = Instant::now();
-        report.params = None;
-        let round = report.round;
-        let reports = self.pending.entry(round).or_default();
-        reports.push(report);
-        if reports.len() < self.nodes {
-            return;
-        }
-        let reports = self.pending.remove(&round).expect("just inserted");
-        self.complete = self.complete.max(Some(round));
-        if self.quiet {
-            return;
-        }
-        let n = reports.len() as f32;
-        let loss = reports.iter().map(|r| r.train_loss).sum::<f32>() / n;
-        let accs: Vec<f32> = reports.iter().filter_map(|r| r.eval.map(|e| e.accuracy)).collect();
-        let acc = accs.iter().sum::<f32>() / accs.len().max(1) as f32;
-        let min_acc = accs.iter().copied().fold(f32::INFINITY, f32::min);
-        let peers = reports.iter().map(|r| r.peers).sum::<usize>() as f32 / n;
-        let sent = reports.iter().map(|r| r.traffic.sent).sum::<u64>() as f64 / n as f64;
-        let deadline =
-            reports.iter().filter(|r| r.reason != starling_protocol::round::CloseReason::Quorum).count();
-        let line = format!(
-            "round {:>3}/{}  loss {loss:.4}  accuracy {:.2}% (min {:.2}%)  peers {peers:.1}  sent {}/node  {:.1}s{}",
-            round + 1,
-            self.rounds,
-            acc * 100.0,
-            min_acc * 100.0,
-            human_bytes(sent),
-            self.started.elapsed().as_secs_f64(),
-            if deadline > 0 { format!("  ({deadline} closed by deadline)") } else { String::new() },
-        );
-        if self.to_stderr {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-            let _ = std::io::stdout().flush();
-        }
-    }
-}
-
-/// Bytes for people.
-pub fn human_bytes(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use starling_protocol::consensus_distance;
+
     use super::*;
 
     /// A spec small enough that a dozen nodes train two rounds in seconds in the dev profile.

@@ -91,6 +91,10 @@ pub struct HarnessHooks {
     /// Run members to expect from the first round as if they were connected,
     /// whether or not they ever connect directly (a roster known in advance).
     pub expected_peers: Vec<PublicKey>,
+    /// After the last round, keep relaying gossip and serving state until
+    /// `shutdown` turns true, rather than leave after a short drain: in a sparse
+    /// swarm, slower nodes may still need their neighbours to forward deltas.
+    pub linger_until_shutdown: bool,
 }
 
 impl HarnessHooks {
@@ -167,7 +171,8 @@ struct Node {
     merge_buffer: Vec<f32>,
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
-    eval: Dataset,
+    /// The held-out set; built only when the node evaluates (it is the same for every node).
+    eval: Option<Dataset>,
     train_tx: mpsc::UnboundedSender<TrainDone>,
     forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     run_peers: BTreeSet<PeerId>,
@@ -284,7 +289,7 @@ impl Node {
         let task = SyntheticTask::new(&spec).map_err(|e| NodeError::Data(e.to_string()))?;
         let shard_seed = shard_seed(&me);
         let trainer = Trainer::new(&spec, task.shard(shard_seed, spec.dataset.samples_per_node), shard_seed)?;
-        let eval = task.eval_set();
+        let eval = options.evaluate.then(|| task.eval_set());
 
         let mut metrics = NodeMetrics::default();
         let mut swarm = net::build_swarm(&key, &spec, &options.net, &mut metrics.registry)?;
@@ -378,7 +383,9 @@ impl Node {
                     self.probe_or_start();
                 }
             }
-            Phase::Draining(since) => return Ok(since.elapsed() >= Duration::from_secs(2)),
+            Phase::Draining(since) => {
+                return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2))
+            }
             Phase::Probing | Phase::Running => {
                 let actions = self.rounds.handle(self.now_ms(), Event::Tick);
                 self.apply(actions)?;
@@ -502,8 +509,8 @@ impl Node {
         self.metrics.merges.inc();
         self.metrics.round.set(self.state.round as i64);
 
-        let eval = match (&self.trainer, self.options.evaluate) {
-            (Some(trainer), true) => Some(trainer.evaluate(&self.state.params, &self.eval)?),
+        let eval = match (&self.trainer, &self.eval) {
+            (Some(trainer), Some(eval)) => Some(trainer.evaluate(&self.state.params, eval)?),
             _ => None,
         };
         let report = RoundReport {

@@ -116,6 +116,7 @@ pub fn build_swarm(
     let limits = BehaviourLimits {
         run: spec.run_id().short(),
         topic: delta_topic(spec).hash(),
+        round_deadline: Duration::from_millis(spec.round.deadline_ms),
         max_delta: spec.max_delta_bytes(),
         max_sync: spec.max_sync_reply_bytes(),
         // mDNS multicasts on real interfaces; in-memory nodes cannot be reached that way.
@@ -155,6 +156,7 @@ pub fn build_swarm(
 struct BehaviourLimits {
     run: String,
     topic: gossipsub::TopicHash,
+    round_deadline: Duration,
     max_delta: usize,
     max_sync: usize,
     mdns: bool,
@@ -168,7 +170,7 @@ fn behaviour(
     let run = &limits.run;
     let gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Anonymous,
-        gossipsub_config(limits.max_delta, limits.topic.clone())?,
+        gossipsub_config(limits.max_delta, limits.topic.clone(), limits.round_deadline)?,
     )?;
     let identify = identify::Behaviour::new(
         identify::Config::new(format!("/starling/{run}/1"), key.public()).with_agent_version(AGENT.into()),
@@ -212,7 +214,14 @@ fn behaviour(
 /// that check; the receiver then drops its inbound stream and every message buffered on it.
 const GOSSIP_READ_SLACK: usize = 8 * 1024;
 
-fn gossipsub_config(max_delta: usize, topic: gossipsub::TopicHash) -> Result<gossipsub::Config, String> {
+/// The least time a queued gossip message waits before it is dropped (gossipsub's publish default).
+const MIN_QUEUE_DURATION: Duration = Duration::from_secs(5);
+
+fn gossipsub_config(
+    max_delta: usize,
+    topic: gossipsub::TopicHash,
+    round_deadline: Duration,
+) -> Result<gossipsub::Config, String> {
     // A delta travels whole, as one message: it is only useful whole, is
     // validated whole before it is forwarded, and splitting it would need
     // reassembly state per sender. So the limit is raised from the 64 KiB
@@ -222,6 +231,13 @@ fn gossipsub_config(max_delta: usize, topic: gossipsub::TopicHash) -> Result<gos
         // Each delta is held to the tight limit; only the frame limit has the slack.
         .max_transmit_size(max_message + GOSSIP_READ_SLACK)
         .max_transmit_size_for_topic(max_message, topic)
+        // A delta waiting in a connection's queue is still worth sending until the
+        // round it belongs to can close without it. gossipsub's defaults (5 s to
+        // publish, 1 s to forward) drop forwarded deltas whenever a burst of them
+        // outlasts a second on a busy node or a slow uplink, and lost deltas hold
+        // the nodes expecting them until the deadline.
+        .publish_queue_duration(round_deadline.max(MIN_QUEUE_DURATION))
+        .forward_queue_duration(round_deadline.max(MIN_QUEUE_DURATION))
         // Forward nothing until the node has decoded, verified and admitted it.
         .validate_messages()
         // Deltas carry their own ed25519 signature, so gossipsub's own signing

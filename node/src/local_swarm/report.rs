@@ -1,0 +1,206 @@
+//! What a local swarm reports: the progress line printed as each round
+//! completes, and the summary of a finished run.
+
+use std::{collections::BTreeMap, io::Write, time::Duration, time::Instant};
+
+use serde::Serialize;
+use starling_protocol::consensus_distance;
+
+use super::{SwarmError, SwarmOptions};
+use crate::{
+    data::{Dataset, SyntheticTask},
+    model::Mlp,
+    node::{shard_seed, NodeOutcome, RoundReport},
+    trainer::{evaluate, train_alone},
+};
+
+/// The figures of a finished local swarm.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwarmSummary {
+    pub run_id: String,
+    pub nodes: usize,
+    pub rounds: u64,
+    pub params: usize,
+    pub mean_accuracy: f32,
+    pub min_accuracy: f32,
+    pub centralized_accuracy: f32,
+    pub consensus_distance: f64,
+    pub bytes_sent_per_node: f64,
+    pub bytes_received_per_node: f64,
+    pub bytes_sent_per_node_per_round: f64,
+    /// Bytes received per node per round, protocol overhead and gossip duplicates included.
+    pub bytes_received_per_node_per_round: f64,
+    /// Encoded bytes of all the distinct deltas of a round (every node's one delta).
+    pub unique_delta_bytes_per_round: f64,
+    /// What one node must receive at least: every other node's delta.
+    pub needed_delta_bytes_per_node_per_round: f64,
+    /// bytes_received_per_node_per_round / needed_delta_bytes_per_node_per_round.
+    pub received_over_needed: f64,
+    pub codec: String,
+    pub dense_delta_bytes: usize,
+    pub wall_seconds: f64,
+    pub swarm_seconds: f64,
+    pub centralized_seconds: f64,
+}
+
+pub(super) fn summarize(
+    options: &SwarmOptions,
+    outcomes: &[NodeOutcome],
+    swarm_seconds: f64,
+    wall: Instant,
+) -> Result<SwarmSummary, SwarmError> {
+    let spec = &options.spec;
+    let task = SyntheticTask::new(spec).map_err(|e| SwarmError::Data(e.to_string()))?;
+    let eval = task.eval_set();
+    let layers = &spec.model.layers;
+    let mut accuracies = Vec::new();
+    for outcome in outcomes {
+        accuracies.push(evaluate(layers, &outcome.state.params, &eval)?.accuracy);
+    }
+
+    let (centralized_accuracy, centralized_seconds) = if options.centralized_baseline {
+        let central_start = Instant::now();
+        let shards: Vec<Dataset> =
+            outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
+        let all = Dataset::concat(&shards).map_err(|e| SwarmError::Data(e.to_string()))?;
+        let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
+        let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
+        let central = train_alone(spec, all, &initial, steps, spec.seed)?;
+        (evaluate(layers, &central, &eval)?.accuracy, central_start.elapsed().as_secs_f64())
+    } else {
+        (f32::NAN, 0.0)
+    };
+
+    let n = outcomes.len() as f64;
+    let sent: f64 = outcomes.iter().map(|o| o.traffic.sent as f64).sum::<f64>() / n;
+    let received: f64 = outcomes.iter().map(|o| o.traffic.received as f64).sum::<f64>() / n;
+    let params: Vec<&[f32]> = outcomes.iter().map(|o| o.state.params.as_slice()).collect();
+    let rounds = options.rounds as f64;
+    let unique = outcomes.iter().map(|o| o.published_bytes as f64).sum::<f64>() / rounds;
+    let needed = unique * (n - 1.0) / n;
+    let received_per_round = received / rounds;
+    Ok(SwarmSummary {
+        run_id: spec.run_id().to_string(),
+        nodes: outcomes.len(),
+        rounds: options.rounds,
+        params: spec.param_count(),
+        mean_accuracy: accuracies.iter().sum::<f32>() / accuracies.len() as f32,
+        min_accuracy: accuracies.iter().copied().fold(f32::INFINITY, f32::min),
+        centralized_accuracy,
+        consensus_distance: consensus_distance(&params),
+        bytes_sent_per_node: sent,
+        bytes_received_per_node: received,
+        bytes_sent_per_node_per_round: sent / rounds,
+        bytes_received_per_node_per_round: received_per_round,
+        unique_delta_bytes_per_round: unique,
+        needed_delta_bytes_per_node_per_round: needed,
+        received_over_needed: if needed > 0.0 { received_per_round / needed } else { 0.0 },
+        codec: spec.codec.to_string(),
+        dense_delta_bytes: spec.param_count() * 4,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        swarm_seconds,
+        centralized_seconds,
+    })
+}
+
+/// Prints one line per round once every node has merged it.
+pub(super) struct Progress {
+    nodes: usize,
+    rounds: u64,
+    to_stderr: bool,
+    quiet: bool,
+    pending: BTreeMap<u64, Vec<RoundReport>>,
+    started: Instant,
+    /// When the last report came (or the swarm started).
+    last_report: Instant,
+    /// The last round every node has merged.
+    complete: Option<u64>,
+}
+
+impl Progress {
+    pub(super) fn new(nodes: usize, rounds: u64, to_stderr: bool, quiet: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            nodes,
+            rounds,
+            to_stderr,
+            quiet,
+            pending: BTreeMap::new(),
+            started: now,
+            last_report: now,
+            complete: None,
+        }
+    }
+
+    pub(super) fn since_last_merge(&self) -> Duration {
+        self.last_report.elapsed()
+    }
+
+    /// Where the swarm got to, for a stall message.
+    pub(super) fn complete_rounds(&self) -> String {
+        let complete = self.complete.map_or("none".to_string(), |r| (r + 1).to_string());
+        let partial: Vec<String> = self
+            .pending
+            .iter()
+            .map(|(round, r)| format!("{}/{} nodes merged round {}", r.len(), self.nodes, round + 1))
+            .collect();
+        if partial.is_empty() {
+            complete
+        } else {
+            format!("{complete}; {}", partial.join(", "))
+        }
+    }
+
+    pub(super) fn add(&mut self, mut report: RoundReport) {
+        self.last_report = Instant::now();
+        report.params = None;
+        let round = report.round;
+        let reports = self.pending.entry(round).or_default();
+        reports.push(report);
+        if reports.len() < self.nodes {
+            return;
+        }
+        let reports = self.pending.remove(&round).expect("just inserted");
+        self.complete = self.complete.max(Some(round));
+        if self.quiet {
+            return;
+        }
+        let n = reports.len() as f32;
+        let loss = reports.iter().map(|r| r.train_loss).sum::<f32>() / n;
+        let accs: Vec<f32> = reports.iter().filter_map(|r| r.eval.map(|e| e.accuracy)).collect();
+        let acc = accs.iter().sum::<f32>() / accs.len().max(1) as f32;
+        let min_acc = accs.iter().copied().fold(f32::INFINITY, f32::min);
+        let peers = reports.iter().map(|r| r.peers).sum::<usize>() as f32 / n;
+        let sent = reports.iter().map(|r| r.traffic.sent).sum::<u64>() as f64 / n as f64;
+        let deadline =
+            reports.iter().filter(|r| r.reason != starling_protocol::round::CloseReason::Quorum).count();
+        let line = format!(
+            "round {:>3}/{}  loss {loss:.4}  accuracy {:.2}% (min {:.2}%)  peers {peers:.1}  sent {}/node  {:.1}s{}",
+            round + 1,
+            self.rounds,
+            acc * 100.0,
+            min_acc * 100.0,
+            human_bytes(sent),
+            self.started.elapsed().as_secs_f64(),
+            if deadline > 0 { format!("  ({deadline} closed by deadline)") } else { String::new() },
+        );
+        if self.to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+/// Bytes for people.
+pub fn human_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
