@@ -12,6 +12,15 @@ pub fn transfer_time(bytes: u64, mbps: f64) -> u64 {
     (bytes as f64 * 8.0 / mbps).round() as u64
 }
 
+/// The slower of two bandwidths, where 0 means unlimited.
+pub fn slower(a_mbps: f64, b_mbps: f64) -> f64 {
+    match (a_mbps > 0.0, b_mbps > 0.0) {
+        (true, true) => a_mbps.min(b_mbps),
+        (true, false) => a_mbps,
+        (false, _) => b_mbps,
+    }
+}
+
 /// One latency draw, in microseconds.
 pub fn sample_latency(latency: &Latency, rng: &mut Xoshiro256PlusPlus) -> u64 {
     let ms = match *latency {

@@ -15,64 +15,48 @@ use starling_node::{
     local_swarm::{run_swarm, Bootstrap, Evaluate, Membership, NodeRound, SwarmOptions},
     net::Transport,
 };
-use starling_protocol::{consensus_distance, round::CloseReason, spec::OuterSpec, RunSpec};
+use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
 
-use crate::{report::RoundRow, scenario::Workload, summarize, RunOutput, Scenario, SimError};
+use crate::{
+    report::RoundRow,
+    scenario::{Attack, Churn, Compute, Link, Workload},
+    summarize,
+    workload::candle_spec,
+    RunOutput, Scenario, SimError,
+};
 
 /// The RunSpec the live nodes share: the built-in task with the scenario's settings.
 pub fn spec_for(sc: &Scenario) -> Result<RunSpec, SimError> {
-    let Workload::Candle { samples_per_node, eval_samples, inner_steps, .. } = &sc.workload else {
+    if !matches!(sc.workload, Workload::Candle { .. }) {
         return Err(SimError::Live(
             "live mode trains the node's real model: set [workload] kind = \"candle\"".into(),
         ));
-    };
+    }
     let p = &sc.protocol;
     let mut spec = RunSpec::builtin_with_codec(p.codec);
     spec.name = format!("netsim-live-{}", sc.name);
-    spec.dataset.samples_per_node = samples_per_node.unwrap_or(spec.dataset.samples_per_node);
-    spec.dataset.eval_samples = eval_samples.unwrap_or(spec.dataset.eval_samples);
-    spec.inner.steps = inner_steps.unwrap_or(spec.inner.steps);
     spec.feedback_decay = p.feedback_decay as f64;
-    let default = OuterSpec::for_codec(p.codec);
-    spec.outer.lr = p.outer_lr.map_or(default.lr, f64::from);
-    spec.outer.momentum = p.outer_momentum.map_or(default.momentum, f64::from);
+    // `builtin_with_codec` already holds the codec's outer step.
+    spec.outer.lr = p.outer_lr.map_or(spec.outer.lr, f64::from);
+    spec.outer.momentum = p.outer_momentum.map_or(spec.outer.momentum, f64::from);
     spec.round.deadline_ms = p.deadline_ms;
     spec.round.quorum = p.quorum;
     spec.aggregation = p.aggregation;
-    spec.validate().map_err(|e| SimError::Live(format!("the scenario makes an invalid spec: {e}")))?;
-    Ok(spec)
+    candle_spec(&sc.workload, spec).map_err(SimError::Live)
 }
 
 fn refuse_virtual_only(sc: &Scenario) -> Result<(), SimError> {
-    let defaults = Scenario {
-        name: sc.name.clone(),
-        seed: sc.seed,
-        nodes: sc.nodes,
-        rounds: sc.rounds,
-        mode: sc.mode,
-        workload: sc.workload.clone(),
-        protocol: sc.protocol.clone(),
-        ..toml::from_str("name = \"x\"\nnodes = 1\nrounds = 1\n").expect("a minimal scenario parses")
-    };
-    let mut set = Vec::new();
-    if sc.link != defaults.link {
-        set.push("[link]");
-    }
-    if sc.compute != defaults.compute {
-        set.push("[compute]");
-    }
-    if sc.churn != defaults.churn {
-        set.push("[churn]");
-    }
-    if !sc.events.is_empty() {
-        set.push("[[events]]");
-    }
-    if sc.attack != defaults.attack {
-        set.push("[attack]");
-    }
-    if sc.protocol.group_size != 0 {
-        set.push("protocol.group_size");
-    }
+    let set: Vec<&str> = [
+        ("[link]", sc.link != Link::default()),
+        ("[compute]", sc.compute != Compute::default()),
+        ("[churn]", sc.churn != Churn::default()),
+        ("[[events]]", !sc.events.is_empty()),
+        ("[attack]", sc.attack != Attack::default()),
+        ("protocol.group_size", sc.protocol.group_size != 0),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
     if set.is_empty() {
         Ok(())
     } else {

@@ -13,7 +13,7 @@ pub struct NodeMerge {
     pub deadline: bool,
     /// When the node is among those evaluated.
     pub score: Option<Score>,
-    pub params: Option<Vec<f32>>,
+    pub params: Vec<f32>,
 }
 
 #[derive(Default)]
@@ -101,12 +101,10 @@ impl RoundLedger {
     }
 
     /// Closes every round below `below` (all live nodes are past it); returns rows done.
-    pub fn finalize_ready(&mut self, below: u64, on_row: &mut dyn FnMut(&RoundRow)) -> u64 {
+    pub fn finalize_ready(&mut self, below: u64) -> u64 {
         while self.next < below.min(self.rounds) {
             let acc = self.open.remove(&self.next).unwrap_or_default();
-            let row = row(self.next, acc);
-            on_row(&row);
-            self.rows.push(row);
+            self.rows.push(row(self.next, acc));
             self.next += 1;
         }
         self.next
@@ -114,8 +112,7 @@ impl RoundLedger {
 
     /// Closes whatever is left (the end of the run).
     pub fn finalize_all(&mut self) {
-        let rounds = self.rounds;
-        self.finalize_ready(rounds, &mut |_| {});
+        self.finalize_ready(self.rounds);
     }
 
     pub fn rows(&self) -> &[RoundRow] {
@@ -138,7 +135,7 @@ fn row(round: u64, mut acc: RoundAcc) -> RoundRow {
     let accuracies: Vec<f64> = scores.iter().filter_map(|s| s.accuracy).collect();
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let losses: Vec<f64> = scores.iter().map(|s| s.loss).collect();
-    let params: Vec<&[f32]> = acc.merges.iter().filter_map(|m| m.params.as_deref()).collect();
+    let params: Vec<&[f32]> = acc.merges.iter().map(|m| m.params.as_slice()).collect();
     acc.latencies_us.sort_unstable();
     let pct = |p: f64| {
         if acc.latencies_us.is_empty() {

@@ -58,17 +58,26 @@ pub fn task(scenario: &Scenario) -> Result<Box<dyn Task>, String> {
                 lr: *inner_lr,
             }))
         }
-        Workload::Candle { samples_per_node, eval_samples, inner_steps, .. } => {
-            let mut spec = RunSpec::builtin();
-            spec.dataset.samples_per_node = samples_per_node.unwrap_or(spec.dataset.samples_per_node);
-            spec.dataset.eval_samples = eval_samples.unwrap_or(spec.dataset.eval_samples);
-            spec.inner.steps = inner_steps.unwrap_or(spec.inner.steps);
-            spec.validate().map_err(|e| e.to_string())?;
+        Workload::Candle { .. } => {
+            let spec = candle_spec(&scenario.workload, RunSpec::builtin())?;
             let data = SyntheticTask::new(&spec).map_err(|e| e.to_string())?;
             let eval = data.eval_set();
             Ok(Box::new(Candle { spec, data, eval }))
         }
     }
+}
+
+/// `base` with the candle workload's overrides (shard and eval sizes, inner steps), validated.
+pub fn candle_spec(workload: &Workload, base: RunSpec) -> Result<RunSpec, String> {
+    let Workload::Candle { samples_per_node, eval_samples, inner_steps, .. } = workload else {
+        return Err("the workload is not candle".into());
+    };
+    let mut spec = base;
+    spec.dataset.samples_per_node = samples_per_node.unwrap_or(spec.dataset.samples_per_node);
+    spec.dataset.eval_samples = eval_samples.unwrap_or(spec.dataset.eval_samples);
+    spec.inner.steps = inner_steps.unwrap_or(spec.inner.steps);
+    spec.validate().map_err(|e| format!("the scenario makes an invalid spec: {e}"))?;
+    Ok(spec)
 }
 
 /// Node i minimises ½‖θ − θ*ᵢ‖², θ*ᵢ = θ* + spread·ξᵢ, with noisy gradients.

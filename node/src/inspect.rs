@@ -56,28 +56,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
     }
     let store = Store::open(dir)?;
     let mut problems = Vec::new();
-    let peer_id = match store.existing_identity() {
-        Ok(Some(key)) => Some(net::keypair(&key).public().to_peer_id().to_string()),
-        Ok(None) => {
-            problems.push("no identity key yet (the node has never started)".to_string());
-            None
-        }
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    let spec = match store.spec() {
-        Ok(Some(spec)) => Some(spec),
-        Ok(None) => {
-            problems.push("no run spec stored (start the node once with --spec)".to_string());
-            None
-        }
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
+    let peer_id =
+        present(store.existing_identity(), "no identity key yet (the node has never started)", &mut problems)
+            .map(|key| net::keypair(&key).public().to_peer_id().to_string());
+    let spec = present(store.spec(), "no run spec stored (start the node once with --spec)", &mut problems);
     let checkpoints_kept = store.checkpoint_rounds()?;
     let mut inspection = Inspection {
         datadir: dir.to_path_buf(),
@@ -113,6 +95,22 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
     inspection.healthy = problems.is_empty();
     inspection.problems = problems;
     Ok(inspection)
+}
+
+/// The value of a read that should find something; a missing value or an
+/// error becomes a problem.
+fn present<T>(read: Result<Option<T>, StoreError>, missing: &str, problems: &mut Vec<String>) -> Option<T> {
+    match read {
+        Ok(Some(value)) => Some(value),
+        Ok(None) => {
+            problems.push(missing.to_string());
+            None
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -396,13 +396,9 @@ impl RoundState {
         for d in deltas {
             *counts.entry(d.header.base).or_default() += 1;
         }
-        // BTreeMap order is by hash, so the first maximum has the smallest hash.
-        let (best, &count) =
-            counts.iter().fold(None, |best: Option<(&[u8; 32], &usize)>, (b, c)| match best {
-                Some((_, bc)) if bc >= c => best,
-                _ => Some((b, c)),
-            })?;
-        if *best == own || count == 0 {
+        // Most deltas first; among equals, the smaller hash.
+        let (best, _) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+        if *best == own {
             return None;
         }
         deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
