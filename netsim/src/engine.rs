@@ -12,7 +12,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     rc::Rc,
 };
 
@@ -23,12 +23,14 @@ use starling_protocol::{
     PublicKey, RoundConfig, RoundState, RunId, SignedDelta,
 };
 
+mod adversary;
 mod faults;
 
 use crate::{
+    attack::Junk,
     link::{self, Mesh},
     metrics::{NodeMerge, RoundLedger},
-    scenario::{AttackBehaviour, EventKind, Scenario, Workload},
+    scenario::{EventKind, Scenario, Workload},
     workload::{NodeModel, Task, Trained},
     SimError,
 };
@@ -60,10 +62,25 @@ enum Happening {
 const FORWARD_HOLD: Micros = 25 * MS;
 
 struct Message {
-    delta: SignedDelta,
+    body: Body,
+    /// The round it belongs to (for byte accounting).
+    round: u64,
     id: DeltaId,
     bytes: u64,
     published_at: Micros,
+}
+
+/// What travels the mesh.
+#[allow(clippy::large_enum_variant)] // Shared behind an `Rc`, never moved by value in bulk.
+enum Body {
+    Delta(SignedDelta),
+    /// A flood message from an attacker.
+    Junk(Junk),
+    /// Proof that `offender` signed two deltas for one round: every node that
+    /// sees it bans the key for the run.
+    Proof {
+        offender: PublicKey,
+    },
 }
 
 struct Scheduled {
@@ -117,11 +134,20 @@ struct SimNode {
     downlink_free: Micros,
     /// Deltas seen, with when, for duplicate suppression and IDONTWANT.
     seen: HashMap<DeltaId, (u64, Micros)>,
+    /// The last wake-up scheduled for the round state machine (virtual µs).
+    wake: Option<Micros>,
+    /// Keys proven to equivocate: their deltas are refused and never merged.
+    banned: HashSet<PublicKey>,
+    /// A replaying attacker's own past deltas (round, values).
+    own_history: VecDeque<(u64, Vec<f32>)>,
+    /// Deltas a replaying attacker received, to replay later.
+    heard: VecDeque<SignedDelta>,
 }
 
 /// A training job: inputs fixed when it starts, so its result does not depend
 /// on when or on which thread it runs.
 struct Job {
+    node: usize,
     epoch: u64,
     round: u64,
     lineage: [u8; 32],
@@ -159,7 +185,8 @@ pub(crate) struct Engine<'a> {
     now: Micros,
     nodes: Vec<SimNode>,
     mesh: Mesh,
-    verdicts: HashMap<DeltaId, bool>,
+    /// Validation results by delta id: `None` when valid, else the refusal label.
+    verdicts: HashMap<DeltaId, Option<&'static str>>,
     jobs: Vec<Job>,
     pending_jobs: Vec<usize>,
     free_jobs: Vec<usize>,
@@ -174,6 +201,10 @@ pub(crate) struct Engine<'a> {
     index: HashMap<PublicKey, usize>,
     /// How many running nodes are at each round (the slowest one closes rows).
     live_rounds: std::collections::BTreeMap<u64, usize>,
+    /// Attackers among the initial nodes.
+    attackers: usize,
+    /// Honest deltas of the latest round, for omniscient attacks.
+    honest_deltas: (u64, Vec<Vec<f32>>),
 }
 
 /// Runs a scenario in virtual time; `progress(done, total)` after each finished round.
@@ -220,7 +251,7 @@ impl<'a> Engine<'a> {
                 quorum: sc.protocol.quorum,
             })
         };
-        let attackers = (sc.nodes as f64 * sc.attack.fraction).round() as usize;
+        let attackers = sc.attack.attackers(sc.nodes);
         let stragglers = (sc.nodes as f64 * sc.compute.straggler_fraction).round() as usize;
         // Stragglers are a seeded random subset of the nodes.
         let mut order: Vec<usize> = (0..sc.nodes).collect();
@@ -262,6 +293,8 @@ impl<'a> Engine<'a> {
             groups: HashMap::new(),
             index: HashMap::new(),
             live_rounds: std::collections::BTreeMap::new(),
+            attackers,
+            honest_deltas: (0, Vec::new()),
         };
         engine.events.sort_by_key(|e| e.0);
         for (i, &slow) in slow.iter().enumerate() {
@@ -269,7 +302,7 @@ impl<'a> Engine<'a> {
             engine.add_node(initial.clone(), speed, i >= sc.nodes - attackers)?;
         }
         engine.mesh = link::mesh(sc.nodes, sc.link.mesh_degree, &mut engine.rng);
-        engine.eval_nodes = eval_sample(sc, task, sc.nodes);
+        engine.eval_nodes = eval_sample(sc, task, sc.nodes - attackers);
         if !engine.grouped {
             let keys: Vec<PublicKey> = engine.nodes.iter().map(|n| n.public).collect();
             for n in &mut engine.nodes {
@@ -285,7 +318,8 @@ impl<'a> Engine<'a> {
         let index = self.nodes.len();
         let key = starling_node::local_swarm::node_key(self.sc.seed, index);
         let public = PublicKey::of(&key);
-        let model = self.task.node_model(index, &public).map_err(SimError::Workload)?;
+        let poisoned = attacker && self.sc.attack.behaviour == crate::attack::AttackBehaviour::LabelFlip;
+        let model = self.task.node_model(index, &public, poisoned).map_err(SimError::Workload)?;
         self.index.insert(public, index);
         self.groups.clear();
         self.nodes.push(SimNode {
@@ -304,6 +338,10 @@ impl<'a> Engine<'a> {
             uplink_free: 0,
             downlink_free: 0,
             seen: HashMap::new(),
+            wake: None,
+            banned: HashSet::new(),
+            own_history: VecDeque::new(),
+            heard: VecDeque::new(),
         });
         self.track(index);
         Ok(index)
@@ -387,6 +425,7 @@ impl<'a> Engine<'a> {
         }
         let Some(model) = n.model.take() else { return };
         let job = Job {
+            node,
             epoch: n.epoch,
             round: n.state.round,
             lineage: n.state.lineage,
@@ -458,20 +497,21 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         let payload = if self.grouped {
-            // Grouped rounds average models: see `merge`.
-            let mut model = trained.params;
-            if n.attacker {
-                tamper(self.sc.attack.behaviour, &mut model);
-            }
-            self.codec.encode(&model)
+            // Grouped rounds average models: see `merge`. (Attacks are refused
+            // with groups.)
+            self.codec.encode(&trained.params)
         } else {
             let mut delta: Vec<f32> =
                 n.state.params.iter().zip(&trained.params).map(|(a, b)| a - b).collect();
             if n.attacker {
-                tamper(self.sc.attack.behaviour, &mut delta);
+                self.tamper(node, round, &mut delta);
+            } else if self.sc.attack.behaviour.omniscient() {
+                self.note_honest(round, &delta);
             }
+            let n = &mut self.nodes[node];
             self.codec.encode_with_feedback(&delta, &mut n.residual, self.sc.protocol.feedback_decay)
         };
+        let n = &mut self.nodes[node];
         let signed = SignedDelta::sign(
             &n.key,
             self.run,
@@ -486,6 +526,14 @@ impl<'a> Engine<'a> {
     }
 
     fn apply(&mut self, node: usize, actions: Vec<Action>) -> Result<(), SimError> {
+        // A round that reached quorum closes after its settle time: wake then.
+        if let Some(at) = self.nodes[node].rounds.wake_at() {
+            let at = at * MS;
+            if at > self.now && self.nodes[node].wake != Some(at) {
+                self.nodes[node].wake = Some(at);
+                self.schedule(at, Happening::Deadline { node });
+            }
+        }
         for action in actions {
             match action {
                 Action::Publish(delta) => self.publish(node, delta),
@@ -502,13 +550,16 @@ impl<'a> Engine<'a> {
         let id = delta.id();
         let round = delta.header.round;
         let bytes = delta.to_bytes().len() as u64;
-        let message = Rc::new(Message { delta, id, bytes, published_at: self.now });
+        let message = Rc::new(Message { body: Body::Delta(delta), round, id, bytes, published_at: self.now });
         self.nodes[node].seen.insert(id, (round, self.now));
         let owed = self.audience(node).into_iter().filter(|&p| self.up(p)).count();
         self.ledger.published(round, owed);
         let deadline = self.now + (self.config.deadline_ms + 1) * MS;
         self.schedule(deadline, Happening::Deadline { node });
         let targets: Vec<usize> = self.first_hops(node);
+        if self.nodes[node].attacker {
+            return self.attack_send(node, message, targets);
+        }
         for to in targets {
             self.send(node, to, message.clone());
         }
@@ -537,7 +588,7 @@ impl<'a> Engine<'a> {
         if !self.up(to) || self.nodes[from].side != self.nodes[to].side {
             return;
         }
-        let round = message.delta.header.round;
+        let round = message.round;
         self.ledger.sent(round, message.bytes);
         let tx = link::transfer_time(message.bytes, self.sc.link.uplink_mbps);
         let start = self.now.max(self.nodes[from].uplink_free);
@@ -554,27 +605,62 @@ impl<'a> Engine<'a> {
         if !self.up(to) {
             return Ok(());
         }
-        let round = message.delta.header.round;
+        let round = message.round;
         self.ledger.received(round, message.bytes);
         if self.nodes[to].seen.contains_key(&message.id) {
             return Ok(());
         }
         self.nodes[to].seen.insert(message.id, (round, self.now));
-        self.ledger.first_delivery(round, self.now - message.published_at);
+        let delta = match &message.body {
+            Body::Delta(delta) => {
+                self.ledger.first_delivery(round, self.now - message.published_at);
+                delta
+            }
+            Body::Junk(junk) => {
+                self.ledger.refused(junk.reason());
+                return Ok(());
+            }
+            Body::Proof { offender } => {
+                let offender = *offender;
+                return self.on_proof(to, from, offender, message);
+            }
+        };
         let (run, codec, params) = (self.run, self.codec, self.params);
-        let valid = *self
+        let verdict = *self
             .verdicts
             .entry(message.id)
-            .or_insert_with(|| message.delta.validate(run, codec, params).is_ok());
-        if !valid {
-            self.ledger.refused();
+            .or_insert_with(|| delta.validate(run, codec, params).err().map(|r| r.label()));
+        if let Some(reason) = verdict {
+            self.ledger.refused(reason);
             return Ok(());
+        }
+        if self.nodes[to].banned.contains(&delta.header.sender) {
+            self.ledger.refused("banned");
+            return Ok(());
+        }
+        if self.nodes[to].attacker && self.sc.attack.behaviour == crate::attack::AttackBehaviour::Replay {
+            self.nodes[to].heard.push_back(delta.clone());
         }
         let n = &mut self.nodes[to];
-        if n.rounds.admit(&message.delta.header) != Admission::Accept {
-            return Ok(());
+        match n.rounds.admit(&delta.header) {
+            Admission::Accept => {}
+            Admission::Duplicate => return Ok(()),
+            Admission::Stale => {
+                self.ledger.refused("stale");
+                return Ok(());
+            }
+            Admission::Full => {
+                self.ledger.refused("full");
+                return Ok(());
+            }
+            Admission::Equivocation => {
+                self.ledger.refused("equivocation");
+                let offender = delta.header.sender;
+                self.ban(to, offender, round);
+                return Ok(());
+            }
         }
-        let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(message.delta.clone()));
+        let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
         if !self.grouped {
             self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
         }
@@ -609,12 +695,28 @@ impl<'a> Engine<'a> {
         deltas: Vec<SignedDelta>,
         reason: CloseReason,
     ) -> Result<(), SimError> {
+        let mut deltas = deltas;
+        let banned = &self.nodes[node].banned;
+        if !banned.is_empty() {
+            // A key proven to equivocate loses the delta it got in before the proof.
+            deltas.retain(|d| !banned.contains(&d.header.sender));
+        }
         let merged = deltas.len();
-        self.sc
-            .protocol
-            .aggregation
-            .aggregate_deltas_into(&deltas, self.codec, &mut self.merge_buffer)
-            .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
+        if !self.nodes[node].attacker && self.sc.attack.behaviour.protocol_attack() {
+            let from_attackers = deltas
+                .iter()
+                .filter(|d| self.index_of(&d.header.sender).is_some_and(|i| self.nodes[i].attacker));
+            self.ledger.attack_deltas_merged += from_attackers.count() as u64;
+        }
+        if deltas.is_empty() {
+            self.merge_buffer.fill(0.0);
+        } else {
+            self.sc
+                .protocol
+                .aggregation
+                .aggregate_deltas_into(&deltas, self.codec, &mut self.merge_buffer)
+                .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
+        }
         self.untrack(node);
         let n = &mut self.nodes[node];
         if self.grouped {
@@ -641,7 +743,14 @@ impl<'a> Engine<'a> {
         let params = n.state.params.clone();
         self.ledger.merged(
             round,
-            NodeMerge { node, merged, deadline: reason == CloseReason::Deadline, score, params },
+            NodeMerge {
+                node,
+                merged,
+                deadline: reason == CloseReason::Deadline,
+                score,
+                params,
+                honest: !self.nodes[node].attacker,
+            },
         );
         if round + 1 > self.leading_round {
             self.leading_round = round + 1;
@@ -768,12 +877,4 @@ fn eval_sample(sc: &Scenario, task: &dyn Task, nodes: usize) -> Vec<bool> {
         v[j * nodes / want] = true;
     }
     v
-}
-
-/// The attack hook: what an attacker does to the delta it honestly trained.
-fn tamper(behaviour: AttackBehaviour, delta: &mut [f32]) {
-    match behaviour {
-        AttackBehaviour::None => {}
-        AttackBehaviour::SignFlip => delta.iter_mut().for_each(|v| *v = -*v),
-    }
 }

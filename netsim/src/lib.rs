@@ -11,9 +11,11 @@
 //! the run is reported as `summary.json`, `rounds.csv` and SVG plots
 //! ([`report`]).
 
+pub mod attack;
 pub mod engine;
 pub mod link;
 pub mod live;
+pub mod matrix;
 pub mod metrics;
 pub mod plot;
 pub mod report;
@@ -36,6 +38,8 @@ pub enum SimError {
     Merge { node: usize, round: u64, reason: String },
     #[error("live mode: {0}")]
     Live(String),
+    #[error("report: {0}")]
+    Report(String),
 }
 
 /// A finished run: its summary, rows and event markers (round, label).
@@ -61,7 +65,10 @@ pub fn run(
             let rows = outcome.ledger.rows().to_vec();
             let mut summary = summarize(scenario, &rows, outcome.params);
             summary.delivered_fraction = outcome.ledger.delivered_fraction();
-            summary.refused_deltas = outcome.ledger.refused;
+            summary.refused_deltas = outcome.ledger.refused.clone();
+            if scenario.attack.attackers(scenario.nodes) > 0 && scenario.attack.behaviour.protocol_attack() {
+                summary.attack_deltas_merged = Some(outcome.ledger.attack_deltas_merged);
+            }
             summary.messages_delivered = outcome.ledger.messages_delivered;
             summary.messages_lost = outcome.ledger.messages_lost;
             summary.virtual_seconds = outcome.virtual_ms as f64 / 1000.0;
@@ -103,6 +110,13 @@ pub fn summarize(scenario: &Scenario, rows: &[RoundRow], params: usize) -> Summa
         bytes_received_per_node_per_round: mean(|r| r.bytes_received_per_node),
         deadline_closes: rows.iter().map(|r| r.deadline_closes).sum(),
         state_syncs: rows.iter().map(|r| r.state_syncs).sum(),
+        honest_mean_accuracy: (scenario.attack.attackers(scenario.nodes) > 0)
+            .then_some(last.mean_accuracy)
+            .flatten(),
+        attackers: (scenario.attack.attackers(scenario.nodes) > 0)
+            .then(|| scenario.attack.attackers(scenario.nodes)),
+        attack: (scenario.attack.attackers(scenario.nodes) > 0).then(|| scenario.attack.behaviour.name()),
+        aggregation: Some(scenario.protocol.aggregation.to_string()),
         ..Summary::default()
     }
 }

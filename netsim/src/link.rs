@@ -39,7 +39,7 @@ pub fn sample_latency(latency: &Latency, rng: &mut Xoshiro256PlusPlus) -> u64 {
 }
 
 /// Box–Muller.
-fn standard_normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
+pub(crate) fn standard_normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
     let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
     let u2: f64 = rng.random_range(0.0..1.0);
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()

@@ -5,7 +5,8 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use starling_netsim::{report, Scenario};
+use starling_netsim::{attack::AttackBehaviour, matrix, report, Scenario};
+use starling_protocol::AggregationRule;
 
 #[derive(Parser)]
 #[command(name = "starling-netsim", version, about = "Simulates Starling swarms from scenario files")]
@@ -33,6 +34,33 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Runs the attack scenarios under every aggregation rule and attacker
+    /// fraction, and writes a table of the honest nodes' final accuracy and
+    /// consensus distance next to each rule's no-attack run (attacks.md, .csv, .json).
+    Attacks {
+        /// Attack scenarios; the first also gives the no-attack run.
+        #[arg(default_values = default_attack_scenarios())]
+        scenarios: Vec<PathBuf>,
+        /// Directory for the report (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Aggregation rules to compare.
+        #[arg(long, value_delimiter = ',', default_values_t = AggregationRule::examples())]
+        rules: Vec<AggregationRule>,
+        /// Attacker fractions of the swarm.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.1, 0.25, 0.4])]
+        fractions: Vec<f64>,
+        /// Override the scenarios' rounds (fewer rounds, a quicker table).
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
+}
+
+fn default_attack_scenarios() -> Vec<&'static str> {
+    AttackBehaviour::ALL
+        .iter()
+        .map(|a| &*Box::leak(format!("netsim/scenarios/attack-{}.toml", a.name()).into_boxed_str()))
+        .collect()
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,7 +74,53 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let Command::Run { scenario, out, seed, no_host_figures, quiet } = cli.command;
+    match cli.command {
+        Command::Run { scenario, out, seed, no_host_figures, quiet } => {
+            run_one(scenario, out, seed, no_host_figures, quiet)
+        }
+        Command::Attacks { scenarios, out, rules, fractions, rounds } => {
+            attack_table(scenarios, out, rules, fractions, rounds)
+        }
+    }
+}
+
+fn attack_table(
+    paths: Vec<PathBuf>,
+    out: PathBuf,
+    rules: Vec<AggregationRule>,
+    fractions: Vec<f64>,
+    rounds: Option<u64>,
+) -> Result<()> {
+    let mut scenarios = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let mut sc = Scenario::load(path)?;
+        sc.rounds = rounds.unwrap_or(sc.rounds);
+        scenarios.push(sc);
+    }
+    let rows = matrix::run(&scenarios, &rules, &fractions, &mut |row, done, total| {
+        eprintln!(
+            "[{done}/{total}] {} vs {} at {:.0}%: honest {}, consensus distance {:.1e}",
+            row.rule,
+            row.attack,
+            row.fraction * 100.0,
+            row.honest_accuracy
+                .map_or(format!("loss {:.3e}", row.honest_loss), |a| format!("accuracy {:.2}%", a * 100.0)),
+            row.consensus_distance
+        );
+    })?;
+    matrix::write(&out, &rows)?;
+    print!("{}", matrix::markdown(&rows));
+    println!("report in {}", out.display());
+    Ok(())
+}
+
+fn run_one(
+    scenario: PathBuf,
+    out: PathBuf,
+    seed: Option<u64>,
+    no_host_figures: bool,
+    quiet: bool,
+) -> Result<()> {
     let mut sc = Scenario::load(&scenario)?;
     if let Some(seed) = seed {
         sc.seed = seed;

@@ -14,6 +14,9 @@ pub struct NodeMerge {
     /// When the node is among those evaluated.
     pub score: Option<Score>,
     pub params: Vec<f32>,
+    /// Attackers' merges are left out of accuracy, loss and consensus: the
+    /// figures are the honest nodes'.
+    pub honest: bool,
 }
 
 #[derive(Default)]
@@ -34,7 +37,11 @@ pub struct RoundLedger {
     open: BTreeMap<u64, RoundAcc>,
     rows: Vec<RoundRow>,
     next: u64,
-    pub refused: u64,
+    /// Messages refused, by reason (validation labels, `stale`,
+    /// `equivocation`, `banned`, `full`, `oversized`, `malformed`).
+    pub refused: BTreeMap<String, u64>,
+    /// Deltas signed by forging or equivocating attackers that honest nodes merged.
+    pub attack_deltas_merged: u64,
     pub messages_delivered: u64,
     pub messages_lost: u64,
     owed: u64,
@@ -82,8 +89,8 @@ impl RoundLedger {
         }
     }
 
-    pub fn refused(&mut self) {
-        self.refused += 1;
+    pub fn refused(&mut self, reason: &str) {
+        *self.refused.entry(reason.to_string()).or_default() += 1;
     }
 
     pub fn sync(&mut self, round: u64, bytes: u64) {
@@ -131,11 +138,12 @@ impl RoundLedger {
 
 fn row(round: u64, mut acc: RoundAcc) -> RoundRow {
     let active = acc.merges.len();
-    let scores: Vec<Score> = acc.merges.iter().filter_map(|m| m.score).collect();
+    let honest: Vec<&NodeMerge> = acc.merges.iter().filter(|m| m.honest).collect();
+    let scores: Vec<Score> = honest.iter().filter_map(|m| m.score).collect();
     let accuracies: Vec<f64> = scores.iter().filter_map(|s| s.accuracy).collect();
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let losses: Vec<f64> = scores.iter().map(|s| s.loss).collect();
-    let params: Vec<&[f32]> = acc.merges.iter().map(|m| m.params.as_slice()).collect();
+    let params: Vec<&[f32]> = honest.iter().map(|m| m.params.as_slice()).collect();
     acc.latencies_us.sort_unstable();
     let pct = |p: f64| {
         if acc.latencies_us.is_empty() {

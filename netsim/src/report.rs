@@ -59,7 +59,23 @@ pub struct Summary {
     pub bytes_received_per_node_per_round: f64,
     pub deadline_closes: usize,
     pub state_syncs: usize,
-    pub refused_deltas: u64,
+    /// Messages refused by reason, over all nodes.
+    pub refused_deltas: std::collections::BTreeMap<String, u64>,
+    /// With attackers: the honest nodes' final mean accuracy (the row figures
+    /// are always over honest nodes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub honest_mean_accuracy: Option<f64>,
+    /// With attackers: attackers among the initial nodes, and the attack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attackers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<String>,
+    /// With forging or equivocating attackers: deltas signed by them that
+    /// honest nodes merged (the protocol's target is zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack_deltas_merged: Option<u64>,
     pub messages_delivered: u64,
     pub messages_lost: u64,
     /// Simulated time at the end (virtual mode), or wall time (live mode).

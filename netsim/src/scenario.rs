@@ -13,6 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use starling_protocol::{spec::OuterSpec, AggregationRule, Codec};
 
+pub use crate::attack::{Attack, AttackBehaviour};
+
 /// A whole scenario.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,7 +171,7 @@ impl Default for ProtocolSettings {
             deadline_ms: default_deadline(),
             quorum: default_quorum(),
             group_size: 0,
-            aggregation: AggregationRule::WeightedMean,
+            aggregation: AggregationRule::default(),
         }
     }
 }
@@ -317,28 +319,6 @@ pub enum EventKind {
     Join { count: usize },
 }
 
-/// The hook for misbehaving nodes (the behaviours come with the robustness work).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Attack {
-    /// Fraction of the initial nodes that are attackers (the highest indices).
-    #[serde(default)]
-    pub fraction: f64,
-    #[serde(default)]
-    pub behaviour: AttackBehaviour,
-}
-
-/// What an attacker does to the delta it would honestly publish.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttackBehaviour {
-    /// Nothing: attackers behave (a baseline for attack runs).
-    #[default]
-    None,
-    /// Publishes the negated delta.
-    SignFlip,
-}
-
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -401,6 +381,22 @@ impl Scenario {
         }
         if !(0.0..1.0).contains(&self.attack.fraction) {
             return bad("attack.fraction", "must be in [0, 1)");
+        }
+        if self.attack.replay_age < 4 {
+            return bad(
+                "attack.replay_age",
+                "must be at least 4 (younger replays are plain gossip duplicates)",
+            );
+        }
+        if !(self.attack.scale.is_finite() && self.attack.noise >= 0.0 && self.attack.ipm_epsilon.is_finite())
+        {
+            return bad("attack", "scale and ipm_epsilon must be finite and noise at least 0");
+        }
+        if self.protocol.group_size >= 2 && self.attack.behaviour != AttackBehaviour::None {
+            return bad(
+                "attack.behaviour",
+                "attacks are simulated for all-to-all rounds; set protocol.group_size = 0",
+            );
         }
         if !(self.protocol.quorum > 0.0 && self.protocol.quorum <= 1.0) {
             return bad("protocol.quorum", "must be in (0, 1]");

@@ -36,8 +36,10 @@ pub trait NodeModel: Send {
 /// The workload shared by every node.
 pub trait Task: Sync {
     fn initial_params(&self) -> Vec<f32>;
-    /// The trainer of node `index` with identity `key` (its shard follows from them).
-    fn node_model(&self, index: usize, key: &PublicKey) -> Result<Box<dyn NodeModel>, String>;
+    /// The trainer of node `index` with identity `key` (its shard follows from
+    /// them); a `poisoned` node trains on flipped labels (a label-flipping attacker).
+    fn node_model(&self, index: usize, key: &PublicKey, poisoned: bool)
+        -> Result<Box<dyn NodeModel>, String>;
     fn evaluate(&self, params: &[f32]) -> Result<Score, String>;
     /// Whether every node can be evaluated each round (cheap), or only a sample.
     fn cheap_to_evaluate(&self) -> bool;
@@ -103,10 +105,18 @@ impl Task for Quadratic {
         vec![0.0; self.optimum.len()]
     }
 
-    fn node_model(&self, index: usize, _key: &PublicKey) -> Result<Box<dyn NodeModel>, String> {
+    fn node_model(
+        &self,
+        index: usize,
+        _key: &PublicKey,
+        poisoned: bool,
+    ) -> Result<Box<dyn NodeModel>, String> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed.wrapping_mul(1_000_003) ^ index as u64);
         // Mean-zero offsets (a symmetric ±1 draw), so the swarm's optimum is θ*.
-        let optimum = self.optimum.iter().map(|o| o + self.spread * rng.random_range(-1.0f32..1.0)).collect();
+        // Poisoned data points the other way.
+        let sign = if poisoned { -1.0 } else { 1.0 };
+        let optimum =
+            self.optimum.iter().map(|o| sign * (o + self.spread * rng.random_range(-1.0f32..1.0))).collect();
         Ok(Box::new(QuadraticNode { optimum, noise: self.noise, steps: self.steps, lr: self.lr, rng }))
     }
 
@@ -157,9 +167,18 @@ impl Task for Candle {
     }
 
     /// The same shard as node `key` of `starling swarm` trains on.
-    fn node_model(&self, _index: usize, key: &PublicKey) -> Result<Box<dyn NodeModel>, String> {
+    fn node_model(
+        &self,
+        _index: usize,
+        key: &PublicKey,
+        poisoned: bool,
+    ) -> Result<Box<dyn NodeModel>, String> {
         let shard_seed = shard_seed(key);
-        let shard = self.data.shard(shard_seed, self.spec.dataset.samples_per_node);
+        let mut shard = self.data.shard(shard_seed, self.spec.dataset.samples_per_node);
+        if poisoned {
+            let classes = shard.classes as u32;
+            shard.labels.iter_mut().for_each(|l| *l = classes - 1 - *l);
+        }
         let trainer = Trainer::new(&self.spec, shard, shard_seed).map_err(|e| e.to_string())?;
         Ok(Box::new(CandleNode { trainer, steps: self.spec.inner.steps }))
     }

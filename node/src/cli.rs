@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
-use starling_protocol::{Codec, RunSpec};
+use starling_protocol::{AggregationRule, Codec, RunSpec};
 use tokio::sync::watch;
 
 use crate::{
@@ -159,6 +159,10 @@ pub struct SwarmArgs {
     /// codec (`OuterSpec::for_codec`); a --spec file keeps its own.
     #[arg(long)]
     pub codec: Option<Codec>,
+    /// Overrides the spec's aggregation rule: weighted-mean, median,
+    /// trimmed-mean[:TRIM], centered-clip[:RADIUS] or geometric-median.
+    #[arg(long)]
+    pub aggregation: Option<AggregationRule>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +175,9 @@ pub enum SpecCommand {
         /// Delta codec; the outer step is set to the one that suits it.
         #[arg(long, default_value = "dense")]
         codec: Codec,
+        /// Aggregation rule (the default is centered clipping).
+        #[arg(long)]
+        aggregation: Option<AggregationRule>,
     },
     /// Print the run id of a spec.
     Hash {
@@ -231,8 +238,10 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Spec(SpecCommand::New { out, codec }) => {
-            let text = RunSpec::builtin_with_codec(codec).to_toml();
+        Command::Spec(SpecCommand::New { out, codec, aggregation }) => {
+            let mut spec = RunSpec::builtin_with_codec(codec);
+            spec.aggregation = aggregation.unwrap_or(spec.aggregation);
+            let text = spec.to_toml();
             match out {
                 Some(path) => {
                     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?
@@ -319,6 +328,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         (None, Some(codec)) => RunSpec::builtin_with_codec(codec),
         (None, None) => RunSpec::builtin(),
     };
+    let spec = RunSpec { aggregation: args.aggregation.unwrap_or(spec.aggregation), ..spec };
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }

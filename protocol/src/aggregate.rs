@@ -1,7 +1,14 @@
 //! Aggregation rules: how a round's deltas become one pseudo-gradient.
 //!
 //! Inputs are summed in a canonical order (sorted by sender key), so two nodes
-//! that merge the same set of deltas produce bit-identical results.
+//! that merge the same set of deltas produce bit-identical results. The
+//! weighted mean decodes payloads straight into its output; the robust rules
+//! (see [`robust`]) decode every delta first, since they compare them.
+
+pub mod robust;
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,13 +16,119 @@ use crate::codec::{Codec, CodecError};
 use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 
-/// How a round's deltas are combined, named in the RunSpec.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a round's deltas are combined, named in the RunSpec as a string:
+/// `weighted-mean`, `median`, `trimmed-mean[:TRIM]`, `centered-clip[:RADIUS]`
+/// or `geometric-median`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum AggregationRule {
-    /// Mean of the deltas weighted by their sample counts.
-    #[default]
+    /// Mean of the deltas weighted by their sample counts. Not robust: one
+    /// sender can move it anywhere.
     WeightedMean,
+    /// Coordinate-wise median.
+    Median,
+    /// Coordinate-wise mean after cutting the `trim` fraction (in [0, 0.5)) of
+    /// lowest and highest values.
+    TrimmedMean { trim: f32 },
+    /// Centered clipping from the coordinate-wise median, with radius `radius` ×
+    /// the median distance of the inputs to it (see [`robust::centered_clip`]).
+    CenteredClip { radius: f32 },
+    /// Geometric median by smoothed Weiszfeld iterations.
+    GeometricMedian,
+}
+
+impl Default for AggregationRule {
+    /// Centered clipping with the radius at the median distance: it costs next
+    /// to nothing without attackers and bounds what any minority can do.
+    fn default() -> Self {
+        AggregationRule::CenteredClip { radius: 1.0 }
+    }
+}
+
+/// Trim fraction of `trimmed-mean` when none is given.
+const DEFAULT_TRIM: f32 = 0.2;
+
+impl AggregationRule {
+    /// One of each rule, with default parameters (for tables and tests).
+    pub fn examples() -> Vec<AggregationRule> {
+        vec![
+            AggregationRule::WeightedMean,
+            AggregationRule::Median,
+            AggregationRule::TrimmedMean { trim: DEFAULT_TRIM },
+            AggregationRule::CenteredClip { radius: 1.0 },
+            AggregationRule::GeometricMedian,
+        ]
+    }
+
+    /// Whether the rule bounds what a minority of senders can do.
+    pub fn is_robust(self) -> bool {
+        self != AggregationRule::WeightedMean
+    }
+}
+
+impl fmt::Display for AggregationRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AggregationRule::WeightedMean => f.write_str("weighted-mean"),
+            AggregationRule::Median => f.write_str("median"),
+            AggregationRule::TrimmedMean { trim } => write!(f, "trimmed-mean:{trim}"),
+            AggregationRule::CenteredClip { radius } => write!(f, "centered-clip:{radius}"),
+            AggregationRule::GeometricMedian => f.write_str("geometric-median"),
+        }
+    }
+}
+
+/// An aggregation rule name that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "unknown aggregation rule `{0}`: expected weighted-mean, median, trimmed-mean[:TRIM] (TRIM in [0, 0.5)), \
+     centered-clip[:RADIUS] (RADIUS > 0) or geometric-median"
+)]
+pub struct UnknownRule(pub String);
+
+impl FromStr for AggregationRule {
+    type Err = UnknownRule;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownRule(s.to_string());
+        let (name, arg) = match s.split_once(':') {
+            Some((name, arg)) => (name, Some(arg.parse::<f32>().map_err(|_| unknown())?)),
+            None => (s, None),
+        };
+        let rule = match (name, arg) {
+            ("weighted-mean" | "mean", None) => AggregationRule::WeightedMean,
+            ("median", None) => AggregationRule::Median,
+            ("geometric-median", None) => AggregationRule::GeometricMedian,
+            ("trimmed-mean", trim) => {
+                let trim = trim.unwrap_or(DEFAULT_TRIM);
+                if !(0.0..0.5).contains(&trim) {
+                    return Err(unknown());
+                }
+                AggregationRule::TrimmedMean { trim }
+            }
+            ("centered-clip", radius) => {
+                let radius = radius.unwrap_or(1.0);
+                if !(radius > 0.0 && radius.is_finite()) {
+                    return Err(unknown());
+                }
+                AggregationRule::CenteredClip { radius }
+            }
+            _ => return Err(unknown()),
+        };
+        Ok(rule)
+    }
+}
+
+impl TryFrom<String> for AggregationRule {
+    type Error = UnknownRule;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<AggregationRule> for String {
+    fn from(rule: AggregationRule) -> String {
+        rule.to_string()
+    }
 }
 
 /// One decoded delta as input to aggregation.
@@ -77,17 +190,37 @@ impl AggregationRule {
             }
         }
         out.fill(0.0);
-        match self {
-            AggregationRule::WeightedMean => {
-                let total: f64 = sorted.iter().map(|d| d.header.samples as f64).sum();
-                for d in sorted {
-                    let weight = (d.header.samples as f64 / total) as f32;
-                    codec.accumulate(&d.payload, params, weight, out).map_err(|source| {
-                        AggregateError::Payload { sender: d.header.sender.short(), source }
-                    })?;
-                }
-                Ok(())
+        if self == AggregationRule::WeightedMean {
+            let total: f64 = sorted.iter().map(|d| d.header.samples as f64).sum();
+            for d in sorted {
+                let weight = (d.header.samples as f64 / total) as f32;
+                codec
+                    .accumulate(&d.payload, params, weight, out)
+                    .map_err(|source| AggregateError::Payload { sender: d.header.sender.short(), source })?;
             }
+            return Ok(());
+        }
+        let inputs = sorted
+            .iter()
+            .map(|d| {
+                let values = codec
+                    .decode(&d.payload, params)
+                    .map_err(|source| AggregateError::Payload { sender: d.header.sender.short(), source })?;
+                Ok(Contribution { sender: d.header.sender, samples: d.header.samples, values })
+            })
+            .collect::<Result<Vec<_>, AggregateError>>()?;
+        self.apply(&inputs, out);
+        Ok(())
+    }
+
+    /// Runs the rule over validated inputs sorted by sender.
+    fn apply(self, inputs: &[Contribution], out: &mut [f32]) {
+        match self {
+            AggregationRule::WeightedMean => out.copy_from_slice(&weighted_mean(inputs, out.len())),
+            AggregationRule::Median => robust::median(inputs, out),
+            AggregationRule::TrimmedMean { trim } => robust::trimmed_mean(inputs, trim, out),
+            AggregationRule::CenteredClip { radius } => robust::centered_clip(inputs, radius, out),
+            AggregationRule::GeometricMedian => robust::geometric_median(inputs, out),
         }
     }
 
@@ -111,9 +244,9 @@ impl AggregationRule {
                 });
             }
         }
-        match self {
-            AggregationRule::WeightedMean => Ok(weighted_mean(inputs, params)),
-        }
+        let mut out = vec![0.0f32; params];
+        self.apply(inputs, &mut out);
+        Ok(out)
     }
 }
 
@@ -193,6 +326,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rule_names_round_trip_and_bad_ones_are_refused() {
+        for rule in AggregationRule::examples() {
+            assert_eq!(rule.to_string().parse::<AggregationRule>(), Ok(rule));
+        }
+        assert_eq!("mean".parse(), Ok(AggregationRule::WeightedMean));
+        assert_eq!("trimmed-mean:0.1".parse(), Ok(AggregationRule::TrimmedMean { trim: 0.1 }));
+        for bad in ["krum", "trimmed-mean:0.5", "centered-clip:0", "centered-clip:x", "median:1"] {
+            let err = bad.parse::<AggregationRule>().unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains("centered-clip"), "{err}");
+        }
+    }
+
+    #[test]
+    fn robust_rules_aggregate_payloads_like_decoded_values() {
+        use crate::spec::RunId;
+        use ed25519_dalek::SigningKey;
+        let rows =
+            [vec![1.0f32, -2.0, 0.5], vec![0.0, 4.0, -1.0], vec![2.0, 2.0, 2.0], vec![90.0, -90.0, 9.0]];
+        let codec = Codec::Dense;
+        let deltas: Vec<SignedDelta> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
+                SignedDelta::sign(&key, RunId([0; 32]), 0, [0; 32], 10, codec, codec.encode(v))
+            })
+            .collect();
+        for rule in AggregationRule::examples() {
+            let fused = rule.aggregate_deltas(&deltas, codec, 3).unwrap();
+            let mut inputs: Vec<Contribution> = deltas
+                .iter()
+                .map(|d| Contribution {
+                    sender: d.header.sender,
+                    samples: 10,
+                    values: codec.decode(&d.payload, 3).unwrap(),
+                })
+                .collect();
+            assert_eq!(fused, rule.aggregate(&mut inputs, 3).unwrap(), "{rule}");
+        }
+    }
+
     proptest! {
         #[test]
         fn result_does_not_depend_on_arrival_order(
@@ -207,9 +382,11 @@ mod tests {
                 let j = (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64) % (i as u64 + 1)) as usize;
                 b.swap(i, j);
             }
-            let x = AggregationRule::WeightedMean.aggregate(&mut a, 8).unwrap();
-            let y = AggregationRule::WeightedMean.aggregate(&mut b, 8).unwrap();
-            prop_assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            for rule in AggregationRule::examples() {
+                let x = rule.aggregate(&mut a, 8).unwrap();
+                let y = rule.aggregate(&mut b, 8).unwrap();
+                prop_assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            }
         }
 
         #[test]

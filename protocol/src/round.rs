@@ -55,6 +55,10 @@ pub struct RoundConfig {
     pub sync_lag_rounds: u64,
     /// Least time between two state requests.
     pub sync_retry_ms: u64,
+    /// After quorum, how long to keep listening before closing, so that a
+    /// second delta one key signed for the round (equivocation), which gossip
+    /// brings a hop or two behind the first, surfaces before anything is merged.
+    pub settle_ms: u64,
 }
 
 impl RoundConfig {
@@ -68,6 +72,9 @@ impl RoundConfig {
             activity_rounds: 2,
             sync_lag_rounds: 2,
             sync_retry_ms: 5_000,
+            // A few gossip hops: long enough for a twin delta to arrive, short
+            // next to a round.
+            settle_ms: (spec.deadline_ms / 20).min(250),
         }
     }
 }
@@ -142,6 +149,8 @@ pub struct RoundState {
     config: RoundConfig,
     round: u64,
     published_at: Option<u64>,
+    /// When the current round reached its quorum (it closes `settle_ms` later).
+    quorum_at: Option<u64>,
     /// Deltas of the current and future rounds, keyed by round, then sender.
     rounds: BTreeMap<u64, BTreeMap<PublicKey, SignedDelta>>,
     /// Connected peers of the run, and the round from which each is expected.
@@ -166,6 +175,7 @@ impl RoundState {
             config,
             round,
             published_at: None,
+            quorum_at: None,
             rounds: BTreeMap::new(),
             connected: BTreeMap::new(),
             last_active: HashMap::new(),
@@ -173,6 +183,16 @@ impl RoundState {
             contribute_from: 0,
             ever_published: false,
             groups: BTreeMap::new(),
+        }
+    }
+
+    /// When the state machine next wants a `Tick`: the end of the settle time
+    /// after quorum, else the deadline; `None` before our own delta is in.
+    pub fn wake_at(&self) -> Option<u64> {
+        match (self.quorum_at, self.published_at) {
+            (Some(at), _) => Some(at.saturating_add(self.config.settle_ms)),
+            (None, Some(at)) => Some(at.saturating_add(self.config.deadline_ms)),
+            (None, None) => None,
         }
     }
 
@@ -348,6 +368,7 @@ impl RoundState {
         self.round = round;
         self.groups = self.groups.split_off(&round);
         self.published_at = None;
+        self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
         self.prune_activity();
     }
@@ -364,9 +385,14 @@ impl RoundState {
         let active = self.active();
         let from_active =
             self.rounds.get(&self.round).map_or(0, |m| m.keys().filter(|k| active.contains(k)).count());
+        let deadline = published_at.saturating_add(self.config.deadline_ms);
         let reason = if from_active >= self.quorum_target() {
+            let at = *self.quorum_at.get_or_insert(now_ms);
+            if now_ms < at.saturating_add(self.config.settle_ms) && now_ms < deadline {
+                return;
+            }
             CloseReason::Quorum
-        } else if now_ms >= published_at.saturating_add(self.config.deadline_ms) {
+        } else if now_ms >= deadline {
             CloseReason::Deadline
         } else {
             return;
@@ -380,6 +406,7 @@ impl RoundState {
         }
         self.round += 1;
         self.published_at = None;
+        self.quorum_at = None;
         self.prune_activity();
         let diverged = if group.is_none() { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
@@ -439,7 +466,9 @@ mod tests {
     }
 
     fn config() -> RoundConfig {
-        RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 })
+        // No settle time: these tests close at quorum at once (see
+        // `a_round_settles_after_quorum_so_a_twin_delta_can_surface`).
+        RoundConfig { settle_ms: 0, ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 }) }
     }
 
     fn state() -> RoundState {
@@ -471,6 +500,21 @@ mod tests {
         sorted.sort();
         assert_eq!(senders, sorted);
         assert_eq!(s.round(), 1);
+    }
+
+    #[test]
+    fn a_round_settles_after_quorum_so_a_twin_delta_can_surface() {
+        let mut s = RoundState::new(PublicKey::of(&key(1)), RoundConfig { settle_ms: 50, ..config() }, 0);
+        s.handle(0, Event::PeerConnected(PublicKey::of(&key(2))));
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        assert_eq!(s.wake_at(), Some(1_000), "the deadline, before quorum");
+        assert!(merged(&s.handle(10, Event::PeerDelta(delta(2, 0, 2.0)))).is_none(), "quorum, then settle");
+        assert_eq!(s.wake_at(), Some(60));
+        // The twin arrives while the round settles: it is caught before any merge.
+        assert_eq!(s.admit(&delta(2, 0, -2.0).header), Admission::Equivocation);
+        assert!(merged(&s.handle(59, Event::Tick)).is_none());
+        assert_eq!(merged(&s.handle(60, Event::Tick)).unwrap().2, CloseReason::Quorum);
+        assert_eq!(s.wake_at(), None);
     }
 
     #[test]

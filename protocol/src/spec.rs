@@ -152,7 +152,7 @@ impl RunSpec {
             codec: Codec::Dense,
             // Tuned on the built-in task with top-k codecs (dense ignores it).
             feedback_decay: 0.8,
-            aggregation: AggregationRule::WeightedMean,
+            aggregation: AggregationRule::default(),
         }
     }
 

@@ -1,0 +1,188 @@
+//! Attackers inside the simulation (what they sign and what they send; see
+//! [`crate::attack`]) and the honest side of equivocation: a node that catches
+//! a key signing two deltas for one round bans it and floods the proof, and
+//! every node that receives the proof bans the key too.
+
+use std::rc::Rc;
+
+use starling_protocol::{DeltaId, PublicKey, SignedDelta};
+
+use super::{Body, Engine, Message};
+use crate::attack::{self, AttackBehaviour, Junk};
+
+/// Bytes of an equivocation proof: two signed headers.
+const PROOF_BYTES: u64 = 2 * (32 + 8 + 32 + 32 + 8 + 8 + 8 + 32 + 64);
+
+impl Engine<'_> {
+    /// Remembers an honest delta of `round` for the omniscient attacks.
+    pub(super) fn note_honest(&mut self, round: u64, delta: &[f32]) {
+        if self.honest_deltas.0 != round {
+            self.honest_deltas = (round, Vec::new());
+        }
+        self.honest_deltas.1.push(delta.to_vec());
+    }
+
+    /// The honest deltas of `round` known so far: those already published and
+    /// those of finished training jobs not yet collected.
+    fn honest_of(&self, round: u64) -> Vec<Vec<f32>> {
+        let mut rows = if self.honest_deltas.0 == round { self.honest_deltas.1.clone() } else { Vec::new() };
+        for job in &self.jobs {
+            if job.round != round || self.nodes[job.node].attacker {
+                continue;
+            }
+            if let Some(Ok(trained)) = &job.result {
+                rows.push(job.start.iter().zip(&trained.params).map(|(a, b)| a - b).collect());
+            }
+        }
+        rows
+    }
+
+    /// Changes an attacker's honestly trained delta of `round`.
+    pub(super) fn tamper(&mut self, node: usize, round: u64, delta: &mut Vec<f32>) {
+        let sc = self.sc;
+        let attack = &sc.attack;
+        match attack.behaviour {
+            AttackBehaviour::Replay => {
+                let n = &mut self.nodes[node];
+                n.own_history.push_back((round, delta.clone()));
+                while n.own_history.front().is_some_and(|(r, _)| r + attack.replay_age < round) {
+                    n.own_history.pop_front();
+                }
+                if let Some((r, old)) = n.own_history.front() {
+                    if r + attack.replay_age == round {
+                        *delta = old.clone();
+                    }
+                }
+            }
+            b => {
+                let honest = if b.omniscient() { self.honest_of(round) } else { Vec::new() };
+                attack.tamper(delta, &honest, sc.nodes, self.attackers, &mut self.rng);
+            }
+        }
+    }
+
+    /// What an attacker sends in place of publishing `message` to `targets`.
+    pub(super) fn attack_send(&mut self, node: usize, message: Rc<Message>, targets: Vec<usize>) {
+        let sc = self.sc;
+        let Body::Delta(delta) = &message.body else { return };
+        let round = message.round;
+        match sc.attack.behaviour {
+            AttackBehaviour::Forge => {
+                let honest = sc.nodes - self.attackers;
+                let victim = self.nodes[(round as usize + node) % honest.max(1)].public;
+                for forged in attack::forgeries(delta, victim) {
+                    let m = self.delta_message(forged);
+                    for &to in &targets {
+                        self.send(node, to, m.clone());
+                    }
+                }
+            }
+            AttackBehaviour::Equivocate => {
+                let values = self.codec.decode(&delta.payload, self.params).unwrap_or_default();
+                let negated: Vec<f32> = values.iter().map(|v| -v).collect();
+                let twin = attack::equivocation(&self.nodes[node].key, delta, self.codec.encode(&negated));
+                let twin = self.delta_message(twin);
+                for (i, &to) in targets.iter().enumerate() {
+                    self.send(node, to, if i % 2 == 0 { message.clone() } else { twin.clone() });
+                }
+            }
+            AttackBehaviour::Replay => {
+                let age = sc.attack.replay_age;
+                let n = &mut self.nodes[node];
+                n.heard.retain(|d| d.header.round + age >= round);
+                let old: Vec<SignedDelta> =
+                    n.heard.iter().filter(|d| d.header.round + age == round).take(2).cloned().collect();
+                let replays: Vec<Rc<Message>> = old.into_iter().map(|d| self.delta_message(d)).collect();
+                for &to in &targets {
+                    self.send(node, to, message.clone());
+                    for m in &replays {
+                        self.send(node, to, m.clone());
+                    }
+                }
+            }
+            AttackBehaviour::Flood => {
+                let oversized = self.codec.max_payload_len(self.params) as u64 + 1024 + 1;
+                for &to in &targets {
+                    self.send(node, to, message.clone());
+                    for i in 0..sc.attack.flood_messages {
+                        let (junk, bytes) = if i % 2 == 0 {
+                            (Junk::Oversized, oversized)
+                        } else {
+                            (Junk::Malformed, message.bytes)
+                        };
+                        let id = junk_id(node, to, round, i);
+                        let m = Rc::new(Message {
+                            body: Body::Junk(junk),
+                            round,
+                            id,
+                            bytes,
+                            published_at: self.now,
+                        });
+                        self.send(node, to, m);
+                    }
+                }
+            }
+            _ => {
+                for &to in &targets {
+                    self.send(node, to, message.clone());
+                }
+            }
+        }
+    }
+
+    fn delta_message(&self, delta: SignedDelta) -> Rc<Message> {
+        let (id, round, bytes) = (delta.id(), delta.header.round, delta.to_bytes().len() as u64);
+        Rc::new(Message { body: Body::Delta(delta), round, id, bytes, published_at: self.now })
+    }
+
+    /// `node` caught `offender` equivocating: ban it and flood the proof.
+    pub(super) fn ban(&mut self, node: usize, offender: PublicKey, round: u64) {
+        if !self.nodes[node].banned.insert(offender) {
+            return;
+        }
+        let id = proof_id(&offender);
+        self.nodes[node].seen.insert(id, (round, self.now));
+        let proof = Rc::new(Message {
+            body: Body::Proof { offender },
+            round,
+            id,
+            bytes: PROOF_BYTES,
+            published_at: self.now,
+        });
+        for p in self.mesh.peers(node).to_vec() {
+            self.send(node, p, proof.clone());
+        }
+    }
+
+    /// A proof arrived: ban the key and pass the proof on.
+    pub(super) fn on_proof(
+        &mut self,
+        to: usize,
+        from: usize,
+        offender: PublicKey,
+        message: Rc<Message>,
+    ) -> Result<(), crate::SimError> {
+        if self.nodes[to].banned.insert(offender) {
+            for p in self.mesh.peers(to).to_vec() {
+                if p != from {
+                    self.send(to, p, message.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn proof_id(offender: &PublicKey) -> DeltaId {
+    let mut h = blake3::Hasher::new_derive_key("starling netsim equivocation proof id");
+    h.update(&offender.0);
+    DeltaId(*h.finalize().as_bytes())
+}
+
+fn junk_id(from: usize, to: usize, round: u64, i: u32) -> DeltaId {
+    let mut h = blake3::Hasher::new_derive_key("starling netsim junk id");
+    for v in [from as u64, to as u64, round, i as u64] {
+        h.update(&v.to_le_bytes());
+    }
+    DeltaId(*h.finalize().as_bytes())
+}

@@ -1,0 +1,86 @@
+//! Attacks in the simulator: what the protocol must refuse outright (forged,
+//! replayed and equivocating deltas, floods) is refused by every honest node
+//! and never merged, and a robust rule bounds what validly signed lies do.
+
+use std::path::PathBuf;
+
+use starling_netsim::{scenario::Workload, Scenario};
+use starling_protocol::AggregationRule;
+
+/// An attack scenario on the cheap quadratic workload: these tests check the
+/// protocol, not the model.
+fn quick(attack: &str) -> Scenario {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/attack-{attack}.toml"));
+    let mut sc = Scenario::load(&path).unwrap_or_else(|e| panic!("{attack}: {e}"));
+    sc.workload = Workload::Quadratic { dim: 64, spread: 1.0, noise: 0.5, inner_steps: 10, inner_lr: 0.1 };
+    sc.rounds = 10;
+    sc
+}
+
+fn refused(summary: &starling_netsim::report::Summary, reason: &str) -> u64 {
+    summary.refused_deltas.get(reason).copied().unwrap_or(0)
+}
+
+#[test]
+fn forged_deltas_are_all_refused_and_never_merged() {
+    let out = starling_netsim::run(&quick("forge"), false, &mut |_, _| {}).unwrap().summary;
+    assert!(
+        refused(&out, "bad_signature") > 0 && refused(&out, "payload_hash") > 0,
+        "{:?}",
+        out.refused_deltas
+    );
+    assert_eq!(out.attack_deltas_merged, Some(0), "an honest node merged a forged delta");
+}
+
+#[test]
+fn equivocators_are_caught_banned_everywhere_and_never_merged() {
+    let out = starling_netsim::run(&quick("equivocate"), false, &mut |_, _| {}).unwrap().summary;
+    assert!(refused(&out, "equivocation") > 0, "{:?}", out.refused_deltas);
+    assert!(refused(&out, "banned") > 0, "banned keys keep sending: {:?}", out.refused_deltas);
+    assert_eq!(out.attack_deltas_merged, Some(0), "an honest node merged an equivocating delta");
+    assert!(out.final_consensus_distance < 1e-6, "honest nodes disagree: {}", out.final_consensus_distance);
+}
+
+#[test]
+fn replayed_deltas_are_refused_as_stale() {
+    let out = starling_netsim::run(&quick("replay"), false, &mut |_, _| {}).unwrap().summary;
+    assert!(refused(&out, "stale") > 0, "{:?}", out.refused_deltas);
+}
+
+#[test]
+fn a_flood_is_refused_message_by_message_and_does_not_stop_training() {
+    let quiet = {
+        let mut sc = quick("flood");
+        sc.attack.fraction = 0.0;
+        starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap().summary
+    };
+    let sc = quick("flood");
+    let attackers = sc.attack.attackers(sc.nodes) as u64;
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap().summary;
+    // Each attacker sends flood_messages per round to each of its mesh peers.
+    let junk = refused(&out, "oversized") + refused(&out, "malformed");
+    assert!(junk >= attackers * sc.attack.flood_messages as u64 * 9, "{:?}", out.refused_deltas);
+    assert!(
+        out.final_loss <= quiet.final_loss * 1.5,
+        "flooded {} vs quiet {}",
+        out.final_loss,
+        quiet.final_loss
+    );
+}
+
+/// A validly signed lie ×100 from a quarter of the swarm: the weighted mean
+/// follows it, the default rule does not.
+#[test]
+fn the_default_rule_bounds_scaled_deltas_that_ruin_the_mean() {
+    let run = |rule: AggregationRule, fraction: f64| {
+        let mut sc = quick("scale");
+        sc.protocol.aggregation = rule;
+        sc.attack.fraction = fraction;
+        starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap().summary.final_loss
+    };
+    let quiet = run(AggregationRule::default(), 0.0);
+    let robust = run(AggregationRule::default(), 0.25);
+    let mean = run(AggregationRule::WeightedMean, 0.25);
+    assert!(robust < 2.0 * quiet.max(1e-3), "default rule under attack: {robust} vs quiet {quiet}");
+    assert!(mean > 10.0 * robust, "the mean should break: {mean} vs {robust}");
+}
