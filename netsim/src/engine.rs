@@ -711,10 +711,12 @@ impl<'a> Engine<'a> {
         if deltas.is_empty() {
             self.merge_buffer.fill(0.0);
         } else {
+            // Grouped rounds carry models, not deltas: no momentum screening.
+            let reference = (!self.grouped).then_some(self.nodes[node].state.momentum.as_slice());
             self.sc
                 .protocol
                 .aggregation
-                .aggregate_deltas_into(&deltas, self.codec, &mut self.merge_buffer)
+                .aggregate_deltas_with(&deltas, self.codec, reference, &mut self.merge_buffer)
                 .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
         }
         self.untrack(node);

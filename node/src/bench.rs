@@ -216,7 +216,7 @@ async fn peer(
         let mut pair = [own, other];
         pair.sort_by_key(|d| d.header.sender);
         spec.aggregation
-            .aggregate_deltas_into(&pair, codec, &mut mean)
+            .aggregate_deltas_with(&pair, codec, Some(&state.momentum), &mut mean)
             .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
         outer.step(&mut state.params, &mut state.momentum, &mean);
         state.record_merge(round, &pair);

@@ -31,7 +31,9 @@ pub enum AggregationRule {
     /// lowest and highest values.
     TrimmedMean { trim: f32 },
     /// Centered clipping from the coordinate-wise median, with radius `radius` ×
-    /// the median distance of the inputs to it (see [`robust::centered_clip`]).
+    /// the median distance of the inputs to it (see [`robust::centered_clip`]),
+    /// after screening out deltas that point against the swarm's outer
+    /// momentum (see [`robust::screen`]).
     CenteredClip { radius: f32 },
     /// Geometric median by smoothed Weiszfeld iterations.
     GeometricMedian,
@@ -178,6 +180,19 @@ impl AggregationRule {
         codec: Codec,
         out: &mut [f32],
     ) -> Result<(), AggregateError> {
+        self.aggregate_deltas_with(deltas, codec, None, out)
+    }
+
+    /// [`Self::aggregate_deltas_into`] with the node's outer momentum as the
+    /// reference direction of centered clipping's screening. Nodes that agree
+    /// hold the same momentum, so they still merge bit-identically.
+    pub fn aggregate_deltas_with(
+        self,
+        deltas: &[SignedDelta],
+        codec: Codec,
+        reference: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<(), AggregateError> {
         if deltas.is_empty() {
             return Err(AggregateError::Empty);
         }
@@ -209,7 +224,13 @@ impl AggregationRule {
                 Ok(Contribution { sender: d.header.sender, samples: d.header.samples, values })
             })
             .collect::<Result<Vec<_>, AggregateError>>()?;
-        self.apply(&inputs, out);
+        match (self, reference) {
+            (AggregationRule::CenteredClip { .. }, Some(reference)) => {
+                let kept = robust::screen(inputs, reference);
+                self.apply(&kept, out);
+            }
+            _ => self.apply(&inputs, out),
+        }
         Ok(())
     }
 

@@ -16,14 +16,40 @@ const WEISZFELD_ITERATIONS: usize = 16;
 
 /// Coordinate-wise median (the mean of the two middle values when the count is even).
 pub fn median(inputs: &[Contribution], out: &mut [f32]) {
-    let n = inputs.len();
-    let mut column = vec![0.0f32; n];
-    for (j, o) in out.iter_mut().enumerate() {
-        for (slot, c) in column.iter_mut().zip(inputs) {
-            *slot = c.values[j];
+    match inputs {
+        [a] => out.copy_from_slice(&a.values),
+        [a, b] => {
+            for ((o, &x), &y) in out.iter_mut().zip(&a.values).zip(&b.values) {
+                *o = ((x as f64 + y as f64) / 2.0) as f32;
+            }
         }
-        *o = median_of(&mut column);
+        [a, b, c] => {
+            for (((o, &x), &y), &z) in out.iter_mut().zip(&a.values).zip(&b.values).zip(&c.values) {
+                *o = x.min(y).max(x.max(y).min(z));
+            }
+        }
+        _ => {
+            let mut column = vec![0.0f32; inputs.len()];
+            for (j, o) in out.iter_mut().enumerate() {
+                for (slot, c) in column.iter_mut().zip(inputs) {
+                    *slot = c.values[j];
+                }
+                *o = median_of(&mut column);
+            }
+        }
     }
+}
+
+/// The plain mean, summed in input order.
+fn mean(inputs: &[Contribution], out: &mut [f32]) {
+    out.fill(0.0);
+    for c in inputs {
+        for (o, &x) in out.iter_mut().zip(&c.values) {
+            *o += x;
+        }
+    }
+    let inv = 1.0 / inputs.len() as f32;
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 fn median_of(column: &mut [f32]) -> f32 {
@@ -71,31 +97,68 @@ pub fn trimmed_mean(inputs: &[Contribution], trim: f32, out: &mut [f32]) {
 /// - Step, `CLIP_ITERATIONS` times: v ← v + (1/n) Σᵢ clip(xᵢ − v, τ), where
 ///   clip scales a vector down to norm τ if it is longer.
 ///
-/// Any one input moves each step by at most τ/n, whatever it holds.
+/// Any one input moves each step by at most τ/n, whatever it holds. When no
+/// input is clipped, a step lands on the plain mean; if every input is within
+/// τ of the mean too, the mean is the answer (the common case without
+/// attackers, and always with two inputs), found without further passes.
 pub fn centered_clip(inputs: &[Contribution], radius: f32, out: &mut [f32]) {
     median(inputs, out);
-    let distances: Vec<f64> = inputs.iter().map(|c| distance(&c.values, out)).collect();
-    let mut sorted = distances.clone();
+    let distances = |v: &[f32]| -> Vec<f64> { inputs.iter().map(|c| distance(&c.values, v)).collect() };
+    let mut d = distances(out);
+    let mut sorted = d.clone();
     sorted.sort_unstable_by(f64::total_cmp);
     let tau = radius as f64 * median_f64(&sorted);
     if tau <= 0.0 || !tau.is_finite() {
         return;
     }
     let n = inputs.len() as f64;
-    let mut step = vec![0.0f64; out.len()];
-    for iteration in 0..CLIP_ITERATIONS {
+    let mut step = vec![0.0f32; out.len()];
+    for _ in 0..CLIP_ITERATIONS {
+        if d.iter().all(|&di| di <= tau) {
+            mean(inputs, out);
+            d = distances(out);
+            if d.iter().all(|&di| di <= tau) {
+                return;
+            }
+            continue;
+        }
         step.fill(0.0);
-        for (i, c) in inputs.iter().enumerate() {
-            let d = if iteration == 0 { distances[i] } else { distance(&c.values, out) };
-            let scale = if d > tau { tau / d } else { 1.0 } / n;
+        for (c, &di) in inputs.iter().zip(&d) {
+            let scale = ((if di > tau { tau / di } else { 1.0 }) / n) as f32;
             for ((s, &x), &v) in step.iter_mut().zip(&c.values).zip(out.iter()) {
-                *s += scale * (x as f64 - v as f64);
+                *s += scale * (x - v);
             }
         }
         for (v, s) in out.iter_mut().zip(&step) {
-            *v = (*v as f64 + s) as f32;
+            *v += s;
         }
+        d = distances(out);
     }
+}
+
+/// Screens out deltas that point against `reference` (the swarm's outer
+/// momentum: the direction robust aggregation has taken so far).
+///
+/// In a model of d parameters, the cosine of honest noise with a fixed
+/// direction is of order 1/√d, while an honest delta carries the common
+/// descent direction, so honest deltas have a clearly positive inner product
+/// with the momentum and sign-flipped, IPM or label-flipped ones a negative
+/// one. Deltas with ⟨xᵢ, m⟩ ≤ 0 are dropped, unless that would drop half or
+/// more of the inputs (then the reference is not trusted: all are kept).
+/// Nothing is screened while the momentum is zero (the first round).
+pub fn screen(inputs: Vec<Contribution>, reference: &[f32]) -> Vec<Contribution> {
+    if reference.iter().all(|&m| m == 0.0) {
+        return inputs;
+    }
+    let agrees: Vec<bool> = inputs
+        .iter()
+        .map(|c| c.values.iter().zip(reference).map(|(&x, &m)| x as f64 * m as f64).sum::<f64>() > 0.0)
+        .collect();
+    let kept = agrees.iter().filter(|&&a| a).count();
+    if 2 * kept <= inputs.len() {
+        return inputs;
+    }
+    inputs.into_iter().zip(agrees).filter_map(|(c, a)| a.then_some(c)).collect()
 }
 
 /// The geometric median, argmin_v Σᵢ ‖xᵢ − v‖, by smoothed Weiszfeld
@@ -188,6 +251,16 @@ mod tests {
         // Two inputs: the median is their mean, both sit at the radius, nothing is clipped.
         let out = run(|i, o| centered_clip(i, 1.0, o), &[vec![1.0, 2.0], vec![3.0, -2.0]]);
         assert_eq!(out, vec![2.0, 0.0]);
+    }
+
+    #[test]
+    fn screening_drops_deltas_against_the_momentum_unless_they_are_the_majority() {
+        let rows = [vec![1.0, 0.5], vec![0.8, -0.2], vec![1.2, 0.1], vec![-1.0, -0.5], vec![-0.9, 0.0]];
+        let kept = screen(inputs(&rows), &[1.0, 0.0]);
+        assert_eq!(kept.iter().map(|c| c.values[0]).collect::<Vec<_>>(), vec![1.0, 0.8, 1.2]);
+        // Against a reference most inputs disagree with, nothing is screened.
+        assert_eq!(screen(inputs(&rows), &[-1.0, 0.0]).len(), 5);
+        assert_eq!(screen(inputs(&rows), &[0.0, 0.0]).len(), 5);
     }
 
     #[test]
