@@ -73,6 +73,15 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_values_t = default_codecs())]
         codecs: Vec<Codec>,
     },
+    /// A peer floods a real `starling run` node with malformed messages of the
+    /// largest size gossip accepts; prints the node's memory before, at its peak and after.
+    Flood {
+        #[arg(long, default_value_t = 5_000)]
+        messages: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn default_codecs() -> Vec<Codec> {
@@ -219,6 +228,25 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     report.transfer_seconds,
                     report.verify_seconds,
                     report.merge_seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Flood { messages, json }) => {
+            let r = crate::bench::flood(messages).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let mib = |b: u64| b as f64 / (1 << 20) as f64;
+                println!(
+                    "{} malformed messages of {} bytes sent in {:.1} s, {} refused by the node: node memory {:.1} MiB before, {:.1} MiB peak, {:.1} MiB after",
+                    r.messages,
+                    r.message_bytes,
+                    r.seconds,
+                    r.refused_by_node,
+                    mib(r.rss_before),
+                    mib(r.rss_peak),
+                    mib(r.rss_after)
                 );
             }
             Ok(())

@@ -500,7 +500,12 @@ impl Node {
         self.merge_buffer.resize(self.spec.param_count(), 0.0);
         self.spec
             .aggregation
-            .aggregate_deltas_with(&deltas, self.spec.codec, Some(&self.state.momentum), &mut self.merge_buffer)
+            .aggregate_deltas_with(
+                &deltas,
+                self.spec.codec,
+                Some(&self.state.momentum),
+                &mut self.merge_buffer,
+            )
             .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
         self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
         self.state.record_merge(round, &deltas);
