@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;
+pub mod statesync;
 pub mod trainer;

@@ -19,8 +19,10 @@ use libp2p::{
     PeerId, Swarm,
 };
 use starling_protocol::{
-    round::CloseReason, wire, Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig,
-    RoundState, RunSpec, SignedDelta, SyncReply,
+    round::CloseReason,
+    wire::{SyncRequest, SyncResponse},
+    Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig, RoundState, RunSpec,
+    SignedDelta, StateManifest, StateOffer,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -30,7 +32,8 @@ use crate::{
     data::{Dataset, SyntheticTask},
     metrics::{NodeMetrics, Traffic},
     model::Mlp,
-    net::{self, Behaviour, BehaviourEvent, NetOptions, StateRequest, StateResponse},
+    net::{self, Behaviour, BehaviourEvent, NetOptions},
+    statesync::{hex, SnapshotCache, StateSync, SyncReason, SyncStep},
     trainer::{Evaluation, TrainError, TrainOutcome, Trainer},
 };
 
@@ -176,7 +179,14 @@ struct Node {
     train_tx: mpsc::UnboundedSender<TrainDone>,
     forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     run_peers: BTreeSet<PeerId>,
-    sync_pending: Option<request_response::OutboundRequestId>,
+    /// Chunked, multi-peer state sync in progress (or idle).
+    sync: StateSync<PeerId, request_response::OutboundRequestId>,
+    /// When to ask for offers again after a sync found no agreement, and why.
+    sync_retry: Option<(Instant, SyncReason)>,
+    /// Probes before the first round that found no agreement.
+    failed_probes: u32,
+    /// The states this node serves to syncing peers.
+    snapshots: SnapshotCache,
     phase: Phase,
     started: Instant,
     /// When we last asked the DHT for peers.
@@ -333,7 +343,10 @@ impl Node {
             train_tx,
             forward_tx,
             run_peers: BTreeSet::new(),
-            sync_pending: None,
+            sync: StateSync::new(options.spec.param_count(), options.spec.max_state_bytes()),
+            sync_retry: None,
+            failed_probes: 0,
+            snapshots: SnapshotCache::default(),
             phase: Phase::Gathering,
             started: Instant::now(),
             last_lookup: None,
@@ -387,6 +400,7 @@ impl Node {
                 return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2))
             }
             Phase::Probing | Phase::Running => {
+                self.sync_tick()?;
                 let actions = self.rounds.handle(self.now_ms(), Event::Tick);
                 self.apply(actions)?;
             }
@@ -400,12 +414,11 @@ impl Node {
             self.phase = Phase::Draining(Instant::now());
             return;
         }
-        match self.run_peers.iter().next().copied() {
-            Some(peer) => {
-                self.request_state(peer);
-                self.phase = Phase::Probing;
-            }
-            None => self.start_running(),
+        if self.run_peers.is_empty() {
+            self.start_running();
+        } else {
+            self.phase = Phase::Probing;
+            self.start_sync(SyncReason::Probe);
         }
     }
 
@@ -474,21 +487,15 @@ impl Node {
                         round,
                         "most deltas of this round came from a state other than ours; fetching a peer's state"
                     );
-                    if let Some(target) = net::peer_id(&peer).filter(|p| self.swarm.is_connected(p)) {
-                        self.request_state(target);
-                    }
+                    let _ = peer;
+                    self.start_sync(SyncReason::Diverged);
                 }
-                Action::RequestState { peer, round } => {
+                Action::RequestState { peer: _, round } => {
                     info!(
                         behind_by = round.saturating_sub(self.state.round),
-                        "a peer is ahead; requesting its state"
+                        "a peer is ahead; syncing state"
                     );
-                    let target = net::peer_id(&peer)
-                        .filter(|p| self.swarm.is_connected(p))
-                        .or_else(|| self.run_peers.iter().next().copied());
-                    if let Some(target) = target {
-                        self.request_state(target);
-                    }
+                    self.start_sync(SyncReason::Behind);
                 }
             }
         }
@@ -545,50 +552,130 @@ impl Node {
         Ok(())
     }
 
-    fn request_state(&mut self, peer: PeerId) {
-        if self.sync_pending.is_some() {
-            return;
-        }
-        let id =
-            self.swarm.behaviour_mut().sync.send_request(&peer, StateRequest { run_id: self.spec.run_id() });
-        self.sync_pending = Some(id);
+    /// Asks every run peer which state it serves (see [`crate::statesync`]).
+    fn start_sync(&mut self, reason: SyncReason) {
+        let peers: Vec<PeerId> = self.run_peers.iter().copied().collect();
+        let out = self.sync.start(peers, reason);
+        self.send_sync(out);
     }
 
-    fn on_state_response(&mut self, bytes: Option<Vec<u8>>) -> Result<(), NodeError> {
-        self.sync_pending = None;
-        if let Some(bytes) = bytes {
-            match wire::decode_sync_reply(&bytes, self.spec.max_sync_reply_bytes(), self.spec.param_count()) {
-                Ok(reply) if reply.state.round > self.state.round || self.rounds.observing() => {
-                    self.install(reply)?
-                }
-                Ok(reply) => debug!(peer_round = reply.state.round, "peer is not ahead of us"),
-                Err(e) => warn!(error = %e, "peer sent an unreadable state"),
+    fn send_sync(&mut self, out: Vec<(PeerId, SyncRequest)>) {
+        for (peer, request) in out {
+            let id = self.swarm.behaviour_mut().sync.send_request(&peer, request.clone());
+            self.sync.sent(id, peer, &request);
+        }
+    }
+
+    fn sync_tick(&mut self) -> Result<(), NodeError> {
+        if let Some((at, reason)) = self.sync_retry {
+            if Instant::now() >= at && self.sync.is_idle() {
+                self.sync_retry = None;
+                self.start_sync(reason);
             }
         }
-        if self.phase == Phase::Probing {
-            self.start_running();
-        } else {
-            self.maybe_train();
+        let connected = self.run_peers.len();
+        let wanted = self.wanted_snapshot();
+        let step = self.sync.on_tick(connected, |m, r| wanted(m, r));
+        if let Some(step) = step {
+            self.on_sync_step(step)?;
         }
         Ok(())
     }
 
-    /// Installs a peer's state, then the deltas of its current round it holds.
-    fn install(&mut self, reply: SyncReply) -> Result<(), NodeError> {
+    /// Whether a state several peers agree on is worth installing: a copy of
+    /// what that depends on, so the sync driver can be borrowed mutably beside it.
+    fn wanted_snapshot(&self) -> impl Fn(&StateManifest, SyncReason) -> bool {
+        let (round, lineage, observing) = (self.state.round, self.state.lineage, self.rounds.observing());
+        move |manifest: &StateManifest, reason: SyncReason| match reason {
+            SyncReason::Probe => manifest.round > round,
+            SyncReason::Behind => manifest.round > round || (observing && manifest.lineage != lineage),
+            SyncReason::Diverged => {
+                manifest.round > round || (manifest.round == round && manifest.lineage != lineage)
+            }
+        }
+    }
+
+    fn on_sync_response(
+        &mut self,
+        id: request_response::OutboundRequestId,
+        response: Option<SyncResponse>,
+    ) -> Result<(), NodeError> {
+        let wanted = self.wanted_snapshot();
+        let step = self.sync.on_response(id, response, self.run_peers.len(), |m, r| wanted(m, r));
+        match step {
+            Some(step) => self.on_sync_step(step),
+            None => Ok(()),
+        }
+    }
+
+    fn on_sync_step(&mut self, step: SyncStep<PeerId>) -> Result<(), NodeError> {
+        match step {
+            SyncStep::Send(out) => {
+                self.send_sync(out);
+                Ok(())
+            }
+            SyncStep::Done { state, expected_from, deltas, reason } => {
+                let wanted = self.wanted_snapshot();
+                let manifest = StateManifest {
+                    round: state.round,
+                    lineage: state.lineage,
+                    total_len: 0,
+                    chunk_hashes: Vec::new(),
+                };
+                // Rounds may have moved on while the chunks came in.
+                if wanted(&manifest, reason) {
+                    self.install(state, expected_from, deltas)?;
+                } else {
+                    debug!(round = state.round, "a fetched state is no longer ahead of ours");
+                }
+                self.after_sync(reason);
+                Ok(())
+            }
+            SyncStep::Ended { reason, agreed } => {
+                if !agreed {
+                    if reason == SyncReason::Probe {
+                        self.failed_probes += 1;
+                    }
+                    // Peers one merge apart announce different roots for a moment; ask again soon.
+                    if reason != SyncReason::Probe || self.failed_probes < 5 {
+                        self.sync_retry = Some((Instant::now() + Duration::from_millis(500), reason));
+                        if reason == SyncReason::Probe {
+                            return Ok(());
+                        }
+                    }
+                }
+                self.after_sync(reason);
+                Ok(())
+            }
+        }
+    }
+
+    fn after_sync(&mut self, reason: SyncReason) {
+        if reason == SyncReason::Probe && self.phase == Phase::Probing {
+            self.sync_retry = None;
+            self.start_running();
+        } else {
+            self.maybe_train();
+        }
+    }
+
+    /// Installs a state the peers agree on, then the deltas of their current round.
+    fn install(&mut self, state: ModelState, expected_from: u64, deltas: Vec<SignedDelta>) -> Result<(), NodeError> {
         info!(
             from = self.state.round,
-            to = reply.state.round,
-            expected_from = reply.expected_from,
-            "installed the state of a peer"
+            to = state.round,
+            expected_from,
+            params_hash = %hex(&state.params_hash()),
+            "installed the state of the swarm"
         );
-        self.state = reply.state;
+        self.state = state;
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.metrics.state_syncs.inc();
         let now = self.now_ms();
-        let synced = Event::Synced { round: self.state.round, expected_from: reply.expected_from };
+        let synced = Event::Synced { round: self.state.round, expected_from };
         let mut actions = self.rounds.handle(now, synced);
         let (run, codec, params) = (self.spec.run_id(), self.spec.codec, self.spec.param_count());
-        for delta in reply.deltas {
+        for delta in deltas {
             if delta.validate(run, codec, params).is_ok()
                 && self.rounds.admit(&delta.header) == Admission::Accept
             {
@@ -596,6 +683,29 @@ impl Node {
             }
         }
         self.apply(actions)
+    }
+
+    /// Answers a peer's sync request: our offer, or a chunk of a state we serve.
+    fn serve_sync(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
+        if self.phase == Phase::Gathering {
+            return SyncResponse::Unavailable;
+        }
+        match request {
+            SyncRequest::Offer => {
+                let snapshot = self.snapshots.of(&self.state);
+                let expected_from =
+                    net::peer_key(&peer).map_or(self.state.round + 2, |k| self.rounds.expected_from(&k));
+                SyncResponse::Offer(StateOffer {
+                    manifest: snapshot.manifest.clone(),
+                    expected_from,
+                    deltas: self.rounds.current_deltas(),
+                })
+            }
+            SyncRequest::Chunk { root, index } => match self.snapshots.chunk(&root, index) {
+                Some(bytes) => SyncResponse::Chunk(bytes),
+                None => SyncResponse::Unavailable,
+            },
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
@@ -615,6 +725,7 @@ impl Node {
     }
 
     fn peer_left(&mut self, peer: PeerId) -> Result<(), NodeError> {
+        self.sync.peer_left(&peer);
         if self.run_peers.remove(&peer) {
             debug!(%peer, "run peer left");
             if let Some(key) = net::peer_key(&peer) {
@@ -671,30 +782,16 @@ impl Node {
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = if request.run_id == self.spec.run_id() && self.phase != Phase::Gathering {
-                        let expected_from = net::peer_key(&peer)
-                            .map_or(self.state.round + 2, |k| self.rounds.expected_from(&k));
-                        StateResponse::State(wire::encode_sync_reply(&SyncReply {
-                            state: self.state.clone(),
-                            expected_from,
-                            deltas: self.rounds.current_deltas(),
-                        }))
-                    } else {
-                        StateResponse::Unavailable
-                    };
+                    let response = self.serve_sync(peer, request);
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
                 }
-                request_response::Message::Response { response, .. } => {
-                    let bytes = match response {
-                        StateResponse::State(bytes) => Some(bytes),
-                        StateResponse::Unavailable => None,
-                    };
-                    self.on_state_response(bytes)?;
+                request_response::Message::Response { request_id, response } => {
+                    self.on_sync_response(request_id, Some(response))?;
                 }
             },
-            BehaviourEvent::Sync(request_response::Event::OutboundFailure { error, .. }) => {
-                warn!(%error, "state request failed");
-                self.on_state_response(None)?;
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
+                debug!(%peer, %error, "state sync request failed");
+                self.on_sync_response(request_id, None)?;
             }
             _ => {}
         }
