@@ -278,6 +278,12 @@ async fn run(args: RunArgs) -> Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = shutdown_tx.send(true);
+        // Shutdown is bounded: a training step in flight or a stuck peer cannot hold it.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_LIMIT);
+            eprintln!("shutdown took longer than {SHUTDOWN_LIMIT:?}: exiting now (the last merged round is checkpointed)");
+            std::process::exit(1);
+        });
         // A second signal exits at once.
         wait_for_signal().await;
         eprintln!("second signal: exiting now");
@@ -293,6 +299,9 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The longest a node takes to stop after SIGINT or SIGTERM.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 async fn wait_for_signal() {
     #[cfg(unix)]

@@ -139,6 +139,9 @@ pub enum NodeError {
     Merge { round: u64, reason: String },
 }
 
+/// How long leaving the run may take: the unsubscribe goes out, then connections close.
+const LEAVE_TIME: Duration = Duration::from_millis(400);
+
 /// How long an accepted delta waits before gossipsub may forward it.
 const FORWARD_HOLD: Duration = Duration::from_millis(25);
 
@@ -246,6 +249,7 @@ pub async fn run_node_with(
             }
         }
     }
+    node.leave().await;
     Ok(node.outcome())
 }
 
@@ -660,7 +664,12 @@ impl Node {
     }
 
     /// Installs a state the peers agree on, then the deltas of their current round.
-    fn install(&mut self, state: ModelState, expected_from: u64, deltas: Vec<SignedDelta>) -> Result<(), NodeError> {
+    fn install(
+        &mut self,
+        state: ModelState,
+        expected_from: u64,
+        deltas: Vec<SignedDelta>,
+    ) -> Result<(), NodeError> {
         info!(
             from = self.state.round,
             to = state.round,
@@ -789,7 +798,12 @@ impl Node {
                     self.on_sync_response(request_id, Some(response))?;
                 }
             },
-            BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
                 debug!(%peer, %error, "state sync request failed");
                 self.on_sync_response(request_id, None)?;
             }
@@ -843,6 +857,35 @@ impl Node {
             self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
         }
         Ok(())
+    }
+
+    /// Leaves the run politely, within [`LEAVE_TIME`]: flushes the store,
+    /// unsubscribes from the run's topic (peers drop us from the round's expected
+    /// set on receipt, rather than wait for a deadline), then closes every connection.
+    async fn leave(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "flushing the datadir on shutdown failed");
+        }
+        let _ = self.swarm.behaviour_mut().gossipsub.unsubscribe(&self.topic);
+        self.drive_for(LEAVE_TIME / 2).await;
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.drive_for(LEAVE_TIME / 2).await;
+        info!(round = self.state.round, "left the run");
+    }
+
+    /// Lets the swarm send what it has queued for `time`, handling nothing else.
+    async fn drive_for(&mut self, time: Duration) {
+        let until = tokio::time::sleep(time);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = self.swarm.select_next_some() => {}
+                _ = &mut until => return,
+            }
+        }
     }
 
     fn outcome(&self) -> NodeOutcome {

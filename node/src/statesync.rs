@@ -142,7 +142,9 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
                         }
                         Err(e) => warn!(%peer, error = %e, "refused a state offer"),
                     },
-                    Some(SyncResponse::Chunk(_)) => warn!(%peer, "peer answered an offer request with a chunk"),
+                    Some(SyncResponse::Chunk(_)) => {
+                        warn!(%peer, "peer answered an offer request with a chunk")
+                    }
                     Some(SyncResponse::Unavailable) | None => {}
                 }
                 if asked.is_empty() {
@@ -180,7 +182,9 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
         wanted: impl Fn(&StateManifest, SyncReason) -> bool,
     ) -> Option<SyncStep<P>> {
         match &self.phase {
-            Phase::Asking { since, .. } if since.elapsed() >= OFFER_WAIT => Some(self.choose(connected, wanted)),
+            Phase::Asking { since, .. } if since.elapsed() >= OFFER_WAIT => {
+                Some(self.choose(connected, wanted))
+            }
             _ => None,
         }
     }
@@ -192,7 +196,11 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
         }
     }
 
-    fn choose(&mut self, connected: usize, wanted: impl Fn(&StateManifest, SyncReason) -> bool) -> SyncStep<P> {
+    fn choose(
+        &mut self,
+        connected: usize,
+        wanted: impl Fn(&StateManifest, SyncReason) -> bool,
+    ) -> SyncStep<P> {
         let Phase::Asking { offers, .. } = std::mem::replace(&mut self.phase, Phase::Idle) else {
             unreachable!("choose is called while asking")
         };
@@ -201,7 +209,10 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
             offers.iter().map(|(p, o)| (*p, (o.manifest.round, o.manifest.root()))).collect();
         let required = required_support(connected.max(offers.len()));
         let Some((round, root)) = choose_root(&announced, required) else {
-            info!(offers = offers.len(), required, "no state is announced by enough peers yet; will ask again");
+            info!(
+                offers = offers.len(),
+                required, "no state is announced by enough peers yet; will ask again"
+            );
             return SyncStep::Ended { reason: self.reason, agreed: false };
         };
         let sources: BTreeSet<P> = announced.iter().filter(|(_, a)| a.1 == root).map(|(p, _)| *p).collect();
@@ -265,7 +276,10 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
                 unreachable!()
             };
             let (held, of) = assembly.progress();
-            warn!(held, of, "no peer serves the state being fetched any more; keeping its chunks and asking again");
+            warn!(
+                held,
+                of, "no peer serves the state being fetched any more; keeping its chunks and asking again"
+            );
             self.pending.clear();
             self.parked = Some(assembly);
             return SyncStep::Ended { reason: self.reason, agreed: false };
@@ -341,7 +355,11 @@ mod tests {
     }
 
     fn offer(snapshot: &StateSnapshot) -> SyncResponse {
-        SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from: 9, deltas: vec![] })
+        SyncResponse::Offer(StateOffer {
+            manifest: snapshot.manifest.clone(),
+            expected_from: 9,
+            deltas: vec![],
+        })
     }
 
     fn newer(m: &StateManifest, _: SyncReason) -> bool {
@@ -396,7 +414,11 @@ mod tests {
             }
         };
         assert_eq!(state.round, 5);
-        assert_eq!(served_by, BTreeSet::from([1, 2]), "chunks come from both agreeing peers, none from the liar");
+        assert_eq!(
+            served_by,
+            BTreeSet::from([1, 2]),
+            "chunks come from both agreeing peers, none from the liar"
+        );
     }
 
     #[test]

@@ -204,7 +204,10 @@ impl ChunkAssembly {
 /// the roots announced by at least `required` distinct peers, the highest
 /// round; then the most peers; then the smaller root. `offers` maps each peer
 /// to the (round, root) it announced. None when no root has enough support.
-pub fn choose_root<P: Ord>(offers: &BTreeMap<P, (u64, [u8; 32])>, required: usize) -> Option<(u64, [u8; 32])> {
+pub fn choose_root<P: Ord>(
+    offers: &BTreeMap<P, (u64, [u8; 32])>,
+    required: usize,
+) -> Option<(u64, [u8; 32])> {
     let mut support: BTreeMap<(u64, [u8; 32]), usize> = BTreeMap::new();
     for offer in offers.values() {
         *support.entry(*offer).or_default() += 1;

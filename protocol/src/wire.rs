@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::delta::{DeltaHeader, SignedDelta};
 use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
+use crate::delta::{DeltaHeader, SignedDelta};
 use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
 
 /// The largest message any Starling decoder accepts, whatever the caller's limit.
@@ -219,7 +219,12 @@ pub fn decode_sync_reply(bytes: &[u8], limit: usize, param_count: usize) -> Resu
 pub fn encode_state(state: &ModelState) -> Vec<u8> {
     let params = f32s_to_le_bytes(&state.params);
     let momentum = f32s_to_le_bytes(&state.momentum);
-    encode(&ModelStateWire { round: state.round, lineage: state.lineage, params: &params, momentum: &momentum })
+    encode(&ModelStateWire {
+        round: state.round,
+        lineage: state.lineage,
+        params: &params,
+        momentum: &momentum,
+    })
 }
 
 /// Decodes a model state of at most `limit` bytes for a model of `param_count` parameters.
@@ -329,11 +334,8 @@ pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, 
                     deltas.len()
                 )));
             }
-            let chunk_hashes = manifest
-                .chunk_hashes
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect();
+            let chunk_hashes =
+                manifest.chunk_hashes.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect();
             let mut decoded = Vec::with_capacity(deltas.len());
             for d in deltas {
                 decoded.push(delta_from_wire(d)?);

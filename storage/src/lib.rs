@@ -156,6 +156,12 @@ impl Store {
         Ok(CheckpointScan { checkpoint: None, skipped })
     }
 
+    /// Flushes everything written so far to disk (each save already does; this is for shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Rounds of the checkpoints kept, oldest first.
     pub fn checkpoint_rounds(&self) -> Result<Vec<u64>, StoreError> {
         self.checkpoints

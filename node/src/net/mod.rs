@@ -17,9 +17,6 @@ use starling_protocol::{PublicKey, RunSpec};
 
 pub use sync::StateCodec;
 
-/// Most deltas a state offer carries.
-const MAX_DELTAS_PER_OFFER: usize = starling_protocol::snapshot::MAX_SYNC_DELTAS;
-
 /// Protocol version string sent in identify.
 pub const AGENT: &str = concat!("starling/", env!("CARGO_PKG_VERSION"));
 
@@ -121,10 +118,7 @@ pub fn build_swarm(
         topic: delta_topic(spec).hash(),
         round_deadline: Duration::from_millis(spec.round.deadline_ms),
         max_delta: spec.max_delta_bytes(),
-        // An offer (manifest and one round's deltas) or one chunk, whichever is larger.
-        max_sync: (MAX_DELTAS_PER_OFFER * spec.max_delta_bytes() + 4096 + 32 * starling_protocol::chunks::MAX_CHUNKS)
-            .max(starling_protocol::chunks::CHUNK_BYTES + 1024)
-            .min(starling_protocol::wire::MAX_MESSAGE_BYTES),
+        max_sync: sync::max_response_bytes(spec),
         // mDNS multicasts on real interfaces; in-memory nodes cannot be reached that way.
         mdns: options.mdns && options.transport == Transport::Tcp,
         peer_discovery: options.peer_discovery,
