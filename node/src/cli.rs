@@ -63,6 +63,21 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Nodes train a model of --params parameters on loopback; a late joiner
+    /// syncs their state in chunks. Prints its time to catch up and the bytes.
+    Sync {
+        #[arg(long, default_value_t = 1_000_000)]
+        params: usize,
+        /// Rounds the serving nodes train before the joiner starts.
+        #[arg(long, default_value_t = 2)]
+        rounds: u64,
+        /// Serving nodes (the joiner needs two to agree when there are two or more).
+        #[arg(long, default_value_t = 2)]
+        peers: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs the local swarm once per codec and prints bytes, compression and accuracy.
     Codecs {
         #[arg(long, default_value_t = 4)]
@@ -212,6 +227,23 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     report.transfer_seconds,
                     report.verify_seconds,
                     report.merge_seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Sync { params, rounds, peers, json }) => {
+            let report = crate::bench_sync::sync(params, rounds, peers).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "late joiner, {} params ({} of state) from {} peers: caught up to round {} in {:.2} s, received {}",
+                    report.params,
+                    human_bytes(report.state_bytes as f64),
+                    report.serving_peers,
+                    report.round,
+                    report.catch_up_seconds,
+                    human_bytes(report.received_bytes as f64)
                 );
             }
             Ok(())

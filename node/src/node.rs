@@ -62,6 +62,8 @@ pub struct NodeOptions {
 pub enum NodeEvent {
     Listening { node: PublicKey, address: Multiaddr },
     Round(RoundReport),
+    /// The node installed a state its peers agree on (it was behind, new, or had diverged).
+    StateInstalled { node: PublicKey, from: u64, round: u64, traffic: Traffic },
 }
 
 /// One merged round, as the node saw it.
@@ -677,9 +679,18 @@ impl Node {
             params_hash = %hex(&state.params_hash()),
             "installed the state of the swarm"
         );
+        let from = self.state.round;
         self.state = state;
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.metrics.state_syncs.inc();
+        if let Some(events) = &self.events {
+            let _ = events.send(NodeEvent::StateInstalled {
+                node: self.me,
+                from,
+                round: self.state.round,
+                traffic: self.metrics.transport_bytes(),
+            });
+        }
         let now = self.now_ms();
         let synced = Event::Synced { round: self.state.round, expected_from };
         let mut actions = self.rounds.handle(now, synced);
