@@ -123,12 +123,15 @@ pub async fn sync(params: usize, rounds: u64, peers: usize) -> Result<SyncReport
         stop_rx.clone(),
     )));
     let report = loop {
-        if let NodeEvent::StateInstalled { round, traffic, .. } = next(&mut events, "the joiner to sync").await? {
-            let state_bytes = starling_protocol::wire::encode_state(&starling_protocol::ModelState::initial(vec![
+        if let NodeEvent::StateInstalled { round, traffic, .. } =
+            next(&mut events, "the joiner to sync").await?
+        {
+            let state_bytes =
+                starling_protocol::wire::encode_state(&starling_protocol::ModelState::initial(vec![
                 0.0;
                 spec.param_count()
             ]))
-            .len() as u64;
+                .len() as u64;
             break SyncReport {
                 params: spec.param_count(),
                 state_bytes,

@@ -60,10 +60,18 @@ pub struct NodeOptions {
 /// What a node tells whoever started it.
 #[derive(Clone, Debug)]
 pub enum NodeEvent {
-    Listening { node: PublicKey, address: Multiaddr },
+    Listening {
+        node: PublicKey,
+        address: Multiaddr,
+    },
     Round(RoundReport),
     /// The node installed a state its peers agree on (it was behind, new, or had diverged).
-    StateInstalled { node: PublicKey, from: u64, round: u64, traffic: Traffic },
+    StateInstalled {
+        node: PublicKey,
+        from: u64,
+        round: u64,
+        traffic: Traffic,
+    },
 }
 
 /// One merged round, as the node saw it.
@@ -192,6 +200,8 @@ struct Node {
     failed_probes: u32,
     /// The states this node serves to syncing peers.
     snapshots: SnapshotCache,
+    /// Our own delta of the current round saved before a restart, to publish again as is.
+    own_delta: Option<SignedDelta>,
     phase: Phase,
     started: Instant,
     /// When we last asked the DHT for peers.
@@ -290,15 +300,39 @@ impl Node {
         for bad in &scan.skipped {
             warn!(round = bad.round, reason = %bad.reason, "skipping unreadable checkpoint");
         }
-        let (state, residual) = match scan.checkpoint {
+        let (state, mut residual) = match scan.checkpoint {
             Some(checkpoint) => {
                 info!(round = checkpoint.state.round, "resuming from checkpoint");
                 (checkpoint.state, checkpoint.residual)
+            }
+            None if !scan.skipped.is_empty() => {
+                warn!("no checkpoint is readable; starting from genesis and syncing the swarm's state from peers");
+                let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
+                store.save_checkpoint(&state, &[])?;
+                (state, Vec::new())
             }
             None => {
                 let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
                 store.save_checkpoint(&state, &[])?;
                 (state, Vec::new())
+            }
+        };
+        // Our delta of this round, if we published one before a crash: republish it.
+        let own_delta = match store.outbox(params, spec.max_delta_bytes()) {
+            Ok(Some((delta, after)))
+                if delta.header.round == state.round && delta.header.base == state.lineage =>
+            {
+                info!(
+                    round = state.round,
+                    "republishing the delta this node signed for the round before it stopped"
+                );
+                residual = after;
+                Some(delta)
+            }
+            Ok(_) => None,
+            Err(reason) => {
+                warn!(%reason, "the saved own delta is unreadable; training the round afresh");
+                None
             }
         };
         let me = PublicKey::of(&key);
@@ -353,6 +387,7 @@ impl Node {
             sync_retry: None,
             failed_probes: 0,
             snapshots: SnapshotCache::default(),
+            own_delta,
             phase: Phase::Gathering,
             started: Instant::now(),
             last_lookup: None,
@@ -438,6 +473,15 @@ impl Node {
         if self.phase != Phase::Running || self.done() || !self.rounds.wants_local() {
             return;
         }
+        if let Some(delta) = self.own_delta.take() {
+            if delta.header.round == self.state.round && delta.header.base == self.state.lineage {
+                let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(delta));
+                if let Err(e) = self.apply(actions) {
+                    warn!(error = %e, "republishing our delta failed");
+                }
+                return;
+            }
+        }
         let Some(mut trainer) = self.trainer.take() else { return };
         let round = self.state.round;
         let base = self.state.lineage;
@@ -472,6 +516,8 @@ impl Node {
             self.spec.codec,
             payload,
         );
+        // Saved before it goes out: after a crash, the same delta is published again.
+        self.store.save_outbox(&signed, &self.residual)?;
         let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(signed));
         self.apply(actions)
     }

@@ -215,6 +215,47 @@ pub fn decode_sync_reply(bytes: &[u8], limit: usize, param_count: usize) -> Resu
     Ok(SyncReply { state, expected_from: wire.expected_from, deltas })
 }
 
+/// A node's own delta of its current round and the residual left after encoding
+/// it, as stored before the delta is published (so a restart republishes the
+/// same delta instead of signing a different one for the same round).
+#[derive(Serialize, Deserialize)]
+struct OutboxWire<'a> {
+    #[serde(borrow)]
+    delta: SignedDeltaWire<'a>,
+    #[serde(borrow, with = "serde_bytes")]
+    residual: &'a [u8],
+}
+
+/// Encodes a node's own published delta and its residual after encoding.
+pub fn encode_outbox(delta: &SignedDelta, residual: &[f32]) -> Vec<u8> {
+    let residual = f32s_to_le_bytes(residual);
+    encode(&OutboxWire {
+        delta: SignedDeltaWire {
+            header: delta.header.clone(),
+            payload: &delta.payload,
+            signature: &delta.signature,
+        },
+        residual: &residual,
+    })
+}
+
+/// Decodes what [`encode_outbox`] wrote, for a model of `param_count` parameters.
+pub fn decode_outbox(
+    bytes: &[u8],
+    limit: usize,
+    param_count: usize,
+) -> Result<(SignedDelta, Vec<f32>), WireError> {
+    let wire: OutboxWire = decode(bytes, limit)?;
+    if !wire.residual.is_empty() && wire.residual.len() != param_count * 4 {
+        return Err(WireError::Malformed(format!(
+            "residual holds {} bytes, expected 0 or {}",
+            wire.residual.len(),
+            param_count * 4
+        )));
+    }
+    Ok((delta_from_wire(wire.delta)?, le_bytes_to_f32s(wire.residual)))
+}
+
 /// Encodes a model state alone (what chunked sync cuts into chunks).
 pub fn encode_state(state: &ModelState) -> Vec<u8> {
     let params = f32s_to_le_bytes(&state.params);

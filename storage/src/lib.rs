@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use rand::Rng;
-use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SpecError};
+use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError};
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
+const OUTBOX_KEY: &[u8] = b"own_delta";
 const CHECKSUM_LEN: usize = 32;
 
 /// How many checkpoints are kept; older ones are pruned after each save.
@@ -55,6 +56,8 @@ pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     checkpoints: sled::Tree,
+    /// The node's own delta of its current round, saved before it is published.
+    outbox: sled::Tree,
 }
 
 impl Store {
@@ -67,7 +70,8 @@ impl Store {
             .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         let meta = db.open_tree("meta")?;
         let checkpoints = db.open_tree("checkpoints")?;
-        Ok(Self { db, meta, checkpoints })
+        let outbox = db.open_tree("outbox")?;
+        Ok(Self { db, meta, checkpoints, outbox })
     }
 
     /// The node's identity key, created on first use and reused after.
@@ -154,6 +158,41 @@ impl Store {
             }
         }
         Ok(CheckpointScan { checkpoint: None, skipped })
+    }
+
+    /// Saves the node's own signed delta and its residual after encoding it,
+    /// checksummed and flushed, before the delta is published: a node restarted
+    /// in the same round republishes this delta rather than sign a different one
+    /// (which peers would take for equivocation).
+    pub fn save_outbox(&self, delta: &SignedDelta, residual: &[f32]) -> Result<(), StoreError> {
+        let body = wire::encode_outbox(delta, residual);
+        let mut record = Vec::with_capacity(CHECKSUM_LEN + body.len());
+        record.extend_from_slice(checksum(&body).as_bytes());
+        record.extend_from_slice(&body);
+        self.outbox.insert(OUTBOX_KEY, record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The saved own delta and residual, if any; an unreadable record is an `Err`
+    /// with the reason (the node then trains the round afresh).
+    pub fn outbox(
+        &self,
+        param_count: usize,
+        max_delta_bytes: usize,
+    ) -> Result<Option<(SignedDelta, Vec<f32>)>, String> {
+        let Some(record) = self.outbox.get(OUTBOX_KEY).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if record.len() < CHECKSUM_LEN {
+            return Err(format!("outbox record is {} bytes, shorter than its checksum", record.len()));
+        }
+        let (sum, body) = record.split_at(CHECKSUM_LEN);
+        if checksum(body).as_bytes() != sum {
+            return Err("outbox checksum mismatch (torn or corrupted write)".into());
+        }
+        let limit = max_delta_bytes + param_count * 4 + 1024;
+        wire::decode_outbox(body, limit, param_count).map(Some).map_err(|e| e.to_string())
     }
 
     /// Flushes everything written so far to disk (each save already does; this is for shutdown).
@@ -278,6 +317,33 @@ mod tests {
         let scan = store.latest_checkpoint(4).unwrap();
         assert_eq!(scan.checkpoint, None);
         assert_eq!(scan.skipped.len(), 1);
+    }
+
+    #[test]
+    fn the_own_delta_survives_reopen_and_a_torn_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let codec = starling_protocol::Codec::Dense;
+        let delta = SignedDelta::sign(
+            &key,
+            starling_protocol::RunId([0; 32]),
+            4,
+            [9; 32],
+            10,
+            codec,
+            codec.encode(&[1.0, 2.0, 3.0]),
+        );
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.outbox(3, 1024).unwrap().is_none());
+            store.save_outbox(&delta, &[0.5, 0.0, 0.25]).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (saved, residual) = store.outbox(3, 1024).unwrap().unwrap();
+        assert_eq!((saved.id(), residual), (delta.id(), vec![0.5, 0.0, 0.25]));
+        let record = store.outbox.get(OUTBOX_KEY).unwrap().unwrap();
+        store.outbox.insert(OUTBOX_KEY, &record[..record.len() / 2]).unwrap();
+        assert!(store.outbox(3, 1024).unwrap_err().contains("checksum"));
     }
 
     #[test]
