@@ -30,8 +30,20 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `starling ARGS`, capturing its log (stderr) line by line.
     pub fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .args(args)
+        Self::spawn(name, Command::new(env!("CARGO_BIN_EXE_starling")).args(args))
+    }
+
+    /// Starts `starling ARGS` inside the network namespace `netns` (`ip netns exec`
+    /// execs the binary, so the process is still the one killed on drop).
+    pub fn start_in_netns(netns: &str, name: &str, args: &[&str]) -> Self {
+        Self::spawn(
+            name,
+            Command::new("ip").args(["netns", "exec", netns, env!("CARGO_BIN_EXE_starling")]).args(args),
+        )
+    }
+
+    fn spawn(name: &str, command: &mut Command) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
