@@ -22,7 +22,7 @@ use starling_protocol::{
     round::CloseReason,
     wire::{SyncRequest, SyncResponse},
     Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig, RoundState, RunSpec,
-    SignedDelta, StateManifest, StateOffer,
+    SignedDelta, StateOffer,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -534,12 +534,11 @@ impl Node {
                     }
                 }
                 Action::Merge { round, deltas, reason } => self.merge(round, deltas, reason)?,
-                Action::Diverged { peer, round } => {
+                Action::Diverged { peer: _, round } => {
                     warn!(
                         round,
                         "most deltas of this round came from a state other than ours; fetching a peer's state"
                     );
-                    let _ = peer;
                     self.start_sync(SyncReason::Diverged);
                 }
                 Action::RequestState { peer: _, round } => {
@@ -609,6 +608,11 @@ impl Node {
         let peers: Vec<PeerId> = self.run_peers.iter().copied().collect();
         let out = self.sync.start(peers, reason);
         self.send_sync(out);
+        if self.sync.is_idle() && reason == SyncReason::Probe && self.phase == Phase::Probing {
+            // Every peer left before we could ask: nobody to catch up with.
+            self.sync_retry = None;
+            self.start_running();
+        }
     }
 
     fn send_sync(&mut self, out: Vec<(PeerId, SyncRequest)>) {
@@ -627,7 +631,7 @@ impl Node {
         }
         let connected = self.run_peers.len();
         let wanted = self.wanted_snapshot();
-        let step = self.sync.on_tick(connected, |m, r| wanted(m, r));
+        let step = self.sync.on_tick(connected, |m, r| wanted(m.round, m.lineage, r));
         if let Some(step) = step {
             self.on_sync_step(step)?;
         }
@@ -636,14 +640,13 @@ impl Node {
 
     /// Whether a state several peers agree on is worth installing: a copy of
     /// what that depends on, so the sync driver can be borrowed mutably beside it.
-    fn wanted_snapshot(&self) -> impl Fn(&StateManifest, SyncReason) -> bool {
-        let (round, lineage, observing) = (self.state.round, self.state.lineage, self.rounds.observing());
-        move |manifest: &StateManifest, reason: SyncReason| match reason {
-            SyncReason::Probe => manifest.round > round,
-            SyncReason::Behind => manifest.round > round || (observing && manifest.lineage != lineage),
-            SyncReason::Diverged => {
-                manifest.round > round || (manifest.round == round && manifest.lineage != lineage)
-            }
+    fn wanted_snapshot(&self) -> impl Fn(u64, [u8; 32], SyncReason) -> bool {
+        let (own_round, own_lineage, observing) =
+            (self.state.round, self.state.lineage, self.rounds.observing());
+        move |round, lineage, reason| match reason {
+            SyncReason::Probe => round > own_round,
+            SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
+            SyncReason::Diverged => round > own_round || (round == own_round && lineage != own_lineage),
         }
     }
 
@@ -653,7 +656,8 @@ impl Node {
         response: Option<SyncResponse>,
     ) -> Result<(), NodeError> {
         let wanted = self.wanted_snapshot();
-        let step = self.sync.on_response(id, response, self.run_peers.len(), |m, r| wanted(m, r));
+        let step =
+            self.sync.on_response(id, response, self.run_peers.len(), |m, r| wanted(m.round, m.lineage, r));
         match step {
             Some(step) => self.on_sync_step(step),
             None => Ok(()),
@@ -667,15 +671,8 @@ impl Node {
                 Ok(())
             }
             SyncStep::Done { state, expected_from, deltas, reason } => {
-                let wanted = self.wanted_snapshot();
-                let manifest = StateManifest {
-                    round: state.round,
-                    lineage: state.lineage,
-                    total_len: 0,
-                    chunk_hashes: Vec::new(),
-                };
                 // Rounds may have moved on while the chunks came in.
-                if wanted(&manifest, reason) {
+                if self.wanted_snapshot()(state.round, state.lineage, reason) {
                     self.install(state, expected_from, deltas)?;
                 } else {
                     debug!(round = state.round, "a fetched state is no longer ahead of ours");
