@@ -80,3 +80,38 @@ fn kill_nine_at_random_moments_always_restarts_from_a_readable_checkpoint() {
     assert_eq!(healthy_round(&datadir, CYCLES + 1), last + 3);
     assert!(tried >= 10, "only {tried} cycles fit in the time budget");
 }
+
+/// A newest checkpoint whose bytes rotted is reported by `inspect`, skipped
+/// with a clear log line on restart, and the node resumes from the one before.
+#[test]
+fn a_corrupted_newest_checkpoint_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = test_spec("corrupt-checkpoint");
+    let spec_path = write_spec(dir.path(), &spec);
+    let datadir = dir.path().join("node").to_str().unwrap().to_string();
+    let args = run_args(&datadir, &spec_path, &["--rounds", "4"]);
+    let mut node = NodeProcess::start("first run", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    node.wait_exit(Duration::from_secs(120));
+    assert_eq!(healthy_round(&datadir, 0), 4);
+
+    // Flip one byte in the body of the round-4 record.
+    {
+        let store = starling_storage::Store::open(std::path::Path::new(&datadir)).unwrap();
+        let mut record = store.raw_checkpoint(4).unwrap().expect("the round-4 record");
+        let last = record.len() - 1;
+        record[last] ^= 0x01;
+        store.put_raw_checkpoint(4, &record).unwrap();
+    }
+    let inspection = inspect(&datadir);
+    assert_eq!(inspection["healthy"], false, "{inspection}");
+    assert_eq!(inspection["round"].as_u64(), Some(3), "{inspection}");
+
+    let args = run_args(&datadir, &spec_path, &["--rounds", "6"]);
+    let mut node =
+        NodeProcess::start("after the corruption", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    node.wait_exit(Duration::from_secs(120));
+    let log = node.log();
+    assert!(log.contains("skipping unreadable checkpoint") && log.contains("checksum"), "{log}");
+    assert!(log.contains("resuming from checkpoint round=3"), "{log}");
+    assert_eq!(healthy_round(&datadir, 1), 6, "the rewritten round-4 record replaced the rotten one");
+}

@@ -210,6 +210,12 @@ impl Store {
             .collect()
     }
 
+    /// The raw record of `round`, checksum included. For tests and inspection.
+    #[doc(hidden)]
+    pub fn raw_checkpoint(&self, round: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.checkpoints.get(round.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
     /// Writes raw bytes as the record of `round`, bypassing the checksum. For tests
     /// that simulate a torn or corrupted write.
     #[doc(hidden)]
