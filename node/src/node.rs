@@ -202,6 +202,8 @@ struct Node {
     snapshots: SnapshotCache,
     /// Our own delta of the current round saved before a restart, to publish again as is.
     own_delta: Option<SignedDelta>,
+    /// The root of the state whose verified chunks are kept on disk.
+    kept_chunks_root: Option<[u8; 32]>,
     phase: Phase,
     started: Instant,
     /// When we last asked the DHT for peers.
@@ -335,6 +337,18 @@ impl Node {
                 None
             }
         };
+        let mut sync = StateSync::new(params, spec.max_state_bytes());
+        let mut kept_chunks_root = None;
+        match store.sync_chunks() {
+            Ok(Some((root, chunks))) => {
+                kept_chunks_root = Some(root);
+                sync = sync.with_stored_chunks(root, chunks);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the chunks kept from an earlier state fetch; fetching afresh")
+            }
+        }
         let me = PublicKey::of(&key);
         let task = SyntheticTask::new(&spec).map_err(|e| NodeError::Data(e.to_string()))?;
         let shard_seed = shard_seed(&me);
@@ -383,11 +397,12 @@ impl Node {
             train_tx,
             forward_tx,
             run_peers: BTreeSet::new(),
-            sync: StateSync::new(options.spec.param_count(), options.spec.max_state_bytes()),
+            sync,
             sync_retry: None,
             failed_probes: 0,
             snapshots: SnapshotCache::default(),
             own_delta,
+            kept_chunks_root,
             phase: Phase::Gathering,
             started: Instant::now(),
             last_lookup: None,
@@ -658,6 +673,18 @@ impl Node {
         let wanted = self.wanted_snapshot();
         let step =
             self.sync.on_response(id, response, self.run_peers.len(), |m, r| wanted(m.round, m.lineage, r));
+        for (root, index, bytes) in self.sync.take_fresh_chunks() {
+            if self.kept_chunks_root != Some(root) {
+                // Chunks of another state are of no use any more.
+                if let Err(e) = self.store.clear_sync_chunks() {
+                    warn!(error = %e, "cannot forget the chunks kept from an earlier state fetch");
+                }
+                self.kept_chunks_root = Some(root);
+            }
+            if let Err(e) = self.store.save_sync_chunk(&root, index, &bytes) {
+                warn!(error = %e, "cannot keep a fetched chunk on disk; a restart would fetch it again");
+            }
+        }
         match step {
             Some(step) => self.on_sync_step(step),
             None => Ok(()),
@@ -725,6 +752,8 @@ impl Node {
         let from = self.state.round;
         self.state = state;
         self.store.save_checkpoint(&self.state, &self.residual)?;
+        self.store.clear_sync_chunks()?;
+        self.kept_chunks_root = None;
         self.metrics.state_syncs.inc();
         if let Some(events) = &self.events {
             let _ = events.send(NodeEvent::StateInstalled {

@@ -20,6 +20,7 @@ use starling_protocol::{
     wire::{SyncRequest, SyncResponse},
     ChunkAssembly, ModelState, SignedDelta, StateManifest, StateSnapshot,
 };
+use starling_storage::KeptChunks;
 use tracing::{debug, info, warn};
 
 /// How long to wait for offers before choosing among those that came.
@@ -71,6 +72,10 @@ pub struct StateSync<P, I> {
     pending: HashMap<I, Pending<P>>,
     /// The chunks of an interrupted fetch.
     parked: Option<ChunkAssembly>,
+    /// Chunks kept on disk by an earlier run of the node: a root and (index, bytes).
+    stored: Option<KeptChunks>,
+    /// Chunks verified since the node last took them (to keep them on disk).
+    fresh: Vec<([u8; 32], u32, Vec<u8>)>,
     max_state_bytes: usize,
     param_count: usize,
     started: Option<Instant>,
@@ -85,11 +90,24 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
             reason: SyncReason::Behind,
             pending: HashMap::new(),
             parked: None,
+            stored: None,
+            fresh: Vec::new(),
             max_state_bytes,
             param_count,
             started: None,
             chunk_bytes: 0,
         }
+    }
+
+    /// Chunks an earlier run kept on disk; used if the swarm still agrees on that root.
+    pub fn with_stored_chunks(mut self, root: [u8; 32], chunks: Vec<(u32, Vec<u8>)>) -> Self {
+        self.stored = Some((root, chunks));
+        self
+    }
+
+    /// Chunks verified since the last call, to keep on disk.
+    pub fn take_fresh_chunks(&mut self) -> Vec<([u8; 32], u32, Vec<u8>)> {
+        std::mem::take(&mut self.fresh)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -157,8 +175,12 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
                 match response {
                     Some(SyncResponse::Chunk(bytes)) => {
                         let len = bytes.len() as u64;
+                        let copy = bytes.clone();
                         match assembly.insert(index, bytes) {
-                            Ok(()) => self.chunk_bytes += len,
+                            Ok(()) => {
+                                self.chunk_bytes += len;
+                                self.fresh.push((assembly.root(), index, copy));
+                            }
                             Err(e) => {
                                 warn!(%peer, error = %e, "peer sent a chunk that does not match the agreed state; dropping it as a source");
                                 sources.remove(&peer);
@@ -230,7 +252,19 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
                 info!(held = parked.progress().0, "resuming an interrupted state fetch");
                 parked
             }
-            _ => ChunkAssembly::new(manifest),
+            _ => {
+                let mut assembly = ChunkAssembly::new(manifest);
+                if let Some((stored_root, chunks)) = self.stored.take() {
+                    if stored_root == root {
+                        let kept = chunks
+                            .into_iter()
+                            .filter(|(i, c)| assembly.insert(*i, c.clone()).is_ok())
+                            .count();
+                        info!(kept, "resuming a state fetch with the chunks kept before the restart");
+                    }
+                }
+                assembly
+            }
         };
         info!(
             round,
@@ -447,6 +481,26 @@ mod tests {
         let Some(SyncStep::Send(out)) = sync.on_response(id, Some(offer(&good)), 1, newer) else { panic!() };
         assert!(out.iter().all(|(_, r)| !matches!(r, SyncRequest::Chunk { index: 0, .. })), "{out:?}");
         assert!(before > 0);
+    }
+
+    #[test]
+    fn chunks_kept_before_a_restart_are_not_fetched_again() {
+        let good = StateSnapshot::of(&state(5, 1.0));
+        let kept = vec![(0, good.chunk(0).unwrap().to_vec()), (1, vec![0; 3])];
+        let mut sync = Sync::new(600_000, 600_000 * 8 + 1024).with_stored_chunks(good.root, kept);
+        let mut next = 0;
+        let asks = sync.start([1], SyncReason::Behind);
+        let (id, _, _) = send(&mut sync, &mut next, asks).remove(0);
+        let Some(SyncStep::Send(out)) = sync.on_response(id, Some(offer(&good)), 1, newer) else { panic!() };
+        let asked: Vec<u32> = out
+            .iter()
+            .filter_map(|(_, r)| match r {
+                SyncRequest::Chunk { index, .. } => Some(*index),
+                SyncRequest::Offer => None,
+            })
+            .collect();
+        // Chunk 0 was kept and verifies; the kept chunk 1 is garbage and is fetched again.
+        assert_eq!(asked, vec![1, 2, 3, 4]);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct CheckpointScan {
     pub skipped: Vec<CorruptCheckpoint>,
 }
 
+/// Verified chunks of a state being fetched: its root, and (index, bytes) pairs.
+pub type KeptChunks = ([u8; 32], Vec<(u32, Vec<u8>)>);
+
 /// The node's datadir database.
 pub struct Store {
     db: sled::Db,
@@ -58,6 +61,9 @@ pub struct Store {
     checkpoints: sled::Tree,
     /// The node's own delta of its current round, saved before it is published.
     outbox: sled::Tree,
+    /// Verified chunks of a state being fetched, keyed by root and index, so a
+    /// fetch interrupted by a restart resumes.
+    sync_chunks: sled::Tree,
 }
 
 impl Store {
@@ -71,7 +77,8 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let checkpoints = db.open_tree("checkpoints")?;
         let outbox = db.open_tree("outbox")?;
-        Ok(Self { db, meta, checkpoints, outbox })
+        let sync_chunks = db.open_tree("sync_chunks")?;
+        Ok(Self { db, meta, checkpoints, outbox, sync_chunks })
     }
 
     /// The node's identity key, created on first use and reused after.
@@ -193,6 +200,45 @@ impl Store {
         }
         let limit = max_delta_bytes + param_count * 4 + 1024;
         wire::decode_outbox(body, limit, param_count).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Keeps a verified chunk of the state with `root` being fetched. Not
+    /// flushed: a chunk lost in a crash is fetched again, and every chunk is
+    /// checked against the agreed manifest when it is used.
+    pub fn save_sync_chunk(&self, root: &[u8; 32], index: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut key = root.to_vec();
+        key.extend_from_slice(&index.to_be_bytes());
+        self.sync_chunks.insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// The kept chunks of a state being fetched: its root and (index, bytes) pairs.
+    /// Chunks of more than one root (a crash while switching) keep the first root's.
+    pub fn sync_chunks(&self) -> Result<Option<KeptChunks>, StoreError> {
+        let mut root: Option<[u8; 32]> = None;
+        let mut chunks = Vec::new();
+        for entry in self.sync_chunks.iter() {
+            let (key, value) = entry?;
+            let (Ok(r), Ok(index)) = (
+                <[u8; 32]>::try_from(&key[..32.min(key.len())]),
+                <[u8; 4]>::try_from(&key[32.min(key.len())..]),
+            ) else {
+                continue;
+            };
+            match root {
+                None => root = Some(r),
+                Some(first) if first != r => continue,
+                Some(_) => {}
+            }
+            chunks.push((u32::from_be_bytes(index), value.to_vec()));
+        }
+        Ok(root.map(|r| (r, chunks)))
+    }
+
+    /// Forgets kept chunks (the state was installed, or another one is fetched).
+    pub fn clear_sync_chunks(&self) -> Result<(), StoreError> {
+        self.sync_chunks.clear()?;
+        Ok(())
     }
 
     /// Flushes everything written so far to disk (each save already does; this is for shutdown).
@@ -350,6 +396,23 @@ mod tests {
         let record = store.outbox.get(OUTBOX_KEY).unwrap().unwrap();
         store.outbox.insert(OUTBOX_KEY, &record[..record.len() / 2]).unwrap();
         assert!(store.outbox(3, 1024).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn kept_sync_chunks_survive_reopen_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.save_sync_chunk(&[7; 32], 2, b"two").unwrap();
+            store.save_sync_chunk(&[7; 32], 0, b"zero").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (root, chunks) = store.sync_chunks().unwrap().unwrap();
+        assert_eq!(root, [7; 32]);
+        assert_eq!(chunks, vec![(0, b"zero".to_vec()), (2, b"two".to_vec())]);
+        store.clear_sync_chunks().unwrap();
+        assert!(store.sync_chunks().unwrap().is_none());
     }
 
     #[test]
