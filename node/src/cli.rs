@@ -63,6 +63,21 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Nodes train a model of --params parameters on loopback; a late joiner
+    /// syncs their state in chunks. Prints its time to catch up and the bytes.
+    Sync {
+        #[arg(long, default_value_t = 1_000_000)]
+        params: usize,
+        /// Rounds the serving nodes train before the joiner starts.
+        #[arg(long, default_value_t = 2)]
+        rounds: u64,
+        /// Serving nodes (the joiner needs two to agree when there are two or more).
+        #[arg(long, default_value_t = 2)]
+        peers: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs the local swarm once per codec and prints bytes, compression and accuracy.
     Codecs {
         #[arg(long, default_value_t = 4)]
@@ -251,6 +266,23 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench(BenchCommand::Sync { params, rounds, peers, json }) => {
+            let report = crate::bench_sync::sync(params, rounds, peers).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "late joiner, {} params ({} of state) from {} peers: caught up to round {} in {:.2} s, received {}",
+                    report.params,
+                    human_bytes(report.state_bytes as f64),
+                    report.serving_peers,
+                    report.round,
+                    report.catch_up_seconds,
+                    human_bytes(report.received_bytes as f64)
+                );
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
             codec_table(nodes, rounds, codecs).await
         }
@@ -315,6 +347,12 @@ async fn run(args: RunArgs) -> Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = shutdown_tx.send(true);
+        // Shutdown is bounded: a training step in flight or a stuck peer cannot hold it.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_LIMIT);
+            eprintln!("shutdown took longer than {SHUTDOWN_LIMIT:?}: exiting now (the last merged round is checkpointed)");
+            std::process::exit(1);
+        });
         // A second signal exits at once.
         wait_for_signal().await;
         eprintln!("second signal: exiting now");
@@ -330,6 +368,9 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The longest a node takes to stop after SIGINT or SIGTERM.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 async fn wait_for_signal() {
     #[cfg(unix)]

@@ -1,6 +1,7 @@
 //! The Starling node: networking, training and the event loop that drives the protocol.
 
 pub mod bench;
+pub mod bench_sync;
 pub mod cli;
 pub mod data;
 pub mod inspect;
@@ -9,4 +10,5 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;
+pub mod statesync;
 pub mod trainer;

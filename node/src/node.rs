@@ -19,8 +19,10 @@ use libp2p::{
     PeerId, Swarm,
 };
 use starling_protocol::{
-    round::CloseReason, wire, Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig,
-    RoundState, RunSpec, SignedDelta, SyncReply,
+    round::CloseReason,
+    wire::{SyncRequest, SyncResponse},
+    Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig, RoundState, RunSpec,
+    SignedDelta, StateOffer,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -30,7 +32,8 @@ use crate::{
     data::{Dataset, SyntheticTask},
     metrics::{NodeMetrics, Traffic},
     model::Mlp,
-    net::{self, Behaviour, BehaviourEvent, NetOptions, StateRequest, StateResponse},
+    net::{self, Behaviour, BehaviourEvent, NetOptions},
+    statesync::{hex, SnapshotCache, StateSync, SyncReason, SyncStep},
     trainer::{Evaluation, TrainError, TrainOutcome, Trainer},
 };
 
@@ -57,8 +60,18 @@ pub struct NodeOptions {
 /// What a node tells whoever started it.
 #[derive(Clone, Debug)]
 pub enum NodeEvent {
-    Listening { node: PublicKey, address: Multiaddr },
+    Listening {
+        node: PublicKey,
+        address: Multiaddr,
+    },
     Round(RoundReport),
+    /// The node installed a state its peers agree on (it was behind, new, or had diverged).
+    StateInstalled {
+        node: PublicKey,
+        from: u64,
+        round: u64,
+        traffic: Traffic,
+    },
 }
 
 /// One merged round, as the node saw it.
@@ -136,6 +149,9 @@ pub enum NodeError {
     Merge { round: u64, reason: String },
 }
 
+/// How long leaving the run may take: the unsubscribe goes out, then connections close.
+const LEAVE_TIME: Duration = Duration::from_millis(400);
+
 /// How long an accepted delta waits before gossipsub may forward it.
 const FORWARD_HOLD: Duration = Duration::from_millis(25);
 
@@ -176,7 +192,18 @@ struct Node {
     train_tx: mpsc::UnboundedSender<TrainDone>,
     forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     run_peers: BTreeSet<PeerId>,
-    sync_pending: Option<request_response::OutboundRequestId>,
+    /// Chunked, multi-peer state sync in progress (or idle).
+    sync: StateSync<PeerId, request_response::OutboundRequestId>,
+    /// When to ask for offers again after a sync found no agreement, and why.
+    sync_retry: Option<(Instant, SyncReason)>,
+    /// Probes before the first round that found no agreement.
+    failed_probes: u32,
+    /// The states this node serves to syncing peers.
+    snapshots: SnapshotCache,
+    /// Our own delta of the current round saved before a restart, to publish again as is.
+    own_delta: Option<SignedDelta>,
+    /// The root of the state whose verified chunks are kept on disk.
+    kept_chunks_root: Option<[u8; 32]>,
     phase: Phase,
     started: Instant,
     /// When we last asked the DHT for peers.
@@ -236,6 +263,7 @@ pub async fn run_node_with(
             }
         }
     }
+    node.leave().await;
     Ok(node.outcome())
 }
 
@@ -274,10 +302,16 @@ impl Node {
         for bad in &scan.skipped {
             warn!(round = bad.round, reason = %bad.reason, "skipping unreadable checkpoint");
         }
-        let (state, residual) = match scan.checkpoint {
+        let (state, mut residual) = match scan.checkpoint {
             Some(checkpoint) => {
                 info!(round = checkpoint.state.round, "resuming from checkpoint");
                 (checkpoint.state, checkpoint.residual)
+            }
+            None if !scan.skipped.is_empty() => {
+                warn!("no checkpoint is readable; starting from genesis and syncing the swarm's state from peers");
+                let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
+                store.save_checkpoint(&state, &[])?;
+                (state, Vec::new())
             }
             None => {
                 let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
@@ -285,6 +319,36 @@ impl Node {
                 (state, Vec::new())
             }
         };
+        // Our delta of this round, if we published one before a crash: republish it.
+        let own_delta = match store.outbox(params, spec.max_delta_bytes()) {
+            Ok(Some((delta, after)))
+                if delta.header.round == state.round && delta.header.base == state.lineage =>
+            {
+                info!(
+                    round = state.round,
+                    "republishing the delta this node signed for the round before it stopped"
+                );
+                residual = after;
+                Some(delta)
+            }
+            Ok(_) => None,
+            Err(reason) => {
+                warn!(%reason, "the saved own delta is unreadable; training the round afresh");
+                None
+            }
+        };
+        let mut sync = StateSync::new(params, spec.max_state_bytes());
+        let mut kept_chunks_root = None;
+        match store.sync_chunks() {
+            Ok(Some((root, chunks))) => {
+                kept_chunks_root = Some(root);
+                sync = sync.with_stored_chunks(root, chunks);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the chunks kept from an earlier state fetch; fetching afresh")
+            }
+        }
         let me = PublicKey::of(&key);
         let task = SyntheticTask::new(&spec).map_err(|e| NodeError::Data(e.to_string()))?;
         let shard_seed = shard_seed(&me);
@@ -333,7 +397,12 @@ impl Node {
             train_tx,
             forward_tx,
             run_peers: BTreeSet::new(),
-            sync_pending: None,
+            sync,
+            sync_retry: None,
+            failed_probes: 0,
+            snapshots: SnapshotCache::default(),
+            own_delta,
+            kept_chunks_root,
             phase: Phase::Gathering,
             started: Instant::now(),
             last_lookup: None,
@@ -387,6 +456,7 @@ impl Node {
                 return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2))
             }
             Phase::Probing | Phase::Running => {
+                self.sync_tick()?;
                 let actions = self.rounds.handle(self.now_ms(), Event::Tick);
                 self.apply(actions)?;
             }
@@ -400,12 +470,11 @@ impl Node {
             self.phase = Phase::Draining(Instant::now());
             return;
         }
-        match self.run_peers.iter().next().copied() {
-            Some(peer) => {
-                self.request_state(peer);
-                self.phase = Phase::Probing;
-            }
-            None => self.start_running(),
+        if self.run_peers.is_empty() {
+            self.start_running();
+        } else {
+            self.phase = Phase::Probing;
+            self.start_sync(SyncReason::Probe);
         }
     }
 
@@ -418,6 +487,15 @@ impl Node {
     fn maybe_train(&mut self) {
         if self.phase != Phase::Running || self.done() || !self.rounds.wants_local() {
             return;
+        }
+        if let Some(delta) = self.own_delta.take() {
+            if delta.header.round == self.state.round && delta.header.base == self.state.lineage {
+                let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(delta));
+                if let Err(e) = self.apply(actions) {
+                    warn!(error = %e, "republishing our delta failed");
+                }
+                return;
+            }
         }
         let Some(mut trainer) = self.trainer.take() else { return };
         let round = self.state.round;
@@ -453,6 +531,8 @@ impl Node {
             self.spec.codec,
             payload,
         );
+        // Saved before it goes out: after a crash, the same delta is published again.
+        self.store.save_outbox(&signed, &self.residual)?;
         let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(signed));
         self.apply(actions)
     }
@@ -469,26 +549,19 @@ impl Node {
                     }
                 }
                 Action::Merge { round, deltas, reason } => self.merge(round, deltas, reason)?,
-                Action::Diverged { peer, round } => {
+                Action::Diverged { peer: _, round } => {
                     warn!(
                         round,
                         "most deltas of this round came from a state other than ours; fetching a peer's state"
                     );
-                    if let Some(target) = net::peer_id(&peer).filter(|p| self.swarm.is_connected(p)) {
-                        self.request_state(target);
-                    }
+                    self.start_sync(SyncReason::Diverged);
                 }
-                Action::RequestState { peer, round } => {
+                Action::RequestState { peer: _, round } => {
                     info!(
                         behind_by = round.saturating_sub(self.state.round),
-                        "a peer is ahead; requesting its state"
+                        "a peer is ahead; syncing state"
                     );
-                    let target = net::peer_id(&peer)
-                        .filter(|p| self.swarm.is_connected(p))
-                        .or_else(|| self.run_peers.iter().next().copied());
-                    if let Some(target) = target {
-                        self.request_state(target);
-                    }
+                    self.start_sync(SyncReason::Behind);
                 }
             }
         }
@@ -550,50 +623,156 @@ impl Node {
         Ok(())
     }
 
-    fn request_state(&mut self, peer: PeerId) {
-        if self.sync_pending.is_some() {
-            return;
+    /// Asks every run peer which state it serves (see [`crate::statesync`]).
+    fn start_sync(&mut self, reason: SyncReason) {
+        let peers: Vec<PeerId> = self.run_peers.iter().copied().collect();
+        let out = self.sync.start(peers, reason);
+        self.send_sync(out);
+        if self.sync.is_idle() && reason == SyncReason::Probe && self.phase == Phase::Probing {
+            // Every peer left before we could ask: nobody to catch up with.
+            self.sync_retry = None;
+            self.start_running();
         }
-        let id =
-            self.swarm.behaviour_mut().sync.send_request(&peer, StateRequest { run_id: self.spec.run_id() });
-        self.sync_pending = Some(id);
     }
 
-    fn on_state_response(&mut self, bytes: Option<Vec<u8>>) -> Result<(), NodeError> {
-        self.sync_pending = None;
-        if let Some(bytes) = bytes {
-            match wire::decode_sync_reply(&bytes, self.spec.max_sync_reply_bytes(), self.spec.param_count()) {
-                Ok(reply) if reply.state.round > self.state.round || self.rounds.observing() => {
-                    self.install(reply)?
-                }
-                Ok(reply) => debug!(peer_round = reply.state.round, "peer is not ahead of us"),
-                Err(e) => warn!(error = %e, "peer sent an unreadable state"),
+    fn send_sync(&mut self, out: Vec<(PeerId, SyncRequest)>) {
+        for (peer, request) in out {
+            let id = self.swarm.behaviour_mut().sync.send_request(&peer, request.clone());
+            self.sync.sent(id, peer, &request);
+        }
+    }
+
+    fn sync_tick(&mut self) -> Result<(), NodeError> {
+        if let Some((at, reason)) = self.sync_retry {
+            if Instant::now() >= at && self.sync.is_idle() {
+                self.sync_retry = None;
+                self.start_sync(reason);
             }
         }
-        if self.phase == Phase::Probing {
-            self.start_running();
-        } else {
-            self.maybe_train();
+        let connected = self.run_peers.len();
+        let wanted = self.wanted_snapshot();
+        let step = self.sync.on_tick(connected, |m, r| wanted(m.round, m.lineage, r));
+        if let Some(step) = step {
+            self.on_sync_step(step)?;
         }
         Ok(())
     }
 
-    /// Installs a peer's state, then the deltas of its current round it holds.
-    fn install(&mut self, reply: SyncReply) -> Result<(), NodeError> {
+    /// Whether a state several peers agree on is worth installing: a copy of
+    /// what that depends on, so the sync driver can be borrowed mutably beside it.
+    fn wanted_snapshot(&self) -> impl Fn(u64, [u8; 32], SyncReason) -> bool {
+        let (own_round, own_lineage, observing) =
+            (self.state.round, self.state.lineage, self.rounds.observing());
+        move |round, lineage, reason| match reason {
+            SyncReason::Probe => round > own_round,
+            SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
+            SyncReason::Diverged => round > own_round || (round == own_round && lineage != own_lineage),
+        }
+    }
+
+    fn on_sync_response(
+        &mut self,
+        id: request_response::OutboundRequestId,
+        response: Option<SyncResponse>,
+    ) -> Result<(), NodeError> {
+        let wanted = self.wanted_snapshot();
+        let step =
+            self.sync.on_response(id, response, self.run_peers.len(), |m, r| wanted(m.round, m.lineage, r));
+        for (root, index, bytes) in self.sync.take_fresh_chunks() {
+            if self.kept_chunks_root != Some(root) {
+                // Chunks of another state are of no use any more.
+                if let Err(e) = self.store.clear_sync_chunks() {
+                    warn!(error = %e, "cannot forget the chunks kept from an earlier state fetch");
+                }
+                self.kept_chunks_root = Some(root);
+            }
+            if let Err(e) = self.store.save_sync_chunk(&root, index, &bytes) {
+                warn!(error = %e, "cannot keep a fetched chunk on disk; a restart would fetch it again");
+            }
+        }
+        match step {
+            Some(step) => self.on_sync_step(step),
+            None => Ok(()),
+        }
+    }
+
+    fn on_sync_step(&mut self, step: SyncStep<PeerId>) -> Result<(), NodeError> {
+        match step {
+            SyncStep::Send(out) => {
+                self.send_sync(out);
+                Ok(())
+            }
+            SyncStep::Done { state, expected_from, deltas, reason } => {
+                // Rounds may have moved on while the chunks came in.
+                if self.wanted_snapshot()(state.round, state.lineage, reason) {
+                    self.install(state, expected_from, deltas)?;
+                } else {
+                    debug!(round = state.round, "a fetched state is no longer ahead of ours");
+                }
+                self.after_sync(reason);
+                Ok(())
+            }
+            SyncStep::Ended { reason, agreed } => {
+                if !agreed {
+                    if reason == SyncReason::Probe {
+                        self.failed_probes += 1;
+                    }
+                    // Peers one merge apart announce different roots for a moment; ask again soon.
+                    if reason != SyncReason::Probe || self.failed_probes < 5 {
+                        self.sync_retry = Some((Instant::now() + Duration::from_millis(500), reason));
+                        if reason == SyncReason::Probe {
+                            return Ok(());
+                        }
+                    }
+                }
+                self.after_sync(reason);
+                Ok(())
+            }
+        }
+    }
+
+    fn after_sync(&mut self, reason: SyncReason) {
+        if reason == SyncReason::Probe && self.phase == Phase::Probing {
+            self.sync_retry = None;
+            self.start_running();
+        } else {
+            self.maybe_train();
+        }
+    }
+
+    /// Installs a state the peers agree on, then the deltas of their current round.
+    fn install(
+        &mut self,
+        state: ModelState,
+        expected_from: u64,
+        deltas: Vec<SignedDelta>,
+    ) -> Result<(), NodeError> {
         info!(
             from = self.state.round,
-            to = reply.state.round,
-            expected_from = reply.expected_from,
-            "installed the state of a peer"
+            to = state.round,
+            expected_from,
+            params_hash = %hex(&state.params_hash()),
+            "installed the state of the swarm"
         );
-        self.state = reply.state;
+        let from = self.state.round;
+        self.state = state;
         self.store.save_checkpoint(&self.state, &self.residual)?;
+        self.store.clear_sync_chunks()?;
+        self.kept_chunks_root = None;
         self.metrics.state_syncs.inc();
+        if let Some(events) = &self.events {
+            let _ = events.send(NodeEvent::StateInstalled {
+                node: self.me,
+                from,
+                round: self.state.round,
+                traffic: self.metrics.transport_bytes(),
+            });
+        }
         let now = self.now_ms();
-        let synced = Event::Synced { round: self.state.round, expected_from: reply.expected_from };
+        let synced = Event::Synced { round: self.state.round, expected_from };
         let mut actions = self.rounds.handle(now, synced);
         let (run, codec, params) = (self.spec.run_id(), self.spec.codec, self.spec.param_count());
-        for delta in reply.deltas {
+        for delta in deltas {
             if delta.validate(run, codec, params).is_ok()
                 && self.rounds.admit(&delta.header) == Admission::Accept
             {
@@ -601,6 +780,29 @@ impl Node {
             }
         }
         self.apply(actions)
+    }
+
+    /// Answers a peer's sync request: our offer, or a chunk of a state we serve.
+    fn serve_sync(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
+        if self.phase == Phase::Gathering {
+            return SyncResponse::Unavailable;
+        }
+        match request {
+            SyncRequest::Offer => {
+                let snapshot = self.snapshots.of(&self.state);
+                let expected_from =
+                    net::peer_key(&peer).map_or(self.state.round + 2, |k| self.rounds.expected_from(&k));
+                SyncResponse::Offer(StateOffer {
+                    manifest: snapshot.manifest.clone(),
+                    expected_from,
+                    deltas: self.rounds.current_deltas(),
+                })
+            }
+            SyncRequest::Chunk { root, index } => match self.snapshots.chunk(&root, index) {
+                Some(bytes) => SyncResponse::Chunk(bytes),
+                None => SyncResponse::Unavailable,
+            },
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
@@ -620,6 +822,7 @@ impl Node {
     }
 
     fn peer_left(&mut self, peer: PeerId) -> Result<(), NodeError> {
+        self.sync.peer_left(&peer);
         if self.run_peers.remove(&peer) {
             debug!(%peer, "run peer left");
             if let Some(key) = net::peer_key(&peer) {
@@ -676,30 +879,21 @@ impl Node {
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = if request.run_id == self.spec.run_id() && self.phase != Phase::Gathering {
-                        let expected_from = net::peer_key(&peer)
-                            .map_or(self.state.round + 2, |k| self.rounds.expected_from(&k));
-                        StateResponse::State(wire::encode_sync_reply(&SyncReply {
-                            state: self.state.clone(),
-                            expected_from,
-                            deltas: self.rounds.current_deltas(),
-                        }))
-                    } else {
-                        StateResponse::Unavailable
-                    };
+                    let response = self.serve_sync(peer, request);
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
                 }
-                request_response::Message::Response { response, .. } => {
-                    let bytes = match response {
-                        StateResponse::State(bytes) => Some(bytes),
-                        StateResponse::Unavailable => None,
-                    };
-                    self.on_state_response(bytes)?;
+                request_response::Message::Response { request_id, response } => {
+                    self.on_sync_response(request_id, Some(response))?;
                 }
             },
-            BehaviourEvent::Sync(request_response::Event::OutboundFailure { error, .. }) => {
-                warn!(%error, "state request failed");
-                self.on_state_response(None)?;
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                debug!(%peer, %error, "state sync request failed");
+                self.on_sync_response(request_id, None)?;
             }
             _ => {}
         }
@@ -751,6 +945,35 @@ impl Node {
             self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
         }
         Ok(())
+    }
+
+    /// Leaves the run politely, within [`LEAVE_TIME`]: flushes the store,
+    /// unsubscribes from the run's topic (peers drop us from the round's expected
+    /// set on receipt, rather than wait for a deadline), then closes every connection.
+    async fn leave(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "flushing the datadir on shutdown failed");
+        }
+        let _ = self.swarm.behaviour_mut().gossipsub.unsubscribe(&self.topic);
+        self.drive_for(LEAVE_TIME / 2).await;
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.drive_for(LEAVE_TIME / 2).await;
+        info!(round = self.state.round, "left the run");
+    }
+
+    /// Lets the swarm send what it has queued for `time`, handling nothing else.
+    async fn drive_for(&mut self, time: Duration) {
+        let until = tokio::time::sleep(time);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = self.swarm.select_next_some() => {}
+                _ = &mut until => return,
+            }
+        }
     }
 
     fn outcome(&self) -> NodeOutcome {

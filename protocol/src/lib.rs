@@ -9,6 +9,7 @@
 //! code runs in a real node and in the simulator.
 
 pub mod aggregate;
+pub mod chunks;
 pub mod codec;
 pub mod consensus;
 pub mod delta;
@@ -21,6 +22,7 @@ pub mod spec;
 pub mod wire;
 
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
+pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnapshot};
 pub use codec::{Codec, CodecError};
 pub use consensus::consensus_distance;
 pub use delta::{DeltaHeader, DeltaId, Refusal, SignedDelta};

@@ -244,10 +244,22 @@ impl RoundState {
             set.insert(self.me);
             return set;
         }
-        let mut set: BTreeSet<PublicKey> =
-            self.connected.iter().filter(|(_, &from)| from <= self.round).map(|(k, _)| *k).collect();
-        set.insert(self.me);
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
+        // A connected peer is expected once its start round comes, and stays
+        // expected while it keeps contributing: one silent for `activity_rounds`
+        // rounds (hung, partitioned away behind a live connection) no longer holds
+        // rounds until their deadline. It is expected again once a delta of it arrives.
+        let mut set: BTreeSet<PublicKey> = self
+            .connected
+            .iter()
+            .filter(|(k, &from)| {
+                from <= self.round
+                    && (from + self.config.activity_rounds > self.round
+                        || self.last_active.get(*k).is_some_and(|&r| r >= horizon))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        set.insert(self.me);
         set.extend(self.last_active.iter().filter(|(_, &r)| r >= horizon).map(|(k, _)| *k));
         set
     }
@@ -535,6 +547,29 @@ mod tests {
         s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
         let a = s.handle(2, Event::PeerDisconnected(PublicKey::of(&key(3))));
         assert_eq!(merged(&a).unwrap().2, CloseReason::Quorum);
+    }
+
+    #[test]
+    fn a_connected_peer_that_stopped_sending_stops_holding_rounds() {
+        let mut s = state();
+        let silent = PublicKey::of(&key(3));
+        // Rounds 0 and 1: peer 3 is silent, and each round waits for it until the deadline.
+        for round in 0..2 {
+            let t = round * 2_000;
+            s.handle(t, Event::LocalDelta(delta(1, round, 1.0)));
+            s.handle(t + 1, Event::PeerDelta(delta(2, round, 2.0)));
+            assert!(s.active().contains(&silent));
+            let (_, _, reason) = merged(&s.handle(t + 1_000, Event::Tick)).unwrap();
+            assert_eq!(reason, CloseReason::Deadline);
+        }
+        // From round 2 it is no longer expected: the two that send close the round at once.
+        assert!(!s.active().contains(&silent));
+        s.handle(4_000, Event::LocalDelta(delta(1, 2, 1.0)));
+        let (_, _, reason) = merged(&s.handle(4_001, Event::PeerDelta(delta(2, 2, 2.0)))).unwrap();
+        assert_eq!(reason, CloseReason::Quorum);
+        // Once it sends again, it is expected again.
+        s.handle(4_002, Event::PeerDelta(delta(3, 3, 3.0)));
+        assert!(s.active().contains(&silent));
     }
 
     #[test]

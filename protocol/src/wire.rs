@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
 use crate::delta::{DeltaHeader, SignedDelta};
 use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
 
@@ -214,6 +215,188 @@ pub fn decode_sync_reply(bytes: &[u8], limit: usize, param_count: usize) -> Resu
     Ok(SyncReply { state, expected_from: wire.expected_from, deltas })
 }
 
+/// A node's own delta of its current round and the residual left after encoding
+/// it, as stored before the delta is published (so a restart republishes the
+/// same delta instead of signing a different one for the same round).
+#[derive(Serialize, Deserialize)]
+struct OutboxWire<'a> {
+    #[serde(borrow)]
+    delta: SignedDeltaWire<'a>,
+    #[serde(borrow, with = "serde_bytes")]
+    residual: &'a [u8],
+}
+
+/// Encodes a node's own published delta and its residual after encoding.
+pub fn encode_outbox(delta: &SignedDelta, residual: &[f32]) -> Vec<u8> {
+    let residual = f32s_to_le_bytes(residual);
+    encode(&OutboxWire {
+        delta: SignedDeltaWire {
+            header: delta.header.clone(),
+            payload: &delta.payload,
+            signature: &delta.signature,
+        },
+        residual: &residual,
+    })
+}
+
+/// Decodes what [`encode_outbox`] wrote, for a model of `param_count` parameters.
+pub fn decode_outbox(
+    bytes: &[u8],
+    limit: usize,
+    param_count: usize,
+) -> Result<(SignedDelta, Vec<f32>), WireError> {
+    let wire: OutboxWire = decode(bytes, limit)?;
+    if !wire.residual.is_empty() && wire.residual.len() != param_count * 4 {
+        return Err(WireError::Malformed(format!(
+            "residual holds {} bytes, expected 0 or {}",
+            wire.residual.len(),
+            param_count * 4
+        )));
+    }
+    Ok((delta_from_wire(wire.delta)?, le_bytes_to_f32s(wire.residual)))
+}
+
+/// Encodes a model state alone (what chunked sync cuts into chunks).
+pub fn encode_state(state: &ModelState) -> Vec<u8> {
+    let params = f32s_to_le_bytes(&state.params);
+    let momentum = f32s_to_le_bytes(&state.momentum);
+    encode(&ModelStateWire {
+        round: state.round,
+        lineage: state.lineage,
+        params: &params,
+        momentum: &momentum,
+    })
+}
+
+/// Decodes a model state of at most `limit` bytes for a model of `param_count` parameters.
+pub fn decode_state(bytes: &[u8], limit: usize, param_count: usize) -> Result<ModelState, WireError> {
+    let wire: ModelStateWire = decode(bytes, limit)?;
+    state_from_wire(&wire, param_count)
+}
+
+/// A request of the state sync protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// Which state do you serve? Answered with a [`SyncResponse::Offer`].
+    Offer,
+    /// Chunk `index` of the state whose root is `root`.
+    Chunk { root: [u8; 32], index: u32 },
+}
+
+/// The largest encoded [`SyncRequest`].
+pub const MAX_SYNC_REQUEST_BYTES: usize = 64;
+
+/// An answer of the state sync protocol.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncResponse {
+    Offer(StateOffer),
+    Chunk(Vec<u8>),
+    /// Not serving (still gathering, or that root is no longer held).
+    Unavailable,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateManifestWire<'a> {
+    round: u64,
+    lineage: [u8; 32],
+    total_len: u64,
+    /// Concatenated 32-byte chunk hashes.
+    #[serde(borrow, with = "serde_bytes")]
+    chunk_hashes: &'a [u8],
+}
+
+#[derive(Serialize, Deserialize)]
+enum SyncResponseWire<'a> {
+    Offer {
+        #[serde(borrow)]
+        manifest: StateManifestWire<'a>,
+        expected_from: u64,
+        #[serde(borrow)]
+        deltas: Vec<SignedDeltaWire<'a>>,
+    },
+    Chunk(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
+    Unavailable,
+}
+
+/// Encodes a sync request.
+pub fn encode_sync_request(request: &SyncRequest) -> Vec<u8> {
+    encode(request)
+}
+
+/// Decodes a sync request.
+pub fn decode_sync_request(bytes: &[u8]) -> Result<SyncRequest, WireError> {
+    decode(bytes, MAX_SYNC_REQUEST_BYTES)
+}
+
+/// Encodes a sync response; an offer carries at most [`MAX_SYNC_DELTAS`] deltas.
+pub fn encode_sync_response(response: &SyncResponse) -> Vec<u8> {
+    match response {
+        SyncResponse::Offer(offer) => {
+            let hashes: Vec<u8> = offer.manifest.chunk_hashes.iter().flatten().copied().collect();
+            encode(&SyncResponseWire::Offer {
+                manifest: StateManifestWire {
+                    round: offer.manifest.round,
+                    lineage: offer.manifest.lineage,
+                    total_len: offer.manifest.total_len,
+                    chunk_hashes: &hashes,
+                },
+                expected_from: offer.expected_from,
+                deltas: offer
+                    .deltas
+                    .iter()
+                    .take(MAX_SYNC_DELTAS)
+                    .map(|d| SignedDeltaWire {
+                        header: d.header.clone(),
+                        payload: &d.payload,
+                        signature: &d.signature,
+                    })
+                    .collect(),
+            })
+        }
+        SyncResponse::Chunk(bytes) => encode(&SyncResponseWire::Chunk(bytes)),
+        SyncResponse::Unavailable => encode(&SyncResponseWire::Unavailable),
+    }
+}
+
+/// Decodes a sync response of at most `limit` bytes. Deltas of an offer still
+/// need [`SignedDelta::validate`]; its manifest needs [`StateManifest::check`].
+pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, WireError> {
+    Ok(match decode(bytes, limit)? {
+        SyncResponseWire::Offer { manifest, expected_from, deltas } => {
+            if manifest.chunk_hashes.len() % 32 != 0 || manifest.chunk_hashes.len() / 32 > MAX_CHUNKS {
+                return Err(WireError::Malformed(format!(
+                    "manifest carries {} bytes of chunk hashes, not a multiple of 32 up to {MAX_CHUNKS} of them",
+                    manifest.chunk_hashes.len()
+                )));
+            }
+            if deltas.len() > MAX_SYNC_DELTAS {
+                return Err(WireError::Malformed(format!(
+                    "offer carries {} deltas, over {MAX_SYNC_DELTAS}",
+                    deltas.len()
+                )));
+            }
+            let chunk_hashes =
+                manifest.chunk_hashes.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect();
+            let mut decoded = Vec::with_capacity(deltas.len());
+            for d in deltas {
+                decoded.push(delta_from_wire(d)?);
+            }
+            SyncResponse::Offer(StateOffer {
+                manifest: StateManifest {
+                    round: manifest.round,
+                    lineage: manifest.lineage,
+                    total_len: manifest.total_len,
+                    chunk_hashes,
+                },
+                expected_from,
+                deltas: decoded,
+            })
+        }
+        SyncResponseWire::Chunk(bytes) => SyncResponse::Chunk(bytes.to_vec()),
+        SyncResponseWire::Unavailable => SyncResponse::Unavailable,
+    })
+}
+
 /// Little-endian bytes of an `f32` slice.
 pub fn f32s_to_le_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
@@ -250,6 +433,27 @@ mod tests {
         let bytes = encode_sync_reply(&reply);
         assert_eq!(decode_sync_reply(&bytes, 1 << 20, 2).unwrap(), reply);
         assert!(decode_sync_reply(&bytes, 1 << 20, 3).is_err());
+    }
+
+    #[test]
+    fn sync_requests_and_responses_round_trip() {
+        for request in [SyncRequest::Offer, SyncRequest::Chunk { root: [7; 32], index: 4095 }] {
+            let bytes = encode_sync_request(&request);
+            assert!(bytes.len() <= MAX_SYNC_REQUEST_BYTES);
+            assert_eq!(decode_sync_request(&bytes).unwrap(), request);
+        }
+        let state = ModelState { round: 3, lineage: [1; 32], params: vec![1.0, 2.0], momentum: vec![0.0; 2] };
+        let snapshot = crate::chunks::StateSnapshot::of(&state);
+        let offer = SyncResponse::Offer(StateOffer {
+            manifest: snapshot.manifest.clone(),
+            expected_from: 5,
+            deltas: vec![],
+        });
+        for response in [offer, SyncResponse::Chunk(vec![1, 2, 3]), SyncResponse::Unavailable] {
+            let bytes = encode_sync_response(&response);
+            assert_eq!(decode_sync_response(&bytes, 1 << 20).unwrap(), response);
+        }
+        assert_eq!(decode_state(&encode_state(&state), 1 << 20, 2).unwrap(), state);
     }
 
     #[test]

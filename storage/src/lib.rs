@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use rand::Rng;
-use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SpecError};
+use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError};
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
+const OUTBOX_KEY: &[u8] = b"own_delta";
 const CHECKSUM_LEN: usize = 32;
 
 /// How many checkpoints are kept; older ones are pruned after each save.
@@ -50,11 +51,19 @@ pub struct CheckpointScan {
     pub skipped: Vec<CorruptCheckpoint>,
 }
 
+/// Verified chunks of a state being fetched: its root, and (index, bytes) pairs.
+pub type KeptChunks = ([u8; 32], Vec<(u32, Vec<u8>)>);
+
 /// The node's datadir database.
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     checkpoints: sled::Tree,
+    /// The node's own delta of its current round, saved before it is published.
+    outbox: sled::Tree,
+    /// Verified chunks of a state being fetched, keyed by root and index, so a
+    /// fetch interrupted by a restart resumes.
+    sync_chunks: sled::Tree,
 }
 
 impl Store {
@@ -67,7 +76,9 @@ impl Store {
             .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         let meta = db.open_tree("meta")?;
         let checkpoints = db.open_tree("checkpoints")?;
-        Ok(Self { db, meta, checkpoints })
+        let outbox = db.open_tree("outbox")?;
+        let sync_chunks = db.open_tree("sync_chunks")?;
+        Ok(Self { db, meta, checkpoints, outbox, sync_chunks })
     }
 
     /// The node's identity key, created on first use and reused after.
@@ -156,6 +167,86 @@ impl Store {
         Ok(CheckpointScan { checkpoint: None, skipped })
     }
 
+    /// Saves the node's own signed delta and its residual after encoding it,
+    /// checksummed and flushed, before the delta is published: a node restarted
+    /// in the same round republishes this delta rather than sign a different one
+    /// (which peers would take for equivocation).
+    pub fn save_outbox(&self, delta: &SignedDelta, residual: &[f32]) -> Result<(), StoreError> {
+        let body = wire::encode_outbox(delta, residual);
+        let mut record = Vec::with_capacity(CHECKSUM_LEN + body.len());
+        record.extend_from_slice(checksum(&body).as_bytes());
+        record.extend_from_slice(&body);
+        self.outbox.insert(OUTBOX_KEY, record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The saved own delta and residual, if any; an unreadable record is an `Err`
+    /// with the reason (the node then trains the round afresh).
+    pub fn outbox(
+        &self,
+        param_count: usize,
+        max_delta_bytes: usize,
+    ) -> Result<Option<(SignedDelta, Vec<f32>)>, String> {
+        let Some(record) = self.outbox.get(OUTBOX_KEY).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if record.len() < CHECKSUM_LEN {
+            return Err(format!("outbox record is {} bytes, shorter than its checksum", record.len()));
+        }
+        let (sum, body) = record.split_at(CHECKSUM_LEN);
+        if checksum(body).as_bytes() != sum {
+            return Err("outbox checksum mismatch (torn or corrupted write)".into());
+        }
+        let limit = max_delta_bytes + param_count * 4 + 1024;
+        wire::decode_outbox(body, limit, param_count).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Keeps a verified chunk of the state with `root` being fetched. Not
+    /// flushed: a chunk lost in a crash is fetched again, and every chunk is
+    /// checked against the agreed manifest when it is used.
+    pub fn save_sync_chunk(&self, root: &[u8; 32], index: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut key = root.to_vec();
+        key.extend_from_slice(&index.to_be_bytes());
+        self.sync_chunks.insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// The kept chunks of a state being fetched: its root and (index, bytes) pairs.
+    /// Chunks of more than one root (a crash while switching) keep the first root's.
+    pub fn sync_chunks(&self) -> Result<Option<KeptChunks>, StoreError> {
+        let mut root: Option<[u8; 32]> = None;
+        let mut chunks = Vec::new();
+        for entry in self.sync_chunks.iter() {
+            let (key, value) = entry?;
+            let (Ok(r), Ok(index)) = (
+                <[u8; 32]>::try_from(&key[..32.min(key.len())]),
+                <[u8; 4]>::try_from(&key[32.min(key.len())..]),
+            ) else {
+                continue;
+            };
+            match root {
+                None => root = Some(r),
+                Some(first) if first != r => continue,
+                Some(_) => {}
+            }
+            chunks.push((u32::from_be_bytes(index), value.to_vec()));
+        }
+        Ok(root.map(|r| (r, chunks)))
+    }
+
+    /// Forgets kept chunks (the state was installed, or another one is fetched).
+    pub fn clear_sync_chunks(&self) -> Result<(), StoreError> {
+        self.sync_chunks.clear()?;
+        Ok(())
+    }
+
+    /// Flushes everything written so far to disk (each save already does; this is for shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Rounds of the checkpoints kept, oldest first.
     pub fn checkpoint_rounds(&self) -> Result<Vec<u64>, StoreError> {
         self.checkpoints
@@ -163,6 +254,12 @@ impl Store {
             .keys()
             .map(|k| Ok(k?.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)))
             .collect()
+    }
+
+    /// The raw record of `round`, checksum included. For tests and inspection.
+    #[doc(hidden)]
+    pub fn raw_checkpoint(&self, round: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.checkpoints.get(round.to_be_bytes())?.map(|v| v.to_vec()))
     }
 
     /// Writes raw bytes as the record of `round`, bypassing the checksum. For tests
@@ -272,6 +369,50 @@ mod tests {
         let scan = store.latest_checkpoint(4).unwrap();
         assert_eq!(scan.checkpoint, None);
         assert_eq!(scan.skipped.len(), 1);
+    }
+
+    #[test]
+    fn the_own_delta_survives_reopen_and_a_torn_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let codec = starling_protocol::Codec::Dense;
+        let delta = SignedDelta::sign(
+            &key,
+            starling_protocol::RunId([0; 32]),
+            4,
+            [9; 32],
+            10,
+            codec,
+            codec.encode(&[1.0, 2.0, 3.0]),
+        );
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.outbox(3, 1024).unwrap().is_none());
+            store.save_outbox(&delta, &[0.5, 0.0, 0.25]).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (saved, residual) = store.outbox(3, 1024).unwrap().unwrap();
+        assert_eq!((saved.id(), residual), (delta.id(), vec![0.5, 0.0, 0.25]));
+        let record = store.outbox.get(OUTBOX_KEY).unwrap().unwrap();
+        store.outbox.insert(OUTBOX_KEY, &record[..record.len() / 2]).unwrap();
+        assert!(store.outbox(3, 1024).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn kept_sync_chunks_survive_reopen_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.save_sync_chunk(&[7; 32], 2, b"two").unwrap();
+            store.save_sync_chunk(&[7; 32], 0, b"zero").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (root, chunks) = store.sync_chunks().unwrap().unwrap();
+        assert_eq!(root, [7; 32]);
+        assert_eq!(chunks, vec![(0, b"zero".to_vec()), (2, b"two".to_vec())]);
+        store.clear_sync_chunks().unwrap();
+        assert!(store.sync_chunks().unwrap().is_none());
     }
 
     #[test]

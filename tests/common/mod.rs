@@ -30,8 +30,20 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `starling ARGS`, capturing its log (stderr) line by line.
     pub fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .args(args)
+        Self::spawn(name, Command::new(env!("CARGO_BIN_EXE_starling")).args(args))
+    }
+
+    /// Starts `starling ARGS` inside the network namespace `netns` (`ip netns exec`
+    /// execs the binary, so the process is still the one killed on drop).
+    pub fn start_in_netns(netns: &str, name: &str, args: &[&str]) -> Self {
+        Self::spawn(
+            name,
+            Command::new("ip").args(["netns", "exec", netns, env!("CARGO_BIN_EXE_starling")]).args(args),
+        )
+    }
+
+    fn spawn(name: &str, command: &mut Command) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -99,6 +111,74 @@ impl NodeProcess {
         assert!(status.success(), "kill -INT failed");
     }
 
+    /// Sends SIGTERM, as a service manager would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Kills the process with SIGKILL (kill -9) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit, at most `timeout`, and returns its exit code (None: killed by a signal).
+    pub fn wait_status(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every merged round it logged: (round, deltas merged, close reason).
+    pub fn merged_rounds(&self) -> Vec<(u64, usize, String)> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("round merged"))
+            .filter_map(|l| {
+                Some((
+                    field(l, "round")?.parse().ok()?,
+                    field(l, "merged")?.parse().ok()?,
+                    field(l, "reason")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The highest round it merged so far.
+    pub fn last_merged(&self) -> Option<u64> {
+        self.merged_rounds().iter().map(|r| r.0).max()
+    }
+
+    /// Waits until it has merged `round`, at most `timeout`.
+    pub fn wait_merged(&mut self, round: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.last_merged().is_none_or(|r| r < round) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) before merging round {round}:\n{}", self.name, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not merge round {round} within {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
@@ -117,4 +197,35 @@ pub fn write_spec(dir: &Path, spec: &RunSpec) -> String {
     let path = dir.join("spec.toml");
     std::fs::write(&path, spec.to_toml()).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+/// The value of `name=value` in a tracing log line (quotes removed).
+pub fn field(line: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=");
+    let start = line.find(&key)? + key.len();
+    let value = line[start..].split_whitespace().next()?;
+    Some(value.trim_matches('"').to_string())
+}
+
+/// `starling inspect --datadir DIR --json`, parsed; panics with its output when it does not run.
+pub fn inspect(datadir: &str) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["inspect", "--datadir", datadir, "--json"])
+        .output()
+        .expect("starling inspect runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("inspect printed no JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// The arguments of `starling run` for a loopback node of a test.
+pub fn run_args(datadir: &str, spec_path: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["run", "--datadir", datadir, "--spec", spec_path, "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }

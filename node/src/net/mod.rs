@@ -15,7 +15,7 @@ use libp2p::{
 };
 use starling_protocol::{PublicKey, RunSpec};
 
-pub use sync::{StateCodec, StateRequest, StateResponse};
+pub use sync::StateCodec;
 
 /// Protocol version string sent in identify.
 pub const AGENT: &str = concat!("starling/", env!("CARGO_PKG_VERSION"));
@@ -118,7 +118,7 @@ pub fn build_swarm(
         topic: delta_topic(spec).hash(),
         round_deadline: Duration::from_millis(spec.round.deadline_ms),
         max_delta: spec.max_delta_bytes(),
-        max_sync: spec.max_sync_reply_bytes(),
+        max_sync: sync::max_response_bytes(spec),
         // mDNS multicasts on real interfaces; in-memory nodes cannot be reached that way.
         mdns: options.mdns && options.transport == Transport::Tcp,
         peer_discovery: options.peer_discovery,
@@ -192,10 +192,12 @@ fn behaviour(
     let sync = request_response::Behaviour::with_codec(
         StateCodec::new(limits.max_sync),
         [(
-            StreamProtocol::try_from_owned(format!("/starling/{run}/state/1")).expect("starts with a slash"),
+            StreamProtocol::try_from_owned(format!("/starling/{run}/state/2")).expect("starts with a slash"),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(64),
     );
     Ok(Behaviour {
         gossipsub,

@@ -1,0 +1,165 @@
+//! `starling bench sync`: how long a late joiner takes to catch up. Real node
+//! stacks in one process over TCP loopback: `--peers` nodes train `--rounds`
+//! rounds of a model of about `--params` parameters and keep serving; then a
+//! new node joins, fetches their state in chunks (verified against what at
+//! least two of them announce) and installs it. The figure runs from the
+//! joiner's start to the installed state, and counts the bytes it received.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use starling_protocol::RunSpec;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    local_swarm::node_key,
+    net::NetOptions,
+    node::{run_node_with, HarnessHooks, NodeEvent, NodeOptions},
+};
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncBenchError {
+    #[error("--params must be at least 1000, got {0}")]
+    TooFewParams(usize),
+    #[error("--peers must be at least 1, got 0")]
+    NoPeers,
+    #[error("cannot make a temporary datadir: {0}")]
+    Datadir(std::io::Error),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+    #[error("a node stopped early: {0}")]
+    NodeStopped(String),
+}
+
+/// The catch-up of one late joiner.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    pub params: usize,
+    /// Bytes of the encoded state (parameters and momentum).
+    pub state_bytes: u64,
+    pub serving_peers: usize,
+    /// The round the joiner installed.
+    pub round: u64,
+    /// From the joiner's start to the installed state: connecting, offers, chunks, verifying, saving.
+    pub catch_up_seconds: f64,
+    /// Transport bytes the joiner received until then (offers, chunks, gossip, framing).
+    pub received_bytes: u64,
+}
+
+/// A spec with two hidden layers whose model has about `params` parameters,
+/// one short inner step per round (training is not what is measured).
+fn spec_for(params: usize) -> RunSpec {
+    let mut spec = RunSpec::builtin();
+    spec.name = format!("bench-sync-{params}");
+    let hidden = ((params as f64).sqrt() as usize).clamp(2, 65_536);
+    spec.model.layers = vec![32, hidden, hidden, 10];
+    spec.inner.steps = 1;
+    spec.dataset.samples_per_node = 256;
+    spec.dataset.eval_samples = 64;
+    spec
+}
+
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs the benchmark.
+pub async fn sync(params: usize, rounds: u64, peers: usize) -> Result<SyncReport, SyncBenchError> {
+    if params < 1000 {
+        return Err(SyncBenchError::TooFewParams(params));
+    }
+    if peers == 0 {
+        return Err(SyncBenchError::NoPeers);
+    }
+    let spec = spec_for(params);
+    let dir = tempfile::tempdir().map_err(SyncBenchError::Datadir)?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let options = |i: usize, bootnodes: Vec<_>, wait_peers| NodeOptions {
+        datadir: dir.path().join(format!("node-{i}")),
+        spec: spec.clone(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")],
+        bootnodes,
+        net: NetOptions { mdns: false, ..NetOptions::default() },
+        wait_peers,
+        wait_timeout: Duration::from_secs(60),
+        rounds: Some(rounds),
+        key: Some(node_key(0x5379_6e63, i)),
+        evaluate: false,
+    };
+    let hooks = HarnessHooks { linger_until_shutdown: true, ..HarnessHooks::default() };
+    let mut addresses = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..peers {
+        handles.push(tokio::spawn(run_node_with(
+            options(i, addresses.clone(), peers - 1),
+            hooks.clone(),
+            Some(events_tx.clone()),
+            stop_rx.clone(),
+        )));
+        loop {
+            match next(&mut events, "a serving node to listen").await? {
+                NodeEvent::Listening { address, .. } => {
+                    addresses.push(address);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+    // Wait until every serving node holds the state of `rounds`.
+    let mut done = 0;
+    while done < peers {
+        if let NodeEvent::Round(report) = next(&mut events, "the serving nodes to train").await? {
+            if report.round + 1 == rounds {
+                done += 1;
+            }
+        }
+    }
+    let started = Instant::now();
+    handles.push(tokio::spawn(run_node_with(
+        options(peers, addresses.clone(), peers),
+        hooks,
+        Some(events_tx.clone()),
+        stop_rx.clone(),
+    )));
+    let report = loop {
+        if let NodeEvent::StateInstalled { round, traffic, .. } =
+            next(&mut events, "the joiner to sync").await?
+        {
+            let state_bytes =
+                starling_protocol::wire::encode_state(&starling_protocol::ModelState::initial(vec![
+                0.0;
+                spec.param_count()
+            ]))
+                .len() as u64;
+            break SyncReport {
+                params: spec.param_count(),
+                state_bytes,
+                serving_peers: peers,
+                round,
+                catch_up_seconds: started.elapsed().as_secs_f64(),
+                received_bytes: traffic.received,
+            };
+        }
+    };
+    let _ = stop_tx.send(true);
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(SyncBenchError::NodeStopped(e.to_string())),
+            Err(e) => return Err(SyncBenchError::NodeStopped(e.to_string())),
+        }
+    }
+    Ok(report)
+}
+
+async fn next(
+    events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+    what: &'static str,
+) -> Result<NodeEvent, SyncBenchError> {
+    match tokio::time::timeout(TIMEOUT, events.recv()).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(SyncBenchError::NodeStopped(format!("while waiting for {what}"))),
+        Err(_) => Err(SyncBenchError::Timeout(TIMEOUT, what)),
+    }
+}
