@@ -8,6 +8,7 @@
 //! clock: time arrives as a millisecond timestamp on each event, so the same
 //! code runs in a real node and in the simulator.
 
+pub mod accountability;
 pub mod aggregate;
 pub mod codec;
 pub mod consensus;
@@ -20,6 +21,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod wire;
 
+pub use accountability::{EquivocationProof, ProofError, SignedHeader};
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use codec::{Codec, CodecError};
 pub use consensus::consensus_distance;
