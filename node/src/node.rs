@@ -193,6 +193,9 @@ struct Node {
     refused_by_reason: BTreeMap<String, u64>,
     /// Every peer that subscribed to the run, for the scores in the outcome.
     met_peers: BTreeSet<PeerId>,
+    /// The delta this node signed before a restart, for the round it resumes in:
+    /// published again rather than retrained, which would be an equivocation.
+    signed_before_restart: Option<SignedDelta>,
     metrics: NodeMetrics,
     rounds: RoundState,
     state: ModelState,
@@ -370,6 +373,7 @@ impl Node {
             refusals_dirty: false,
             refused_by_reason: BTreeMap::new(),
             met_peers: BTreeSet::new(),
+            signed_before_restart: None,
             metrics,
             rounds,
             state,
@@ -393,6 +397,7 @@ impl Node {
             options,
         };
         node.load_accountability()?;
+        node.signed_before_restart = node.own_delta_for_this_round()?;
         Ok(node)
     }
 
@@ -436,7 +441,20 @@ impl Node {
                 return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2))
             }
             Phase::Probing | Phase::Running => {
-                let actions = self.rounds.handle(self.now_ms(), Event::Tick);
+                let mut actions = self.rounds.handle(self.now_ms(), Event::Tick);
+                if self.phase == Phase::Running && self.rounds.wants_local() {
+                    if let Some(delta) = self.signed_before_restart.take() {
+                        if delta.header.round == self.state.round && delta.header.base == self.state.lineage {
+                            info!(
+                                round = delta.header.round,
+                                "publishing again the delta signed for this round before the restart"
+                            );
+                            actions.extend(self.rounds.handle(self.now_ms(), Event::LocalDelta(delta)));
+                        } else {
+                            self.maybe_train();
+                        }
+                    }
+                }
                 self.apply(actions)?;
             }
         }
@@ -467,6 +485,9 @@ impl Node {
     fn maybe_train(&mut self) {
         if self.phase != Phase::Running || self.done() || !self.rounds.wants_local() {
             return;
+        }
+        if self.signed_before_restart.is_some() {
+            return; // the next tick publishes it
         }
         let Some(mut trainer) = self.trainer.take() else { return };
         let round = self.state.round;
@@ -502,6 +523,8 @@ impl Node {
             self.spec.codec,
             payload,
         );
+        // Recorded before it leaves: after a crash, this round gets this delta again.
+        self.store.save_own_delta(&signed.to_bytes())?;
         let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(signed));
         self.apply(actions)
     }

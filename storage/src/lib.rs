@@ -8,6 +8,7 @@
 //! leaves either the new record whole or the previous one in charge: a torn or
 //! corrupted record is detected, reported and skipped, never loaded.
 
+mod own_delta;
 pub mod peers;
 
 use std::path::{Path, PathBuf};

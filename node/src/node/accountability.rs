@@ -47,6 +47,18 @@ impl Node {
         Ok(())
     }
 
+    /// The delta this node recorded before a restart, when it is for the round
+    /// and state the node resumes from.
+    pub(super) fn own_delta_for_this_round(&self) -> Result<Option<SignedDelta>, NodeError> {
+        let Some(bytes) = self.store.own_delta()? else { return Ok(None) };
+        let Ok(delta) = starling_protocol::wire::decode_delta(&bytes, self.spec.max_delta_bytes()) else {
+            return Ok(None);
+        };
+        let ours = delta.header.sender == self.me && delta.verify().is_ok();
+        let current = delta.header.round == self.state.round && delta.header.base == self.state.lineage;
+        Ok((ours && current).then_some(delta))
+    }
+
     /// Counts a refused message from `source`, by reason, in the metrics, the
     /// outcome and the per-peer counts the store keeps.
     pub(super) fn refuse(&mut self, source: &PeerId, reason: &'static str) {
