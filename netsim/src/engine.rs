@@ -12,7 +12,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    collections::{BinaryHeap, HashMap, VecDeque},
     rc::Rc,
 };
 
@@ -136,8 +136,6 @@ struct SimNode {
     seen: HashMap<DeltaId, (u64, Micros)>,
     /// The last wake-up scheduled for the round state machine (virtual µs).
     wake: Option<Micros>,
-    /// Keys proven to equivocate: their deltas are refused and never merged.
-    banned: HashSet<PublicKey>,
     /// A replaying attacker's own past deltas (round, values).
     own_history: VecDeque<(u64, Vec<f32>)>,
     /// Deltas a replaying attacker received, to replay later.
@@ -339,7 +337,6 @@ impl<'a> Engine<'a> {
             downlink_free: 0,
             seen: HashMap::new(),
             wake: None,
-            banned: HashSet::new(),
             own_history: VecDeque::new(),
             heard: VecDeque::new(),
         });
@@ -634,10 +631,6 @@ impl<'a> Engine<'a> {
             self.ledger.refused(reason);
             return Ok(());
         }
-        if self.nodes[to].banned.contains(&delta.header.sender) {
-            self.ledger.refused("banned");
-            return Ok(());
-        }
         if self.nodes[to].attacker && self.sc.attack.behaviour == crate::attack::AttackBehaviour::Replay {
             self.nodes[to].heard.push_back(delta.clone());
         }
@@ -653,11 +646,19 @@ impl<'a> Engine<'a> {
                 self.ledger.refused("full");
                 return Ok(());
             }
-            Admission::Equivocation => {
-                self.ledger.refused("equivocation");
-                let offender = delta.header.sender;
-                self.ban(to, offender, round);
+            Admission::Banned => {
+                self.ledger.refused("banned");
                 return Ok(());
+            }
+            Admission::Equivocation => {
+                // The round state checks it against the delta it holds, bans
+                // the key and drops that delta; the proof goes out to the mesh.
+                self.ledger.refused("equivocation");
+                let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
+                for proof in n.rounds.take_equivocations() {
+                    self.send_proof(to, proof.sender(), round);
+                }
+                return self.apply(to, actions);
             }
         }
         let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
@@ -695,12 +696,6 @@ impl<'a> Engine<'a> {
         deltas: Vec<SignedDelta>,
         reason: CloseReason,
     ) -> Result<(), SimError> {
-        let mut deltas = deltas;
-        let banned = &self.nodes[node].banned;
-        if !banned.is_empty() {
-            // A key proven to equivocate loses the delta it got in before the proof.
-            deltas.retain(|d| !banned.contains(&d.header.sender));
-        }
         let merged = deltas.len();
         if !self.nodes[node].attacker && self.sc.attack.behaviour.protocol_attack() {
             let from_attackers = deltas

@@ -202,12 +202,48 @@ pub enum SpecCommand {
         /// Aggregation rule (the default is centered clipping).
         #[arg(long)]
         aggregation: Option<AggregationRule>,
+        /// Make a private run that only this key may join (repeatable): an
+        /// ed25519 public key as 64 hex digits, or a peer id (12D3KooW...) as
+        /// `starling run` logs it and `starling inspect` prints it.
+        #[arg(long = "allow", value_name = "KEY")]
+        allow: Vec<String>,
+        /// Like --allow, for every key in FILE: one per line; blank lines and
+        /// lines starting with # are skipped.
+        #[arg(long, value_name = "FILE")]
+        allowed_keys: Option<PathBuf>,
     },
     /// Print the run id of a spec.
     Hash {
         #[arg(long)]
         spec: PathBuf,
     },
+}
+
+/// The hex keys of `--allow` and `--allowed-keys`, sorted and deduplicated;
+/// `None` when neither lists any (a public run).
+fn allowed_key_list(mut keys: Vec<String>, file: Option<&std::path::Path>) -> Result<Option<Vec<String>>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the --allowed-keys file {}", path.display()))?;
+        keys.extend(
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+        );
+    }
+    let mut parsed = std::collections::BTreeSet::new();
+    for key in &keys {
+        parsed.insert(parse_allowed_key(key)?);
+    }
+    Ok((!parsed.is_empty()).then(|| parsed.iter().map(|k| k.to_string()).collect()))
+}
+
+/// A node key given as 64 hex digits or as a peer id.
+fn parse_allowed_key(text: &str) -> Result<starling_protocol::PublicKey> {
+    if let Ok(peer) = text.parse::<libp2p::PeerId>() {
+        return crate::net::peer_key(&peer).with_context(|| {
+            format!("peer id {text} does not hold an ed25519 key (--allow / --allowed-keys)")
+        });
+    }
+    starling_protocol::PublicKey::from_hex(text).map_err(|e| anyhow::anyhow!("--allow / --allowed-keys: {e}"))
 }
 
 /// Reads and validates a spec file; the error names the file.
@@ -298,9 +334,10 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Spec(SpecCommand::New { out, codec, aggregation }) => {
+        Command::Spec(SpecCommand::New { out, codec, aggregation, allow, allowed_keys }) => {
             let mut spec = RunSpec::builtin_with_codec(codec);
             spec.aggregation = aggregation.unwrap_or(spec.aggregation);
+            spec.allowed_keys = allowed_key_list(allow, allowed_keys.as_deref())?;
             let text = spec.to_toml();
             match out {
                 Some(path) => {
@@ -477,4 +514,24 @@ async fn codec_table(nodes: usize, rounds: u64, codecs: Vec<Codec>) -> Result<()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_keys_are_read_as_hex_or_peer_ids_sorted_and_deduplicated() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let public = starling_protocol::PublicKey::of(&key);
+        let peer = crate::net::keypair(&key).public().to_peer_id().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, format!("# members\n\n{public}\n")).unwrap();
+        let keys = allowed_key_list(vec![peer], Some(&file)).unwrap();
+        assert_eq!(keys, Some(vec![public.to_string()]));
+        assert_eq!(allowed_key_list(vec![], None).unwrap(), None);
+        let err = allowed_key_list(vec!["nope".into()], None).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("--allow"), "{err}");
+    }
 }

@@ -5,8 +5,10 @@
 //! on a blocking thread and reports back over a channel, so the node keeps
 //! gossiping, validating and serving state while it trains.
 
+mod accountability;
+
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -72,6 +74,14 @@ pub enum NodeEvent {
         round: u64,
         traffic: Traffic,
     },
+    /// The node banned `key` for the run at its round `round`: it caught the
+    /// equivocation itself (`caught`) or verified a peer's proof.
+    Banned {
+        node: PublicKey,
+        key: PublicKey,
+        round: u64,
+        caught: bool,
+    },
 }
 
 /// One merged round, as the node saw it.
@@ -126,6 +136,12 @@ pub struct NodeOutcome {
     pub refused_deltas: u64,
     /// Bytes of the delta payloads this node published.
     pub published_bytes: u64,
+    /// Refused deltas and proofs by reason (the labels of `starling_deltas_refused`).
+    pub refused_by_reason: BTreeMap<String, u64>,
+    /// Keys banned for the run (reloaded ones included).
+    pub banned: Vec<PublicKey>,
+    /// Gossipsub scores of the peers this node saw, at the end.
+    pub peer_scores: Vec<(PublicKey, f64)>,
 }
 
 /// Why a node could not run.
@@ -147,6 +163,8 @@ pub enum NodeError {
     Listen { address: Multiaddr, reason: String },
     #[error("merging round {round} failed: {reason}")]
     Merge { round: u64, reason: String },
+    #[error("this node's key {key} is not in the run spec's allowed_keys: add it to the spec (`starling spec new --allow {key}`) or use a --datadir whose identity is listed")]
+    NotAllowed { key: PublicKey },
 }
 
 /// How long leaving the run may take: the unsubscribe goes out, then connections close.
@@ -178,6 +196,16 @@ struct Node {
     store: Store,
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
+    /// The run's equivocation proofs travel here.
+    proof_topic: gossipsub::IdentTopic,
+    /// A private run's allowed keys; `None` for a public run.
+    allowed: Option<BTreeSet<PublicKey>>,
+    /// Refused messages per peer key and reason, saved with each merge.
+    refusals: BTreeMap<(PublicKey, String), u64>,
+    refusals_dirty: bool,
+    refused_by_reason: BTreeMap<String, u64>,
+    /// Every peer that subscribed to the run, for the scores in the outcome.
+    met_peers: BTreeSet<PeerId>,
     metrics: NodeMetrics,
     rounds: RoundState,
     state: ModelState,
@@ -263,7 +291,9 @@ pub async fn run_node_with(
             }
         }
     }
+    let saved = node.save_refusals();
     node.leave().await;
+    saved?;
     Ok(node.outcome())
 }
 
@@ -350,6 +380,9 @@ impl Node {
             }
         }
         let me = PublicKey::of(&key);
+        if !spec.allows(&me) {
+            return Err(NodeError::NotAllowed { key: me });
+        }
         let task = SyntheticTask::new(&spec).map_err(|e| NodeError::Data(e.to_string()))?;
         let shard_seed = shard_seed(&me);
         let trainer = Trainer::new(&spec, task.shard(shard_seed, spec.dataset.samples_per_node), shard_seed)?;
@@ -372,6 +405,12 @@ impl Node {
         }
         let topic = net::delta_topic(&spec);
         swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribing to a new topic cannot fail");
+        let proof_topic = net::proof_topic(&spec);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&proof_topic)
+            .expect("subscribing to a new topic cannot fail");
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
         let mut rounds = RoundState::new(me, RoundConfig::from_spec(&spec.round), state.round);
@@ -379,14 +418,20 @@ impl Node {
             // Nothing is published yet, so this only records whom to expect.
             let _ = rounds.handle(0, Event::PeerConnected(*peer));
         }
-        Ok(Self {
+        let mut node = Self {
             outer: OuterOptimizer::from(&spec.outer),
+            allowed: spec.allowed(),
             spec,
             key,
             me,
             store,
             swarm,
             topic,
+            proof_topic,
+            refusals: BTreeMap::new(),
+            refusals_dirty: false,
+            refused_by_reason: BTreeMap::new(),
+            met_peers: BTreeSet::new(),
             metrics,
             rounds,
             state,
@@ -413,7 +458,9 @@ impl Node {
             hooks,
             gathering_since: Instant::now(),
             options,
-        })
+        };
+        node.load_accountability()?;
+        Ok(node)
     }
 
     fn now_ms(&self) -> u64 {
@@ -538,6 +585,7 @@ impl Node {
     }
 
     fn apply(&mut self, actions: Vec<Action>) -> Result<(), NodeError> {
+        self.publish_equivocations()?;
         for action in actions {
             match action {
                 Action::Publish(delta) => {
@@ -583,6 +631,7 @@ impl Node {
         self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
         self.state.record_merge(round, &deltas);
         self.store.save_checkpoint(&self.state, &self.residual)?;
+        self.save_refusals()?;
         self.rounds_merged += 1;
         self.metrics.merges.inc();
         self.metrics.round.set(self.state.round as i64);
@@ -814,6 +863,9 @@ impl Node {
                     let _ = events.send(NodeEvent::Listening { node: self.me, address: full });
                 }
             }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.refuse_connection(peer_id);
+            }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peer_left(peer_id)?,
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event)?,
             _ => {}
@@ -840,11 +892,19 @@ impl Node {
                 message_id,
                 message,
             }) => {
-                self.on_gossip(propagation_source, message_id, &message.data)?;
+                if message.topic == self.proof_topic.hash() {
+                    self.on_proof(propagation_source, message_id, &message.data)?;
+                } else {
+                    self.on_gossip(propagation_source, message_id, &message.data)?;
+                }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
                 if topic == self.topic.hash() =>
             {
+                if self.refuse_connection(peer_id) {
+                    return Ok(());
+                }
+                self.met_peers.insert(peer_id);
                 if let Some(key) = net::peer_key(&peer_id) {
                     if self.run_peers.insert(peer_id) {
                         debug!(peer = %peer_id, "run peer joined");
@@ -902,35 +962,21 @@ impl Node {
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: &[u8]) -> Result<(), NodeError> {
         let spec = &self.spec;
-        let acceptance = match SignedDelta::from_untrusted(
-            data,
-            spec.run_id(),
-            spec.codec,
-            spec.param_count(),
-        ) {
-            Err(refusal) => {
-                warn!(peer = %source, reason = %refusal, "refused a delta");
-                self.metrics.refused(refusal.label());
-                gossipsub::MessageAcceptance::Reject
-            }
-            Ok(delta) => match self.rounds.admit(&delta.header) {
-                Admission::Accept => {
-                    self.metrics.deltas_accepted.inc();
-                    let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
-                    self.apply(actions)?;
-                    gossipsub::MessageAcceptance::Accept
-                }
-                Admission::Equivocation => {
-                    warn!(peer = %source, sender = %delta.header.sender.short(), round = delta.header.round, "equivocating delta refused");
-                    self.metrics.refused("equivocation");
+        let acceptance =
+            match SignedDelta::from_untrusted(data, spec.run_id(), spec.codec, spec.param_count()) {
+                Err(refusal) => {
+                    warn!(peer = %source, reason = %refusal, "refused a delta");
+                    self.refuse(&source, refusal.label());
                     gossipsub::MessageAcceptance::Reject
                 }
-                other => {
-                    self.metrics.ignored(&format!("{other:?}").to_lowercase());
-                    gossipsub::MessageAcceptance::Ignore
-                }
-            },
-        };
+                Ok(delta) => match self.refuse_key(&source, &delta) {
+                    Some((reason, acceptance)) => {
+                        self.refuse(&source, reason);
+                        acceptance
+                    }
+                    None => self.admit_valid(source, delta)?,
+                },
+            };
         if acceptance == gossipsub::MessageAcceptance::Accept {
             // Forward a little later: peers that got the delta at the same time as
             // us have by then told us so (gossipsub's IDONTWANT, sent on receipt),
@@ -976,6 +1022,35 @@ impl Node {
         }
     }
 
+    /// Admits a delta that passed validation and whose key may take part.
+    fn admit_valid(
+        &mut self,
+        source: PeerId,
+        delta: SignedDelta,
+    ) -> Result<gossipsub::MessageAcceptance, NodeError> {
+        Ok(match self.rounds.admit(&delta.header) {
+            Admission::Accept => {
+                self.metrics.deltas_accepted.inc();
+                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
+                self.apply(actions)?;
+                gossipsub::MessageAcceptance::Accept
+            }
+            Admission::Equivocation => {
+                warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a second, different delta of one key for one round");
+                self.refuse(&source, "equivocation");
+                let acceptance = accountability::blame(&source, &delta.header.sender);
+                // The round state checks it against the delta it holds and bans the key.
+                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
+                self.apply(actions)?;
+                acceptance
+            }
+            other => {
+                self.metrics.ignored(&format!("{other:?}").to_lowercase());
+                gossipsub::MessageAcceptance::Ignore
+            }
+        })
+    }
+
     fn outcome(&self) -> NodeOutcome {
         NodeOutcome {
             node: self.me,
@@ -984,6 +1059,9 @@ impl Node {
             rounds_merged: self.rounds_merged,
             refused_deltas: self.metrics.refused_total(),
             published_bytes: self.published_bytes,
+            refused_by_reason: self.refused_by_reason.clone(),
+            banned: self.rounds.banned().iter().copied().collect(),
+            peer_scores: self.peer_scores(),
         }
     }
 }

@@ -15,6 +15,22 @@ impl PublicKey {
         Self(key.verifying_key().to_bytes())
     }
 
+    /// Parses 64 hex digits (what `Display` prints) naming a valid ed25519 key.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(format!("`{text}` is not 64 hex digits (an ed25519 public key)"));
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("`{text}` is not 64 hex digits (an ed25519 public key)"))?;
+        }
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| format!("`{text}` is not a valid ed25519 public key"))?;
+        Ok(Self(bytes))
+    }
+
     /// A short hex prefix for logs.
     pub fn short(&self) -> String {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()

@@ -8,6 +8,7 @@
 //! clock: time arrives as a millisecond timestamp on each event, so the same
 //! code runs in a real node and in the simulator.
 
+pub mod accountability;
 pub mod aggregate;
 pub mod chunks;
 pub mod codec;
@@ -21,6 +22,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod wire;
 
+pub use accountability::{EquivocationProof, ProofError, SignedHeader};
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnapshot};
 pub use codec::{Codec, CodecError};

@@ -31,9 +31,18 @@
 //! ([`Event::Group`]); only that group's deltas are expected and merged, and the
 //! agreement check is off, since groups that rotate hold different states by
 //! design and mix them over the rounds.
+//!
+//! Equivocation is caught here: a second, different, validly signed delta from
+//! a sender that already has one in a round bans that sender's key. A banned
+//! key's deltas are refused from then on ([`Admission::Banned`]), the ones it
+//! has waiting in unmerged rounds are dropped, and it is no longer expected.
+//! The proof goes to the driver through [`RoundState::take_equivocations`], to
+//! be stored and gossiped; proofs from peers and bans reloaded after a restart
+//! come back in as [`Event::Ban`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::accountability::EquivocationProof;
 use crate::delta::{DeltaHeader, SignedDelta};
 use crate::keys::PublicKey;
 use crate::spec::RoundSpec;
@@ -100,6 +109,10 @@ pub enum Event {
     /// The node aggregates `round` in a group with these members (itself
     /// included): only their deltas are expected and merged.
     Group { round: u64, members: Vec<PublicKey> },
+    /// This key is banned for the run (a verified equivocation proof, or a ban
+    /// reloaded after a restart): refuse its deltas, drop those not yet merged,
+    /// and stop expecting it.
+    Ban(PublicKey),
 }
 
 /// Why a round closed.
@@ -140,6 +153,8 @@ pub enum Admission {
     Equivocation,
     /// No room for it (too many deltas or rounds buffered); ignore it.
     Full,
+    /// The sender's key is banned for this run.
+    Banned,
 }
 
 /// The round state machine of one node.
@@ -165,6 +180,10 @@ pub struct RoundState {
     ever_published: bool,
     /// Group members of the current and coming rounds, when grouped.
     groups: BTreeMap<u64, BTreeSet<PublicKey>>,
+    /// Keys banned for the run.
+    banned: BTreeSet<PublicKey>,
+    /// Equivocations caught since the driver last took them.
+    equivocations: Vec<EquivocationProof>,
 }
 
 impl RoundState {
@@ -183,6 +202,8 @@ impl RoundState {
             contribute_from: 0,
             ever_published: false,
             groups: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            equivocations: Vec::new(),
         }
     }
 
@@ -194,6 +215,22 @@ impl RoundState {
             (None, Some(at)) => Some(at.saturating_add(self.config.deadline_ms)),
             (None, None) => None,
         }
+    }
+
+    /// Whether `key` is banned for the run.
+    pub fn is_banned(&self, key: &PublicKey) -> bool {
+        self.banned.contains(key)
+    }
+
+    /// The keys banned for the run.
+    pub fn banned(&self) -> &BTreeSet<PublicKey> {
+        &self.banned
+    }
+
+    /// The equivocations caught since the last call, each of whose keys is now
+    /// banned: the driver stores and gossips them.
+    pub fn take_equivocations(&mut self) -> Vec<EquivocationProof> {
+        std::mem::take(&mut self.equivocations)
     }
 
     /// The round being collected.
@@ -272,6 +309,9 @@ impl RoundState {
 
     /// Whether a validated peer delta is wanted. Pure: changes nothing.
     pub fn admit(&self, header: &DeltaHeader) -> Admission {
+        if self.banned.contains(&header.sender) {
+            return Admission::Banned;
+        }
         if header.round < self.round {
             return Admission::Stale;
         }
@@ -309,8 +349,14 @@ impl RoundState {
                 actions.push(Action::Publish(delta));
             }
             Event::PeerDelta(delta) => {
-                if self.admit(&delta.header) != Admission::Accept {
-                    return actions;
+                match self.admit(&delta.header) {
+                    Admission::Accept => {}
+                    Admission::Equivocation => {
+                        self.catch_equivocation(&delta);
+                        self.maybe_close(now_ms, &mut actions);
+                        return actions;
+                    }
+                    _ => return actions,
                 }
                 let (round, sender) = (delta.header.round, delta.header.sender);
                 if !self.rounds.contains_key(&round) && self.future_rounds() >= self.config.buffered_rounds {
@@ -338,6 +384,7 @@ impl RoundState {
                 self.last_active.remove(&peer);
             }
             Event::Tick => {}
+            Event::Ban(key) => self.ban(key),
             Event::Group { round, members } => {
                 if round >= self.round {
                     self.groups.insert(round, members.into_iter().collect());
@@ -358,6 +405,35 @@ impl RoundState {
         }
         self.maybe_close(now_ms, &mut actions);
         actions
+    }
+
+    /// Bans the sender of `delta` when it and the delta already held for its
+    /// round prove equivocation. Our own key is never banned: a delta with it
+    /// that we did not make is only refused.
+    fn catch_equivocation(&mut self, delta: &SignedDelta) {
+        let held = self.rounds.get(&delta.header.round).and_then(|m| m.get(&delta.header.sender));
+        let Some(proof) = held.and_then(|held| EquivocationProof::new(held, delta)) else {
+            return;
+        };
+        if proof.sender() == self.me {
+            return;
+        }
+        self.ban(proof.sender());
+        self.equivocations.push(proof);
+    }
+
+    fn ban(&mut self, key: PublicKey) {
+        if key == self.me || !self.banned.insert(key) {
+            return;
+        }
+        for deltas in self.rounds.values_mut() {
+            deltas.remove(&key);
+        }
+        for members in self.groups.values_mut() {
+            members.remove(&key);
+        }
+        self.connected.remove(&key);
+        self.last_active.remove(&key);
     }
 
     /// A request for a newer round than the last one goes out at once; a repeat
@@ -676,6 +752,46 @@ mod tests {
         s.handle(1, Event::PeerDelta(based(3, 0, 2.0, [9; 32])));
         let a = s.handle(2, Event::PeerDelta(based(4, 0, 3.0, [9; 32])));
         assert!(merged(&a).is_some() && diverged(&a).is_none());
+    }
+
+    #[test]
+    fn a_second_delta_for_a_round_bans_the_sender_and_drops_its_first() {
+        let mut s = state();
+        let (k2, k3) = (PublicKey::of(&key(2)), PublicKey::of(&key(3)));
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+        s.handle(1, Event::PeerDelta(delta(2, 1, 2.0)));
+        assert!(s.take_equivocations().is_empty());
+        assert!(merged(&s.handle(2, Event::PeerDelta(delta(2, 0, 9.0)))).is_none(), "k3 is still expected");
+        let proofs = s.take_equivocations();
+        assert_eq!(proofs.len(), 1);
+        assert_eq!(proofs[0].verify(RunId([0; 32])), Ok(k2));
+        assert!(s.is_banned(&k2));
+        assert_eq!(s.admit(&delta(2, 2, 2.0).header), Admission::Banned);
+        // The banned key's first delta is gone and it is no longer expected:
+        // k3's delta closes round 0 with two deltas, and round 1 waits for no k2.
+        let (round, senders, _) = merged(&s.handle(3, Event::PeerDelta(delta(3, 0, 3.0)))).unwrap();
+        assert_eq!((round, senders), (0, vec![PublicKey::of(&key(1)), k3]));
+        assert_eq!(s.collected(), 0, "k2's buffered round-1 delta was dropped");
+        assert_eq!(s.quorum_target(), 2);
+    }
+
+    #[test]
+    fn a_ban_from_a_proof_drops_the_unmerged_delta_and_never_bans_ourselves() {
+        let mut s = state();
+        let k2 = PublicKey::of(&key(2));
+        s.handle(0, Event::PeerDelta(delta(2, 0, 2.0)));
+        s.handle(1, Event::Ban(k2));
+        assert_eq!(s.collected(), 0);
+        assert!(s.take_equivocations().is_empty(), "a ban from outside is not a new proof");
+        s.handle(2, Event::Ban(PublicKey::of(&key(1))));
+        assert!(!s.is_banned(&PublicKey::of(&key(1))));
+        s.handle(3, Event::LocalDelta(delta(1, 0, 1.0)));
+        // Someone else's delta under our key is refused but bans nobody.
+        s.handle(4, Event::PeerDelta(delta(1, 0, 5.0)));
+        assert!(s.take_equivocations().is_empty());
+        let (_, senders, _) = merged(&s.handle(5, Event::PeerDelta(delta(3, 0, 3.0)))).unwrap();
+        assert_eq!(senders.len(), 2);
     }
 
     #[test]

@@ -3,10 +3,13 @@
 
 use std::fmt;
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::AggregationRule;
 use crate::codec::Codec;
+use crate::keys::PublicKey;
 
 /// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
 /// so different runs never mix.
@@ -64,6 +67,13 @@ pub struct RunSpec {
     pub feedback_decay: f64,
     /// How a round's deltas are combined.
     pub aggregation: AggregationRule,
+    /// A private swarm's members: ed25519 public keys as 64 hex digits (what
+    /// `starling` logs as a node's key). Deltas signed by any other key are
+    /// refused and connections from other peers closed. Absent: a public run.
+    /// Left out of the TOML and of the run id hash when absent, so specs written
+    /// before this field keep their run id; the order of the keys is part of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_keys: Option<Vec<String>>,
 }
 
 /// The model every node trains.
@@ -153,6 +163,7 @@ impl RunSpec {
             // Tuned on the built-in task with top-k codecs (dense ignores it).
             feedback_decay: 0.8,
             aggregation: AggregationRule::default(),
+            allowed_keys: None,
         }
     }
 
@@ -179,6 +190,19 @@ impl RunSpec {
         let mut h = blake3::Hasher::new_derive_key("starling 2026-11 run spec v1");
         h.update(&crate::wire::encode(self));
         RunId(*h.finalize().as_bytes())
+    }
+
+    /// The keys of a private swarm, parsed; `None` for a public run.
+    pub fn allowed(&self) -> Option<BTreeSet<PublicKey>> {
+        let keys = self.allowed_keys.as_ref()?;
+        Some(keys.iter().filter_map(|k| PublicKey::from_hex(k).ok()).collect())
+    }
+
+    /// Whether `key` may take part: any key in a public run, a listed key in a private one.
+    pub fn allows(&self, key: &PublicKey) -> bool {
+        self.allowed_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| PublicKey::from_hex(k).as_ref() == Ok(key)))
     }
 
     /// Number of parameters of the model (weights and biases of every layer).
@@ -252,6 +276,16 @@ impl RunSpec {
         if !(self.round.quorum > 0.0 && self.round.quorum <= 1.0) {
             return bad("round.quorum", "must be in (0, 1]");
         }
+        if let Some(keys) = &self.allowed_keys {
+            if keys.is_empty() {
+                return bad("allowed_keys", "lists no key; remove it for a public run");
+            }
+            for key in keys {
+                if let Err(reason) = PublicKey::from_hex(key) {
+                    return bad("allowed_keys", reason);
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -288,6 +322,38 @@ mod tests {
     fn unknown_fields_are_refused() {
         let text = RunSpec::builtin().to_toml() + "\nsurprise = 1\n";
         assert!(RunSpec::from_toml(&text).is_err());
+    }
+
+    #[test]
+    fn allowed_keys_make_a_private_run_and_old_specs_keep_their_id() {
+        let public = RunSpec::builtin();
+        assert!(!public.to_toml().contains("allowed_keys"));
+        let key = PublicKey::of(&ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+        let mut private = public.clone();
+        private.allowed_keys = Some(vec![key.to_string()]);
+        let back = RunSpec::from_toml(&private.to_toml()).unwrap();
+        assert_eq!(back, private);
+        assert_ne!(back.run_id(), public.run_id());
+        assert!(back.allows(&key) && public.allows(&key));
+        assert!(!back.allows(&PublicKey::of(&ed25519_dalek::SigningKey::from_bytes(&[4; 32]))));
+        // The id of a public spec is the hash it had before the field existed.
+        let mut h = blake3::Hasher::new_derive_key("starling 2026-11 run spec v1");
+        h.update(&crate::wire::encode(&(
+            &public.name,
+            public.seed,
+            &public.model,
+            &public.dataset,
+            &public.inner,
+            &public.outer,
+            &public.round,
+            public.codec,
+            public.feedback_decay,
+            &public.aggregation,
+        )));
+        assert_eq!(public.run_id(), RunId(*h.finalize().as_bytes()));
+        private.allowed_keys = Some(vec!["abc".into()]);
+        let err = RunSpec::from_toml(&private.to_toml()).unwrap_err().to_string();
+        assert!(err.contains("allowed_keys") && err.contains("abc"), "{err}");
     }
 
     #[test]

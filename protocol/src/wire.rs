@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::accountability::{EquivocationProof, SignedHeader};
 use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
 use crate::delta::{DeltaHeader, SignedDelta};
 use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
@@ -87,6 +88,45 @@ fn delta_from_wire(wire: SignedDeltaWire) -> Result<SignedDelta, WireError> {
         .try_into()
         .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", wire.signature.len())))?;
     Ok(SignedDelta { header: wire.header, payload: wire.payload.to_vec(), signature })
+}
+
+/// A [`SignedHeader`] as it travels: the signature borrows the input.
+#[derive(Serialize, Deserialize)]
+struct SignedHeaderWire<'a> {
+    header: DeltaHeader,
+    #[serde(borrow, with = "serde_bytes")]
+    signature: &'a [u8],
+}
+
+/// An [`EquivocationProof`] as it travels.
+#[derive(Serialize, Deserialize)]
+struct ProofWire<'a> {
+    #[serde(borrow)]
+    a: SignedHeaderWire<'a>,
+    #[serde(borrow)]
+    b: SignedHeaderWire<'a>,
+}
+
+/// Encodes an equivocation proof for the wire or a ban record.
+pub fn encode_proof(proof: &EquivocationProof) -> Vec<u8> {
+    fn part(s: &SignedHeader) -> SignedHeaderWire<'_> {
+        SignedHeaderWire { header: s.header.clone(), signature: &s.signature }
+    }
+    encode(&ProofWire { a: part(&proof.a), b: part(&proof.b) })
+}
+
+/// Decodes an equivocation proof of at most `limit` bytes. This checks the shape
+/// only; [`EquivocationProof::verify`] checks what it claims.
+pub fn decode_proof(bytes: &[u8], limit: usize) -> Result<EquivocationProof, WireError> {
+    let wire: ProofWire = decode(bytes, limit)?;
+    let part = |w: SignedHeaderWire| -> Result<SignedHeader, WireError> {
+        let signature = w
+            .signature
+            .try_into()
+            .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", w.signature.len())))?;
+        Ok(SignedHeader { header: w.header, signature })
+    };
+    Ok(EquivocationProof { a: part(wire.a)?, b: part(wire.b)? })
 }
 
 /// The bytes a delta header's digest is computed over.

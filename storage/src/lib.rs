@@ -8,11 +8,15 @@
 //! leaves either the new record whole or the previous one in charge: a torn or
 //! corrupted record is detected, reported and skipped, never loaded.
 
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use rand::Rng;
 use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError};
+
+pub use peers::{Ban, BanScan, CorruptBan, RefusalCount};
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";

@@ -13,6 +13,8 @@ use std::{
 
 use starling_protocol::RunSpec;
 
+pub mod raw_peer;
+
 /// The built-in spec, named for the test so runs of different tests never mix.
 pub fn test_spec(name: &str) -> RunSpec {
     let mut spec = RunSpec::builtin();

@@ -1,11 +1,12 @@
 //! Attackers inside the simulation (what they sign and what they send; see
-//! [`crate::attack`]) and the honest side of equivocation: a node that catches
-//! a key signing two deltas for one round bans it and floods the proof, and
-//! every node that receives the proof bans the key too.
+//! [`crate::attack`]) and the honest side of equivocation: a node whose round
+//! state catches a key signing two deltas for one round floods the proof, and
+//! every node that receives it bans the key too (`Event::Ban`), as real nodes
+//! do over their proof topic.
 
 use std::rc::Rc;
 
-use starling_protocol::{DeltaId, PublicKey, SignedDelta};
+use starling_protocol::{DeltaId, Event, PublicKey, SignedDelta};
 
 use super::{Body, Engine, Message};
 use crate::attack::{self, AttackBehaviour, Junk};
@@ -135,11 +136,9 @@ impl Engine<'_> {
         Rc::new(Message { body: Body::Delta(delta), round, id, bytes, published_at: self.now })
     }
 
-    /// `node` caught `offender` equivocating: ban it and flood the proof.
-    pub(super) fn ban(&mut self, node: usize, offender: PublicKey, round: u64) {
-        if !self.nodes[node].banned.insert(offender) {
-            return;
-        }
+    /// `node` caught `offender` equivocating (its round state banned the
+    /// key): flood the proof to its mesh.
+    pub(super) fn send_proof(&mut self, node: usize, offender: PublicKey, round: u64) {
         let id = proof_id(&offender);
         self.nodes[node].seen.insert(id, (round, self.now));
         let proof = Rc::new(Message {
@@ -162,14 +161,16 @@ impl Engine<'_> {
         offender: PublicKey,
         message: Rc<Message>,
     ) -> Result<(), crate::SimError> {
-        if self.nodes[to].banned.insert(offender) {
-            for p in self.mesh.peers(to).to_vec() {
-                if p != from {
-                    self.send(to, p, message.clone());
-                }
+        if self.nodes[to].rounds.is_banned(&offender) {
+            return Ok(());
+        }
+        let actions = self.nodes[to].rounds.handle(self.now / super::MS, Event::Ban(offender));
+        for p in self.mesh.peers(to).to_vec() {
+            if p != from {
+                self.send(to, p, message.clone());
             }
         }
-        Ok(())
+        self.apply(to, actions)
     }
 }
 

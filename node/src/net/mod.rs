@@ -2,11 +2,13 @@
 //! and QUIC, or libp2p's in-memory transport for many nodes in one process), and
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
+pub mod score;
 pub mod sync;
 
 use std::time::Duration;
 
 use libp2p::{
+    allow_block_list,
     core::{transport::MemoryTransport, upgrade, Transport as _},
     gossipsub, identify, identity, kad, mdns, noise, ping, request_response,
     swarm::behaviour::toggle::Toggle,
@@ -29,6 +31,9 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<StateCodec>,
+    /// Peers this node will not talk to: banned equivocators and, in a private
+    /// run, peers whose key the spec does not allow.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
 /// Which transport carries a node's connections.
@@ -84,6 +89,11 @@ pub fn delta_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("/starling/{}/deltas/1", spec.run_id().short()))
 }
 
+/// The gossip topic of a run's equivocation proofs.
+pub fn proof_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/starling/{}/equivocations/1", spec.run_id().short()))
+}
+
 /// The libp2p keypair of a Starling identity (one key for both).
 pub fn keypair(key: &ed25519_dalek::SigningKey) -> identity::Keypair {
     identity::Keypair::ed25519_from_bytes(key.to_bytes()).expect("32 bytes are always a valid ed25519 secret")
@@ -116,6 +126,7 @@ pub fn build_swarm(
     let limits = BehaviourLimits {
         run: spec.run_id().short(),
         topic: delta_topic(spec).hash(),
+        proof_topic: proof_topic(spec).hash(),
         round_deadline: Duration::from_millis(spec.round.deadline_ms),
         max_delta: spec.max_delta_bytes(),
         max_sync: sync::max_response_bytes(spec),
@@ -156,6 +167,7 @@ pub fn build_swarm(
 struct BehaviourLimits {
     run: String,
     topic: gossipsub::TopicHash,
+    proof_topic: gossipsub::TopicHash,
     round_deadline: Duration,
     max_delta: usize,
     max_sync: usize,
@@ -168,9 +180,14 @@ fn behaviour(
     limits: &BehaviourLimits,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let run = &limits.run;
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(limits.max_delta, limits.topic.clone(), limits.round_deadline)?,
+    )?;
+    // Rejected messages (invalid deltas and proofs) lower their sender's score.
+    gossipsub.with_peer_score(
+        score::params(&[limits.topic.clone(), limits.proof_topic.clone()]),
+        score::thresholds(),
     )?;
     let identify = identify::Behaviour::new(
         identify::Config::new(format!("/starling/{run}/1"), key.public()).with_agent_version(AGENT.into()),
@@ -206,6 +223,7 @@ fn behaviour(
         kad,
         mdns: Toggle::from(mdns),
         sync,
+        blocked: allow_block_list::Behaviour::default(),
     })
 }
 
