@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use crate::{
     local_swarm::{human_bytes, run_swarm, SwarmOptions},
     net::NetOptions,
-    node::{run_node, NodeOptions},
+    node::{run_node, DataOptions, NodeOptions},
+    workload_cli::{BaselineArgs, DataCommand, TrainBenchArgs, WorkloadArgs},
 };
 
 /// Starling: train one model together across machines, with no coordinator.
@@ -37,6 +38,12 @@ pub enum Command {
     /// Benchmarks and reports that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Train the spec's model alone on all the data the swarm's nodes would
+    /// share, for as many steps as all of them together: the centralized baseline.
+    Baseline(BaselineArgs),
+    /// Generate data sets: procedurally drawn glyphs (IDX), a text corpus.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Read a datadir offline: run, round, parameter hash, checkpoints, health.
     /// Exits with status 1 when the datadir is not healthy.
     Inspect {
@@ -73,6 +80,8 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_values_t = default_codecs())]
         codecs: Vec<Codec>,
     },
+    /// Training speed of the node's trainer in samples per second (MLP or CNN).
+    Train(TrainBenchArgs),
 }
 
 fn default_codecs() -> Vec<Codec> {
@@ -107,6 +116,11 @@ pub struct RunArgs {
     /// Evaluate on the held-out split after every round (logged).
     #[arg(long)]
     pub evaluate: bool,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
+    #[arg(long)]
+    pub shard: Option<crate::datasets::Shard>,
 }
 
 /// Networking.
@@ -159,6 +173,8 @@ pub struct SwarmArgs {
     /// codec (`OuterSpec::for_codec`); a --spec file keeps its own.
     #[arg(long)]
     pub codec: Option<Codec>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +235,9 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
             codec_table(nodes, rounds, codecs).await
         }
+        Command::Bench(BenchCommand::Train(args)) => crate::workload_cli::bench_train(args),
+        Command::Baseline(args) => crate::workload_cli::baseline(args),
+        Command::Data(command) => crate::workload_cli::data(command),
         Command::Inspect { datadir, json } => {
             let inspection = crate::inspect::inspect(&datadir)?;
             if json {
@@ -262,6 +281,7 @@ async fn run(args: RunArgs) -> Result<()> {
             }
         }
     };
+    let spec = args.workload.apply(spec)?;
     let options = NodeOptions {
         datadir: args.datadir,
         spec,
@@ -273,6 +293,7 @@ async fn run(args: RunArgs) -> Result<()> {
         rounds: args.rounds,
         key: None,
         evaluate: args.evaluate,
+        data: DataOptions { dataset: args.workload.dataset.clone(), shard: args.shard },
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -319,6 +340,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         (None, Some(codec)) => RunSpec::builtin_with_codec(codec),
         (None, None) => RunSpec::builtin(),
     };
+    let spec = args.workload.apply(spec)?;
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -330,6 +352,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         seed: args.seed,
         progress_to_stderr: args.json,
         quiet: false,
+        dataset: args.workload.dataset.clone(),
         ..SwarmOptions::new(args.nodes, args.rounds, spec)
     };
     if !args.json {
@@ -351,6 +374,10 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
             summary.mean_accuracy * 100.0,
             summary.min_accuracy * 100.0,
             summary.centralized_accuracy * 100.0
+        );
+        println!(
+            "held-out loss mean {:.4}  (centralized baseline {:.4}; {} on {}, partition {})",
+            summary.mean_loss, summary.centralized_loss, summary.model, summary.dataset, summary.partition
         );
         println!(
             "consensus     {:.2e} (RMS relative distance of node parameters from their mean)",

@@ -3,10 +3,14 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod datasets;
+pub mod init;
 pub mod inspect;
 pub mod local_swarm;
 pub mod metrics;
 pub mod model;
+pub mod models;
 pub mod net;
 pub mod node;
 pub mod trainer;
+pub mod workload_cli;

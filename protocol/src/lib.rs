@@ -11,9 +11,11 @@
 pub mod aggregate;
 pub mod codec;
 pub mod consensus;
+pub mod data_spec;
 pub mod delta;
 pub mod group;
 pub mod keys;
+pub mod model_spec;
 pub mod outer;
 pub mod round;
 pub mod snapshot;
@@ -28,5 +30,5 @@ pub use keys::PublicKey;
 pub use outer::OuterOptimizer;
 pub use round::{Action, Admission, Event, RoundConfig, RoundState};
 pub use snapshot::{Checkpoint, ModelState, SyncReply};
-pub use spec::{RunId, RunSpec, SpecError};
+pub use spec::{DatasetKind, InitSpec, ModelSpec, Partition, RunId, RunSpec, SpecError};
 pub use wire::WireError;
