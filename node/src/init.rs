@@ -104,6 +104,6 @@ mod tests {
         assert!(initial_params(&deeper)
             .unwrap_err()
             .to_string()
-            .contains("`l02.bias` of the model is missing"));
+            .contains("`l02.weight` of the model is missing"));
     }
 }
