@@ -258,3 +258,93 @@ pub(crate) fn files_under(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_protocol::spec::{CnnSpec, TransformerSpec};
+
+    fn glyph_spec(dir: &Path, partition: Partition) -> RunSpec {
+        let mut spec = RunSpec::builtin();
+        spec.model = ModelSpec::Cnn(CnnSpec { input: [1, 28, 28], channels: vec![2], classes: 10 });
+        spec.dataset.kind = DatasetKind::Idx(dir.display().to_string());
+        spec.dataset.partition = partition;
+        spec.dataset.eval_samples = 30;
+        spec
+    }
+
+    #[test]
+    fn idx_shards_are_disjoint_reproducible_and_use_the_test_split() {
+        let dir = tempfile::tempdir().unwrap();
+        glyphs::write(dir.path(), 300, 40, 2).unwrap();
+        for partition in [Partition::Iid, Partition::Dirichlet(0.5)] {
+            let w = Workload::open(&glyph_spec(dir.path(), partition), None).unwrap();
+            assert_eq!(w.eval().len(), 30, "eval is capped by eval_samples");
+            let shards: Vec<TrainData> =
+                (0..3).map(|index| w.shard(Shard { index, count: 3 }, 0).unwrap()).collect();
+            assert_eq!(shards.iter().map(TrainData::len).sum::<usize>(), 300);
+            let union = w.union(&shards).unwrap();
+            let TrainData::Labelled(all) = union else { panic!("labelled") };
+            let mut rows: Vec<Vec<u32>> =
+                (0..all.len()).map(|i| all.row(i).iter().map(|v| v.to_bits()).collect()).collect();
+            rows.sort();
+            rows.dedup();
+            assert!(rows.len() > 295, "shards overlap: {} distinct of 300", rows.len());
+            let again = Workload::open(&glyph_spec(dir.path(), partition), None).unwrap();
+            assert_eq!(again.shard(Shard { index: 1, count: 3 }, 9).unwrap(), shards[1]);
+        }
+    }
+
+    #[test]
+    fn a_source_that_does_not_fit_the_model_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        glyphs::write(dir.path(), 20, 0, 2).unwrap();
+        let mut spec = glyph_spec(dir.path(), Partition::Iid);
+        spec.model = ModelSpec::mlp(vec![100, 10]);
+        let err = Workload::open(&spec, None).err().unwrap().to_string();
+        assert!(err.contains("784 values per sample") && err.contains("100 inputs"), "{err}");
+        spec.model = ModelSpec::Transformer(TransformerSpec {
+            vocab: 256,
+            d_model: 8,
+            heads: 2,
+            layers: 1,
+            context: 8,
+        });
+        assert!(Workload::open(&spec, None).is_err());
+        let text = DatasetKind::Text(dir.path().display().to_string());
+        spec.dataset.partition = Partition::Dirichlet(0.1);
+        assert!(Workload::open(&spec, Some(&text)).err().unwrap().to_string().contains("dirichlet"));
+    }
+
+    #[test]
+    fn text_shards_are_contiguous_and_the_tail_is_held_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        std::fs::write(&path, (0..1000).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
+        let mut spec = RunSpec::builtin();
+        spec.model = ModelSpec::Transformer(TransformerSpec {
+            vocab: 256,
+            d_model: 8,
+            heads: 2,
+            layers: 1,
+            context: 8,
+        });
+        spec.dataset.kind = DatasetKind::Text(path.display().to_string());
+        let w = Workload::open(&spec, None).unwrap();
+        let a = w.shard(Shard { index: 0, count: 2 }, 0).unwrap();
+        let b = w.shard(Shard { index: 1, count: 2 }, 0).unwrap();
+        assert_eq!((a.len(), b.len(), w.eval().len()), (450, 450, 100));
+    }
+
+    #[test]
+    fn every_spec_in_the_repository_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+        let mut seen = 0;
+        for file in files_under(&dir).unwrap() {
+            let text = std::fs::read_to_string(&file).unwrap();
+            RunSpec::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            seen += 1;
+        }
+        assert!(seen >= 5);
+    }
+}

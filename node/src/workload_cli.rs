@@ -317,3 +317,26 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_without_the_feature_names_the_feature() {
+        assert_eq!("cpu".parse::<DeviceArg>().unwrap(), DeviceArg::Cpu);
+        assert_eq!("cuda:1".parse::<DeviceArg>().unwrap(), DeviceArg::Cuda(1));
+        assert!("gpu".parse::<DeviceArg>().unwrap_err().contains("cpu or cuda:N"));
+        if !cfg!(feature = "cuda") {
+            let err = DeviceArg::Cuda(0).device().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    #[test]
+    fn shards_parse_as_index_of_count() {
+        assert_eq!("2/8".parse::<Shard>().unwrap(), Shard { index: 2, count: 8 });
+        assert!("8/8".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().unwrap_err().contains("INDEX/COUNT"));
+    }
+}
