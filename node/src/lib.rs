@@ -1,5 +1,7 @@
 //! The Starling node: networking, training and the event loop that drives the protocol.
 
+pub mod adamw;
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod data;

@@ -6,7 +6,9 @@
 //! `Trainer` produces bit-identical parameters.
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{Optimizer, ParamsAdamW};
+
+use crate::adamw::FusedAdamW;
 use rand::rngs::Xoshiro256PlusPlus;
 use starling_protocol::RunSpec;
 
@@ -72,7 +74,7 @@ pub struct Trainer {
     /// A second model for evaluation, so evaluating never disturbs training state.
     eval_model: Model,
     data: TrainData,
-    optimizer: AdamW,
+    optimizer: FusedAdamW,
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
@@ -92,7 +94,7 @@ impl Trainer {
         if spec.inner.batch_size == 0 {
             return Err(TrainError::Zero("inner.batch_size"));
         }
-        let optimizer = AdamW::new(
+        let optimizer = FusedAdamW::new(
             model.vars(),
             ParamsAdamW {
                 lr: spec.inner.lr,
