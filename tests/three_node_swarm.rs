@@ -58,7 +58,7 @@ fn three_processes_beat_training_alone_and_agree() {
 
     // Read each node's final state back from its datadir, offline.
     let task = SyntheticTask::new(&spec).unwrap();
-    let eval = task.eval_set();
+    let eval = task.eval_set().into();
     let mut finals = Vec::new();
     let mut keys = Vec::new();
     for datadir in &datadirs {
@@ -73,7 +73,8 @@ fn three_processes_beat_training_alone_and_agree() {
     let swarm_acc: Vec<f32> = finals.iter().map(|p| evaluator.evaluate(p, &eval).unwrap().accuracy).collect();
 
     // Each node trained alone on its own shard for the same number of local steps.
-    let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
+    let initial =
+        Mlp::initial_params(spec.model.mlp_layers().expect("the built-in model is an MLP"), spec.seed);
     let steps = ROUNDS * spec.inner.steps as u64;
     let best_alone = keys
         .iter()

@@ -8,7 +8,7 @@
 //! its inputs.
 
 use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
-use starling_node::{data::SyntheticTask, model::Mlp, node::shard_seed, trainer::Trainer};
+use starling_node::{data::SyntheticTask, datasets::TrainData, node::shard_seed, trainer::Trainer};
 use starling_protocol::{PublicKey, RunSpec};
 
 use crate::scenario::{Scenario, Workload};
@@ -63,8 +63,10 @@ pub fn task(scenario: &Scenario) -> Result<Box<dyn Task>, String> {
         Workload::Candle { .. } => {
             let spec = candle_spec(&scenario.workload, RunSpec::builtin())?;
             let data = SyntheticTask::new(&spec).map_err(|e| e.to_string())?;
-            let eval = data.eval_set();
-            Ok(Box::new(Candle { spec, data, eval }))
+            let eval = data.eval_set().into();
+            let initial =
+                starling_node::models::initial_params(&spec.model, spec.seed).map_err(|e| e.to_string())?;
+            Ok(Box::new(Candle { spec, data, eval, initial }))
         }
     }
 }
@@ -153,7 +155,8 @@ impl NodeModel for QuadraticNode {
 struct Candle {
     spec: RunSpec,
     data: SyntheticTask,
-    eval: starling_node::data::Dataset,
+    eval: TrainData,
+    initial: Vec<f32>,
 }
 
 struct CandleNode {
@@ -163,7 +166,7 @@ struct CandleNode {
 
 impl Task for Candle {
     fn initial_params(&self) -> Vec<f32> {
-        Mlp::initial_params(&self.spec.model.layers, self.spec.seed)
+        self.initial.clone()
     }
 
     /// The same shard as node `key` of `starling swarm` trains on.
@@ -184,7 +187,7 @@ impl Task for Candle {
     }
 
     fn evaluate(&self, params: &[f32]) -> Result<Score, String> {
-        let e = starling_node::trainer::evaluate(&self.spec.model.layers, params, &self.eval)
+        let e = starling_node::trainer::evaluate(&self.spec.model, params, &self.eval)
             .map_err(|e| e.to_string())?;
         Ok(Score { loss: e.loss as f64, accuracy: Some(e.accuracy as f64) })
     }

@@ -10,7 +10,6 @@ use clap::{Parser, ValueEnum};
 use starling_node::{
     data::SyntheticTask,
     local_swarm::{run_swarm, Bootstrap, Evaluate, Membership, NodeRound, SwarmOptions},
-    model::Mlp,
     trainer::Trainer,
 };
 use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
@@ -168,12 +167,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn time_one_node(spec: &RunSpec) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let task = SyntheticTask::new(spec)?;
     let mut trainer = Trainer::new(spec, task.shard(1, spec.dataset.samples_per_node), 1)?;
-    let start = Mlp::initial_params(&spec.model.layers, spec.seed);
+    let start = starling_node::models::initial_params(&spec.model, spec.seed)?;
     trainer.train_round(&start, spec.inner.steps)?; // warm-up
     let t = Instant::now();
     let outcome = trainer.train_round(&start, spec.inner.steps)?;
     let train = t.elapsed().as_secs_f64();
-    let eval_set = task.eval_set();
+    let eval_set = task.eval_set().into();
     let t = Instant::now();
     trainer.evaluate(&outcome.params, &eval_set)?;
     Ok((train, t.elapsed().as_secs_f64()))

@@ -36,7 +36,7 @@ fn main() -> Result<(), TrainError> {
     println!(
         "task: seed {}, layers {:?}, {} samples per shard, {} eval samples, batch {}, inner lr {}",
         spec.seed,
-        spec.model.layers,
+        spec.model.mlp_layers().unwrap_or_default(),
         spec.dataset.samples_per_node,
         eval.len(),
         spec.inner.batch_size,
@@ -48,7 +48,8 @@ fn main() -> Result<(), TrainError> {
     );
 
     let mut linear = spec.clone();
-    linear.model.layers = vec![spec.model.layers[0], spec.model.layers[spec.model.layers.len() - 1]];
+    let layers = spec.model.mlp_layers().expect("the built-in model is an MLP");
+    linear.model = starling_protocol::ModelSpec::mlp(vec![layers[0], layers[layers.len() - 1]]);
     let lin = report(&linear, "linear, all 4 shards", &all, &eval, STEPS_ALL_SHARDS)?;
     let one = report(&spec, "MLP, 1 shard", &shards[0], &eval, STEPS_ONE_SHARD)?;
     // The same compute as four shards, on one: shows the gap is data, not steps.
@@ -72,10 +73,10 @@ fn report(
     steps: u64,
 ) -> Result<Evaluation, TrainError> {
     let t = Instant::now();
-    let init = Mlp::initial_params(&spec.model.layers, spec.seed);
+    let init = Mlp::initial_params(spec.model.mlp_layers().expect("an MLP"), spec.seed);
     let params = train_alone(spec, data.clone(), &init, steps, 0)?;
-    let train = evaluate(&spec.model.layers, &params, data)?;
-    let held_out = evaluate(&spec.model.layers, &params, eval)?;
+    let train = evaluate(&spec.model, &params, &data.clone().into())?;
+    let held_out = evaluate(&spec.model, &params, &eval.clone().into())?;
     println!(
         "{:<24} {:>6} {:>8.1}% {:>8.1}% {:>6.1}  {:016x}",
         name,

@@ -61,7 +61,7 @@ fn spec_for(params: usize, codec: Codec) -> RunSpec {
     let mut spec = RunSpec::builtin();
     spec.name = format!("bench-average-{params}");
     let hidden = params.div_ceil(1001).max(2);
-    spec.model.layers = vec![1000, hidden];
+    spec.model = starling_protocol::ModelSpec::mlp(vec![1000, hidden]);
     spec.codec = codec;
     spec
 }

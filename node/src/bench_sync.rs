@@ -53,7 +53,7 @@ fn spec_for(params: usize) -> RunSpec {
     let mut spec = RunSpec::builtin();
     spec.name = format!("bench-sync-{params}");
     let hidden = ((params as f64).sqrt() as usize).clamp(2, 65_536);
-    spec.model.layers = vec![32, hidden, hidden, 10];
+    spec.model = starling_protocol::spec::ModelSpec::mlp(vec![32, hidden, hidden, 10]);
     spec.inner.steps = 1;
     spec.dataset.samples_per_node = 256;
     spec.dataset.eval_samples = 64;
@@ -85,6 +85,7 @@ pub async fn sync(params: usize, rounds: u64, peers: usize) -> Result<SyncReport
         rounds: Some(rounds),
         key: Some(node_key(0x5379_6e63, i)),
         evaluate: false,
+        data: Default::default(),
     };
     let hooks = HarnessHooks { linger_until_shutdown: true, ..HarnessHooks::default() };
     let mut addresses = Vec::new();

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use crate::{
     local_swarm::{human_bytes, run_swarm, SwarmOptions},
     net::NetOptions,
-    node::{run_node, NodeOptions},
+    node::{run_node, DataOptions, NodeOptions},
+    workload_cli::{BaselineArgs, DataCommand, TrainBenchArgs, WorkloadArgs},
 };
 
 /// Starling: train one model together across machines, with no coordinator.
@@ -37,6 +38,12 @@ pub enum Command {
     /// Benchmarks and reports that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Train the spec's model alone on all the data the swarm's nodes would
+    /// share, for as many steps as all of them together: the centralized baseline.
+    Baseline(BaselineArgs),
+    /// Generate data sets: procedurally drawn glyphs (IDX), a text corpus.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Read a datadir offline: run, round, parameter hash, checkpoints, health.
     /// Exits with status 1 when the datadir is not healthy.
     Inspect {
@@ -97,6 +104,8 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training speed of the node's trainer in samples per second (MLP or CNN).
+    Train(TrainBenchArgs),
 }
 
 fn default_codecs() -> Vec<Codec> {
@@ -131,6 +140,11 @@ pub struct RunArgs {
     /// Evaluate on the held-out split after every round (logged).
     #[arg(long)]
     pub evaluate: bool,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
+    #[arg(long)]
+    pub shard: Option<crate::datasets::Shard>,
 }
 
 /// Networking.
@@ -187,6 +201,8 @@ pub struct SwarmArgs {
     /// trimmed-mean[:TRIM], centered-clip[:RADIUS] or geometric-median.
     #[arg(long)]
     pub aggregation: Option<AggregationRule>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +338,9 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
             codec_table(nodes, rounds, codecs).await
         }
+        Command::Bench(BenchCommand::Train(args)) => crate::workload_cli::bench_train(args),
+        Command::Baseline(args) => crate::workload_cli::baseline(args),
+        Command::Data(command) => crate::workload_cli::data(command),
         Command::Inspect { datadir, json } => {
             let inspection = crate::inspect::inspect(&datadir)?;
             if json {
@@ -368,6 +387,7 @@ async fn run(args: RunArgs) -> Result<()> {
             }
         }
     };
+    let spec = args.workload.apply(spec)?;
     let options = NodeOptions {
         datadir: args.datadir,
         spec,
@@ -379,6 +399,7 @@ async fn run(args: RunArgs) -> Result<()> {
         rounds: args.rounds,
         key: None,
         evaluate: args.evaluate,
+        data: DataOptions { dataset: args.workload.dataset.clone(), shard: args.shard },
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -434,6 +455,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         (None, Some(codec)) => RunSpec::builtin_with_codec(codec),
         (None, None) => RunSpec::builtin(),
     };
+    let spec = args.workload.apply(spec)?;
     let spec = RunSpec { aggregation: args.aggregation.unwrap_or(spec.aggregation), ..spec };
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
@@ -446,6 +468,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         seed: args.seed,
         progress_to_stderr: args.json,
         quiet: false,
+        dataset: args.workload.dataset.clone(),
         ..SwarmOptions::new(args.nodes, args.rounds, spec)
     };
     if !args.json {
@@ -467,6 +490,10 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
             summary.mean_accuracy * 100.0,
             summary.min_accuracy * 100.0,
             summary.centralized_accuracy * 100.0
+        );
+        println!(
+            "held-out loss mean {:.4}  (centralized baseline {:.4}; {} on {}, partition {})",
+            summary.mean_loss, summary.centralized_loss, summary.model, summary.dataset, summary.partition
         );
         println!(
             "consensus     {:.2e} (RMS relative distance of node parameters from their mean)",

@@ -21,6 +21,10 @@ pub enum DataError {
     Mismatch { index: usize, what: &'static str, expected: usize, got: usize },
     #[error("dataset is malformed: {0}")]
     Malformed(String),
+    #[error("cannot read {path}: {reason}")]
+    Io { path: std::path::PathBuf, reason: String },
+    #[error("data file {path} is not usable: {reason}")]
+    BadFile { path: std::path::PathBuf, reason: String },
 }
 
 /// Labelled samples held in memory.
@@ -144,13 +148,15 @@ pub struct SyntheticTask {
 }
 
 impl SyntheticTask {
-    /// The task of `spec`: its shape from `spec.model.layers`, its teacher from `spec.seed`.
+    /// The task of `spec`: its shape from the model's input width and classes, its teacher from `spec.seed`.
     pub fn new(spec: &RunSpec) -> Result<Self, DataError> {
-        let layers = &spec.model.layers;
+        let layers = spec.model.mlp_layers().map(<[usize]>::to_vec).unwrap_or_default();
         let bad = |reason| DataError::BadLayers { layers: layers.clone(), reason };
-        let (&dim, &classes) = match (layers.first(), layers.last()) {
-            (Some(d), Some(c)) if layers.len() >= 2 => (d, c),
-            _ => return Err(bad("needs an input and an output width")),
+        let (dim, classes) = match (spec.model.input_dim(), spec.model.classes()) {
+            (Some(d), Some(c)) if spec.model.mlp_layers().is_none_or(|l| l.len() >= 2) => (d, c),
+            _ => {
+                return Err(bad("needs an input and an output width (the synthetic task needs a classifier)"))
+            }
         };
         if dim == 0 {
             return Err(bad("the input width must be at least 1"));
@@ -440,9 +446,9 @@ mod tests {
     #[test]
     fn bad_layers_are_refused() {
         let mut s = spec();
-        s.model.layers = vec![32];
+        s.model = starling_protocol::ModelSpec::mlp(vec![32]);
         assert!(matches!(SyntheticTask::new(&s), Err(DataError::BadLayers { .. })));
-        s.model.layers = vec![32, 1];
+        s.model = starling_protocol::ModelSpec::mlp(vec![32, 1]);
         assert!(SyntheticTask::new(&s).is_err());
     }
 

@@ -20,13 +20,16 @@ use tokio::{
 };
 
 use crate::{
+    datasets::Shard,
     net::{NetOptions, Transport},
-    node::{run_node_with, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport},
+    node::{
+        run_node_with, DataOptions, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport,
+    },
 };
 
 mod report;
 
-pub use report::{human_bytes, SwarmSummary};
+pub use report::{human_bytes, CurvePoint, SwarmSummary};
 use report::{summarize, Progress};
 
 /// Swarms of at most this many nodes bootstrap as a full mesh under [`Bootstrap::Auto`].
@@ -79,6 +82,9 @@ pub struct SwarmOptions {
     /// Fail when no node merges a round for this long (the first round's wait
     /// includes gathering peers and training).
     pub stall_timeout: Duration,
+    /// The data every node reads (`--dataset`); the spec's when absent. Node i
+    /// trains on shard i of `nodes`.
+    pub dataset: Option<starling_protocol::DatasetKind>,
 }
 
 impl SwarmOptions {
@@ -103,6 +109,7 @@ impl SwarmOptions {
             rounds_tx: None,
             report_params: false,
             stall_timeout: Duration::from_secs(600),
+            dataset: None,
         }
     }
 }
@@ -366,6 +373,10 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 Evaluate::EveryNode => true,
                 Evaluate::FirstNodes(n) => index < n,
             },
+            data: DataOptions {
+                dataset: options.dataset.clone(),
+                shard: Some(Shard { index, count: options.nodes }),
+            },
         };
         let hooks = HarnessHooks {
             report_params: options.report_params,
@@ -446,7 +457,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     running.stop().await;
     let swarm_seconds = swarm_start.elapsed().as_secs_f64();
     let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.expect("every node joined")).collect();
-    summarize(&options, &outcomes, swarm_seconds, wall)
+    summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)
 }
 
 /// Waits for the node with `key` to report its listen address. `Err(None)`
@@ -522,7 +533,7 @@ mod tests {
     fn small_spec(name: &str) -> RunSpec {
         let mut spec = RunSpec::builtin();
         spec.name = format!("test-{name}");
-        spec.model.layers = vec![16, 32, 4];
+        spec.model = starling_protocol::ModelSpec::mlp(vec![16, 32, 4]);
         spec.dataset.samples_per_node = 256;
         spec.dataset.eval_samples = 256;
         spec.inner.steps = 5;

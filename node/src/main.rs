@@ -6,8 +6,17 @@ use clap::Parser;
 use starling_node::cli::{execute, Cli};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime starts any thread.
+    starling_node::alloc::tune_for_training();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+        .block_on(run())
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A node logs what it does; commands that print their own report log only problems.
     let default = match cli.command {

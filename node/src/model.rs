@@ -181,8 +181,8 @@ mod tests {
     #[test]
     fn param_count_matches_the_run_spec() {
         let mut spec = RunSpec::builtin();
-        assert_eq!(Mlp::param_count(&spec.model.layers), spec.param_count());
-        spec.model.layers = LAYERS.to_vec();
+        assert_eq!(Mlp::param_count(spec.model.mlp_layers().unwrap()), spec.param_count());
+        spec.model = starling_protocol::ModelSpec::mlp(LAYERS.to_vec());
         assert_eq!(Mlp::param_count(&LAYERS), spec.param_count());
         assert_eq!(Mlp::new(&LAYERS).unwrap().params().unwrap().len(), spec.param_count());
     }

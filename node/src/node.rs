@@ -31,9 +31,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    data::{Dataset, SyntheticTask},
+    datasets::{Shard, TrainData, Workload},
     metrics::{NodeMetrics, Traffic},
-    model::Mlp,
     net::{self, Behaviour, BehaviourEvent, NetOptions},
     statesync::{hex, SnapshotCache, StateSync, SyncReason, SyncStep},
     trainer::{Evaluation, TrainError, TrainOutcome, Trainer},
@@ -57,6 +56,18 @@ pub struct NodeOptions {
     pub key: Option<SigningKey>,
     /// Evaluate on the held-out set after every merge.
     pub evaluate: bool,
+    /// Where this node's data is and which shard of it it trains on.
+    pub data: DataOptions,
+}
+
+/// A node's own view of the run's data.
+#[derive(Clone, Debug, Default)]
+pub struct DataOptions {
+    /// The node's local copy of the data (`--dataset`); the spec's `dataset.kind` when absent.
+    pub dataset: Option<starling_protocol::DatasetKind>,
+    /// Which shard to train on (`--shard I/N`); the whole data set (`0/1`) when absent.
+    /// Synthetic IID data is drawn from the node's key instead.
+    pub shard: Option<Shard>,
 }
 
 /// What a node tells whoever started it.
@@ -216,7 +227,7 @@ struct Node {
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
     /// The held-out set; built only when the node evaluates (it is the same for every node).
-    eval: Option<Dataset>,
+    eval: Option<TrainData>,
     train_tx: mpsc::UnboundedSender<TrainDone>,
     forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     run_peers: BTreeSet<PeerId>,
@@ -339,12 +350,12 @@ impl Node {
             }
             None if !scan.skipped.is_empty() => {
                 warn!("no checkpoint is readable; starting from genesis and syncing the swarm's state from peers");
-                let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
+                let state = ModelState::initial(crate::init::initial_params(&spec)?);
                 store.save_checkpoint(&state, &[])?;
                 (state, Vec::new())
             }
             None => {
-                let state = ModelState::initial(Mlp::initial_params(&spec.model.layers, spec.seed));
+                let state = ModelState::initial(crate::init::initial_params(&spec)?);
                 store.save_checkpoint(&state, &[])?;
                 (state, Vec::new())
             }
@@ -383,10 +394,13 @@ impl Node {
         if !spec.allows(&me) {
             return Err(NodeError::NotAllowed { key: me });
         }
-        let task = SyntheticTask::new(&spec).map_err(|e| NodeError::Data(e.to_string()))?;
+        let workload = Workload::open(&spec, options.data.dataset.as_ref())
+            .map_err(|e| NodeError::Data(e.to_string()))?;
         let shard_seed = shard_seed(&me);
-        let trainer = Trainer::new(&spec, task.shard(shard_seed, spec.dataset.samples_per_node), shard_seed)?;
-        let eval = options.evaluate.then(|| task.eval_set());
+        let shard = options.data.shard.unwrap_or(Shard { index: 0, count: 1 });
+        let data = workload.shard(shard, shard_seed).map_err(|e| NodeError::Data(e.to_string()))?;
+        let trainer = Trainer::new(&spec, data, shard_seed)?;
+        let eval = options.evaluate.then(|| workload.eval());
 
         let mut metrics = NodeMetrics::default();
         let mut swarm = net::build_swarm(&key, &spec, &options.net, &mut metrics.registry)?;

@@ -5,13 +5,17 @@
 //! DiLoCo. Given the same spec, shard, sampler seed and sequence of calls, a
 //! `Trainer` produces bit-identical parameters.
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Device, Tensor};
+use candle_nn::{Optimizer, ParamsAdamW};
+
+use crate::adamw::FusedAdamW;
 use rand::rngs::Xoshiro256PlusPlus;
 use starling_protocol::RunSpec;
 
-use crate::data::{below, rng_for, DataError, Dataset};
-use crate::model::Mlp;
+use crate::data::{below, rng_for, DataError};
+use crate::datasets::{Corpus, TrainData};
+use crate::models::{Batch, Model};
+use starling_protocol::ModelSpec;
 
 // Keeps batch sampling on a stream of its own, apart from the data's.
 const TAG_SAMPLER: u64 = 0x7361_6d70_6c65_0005;
@@ -39,6 +43,8 @@ pub enum TrainError {
     Zero(&'static str),
     #[error("a model's variable store was poisoned by a panic in another thread")]
     Poisoned,
+    #[error("initial weights file {path} is not usable: {reason}; fix the spec's init or --init")]
+    Init { path: String, reason: String },
 }
 
 /// What one round of local training produced.
@@ -55,19 +61,20 @@ pub struct TrainOutcome {
 /// Loss and accuracy of parameters on a data set.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
-    /// Mean cross-entropy per sample.
+    /// Mean cross-entropy per sample (per predicted token for the language
+    /// model, in nats: its perplexity is `exp(loss)`).
     pub loss: f32,
-    /// Fraction of samples whose largest logit is the label, in `[0, 1]`.
+    /// Fraction of samples (tokens) whose largest logit is the label, in `[0, 1]`.
     pub accuracy: f32,
 }
 
 /// A node's local trainer: its model, its shard, its inner AdamW and its sampler.
 pub struct Trainer {
-    model: Mlp,
+    model: Model,
     /// A second model for evaluation, so evaluating never disturbs training state.
-    eval_model: Mlp,
-    data: Dataset,
-    optimizer: AdamW,
+    eval_model: Model,
+    data: TrainData,
+    optimizer: FusedAdamW,
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
@@ -75,10 +82,10 @@ pub struct Trainer {
 
 impl Trainer {
     /// A trainer for `spec`'s model on `data`, sampling batches from `sampler_seed`.
-    pub fn new(spec: &RunSpec, data: Dataset, sampler_seed: u64) -> Result<Self, TrainError> {
-        let layers = &spec.model.layers;
-        let model = Mlp::new(layers)?;
-        check_fits(layers, &data)?;
+    pub fn new(spec: &RunSpec, data: impl Into<TrainData>, sampler_seed: u64) -> Result<Self, TrainError> {
+        let data = data.into();
+        let model = Model::new(&spec.model)?;
+        check_fits(&spec.model, &data)?;
         if data.is_empty() {
             return Err(TrainError::DataMismatch(
                 "the training shard is empty; dataset.samples_per_node must be at least 1".into(),
@@ -87,8 +94,8 @@ impl Trainer {
         if spec.inner.batch_size == 0 {
             return Err(TrainError::Zero("inner.batch_size"));
         }
-        let optimizer = AdamW::new(
-            model.vars().to_vec(),
+        let optimizer = FusedAdamW::new(
+            model.vars(),
             ParamsAdamW {
                 lr: spec.inner.lr,
                 weight_decay: spec.inner.weight_decay,
@@ -96,7 +103,7 @@ impl Trainer {
             },
         )?;
         Ok(Self {
-            eval_model: Mlp::new(layers)?,
+            eval_model: Model::new(&spec.model)?,
             sampler: BatchSampler::new(data.len(), sampler_seed),
             model,
             data,
@@ -123,12 +130,12 @@ impl Trainer {
     }
 
     /// Loss and accuracy of `params` on `data`, in chunks so memory stays small.
-    pub fn evaluate(&self, params: &[f32], data: &Dataset) -> Result<Evaluation, TrainError> {
+    pub fn evaluate(&self, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
         evaluate_with(&self.eval_model, params, data)
     }
 
     /// The shard this trainer learns from.
-    pub fn data(&self) -> &Dataset {
+    pub fn data(&self) -> &TrainData {
         &self.data
     }
 
@@ -139,21 +146,43 @@ impl Trainer {
 
     /// Runs `steps` steps from the model's current parameters; returns the mean loss.
     fn run_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
-        let dim = self.data.dim;
-        let mut xs = Vec::with_capacity(self.batch_size * dim);
-        let mut ys = Vec::with_capacity(self.batch_size);
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        let mut tokens = Vec::new();
+        let mut next = Vec::new();
         let mut loss_sum = 0f64;
         for _ in 0..steps {
-            xs.clear();
-            ys.clear();
-            for _ in 0..self.batch_size {
-                let i = self.sampler.next_index();
-                xs.extend_from_slice(self.data.row(i));
-                ys.push(self.data.labels[i]);
-            }
-            let x = Tensor::from_slice(&xs, (self.batch_size, dim), &Device::Cpu)?;
-            let y = Tensor::from_slice(&ys, self.batch_size, &Device::Cpu)?;
-            let loss = candle_nn::loss::cross_entropy(&self.model.forward(&x)?, &y)?;
+            let batch = match &self.data {
+                TrainData::Labelled(data) => {
+                    xs.clear();
+                    ys.clear();
+                    for _ in 0..self.batch_size {
+                        let i = self.sampler.next_index();
+                        xs.extend_from_slice(data.row(i));
+                        ys.push(data.labels[i]);
+                    }
+                    Batch::Labelled {
+                        x: Tensor::from_slice(&xs, (self.batch_size, data.dim), &Device::Cpu)?,
+                        y: Tensor::from_slice(&ys, self.batch_size, &Device::Cpu)?,
+                    }
+                }
+                TrainData::Text(corpus) => {
+                    let t = lm_context(&self.model, corpus)?;
+                    tokens.clear();
+                    next.clear();
+                    for _ in 0..self.batch_size {
+                        let start = self.sampler.next_start(corpus.bytes.len() - t);
+                        let window = &corpus.bytes[start..start + t + 1];
+                        tokens.extend(window[..t].iter().map(|&b| b as u32));
+                        next.extend(window[1..].iter().map(|&b| b as u32));
+                    }
+                    Batch::Tokens {
+                        x: Tensor::from_slice(&tokens, (self.batch_size, t), &Device::Cpu)?,
+                        y: Tensor::from_slice(&next, (self.batch_size, t), &Device::Cpu)?,
+                    }
+                }
+            };
+            let (loss, _) = self.model.loss(&batch)?;
             let value = loss.to_scalar::<f32>()?;
             self.steps_done += 1;
             if !value.is_finite() {
@@ -170,7 +199,7 @@ impl Trainer {
 /// centralized baseline and single-node baselines.
 pub fn train_alone(
     spec: &RunSpec,
-    data: Dataset,
+    data: impl Into<TrainData>,
     initial: &[f32],
     steps: u64,
     sampler_seed: u64,
@@ -184,44 +213,104 @@ pub fn train_alone(
     trainer.model.params()
 }
 
-/// Loss and accuracy of `params` for a model of widths `layers` on `data`.
-pub fn evaluate(layers: &[usize], params: &[f32], data: &Dataset) -> Result<Evaluation, TrainError> {
-    evaluate_with(&Mlp::new(layers)?, params, data)
+/// Loss and accuracy of `params` for `model` on `data`.
+pub fn evaluate(model: &ModelSpec, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
+    evaluate_with(&Model::new(model)?, params, data)
 }
 
-fn evaluate_with(model: &Mlp, params: &[f32], data: &Dataset) -> Result<Evaluation, TrainError> {
-    check_fits(model.layers(), data)?;
+fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
+    check_fits(model.spec(), data)?;
     if data.is_empty() {
         return Err(TrainError::DataMismatch("cannot evaluate on an empty data set".into()));
     }
     check_finite(params)?;
     model.set_params(params)?;
-    let (mut loss_sum, mut correct) = (0f64, 0f64);
-    for start in (0..data.len()).step_by(EVAL_CHUNK) {
-        let n = EVAL_CHUNK.min(data.len() - start);
-        let x = Tensor::from_slice(
-            &data.features[start * data.dim..(start + n) * data.dim],
-            (n, data.dim),
-            &Device::Cpu,
-        )?;
-        let y = Tensor::from_slice(&data.labels[start..start + n], n, &Device::Cpu)?;
-        let logits = model.forward(&x)?;
-        loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
-        correct += logits.argmax(1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
+    let (mut loss_sum, mut correct, mut count) = (0f64, 0f64, 0f64);
+    let mut add = |batch: Batch, n: usize| -> Result<(), TrainError> {
+        let (loss, right) = model.loss(&batch)?;
+        loss_sum += loss.to_scalar::<f32>()? as f64 * n as f64;
+        correct += right.to_scalar::<f32>()? as f64;
+        count += n as f64;
+        Ok(())
+    };
+    match data {
+        TrainData::Labelled(data) => {
+            for start in (0..data.len()).step_by(EVAL_CHUNK) {
+                let n = EVAL_CHUNK.min(data.len() - start);
+                let x = Tensor::from_slice(
+                    &data.features[start * data.dim..(start + n) * data.dim],
+                    (n, data.dim),
+                    &Device::Cpu,
+                )?;
+                let y = Tensor::from_slice(&data.labels[start..start + n], n, &Device::Cpu)?;
+                add(Batch::Labelled { x, y }, n)?;
+            }
+        }
+        TrainData::Text(corpus) => {
+            // Non-overlapping windows, each predicting t next bytes.
+            let t = lm_context(model, corpus)?;
+            let windows = (corpus.bytes.len() - 1) / t;
+            let per_chunk = (EVAL_CHUNK / t).max(1);
+            for first in (0..windows).step_by(per_chunk) {
+                let w = per_chunk.min(windows - first);
+                let span = &corpus.bytes[first * t..(first + w) * t + 1];
+                let x: Vec<u32> = span[..w * t].iter().map(|&b| b as u32).collect();
+                let y: Vec<u32> = span[1..].iter().map(|&b| b as u32).collect();
+                let batch = Batch::Tokens {
+                    x: Tensor::from_vec(x, (w, t), &Device::Cpu)?,
+                    y: Tensor::from_vec(y, (w, t), &Device::Cpu)?,
+                };
+                add(batch, w * t)?;
+            }
+        }
     }
-    let n = data.len() as f64;
-    Ok(Evaluation { loss: (loss_sum / n) as f32, accuracy: (correct / n) as f32 })
+    Ok(Evaluation { loss: (loss_sum / count) as f32, accuracy: (correct / count) as f32 })
 }
 
-/// Checks that `data` is well formed and has the model's input and output widths.
-fn check_fits(layers: &[usize], data: &Dataset) -> Result<(), TrainError> {
-    data.validate()?;
-    let (input, classes) = (layers[0], layers[layers.len() - 1]);
-    if data.dim != input || data.classes != classes {
-        return Err(TrainError::DataMismatch(format!(
-            "data has dim {} and {} classes, the model takes {} inputs and gives {} classes",
-            data.dim, data.classes, input, classes
-        )));
+/// The window length of the language model on `corpus`: its context, or less
+/// when the corpus is shorter.
+fn lm_context(model: &Model, corpus: &Corpus) -> Result<usize, TrainError> {
+    let ModelSpec::Transformer(t) = model.spec() else {
+        return Err(TrainError::DataMismatch("text data needs model.kind = \"transformer\"".into()));
+    };
+    Ok(t.context.min(corpus.bytes.len() - 1))
+}
+
+/// Checks that `data` is well formed and fits the model's inputs and outputs.
+fn check_fits(model: &ModelSpec, data: &TrainData) -> Result<(), TrainError> {
+    match (data, model) {
+        (TrainData::Labelled(data), _) => {
+            data.validate()?;
+            let (Some(input), Some(classes)) = (model.input_dim(), model.classes()) else {
+                return Err(TrainError::DataMismatch(format!(
+                    "labelled data needs a classifier, but model.kind is {}; use text:PATH for the language model",
+                    model.kind()
+                )));
+            };
+            if data.dim != input || data.classes != classes {
+                return Err(TrainError::DataMismatch(format!(
+                    "data has dim {} and {} classes, the model takes {} inputs and gives {} classes",
+                    data.dim, data.classes, input, classes
+                )));
+            }
+        }
+        (TrainData::Text(corpus), ModelSpec::Transformer(t)) => {
+            if t.vocab < 256 {
+                return Err(TrainError::DataMismatch(format!(
+                    "text is read as bytes, but model.vocab is {}; set it to 256",
+                    t.vocab
+                )));
+            }
+            if corpus.bytes.len() < 2 {
+                return Err(TrainError::DataMismatch("the text has fewer than 2 bytes".into()));
+            }
+        }
+        (TrainData::Text(_), _) => {
+            return Err(TrainError::DataMismatch(format!(
+                "text data needs model.kind = \"transformer\", not {}",
+                model.kind()
+            )))
+        }
     }
     Ok(())
 }
@@ -250,6 +339,11 @@ impl BatchSampler {
         }
     }
 
+    /// A uniform start position in `0..n` for a window of text.
+    fn next_start(&mut self, n: usize) -> usize {
+        below(&mut self.rng, n.max(1) as u64) as usize
+    }
+
     fn next_index(&mut self) -> usize {
         if self.cursor == self.order.len() {
             for i in (1..self.order.len()).rev() {
@@ -266,11 +360,12 @@ impl BatchSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::SyntheticTask;
+    use crate::data::{Dataset, SyntheticTask};
+    use crate::model::Mlp;
 
     fn small_spec() -> RunSpec {
         let mut spec = RunSpec::builtin();
-        spec.model.layers = vec![32, 32, 10];
+        spec.model = ModelSpec::mlp(vec![32, 32, 10]);
         spec.dataset.samples_per_node = 512;
         spec.dataset.eval_samples = 512;
         spec.inner.steps = 20;
@@ -279,11 +374,11 @@ mod tests {
         spec
     }
 
-    fn setup(spec: &RunSpec) -> (Trainer, Dataset, Vec<f32>) {
+    fn setup(spec: &RunSpec) -> (Trainer, TrainData, Vec<f32>) {
         let task = SyntheticTask::new(spec).unwrap();
         let trainer = Trainer::new(spec, task.shard(0, spec.dataset.samples_per_node), 1).unwrap();
-        let init = Mlp::initial_params(&spec.model.layers, spec.seed);
-        (trainer, task.eval_set(), init)
+        let init = Mlp::initial_params(spec.model.mlp_layers().unwrap(), spec.seed);
+        (trainer, task.eval_set().into(), init)
     }
 
     #[test]
@@ -357,7 +452,7 @@ mod tests {
             bits(&a.train_round(&ra.params, 5).unwrap().params),
             bits(&b.train_round(&rb.params, 5).unwrap().params)
         );
-        let free = evaluate(&spec.model.layers, &init, &eval).unwrap();
+        let free = evaluate(&spec.model, &init, &eval).unwrap();
         assert_eq!(free, a.evaluate(&init, &eval).unwrap());
     }
 
@@ -371,12 +466,14 @@ mod tests {
         nan[3] = f32::NAN;
         assert!(matches!(t.train_round(&nan, 1), Err(TrainError::NonFinite { index: 3, .. })));
         let empty = Dataset { features: vec![], labels: vec![], dim: 32, classes: 10 };
-        assert!(t.evaluate(&init, &empty).is_err());
+        assert!(t.evaluate(&init, &empty.clone().into()).is_err());
         assert!(Trainer::new(&spec, empty, 0).is_err());
-        let mut wrong = eval.clone();
+        let TrainData::Labelled(mut wrong) = eval.clone() else { panic!("labelled") };
         wrong.dim = 16;
         wrong.features.truncate(16 * wrong.len());
-        assert!(matches!(t.evaluate(&init, &wrong), Err(TrainError::DataMismatch(_))));
+        assert!(matches!(t.evaluate(&init, &wrong.into()), Err(TrainError::DataMismatch(_))));
+        let text = TrainData::Text(Corpus { bytes: b"hello".to_vec() });
+        assert!(matches!(t.evaluate(&init, &text), Err(TrainError::DataMismatch(_))));
         let mut huge = init.clone();
         huge.iter_mut().for_each(|v| *v = 1e30);
         assert!(matches!(t.train_round(&huge, 1), Err(TrainError::Diverged { step: 1, .. })));

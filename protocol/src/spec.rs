@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::AggregationRule;
 use crate::codec::Codec;
+pub use crate::data_spec::{BadDatasetKind, DatasetKind, Partition};
 use crate::keys::PublicKey;
+pub use crate::model_spec::{CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
 
 /// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
 /// so different runs never mix.
@@ -74,32 +76,34 @@ pub struct RunSpec {
     /// before this field keep their run id; the order of the keys is part of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_keys: Option<Vec<String>>,
+    /// Initial weights from a safetensors file instead of the seeded init; the
+    /// file's hash is part of the spec, so every node starts from the same weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
 }
 
-/// The model every node trains.
+/// A safetensors file of initial weights and the BLAKE3 hash (hex) of its bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// Layer widths of an MLP with ReLU between layers: input, hidden..., classes.
-    pub layers: Vec<usize>,
+pub struct InitSpec {
+    pub path: String,
+    pub blake3: String,
 }
 
 /// The data each node trains on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
-    /// `synthetic`: the built-in seeded classification task.
+    /// `synthetic` (the built-in seeded task), `idx:DIR`, `csv:FILE` or `text:PATH`.
+    /// A node's `--dataset` may point at its own local copy instead.
     pub kind: DatasetKind,
-    /// Training samples in each node's own shard.
+    /// Training samples in each node's own shard (for files: at most this many).
     pub samples_per_node: usize,
     /// Held-out evaluation samples, the same for every node.
     pub eval_samples: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatasetKind {
-    Synthetic,
+    /// How the training data is split across nodes.
+    #[serde(default)]
+    pub partition: Partition,
 }
 
 /// The inner (local) optimizer: AdamW for `steps` steps per round.
@@ -154,8 +158,13 @@ impl RunSpec {
         Self {
             name: "starling-builtin".into(),
             seed: 7,
-            model: ModelSpec { layers: vec![32, 128, 128, 10] },
-            dataset: DatasetSpec { kind: DatasetKind::Synthetic, samples_per_node: 4096, eval_samples: 4096 },
+            model: ModelSpec::mlp(vec![32, 128, 128, 10]),
+            dataset: DatasetSpec {
+                kind: DatasetKind::Synthetic,
+                samples_per_node: 4096,
+                eval_samples: 4096,
+                partition: Partition::Iid,
+            },
             inner: InnerSpec { steps: 50, batch_size: 64, lr: 2e-3, weight_decay: 0.0 },
             outer: OuterSpec::for_codec(Codec::Dense),
             round: RoundSpec { deadline_ms: 30_000, quorum: 1.0 },
@@ -164,6 +173,7 @@ impl RunSpec {
             feedback_decay: 0.8,
             aggregation: AggregationRule::default(),
             allowed_keys: None,
+            init: None,
         }
     }
 
@@ -207,7 +217,7 @@ impl RunSpec {
 
     /// Number of parameters of the model (weights and biases of every layer).
     pub fn param_count(&self) -> usize {
-        self.model.layers.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+        self.model.param_count()
     }
 
     /// The largest encoded delta a node accepts in this run, with room for the header.
@@ -230,18 +240,18 @@ impl RunSpec {
         fn bad(field: &'static str, reason: impl Into<String>) -> Result<(), SpecError> {
             Err(SpecError::Invalid { field, reason: reason.into() })
         }
-        let layers = &self.model.layers;
-        if layers.len() < 2 {
-            return bad("model.layers", "needs at least an input and an output width");
+        if let Err((field, reason)) = self.model.validate() {
+            return bad(field, reason);
         }
-        if layers.iter().any(|&w| w == 0 || w > 65_536) {
-            return bad("model.layers", "every width must be between 1 and 65536");
+        if let Partition::Dirichlet(alpha) = self.dataset.partition {
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return bad("dataset.partition", "dirichlet α must be a positive number");
+            }
         }
-        if *layers.last().unwrap() < 2 {
-            return bad("model.layers", "the output layer needs at least 2 classes");
-        }
-        if self.param_count() > 100_000_000 {
-            return bad("model.layers", "models over 100M parameters are not supported");
+        if let Some(init) = &self.init {
+            if init.blake3.len() != 64 || !init.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad("init.blake3", "must be the 64 hex digits of the file's BLAKE3 hash");
+            }
         }
         if self.dataset.samples_per_node == 0 {
             return bad("dataset.samples_per_node", "must be at least 1");
@@ -359,7 +369,26 @@ mod tests {
     #[test]
     fn param_count_matches_the_mlp() {
         let mut spec = RunSpec::builtin();
-        spec.model.layers = vec![2, 3, 4];
+        spec.model = ModelSpec::mlp(vec![2, 3, 4]);
         assert_eq!(spec.param_count(), 2 * 3 + 3 + 3 * 4 + 4);
+    }
+
+    #[test]
+    fn older_specs_without_kind_or_partition_still_parse() {
+        let text = RunSpec::builtin().to_toml();
+        assert!(text.contains("kind = \"mlp\""), "{text}");
+        let old = text.replace("kind = \"mlp\"\n", "").replace("partition = \"iid\"\n", "");
+        assert_eq!(RunSpec::from_toml(&old).unwrap(), RunSpec::builtin());
+    }
+
+    #[test]
+    fn partitions_and_data_sources_round_trip() {
+        let mut spec = RunSpec::builtin();
+        spec.dataset.partition = Partition::Dirichlet(0.1);
+        spec.dataset.kind = "idx:/data/glyphs".parse().unwrap();
+        let back = RunSpec::from_toml(&spec.to_toml()).unwrap();
+        assert_eq!(back, spec);
+        spec.dataset.partition = Partition::Dirichlet(0.0);
+        assert!(spec.validate().unwrap_err().to_string().contains("dataset.partition"));
     }
 }

@@ -8,8 +8,7 @@ use starling_protocol::consensus_distance;
 
 use super::{SwarmError, SwarmOptions};
 use crate::{
-    data::{Dataset, SyntheticTask},
-    model::Mlp,
+    datasets::{Shard, TrainData, Workload},
     node::{shard_seed, NodeOutcome, RoundReport},
     trainer::{evaluate, train_alone},
 };
@@ -24,6 +23,13 @@ pub struct SwarmSummary {
     pub mean_accuracy: f32,
     pub min_accuracy: f32,
     pub centralized_accuracy: f32,
+    /// Mean held-out loss of the nodes' final parameters (nats; for the
+    /// language model, per byte, so perplexity is its exp).
+    pub mean_loss: f32,
+    pub centralized_loss: f32,
+    pub model: String,
+    pub dataset: String,
+    pub partition: String,
     pub consensus_distance: f64,
     pub bytes_sent_per_node: f64,
     pub bytes_received_per_node: f64,
@@ -41,35 +47,49 @@ pub struct SwarmSummary {
     pub wall_seconds: f64,
     pub swarm_seconds: f64,
     pub centralized_seconds: f64,
+    /// Per round, in order.
+    pub curve: Vec<CurvePoint>,
 }
 
 pub(super) fn summarize(
     options: &SwarmOptions,
     outcomes: &[NodeOutcome],
+    curve: Vec<CurvePoint>,
     swarm_seconds: f64,
     wall: Instant,
 ) -> Result<SwarmSummary, SwarmError> {
     let spec = &options.spec;
-    let task = SyntheticTask::new(spec).map_err(|e| SwarmError::Data(e.to_string()))?;
-    let eval = task.eval_set();
-    let layers = &spec.model.layers;
+    let data_error = |e: crate::data::DataError| SwarmError::Data(e.to_string());
+    let workload = Workload::open(spec, options.dataset.as_ref()).map_err(data_error)?;
+    let eval = workload.eval();
     let mut accuracies = Vec::new();
+    let mut losses = Vec::new();
     for outcome in outcomes {
-        accuracies.push(evaluate(layers, &outcome.state.params, &eval)?.accuracy);
+        let e = evaluate(&spec.model, &outcome.state.params, &eval)?;
+        accuracies.push(e.accuracy);
+        losses.push(e.loss);
     }
 
-    let (centralized_accuracy, centralized_seconds) = if options.centralized_baseline {
+    let (centralized, centralized_seconds) = if options.centralized_baseline {
         let central_start = Instant::now();
-        let shards: Vec<Dataset> =
-            outcomes.iter().map(|o| task.shard(shard_seed(&o.node), spec.dataset.samples_per_node)).collect();
-        let all = Dataset::concat(&shards).map_err(|e| SwarmError::Data(e.to_string()))?;
-        let initial = Mlp::initial_params(&spec.model.layers, spec.seed);
+        let count = outcomes.len();
+        let shards = outcomes
+            .iter()
+            .enumerate()
+            .map(|(index, o)| workload.shard(Shard { index, count }, shard_seed(&o.node)))
+            .collect::<Result<Vec<TrainData>, _>>()
+            .map_err(data_error)?;
+        let all = workload.union(&shards).map_err(data_error)?;
+        let initial = crate::init::initial_params(spec)?;
         let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
         let central = train_alone(spec, all, &initial, steps, spec.seed)?;
-        (evaluate(layers, &central, &eval)?.accuracy, central_start.elapsed().as_secs_f64())
+        (Some(evaluate(&spec.model, &central, &eval)?), central_start.elapsed().as_secs_f64())
     } else {
-        (f32::NAN, 0.0)
+        (None, 0.0)
     };
+    let centralized_accuracy = centralized.map_or(f32::NAN, |e| e.accuracy);
+    let centralized_loss = centralized.map_or(f32::NAN, |e| e.loss);
+    let mean_loss = losses.iter().sum::<f32>() / losses.len().max(1) as f32;
 
     let n = outcomes.len() as f64;
     let sent: f64 = outcomes.iter().map(|o| o.traffic.sent as f64).sum::<f64>() / n;
@@ -87,6 +107,14 @@ pub(super) fn summarize(
         mean_accuracy: accuracies.iter().sum::<f32>() / accuracies.len() as f32,
         min_accuracy: accuracies.iter().copied().fold(f32::INFINITY, f32::min),
         centralized_accuracy,
+        mean_loss,
+        centralized_loss,
+        model: spec.model.kind().to_string(),
+        dataset: options.dataset.as_ref().unwrap_or(&spec.dataset.kind).to_string(),
+        partition: match spec.dataset.partition {
+            starling_protocol::Partition::Iid => "iid".to_string(),
+            starling_protocol::Partition::Dirichlet(a) => format!("dirichlet:{a}"),
+        },
         consensus_distance: consensus_distance(&params),
         bytes_sent_per_node: sent,
         bytes_received_per_node: received,
@@ -100,6 +128,7 @@ pub(super) fn summarize(
         wall_seconds: wall.elapsed().as_secs_f64(),
         swarm_seconds,
         centralized_seconds,
+        curve,
     })
 }
 
@@ -115,6 +144,18 @@ pub(super) struct Progress {
     last_report: Instant,
     /// The last round every node has merged.
     complete: Option<u64>,
+    /// Each completed round's means over the nodes.
+    pub(super) curve: Vec<CurvePoint>,
+}
+
+/// One round of the learning curve: means over the nodes that merged it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CurvePoint {
+    pub round: u64,
+    pub train_loss: f32,
+    /// Held-out loss and accuracy over the nodes that evaluate (NaN if none do).
+    pub eval_loss: f32,
+    pub accuracy: f32,
 }
 
 impl Progress {
@@ -129,6 +170,7 @@ impl Progress {
             started: now,
             last_report: now,
             complete: None,
+            curve: Vec::new(),
         }
     }
 
@@ -162,13 +204,16 @@ impl Progress {
         }
         let reports = self.pending.remove(&round).expect("just inserted");
         self.complete = self.complete.max(Some(round));
-        if self.quiet {
-            return;
-        }
         let n = reports.len() as f32;
         let loss = reports.iter().map(|r| r.train_loss).sum::<f32>() / n;
         let accs: Vec<f32> = reports.iter().filter_map(|r| r.eval.map(|e| e.accuracy)).collect();
         let acc = accs.iter().sum::<f32>() / accs.len().max(1) as f32;
+        let eval_losses: Vec<f32> = reports.iter().filter_map(|r| r.eval.map(|e| e.loss)).collect();
+        let eval_loss = eval_losses.iter().sum::<f32>() / eval_losses.len() as f32;
+        self.curve.push(CurvePoint { round, train_loss: loss, eval_loss, accuracy: acc });
+        if self.quiet {
+            return;
+        }
         let min_acc = accs.iter().copied().fold(f32::INFINITY, f32::min);
         let peers = reports.iter().map(|r| r.peers).sum::<usize>() as f32 / n;
         let sent = reports.iter().map(|r| r.traffic.sent).sum::<u64>() as f64 / n as f64;

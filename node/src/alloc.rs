@@ -1,0 +1,31 @@
+//! Allocator settings for training on the CPU.
+//!
+//! candle allocates a fresh buffer for every tensor operation. With glibc's
+//! defaults, buffers of a few hundred KiB (a layer's weights or gradients) come
+//! from `mmap` and go back with `munmap`, so every step pays page faults and
+//! page zeroing for each of them: profiled at about 70% of an MLP step
+//! (`starling bench train`). Keeping such buffers on the heap and not trimming
+//! it lets freed buffers be reused, 3-4× faster per step.
+
+/// Largest allocation glibc still serves from the heap (its maximum).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 32 << 20;
+/// Free memory kept at the top of the heap before it is returned to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: i32 = 1 << 30;
+/// Extra memory asked for whenever the heap grows.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TOP_PAD: i32 = 64 << 20;
+
+/// Applies the settings; call once at start-up, before other threads run.
+/// Does nothing where the C library is not glibc.
+pub fn tune_for_training() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any
+    // other thread exists, and the values are within glibc's documented ranges.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_TOP_PAD, TOP_PAD);
+    }
+}

@@ -1,0 +1,247 @@
+//! Which model a run trains: an MLP, a small CNN for images or a small byte-level
+//! transformer language model, with its sizes and its exact parameter count.
+//!
+//! In TOML a model is a table tagged by `kind`; a table without `kind` is an MLP,
+//! so specs written before other models existed (`model = { layers = [...] }`)
+//! keep parsing to the same run id.
+
+use serde::{Deserialize, Serialize};
+
+/// The model every node trains.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelSpec {
+    /// A multilayer perceptron with ReLU between layers.
+    Mlp(MlpSpec),
+    /// Conv3x3-ReLU-MaxPool2 blocks, then one linear layer to the classes.
+    Cnn(CnnSpec),
+    /// A causal transformer over bytes (pre-norm blocks, learned positions).
+    Transformer(TransformerSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    /// Layer widths: input, hidden..., classes.
+    pub layers: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CnnSpec {
+    /// Input image as channels, height, width (e.g. `[1, 28, 28]`).
+    pub input: [usize; 3],
+    /// Output channels of each conv block; each block halves height and width.
+    pub channels: Vec<usize>,
+    pub classes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerSpec {
+    /// Token alphabet; 256 for bytes.
+    pub vocab: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    /// Number of transformer blocks.
+    pub layers: usize,
+    /// Tokens of context the model sees (and predicts) at once.
+    pub context: usize,
+}
+
+impl ModelSpec {
+    /// An MLP of widths `layers`.
+    pub fn mlp(layers: Vec<usize>) -> Self {
+        ModelSpec::Mlp(MlpSpec { layers })
+    }
+
+    /// The MLP's widths, when the model is an MLP.
+    pub fn mlp_layers(&self) -> Option<&[usize]> {
+        match self {
+            ModelSpec::Mlp(m) => Some(&m.layers),
+            _ => None,
+        }
+    }
+
+    /// The name used in the spec's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelSpec::Mlp(_) => "mlp",
+            ModelSpec::Cnn(_) => "cnn",
+            ModelSpec::Transformer(_) => "transformer",
+        }
+    }
+
+    /// Values per input sample of a classifier (`None` for the language model).
+    pub fn input_dim(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Mlp(m) => m.layers.first().copied(),
+            ModelSpec::Cnn(c) => Some(c.input.iter().product()),
+            ModelSpec::Transformer(_) => None,
+        }
+    }
+
+    /// Classes of a classifier (`None` for the language model).
+    pub fn classes(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Mlp(m) => m.layers.last().copied(),
+            ModelSpec::Cnn(c) => Some(c.classes),
+            ModelSpec::Transformer(_) => None,
+        }
+    }
+
+    /// Number of parameters: exactly the length of the flat vector nodes exchange.
+    pub fn param_count(&self) -> usize {
+        let linear = |i: usize, o: usize| i * o + o;
+        match self {
+            ModelSpec::Mlp(m) => m.layers.windows(2).map(|w| linear(w[0], w[1])).sum(),
+            ModelSpec::Cnn(c) => {
+                let (mut ch, mut h, mut w) = (c.input[0], c.input[1], c.input[2]);
+                let mut n = 0;
+                for &out in &c.channels {
+                    n += out * ch * 9 + out;
+                    (ch, h, w) = (out, h / 2, w / 2);
+                }
+                n + linear(ch * h * w, c.classes)
+            }
+            ModelSpec::Transformer(t) => {
+                let d = t.d_model;
+                let block =
+                    2 * d + linear(d, 3 * d) + linear(d, d) + 2 * d + linear(d, 4 * d) + linear(4 * d, d);
+                t.vocab * d + t.context * d + t.layers * block + 2 * d + linear(d, t.vocab)
+            }
+        }
+    }
+
+    /// Checks the sizes; the error names the field to fix.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |field, reason: &str| Err((field, reason.to_string()));
+        match self {
+            ModelSpec::Mlp(m) => {
+                if m.layers.len() < 2 {
+                    return bad("model.layers", "needs at least an input and an output width");
+                }
+                if m.layers.iter().any(|&w| w == 0 || w > 65_536) {
+                    return bad("model.layers", "every width must be between 1 and 65536");
+                }
+                if *m.layers.last().unwrap() < 2 {
+                    return bad("model.layers", "the output layer needs at least 2 classes");
+                }
+            }
+            ModelSpec::Cnn(c) => {
+                if c.input.iter().any(|&v| v == 0 || v > 4096) {
+                    return bad("model.input", "channels, height and width must be between 1 and 4096");
+                }
+                if c.channels.is_empty() || c.channels.iter().any(|&v| v == 0 || v > 4096) {
+                    return bad("model.channels", "needs at least one block, each of 1 to 4096 channels");
+                }
+                let shrink = 1usize << c.channels.len().min(20);
+                if c.input[1] < shrink || c.input[2] < shrink {
+                    return bad(
+                        "model.channels",
+                        "each block halves the image; the image is too small for this many",
+                    );
+                }
+                if c.classes < 2 {
+                    return bad("model.classes", "needs at least 2 classes");
+                }
+            }
+            ModelSpec::Transformer(t) => {
+                if !(2..=65_536).contains(&t.vocab) {
+                    return bad("model.vocab", "must be between 2 and 65536 (256 for bytes)");
+                }
+                if t.heads == 0 || t.d_model == 0 || t.d_model % t.heads != 0 {
+                    return bad("model.d_model", "must be a positive multiple of model.heads");
+                }
+                if t.layers == 0 || t.layers > 100 {
+                    return bad("model.layers", "a transformer needs 1 to 100 blocks");
+                }
+                if !(1..=8192).contains(&t.context) {
+                    return bad("model.context", "must be between 1 and 8192 tokens");
+                }
+            }
+        }
+        if self.param_count() > 100_000_000 {
+            return bad("model", "models over 100M parameters are not supported");
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("kind") {
+            None => "mlp".to_string(),
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => return Err(D::Error::custom(format!("model.kind must be a string, not {other}"))),
+        };
+        let value = toml::Value::Table(table);
+        let fail = |e: toml::de::Error| D::Error::custom(format!("model of kind `{kind}`: {}", e.message()));
+        match kind.as_str() {
+            "mlp" => value.try_into().map(ModelSpec::Mlp).map_err(fail),
+            "cnn" => value.try_into().map(ModelSpec::Cnn).map_err(fail),
+            "transformer" => value.try_into().map(ModelSpec::Transformer).map_err(fail),
+            other => Err(D::Error::custom(format!(
+                "model.kind `{other}` is unknown; use \"mlp\", \"cnn\" or \"transformer\""
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, Serialize, PartialEq)]
+    struct Wrap {
+        model: ModelSpec,
+    }
+
+    fn parse(text: &str) -> Result<ModelSpec, toml::de::Error> {
+        toml::from_str::<Wrap>(text).map(|w| w.model)
+    }
+
+    #[test]
+    fn a_table_without_kind_is_an_mlp() {
+        assert_eq!(parse("model = { layers = [4, 8, 2] }").unwrap(), ModelSpec::mlp(vec![4, 8, 2]));
+        assert_eq!(parse("[model]\nlayers = [4, 2]").unwrap(), ModelSpec::mlp(vec![4, 2]));
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_toml() {
+        for model in [
+            ModelSpec::mlp(vec![3, 2]),
+            ModelSpec::Cnn(CnnSpec { input: [1, 28, 28], channels: vec![8, 16], classes: 10 }),
+            ModelSpec::Transformer(TransformerSpec {
+                vocab: 256,
+                d_model: 32,
+                heads: 2,
+                layers: 2,
+                context: 16,
+            }),
+        ] {
+            let text = toml::to_string(&Wrap { model: model.clone() }).unwrap();
+            assert_eq!(parse(&text).unwrap(), model, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_kinds_and_fields_are_named() {
+        let err = parse("model = { kind = \"rnn\" }").unwrap_err().to_string();
+        assert!(err.contains("rnn"), "{err}");
+        let err = parse("model = { kind = \"cnn\", layers = [1] }").unwrap_err().to_string();
+        assert!(err.contains("cnn") && err.contains("layers"), "{err}");
+    }
+
+    #[test]
+    fn param_counts_follow_the_architectures() {
+        let cnn = ModelSpec::Cnn(CnnSpec { input: [1, 8, 8], channels: vec![2, 3], classes: 4 });
+        assert_eq!(cnn.param_count(), (2 * 9 + 2) + (3 * 2 * 9 + 3) + (3 * 2 * 2 * 4 + 4));
+        let lm =
+            ModelSpec::Transformer(TransformerSpec { vocab: 5, d_model: 4, heads: 2, layers: 1, context: 3 });
+        let block = 8 + (4 * 12 + 12) + (16 + 4) + 8 + (4 * 16 + 16) + (16 * 4 + 4);
+        assert_eq!(lm.param_count(), 20 + 12 + block + 8 + (20 + 5));
+    }
+}
