@@ -215,6 +215,19 @@ impl AggregationRule {
             }
             return Ok(());
         }
+        if sorted.len() <= 2 {
+            // Every robust rule of one or two inputs is their plain mean (the
+            // median, the trimmed mean and centered clipping of two points are
+            // their midpoint, and Weiszfeld started there stays), so decode
+            // straight into the output instead of densifying each delta.
+            let weight = 1.0 / sorted.len() as f32;
+            for d in sorted {
+                codec
+                    .accumulate(&d.payload, params, weight, out)
+                    .map_err(|source| AggregateError::Payload { sender: d.header.sender.short(), source })?;
+            }
+            return Ok(());
+        }
         let inputs = sorted
             .iter()
             .map(|d| {
@@ -386,6 +399,39 @@ mod tests {
                 })
                 .collect();
             assert_eq!(fused, rule.aggregate(&mut inputs, 3).unwrap(), "{rule}");
+        }
+    }
+
+    #[test]
+    fn robust_rules_of_two_deltas_are_their_mean() {
+        use crate::spec::RunId;
+        use ed25519_dalek::SigningKey;
+        let codec = Codec::Dense;
+        let deltas: Vec<SignedDelta> = [vec![1.0f32, -2.0, 0.5], vec![3.0, 4.0, -1.0]]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
+                SignedDelta::sign(&key, RunId([0; 32]), 0, [0; 32], 10, codec, codec.encode(v))
+            })
+            .collect();
+        for rule in AggregationRule::examples() {
+            let mut out = [0.0f32; 3];
+            rule.aggregate_deltas_with(&deltas, codec, Some(&[1.0, 1.0, 1.0]), &mut out).unwrap();
+            let mut inputs: Vec<Contribution> = deltas
+                .iter()
+                .map(|d| Contribution {
+                    sender: d.header.sender,
+                    samples: 10,
+                    values: codec.decode(&d.payload, 3).unwrap(),
+                })
+                .collect();
+            let dense = rule.aggregate(&mut inputs, 3).unwrap();
+            assert!(
+                out.iter().zip(&dense).all(|(a, b)| (a - b).abs() <= 1e-6),
+                "{rule}: {out:?} vs {dense:?}"
+            );
+            assert_eq!(out, [2.0, 1.0, -0.25], "{rule}");
         }
     }
 
