@@ -373,60 +373,52 @@ mod tests {
         }
     }
 
-    #[test]
-    fn robust_rules_aggregate_payloads_like_decoded_values() {
+    /// Dense deltas of `rows`, each signed by its own key, with 10 samples.
+    fn signed_dense(rows: &[Vec<f32>]) -> Vec<SignedDelta> {
         use crate::spec::RunId;
         use ed25519_dalek::SigningKey;
-        let rows =
-            [vec![1.0f32, -2.0, 0.5], vec![0.0, 4.0, -1.0], vec![2.0, 2.0, 2.0], vec![90.0, -90.0, 9.0]];
-        let codec = Codec::Dense;
-        let deltas: Vec<SignedDelta> = rows
-            .iter()
+        rows.iter()
             .enumerate()
             .map(|(i, v)| {
                 let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
-                SignedDelta::sign(&key, RunId([0; 32]), 0, [0; 32], 10, codec, codec.encode(v))
+                SignedDelta::sign(&key, RunId([0; 32]), 0, [0; 32], 10, Codec::Dense, Codec::Dense.encode(v))
             })
-            .collect();
+            .collect()
+    }
+
+    /// The same deltas decoded, as inputs of the dense path.
+    fn decoded(deltas: &[SignedDelta], params: usize) -> Vec<Contribution> {
+        deltas
+            .iter()
+            .map(|d| Contribution {
+                sender: d.header.sender,
+                samples: d.header.samples,
+                values: Codec::Dense.decode(&d.payload, params).unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn robust_rules_aggregate_payloads_like_decoded_values() {
+        let deltas = signed_dense(&[
+            vec![1.0, -2.0, 0.5],
+            vec![0.0, 4.0, -1.0],
+            vec![2.0, 2.0, 2.0],
+            vec![90.0, -90.0, 9.0],
+        ]);
         for rule in AggregationRule::examples() {
-            let fused = rule.aggregate_deltas(&deltas, codec, 3).unwrap();
-            let mut inputs: Vec<Contribution> = deltas
-                .iter()
-                .map(|d| Contribution {
-                    sender: d.header.sender,
-                    samples: 10,
-                    values: codec.decode(&d.payload, 3).unwrap(),
-                })
-                .collect();
-            assert_eq!(fused, rule.aggregate(&mut inputs, 3).unwrap(), "{rule}");
+            let fused = rule.aggregate_deltas(&deltas, Codec::Dense, 3).unwrap();
+            assert_eq!(fused, rule.aggregate(&mut decoded(&deltas, 3), 3).unwrap(), "{rule}");
         }
     }
 
     #[test]
     fn robust_rules_of_two_deltas_are_their_mean() {
-        use crate::spec::RunId;
-        use ed25519_dalek::SigningKey;
-        let codec = Codec::Dense;
-        let deltas: Vec<SignedDelta> = [vec![1.0f32, -2.0, 0.5], vec![3.0, 4.0, -1.0]]
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
-                SignedDelta::sign(&key, RunId([0; 32]), 0, [0; 32], 10, codec, codec.encode(v))
-            })
-            .collect();
+        let deltas = signed_dense(&[vec![1.0, -2.0, 0.5], vec![3.0, 4.0, -1.0]]);
         for rule in AggregationRule::examples() {
             let mut out = [0.0f32; 3];
-            rule.aggregate_deltas_with(&deltas, codec, Some(&[1.0, 1.0, 1.0]), &mut out).unwrap();
-            let mut inputs: Vec<Contribution> = deltas
-                .iter()
-                .map(|d| Contribution {
-                    sender: d.header.sender,
-                    samples: 10,
-                    values: codec.decode(&d.payload, 3).unwrap(),
-                })
-                .collect();
-            let dense = rule.aggregate(&mut inputs, 3).unwrap();
+            rule.aggregate_deltas_with(&deltas, Codec::Dense, Some(&[1.0, 1.0, 1.0]), &mut out).unwrap();
+            let dense = rule.aggregate(&mut decoded(&deltas, 3), 3).unwrap();
             assert!(
                 out.iter().zip(&dense).all(|(a, b)| (a - b).abs() <= 1e-6),
                 "{rule}: {out:?} vs {dense:?}"
