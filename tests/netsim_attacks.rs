@@ -42,9 +42,11 @@ fn equivocators_are_caught_banned_everywhere_and_never_merged() {
 }
 
 #[test]
-fn replayed_deltas_are_refused_as_stale() {
+fn replayed_deltas_are_refused_verbatim_as_stale_and_re_signed_as_replays() {
     let out = starling_netsim::run(&quick("replay"), false, &mut |_, _| {}).unwrap().summary;
     assert!(refused(&out, "stale") > 0, "{:?}", out.refused_deltas);
+    assert!(refused(&out, "replayed") > 0, "{:?}", out.refused_deltas);
+    assert_eq!(out.attack_deltas_merged, Some(0), "an honest node merged a replayed delta");
 }
 
 #[test]

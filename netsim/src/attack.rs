@@ -75,10 +75,11 @@ impl AttackBehaviour {
         serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
     }
 
-    /// Whether every delta the attacker signs must be refused (forgeries and
-    /// equivocations), as opposed to value attacks, which robust rules bound.
+    /// Whether every lie the attacker signs must be refused (forgeries,
+    /// equivocations and replays), as opposed to value attacks, which robust
+    /// rules bound.
     pub fn protocol_attack(self) -> bool {
-        matches!(self, AttackBehaviour::Forge | AttackBehaviour::Equivocate)
+        matches!(self, AttackBehaviour::Forge | AttackBehaviour::Equivocate | AttackBehaviour::Replay)
     }
 
     /// Whether the attack needs the honest deltas of the round.

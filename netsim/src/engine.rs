@@ -650,6 +650,10 @@ impl<'a> Engine<'a> {
                 self.ledger.refused("banned");
                 return Ok(());
             }
+            Admission::Replayed => {
+                self.ledger.refused("replayed");
+                return Ok(());
+            }
             Admission::Equivocation => {
                 // The round state checks it against the delta it holds, bans
                 // the key and drops that delta; the proof goes out to the mesh.
@@ -698,9 +702,15 @@ impl<'a> Engine<'a> {
     ) -> Result<(), SimError> {
         let merged = deltas.len();
         if !self.nodes[node].attacker && self.sc.attack.behaviour.protocol_attack() {
-            let from_attackers = deltas
-                .iter()
-                .filter(|d| self.index_of(&d.header.sender).is_some_and(|i| self.nodes[i].attacker));
+            // A replayer's deltas are honest until it has old ones to replay.
+            let lies_from = match self.sc.attack.behaviour {
+                crate::attack::AttackBehaviour::Replay => self.sc.attack.replay_age,
+                _ => 0,
+            };
+            let from_attackers = deltas.iter().filter(|d| {
+                d.header.round >= lies_from
+                    && self.index_of(&d.header.sender).is_some_and(|i| self.nodes[i].attacker)
+            });
             self.ledger.attack_deltas_merged += from_attackers.count() as u64;
         }
         if deltas.is_empty() {

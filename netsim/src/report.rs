@@ -72,8 +72,9 @@ pub struct Summary {
     pub attack: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregation: Option<String>,
-    /// With forging or equivocating attackers: deltas signed by them that
-    /// honest nodes merged (the protocol's target is zero).
+    /// With forging, equivocating or replaying attackers: their lies (every
+    /// delta they signed; a replayer's from its first replay on) that honest
+    /// nodes merged (the protocol's target is zero).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attack_deltas_merged: Option<u64>,
     pub messages_delivered: u64,

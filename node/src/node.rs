@@ -1058,6 +1058,11 @@ impl Node {
                 self.apply(actions)?;
                 acceptance
             }
+            Admission::Replayed => {
+                warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a delta whose payload was already seen in another round or from another key (a replay)");
+                self.refuse(&source, "replayed");
+                accountability::blame(&source, &delta.header.sender)
+            }
             other => {
                 self.metrics.ignored(&format!("{other:?}").to_lowercase());
                 gossipsub::MessageAcceptance::Ignore

@@ -68,6 +68,10 @@ pub struct RoundConfig {
     /// second delta one key signed for the round (equivocation), which gossip
     /// brings a hop or two behind the first, surfaces before anything is merged.
     pub settle_ms: u64,
+    /// For how many rounds a payload is remembered: a delta whose payload
+    /// equals one already seen in another round or from another key (an old
+    /// delta re-signed as new) is refused as [`Admission::Replayed`].
+    pub replay_window_rounds: u64,
 }
 
 impl RoundConfig {
@@ -84,6 +88,7 @@ impl RoundConfig {
             // A few gossip hops: long enough for a twin delta to arrive, short
             // next to a round.
             settle_ms: (spec.deadline_ms / 20).min(250),
+            replay_window_rounds: 256,
         }
     }
 }
@@ -155,6 +160,9 @@ pub enum Admission {
     Full,
     /// The sender's key is banned for this run.
     Banned,
+    /// Its payload is one already seen in another round or from another key:
+    /// an old delta re-signed as new. Honest nodes never send one.
+    Replayed,
 }
 
 /// The round state machine of one node.
@@ -184,6 +192,9 @@ pub struct RoundState {
     banned: BTreeSet<PublicKey>,
     /// Equivocations caught since the driver last took them.
     equivocations: Vec<EquivocationProof>,
+    /// Payload hashes of the deltas held in the last `replay_window_rounds`
+    /// rounds, with the round and key they came with.
+    payloads: HashMap<[u8; 32], (u64, PublicKey)>,
 }
 
 impl RoundState {
@@ -204,6 +215,7 @@ impl RoundState {
             groups: BTreeMap::new(),
             banned: BTreeSet::new(),
             equivocations: Vec::new(),
+            payloads: HashMap::new(),
         }
     }
 
@@ -322,6 +334,11 @@ impl RoundState {
             // Someone replays a delta with our key that we did not make.
             return Admission::Equivocation;
         }
+        if let Some(&(round, sender)) = self.payloads.get(&header.payload_hash) {
+            if (round, sender) != (header.round, header.sender) {
+                return Admission::Replayed;
+            }
+        }
         match self.rounds.get(&header.round) {
             Some(m) if m.len() >= self.config.max_deltas_per_round => Admission::Full,
             Some(_) => Admission::Accept,
@@ -343,6 +360,7 @@ impl RoundState {
                     // Trained for a round we have since left (e.g. after a sync).
                     return actions;
                 }
+                self.remember_payload(&delta.header);
                 self.rounds.entry(self.round).or_default().insert(self.me, delta.clone());
                 self.published_at = Some(now_ms);
                 self.ever_published = true;
@@ -361,9 +379,12 @@ impl RoundState {
                 let (round, sender) = (delta.header.round, delta.header.sender);
                 if !self.rounds.contains_key(&round) && self.future_rounds() >= self.config.buffered_rounds {
                     if let Some(lowest) = self.lowest_future_round() {
-                        self.rounds.remove(&lowest);
+                        for evicted in self.rounds.remove(&lowest).unwrap_or_default().into_values() {
+                            self.payloads.remove(&evicted.header.payload_hash);
+                        }
                     }
                 }
+                self.remember_payload(&delta.header);
                 self.rounds.entry(round).or_default().insert(sender, delta);
                 let seen = self.last_active.entry(sender).or_insert(round);
                 *seen = (*seen).max(round);
@@ -459,6 +480,15 @@ impl RoundState {
         self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
         self.prune_activity();
+        let horizon = round.saturating_sub(self.config.replay_window_rounds);
+        self.payloads.retain(|_, (r, _)| *r >= horizon);
+    }
+
+    /// Remembers the payload of a delta taken in, so that the same payload
+    /// under another round or key is refused as a replay. Bounded: at most
+    /// `max_deltas_per_round` entries per remembered round.
+    fn remember_payload(&mut self, header: &DeltaHeader) {
+        self.payloads.entry(header.payload_hash).or_insert((header.round, header.sender));
     }
 
     fn prune_activity(&mut self) {
@@ -542,7 +572,9 @@ mod tests {
             base,
             10,
             Codec::Dense,
-            Codec::Dense.encode(&[value]),
+            // Sender and round in the payload, as in real deltas, so that two
+            // deltas are never taken for a replay of one another by accident.
+            Codec::Dense.encode(&[value, f32::from(i), round as f32]),
         )
     }
 
@@ -660,6 +692,46 @@ mod tests {
         assert_eq!(s.round(), 1);
         assert_eq!(s.collected(), 1, "the buffered round-1 delta is now current");
         assert_eq!(s.admit(&delta(3, 0, 3.0).header), Admission::Stale);
+    }
+
+    /// `delta` with the payload of `old`: an old delta re-signed as new.
+    fn resigned(i: u8, round: u64, old: &SignedDelta) -> SignedDelta {
+        SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, old.payload.clone())
+    }
+
+    #[test]
+    fn an_old_payload_re_signed_for_a_new_round_or_key_is_a_replay() {
+        let mut s = state();
+        let old = delta(2, 0, 2.0);
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(1, Event::PeerDelta(old.clone()));
+        s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)));
+        assert_eq!(s.round(), 1);
+        // Its own old delta under a new round, or someone else's under its key.
+        assert_eq!(s.admit(&resigned(2, 1, &old).header), Admission::Replayed);
+        assert_eq!(s.admit(&resigned(3, 1, &old).header), Admission::Replayed);
+        assert_eq!(s.admit(&resigned(3, 4, &old).header), Admission::Replayed);
+        // Our own published payload too.
+        let mine = delta(1, 0, 1.0);
+        assert_eq!(s.admit(&resigned(2, 1, &mine).header), Admission::Replayed);
+        // A fresh delta is taken, and a replay does not change what is held.
+        assert_eq!(s.admit(&delta(2, 1, 2.0).header), Admission::Accept);
+        s.handle(3, Event::PeerDelta(resigned(2, 1, &old)));
+        assert_eq!(s.collected(), 0);
+    }
+
+    #[test]
+    fn payloads_are_forgotten_after_the_replay_window() {
+        let config = RoundConfig { replay_window_rounds: 2, ..config() };
+        let mut s = RoundState::new(PublicKey::of(&key(1)), config, 0);
+        let old = delta(2, 0, 2.0);
+        s.handle(0, Event::PeerDelta(old.clone()));
+        assert_eq!(s.payloads.len(), 1);
+        s.handle(1, Event::Synced { round: 2, expected_from: 2 });
+        assert_eq!(s.admit(&resigned(2, 2, &old).header), Admission::Replayed);
+        s.handle(2, Event::Synced { round: 3, expected_from: 3 });
+        assert!(s.payloads.is_empty(), "memory is bounded by the window");
+        assert_eq!(s.admit(&resigned(2, 3, &old).header), Admission::Accept);
     }
 
     #[test]
