@@ -388,6 +388,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     };
     let spec = args.workload.apply(spec)?;
+    let device = args.workload.device.device()?;
     let options = NodeOptions {
         datadir: args.datadir,
         spec,
@@ -399,7 +400,7 @@ async fn run(args: RunArgs) -> Result<()> {
         rounds: args.rounds,
         key: None,
         evaluate: args.evaluate,
-        data: DataOptions { dataset: args.workload.dataset.clone(), shard: args.shard },
+        data: DataOptions { dataset: args.workload.dataset.clone(), shard: args.shard, device: Some(device) },
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -456,6 +457,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         (None, None) => RunSpec::builtin(),
     };
     let spec = args.workload.apply(spec)?;
+    args.workload.device.check_cpu_only("swarm")?;
     let spec = RunSpec { aggregation: args.aggregation.unwrap_or(spec.aggregation), ..spec };
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");

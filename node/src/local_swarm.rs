@@ -376,6 +376,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
             data: DataOptions {
                 dataset: options.dataset.clone(),
                 shard: Some(Shard { index, count: options.nodes }),
+                device: None,
             },
         };
         let hooks = HarnessHooks {

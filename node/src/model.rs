@@ -27,8 +27,13 @@ impl Mlp {
     /// A model of widths `layers` (input, hidden..., classes), holding
     /// `initial_params(layers, 0)` until `set_params` loads others.
     pub fn new(layers: &[usize]) -> Result<Self, TrainError> {
+        Self::new_on(layers, &Device::Cpu)
+    }
+
+    /// [`Mlp::new`] with its variables on `device`.
+    pub fn new_on(layers: &[usize], device: &Device) -> Result<Self, TrainError> {
         check_layers(layers)?;
-        let device = Device::Cpu;
+        let device = device.clone();
         let varmap = VarMap::new();
         let mut vars = Vec::with_capacity(2 * (layers.len() - 1));
         let mut linears = Vec::with_capacity(layers.len() - 1);

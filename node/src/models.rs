@@ -27,7 +27,7 @@ enum Arch {
     Transformer(transformer::Transformer),
 }
 
-/// A model of any kind, on the CPU.
+/// A model of any kind, on one device.
 pub struct Model {
     spec: ModelSpec,
     arch: Arch,
@@ -46,10 +46,15 @@ pub enum Batch {
 impl Model {
     /// A model for `spec`, holding zeros until `set_params` loads parameters.
     pub fn new(spec: &ModelSpec) -> Result<Self, TrainError> {
-        let device = Device::Cpu;
+        Self::new_on(spec, &Device::Cpu)
+    }
+
+    /// [`Model::new`] with its variables on `device` (a GPU with `--features cuda`).
+    pub fn new_on(spec: &ModelSpec, device: &Device) -> Result<Self, TrainError> {
+        let device = device.clone();
         let (arch, named) = match spec {
             ModelSpec::Mlp(m) => {
-                let mlp = Mlp::new(&m.layers)?;
+                let mlp = Mlp::new_on(&m.layers, &device)?;
                 let named = {
                     let map = mlp.varmap().data().lock().map_err(|_| TrainError::Poisoned)?;
                     let mut named: Vec<(String, Var)> = Vec::with_capacity(mlp.vars().len());

@@ -68,6 +68,8 @@ pub struct DataOptions {
     /// Which shard to train on (`--shard I/N`); the whole data set (`0/1`) when absent.
     /// Synthetic IID data is drawn from the node's key instead.
     pub shard: Option<Shard>,
+    /// Where to train (`--device`); the CPU when absent.
+    pub device: Option<candle_core::Device>,
 }
 
 /// What a node tells whoever started it.
@@ -399,7 +401,8 @@ impl Node {
         let shard_seed = shard_seed(&me);
         let shard = options.data.shard.unwrap_or(Shard { index: 0, count: 1 });
         let data = workload.shard(shard, shard_seed).map_err(|e| NodeError::Data(e.to_string()))?;
-        let trainer = Trainer::new(&spec, data, shard_seed)?;
+        let device = options.data.device.clone().unwrap_or(candle_core::Device::Cpu);
+        let trainer = Trainer::new_on(&spec, data, shard_seed, &device)?;
         let eval = options.evaluate.then(|| workload.eval());
 
         let mut metrics = NodeMetrics::default();

@@ -68,13 +68,22 @@ pub struct Evaluation {
     pub accuracy: f32,
 }
 
+/// The inner optimizer: the same AdamW rule, fused over host slices on the
+/// CPU, candle's tensor operations elsewhere.
+enum InnerOptimizer {
+    Fused(FusedAdamW),
+    Candle(candle_nn::AdamW),
+}
+
 /// A node's local trainer: its model, its shard, its inner AdamW and its sampler.
 pub struct Trainer {
     model: Model,
     /// A second model for evaluation, so evaluating never disturbs training state.
     eval_model: Model,
     data: TrainData,
-    optimizer: FusedAdamW,
+    optimizer: InnerOptimizer,
+    /// Where the model and its batches live.
+    device: Device,
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
@@ -83,8 +92,18 @@ pub struct Trainer {
 impl Trainer {
     /// A trainer for `spec`'s model on `data`, sampling batches from `sampler_seed`.
     pub fn new(spec: &RunSpec, data: impl Into<TrainData>, sampler_seed: u64) -> Result<Self, TrainError> {
+        Self::new_on(spec, data, sampler_seed, &Device::Cpu)
+    }
+
+    /// [`Trainer::new`] training on `device` (a GPU with `--features cuda`).
+    pub fn new_on(
+        spec: &RunSpec,
+        data: impl Into<TrainData>,
+        sampler_seed: u64,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let data = data.into();
-        let model = Model::new(&spec.model)?;
+        let model = Model::new_on(&spec.model, device)?;
         check_fits(&spec.model, &data)?;
         if data.is_empty() {
             return Err(TrainError::DataMismatch(
@@ -94,16 +113,21 @@ impl Trainer {
         if spec.inner.batch_size == 0 {
             return Err(TrainError::Zero("inner.batch_size"));
         }
-        let optimizer = FusedAdamW::new(
-            model.vars(),
-            ParamsAdamW {
-                lr: spec.inner.lr,
-                weight_decay: spec.inner.weight_decay,
-                ..ParamsAdamW::default()
-            },
-        )?;
+        let params = ParamsAdamW {
+            lr: spec.inner.lr,
+            weight_decay: spec.inner.weight_decay,
+            ..ParamsAdamW::default()
+        };
+        // The fused update works on host slices: on a GPU it would copy every
+        // variable out and back each step, so there candle's own AdamW runs.
+        let optimizer = if device.is_cpu() {
+            InnerOptimizer::Fused(FusedAdamW::new(model.vars(), params)?)
+        } else {
+            InnerOptimizer::Candle(candle_nn::AdamW::new(model.vars(), params)?)
+        };
         Ok(Self {
             eval_model: Model::new(&spec.model)?,
+            device: device.clone(),
             sampler: BatchSampler::new(data.len(), sampler_seed),
             model,
             data,
@@ -162,8 +186,8 @@ impl Trainer {
                         ys.push(data.labels[i]);
                     }
                     Batch::Labelled {
-                        x: Tensor::from_slice(&xs, (self.batch_size, data.dim), &Device::Cpu)?,
-                        y: Tensor::from_slice(&ys, self.batch_size, &Device::Cpu)?,
+                        x: Tensor::from_slice(&xs, (self.batch_size, data.dim), &self.device)?,
+                        y: Tensor::from_slice(&ys, self.batch_size, &self.device)?,
                     }
                 }
                 TrainData::Text(corpus) => {
@@ -177,8 +201,8 @@ impl Trainer {
                         next.extend(window[1..].iter().map(|&b| b as u32));
                     }
                     Batch::Tokens {
-                        x: Tensor::from_slice(&tokens, (self.batch_size, t), &Device::Cpu)?,
-                        y: Tensor::from_slice(&next, (self.batch_size, t), &Device::Cpu)?,
+                        x: Tensor::from_slice(&tokens, (self.batch_size, t), &self.device)?,
+                        y: Tensor::from_slice(&next, (self.batch_size, t), &self.device)?,
                     }
                 }
             };
@@ -189,7 +213,10 @@ impl Trainer {
                 return Err(TrainError::Diverged { step: self.steps_done, loss: value });
             }
             loss_sum += value as f64;
-            self.optimizer.backward_step(&loss)?;
+            match &mut self.optimizer {
+                InnerOptimizer::Fused(o) => o.backward_step(&loss)?,
+                InnerOptimizer::Candle(o) => o.backward_step(&loss)?,
+            }
         }
         Ok((loss_sum / steps as f64) as f32)
     }

@@ -36,7 +36,7 @@ pub struct WorkloadArgs {
 impl WorkloadArgs {
     /// `spec` with `--init` applied, after checking `--device`.
     pub fn apply(&self, mut spec: RunSpec) -> Result<RunSpec> {
-        self.device.check_for_training()?;
+        self.device.device()?;
         if let Some(path) = &self.init {
             spec.init = Some(
                 crate::init::init_spec(path)
@@ -69,6 +69,15 @@ impl FromStr for DeviceArg {
     }
 }
 
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceArg::Cpu => write!(f, "cpu"),
+            DeviceArg::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl DeviceArg {
     /// The candle device; an error naming the `cuda` feature when it was not built in.
     pub fn device(self) -> Result<candle_core::Device> {
@@ -86,11 +95,13 @@ impl DeviceArg {
         }
     }
 
-    /// Nodes train on the CPU; only `bench train` runs elsewhere so far.
-    fn check_for_training(self) -> Result<()> {
-        self.device()?;
+    /// Refuses a GPU for `command`, whose nodes share one process and train on the CPU.
+    pub fn check_cpu_only(self, command: &str) -> Result<()> {
         if self != DeviceArg::Cpu {
-            bail!("--device: run and swarm train on the CPU only so far; `starling bench train --device` measures CUDA");
+            bail!(
+                "--device {self}: `starling {command}` trains its nodes on the CPU; \
+                 `starling run --device {self}` and `starling bench train --device {self}` use the GPU"
+            );
         }
         Ok(())
     }
@@ -258,6 +269,7 @@ pub struct TrainBenchArgs {
 #[derive(Debug, Serialize)]
 pub struct TrainBenchReport {
     pub model: String,
+    pub device: String,
     pub threads: usize,
     pub batch: usize,
     pub steps: u32,
@@ -275,10 +287,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         // candle reads this for its matmul and conv threads; nothing has used it yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    if args.device != DeviceArg::Cpu {
-        args.device.device()?;
-        bail!("bench train on {:?}: the trainer runs on the CPU only so far", args.device);
-    }
+    let device = args.device.device()?;
     let mut spec = RunSpec::builtin();
     spec.model = match args.model {
         BenchModel::Mlp => ModelSpec::mlp(vec![784, 256, 10]),
@@ -293,7 +302,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         dim: 784,
         classes: 10,
     };
-    let mut trainer = Trainer::new(&spec, TrainData::Labelled(data), 1)?;
+    let mut trainer = Trainer::new_on(&spec, TrainData::Labelled(data), 1, &device)?;
     let start = crate::models::initial_params(&spec.model, 1)?;
     let warm = trainer.train_round(&start, 10)?;
     let t = Instant::now();
@@ -301,6 +310,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let seconds = t.elapsed().as_secs_f64();
     let report = TrainBenchReport {
         model: format!("{:?}", args.model).to_lowercase(),
+        device: args.device.to_string(),
         threads: candle_core::utils::get_num_threads(),
         batch: args.batch,
         steps: args.steps.max(1),
@@ -311,8 +321,14 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "candle {} batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
-            report.model, report.batch, report.threads, report.samples_per_second, report.steps, seconds
+            "candle {} on {} batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
+            report.model,
+            report.device,
+            report.batch,
+            report.threads,
+            report.samples_per_second,
+            report.steps,
+            seconds
         );
     }
     Ok(())
