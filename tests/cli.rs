@@ -83,7 +83,8 @@ fn peer_id_in(text: &str) -> String {
 
 /// The model's tensors as candle reads them from an exported file: name → shape.
 fn candle_shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
-    let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu).expect("candle loads the export");
+    let tensors =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu).expect("candle loads the export");
     tensors.into_iter().map(|(name, t)| (name, t.dims().to_vec())).collect()
 }
 
@@ -91,7 +92,8 @@ fn candle_shapes(path: &Path) -> BTreeMap<String, Vec<usize>> {
 fn init_key_spec_run_export_and_config_dump() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let (a, b, spec_path, model_path) = (path("node-a"), path("node-b"), path("spec.toml"), path("model.safetensors"));
+    let (a, b, spec_path, model_path) =
+        (path("node-a"), path("node-b"), path("spec.toml"), path("model.safetensors"));
 
     // init creates the datadir, a key and config.toml, and is idempotent.
     let first = ok(&["init", "--datadir", &a], &[]).stdout;
@@ -128,7 +130,10 @@ fn init_key_spec_run_export_and_config_dump() {
     assert!(boot.ends_with(&peer), "node a listens as {boot}, init made {peer}");
 
     // A second node on a's datadir is refused while a runs, with a's pid.
-    let err = fails(&a_args.iter().map(String::as_str).collect::<Vec<_>>(), &["is in use by another starling process", "--datadir"]);
+    let err = fails(
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["is in use by another starling process", "--datadir"],
+    );
     assert!(err.contains("(pid "), "{err}");
 
     let mut b_args = run(&b);
@@ -139,11 +144,13 @@ fn init_key_spec_run_export_and_config_dump() {
     let b_log = node_b.log();
     assert!(b_log.contains("round merged"), "{b_log}");
     for line in b_log.lines() {
-        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
 
     // export: the newest checkpoint, as the model's named, shaped tensors.
-    let exported = ok(&["export", "--format", "safetensors", "--out", &model_path, "--datadir", &a], &[]).stdout;
+    let exported =
+        ok(&["export", "--format", "safetensors", "--out", &model_path, "--datadir", &a], &[]).stdout;
     assert!(exported.contains("exported round 2"), "{exported}");
     let model = starling_node::models::Model::new(&spec.model).unwrap();
     let expected: BTreeMap<String, Vec<usize>> =
@@ -172,13 +179,30 @@ fn init_key_spec_run_export_and_config_dump() {
     )
     .stdout;
     let line = |key: &str| {
-        dump.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key} in:\n{dump}"))
+        dump.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{dump}"))
     };
     assert!(line("rounds").starts_with("rounds = 5 ") && line("rounds").ends_with("# flag"), "{dump}");
-    assert!(line("wait-peers").starts_with("wait-peers = 3 ") && line("wait-peers").ends_with("# env STARLING_WAIT_PEERS"), "{dump}");
-    assert!(line("evaluate").starts_with("evaluate = true ") && line("evaluate").ends_with("# env STARLING_EVALUATE"), "{dump}");
-    assert!(line("wait-timeout").starts_with("wait-timeout = 7 ") && line("wait-timeout").contains("# config.toml"), "{dump}");
-    assert!(line("no-mdns").starts_with("no-mdns = false ") && line("no-mdns").ends_with("# default"), "{dump}");
+    assert!(
+        line("wait-peers").starts_with("wait-peers = 3 ")
+            && line("wait-peers").ends_with("# env STARLING_WAIT_PEERS"),
+        "{dump}"
+    );
+    assert!(
+        line("evaluate").starts_with("evaluate = true ")
+            && line("evaluate").ends_with("# env STARLING_EVALUATE"),
+        "{dump}"
+    );
+    assert!(
+        line("wait-timeout").starts_with("wait-timeout = 7 ")
+            && line("wait-timeout").contains("# config.toml"),
+        "{dump}"
+    );
+    assert!(
+        line("no-mdns").starts_with("no-mdns = false ") && line("no-mdns").ends_with("# default"),
+        "{dump}"
+    );
     assert!(line("datadir").contains(&a), "{dump}");
     dump.parse::<toml::Table>().expect("the dump is TOML");
 }
@@ -200,7 +224,8 @@ fn python_reads(path: &Path, expected: &BTreeMap<String, Vec<usize>>) {
     let out = Command::new("python3").args(["-c", script, path.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
     let read: BTreeMap<String, (Vec<usize>, String)> = serde_json::from_slice(&out.stdout).unwrap();
-    let shapes: BTreeMap<String, Vec<usize>> = read.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+    let shapes: BTreeMap<String, Vec<usize>> =
+        read.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
     assert_eq!(&shapes, expected);
     assert!(read.values().all(|(_, dtype)| dtype == "float32"), "{read:?}");
 }
@@ -221,7 +246,10 @@ fn errors_name_the_flag_or_command_that_fixes_them() {
     let config = Path::new(datadir).join("config.toml");
     std::fs::write(&config, "wait-peers = \"lots\"\n").unwrap();
     let config_name = config.to_str().unwrap();
-    fails(&["run", "--datadir", datadir], &[config_name, "`wait-peers = \"lots\"`", "expected a whole number"]);
+    fails(
+        &["run", "--datadir", datadir],
+        &[config_name, "`wait-peers = \"lots\"`", "expected a whole number"],
+    );
     std::fs::write(&config, "listen-on = \"/ip4/0.0.0.0/tcp/9000\"\n").unwrap();
     fails(&["config", "dump", "--datadir", datadir], &[config_name, "unknown key `listen-on`", "listen"]);
     std::fs::remove_file(&config).unwrap();
@@ -235,7 +263,16 @@ fn errors_name_the_flag_or_command_that_fixes_them() {
     let port = taken.local_addr().unwrap().port();
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let err = fails(
-        &["run", "--datadir", datadir, "--spec", spec_path.to_str().unwrap(), "--listen", &listen, "--no-mdns"],
+        &[
+            "run",
+            "--datadir",
+            datadir,
+            "--spec",
+            spec_path.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--no-mdns",
+        ],
         &[&format!("port {port} is already in use"), "change --listen, e.g. --listen /ip4/127.0.0.1/tcp/"],
     );
     let suggested = err.split("e.g. --listen /ip4/127.0.0.1/tcp/").nth(1).unwrap();

@@ -274,7 +274,8 @@ fn parse_allowed_key(text: &str) -> Result<starling_protocol::PublicKey> {
 pub fn load_spec(path: &PathBuf) -> Result<RunSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the spec file {} (--spec)", path.display()))?;
-    RunSpec::from_toml(&text).with_context(|| format!("the spec file {} (--spec) is not usable", path.display()))
+    RunSpec::from_toml(&text)
+        .with_context(|| format!("the spec file {} (--spec) is not usable", path.display()))
 }
 
 /// Runs the parsed command.

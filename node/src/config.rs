@@ -27,12 +27,13 @@ pub use render::{commented_defaults, dump};
 
 use crate::{
     cli::{Cli, Command},
-    operator_cli::ConfigCommand,
     dirs::Datadir,
+    operator_cli::ConfigCommand,
 };
 
 /// Options of `run` that config.toml cannot set.
-const NOT_IN_FILE: &[(&str, &str)] = &[("datadir", "the file lives in the datadir; pass --datadir or STARLING_DATADIR")];
+const NOT_IN_FILE: &[(&str, &str)] =
+    &[("datadir", "the file lives in the datadir; pass --datadir or STARLING_DATADIR")];
 
 /// Where one resolved value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +160,8 @@ where
     }
     let mut all = args.clone();
     all.extend(injected.into_iter().map(OsString::from));
-    let matches = command.clone().try_get_matches_from(&all).map_err(|e| blame_file(e, table.as_ref(), &path))?;
+    let matches =
+        command.clone().try_get_matches_from(&all).map_err(|e| blame_file(e, table.as_ref(), &path))?;
     let run = run_matches(&matches).expect("same subcommand");
     let provenance = provenance(run_command, run, &datadir, &path, table.is_some(), &from_file);
     let mut cli = Cli::from_arg_matches(&matches)?;
@@ -188,21 +190,25 @@ fn read_file(path: &Path) -> Result<Option<toml::Table>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
     };
-    text.parse::<toml::Table>()
-        .map(Some)
-        .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
+    text.parse::<toml::Table>().map(Some).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })
 }
 
 /// The options config.toml may set: the long flags of `run`, but `--datadir` and `--help`.
 pub(crate) fn file_args(run: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
-    run.get_arguments().filter(|a| {
-        a.get_long().is_some_and(|l| l != "help" && !NOT_IN_FILE.iter().any(|(k, _)| *k == l))
-    })
+    run.get_arguments()
+        .filter(|a| a.get_long().is_some_and(|l| l != "help" && !NOT_IN_FILE.iter().any(|(k, _)| *k == l)))
 }
 
 fn file_arg<'a>(run: &'a clap::Command, path: &Path, key: &str) -> Result<&'a clap::Arg, ConfigError> {
     if let Some((_, why)) = NOT_IN_FILE.iter().find(|(k, _)| *k == key) {
-        return Err(ConfigError::NotSettable { path: path.to_path_buf(), key: key.into(), why: (*why).into() });
+        return Err(ConfigError::NotSettable {
+            path: path.to_path_buf(),
+            key: key.into(),
+            why: (*why).into(),
+        });
     }
     file_args(run).find(|a| a.get_long() == Some(key)).ok_or_else(|| ConfigError::UnknownKey {
         path: path.to_path_buf(),
@@ -313,7 +319,13 @@ fn blame_file(error: clap::Error, table: Option<&toml::Table>, path: &Path) -> C
         .find(|a| a.get_long() == Some(&key.replace('_', "-")))
         .map(expected)
         .unwrap_or_default();
-    ConfigError::BadValue { path: path.to_path_buf(), key: key.clone(), value: value.to_string(), reason, expected }
+    ConfigError::BadValue {
+        path: path.to_path_buf(),
+        key: key.clone(),
+        value: value.to_string(),
+        reason,
+        expected,
+    }
 }
 
 fn provenance(
@@ -335,11 +347,13 @@ fn provenance(
             } else {
                 match run.value_source(id) {
                     Some(ValueSource::CommandLine) => Source::Flag,
-                    Some(ValueSource::EnvVariable) => {
-                        Source::Env(arg.get_env().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default())
-                    }
+                    Some(ValueSource::EnvVariable) => Source::Env(
+                        arg.get_env().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default(),
+                    ),
                     Some(ValueSource::DefaultValue) => Source::Default,
-                    _ if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::Append) => Source::Default,
+                    _ if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::Append) => {
+                        Source::Default
+                    }
                     _ if id == "datadir" => Source::Default,
                     _ => Source::Unset,
                 }

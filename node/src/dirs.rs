@@ -93,8 +93,13 @@ impl Datadir {
     pub fn lock(&self) -> Result<DatadirLock, DatadirError> {
         let path = self.lock_file();
         let lock_err = |source| DatadirError::Lock { path: path.clone(), source };
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(lock_err)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_err)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

@@ -88,7 +88,8 @@ mod tests {
         let message = explain(error).to_string();
         assert!(message.contains("--listen /ip4/127.0.0.1/tcp/"), "{message}");
         assert!(message.contains(&format!("port {port} is already in use")), "{message}");
-        let suggested: Multiaddr = message.split("--listen ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let suggested: Multiaddr =
+            message.split("--listen ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
         assert_ne!(suggested, address);
     }
 

@@ -90,10 +90,7 @@ impl SpecSource {
         }
         let (_lock, store) = open_store(&datadir)?;
         store.spec()?.with_context(|| {
-            format!(
-                "the datadir {} holds no run spec yet; pass --spec FILE",
-                datadir.root().display()
-            )
+            format!("the datadir {} holds no run spec yet; pass --spec FILE", datadir.root().display())
         })
     }
 }
@@ -131,7 +128,10 @@ pub fn init(datadir: &DatadirArg) -> Result<()> {
     } else {
         std::fs::write(&config, crate::config::commented_defaults())
             .with_context(|| format!("cannot write {}", config.display()))?;
-        println!("wrote {} (the options of `starling run`, commented out at their defaults)", config.display());
+        println!(
+            "wrote {} (the options of `starling run`, commented out at their defaults)",
+            config.display()
+        );
     }
     store.flush()?;
     println!("next: starling run --datadir {root} --spec SPEC.toml --bootnodes /ip4/.../tcp/.../p2p/...");

@@ -27,7 +27,8 @@ impl ProgressLine {
     fn start(rounds: Option<u64>, target: ProgressDrawTarget) -> Self {
         let bar = match rounds {
             Some(rounds) => ProgressBar::with_draw_target(Some(rounds), target).with_style(
-                ProgressStyle::with_template("{spinner} round {pos}/{len} {wide_msg}").expect("valid template"),
+                ProgressStyle::with_template("{spinner} round {pos}/{len} {wide_msg}")
+                    .expect("valid template"),
             ),
             None => ProgressBar::with_draw_target(None, target).with_style(
                 ProgressStyle::with_template("{spinner} round {pos} {wide_msg}").expect("valid template"),

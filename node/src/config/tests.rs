@@ -85,7 +85,10 @@ fn unknown_keys_datadir_and_bad_toml_are_refused_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml").display().to_string();
     let err = resolve(dir.path(), Some("wait-peer = 2\n"), &[]).unwrap_err().to_string();
-    assert!(err.contains(&path) && err.contains("unknown key `wait-peer`") && err.contains("wait-peers"), "{err}");
+    assert!(
+        err.contains(&path) && err.contains("unknown key `wait-peer`") && err.contains("wait-peers"),
+        "{err}"
+    );
     let err = resolve(dir.path(), Some("datadir = \"/x\"\n"), &[]).unwrap_err().to_string();
     assert!(err.contains("cannot set `datadir`") && err.contains("--datadir"), "{err}");
     let err = resolve(dir.path(), Some("rounds = \n"), &[]).unwrap_err().to_string();
