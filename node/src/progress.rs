@@ -51,6 +51,10 @@ impl ProgressLine {
             }
             crate::logging::set_progress_line(None);
             bar.finish();
+            // The line stays; what is logged after it starts below it.
+            if !bar.is_hidden() {
+                println!();
+            }
         });
         Self { events, task }
     }
