@@ -13,8 +13,11 @@ use crate::{
     local_swarm::{human_bytes, run_swarm, SwarmOptions},
     net::NetOptions,
     node::{run_node, DataOptions, NodeOptions},
+    operator_cli::{ConfigCommand, DatadirArg, ExportArgs, KeyCommand, SpecSource},
     workload_cli::{BaselineArgs, DataCommand, TrainBenchArgs, WorkloadArgs},
 };
+
+pub use crate::logging::LogArgs;
 
 /// Starling: train one model together across machines, with no coordinator.
 #[derive(Debug, Parser)]
@@ -28,8 +31,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a datadir: node key and a commented config.toml (keeps what exists).
+    Init(DatadirArg),
     /// Run one node of a swarm.
     Run(RunArgs),
+    /// The node's identity key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Write the node's current model (its newest checkpoint) to a file.
+    Export(ExportArgs),
+    /// The resolved options of `run` (flags, environment, config.toml, defaults).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a local swarm of N nodes in one process over loopback and report how it trained.
     Swarm(SwarmArgs),
     /// Create and inspect run specs.
@@ -115,20 +128,13 @@ fn default_codecs() -> Vec<Codec> {
         .collect()
 }
 
-/// Logging.
-#[derive(Debug, Args)]
-pub struct LogArgs {
-    /// Log filter (overrides RUST_LOG), e.g. `info` or `starling_node=debug`.
-    #[arg(long, global = true, env = "STARLING_LOG")]
-    pub log: Option<String>,
-}
-
 /// `starling run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directory for this node's identity, spec and checkpoints.
+    /// Directory for this node's identity, spec, config.toml and checkpoints
+    /// (default: $XDG_DATA_HOME/starling, or ~/.local/share/starling).
     #[arg(long, env = "STARLING_DATADIR")]
-    pub datadir: PathBuf,
+    pub datadir: Option<PathBuf>,
     /// The run spec (TOML) of the swarm to join. Defaults to the spec stored in --datadir.
     #[arg(long, env = "STARLING_SPEC")]
     pub spec: Option<PathBuf>,
@@ -145,6 +151,9 @@ pub struct RunArgs {
     /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
     #[arg(long)]
     pub shard: Option<crate::datasets::Shard>,
+    /// Where each option came from; filled in by [`crate::config::parse_from`].
+    #[arg(skip)]
+    pub provenance: crate::config::Provenance,
 }
 
 /// Networking.
@@ -228,11 +237,10 @@ pub enum SpecCommand {
         #[arg(long, value_name = "FILE")]
         allowed_keys: Option<PathBuf>,
     },
+    /// Print a spec as TOML, its run id first.
+    Show(SpecSource),
     /// Print the run id of a spec.
-    Hash {
-        #[arg(long)]
-        spec: PathBuf,
-    },
+    Hash(SpecSource),
 }
 
 /// The hex keys of `--allow` and `--allowed-keys`, sorted and deduplicated;
@@ -265,8 +273,9 @@ fn parse_allowed_key(text: &str) -> Result<starling_protocol::PublicKey> {
 /// Reads and validates a spec file; the error names the file.
 pub fn load_spec(path: &PathBuf) -> Result<RunSpec> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the spec file {}", path.display()))?;
-    RunSpec::from_toml(&text).with_context(|| format!("spec file {} is not usable", path.display()))
+        .with_context(|| format!("cannot read the spec file {} (--spec)", path.display()))?;
+    RunSpec::from_toml(&text)
+        .with_context(|| format!("the spec file {} (--spec) is not usable", path.display()))
 }
 
 /// Runs the parsed command.
@@ -366,23 +375,35 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Spec(SpecCommand::Hash { spec }) => {
-            println!("{}", load_spec(&spec)?.run_id());
+        Command::Spec(SpecCommand::Show(source)) => crate::operator_cli::spec_show(&source),
+        Command::Spec(SpecCommand::Hash(source)) => crate::operator_cli::spec_hash(&source),
+        Command::Init(datadir) => crate::operator_cli::init(&datadir),
+        Command::Key(command) => crate::operator_cli::key(&command),
+        Command::Export(args) => crate::operator_cli::export(&args),
+        Command::Config(ConfigCommand::Dump(args)) => {
+            crate::operator_cli::config_dump(&args);
             Ok(())
         }
     }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    let datadir = crate::dirs::Datadir::resolve(args.datadir.as_deref());
+    // A first run with --spec may create the datadir; without one it must exist.
+    match &args.spec {
+        Some(_) => drop(datadir.create()?),
+        None => datadir.require()?,
+    }
+    let _lock = datadir.lock()?;
     let spec = match &args.spec {
         Some(path) => load_spec(path)?,
         None => {
-            let store = starling_storage::Store::open(&args.datadir)?;
+            let store = starling_storage::Store::open(datadir.root())?;
             match store.spec()? {
                 Some(spec) => spec,
                 None => bail!(
                     "the datadir {} holds no run spec yet; pass --spec FILE (create one with `starling spec new`)",
-                    args.datadir.display()
+                    datadir.root().display()
                 ),
             }
         }
@@ -390,7 +411,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let spec = args.workload.apply(spec)?;
     let device = args.workload.device.device()?;
     let options = NodeOptions {
-        datadir: args.datadir,
+        datadir: datadir.root().to_path_buf(),
         spec,
         listen: args.network.listen,
         bootnodes: args.network.bootnodes,
@@ -417,7 +438,12 @@ async fn run(args: RunArgs) -> Result<()> {
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
-    let outcome = run_node(options, None, shutdown_rx).await?;
+    let progress = crate::progress::ProgressLine::on_terminal(args.rounds);
+    let outcome = run_node(options, progress.as_ref().map(|p| p.events()), shutdown_rx).await;
+    if let Some(progress) = progress {
+        progress.finish().await;
+    }
+    let outcome = outcome.map_err(crate::hints::explain)?;
     tracing::info!(
         round = outcome.state.round,
         merged = outcome.rounds_merged,

@@ -1,10 +1,10 @@
-//! The `starling` binary: parses the command line, sets up logging, runs.
+//! The `starling` binary: parses the command line (flags, environment and the
+//! datadir's config.toml), sets up logging, runs.
 
-use std::io::IsTerminal;
-
-use clap::Parser;
-use starling_node::cli::{execute, Cli};
-use tracing_subscriber::EnvFilter;
+use starling_node::{
+    cli::{execute, Command},
+    config::{parse_from, ConfigError},
+};
 
 fn main() -> std::process::ExitCode {
     // Before the runtime starts any thread.
@@ -17,23 +17,20 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // A node logs what it does; commands that print their own report log only problems.
     let default = match cli.command {
-        starling_node::cli::Command::Run(_) => "info",
+        Command::Run(_) => "info",
         _ => "warn",
     };
-    let filter = cli
-        .log
-        .log
-        .clone()
-        .map(EnvFilter::new)
-        .unwrap_or_else(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    cli.log.init(default);
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
