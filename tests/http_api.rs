@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use common::{
     http::{get, starling, status, wait_addr},
-    run_args, test_spec, write_spec, NodeProcess,
+    run_args, test_spec, write_spec,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -64,14 +64,14 @@ fn two_nodes_serve_metrics_health_status_and_the_status_command() {
     let spec_path = write_spec(dir.path(), &spec);
     let datadirs: Vec<String> =
         (0..2).map(|i| dir.path().join(format!("node-{i}")).to_str().unwrap().to_string()).collect();
-    let mut first = NodeProcess::start(
+    let mut first = common::http::start(
         "node-0",
-        &run_args(&datadirs[0], &spec_path, &["--http", "127.0.0.1:0", "--evaluate", "--wait-peers", "1"]),
+        run_args(&datadirs[0], &spec_path, &["--http", "127.0.0.1:0", "--evaluate", "--wait-peers", "1"]),
     );
     let boot = first.tcp_address();
-    let mut second = NodeProcess::start(
+    let mut second = common::http::start(
         "node-1",
-        &run_args(
+        run_args(
             &datadirs[1],
             &spec_path,
             &["--http", "127.0.0.1:0", "--evaluate", "--wait-peers", "1", "--bootnodes", &boot],
@@ -89,8 +89,8 @@ fn two_nodes_serve_metrics_health_status_and_the_status_command() {
         "starling_train_loss",
         "starling_eval_accuracy",
         "starling_peers",
+        // (`starling_deltas_refused_total{reason}` appears with the first refusal.)
         "starling_deltas_accepted",
-        "starling_deltas_refused",
         "starling_deltas_published",
         "starling_network_bytes",
         "starling_train_seconds",
@@ -98,7 +98,7 @@ fn two_nodes_serve_metrics_health_status_and_the_status_command() {
         "libp2p_bandwidth_bytes",
         "libp2p_swarm_connections_established",
         "libp2p_gossipsub_messages",
-        "libp2p_identify_protocols",
+        "libp2p_identify_received",
     ] {
         assert!(families.contains(family), "no family {family} in /metrics:\n{before}");
     }
@@ -176,9 +176,9 @@ fn a_waiting_node_is_unhealthy_and_a_busy_port_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let spec_path = write_spec(dir.path(), &test_spec("http-waiting"));
     let datadir = dir.path().join("waiting").to_str().unwrap().to_string();
-    let mut node = NodeProcess::start(
+    let mut node = common::http::start(
         "waiting",
-        &run_args(
+        run_args(
             &datadir,
             &spec_path,
             &["--http", "127.0.0.1:0", "--wait-peers", "3", "--wait-timeout", "600", "--threads", "1"],
@@ -193,11 +193,19 @@ fn a_waiting_node_is_unhealthy_and_a_busy_port_is_named() {
     assert!(health["reason"].as_str().unwrap().contains("--wait-peers"), "{body}");
     let (code, page) = get(addr, "/");
     assert_eq!(code, 200);
-    assert!(page.contains("<svg id=\"chart-loss\"") && !page.contains("http://cdn"), "the dashboard is self-contained");
+    assert!(
+        page.contains("<svg id=\"chart-loss\"") && !page.contains("http://cdn"),
+        "the dashboard is self-contained"
+    );
 
     // A second node asked to serve on the same port fails at once and says what to change.
     let other = dir.path().join("other").to_str().unwrap().to_string();
-    let out = starling(&run_args(&other, &spec_path, &["--http", &addr.to_string()]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = starling(
+        &run_args(&other, &spec_path, &["--http", &addr.to_string()])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--http") && err.contains("is free now") && err.contains("--no-http"), "{err}");
@@ -207,5 +215,8 @@ fn a_waiting_node_is_unhealthy_and_a_busy_port_is_named() {
     let nowhere = dir.path().join("never-started").to_str().unwrap().to_string();
     let out = starling(&["status", "--datadir", &nowhere]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(&format!("no node is running on datadir {nowhere}")), "{err}");
+    assert!(
+        !out.status.success() && err.contains(&format!("no node is running on datadir {nowhere}")),
+        "{err}"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     http::{get, post, starling, status, wait_addr, wait_status},
-    run_args, test_spec, write_spec, NodeProcess,
+    run_args, test_spec, write_spec,
 };
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -24,10 +24,12 @@ fn a_paused_node_follows_the_run_without_publishing_and_resumes() {
     let datadirs: Vec<String> =
         (0..2).map(|i| dir.path().join(format!("node-{i}")).to_str().unwrap().to_string()).collect();
     let extra = ["--http", "127.0.0.1:0", "--wait-peers", "1"];
-    let mut trainer = NodeProcess::start("trainer", &run_args(&datadirs[0], &spec_path, &extra));
+    let mut trainer = common::http::start("trainer", run_args(&datadirs[0], &spec_path, &extra));
     let boot = trainer.tcp_address();
-    let mut paused =
-        NodeProcess::start("paused", &run_args(&datadirs[1], &spec_path, &[&extra[..], &["--bootnodes", &boot]].concat()));
+    let mut paused = common::http::start(
+        "paused",
+        run_args(&datadirs[1], &spec_path, &[&extra[..], &["--bootnodes", &boot]].concat()),
+    );
     let (trainer_api, paused_api) = (wait_addr(&datadirs[0], WAIT), wait_addr(&datadirs[1], WAIT));
     trainer.wait_merged(2, WAIT);
     paused.wait_merged(2, WAIT);
@@ -62,7 +64,10 @@ fn a_paused_node_follows_the_run_without_publishing_and_resumes() {
     for (node, name) in [(&paused, "paused"), (&trainer, "trainer")] {
         let merged = node.merged_rounds();
         let during: Vec<_> = merged.iter().filter(|r| r.0 > pause_round && r.0 < pause_round + 4).collect();
-        assert!(!during.is_empty() && during.iter().all(|r| r.1 == 1), "{name} merged only the trainer's deltas while paused: {during:?}");
+        assert!(
+            !during.is_empty() && during.iter().all(|r| r.1 == 1),
+            "{name} merged only the trainer's deltas while paused: {during:?}"
+        );
     }
 
     // Resumed over HTTP, it publishes again and its peer merges its deltas.
@@ -76,7 +81,11 @@ fn a_paused_node_follows_the_run_without_publishing_and_resumes() {
     });
     let deadline = Instant::now() + WAIT;
     while !trainer.merged_rounds().iter().any(|r| r.0 >= resume_round && r.1 == 2) {
-        assert!(Instant::now() < deadline, "the trainer never merged the resumed node's delta:\n{}", trainer.log());
+        assert!(
+            Instant::now() < deadline,
+            "the trainer never merged the resumed node's delta:\n{}",
+            trainer.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(paused.log().contains("training paused") && paused.log().contains("training resumed"));

@@ -94,18 +94,18 @@ pub async fn sync(
             BandwidthLimits { upload: None, download: limits.download }
         };
         NodeOptions {
-        datadir: dir.path().join(format!("node-{i}")),
-        spec: spec.clone(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")],
-        bootnodes,
-        net: NetOptions { mdns: false, bandwidth, ..NetOptions::default() },
-        wait_peers,
-        wait_timeout: Duration::from_secs(60),
-        rounds: Some(rounds),
-        key: Some(node_key(0x5379_6e63, i)),
-        evaluate: false,
-        data: Default::default(),
-    }
+            datadir: dir.path().join(format!("node-{i}")),
+            spec: spec.clone(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")],
+            bootnodes,
+            net: NetOptions { mdns: false, bandwidth, ..NetOptions::default() },
+            wait_peers,
+            wait_timeout: Duration::from_secs(60),
+            rounds: Some(rounds),
+            key: Some(node_key(0x5379_6e63, i)),
+            evaluate: false,
+            data: Default::default(),
+        }
     };
     let hooks = HarnessHooks { linger_until_shutdown: true, ..HarnessHooks::default() };
     let mut addresses = Vec::new();

@@ -453,7 +453,9 @@ async fn run(args: RunArgs) -> Result<()> {
     let (control, control_rx) = crate::node::NodeControl::channel();
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let server = match http {
-        Some(listener) => Some(crate::http::HttpServer::start(listener, control, &options.datadir, events_rx)?),
+        Some(listener) => {
+            Some(crate::http::HttpServer::start(listener, control, &options.datadir, events_rx)?)
+        }
         None => None,
     };
     let outcome = crate::node::run_node_controlled(

@@ -90,9 +90,17 @@ impl Default for NodeMetrics {
             "Held-out accuracy after the last merge (0 to 1; with --evaluate)",
             eval_accuracy.clone(),
         );
-        starling.register("eval_loss", "Held-out loss after the last merge (with --evaluate)", eval_loss.clone());
+        starling.register(
+            "eval_loss",
+            "Held-out loss after the last merge (with --evaluate)",
+            eval_loss.clone(),
+        );
         starling.register("peers", "Connected peers of the run", peers.clone());
-        starling.register("paused", "1 while training is paused (the node still follows the run)", paused.clone());
+        starling.register(
+            "paused",
+            "1 while training is paused (the node still follows the run)",
+            paused.clone(),
+        );
         starling.register("deltas_published", "Deltas of this node published", deltas_published.clone());
         starling.register_with_unit(
             "network",

@@ -70,3 +70,8 @@ pub fn wait_status(
 pub fn starling(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_starling")).args(args).output().expect("the starling binary runs")
 }
+
+/// Starts `starling` with owned arguments (as [`super::run_args`] makes them).
+pub fn start(name: &str, args: Vec<String>) -> super::NodeProcess {
+    super::NodeProcess::start(name, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}

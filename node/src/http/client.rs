@@ -71,7 +71,11 @@ pub fn resolve(args: &NodeApiArgs) -> Result<(SocketAddr, Option<String>), Clien
 }
 
 /// Sends `method path` to the node named by `args` and returns the body of a 2xx answer.
-pub async fn call(args: &NodeApiArgs, method: Method, path: &str) -> Result<(SocketAddr, Bytes), ClientError> {
+pub async fn call(
+    args: &NodeApiArgs,
+    method: Method,
+    path: &str,
+) -> Result<(SocketAddr, Bytes), ClientError> {
     let (addr, datadir) = resolve(args)?;
     match request(addr, method, path).await {
         Ok((status, body)) if status.is_success() => Ok((addr, body)),
@@ -90,8 +94,9 @@ pub async fn call(args: &NodeApiArgs, method: Method, path: &str) -> Result<(Soc
 pub async fn request(addr: SocketAddr, method: Method, path: &str) -> std::io::Result<(StatusCode, Bytes)> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
         tokio::spawn(connection);
         let request = Request::builder()
             .method(method)

@@ -71,7 +71,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
                 .and_then(|l| l.local_addr())
                 .map(|a| format!("--http {a} is free now; "))
                 .unwrap_or_default();
-            format!("another node or program uses it. Pass {free}--http {}:0 for any free port, or --no-http", addr.ip())
+            format!(
+                "another node or program uses it. Pass {free}--http {}:0 for any free port, or --no-http",
+                addr.ip()
+            )
         } else {
             "pass another --http address, or --no-http".into()
         };
@@ -121,7 +124,9 @@ impl HttpServer {
                     if !announced && matches!(event, NodeEvent::Listening { .. }) {
                         announced = true;
                         match write_addr_file(&path, addr) {
-                            Ok(()) => tracing::info!(address = %format!("http://{addr}/"), "dashboard and API"),
+                            Ok(()) => {
+                                tracing::info!(address = %format!("http://{addr}/"), "dashboard and API")
+                            }
                             Err(e) => tracing::warn!(
                                 error = %e,
                                 path = %path.display(),

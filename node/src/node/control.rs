@@ -45,7 +45,10 @@ impl NodeControl {
         (Self { tx, timeout: Duration::from_secs(5) }, rx)
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest) -> Result<T, ControlError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
+    ) -> Result<T, ControlError> {
         let (reply, answer) = oneshot::channel();
         let exchange = async {
             self.tx.send(make(reply)).await.map_err(|_| ControlError::Stopped)?;
@@ -147,11 +150,7 @@ impl Node {
     }
 
     /// Records a merged round in the metrics and the history.
-    pub(super) fn record_merge(
-        &mut self,
-        report: &super::RoundReport,
-        took: Duration,
-    ) {
+    pub(super) fn record_merge(&mut self, report: &super::RoundReport, took: Duration) {
         self.metrics.merge_seconds.observe(took.as_secs_f64());
         self.metrics.peers.set(report.peers as i64);
         let trained = self.telemetry.trained_round.take() == Some(report.round);
