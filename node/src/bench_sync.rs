@@ -4,6 +4,8 @@
 //! new node joins, fetches their state in chunks (verified against what at
 //! least two of them announce) and installs it. The figure runs from the
 //! joiner's start to the installed state, and counts the bytes it received.
+//! `limits` caps the serving nodes' upload and the joiner's download (see
+//! [`crate::net::throttle`]), to see a capped node's throughput.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     local_swarm::node_key,
-    net::NetOptions,
+    net::{throttle::BandwidthLimits, NetOptions},
     node::{run_node_with, HarnessHooks, NodeEvent, NodeOptions},
 };
 
@@ -45,6 +47,11 @@ pub struct SyncReport {
     pub catch_up_seconds: f64,
     /// Transport bytes the joiner received until then (offers, chunks, gossip, framing).
     pub received_bytes: u64,
+    /// `received_bytes / catch_up_seconds`.
+    pub received_bytes_per_second: f64,
+    /// The serving nodes' upload cap and the joiner's download cap, bytes per second.
+    pub max_upload: Option<u64>,
+    pub max_download: Option<u64>,
 }
 
 /// A spec with two hidden layers whose model has about `params` parameters,
@@ -63,7 +70,12 @@ fn spec_for(params: usize) -> RunSpec {
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs the benchmark.
-pub async fn sync(params: usize, rounds: u64, peers: usize) -> Result<SyncReport, SyncBenchError> {
+pub async fn sync(
+    params: usize,
+    rounds: u64,
+    peers: usize,
+    limits: BandwidthLimits,
+) -> Result<SyncReport, SyncBenchError> {
     if params < 1000 {
         return Err(SyncBenchError::TooFewParams(params));
     }
@@ -74,18 +86,26 @@ pub async fn sync(params: usize, rounds: u64, peers: usize) -> Result<SyncReport
     let dir = tempfile::tempdir().map_err(SyncBenchError::Datadir)?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let options = |i: usize, bootnodes: Vec<_>, wait_peers| NodeOptions {
-        datadir: dir.path().join(format!("node-{i}")),
-        spec: spec.clone(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")],
-        bootnodes,
-        net: NetOptions { mdns: false, ..NetOptions::default() },
-        wait_peers,
-        wait_timeout: Duration::from_secs(60),
-        rounds: Some(rounds),
-        key: Some(node_key(0x5379_6e63, i)),
-        evaluate: false,
-        data: Default::default(),
+    let options = |i: usize, bootnodes: Vec<_>, wait_peers| {
+        // Serving nodes send under the upload cap; the joiner receives under the download cap.
+        let bandwidth = if i < peers {
+            BandwidthLimits { upload: limits.upload, download: None }
+        } else {
+            BandwidthLimits { upload: None, download: limits.download }
+        };
+        NodeOptions {
+            datadir: dir.path().join(format!("node-{i}")),
+            spec: spec.clone(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid address")],
+            bootnodes,
+            net: NetOptions { mdns: false, bandwidth, ..NetOptions::default() },
+            wait_peers,
+            wait_timeout: Duration::from_secs(60),
+            rounds: Some(rounds),
+            key: Some(node_key(0x5379_6e63, i)),
+            evaluate: false,
+            data: Default::default(),
+        }
     };
     let hooks = HarnessHooks { linger_until_shutdown: true, ..HarnessHooks::default() };
     let mut addresses = Vec::new();
@@ -133,13 +153,17 @@ pub async fn sync(params: usize, rounds: u64, peers: usize) -> Result<SyncReport
                 spec.param_count()
             ]))
                 .len() as u64;
+            let catch_up_seconds = started.elapsed().as_secs_f64();
             break SyncReport {
                 params: spec.param_count(),
                 state_bytes,
                 serving_peers: peers,
                 round,
-                catch_up_seconds: started.elapsed().as_secs_f64(),
+                catch_up_seconds,
                 received_bytes: traffic.received,
+                received_bytes_per_second: traffic.received as f64 / catch_up_seconds,
+                max_upload: limits.upload,
+                max_download: limits.download,
             };
         }
     };

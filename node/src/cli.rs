@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::{
     local_swarm::{human_bytes, run_swarm, SwarmOptions},
     net::NetOptions,
-    node::{run_node, DataOptions, NodeOptions},
+    node::{DataOptions, NodeOptions},
     operator_cli::{ConfigCommand, DatadirArg, ExportArgs, KeyCommand, SpecSource},
     workload_cli::{BaselineArgs, DataCommand, TrainBenchArgs, WorkloadArgs},
 };
@@ -57,6 +57,13 @@ pub enum Command {
     /// Generate data sets: procedurally drawn glyphs (IDX), a text corpus.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Ask a running node (its HTTP API) what it is doing: state, round, loss, peers, traffic.
+    Status(crate::http::client::StatusArgs),
+    /// Pause a running node's training: it keeps following the run (merging
+    /// peers' deltas, serving state, relaying gossip) but publishes no deltas.
+    Pause(crate::http::client::NodeApiArgs),
+    /// Resume a paused node's training.
+    Resume(crate::http::client::NodeApiArgs),
     /// Read a datadir offline: run, round, parameter hash, checkpoints, health.
     /// Exits with status 1 when the datadir is not healthy.
     Inspect {
@@ -94,6 +101,12 @@ pub enum BenchCommand {
         /// Serving nodes (the joiner needs two to agree when there are two or more).
         #[arg(long, default_value_t = 2)]
         peers: usize,
+        /// Cap each serving node's upload, e.g. 2MiB/s.
+        #[arg(long, value_name = "RATE")]
+        max_upload: Option<crate::limits::Rate>,
+        /// Cap the joiner's download, e.g. 2MiB/s.
+        #[arg(long, value_name = "RATE")]
+        max_download: Option<crate::limits::Rate>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -154,6 +167,10 @@ pub struct RunArgs {
     /// Where each option came from; filled in by [`crate::config::parse_from`].
     #[arg(skip)]
     pub provenance: crate::config::Provenance,
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// Networking.
@@ -327,8 +344,12 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Sync { params, rounds, peers, json }) => {
-            let report = crate::bench_sync::sync(params, rounds, peers).await?;
+        Command::Bench(BenchCommand::Sync { params, rounds, peers, max_upload, max_download, json }) => {
+            let limits = crate::net::throttle::BandwidthLimits {
+                upload: max_upload.map(|r| r.bytes_per_second),
+                download: max_download.map(|r| r.bytes_per_second),
+            };
+            let report = crate::bench_sync::sync(params, rounds, peers, limits).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -341,6 +362,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     report.catch_up_seconds,
                     human_bytes(report.received_bytes as f64)
                 );
+                println!("  {}/s received on average", human_bytes(report.received_bytes_per_second));
             }
             Ok(())
         }
@@ -348,6 +370,9 @@ pub async fn execute(cli: Cli) -> Result<()> {
             codec_table(nodes, rounds, codecs).await
         }
         Command::Bench(BenchCommand::Train(args)) => crate::workload_cli::bench_train(args),
+        Command::Status(args) => Ok(crate::http::client::status(args).await?),
+        Command::Pause(args) => Ok(crate::http::client::set_paused(args, true).await?),
+        Command::Resume(args) => Ok(crate::http::client::set_paused(args, false).await?),
         Command::Baseline(args) => crate::workload_cli::baseline(args),
         Command::Data(command) => crate::workload_cli::data(command),
         Command::Inspect { datadir, json } => {
@@ -410,12 +435,21 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let spec = args.workload.apply(spec)?;
     let device = args.workload.device.device()?;
+    args.limits.apply_threads()?;
+    let http = match args.http.address() {
+        Some(addr) => Some(crate::http::bind(addr).await?),
+        None => None,
+    };
     let options = NodeOptions {
         datadir: datadir.root().to_path_buf(),
         spec,
         listen: args.network.listen,
         bootnodes: args.network.bootnodes,
-        net: NetOptions { mdns: !args.network.no_mdns, ..NetOptions::default() },
+        net: NetOptions {
+            mdns: !args.network.no_mdns,
+            bandwidth: args.limits.bandwidth(),
+            ..NetOptions::default()
+        },
         wait_peers: args.network.wait_peers,
         wait_timeout: Duration::from_secs(args.network.wait_timeout),
         rounds: args.rounds,
@@ -438,11 +472,37 @@ async fn run(args: RunArgs) -> Result<()> {
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
+    let (control, control_rx) = crate::node::NodeControl::channel();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<crate::node::NodeEvent>();
     let progress = crate::progress::ProgressLine::on_terminal(args.rounds);
-    let outcome = run_node(options, progress.as_ref().map(|p| p.events()), shutdown_rx).await;
+    // The node's events go to the progress line and to the HTTP server alike.
+    let (http_tx, http_rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress_tx = progress.as_ref().map(|p| p.events());
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            if let Some(tx) = &progress_tx {
+                let _ = tx.send(event.clone());
+            }
+            let _ = http_tx.send(event);
+        }
+    });
+    let server = match http {
+        Some(listener) => Some(crate::http::HttpServer::start(listener, control, &options.datadir, http_rx)?),
+        None => None,
+    };
+    let outcome = crate::node::run_node_controlled(
+        options,
+        Default::default(),
+        Some(events_tx),
+        shutdown_rx,
+        server.is_some().then_some(control_rx),
+    )
+    .await;
     if let Some(progress) = progress {
         progress.finish().await;
     }
+    // Removes <datadir>/http.addr, whether the node stopped cleanly or not.
+    drop(server);
     let outcome = outcome.map_err(crate::hints::explain)?;
     tracing::info!(
         round = outcome.state.round,

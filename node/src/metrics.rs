@@ -1,11 +1,24 @@
-//! Node metrics: the Prometheus registry that libp2p's bandwidth counters and
-//! Starling's own counters live in, and the figures read back from it.
+//! Node metrics: the Prometheus registry that libp2p's own metrics (bandwidth,
+//! connections, gossipsub, identify, Kademlia, ping) and Starling's live in,
+//! and the figures read back from it. `GET /metrics` serves it (see `crate::http`).
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::{Registry, Unit},
 };
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `in` or `out`.
+    pub direction: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -21,6 +34,23 @@ pub struct NodeMetrics {
     pub deltas_ignored: Family<ReasonLabel, Counter>,
     pub merges: Counter,
     pub state_syncs: Counter,
+    /// Mean training loss of the node's last round.
+    pub train_loss: Gauge<f64, AtomicU64>,
+    /// Held-out accuracy and loss after the last merge (with `--evaluate`).
+    pub eval_accuracy: Gauge<f64, AtomicU64>,
+    pub eval_loss: Gauge<f64, AtomicU64>,
+    /// Connected peers of the run.
+    pub peers: Gauge,
+    /// 1 while training is paused (the node still follows the run), else 0.
+    pub paused: Gauge,
+    pub deltas_published: Counter,
+    /// Bytes through the transport, refreshed from libp2p's bandwidth counters.
+    pub network_bytes: Family<DirectionLabel, Counter>,
+    /// Time to train one round's inner steps, and to merge a round.
+    pub train_seconds: Histogram,
+    pub merge_seconds: Histogram,
+    /// libp2p's recorders of swarm, gossipsub, identify, Kademlia and ping events.
+    pub p2p: libp2p::metrics::Metrics,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -45,6 +75,52 @@ impl Default for NodeMetrics {
         );
         starling.register("merges", "Rounds merged", merges.clone());
         starling.register("state_syncs", "States installed from peers", state_syncs.clone());
+        let train_loss = Gauge::<f64, AtomicU64>::default();
+        let eval_accuracy = Gauge::<f64, AtomicU64>::default();
+        let eval_loss = Gauge::<f64, AtomicU64>::default();
+        let peers = Gauge::default();
+        let paused = Gauge::default();
+        let deltas_published = Counter::default();
+        let network_bytes = Family::<DirectionLabel, Counter>::default();
+        let train_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let merge_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        starling.register("train_loss", "Mean training loss of the node's last round", train_loss.clone());
+        starling.register(
+            "eval_accuracy",
+            "Held-out accuracy after the last merge (0 to 1; with --evaluate)",
+            eval_accuracy.clone(),
+        );
+        starling.register(
+            "eval_loss",
+            "Held-out loss after the last merge (with --evaluate)",
+            eval_loss.clone(),
+        );
+        starling.register("peers", "Connected peers of the run", peers.clone());
+        starling.register(
+            "paused",
+            "1 while training is paused (the node still follows the run)",
+            paused.clone(),
+        );
+        starling.register("deltas_published", "Deltas of this node published", deltas_published.clone());
+        starling.register_with_unit(
+            "network",
+            "Bytes through the transport, gossip duplicates and protocol overhead included",
+            Unit::Bytes,
+            network_bytes.clone(),
+        );
+        starling.register_with_unit(
+            "train",
+            "Time to train one round's inner steps",
+            Unit::Seconds,
+            train_seconds.clone(),
+        );
+        starling.register_with_unit(
+            "merge",
+            "Time to aggregate a round's deltas and take the outer step",
+            Unit::Seconds,
+            merge_seconds.clone(),
+        );
+        let p2p = libp2p::metrics::Metrics::new(&mut registry);
         Self {
             registry,
             round,
@@ -53,6 +129,16 @@ impl Default for NodeMetrics {
             deltas_ignored,
             merges,
             state_syncs,
+            train_loss,
+            eval_accuracy,
+            eval_loss,
+            peers,
+            paused,
+            deltas_published,
+            network_bytes,
+            train_seconds,
+            merge_seconds,
+            p2p,
             refused_sum: Counter::default(),
         }
     }
@@ -87,6 +173,20 @@ impl NodeMetrics {
             }
         }
         traffic
+    }
+
+    /// The whole registry in Prometheus text format, with the network byte
+    /// counters first brought up to date with libp2p's.
+    pub fn render(&self) -> String {
+        let traffic = self.transport_bytes();
+        for (direction, total) in [("in", traffic.received), ("out", traffic.sent)] {
+            let counter = self.network_bytes.get_or_create(&DirectionLabel { direction });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
     }
 
     /// Total refused deltas, all reasons.

@@ -6,6 +6,9 @@
 //! gossiping, validating and serving state while it trains.
 
 mod accountability;
+mod control;
+
+pub use control::{ControlError, ControlRequest, NodeControl};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -257,6 +260,8 @@ struct Node {
     hooks: HarnessHooks,
     /// When gathering began (or the start gate opened): `wait_timeout` counts from here.
     gathering_since: Instant,
+    /// What `/status` reports beyond the metrics.
+    telemetry: control::Telemetry,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -273,7 +278,18 @@ pub async fn run_node_with(
     options: NodeOptions,
     hooks: HarnessHooks,
     events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<NodeOutcome, NodeError> {
+    run_node_controlled(options, hooks, events, shutdown, None).await
+}
+
+/// [`run_node_with`], answering the requests of a [`NodeControl`] (the HTTP API).
+pub async fn run_node_controlled(
+    options: NodeOptions,
+    hooks: HarnessHooks,
+    events: Option<mpsc::UnboundedSender<NodeEvent>>,
     mut shutdown: watch::Receiver<bool>,
+    mut control: Option<mpsc::Receiver<ControlRequest>>,
 ) -> Result<NodeOutcome, NodeError> {
     let (train_tx, mut train_rx) = mpsc::unbounded_channel();
     let (forward_tx, mut forward_rx) = mpsc::unbounded_channel();
@@ -284,6 +300,7 @@ pub async fn run_node_with(
         tokio::select! {
             event = node.swarm.select_next_some() => node.on_swarm_event(event)?,
             Some(done) = train_rx.recv() => node.on_trained(done)?,
+            request = control::next_request(&mut control) => node.on_control(request)?,
             Some((id, source)) = forward_rx.recv() => {
                 node.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &id,
@@ -474,6 +491,7 @@ impl Node {
             events,
             hooks,
             gathering_since: Instant::now(),
+            telemetry: control::Telemetry::default(),
             options,
         };
         node.load_accountability()?;
@@ -567,6 +585,7 @@ impl Node {
         let start = self.state.params.clone();
         let steps = self.spec.inner.steps;
         let tx = self.train_tx.clone();
+        self.telemetry.training_started();
         tokio::task::spawn_blocking(move || {
             let outcome = trainer.train_round(&start, steps);
             let _ = tx.send((trainer, round, base, outcome));
@@ -575,9 +594,13 @@ impl Node {
 
     fn on_trained(&mut self, (trainer, round, base, outcome): TrainDone) -> Result<(), NodeError> {
         self.trainer = Some(trainer);
+        let paused = self.drop_trained_while_paused();
         if round != self.state.round || base != self.state.lineage {
             debug!(round, now = self.state.round, "dropping a delta trained from a state we have since left");
             self.maybe_train();
+            return Ok(());
+        }
+        if paused {
             return Ok(());
         }
         let outcome = outcome?;
@@ -608,6 +631,7 @@ impl Node {
                 Action::Publish(delta) => {
                     let bytes = delta.to_bytes();
                     self.published_bytes += bytes.len() as u64;
+                    self.metrics.deltas_published.inc();
                     if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
                         // Alone in the run: nobody to send to, and the round closes on our delta alone.
                         debug!(error = %e, "delta not published");
@@ -635,6 +659,7 @@ impl Node {
 
     fn merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), NodeError> {
         let merged = deltas.len();
+        let merge_started = Instant::now();
         self.merge_buffer.resize(self.spec.param_count(), 0.0);
         self.spec
             .aggregation
@@ -646,6 +671,7 @@ impl Node {
             )
             .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
         self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
+        let merge_took = merge_started.elapsed();
         self.state.record_merge(round, &deltas);
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.save_refusals()?;
@@ -677,6 +703,7 @@ impl Node {
             peers = report.peers,
             "round merged"
         );
+        self.record_merge(&report, merge_took);
         if let Some(events) = &self.events {
             let _ = events.send(NodeEvent::Round(report));
         }
@@ -872,6 +899,7 @@ impl Node {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
+        self.record_p2p(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));

@@ -39,6 +39,11 @@
 //! The proof goes to the driver through [`RoundState::take_equivocations`], to
 //! be stored and gossiped; proofs from peers and bans reloaded after a restart
 //! come back in as [`Event::Ban`].
+//!
+//! A node can pause ([`Event::Paused`]): it stops contributing deltas of its
+//! own but keeps collecting and merging its peers', so it follows the run and
+//! can resume at once. Without its own publish time to count the deadline
+//! from, a paused node counts it from the arrival of the round's first delta.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -118,6 +123,10 @@ pub enum Event {
     /// reloaded after a restart): refuse its deltas, drop those not yet merged,
     /// and stop expecting it.
     Ban(PublicKey),
+    /// The node stops (`true`) or resumes (`false`) contributing deltas of its
+    /// own. Paused, it is not expected in its own rounds and closes them on its
+    /// peers' deltas; a delta it already published for the round still counts.
+    Paused(bool),
 }
 
 /// Why a round closed.
@@ -195,6 +204,10 @@ pub struct RoundState {
     /// Payload hashes of the deltas held in the last `replay_window_rounds`
     /// rounds, with the round and key they came with.
     payloads: HashMap<[u8; 32], (u64, PublicKey)>,
+    /// Not contributing deltas of our own (see [`Event::Paused`]).
+    paused: bool,
+    /// When the current round's first delta arrived: a paused node's deadline counts from here.
+    opened_at: Option<u64>,
 }
 
 impl RoundState {
@@ -216,13 +229,15 @@ impl RoundState {
             banned: BTreeSet::new(),
             equivocations: Vec::new(),
             payloads: HashMap::new(),
+            paused: false,
+            opened_at: None,
         }
     }
 
     /// When the state machine next wants a `Tick`: the end of the settle time
     /// after quorum, else the deadline; `None` before our own delta is in.
     pub fn wake_at(&self) -> Option<u64> {
-        match (self.quorum_at, self.published_at) {
+        match (self.quorum_at, self.deadline_from()) {
             (Some(at), _) => Some(at.saturating_add(self.config.settle_ms)),
             (None, Some(at)) => Some(at.saturating_add(self.config.deadline_ms)),
             (None, None) => None,
@@ -258,7 +273,18 @@ impl RoundState {
     /// Whether the node should train for the current round now: not yet
     /// published, and not observing it.
     pub fn wants_local(&self) -> bool {
-        self.published_at.is_none() && !self.observing()
+        self.published_at.is_none() && !self.observing() && !self.paused
+    }
+
+    /// Whether the node is paused (see [`Event::Paused`]).
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// When the current round's deadline starts counting: our own publish, or
+    /// while paused, the arrival of the round's first delta.
+    fn deadline_from(&self) -> Option<u64> {
+        self.published_at.or(if self.paused { self.opened_at } else { None })
     }
 
     /// Whether we are sitting out the current round after a mid-round sync.
@@ -308,7 +334,9 @@ impl RoundState {
             })
             .map(|(k, _)| *k)
             .collect();
-        set.insert(self.me);
+        if !self.paused || self.published_at.is_some() {
+            set.insert(self.me);
+        }
         set.extend(self.last_active.iter().filter(|(_, &r)| r >= horizon).map(|(k, _)| *k));
         set
     }
@@ -386,6 +414,9 @@ impl RoundState {
                 }
                 self.remember_payload(&delta.header);
                 self.rounds.entry(round).or_default().insert(sender, delta);
+                if round == self.round {
+                    self.opened_at.get_or_insert(now_ms);
+                }
                 let seen = self.last_active.entry(sender).or_insert(round);
                 *seen = (*seen).max(round);
                 let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
@@ -406,6 +437,12 @@ impl RoundState {
             }
             Event::Tick => {}
             Event::Ban(key) => self.ban(key),
+            Event::Paused(paused) => {
+                self.paused = paused;
+                if self.rounds.contains_key(&self.round) {
+                    self.opened_at.get_or_insert(now_ms);
+                }
+            }
             Event::Group { round, members } => {
                 if round >= self.round {
                     self.groups.insert(round, members.into_iter().collect());
@@ -479,6 +516,8 @@ impl RoundState {
         self.published_at = None;
         self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
+        // A paused node's deadline counts again from the round's next delta.
+        self.opened_at = None;
         self.prune_activity();
         let horizon = round.saturating_sub(self.config.replay_window_rounds);
         self.payloads.retain(|_, (r, _)| *r >= horizon);
@@ -497,7 +536,7 @@ impl RoundState {
     }
 
     fn maybe_close(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
-        let Some(published_at) = self.published_at else {
+        let Some(published_at) = self.deadline_from() else {
             return;
         };
         let active = self.active();
@@ -525,6 +564,7 @@ impl RoundState {
         self.round += 1;
         self.published_at = None;
         self.quorum_at = None;
+        self.opened_at = self.rounds.contains_key(&self.round).then_some(now_ms);
         self.prune_activity();
         let diverged = if group.is_none() { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
@@ -549,6 +589,9 @@ impl RoundState {
         deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
     }
 }
+
+#[cfg(test)]
+mod pause_tests;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use std::{
 
 use starling_protocol::RunSpec;
 
+pub mod http;
 pub mod raw_peer;
 
 /// The built-in spec, named for the test so runs of different tests never mix.
@@ -48,6 +49,8 @@ impl NodeProcess {
         let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // Tests run nodes side by side: each serves its HTTP API on a free port.
+            .env("STARLING_HTTP", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

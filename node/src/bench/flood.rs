@@ -46,7 +46,7 @@ pub async fn flood(messages: usize) -> Result<FloodReport, BenchError> {
         .arg(dir.path().join("node"))
         .arg("--spec")
         .arg(&spec_path)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--no-http"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

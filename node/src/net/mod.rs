@@ -4,6 +4,7 @@
 
 pub mod score;
 pub mod sync;
+pub mod throttle;
 
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct NetOptions {
     /// nodes keep the connections they dial and accept, and gossipsub's mesh
     /// carries deltas across that graph.
     pub peer_discovery: bool,
+    /// Upload and download caps shared by every connection (TCP and QUIC only).
+    pub bandwidth: throttle::BandwidthLimits,
 }
 
 impl Default for NetOptions {
@@ -71,6 +74,7 @@ impl Default for NetOptions {
             idle_timeout: Duration::from_secs(120),
             transport: Transport::Tcp,
             peer_discovery: true,
+            bandwidth: throttle::BandwidthLimits::default(),
         }
     }
 }
@@ -137,6 +141,14 @@ pub fn build_swarm(
     let idle_timeout = options.idle_timeout;
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair(key)).with_tokio();
     let swarm = match options.transport {
+        Transport::Tcp if options.bandwidth.is_limited() => builder
+            .with_other_transport(|key| throttle::capped_tcp_and_quic(key, options.bandwidth))
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|key| behaviour(key, &limits))
+            .map_err(|e| NetError::Gossipsub(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+            .build(),
         Transport::Tcp => builder
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
             .map_err(|e| NetError::Transport(e.to_string()))?
