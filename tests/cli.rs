@@ -253,6 +253,12 @@ fn errors_name_the_flag_or_command_that_fixes_them() {
     std::fs::write(&config, "listen-on = \"/ip4/0.0.0.0/tcp/9000\"\n").unwrap();
     fails(&["config", "dump", "--datadir", datadir], &[config_name, "unknown key `listen-on`", "listen"]);
     std::fs::remove_file(&config).unwrap();
+    let out = starling(&["config", "dump", "--datadir", datadir], &[("STARLING_WAIT_TIMEOUT", "soon")]);
+    assert!(
+        !out.ok && out.stderr.contains("STARLING_WAIT_TIMEOUT") && out.stderr.contains("'soon'"),
+        "{}",
+        out.stderr
+    );
 
     // A port in use: the error names --listen and a port that is free.
     let spec_path = dir.path().join("spec.toml");

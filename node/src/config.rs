@@ -95,6 +95,8 @@ pub enum ConfigError {
     UnknownKey { path: PathBuf, key: String, known: String },
     #[error("the config file {path} cannot set `{key}`: {why}")]
     NotSettable { path: PathBuf, key: String, why: String },
+    #[error("the environment variable {var} is invalid: {reason} (fix or unset {var})")]
+    BadEnv { var: String, reason: String },
     #[error("the config file {path} has an invalid `{key} = {value}`: {reason}; expected {expected} (fix or remove the key in {path})")]
     BadValue { path: PathBuf, key: String, value: String, reason: String, expected: String },
 }
@@ -136,7 +138,7 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let command = command();
-    let first = command.clone().try_get_matches_from(&args)?;
+    let first = command.clone().try_get_matches_from(&args).map_err(|e| blame_env(e, &args))?;
     let Some(run) = run_matches(&first) else {
         return Ok(Cli::from_arg_matches(&first)?);
     };
@@ -296,6 +298,26 @@ pub(crate) fn expected(arg: &clap::Arg) -> String {
     } else {
         one
     }
+}
+
+/// Turns clap's complaint about a value no flag gave into one that names its variable.
+fn blame_env(error: clap::Error, args: &[OsString]) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return error.into();
+    };
+    let Some(flag) = arg.split([' ', '=']).next().filter(|f| f.starts_with("--")) else {
+        return error.into();
+    };
+    let given =
+        args.iter().any(|a| a.to_str().is_some_and(|a| a == flag || a.starts_with(&format!("{flag}="))));
+    let var = env_var(&flag[2..]);
+    if given || std::env::var_os(&var).is_none() {
+        return error.into();
+    }
+    let reason = error.render().to_string();
+    let reason = reason.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+    ConfigError::BadEnv { var, reason }
 }
 
 /// Turns clap's complaint about a value that came from the file into one that names the file and key.
