@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod models;
 pub mod net;
+pub mod net_cli;
 pub mod node;
 pub mod statesync;
 pub mod trainer;

@@ -364,6 +364,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 // Bootstrap connections outside the gossip mesh idle; closing one
                 // would make both ends stop expecting each other's deltas.
                 idle_timeout: CONNECTION_IDLE_TIMEOUT,
+                ..NetOptions::default()
             },
             wait_peers: degrees[index],
             wait_timeout: PEER_WAIT_TIMEOUT,

@@ -255,6 +255,8 @@ struct Node {
     hooks: HarnessHooks,
     /// When gathering began (or the start gate opened): `wait_timeout` counts from here.
     gathering_since: Instant,
+    /// Autonat status, relay reservations and hole punching (see [`net::reach`]).
+    reach: net::reach::Reachability,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -471,6 +473,11 @@ impl Node {
             events,
             hooks,
             gathering_since: Instant::now(),
+            reach: net::reach::Reachability::new(
+                &options.net.reach,
+                &options.listen,
+                options.net.swarm_key.is_some(),
+            ),
             options,
         };
         node.load_accountability()?;
@@ -869,6 +876,7 @@ impl Node {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
+        self.reach.on_swarm_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
