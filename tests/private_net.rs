@@ -24,10 +24,15 @@ fn starling(args: &[&str]) -> std::process::Output {
 
 /// A peer outside the network dials `address` again and again for a while;
 /// every attempt must fail before a connection is established.
-async fn outsider_cannot_connect(spec: &RunSpec, swarm_key: Option<libp2p::pnet::PreSharedKey>, address: &Multiaddr) {
+async fn outsider_cannot_connect(
+    spec: &RunSpec,
+    swarm_key: Option<libp2p::pnet::PreSharedKey>,
+    address: &Multiaddr,
+) {
     let key = ed25519_dalek::SigningKey::from_bytes(&[if swarm_key.is_some() { 91 } else { 92 }; 32]);
     let options = NetOptions { mdns: false, swarm_key, ..NetOptions::default() };
-    let mut outsider = net::build_swarm(&key, spec, &options, &mut Default::default()).expect("outsider builds");
+    let mut outsider =
+        net::build_swarm(&key, spec, &options, &mut Default::default()).expect("outsider builds");
     let mut failures = 0;
     outsider.dial(address.clone()).unwrap();
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -70,7 +75,9 @@ async fn only_nodes_with_the_swarm_key_connect_and_train() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--swarm-key"));
     // `--swarm-key FILE` records an existing key.
     let given = starling(&["spec", "new", "--swarm-key", &d("swarm.key")]);
-    assert!(given.status.success() && String::from_utf8_lossy(&given.stdout).contains(&pnet::fingerprint(&key)));
+    assert!(
+        given.status.success() && String::from_utf8_lossy(&given.stdout).contains(&pnet::fingerprint(&key))
+    );
 
     // The test's spec: the small test task, private with that key.
     let mut spec = common::test_spec("private-net");
@@ -116,8 +123,12 @@ async fn only_nodes_with_the_swarm_key_connect_and_train() {
     let mut public_spec = spec.clone();
     public_spec.swarm_key_fingerprint = None;
     let address: Multiaddr = a_address.parse().unwrap();
-    outsider_cannot_connect(&public_spec, Some(pnet::read_key(Path::new(&wrong_key_path)).unwrap()), &address)
-        .await;
+    outsider_cannot_connect(
+        &public_spec,
+        Some(pnet::read_key(Path::new(&wrong_key_path)).unwrap()),
+        &address,
+    )
+    .await;
     outsider_cannot_connect(&public_spec, None, &address).await;
 
     a.wait_exit(Duration::from_secs(180));

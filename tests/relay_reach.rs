@@ -32,7 +32,11 @@ fn a_node_reachable_only_through_a_relay_trains_with_a_peer() {
     std::fs::write(&relay_spec_path, test_spec("relay-reach-relay").to_toml()).unwrap();
 
     // R: a relay that never trains (it waits for peers of its own run that never come).
-    let r_args = run_args(&d("r"), &relay_spec_path, &["--relay-server", "--wait-peers", "9", "--wait-timeout", "3600"]);
+    let r_args = run_args(
+        &d("r"),
+        &relay_spec_path,
+        &["--relay-server", "--wait-peers", "9", "--wait-timeout", "3600"],
+    );
     let mut r = NodeProcess::start("r", &args(&r_args));
     let relay = r.tcp_address();
     r.wait_for_line("relay server: announcing this listen address", Duration::from_secs(30));

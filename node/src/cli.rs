@@ -363,7 +363,15 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Spec(SpecCommand::New { out, codec, aggregation, allow, allowed_keys, private, swarm_key }) => {
+        Command::Spec(SpecCommand::New {
+            out,
+            codec,
+            aggregation,
+            allow,
+            allowed_keys,
+            private,
+            swarm_key,
+        }) => {
             let mut spec = RunSpec::builtin_with_codec(codec);
             spec.aggregation = aggregation.unwrap_or(spec.aggregation);
             spec.allowed_keys = allowed_key_list(allow, allowed_keys.as_deref())?;
@@ -400,8 +408,11 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     };
     let spec = args.workload.apply(spec)?;
-    let (mut net, mut listen, mut bootnodes) =
-        (NetOptions { mdns: !args.network.no_mdns, ..NetOptions::default() }, args.network.listen, args.network.bootnodes);
+    let (mut net, mut listen, mut bootnodes) = (
+        NetOptions { mdns: !args.network.no_mdns, ..NetOptions::default() },
+        args.network.listen,
+        args.network.bootnodes,
+    );
     args.reach.apply(&args.datadir, &spec, &mut net, &mut listen, &mut bootnodes)?;
     let options = NodeOptions {
         datadir: args.datadir,

@@ -98,7 +98,8 @@ pub fn spec_swarm_key(private: bool, swarm_key: Option<&Path>, out: Option<&Path
     let key = match (private, swarm_key) {
         (_, Some(path)) => pnet::read_key(path)?,
         (true, None) => {
-            let dir = out.and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir =
+                out.and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             let path = dir.join(SWARM_KEY_FILE);
             let key = pnet::generate_key();
             pnet::write_key(&path, key)?;

@@ -879,7 +879,11 @@ impl Node {
         self.reach.on_swarm_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                // Relayed listen addresses already end in this node's /p2p/ID.
+                let full = match address.iter().last() {
+                    Some(Protocol::P2p(_)) => address,
+                    _ => address.with(Protocol::P2p(*self.swarm.local_peer_id())),
+                };
                 info!(address = %full, "listening");
                 if let Some(events) = &self.events {
                     let _ = events.send(NodeEvent::Listening { node: self.me, address: full });

@@ -307,7 +307,9 @@ impl RunSpec {
             if fingerprint.len() != 32 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(
                     "swarm_key_fingerprint",
-                    format!("{fingerprint:?} is not 32 hex digits (write it with `starling spec new --private`)"),
+                    format!(
+                        "{fingerprint:?} is not 32 hex digits (write it with `starling spec new --private`)"
+                    ),
                 );
             }
         }

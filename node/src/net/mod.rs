@@ -303,7 +303,9 @@ fn behaviour(
             limits.relay_server.then(|| relay::Behaviour::new(peer, reach::relay_server_config())),
         ),
         dcutr: dcutr::Behaviour::new(peer),
-        autonat: Toggle::from(limits.autonat.then(|| autonat::Behaviour::new(peer, autonat::Config::default()))),
+        autonat: Toggle::from(
+            limits.autonat.then(|| autonat::Behaviour::new(peer, autonat::Config::default())),
+        ),
     })
 }
 

@@ -26,7 +26,9 @@ pub enum SwarmKeyError {
     Parse { path: PathBuf, reason: String },
     #[error("cannot write the swarm key {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} already exists; pass it with --swarm-key to use that key, or remove it to make a new one")]
+    #[error(
+        "{path} already exists; pass it with --swarm-key to use that key, or remove it to make a new one"
+    )]
     Exists { path: PathBuf },
     #[error("run {run} is private (its spec names swarm key {expected}) and this node has no swarm key: pass the run's key with --swarm-key FILE or copy it to <datadir>/swarm.key")]
     Missing { run: String, expected: String },

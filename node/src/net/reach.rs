@@ -139,7 +139,9 @@ impl Reachability {
     /// Logs what `event` changes about reachability and acts on it.
     pub fn on_swarm_event(&mut self, swarm: &mut Swarm<Behaviour>, event: &SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } if self.announce_listen && self.announceable(address) => {
+            SwarmEvent::NewListenAddr { address, .. }
+                if self.announce_listen && self.announceable(address) =>
+            {
                 info!(%address, "relay server: announcing this listen address as reachable (pass --external-addr to announce another)");
                 swarm.add_external_address(address.clone());
             }
@@ -152,18 +154,21 @@ impl Reachability {
             SwarmEvent::ListenerClosed { addresses, reason, .. } if addresses.iter().any(is_relayed) => {
                 warn!(addresses = ?addresses, reason = ?reason, "lost the slot on a relay");
                 for address in addresses {
-                    if let Some(relay) = address.iter().take_while(|p| *p != Protocol::P2pCircuit).find_map(
-                        |p| match p {
+                    if let Some(relay) =
+                        address.iter().take_while(|p| *p != Protocol::P2pCircuit).find_map(|p| match p {
                             Protocol::P2p(peer) => Some(peer),
                             _ => None,
-                        },
-                    ) {
+                        })
+                    {
                         self.reserved.remove(&relay);
                     }
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if endpoint.is_relayed() => {
                 info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected to a peer through a relay");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(swarm, event),
             _ => {}
@@ -183,7 +188,7 @@ impl Reachability {
                     let address = info
                         .listen_addrs
                         .iter()
-                        .find(|a| !is_relayed(a) && !(self.tcp_only && super::pnet::is_quic(a)));
+                        .find(|a| !is_relayed(a) && (!self.tcp_only || !super::pnet::is_quic(a)));
                     if let Some(address) = address {
                         let address = address.clone().with_p2p(*peer_id).unwrap_or_else(|a| a);
                         debug!(relay = %address, "met a peer that serves as a relay");
@@ -234,8 +239,12 @@ impl Reachability {
                 other => debug!(event = ?other, "relay server"),
             },
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
-                Ok(_) => info!(peer = %remote_peer_id, "hole punching succeeded: a direct connection replaces the relayed one"),
-                Err(error) => info!(peer = %remote_peer_id, %error, "hole punching failed: the connection stays relayed"),
+                Ok(_) => {
+                    info!(peer = %remote_peer_id, "hole punching succeeded: a direct connection replaces the relayed one")
+                }
+                Err(error) => {
+                    info!(peer = %remote_peer_id, %error, "hole punching failed: the connection stays relayed")
+                }
             },
             _ => {}
         }
@@ -259,8 +268,12 @@ impl Reachability {
         if !self.private || self.relay_server {
             return;
         }
-        let candidates: Vec<(PeerId, Multiaddr)> =
-            self.relays.iter().filter(|(p, _)| !self.reserved.contains(p)).map(|(p, a)| (*p, a.clone())).collect();
+        let candidates: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(p, _)| !self.reserved.contains(p))
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
         for (peer, address) in candidates {
             if self.reserved.len() >= MAX_AUTO_RELAYS {
                 break;
@@ -315,7 +328,17 @@ mod tests {
 
     #[test]
     fn global_addresses_are_told_from_local_ones() {
-        for local in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.5", "100.64.0.1", "169.254.1.1", "::1", "fd00::1", "fe80::1"] {
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "100.64.0.1",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
             assert!(!is_global(local.parse().unwrap()), "{local}");
         }
         for global in ["8.8.8.8", "203.0.114.1", "2a00:1450::1"] {
@@ -335,7 +358,8 @@ mod tests {
         assert!(reach.announceable(&"/ip4/127.0.0.1/tcp/4001".parse().unwrap()));
         assert!(!reach.announceable(&"/ip4/192.168.1.2/udp/4001/quic-v1".parse().unwrap()));
         assert!(reach.announceable(&"/ip4/8.8.8.8/udp/4001/quic-v1".parse().unwrap()));
-        let peer = crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
+        let peer =
+            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
         let relay: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}").parse().unwrap();
         assert!(!reach.announceable(&circuit_address(&relay)));
         assert!(relay_peer(&relay).is_some() && is_relayed(&circuit_address(&relay)));
