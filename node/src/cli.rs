@@ -153,6 +153,8 @@ pub struct RunArgs {
     pub spec: Option<PathBuf>,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub reach: crate::net_cli::ReachArgs,
     /// Stop after the swarm reaches this round.
     #[arg(long)]
     pub rounds: Option<u64>,
@@ -253,6 +255,14 @@ pub enum SpecCommand {
         /// lines starting with # are skipped.
         #[arg(long, value_name = "FILE")]
         allowed_keys: Option<PathBuf>,
+        /// Make a private network: write a new swarm.key beside --out (or in the
+        /// current directory) and record its fingerprint, so nodes refuse to run
+        /// the spec without that key.
+        #[arg(long)]
+        private: bool,
+        /// Like --private, with an existing swarm key (kubo's swarm.key format).
+        #[arg(long, value_name = "FILE")]
+        swarm_key: Option<PathBuf>,
     },
     /// Print a spec as TOML, its run id first.
     Show(SpecSource),
@@ -387,10 +397,20 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Spec(SpecCommand::New { out, codec, aggregation, allow, allowed_keys }) => {
+        Command::Spec(SpecCommand::New {
+            out,
+            codec,
+            aggregation,
+            allow,
+            allowed_keys,
+            private,
+            swarm_key,
+        }) => {
             let mut spec = RunSpec::builtin_with_codec(codec);
             spec.aggregation = aggregation.unwrap_or(spec.aggregation);
             spec.allowed_keys = allowed_key_list(allow, allowed_keys.as_deref())?;
+            spec.swarm_key_fingerprint =
+                crate::net_cli::spec_swarm_key(private, swarm_key.as_deref(), out.as_deref())?;
             let text = spec.to_toml();
             match out {
                 Some(path) => {
@@ -440,16 +460,22 @@ async fn run(args: RunArgs) -> Result<()> {
         Some(addr) => Some(crate::http::bind(addr).await?),
         None => None,
     };
-    let options = NodeOptions {
-        datadir: datadir.root().to_path_buf(),
-        spec,
-        listen: args.network.listen,
-        bootnodes: args.network.bootnodes,
-        net: NetOptions {
+    let (mut net, mut listen, mut bootnodes) = (
+        NetOptions {
             mdns: !args.network.no_mdns,
             bandwidth: args.limits.bandwidth(),
             ..NetOptions::default()
         },
+        args.network.listen,
+        args.network.bootnodes,
+    );
+    args.reach.apply(datadir.root(), &spec, &mut net, &mut listen, &mut bootnodes)?;
+    let options = NodeOptions {
+        datadir: datadir.root().to_path_buf(),
+        spec,
+        listen,
+        bootnodes,
+        net,
         wait_peers: args.network.wait_peers,
         wait_timeout: Duration::from_secs(args.network.wait_timeout),
         rounds: args.rounds,

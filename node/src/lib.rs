@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod models;
 pub mod net;
+pub mod net_cli;
 pub mod node;
 pub mod operator_cli;
 pub mod progress;

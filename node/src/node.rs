@@ -262,6 +262,8 @@ struct Node {
     gathering_since: Instant,
     /// What `/status` reports beyond the metrics.
     telemetry: control::Telemetry,
+    /// Autonat status, relay reservations and hole punching (see [`net::reach`]).
+    reach: net::reach::Reachability,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -492,6 +494,11 @@ impl Node {
             hooks,
             gathering_since: Instant::now(),
             telemetry: control::Telemetry::default(),
+            reach: net::reach::Reachability::new(
+                &options.net.reach,
+                &options.listen,
+                options.net.swarm_key.is_some(),
+            ),
             options,
         };
         node.load_accountability()?;
@@ -900,9 +907,14 @@ impl Node {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
         self.record_p2p(&event);
+        self.reach.on_swarm_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                // Relayed listen addresses already end in this node's /p2p/ID.
+                let full = match address.iter().last() {
+                    Some(Protocol::P2p(_)) => address,
+                    _ => address.with(Protocol::P2p(*self.swarm.local_peer_id())),
+                };
                 info!(address = %full, "listening");
                 if let Some(events) = &self.events {
                     let _ = events.send(NodeEvent::Listening { node: self.me, address: full });

@@ -80,6 +80,12 @@ pub struct RunSpec {
     /// file's hash is part of the spec, so every node starts from the same weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitSpec>,
+    /// A private network's pre-shared key, by its fingerprint (32 hex digits, as
+    /// libp2p's pnet computes it): a node refuses to run this spec without the
+    /// key it names. The key itself never goes into the spec. Absent: no key;
+    /// left out of the TOML and of the run id hash then, like `allowed_keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_key_fingerprint: Option<String>,
 }
 
 /// A safetensors file of initial weights and the BLAKE3 hash (hex) of its bytes.
@@ -174,6 +180,7 @@ impl RunSpec {
             aggregation: AggregationRule::default(),
             allowed_keys: None,
             init: None,
+            swarm_key_fingerprint: None,
         }
     }
 
@@ -296,6 +303,16 @@ impl RunSpec {
                 }
             }
         }
+        if let Some(fingerprint) = &self.swarm_key_fingerprint {
+            if fingerprint.len() != 32 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(
+                    "swarm_key_fingerprint",
+                    format!(
+                        "{fingerprint:?} is not 32 hex digits (write it with `starling spec new --private`)"
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -364,6 +381,20 @@ mod tests {
         private.allowed_keys = Some(vec!["abc".into()]);
         let err = RunSpec::from_toml(&private.to_toml()).unwrap_err().to_string();
         assert!(err.contains("allowed_keys") && err.contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn a_swarm_key_fingerprint_changes_the_run_id_and_is_checked() {
+        let public = RunSpec::builtin();
+        assert!(!public.to_toml().contains("swarm_key"));
+        let mut private = public.clone();
+        private.swarm_key_fingerprint = Some("0123456789abcdef0123456789abcdef".into());
+        let back = RunSpec::from_toml(&private.to_toml()).unwrap();
+        assert_eq!(back, private);
+        assert_ne!(back.run_id(), public.run_id());
+        private.swarm_key_fingerprint = Some("xyz".into());
+        let err = RunSpec::from_toml(&private.to_toml()).unwrap_err().to_string();
+        assert!(err.contains("swarm_key_fingerprint") && err.contains("xyz"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and QUIC, or libp2p's in-memory transport for many nodes in one process), and
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
+pub mod pnet;
+pub mod reach;
 pub mod score;
 pub mod sync;
 pub mod throttle;
@@ -9,12 +11,14 @@ pub mod throttle;
 use std::time::Duration;
 
 use libp2p::{
-    allow_block_list,
-    core::{transport::MemoryTransport, upgrade, Transport as _},
-    gossipsub, identify, identity, kad, mdns, noise, ping, request_response,
+    allow_block_list, autonat,
+    core::{muxing::StreamMuxerBox, transport::Boxed, transport::MemoryTransport, upgrade, Transport as _},
+    dcutr, gossipsub, identify, identity, kad, mdns, noise, ping,
+    pnet::{PnetConfig, PreSharedKey},
+    quic, relay, request_response,
     swarm::behaviour::toggle::Toggle,
     swarm::NetworkBehaviour,
-    tcp, yamux, PeerId, StreamProtocol, Swarm,
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use starling_protocol::{PublicKey, RunSpec};
 
@@ -35,6 +39,14 @@ pub struct Behaviour {
     /// Peers this node will not talk to: banned equivocators and, in a private
     /// run, peers whose key the spec does not allow.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Listens through relays and dials `/p2p-circuit` addresses (see [`reach`]).
+    pub relay_client: relay::client::Behaviour,
+    /// Relays for others, with `--relay-server`.
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// Upgrades relayed connections to direct ones by hole punching.
+    pub dcutr: dcutr::Behaviour,
+    /// Learns whether the node is publicly reachable (off on the memory transport).
+    pub autonat: Toggle<autonat::Behaviour>,
 }
 
 /// Which transport carries a node's connections.
@@ -65,6 +77,10 @@ pub struct NetOptions {
     pub peer_discovery: bool,
     /// Upload and download caps shared by every connection (TCP and QUIC only).
     pub bandwidth: throttle::BandwidthLimits,
+    /// A private network's pre-shared key (see [`pnet`]): TCP only, no QUIC.
+    pub swarm_key: Option<PreSharedKey>,
+    /// Relays, relay serving and announced addresses (see [`reach`]).
+    pub reach: reach::ReachOptions,
 }
 
 impl Default for NetOptions {
@@ -75,6 +91,8 @@ impl Default for NetOptions {
             transport: Transport::Tcp,
             peer_discovery: true,
             bandwidth: throttle::BandwidthLimits::default(),
+            swarm_key: None,
+            reach: reach::ReachOptions::default(),
         }
     }
 }
@@ -86,6 +104,10 @@ pub enum NetError {
     Transport(String),
     #[error("gossipsub configuration rejected: {0}")]
     Gossipsub(String),
+    #[error(transparent)]
+    SwarmKey(#[from] pnet::SwarmKeyError),
+    #[error("cannot use the relay {address}: {reason}")]
+    Relay { address: Multiaddr, reason: String },
 }
 
 /// The gossip topic of a run: deltas of different runs never meet.
@@ -120,13 +142,16 @@ pub fn peer_id(key: &PublicKey) -> Option<PeerId> {
 }
 
 /// Builds the swarm on the transport `options` names (TCP and QUIC, or memory),
-/// with noise and yamux, and with bandwidth counted into `registry`.
+/// with noise and yamux, a relay client, and bandwidth counted into `registry`.
+/// With a swarm key, TCP runs inside the private network and QUIC is left out;
+/// a spec that names a swarm key refuses to build without it.
 pub fn build_swarm(
     key: &ed25519_dalek::SigningKey,
     spec: &RunSpec,
     options: &NetOptions,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<Swarm<Behaviour>, NetError> {
+    pnet::check_key(spec, options.swarm_key.as_ref())?;
     let limits = BehaviourLimits {
         run: spec.run_id().short(),
         topic: delta_topic(spec).hash(),
@@ -137,42 +162,95 @@ pub fn build_swarm(
         // mDNS multicasts on real interfaces; in-memory nodes cannot be reached that way.
         mdns: options.mdns && options.transport == Transport::Tcp,
         peer_discovery: options.peer_discovery,
+        relay_server: options.reach.relay_server,
+        // Dialling back means nothing between nodes of one process.
+        autonat: options.transport == Transport::Tcp,
     };
     let idle_timeout = options.idle_timeout;
-    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair(key)).with_tokio();
-    let swarm = match options.transport {
-        Transport::Tcp if options.bandwidth.is_limited() => builder
-            .with_other_transport(|key| throttle::capped_tcp_and_quic(key, options.bandwidth))
-            .map_err(|e| NetError::Transport(e.to_string()))?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|key| behaviour(key, &limits))
-            .map_err(|e| NetError::Gossipsub(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
-            .build(),
-        Transport::Tcp => builder
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-            .map_err(|e| NetError::Transport(e.to_string()))?
-            .with_quic()
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|key| behaviour(key, &limits))
-            .map_err(|e| NetError::Gossipsub(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
-            .build(),
-        Transport::Memory => builder
-            .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                Ok(MemoryTransport::default()
+    let swarm_key = options.swarm_key;
+    let transport = options.transport;
+    let bandwidth = options.bandwidth;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(key))
+        .with_tokio()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(match transport {
+                Transport::Tcp => socket_transport(key, swarm_key, bandwidth)?,
+                Transport::Memory => MemoryTransport::default()
                     .upgrade(upgrade::Version::V1)
                     .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default()))
+                    .multiplex(yamux::Config::default())
+                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                    .boxed(),
             })
-            .map_err(|e| NetError::Transport(e.to_string()))?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|key| behaviour(key, &limits))
-            .map_err(|e| NetError::Gossipsub(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
-            .build(),
-    };
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(|key, relay_client| behaviour(key, relay_client, &limits))
+        .map_err(|e| NetError::Gossipsub(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+        .build();
+    reach::start(&mut swarm, &options.reach)?;
     Ok(swarm)
+}
+
+/// The longest a TCP connection may take to finish its handshakes (pnet,
+/// noise, yamux): a peer speaking another protocol, or with another swarm key,
+/// is dropped rather than left open.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TCP (inside the private network when there is a swarm key) and, without a
+/// key, QUIC: pnet cannot protect QUIC, so a private node has none. With
+/// bandwidth caps, every connection's substreams draw from one pair of buckets.
+fn socket_transport(
+    key: &identity::Keypair,
+    swarm_key: Option<PreSharedKey>,
+    bandwidth: throttle::BandwidthLimits,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let transport = unthrottled_socket_transport(key, swarm_key)?;
+    if !bandwidth.is_limited() {
+        return Ok(transport);
+    }
+    let limiter = throttle::Limiter::new(bandwidth);
+    Ok(transport.map(move |(peer, muxer), _| (peer, limiter.wrap(muxer))).boxed())
+}
+
+fn unthrottled_socket_transport(
+    key: &identity::Keypair,
+    swarm_key: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    let tcp = match swarm_key {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(HANDSHAKE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(HANDSHAKE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
+    if swarm_key.is_some() {
+        return Ok(tcp);
+    }
+    let quic = quic::tokio::Transport::new(quic::Config::new(key))
+        .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)));
+    Ok(tcp
+        .or_transport(quic)
+        .map(|either, _| match either {
+            futures::future::Either::Left(output) => output,
+            futures::future::Either::Right(output) => output,
+        })
+        .boxed())
 }
 
 /// What the behaviour takes from the run spec and the options.
@@ -185,10 +263,13 @@ struct BehaviourLimits {
     max_sync: usize,
     mdns: bool,
     peer_discovery: bool,
+    relay_server: bool,
+    autonat: bool,
 }
 
 fn behaviour(
     key: &identity::Keypair,
+    relay_client: relay::client::Behaviour,
     limits: &BehaviourLimits,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let run = &limits.run;
@@ -236,6 +317,14 @@ fn behaviour(
         mdns: Toggle::from(mdns),
         sync,
         blocked: allow_block_list::Behaviour::default(),
+        relay_client,
+        relay_server: Toggle::from(
+            limits.relay_server.then(|| relay::Behaviour::new(peer, reach::relay_server_config())),
+        ),
+        dcutr: dcutr::Behaviour::new(peer),
+        autonat: Toggle::from(
+            limits.autonat.then(|| autonat::Behaviour::new(peer, autonat::Config::default())),
+        ),
     })
 }
 

@@ -213,33 +213,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
     }
 }
 
-/// TCP (noise, yamux) and QUIC, as `SwarmBuilder::with_tcp().with_quic()`
-/// builds them, with every connection's substreams drawing from one pair of buckets.
-pub fn capped_tcp_and_quic(
-    key: &libp2p::identity::Keypair,
-    limits: BandwidthLimits,
-) -> Result<
-    libp2p::core::transport::Boxed<(libp2p::PeerId, StreamMuxerBox)>,
-    Box<dyn std::error::Error + Send + Sync>,
-> {
-    use libp2p::core::{upgrade, Transport as _};
-    let limiter = Limiter::new(limits);
-    let tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
-        .upgrade(upgrade::Version::V1Lazy)
-        .authenticate(libp2p::noise::Config::new(key)?)
-        .multiplex(libp2p::yamux::Config::default())
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-    Ok(tcp
-        .or_transport(quic)
-        .map(move |either, _| {
-            let (peer, muxer) = either.into_inner();
-            (peer, limiter.wrap(muxer))
-        })
-        .boxed())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
