@@ -11,6 +11,7 @@ use crate::aggregate::AggregationRule;
 use crate::codec::Codec;
 pub use crate::data_spec::{BadDatasetKind, DatasetKind, Partition};
 use crate::keys::PublicKey;
+pub use crate::privacy::{PrivacyLevel, PrivacySpec};
 pub use crate::model_spec::{CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
 
 /// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
@@ -80,6 +81,10 @@ pub struct RunSpec {
     /// file's hash is part of the spec, so every node starts from the same weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitSpec>,
+    /// Differential privacy of each node's contribution (see [`crate::privacy`]);
+    /// absent: no privacy. Left out of the TOML and run id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacySpec>,
 }
 
 /// A safetensors file of initial weights and the BLAKE3 hash (hex) of its bytes.
@@ -174,6 +179,7 @@ impl RunSpec {
             aggregation: AggregationRule::default(),
             allowed_keys: None,
             init: None,
+            privacy: None,
         }
     }
 
@@ -285,6 +291,11 @@ impl RunSpec {
         }
         if !(self.round.quorum > 0.0 && self.round.quorum <= 1.0) {
             return bad("round.quorum", "must be in (0, 1]");
+        }
+        if let Some(privacy) = &self.privacy {
+            if let Err((field, reason)) = privacy.validate() {
+                return bad(field, reason);
+            }
         }
         if let Some(keys) = &self.allowed_keys {
             if keys.is_empty() {
