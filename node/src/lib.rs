@@ -15,6 +15,7 @@ pub mod model;
 pub mod models;
 pub mod net;
 pub mod node;
+pub mod privacy;
 pub mod statesync;
 pub mod trainer;
 pub mod workload_cli;
