@@ -1,6 +1,8 @@
 //! Node metrics: the Prometheus registry that libp2p's bandwidth counters and
 //! Starling's own counters live in, and the figures read back from it.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -21,6 +23,8 @@ pub struct NodeMetrics {
     pub deltas_ignored: Family<ReasonLabel, Counter>,
     pub merges: Counter,
     pub state_syncs: Counter,
+    /// ε this node has spent, in a run with `[privacy]` (0 otherwise).
+    pub privacy_epsilon: Gauge<f64, AtomicU64>,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -34,6 +38,7 @@ impl Default for NodeMetrics {
         let deltas_ignored = Family::<ReasonLabel, Counter>::default();
         let merges = Counter::default();
         let state_syncs = Counter::default();
+        let privacy_epsilon = Gauge::<f64, AtomicU64>::default();
         let starling = registry.sub_registry_with_prefix("starling");
         starling.register("round", "Round the node is collecting", round.clone());
         starling.register("deltas_accepted", "Peer deltas accepted", deltas_accepted.clone());
@@ -45,6 +50,11 @@ impl Default for NodeMetrics {
         );
         starling.register("merges", "Rounds merged", merges.clone());
         starling.register("state_syncs", "States installed from peers", state_syncs.clone());
+        starling.register(
+            "privacy_epsilon",
+            "Differential privacy spent by this node: epsilon at the run's delta",
+            privacy_epsilon.clone(),
+        );
         Self {
             registry,
             round,
@@ -53,6 +63,7 @@ impl Default for NodeMetrics {
             deltas_ignored,
             merges,
             state_syncs,
+            privacy_epsilon,
             refused_sum: Counter::default(),
         }
     }

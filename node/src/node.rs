@@ -6,6 +6,7 @@
 //! gossiping, validating and serving state while it trains.
 
 mod accountability;
+mod privacy;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -107,6 +108,8 @@ pub struct RoundReport {
     pub merged: usize,
     pub reason: CloseReason,
     pub traffic: Traffic,
+    /// ε this node has spent, in a run with `[privacy]`.
+    pub epsilon: Option<f64>,
     /// The parameters after the merge; only when [`HarnessHooks::report_params`] asks.
     pub params: Option<Arc<Vec<f32>>>,
 }
@@ -166,6 +169,8 @@ pub enum NodeError {
     SpecMismatch { datadir: PathBuf, stored: String, given: String },
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Privacy(#[from] crate::privacy::PrivacyError),
     #[error("data: {0}")]
     Data(String),
     #[error(transparent)]
@@ -226,6 +231,8 @@ struct Node {
     merge_buffer: Vec<f32>,
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
+    /// The privacy budget of a run with `[privacy]`.
+    privacy: Option<privacy::NodePrivacy>,
     /// The held-out set; built only when the node evaluates (it is the same for every node).
     eval: Option<TrainData>,
     train_tx: mpsc::UnboundedSender<TrainDone>,
@@ -399,7 +406,8 @@ impl Node {
         let shard_seed = shard_seed(&me);
         let shard = options.data.shard.unwrap_or(Shard { index: 0, count: 1 });
         let data = workload.shard(shard, shard_seed).map_err(|e| NodeError::Data(e.to_string()))?;
-        let trainer = Trainer::new(&spec, data, shard_seed)?;
+        let mut trainer = Trainer::new(&spec, data, shard_seed)?;
+        let privacy = privacy::open_privacy(&spec, &store, &mut trainer)?;
         let eval = options.evaluate.then(|| workload.eval());
 
         let mut metrics = NodeMetrics::default();
@@ -452,6 +460,7 @@ impl Node {
             residual,
             merge_buffer: Vec::new(),
             trainer: Some(trainer),
+            privacy,
             eval,
             train_tx,
             forward_tx,
@@ -474,6 +483,9 @@ impl Node {
             options,
         };
         node.load_accountability()?;
+        if let Some(epsilon) = node.epsilon() {
+            node.metrics.privacy_epsilon.set(epsilon);
+        }
         Ok(node)
     }
 
@@ -558,6 +570,9 @@ impl Node {
                 return;
             }
         }
+        if self.trainer.is_none() || !self.may_contribute() {
+            return;
+        }
         let Some(mut trainer) = self.trainer.take() else { return };
         let round = self.state.round;
         let base = self.state.lineage;
@@ -572,6 +587,9 @@ impl Node {
 
     fn on_trained(&mut self, (trainer, round, base, outcome): TrainDone) -> Result<(), NodeError> {
         self.trainer = Some(trainer);
+        if outcome.is_ok() {
+            self.charge_round()?;
+        }
         if round != self.state.round || base != self.state.lineage {
             debug!(round, now = self.state.round, "dropping a delta trained from a state we have since left");
             self.maybe_train();
@@ -580,7 +598,8 @@ impl Node {
         let outcome = outcome?;
         self.last_loss = outcome.mean_loss;
         // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
-        let delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
+        let mut delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
+        self.privatize_delta(&mut delta);
         let payload =
             self.spec.codec.encode_with_feedback(&delta, &mut self.residual, self.spec.feedback_decay as f32);
         let signed = SignedDelta::sign(
@@ -633,16 +652,19 @@ impl Node {
     fn merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), NodeError> {
         let merged = deltas.len();
         self.merge_buffer.resize(self.spec.param_count(), 0.0);
-        self.spec
-            .aggregation
-            .aggregate_deltas_with(
-                &deltas,
-                self.spec.codec,
-                Some(&self.state.momentum),
-                &mut self.merge_buffer,
-            )
-            .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
-        self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
+        // No delta at all: every node sat the round out (privacy budgets spent).
+        if !deltas.is_empty() {
+            self.spec
+                .aggregation
+                .aggregate_deltas_with(
+                    &deltas,
+                    self.spec.codec,
+                    Some(&self.state.momentum),
+                    &mut self.merge_buffer,
+                )
+                .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
+            self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
+        }
         self.state.record_merge(round, &deltas);
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.save_refusals()?;
@@ -663,6 +685,7 @@ impl Node {
             merged,
             reason,
             traffic: self.metrics.transport_bytes(),
+            epsilon: self.epsilon(),
             params: self.hooks.report_params.then(|| Arc::new(self.state.params.clone())),
         };
         info!(
@@ -672,6 +695,7 @@ impl Node {
             loss = report.train_loss,
             accuracy = eval.map(|e| e.accuracy),
             peers = report.peers,
+            epsilon = report.epsilon,
             "round merged"
         );
         if let Some(events) = &self.events {
