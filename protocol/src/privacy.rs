@@ -55,7 +55,7 @@ pub struct PrivacySpec {
 impl PrivacySpec {
     /// Checks every field; on error, the field to fix and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(self.epsilon > 0.0) || self.epsilon.is_nan() {
+        if self.epsilon.is_nan() || self.epsilon <= 0.0 {
             return Err(("privacy.epsilon", "must be a positive number".into()));
         }
         if !(self.delta > 0.0 && self.delta < 1.0) {
@@ -70,7 +70,8 @@ impl PrivacySpec {
             }
             (None, None) => Err((
                 "privacy.rounds",
-                "set privacy.rounds (to calibrate the noise to the budget) or privacy.noise_multiplier".into(),
+                "set privacy.rounds (to calibrate the noise to the budget) or privacy.noise_multiplier"
+                    .into(),
             )),
             (_, Some(0)) => Err(("privacy.rounds", "must be at least 1".into())),
             (None, Some(_)) if self.epsilon.is_infinite() => Err((
@@ -95,9 +96,9 @@ impl PrivacySpec {
 
 /// The RDP orders the accountant tracks: every integer 2..=64, then sparser up to 512.
 pub const ORDERS: [u32; 71] = [
-    2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
-    58, 59, 60, 61, 62, 63, 64, 80, 96, 128, 160, 192, 256, 384, 512,
+    2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+    30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+    56, 57, 58, 59, 60, 61, 62, 63, 64, 80, 96, 128, 160, 192, 256, 384, 512,
 ];
 
 /// The largest noise multiplier [`calibrate_noise`] tries.

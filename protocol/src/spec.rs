@@ -11,8 +11,8 @@ use crate::aggregate::AggregationRule;
 use crate::codec::Codec;
 pub use crate::data_spec::{BadDatasetKind, DatasetKind, Partition};
 use crate::keys::PublicKey;
-pub use crate::privacy::{PrivacyLevel, PrivacySpec};
 pub use crate::model_spec::{CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
+pub use crate::privacy::{PrivacyLevel, PrivacySpec};
 
 /// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
 /// so different runs never mix.

@@ -91,7 +91,8 @@ impl PrivacyBudget {
 
     /// Whether one more round stays within the budget.
     pub fn allows_round(&self) -> bool {
-        let next = self.accountant.epsilon_after(self.rate, self.sigma, self.steps_per_round, self.spec.delta);
+        let next =
+            self.accountant.epsilon_after(self.rate, self.sigma, self.steps_per_round, self.spec.delta);
         // A hair of slack, so that a σ calibrated to spend the budget exactly fits.
         next <= self.spec.epsilon * (1.0 + 1e-9)
     }
@@ -133,7 +134,8 @@ mod tests {
             assert_eq!(rounds, 10, "{level:?}");
             assert!(budget.epsilon() > 3.9, "{level:?} spends nearly all: {}", budget.epsilon());
         }
-        let record = PrivacyBudget::new(&spec(PrivacyLevel::Record), &inner(), 1024, Accountant::default()).unwrap();
+        let record =
+            PrivacyBudget::new(&spec(PrivacyLevel::Record), &inner(), 1024, Accountant::default()).unwrap();
         assert_eq!(record.rate(), 64.0 / 1024.0);
         assert!(record.dp_sgd(64, 1024, NoiseRng::seeded(0)).is_some());
     }

@@ -75,7 +75,8 @@ impl DpSgd {
     ) -> Result<f32, TrainError> {
         let TrainData::Labelled(data) = data else {
             return Err(TrainError::DataMismatch(
-                "record-level privacy needs labelled data (idx, csv, synthetic); remove [privacy] for text".into(),
+                "record-level privacy needs labelled data (idx, csv, synthetic); remove [privacy] for text"
+                    .into(),
             ));
         };
         let vars = model.vars();
@@ -120,7 +121,13 @@ impl DpSgd {
 
 /// The clipped sum of per-example gradients of the batch `(x, y)`: by ghost
 /// clipping for the MLP, one example at a time otherwise.
-pub fn clipped_sum(model: &Model, vars: &[Var], x: &Tensor, y: &Tensor, clip: f64) -> Result<ClippedSum, TrainError> {
+pub fn clipped_sum(
+    model: &Model,
+    vars: &[Var],
+    x: &Tensor,
+    y: &Tensor,
+    clip: f64,
+) -> Result<ClippedSum, TrainError> {
     match model.spec() {
         ModelSpec::Mlp(_) => Ok(ghost_clipped_sum(vars, x, y, clip)?),
         _ => per_example_clipped_sum(model, vars, x, y, clip),

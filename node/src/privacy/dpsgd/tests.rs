@@ -9,10 +9,7 @@ use starling_protocol::RunSpec;
 fn batch(n: usize, dim: usize, classes: u32) -> (Tensor, Tensor) {
     let xs: Vec<f32> = (0..n * dim).map(|i| ((i as f32) * 0.713).sin() * 2.0).collect();
     let ys: Vec<u32> = (0..n as u32).map(|i| (i * 7) % classes).collect();
-    (
-        Tensor::from_vec(xs, (n, dim), &Device::Cpu).unwrap(),
-        Tensor::from_vec(ys, n, &Device::Cpu).unwrap(),
-    )
+    (Tensor::from_vec(xs, (n, dim), &Device::Cpu).unwrap(), Tensor::from_vec(ys, n, &Device::Cpu).unwrap())
 }
 
 fn flat(ts: &[Tensor]) -> Vec<f32> {
@@ -65,7 +62,8 @@ fn every_clipped_example_gradient_is_at_most_the_clip_norm() {
     let vars = model.vars();
     let (x, y) = batch(5, 6, 4);
     for i in 0..5 {
-        let one = ghost_clipped_sum(&vars, &x.narrow(0, i, 1).unwrap(), &y.narrow(0, i, 1).unwrap(), 0.05).unwrap();
+        let one =
+            ghost_clipped_sum(&vars, &x.narrow(0, i, 1).unwrap(), &y.narrow(0, i, 1).unwrap(), 0.05).unwrap();
         let norm = flat(&one.grads).iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         assert!(norm <= 0.05 * (1.0 + 1e-4), "example {i}: {norm}");
     }
@@ -99,7 +97,8 @@ fn dp_sgd_still_learns_and_a_seeded_run_repeats() {
 
 #[test]
 fn the_cnn_falls_back_to_one_example_at_a_time() {
-    let spec = ModelSpec::Cnn(starling_protocol::spec::CnnSpec { input: [1, 4, 4], channels: vec![2], classes: 3 });
+    let spec =
+        ModelSpec::Cnn(starling_protocol::spec::CnnSpec { input: [1, 4, 4], channels: vec![2], classes: 3 });
     let model = Model::new(&spec).unwrap();
     model.set_params(&crate::models::initial_params(&spec, 1).unwrap()).unwrap();
     let (x, y) = batch(4, 16, 3);
