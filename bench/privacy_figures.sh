@@ -63,20 +63,17 @@ for t in glyphs synthetic; do
 done
 
 python3 - "$OUT" "$NODES" "$ROUNDS" <<'PY'
-import json, re, sys
+import json, sys
 out, nodes, rounds = sys.argv[1], sys.argv[2], sys.argv[3]
 print(f"{nodes} nodes × {rounds} rounds × 20 steps, batch 256 (Poisson q = 256/5000), δ = 1e-5, clip 1")
-print("| task | ε budget | ε spent | σ | swarm accuracy (mean / min) | vs. no privacy |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+print("| task | ε budget | ε spent | swarm accuracy (mean / min) | vs. no privacy |")
+print("| --- | ---: | ---: | ---: | ---: |")
 for t in ["glyphs", "synthetic"]:
     base = json.load(open(f"{out}/{t}-epsinf.json"))["mean_accuracy"]
     for eps in ["inf", "8", "4", "2", "1"]:
         d = json.load(open(f"{out}/{t}-eps{eps}.json"))
-        log = open(f"{out}/{t}-eps{eps}.log").read()
-        m = re.search(r"noise_multiplier[=:]\s*([0-9.]+)", log)
-        sigma = m.group(1)[:5] if m else "–"
         spent = "–" if d.get("epsilon") is None else f"{d['epsilon']:.2f}"
-        print(f"| {t} | {'∞' if eps == 'inf' else eps} | {spent} | {sigma} | "
+        print(f"| {t} | {'∞' if eps == 'inf' else eps} | {spent} | "
               f"{100*d['mean_accuracy']:.2f}% / {100*d['min_accuracy']:.2f}% | "
               f"{100*(d['mean_accuracy'] - base):+.2f} points |")
 PY
