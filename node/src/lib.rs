@@ -23,6 +23,7 @@ pub mod net;
 pub mod net_cli;
 pub mod node;
 pub mod operator_cli;
+pub mod privacy;
 pub mod progress;
 pub mod statesync;
 pub mod status;

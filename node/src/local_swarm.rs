@@ -197,6 +197,8 @@ pub struct NodeRound {
     pub bytes_received: u64,
     /// Time from the swarm's start (all nodes listening) to the harness receiving this.
     pub elapsed: Duration,
+    /// ε the node has spent, in a run with `[privacy]`.
+    pub epsilon: Option<f64>,
     /// The merged parameters, when [`SwarmOptions::report_params`] asks.
     pub params: Option<Arc<Vec<f32>>>,
 }
@@ -518,6 +520,7 @@ impl Observer {
             bytes_sent: report.traffic.sent,
             bytes_received: report.traffic.received,
             elapsed: self.started.elapsed(),
+            epsilon: report.epsilon,
             params: report.params.clone(),
         });
     }

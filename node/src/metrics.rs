@@ -51,6 +51,8 @@ pub struct NodeMetrics {
     pub merge_seconds: Histogram,
     /// libp2p's recorders of swarm, gossipsub, identify, Kademlia and ping events.
     pub p2p: libp2p::metrics::Metrics,
+    /// ε this node has spent, in a run with `[privacy]` (0 otherwise).
+    pub privacy_epsilon: Gauge<f64, AtomicU64>,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -64,6 +66,7 @@ impl Default for NodeMetrics {
         let deltas_ignored = Family::<ReasonLabel, Counter>::default();
         let merges = Counter::default();
         let state_syncs = Counter::default();
+        let privacy_epsilon = Gauge::<f64, AtomicU64>::default();
         let starling = registry.sub_registry_with_prefix("starling");
         starling.register("round", "Round the node is collecting", round.clone());
         starling.register("deltas_accepted", "Peer deltas accepted", deltas_accepted.clone());
@@ -120,6 +123,11 @@ impl Default for NodeMetrics {
             Unit::Seconds,
             merge_seconds.clone(),
         );
+        starling.register(
+            "privacy_epsilon",
+            "Differential privacy spent by this node: epsilon at the run's delta",
+            privacy_epsilon.clone(),
+        );
         let p2p = libp2p::metrics::Metrics::new(&mut registry);
         Self {
             registry,
@@ -139,6 +147,7 @@ impl Default for NodeMetrics {
             train_seconds,
             merge_seconds,
             p2p,
+            privacy_epsilon,
             refused_sum: Counter::default(),
         }
     }

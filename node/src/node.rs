@@ -9,6 +9,7 @@ mod accountability;
 mod control;
 
 pub use control::{ControlError, ControlRequest, NodeControl};
+mod privacy;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -112,6 +113,8 @@ pub struct RoundReport {
     pub merged: usize,
     pub reason: CloseReason,
     pub traffic: Traffic,
+    /// ε this node has spent, in a run with `[privacy]`.
+    pub epsilon: Option<f64>,
     /// The parameters after the merge; only when [`HarnessHooks::report_params`] asks.
     pub params: Option<Arc<Vec<f32>>>,
 }
@@ -171,6 +174,8 @@ pub enum NodeError {
     SpecMismatch { datadir: PathBuf, stored: String, given: String },
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Privacy(#[from] crate::privacy::PrivacyError),
     #[error("data: {0}")]
     Data(String),
     #[error(transparent)]
@@ -231,6 +236,8 @@ struct Node {
     merge_buffer: Vec<f32>,
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
+    /// The privacy budget of a run with `[privacy]`.
+    privacy: Option<privacy::NodePrivacy>,
     /// The held-out set; built only when the node evaluates (it is the same for every node).
     eval: Option<TrainData>,
     train_tx: mpsc::UnboundedSender<TrainDone>,
@@ -421,7 +428,8 @@ impl Node {
         let shard = options.data.shard.unwrap_or(Shard { index: 0, count: 1 });
         let data = workload.shard(shard, shard_seed).map_err(|e| NodeError::Data(e.to_string()))?;
         let device = options.data.device.clone().unwrap_or(candle_core::Device::Cpu);
-        let trainer = Trainer::new_on(&spec, data, shard_seed, &device)?;
+        let mut trainer = Trainer::new_on(&spec, data, shard_seed, &device)?;
+        let privacy = privacy::open_privacy(&spec, &store, &mut trainer)?;
         let eval = options.evaluate.then(|| workload.eval());
 
         let mut metrics = NodeMetrics::default();
@@ -474,6 +482,7 @@ impl Node {
             residual,
             merge_buffer: Vec::new(),
             trainer: Some(trainer),
+            privacy,
             eval,
             train_tx,
             forward_tx,
@@ -502,6 +511,9 @@ impl Node {
             options,
         };
         node.load_accountability()?;
+        if let Some(epsilon) = node.epsilon() {
+            node.metrics.privacy_epsilon.set(epsilon);
+        }
         Ok(node)
     }
 
@@ -586,6 +598,9 @@ impl Node {
                 return;
             }
         }
+        if self.trainer.is_none() || !self.may_contribute() {
+            return;
+        }
         let Some(mut trainer) = self.trainer.take() else { return };
         let round = self.state.round;
         let base = self.state.lineage;
@@ -601,6 +616,10 @@ impl Node {
 
     fn on_trained(&mut self, (trainer, round, base, outcome): TrainDone) -> Result<(), NodeError> {
         self.trainer = Some(trainer);
+        // A trained round spends privacy budget whether or not it is published.
+        if outcome.is_ok() {
+            self.charge_round()?;
+        }
         let paused = self.drop_trained_while_paused();
         if round != self.state.round || base != self.state.lineage {
             debug!(round, now = self.state.round, "dropping a delta trained from a state we have since left");
@@ -613,7 +632,8 @@ impl Node {
         let outcome = outcome?;
         self.last_loss = outcome.mean_loss;
         // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
-        let delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
+        let mut delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
+        self.privatize_delta(&mut delta);
         let payload =
             self.spec.codec.encode_with_feedback(&delta, &mut self.residual, self.spec.feedback_decay as f32);
         let signed = SignedDelta::sign(
@@ -668,16 +688,19 @@ impl Node {
         let merged = deltas.len();
         let merge_started = Instant::now();
         self.merge_buffer.resize(self.spec.param_count(), 0.0);
-        self.spec
-            .aggregation
-            .aggregate_deltas_with(
-                &deltas,
-                self.spec.codec,
-                Some(&self.state.momentum),
-                &mut self.merge_buffer,
-            )
-            .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
-        self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
+        // No delta at all: every node sat the round out (privacy budgets spent).
+        if !deltas.is_empty() {
+            self.spec
+                .aggregation
+                .aggregate_deltas_with(
+                    &deltas,
+                    self.spec.codec,
+                    Some(&self.state.momentum),
+                    &mut self.merge_buffer,
+                )
+                .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
+            self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
+        }
         let merge_took = merge_started.elapsed();
         self.state.record_merge(round, &deltas);
         self.store.save_checkpoint(&self.state, &self.residual)?;
@@ -699,6 +722,7 @@ impl Node {
             merged,
             reason,
             traffic: self.metrics.transport_bytes(),
+            epsilon: self.epsilon(),
             params: self.hooks.report_params.then(|| Arc::new(self.state.params.clone())),
         };
         info!(
@@ -708,6 +732,7 @@ impl Node {
             loss = report.train_loss,
             accuracy = eval.map(|e| e.accuracy),
             peers = report.peers,
+            epsilon = report.epsilon,
             "round merged"
         );
         self.record_merge(&report, merge_took);

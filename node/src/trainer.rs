@@ -87,6 +87,8 @@ pub struct Trainer {
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
+    /// DP-SGD in place of plain batches, for a record-level private run.
+    private: Option<crate::privacy::DpSgd>,
 }
 
 impl Trainer {
@@ -134,6 +136,7 @@ impl Trainer {
             optimizer,
             batch_size: spec.inner.batch_size,
             steps_done: 0,
+            private: None,
         })
     }
 
@@ -168,8 +171,21 @@ impl Trainer {
         self.steps_done
     }
 
+    /// Trains with DP-SGD from now on (see [`crate::privacy::dpsgd`]).
+    pub fn set_private(&mut self, dp: crate::privacy::DpSgd) {
+        self.private = Some(dp);
+    }
+
     /// Runs `steps` steps from the model's current parameters; returns the mean loss.
     fn run_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
+        if let Some(dp) = self.private.as_mut() {
+            let InnerOptimizer::Fused(optimizer) = &mut self.optimizer else {
+                return Err(TrainError::DataMismatch(
+                    "differential privacy trains on the CPU only; leave out --device".into(),
+                ));
+            };
+            return dp.run_steps(&self.model, &self.data, optimizer, steps, &mut self.steps_done);
+        }
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         let mut tokens = Vec::new();

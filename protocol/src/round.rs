@@ -127,6 +127,10 @@ pub enum Event {
     /// own. Paused, it is not expected in its own rounds and closes them on its
     /// peers' deltas; a delta it already published for the round still counts.
     Paused(bool),
+    /// We sit the current round out (a node whose privacy budget is spent): the
+    /// round closes on peers' deltas alone, at their quorum or our deadline,
+    /// and we merge it like any other.
+    Abstain,
 }
 
 /// Why a round closed.
@@ -181,6 +185,8 @@ pub struct RoundState {
     config: RoundConfig,
     round: u64,
     published_at: Option<u64>,
+    /// Whether we sit the current round out (`published_at` then marks when).
+    abstained: bool,
     /// When the current round reached its quorum (it closes `settle_ms` later).
     quorum_at: Option<u64>,
     /// Deltas of the current and future rounds, keyed by round, then sender.
@@ -218,6 +224,7 @@ impl RoundState {
             config,
             round,
             published_at: None,
+            abstained: false,
             quorum_at: None,
             rounds: BTreeMap::new(),
             connected: BTreeMap::new(),
@@ -343,7 +350,7 @@ impl RoundState {
 
     /// How many deltas close the current round before its deadline.
     pub fn quorum_target(&self) -> usize {
-        let active = self.active().len() as f64;
+        let active = (self.active().len() - usize::from(self.abstained)) as f64;
         ((self.config.quorum * active).ceil() as usize).max(1)
     }
 
@@ -436,6 +443,12 @@ impl RoundState {
                 self.last_active.remove(&peer);
             }
             Event::Tick => {}
+            Event::Abstain => {
+                if self.published_at.is_none() && !self.observing() {
+                    self.published_at = Some(now_ms);
+                    self.abstained = true;
+                }
+            }
             Event::Ban(key) => self.ban(key),
             Event::Paused(paused) => {
                 self.paused = paused;
@@ -514,6 +527,7 @@ impl RoundState {
         self.round = round;
         self.groups = self.groups.split_off(&round);
         self.published_at = None;
+        self.abstained = false;
         self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
         // A paused node's deadline counts again from the round's next delta.
@@ -563,6 +577,7 @@ impl RoundState {
         }
         self.round += 1;
         self.published_at = None;
+        self.abstained = false;
         self.quorum_at = None;
         self.opened_at = self.rounds.contains_key(&self.round).then_some(now_ms);
         self.prune_activity();
@@ -648,6 +663,23 @@ mod tests {
             }
             _ => None,
         })
+    }
+
+    #[test]
+    fn an_abstaining_node_merges_its_peers_rounds_without_a_delta_of_its_own() {
+        let mut s = state();
+        let a = s.handle(5, Event::Abstain);
+        assert!(a.is_empty() && !s.wants_local(), "nothing is published, and nothing to train");
+        assert!(merged(&s.handle(6, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
+        // Both peers are in: the quorum counts them, not us.
+        let (round, senders, reason) = merged(&s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+        assert_eq!((round, reason), (0, CloseReason::Quorum));
+        assert_eq!(senders.len(), 2);
+        assert!(s.wants_local(), "the next round starts afresh");
+        // A round nobody else contributes to closes empty at the deadline.
+        s.handle(10, Event::Abstain);
+        let (round, senders, reason) = merged(&s.handle(1_010, Event::Tick)).unwrap();
+        assert_eq!((round, senders.len(), reason), (1, 0, CloseReason::Deadline));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::codec::Codec;
 pub use crate::data_spec::{BadDatasetKind, DatasetKind, Partition};
 use crate::keys::PublicKey;
 pub use crate::model_spec::{CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
+pub use crate::privacy::{PrivacyLevel, PrivacySpec};
 
 /// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
 /// so different runs never mix.
@@ -86,6 +87,10 @@ pub struct RunSpec {
     /// left out of the TOML and of the run id hash then, like `allowed_keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm_key_fingerprint: Option<String>,
+    /// Differential privacy of each node's contribution (see [`crate::privacy`]);
+    /// absent: no privacy. Left out of the TOML and run id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacySpec>,
 }
 
 /// A safetensors file of initial weights and the BLAKE3 hash (hex) of its bytes.
@@ -181,6 +186,7 @@ impl RunSpec {
             allowed_keys: None,
             init: None,
             swarm_key_fingerprint: None,
+            privacy: None,
         }
     }
 
@@ -292,6 +298,11 @@ impl RunSpec {
         }
         if !(self.round.quorum > 0.0 && self.round.quorum <= 1.0) {
             return bad("round.quorum", "must be in (0, 1]");
+        }
+        if let Some(privacy) = &self.privacy {
+            if let Err((field, reason)) = privacy.validate() {
+                return bad(field, reason);
+            }
         }
         if let Some(keys) = &self.allowed_keys {
             if keys.is_empty() {

@@ -21,6 +21,7 @@ pub use peers::{Ban, BanScan, CorruptBan, RefusalCount};
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
 const OUTBOX_KEY: &[u8] = b"own_delta";
+const PRIVACY_KEY: &[u8] = b"privacy_accountant";
 const CHECKSUM_LEN: usize = 32;
 
 /// How many checkpoints are kept; older ones are pruned after each save.
@@ -204,6 +205,33 @@ impl Store {
         }
         let limit = max_delta_bytes + param_count * 4 + 1024;
         wire::decode_outbox(body, limit, param_count).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Saves the privacy accountant's bytes, checksummed and flushed: a restart
+    /// must never find less privacy spent than was.
+    pub fn save_privacy_ledger(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut record = Vec::with_capacity(CHECKSUM_LEN + bytes.len());
+        record.extend_from_slice(checksum(bytes).as_bytes());
+        record.extend_from_slice(bytes);
+        self.meta.insert(PRIVACY_KEY, record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The saved privacy accountant's bytes: `Ok(None)` if none was ever saved,
+    /// `Err` with the reason if the record is damaged.
+    pub fn privacy_ledger(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(record) = self.meta.get(PRIVACY_KEY).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if record.len() < CHECKSUM_LEN {
+            return Err(format!("privacy record is {} bytes, shorter than its checksum", record.len()));
+        }
+        let (sum, body) = record.split_at(CHECKSUM_LEN);
+        if checksum(body).as_bytes() != sum {
+            return Err("privacy record checksum mismatch (torn or corrupted write)".into());
+        }
+        Ok(Some(body.to_vec()))
     }
 
     /// Keeps a verified chunk of the state with `root` being fetched. Not

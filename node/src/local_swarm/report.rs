@@ -47,6 +47,8 @@ pub struct SwarmSummary {
     pub wall_seconds: f64,
     pub swarm_seconds: f64,
     pub centralized_seconds: f64,
+    /// The largest ε any node spent, in a run with `[privacy]` (null otherwise).
+    pub epsilon: Option<f64>,
     /// Per round, in order.
     pub curve: Vec<CurvePoint>,
 }
@@ -128,6 +130,7 @@ pub(super) fn summarize(
         wall_seconds: wall.elapsed().as_secs_f64(),
         swarm_seconds,
         centralized_seconds,
+        epsilon: curve.iter().filter_map(|c| c.epsilon).reduce(f64::max),
         curve,
     })
 }
@@ -156,6 +159,8 @@ pub struct CurvePoint {
     /// Held-out loss and accuracy over the nodes that evaluate (NaN if none do).
     pub eval_loss: f32,
     pub accuracy: f32,
+    /// The largest ε spent by a node after this round, in a private run.
+    pub epsilon: Option<f64>,
 }
 
 impl Progress {
@@ -210,7 +215,8 @@ impl Progress {
         let acc = accs.iter().sum::<f32>() / accs.len().max(1) as f32;
         let eval_losses: Vec<f32> = reports.iter().filter_map(|r| r.eval.map(|e| e.loss)).collect();
         let eval_loss = eval_losses.iter().sum::<f32>() / eval_losses.len() as f32;
-        self.curve.push(CurvePoint { round, train_loss: loss, eval_loss, accuracy: acc });
+        let epsilon = reports.iter().filter_map(|r| r.epsilon).reduce(f64::max);
+        self.curve.push(CurvePoint { round, train_loss: loss, eval_loss, accuracy: acc, epsilon });
         if self.quiet {
             return;
         }
@@ -229,6 +235,10 @@ impl Progress {
             self.started.elapsed().as_secs_f64(),
             if deadline > 0 { format!("  ({deadline} closed by deadline)") } else { String::new() },
         );
+        let line = match epsilon {
+            Some(epsilon) => format!("{line}  ε {epsilon:.2}"),
+            None => line,
+        };
         if self.to_stderr {
             eprintln!("{line}");
         } else {

@@ -1,0 +1,107 @@
+//! Differential privacy in the node: the budget loaded from (and saved to) the
+//! store, DP-SGD switched on in the trainer, node-level noise on the delta
+//! before the codec, and sitting rounds out once the budget is spent.
+//!
+//! A round's ε is charged as soon as its training finishes, before anything is
+//! published, and saved durably: a crash can only leave the ledger showing more
+//! spent than was published, never less. A round trained but then dropped (the
+//! state moved on meanwhile) is charged too, since the inner optimizer's moments
+//! carry its noised gradients into later deltas.
+
+use starling_protocol::privacy::{Accountant, PrivacyLevel};
+use starling_protocol::{Event, RunSpec};
+use starling_storage::Store;
+use tracing::{info, warn};
+
+use super::{Node, NodeError};
+use crate::privacy::{pseudo_gradient::clip_and_noise, NoiseRng, PrivacyBudget, PrivacyError};
+use crate::trainer::Trainer;
+
+/// A private node's budget and noise.
+pub(super) struct NodePrivacy {
+    pub(super) budget: PrivacyBudget,
+    /// Node-level noise (record-level noise lives in the trainer's DP-SGD).
+    rng: NoiseRng,
+    /// Whether "budget spent" has been logged.
+    told_spent: bool,
+}
+
+/// The privacy of a node in a `[privacy]` run, resumed from the store; DP-SGD
+/// is switched on in `trainer` at record level. `None` in a run without privacy.
+pub(super) fn open_privacy(
+    spec: &RunSpec,
+    store: &Store,
+    trainer: &mut Trainer,
+) -> Result<Option<NodePrivacy>, NodeError> {
+    let Some(privacy) = &spec.privacy else { return Ok(None) };
+    let spent = match store.privacy_ledger().map_err(PrivacyError::Corrupt)? {
+        Some(bytes) => Accountant::from_bytes(&bytes)
+            .ok_or_else(|| PrivacyError::Corrupt("the record does not decode".into()))?,
+        None => Accountant::default(),
+    };
+    let shard_len = trainer.data().len();
+    let budget = PrivacyBudget::new(privacy, &spec.inner, shard_len, spent)?;
+    if let Some(dp) = budget.dp_sgd(spec.inner.batch_size, shard_len, NoiseRng::from_os()) {
+        trainer.set_private(dp);
+    }
+    info!(
+        level = ?budget.level(),
+        epsilon_spent = budget.epsilon(),
+        budget = budget.target(),
+        delta = budget.delta(),
+        noise_multiplier = budget.noise_multiplier(),
+        clip = budget.clip(),
+        sample_rate = budget.rate(),
+        "differential privacy on"
+    );
+    Ok(Some(NodePrivacy { budget, rng: NoiseRng::from_os(), told_spent: false }))
+}
+
+impl Node {
+    /// ε this node has spent, when the run is private (for the progress line,
+    /// `/status` and reports).
+    pub fn epsilon(&self) -> Option<f64> {
+        self.privacy.as_ref().map(|p| p.budget.epsilon())
+    }
+
+    /// Whether the node may train and publish this round. When the budget is
+    /// spent it sits the round out (saying so once) and merges peers' deltas.
+    pub(super) fn may_contribute(&mut self) -> bool {
+        let Some(privacy) = &mut self.privacy else { return true };
+        if privacy.budget.allows_round() {
+            return true;
+        }
+        if !privacy.told_spent {
+            privacy.told_spent = true;
+            warn!(
+                epsilon_spent = privacy.budget.epsilon(),
+                budget = privacy.budget.target(),
+                round = self.state.round,
+                "privacy budget spent: this node no longer trains or publishes deltas, and keeps merging its peers'"
+            );
+        }
+        let actions = self.rounds.handle(self.now_ms(), Event::Abstain);
+        if let Err(e) = self.apply(actions) {
+            warn!(error = %e, "sitting the round out failed");
+        }
+        false
+    }
+
+    /// Charges a finished round of training to the budget and saves the ledger.
+    pub(super) fn charge_round(&mut self) -> Result<(), NodeError> {
+        let Some(privacy) = &mut self.privacy else { return Ok(()) };
+        privacy.budget.spend_round();
+        self.store.save_privacy_ledger(&privacy.budget.accountant().to_bytes())?;
+        self.metrics.privacy_epsilon.set(privacy.budget.epsilon());
+        Ok(())
+    }
+
+    /// Node-level privacy: clips and noises the pseudo-gradient, before the codec.
+    pub(super) fn privatize_delta(&mut self, delta: &mut [f32]) {
+        let Some(privacy) = &mut self.privacy else { return };
+        if privacy.budget.level() == PrivacyLevel::Node {
+            let (clip, sigma) = (privacy.budget.clip(), privacy.budget.noise_multiplier());
+            clip_and_noise(delta, clip, sigma, &mut privacy.rng);
+        }
+    }
+}
