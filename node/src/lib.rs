@@ -7,6 +7,7 @@ pub mod bench_sync;
 pub mod cli;
 pub mod data;
 pub mod datasets;
+pub mod fast;
 pub mod init;
 pub mod inspect;
 pub mod local_swarm;

@@ -14,6 +14,7 @@ use starling_protocol::RunSpec;
 
 use crate::data::{below, rng_for, DataError};
 use crate::datasets::{Corpus, TrainData};
+use crate::fast::{fast_path_allowed, FastTrainer, TrainPath};
 use crate::models::{Batch, Model};
 use starling_protocol::ModelSpec;
 
@@ -75,6 +76,9 @@ pub struct Trainer {
     eval_model: Model,
     data: TrainData,
     optimizer: FusedAdamW,
+    /// The hand-written CPU step, where it covers the model and is allowed;
+    /// it then trains instead of candle's autograd and `optimizer`.
+    fast: Option<FastTrainer>,
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
@@ -94,20 +98,23 @@ impl Trainer {
         if spec.inner.batch_size == 0 {
             return Err(TrainError::Zero("inner.batch_size"));
         }
-        let optimizer = FusedAdamW::new(
-            model.vars(),
-            ParamsAdamW {
-                lr: spec.inner.lr,
-                weight_decay: spec.inner.weight_decay,
-                ..ParamsAdamW::default()
-            },
-        )?;
+        let adamw = ParamsAdamW {
+            lr: spec.inner.lr,
+            weight_decay: spec.inner.weight_decay,
+            ..ParamsAdamW::default()
+        };
+        let optimizer = FusedAdamW::new(model.vars(), adamw.clone())?;
+        let fast = match &data {
+            TrainData::Labelled(_) if fast_path_allowed() => FastTrainer::for_spec(&spec.model, adamw),
+            _ => None,
+        };
         Ok(Self {
             eval_model: Model::new(&spec.model)?,
             sampler: BatchSampler::new(data.len(), sampler_seed),
             model,
             data,
             optimizer,
+            fast,
             batch_size: spec.inner.batch_size,
             steps_done: 0,
         })
@@ -139,6 +146,15 @@ impl Trainer {
         &self.data
     }
 
+    /// Which implementation runs the training steps.
+    pub fn path(&self) -> TrainPath {
+        if self.fast.is_some() {
+            TrainPath::Fast
+        } else {
+            TrainPath::Reference
+        }
+    }
+
     /// Inner steps taken since creation, over all rounds.
     pub fn steps_done(&self) -> u64 {
         self.steps_done
@@ -146,6 +162,9 @@ impl Trainer {
 
     /// Runs `steps` steps from the model's current parameters; returns the mean loss.
     fn run_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
+        if self.fast.is_some() {
+            return self.run_fast_steps(steps);
+        }
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         let mut tokens = Vec::new();
@@ -191,6 +210,37 @@ impl Trainer {
             loss_sum += value as f64;
             self.optimizer.backward_step(&loss)?;
         }
+        Ok((loss_sum / steps as f64) as f32)
+    }
+}
+
+impl Trainer {
+    /// [`Self::run_steps`] on the hand-written step: same batches, same checks.
+    fn run_fast_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
+        let (Some(fast), TrainData::Labelled(data)) = (self.fast.as_mut(), &self.data) else {
+            unreachable!("the fast path is only built for labelled data");
+        };
+        fast.load(&self.model.params()?);
+        let mut xs = Vec::with_capacity(self.batch_size * data.dim);
+        let mut ys = Vec::with_capacity(self.batch_size);
+        let mut loss_sum = 0f64;
+        for _ in 0..steps {
+            xs.clear();
+            ys.clear();
+            for _ in 0..self.batch_size {
+                let i = self.sampler.next_index();
+                xs.extend_from_slice(data.row(i));
+                ys.push(data.labels[i]);
+            }
+            let value = fast.loss_and_grad(&xs, &ys);
+            self.steps_done += 1;
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { step: self.steps_done, loss: value });
+            }
+            loss_sum += value as f64;
+            fast.apply_update();
+        }
+        self.model.set_params(fast.params())?;
         Ok((loss_sum / steps as f64) as f32)
     }
 }
