@@ -258,6 +258,9 @@ pub struct TrainBenchArgs {
 #[derive(Debug, Serialize)]
 pub struct TrainBenchReport {
     pub model: String,
+    /// `fast` (the hand-written step) or `reference` (candle autograd; set
+    /// STARLING_TRAIN_PATH=reference).
+    pub path: String,
     pub threads: usize,
     pub batch: usize,
     pub steps: u32,
@@ -301,6 +304,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let seconds = t.elapsed().as_secs_f64();
     let report = TrainBenchReport {
         model: format!("{:?}", args.model).to_lowercase(),
+        path: trainer.path().as_str().into(),
         threads: candle_core::utils::get_num_threads(),
         batch: args.batch,
         steps: args.steps.max(1),
@@ -311,8 +315,14 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "candle {} batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
-            report.model, report.batch, report.threads, report.samples_per_second, report.steps, seconds
+            "{} path, {} batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
+            report.path,
+            report.model,
+            report.batch,
+            report.threads,
+            report.samples_per_second,
+            report.steps,
+            seconds
         );
     }
     Ok(())

@@ -5,12 +5,16 @@
 //! A convolution is one GEMM over the whole batch: im2col lays the batch's
 //! 3×3 patches out as a `cin·9 × batch·h·w` matrix, so activations between
 //! blocks are kept channel-major (`[c][b][y][x]`); only the last block's pooled
-//! output is written sample-major (`[b][c][y][x]`), the order the head's
-//! weight expects. The backward pass mirrors candle's: the ReLU passes its
+//! output is copied sample-major (`[b][c][y][x]`), the order the head's
+//! weight expects. The passes over maps live in [`super::maps`]. The backward pass mirrors candle's: the ReLU passes its
 //! gradient where its input is `>= 0`, and max-pool gives each element equal to
 //! its window's maximum the window's gradient times (ties / 4), as candle's
 //! `MaxPool2D` backward does.
 
+use super::maps::{
+    bias_relu_pool, col2im, im2col, relu_pool_backward, row_sums, to_channel_major, to_sample_major, Layout,
+    Maps,
+};
 use super::matmul::{matmul, Threads, View};
 use super::ops::{add_bias_rows, softmax_cross_entropy, sum_rows};
 use starling_protocol::spec::CnnSpec;
@@ -47,6 +51,9 @@ pub struct CnnStep {
     pre: Vec<Vec<f32>>,
     pooled: Vec<Vec<f32>>,
     grad_pooled: Vec<Vec<f32>>,
+    /// The last block's pooled output sample-major (the head's input), and its gradient.
+    flat: Vec<f32>,
+    grad_flat: Vec<f32>,
     logits: Vec<f32>,
     grad_pre: Vec<f32>,
     grad_cols: Vec<f32>,
@@ -96,6 +103,8 @@ impl CnnStep {
             pre: Vec::new(),
             pooled: Vec::new(),
             grad_pooled: Vec::new(),
+            flat: Vec::new(),
+            grad_flat: Vec::new(),
             logits: Vec::new(),
             grad_pre: Vec::new(),
             grad_cols: Vec::new(),
@@ -121,6 +130,8 @@ impl CnnStep {
         self.pre = self.blocks.iter().map(|b| vec![0.0; b.cout * maps(b)]).collect();
         self.pooled = self.blocks.iter().map(|b| vec![0.0; b.cout * maps(b) / 4]).collect();
         self.grad_pooled = self.pooled.clone();
+        self.flat = vec![0.0; batch * self.features];
+        self.grad_flat = vec![0.0; batch * self.features];
         self.logits = vec![0.0; batch * self.classes];
         self.grad_pre = vec![0.0; self.blocks.iter().map(|b| b.cout * maps(b)).max().unwrap_or(0)];
         self.grad_cols = vec![0.0; self.blocks.iter().map(|b| b.k() * maps(b)).max().unwrap_or(0)];
@@ -138,219 +149,70 @@ impl CnnStep {
         let last = self.blocks.len() - 1;
 
         for (l, block) in self.blocks.iter().enumerate() {
-            let hw = block.h * block.w;
+            let maps = Maps { batch: n, h: block.h, w: block.w };
             let (input, layout): (&[f32], Layout) = if l == 0 {
                 (x, Layout::SampleMajor { channels: block.cin })
             } else {
                 (&self.pooled[l - 1], Layout::ChannelMajor { batch: n })
             };
-            im2col(input, layout, block, n, &mut self.cols[l]);
+            im2col(input, layout, maps, &mut self.cols[l], threads);
             let weight = &params[block.weight_at..block.weight_at + block.cout * block.k()];
+            let columns = n * block.h * block.w;
             let pre = &mut self.pre[l];
             matmul(
                 pre,
                 View::rows(weight, block.cout, block.k()),
-                View::rows(&self.cols[l], block.k(), n * hw),
+                View::rows(&self.cols[l], block.k(), columns),
                 false,
                 threads,
             );
-            for (row, b) in
-                pre.chunks_exact_mut(n * hw).zip(&params[block.bias_at..block.bias_at + block.cout])
-            {
-                for v in row {
-                    *v += b;
-                }
-            }
-            let out_layout = if l == last {
-                Layout::SampleMajor { channels: block.cout }
-            } else {
-                Layout::ChannelMajor { batch: n }
-            };
-            relu_max_pool(pre, block, n, out_layout, &mut self.pooled[l]);
+            let bias = &params[block.bias_at..block.bias_at + block.cout];
+            bias_relu_pool(pre, bias, maps, &mut self.pooled[l], threads);
         }
 
         let (f, c) = (self.features, self.classes);
+        let top = &self.blocks[last];
+        let pooled_size = top.h / 2 * (top.w / 2);
+        to_sample_major(&self.pooled[last], top.cout, n, pooled_size, &mut self.flat);
         let head_weight = &params[self.head_weight_at..self.head_weight_at + c * f];
-        let flat = &self.pooled[last];
-        matmul(&mut self.logits, View::rows(flat, n, f), View::rows(head_weight, c, f).t(), false, threads);
+        let flat = View::rows(&self.flat, n, f);
+        matmul(&mut self.logits, flat, View::rows(head_weight, c, f).t(), false, threads);
         add_bias_rows(&mut self.logits, &params[self.head_bias_at..self.head_bias_at + c]);
         let loss = softmax_cross_entropy(&mut self.logits, labels, c);
         let dlogits = View::rows(&self.logits, n, c);
         matmul(
             &mut grad[self.head_weight_at..self.head_weight_at + c * f],
             dlogits.t(),
-            View::rows(flat, n, f),
+            flat,
             false,
             threads,
         );
         sum_rows(&self.logits, &mut grad[self.head_bias_at..self.head_bias_at + c]);
-        matmul(&mut self.grad_pooled[last], dlogits, View::rows(head_weight, c, f), false, threads);
+        matmul(&mut self.grad_flat, dlogits, View::rows(head_weight, c, f), false, threads);
+        to_channel_major(&self.grad_flat, top.cout, n, pooled_size, &mut self.grad_pooled[last]);
 
         for (l, block) in self.blocks.iter().enumerate().rev() {
-            let maps = n * block.h * block.w;
-            let out_layout = if l == last {
-                Layout::SampleMajor { channels: block.cout }
-            } else {
-                Layout::ChannelMajor { batch: n }
-            };
-            let grad_pre = &mut self.grad_pre[..block.cout * maps];
-            relu_max_pool_backward(&self.pre[l], &self.grad_pooled[l], block, n, out_layout, grad_pre);
-            let dz = View::rows(grad_pre, block.cout, maps);
-            let weight_at = block.weight_at;
-            let k = block.k();
+            let maps = Maps { batch: n, h: block.h, w: block.w };
+            let columns = n * block.h * block.w;
+            let grad_pre = &mut self.grad_pre[..block.cout * columns];
+            relu_pool_backward(&self.pre[l], &self.grad_pooled[l], maps, grad_pre, threads);
+            let dz = View::rows(grad_pre, block.cout, columns);
+            let (weight_at, k) = (block.weight_at, block.k());
             matmul(
                 &mut grad[weight_at..weight_at + block.cout * k],
                 dz,
-                View::rows(&self.cols[l], k, maps).t(),
+                View::rows(&self.cols[l], k, columns).t(),
                 false,
                 threads,
             );
-            for (g, row) in
-                grad[block.bias_at..block.bias_at + block.cout].iter_mut().zip(grad_pre.chunks_exact(maps))
-            {
-                *g = row.iter().sum();
-            }
+            row_sums(grad_pre, &mut grad[block.bias_at..block.bias_at + block.cout]);
             if l > 0 {
-                let grad_cols = &mut self.grad_cols[..k * maps];
+                let grad_cols = &mut self.grad_cols[..k * columns];
                 let weight = View::rows(&params[weight_at..weight_at + block.cout * k], block.cout, k);
                 matmul(grad_cols, weight.t(), dz, false, threads);
-                col2im(grad_cols, block, n, &mut self.grad_pooled[l - 1]);
+                col2im(grad_cols, maps, &mut self.grad_pooled[l - 1], threads);
             }
         }
         loss
-    }
-}
-
-/// How a stack of feature maps of one size lies in memory.
-#[derive(Clone, Copy)]
-enum Layout {
-    /// `[b][c][y][x]`, with `channels` channels.
-    SampleMajor { channels: usize },
-    /// `[c][b][y][x]`, with `batch` samples.
-    ChannelMajor { batch: usize },
-}
-
-impl Layout {
-    /// Where map `(c, b)` of `hw` floats starts.
-    fn map_at(self, c: usize, b: usize, hw: usize) -> usize {
-        match self {
-            Layout::SampleMajor { channels } => (b * channels + c) * hw,
-            Layout::ChannelMajor { batch } => (c * batch + b) * hw,
-        }
-    }
-}
-
-/// Writes the `cin·9 × batch·h·w` patch matrix of `input` (zero padding 1):
-/// row `ci·9 + ky·3 + kx`, column `(b·h + y)·w + x` holds `input[ci, b, y+ky−1, x+kx−1]`.
-fn im2col(input: &[f32], layout: Layout, block: &Block, batch: usize, cols: &mut [f32]) {
-    let (h, w) = (block.h, block.w);
-    let maps = batch * h * w;
-    for (row, out) in cols.chunks_exact_mut(maps).enumerate() {
-        let (ci, ky, kx) = (row / 9, row % 9 / 3, row % 3);
-        for b in 0..batch {
-            let map = &input[layout.map_at(ci, b, h * w)..][..h * w];
-            for y in 0..h {
-                let dst = &mut out[(b * h + y) * w..][..w];
-                let Some(iy) = (y + ky).checked_sub(1).filter(|&iy| iy < h) else {
-                    dst.fill(0.0);
-                    continue;
-                };
-                let src = &map[iy * w..][..w];
-                match kx {
-                    0 => {
-                        dst[0] = 0.0;
-                        dst[1..].copy_from_slice(&src[..w - 1]);
-                    }
-                    1 => dst.copy_from_slice(src),
-                    _ => {
-                        dst[..w - 1].copy_from_slice(&src[1..]);
-                        dst[w - 1] = 0.0;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`im2col`]: sums the patch matrix's gradient back onto the
-/// channel-major input maps.
-fn col2im(grad_cols: &[f32], block: &Block, batch: usize, grad_input: &mut [f32]) {
-    let (h, w) = (block.h, block.w);
-    let maps = batch * h * w;
-    let layout = Layout::ChannelMajor { batch };
-    grad_input.fill(0.0);
-    for (row, src_rows) in grad_cols.chunks_exact(maps).enumerate() {
-        let (ci, ky, kx) = (row / 9, row % 9 / 3, row % 3);
-        for b in 0..batch {
-            let at = layout.map_at(ci, b, h * w);
-            let map = &mut grad_input[at..at + h * w];
-            for y in 0..h {
-                let Some(iy) = (y + ky).checked_sub(1).filter(|&iy| iy < h) else { continue };
-                let src = &src_rows[(b * h + y) * w..][..w];
-                let dst = &mut map[iy * w..][..w];
-                match kx {
-                    0 => dst[..w - 1].iter_mut().zip(&src[1..]).for_each(|(d, s)| *d += s),
-                    1 => dst.iter_mut().zip(src).for_each(|(d, s)| *d += s),
-                    _ => dst[1..].iter_mut().zip(&src[..w - 1]).for_each(|(d, s)| *d += s),
-                }
-            }
-        }
-    }
-}
-
-/// 2×2 max-pool of `relu(pre)` (`pre` is `cout × batch·h·w`), into `out` laid as `layout`.
-fn relu_max_pool(pre: &[f32], block: &Block, batch: usize, layout: Layout, out: &mut [f32]) {
-    let (h, w) = (block.h, block.w);
-    let (ph, pw) = (h / 2, w / 2);
-    for c in 0..block.cout {
-        for b in 0..batch {
-            let map = &pre[(c * batch + b) * h * w..][..h * w];
-            let dst = &mut out[layout.map_at(c, b, ph * pw)..][..ph * pw];
-            for py in 0..ph {
-                let (top, bottom) = (&map[2 * py * w..][..w], &map[(2 * py + 1) * w..][..w]);
-                for px in 0..pw {
-                    let m = top[2 * px].max(top[2 * px + 1]).max(bottom[2 * px]).max(bottom[2 * px + 1]);
-                    dst[py * pw + px] = m.max(0.0);
-                }
-            }
-        }
-    }
-}
-
-/// Gradient of [`relu_max_pool`] with respect to `pre`, as candle computes it.
-fn relu_max_pool_backward(
-    pre: &[f32],
-    grad_out: &[f32],
-    block: &Block,
-    batch: usize,
-    layout: Layout,
-    grad_pre: &mut [f32],
-) {
-    let (h, w) = (block.h, block.w);
-    let (ph, pw) = (h / 2, w / 2);
-    for c in 0..block.cout {
-        for b in 0..batch {
-            let at = (c * batch + b) * h * w;
-            let map = &pre[at..at + h * w];
-            let dmap = &mut grad_pre[at..at + h * w];
-            let g = &grad_out[layout.map_at(c, b, ph * pw)..][..ph * pw];
-            for py in 0..ph {
-                for px in 0..pw {
-                    let cells = [
-                        2 * py * w + 2 * px,
-                        2 * py * w + 2 * px + 1,
-                        (2 * py + 1) * w + 2 * px,
-                        (2 * py + 1) * w + 2 * px + 1,
-                    ];
-                    let relu = cells.map(|i| map[i].max(0.0));
-                    let m = relu[0].max(relu[1]).max(relu[2]).max(relu[3]);
-                    let ties = relu.iter().filter(|&&r| r == m).count();
-                    let share = g[py * pw + px] * (ties as f32 * 0.25);
-                    for (&i, &r) in cells.iter().zip(&relu) {
-                        dmap[i] = if r == m && map[i] >= 0.0 { share } else { 0.0 };
-                    }
-                }
-            }
-        }
     }
 }

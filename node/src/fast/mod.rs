@@ -13,6 +13,7 @@
 //! Set `STARLING_TRAIN_PATH=reference` to train through candle's autograd instead.
 
 pub mod cnn;
+pub mod maps;
 pub mod matmul;
 pub mod mlp;
 pub mod ops;
@@ -101,6 +102,7 @@ pub struct FastTrainer {
     params: Vec<f32>,
     grad: Vec<f32>,
     optimizer: ops::FlatAdamW,
+    threads: Threads,
 }
 
 impl FastTrainer {
@@ -115,6 +117,7 @@ impl FastTrainer {
             params: vec![0.0; n],
             grad: vec![0.0; n],
             optimizer: ops::FlatAdamW::new(n, adamw),
+            threads,
         })
     }
 
@@ -134,6 +137,6 @@ impl FastTrainer {
 
     /// One AdamW step along the last gradient.
     pub fn apply_update(&mut self) {
-        self.optimizer.step(&mut self.params, &self.grad);
+        self.optimizer.step(&mut self.params, &self.grad, self.threads);
     }
 }

@@ -3,6 +3,12 @@
 //! flat parameter vector. Each follows the candle operation it replaces.
 
 use candle_nn::ParamsAdamW;
+use rayon::prelude::*;
+
+use super::matmul::Threads;
+
+/// Floats per task when AdamW runs on several threads.
+const ADAMW_CHUNK: usize = 16 * 1024;
 
 /// Adds `bias[j]` to every row's column `j` of the row-major `rows × bias.len()` matrix.
 pub fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
@@ -78,8 +84,9 @@ impl FlatAdamW {
         Self { params, m: vec![0.0; len], v: vec![0.0; len], step_t: 0 }
     }
 
-    /// One step of `theta` along `grad`.
-    pub fn step(&mut self, theta: &mut [f32], grad: &[f32]) {
+    /// One step of `theta` along `grad`; element-wise, so the thread count
+    /// cannot change the result.
+    pub fn step(&mut self, theta: &mut [f32], grad: &[f32], threads: Threads) {
         assert_eq!(theta.len(), self.m.len(), "parameter count changed");
         self.step_t += 1;
         let p = &self.params;
@@ -88,11 +95,23 @@ impl FlatAdamW {
         let scale_v = (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32;
         let decay = (1.0 - p.lr * p.weight_decay) as f32;
         let (lr, eps) = (p.lr as f32, p.eps as f32);
-        for (((t, m), v), g) in theta.iter_mut().zip(self.m.iter_mut()).zip(self.v.iter_mut()).zip(grad) {
-            *m = *m * b1 + g * (1.0 - b1);
-            *v = *v * b2 + g * g * (1.0 - b2);
-            let (m_hat, v_hat) = (*m * scale_m, *v * scale_v);
-            *t = *t * decay - lr * (m_hat / (v_hat.sqrt() + eps));
+        let update = |(((theta, m), v), grad): (((&mut [f32], &mut [f32]), &mut [f32]), &[f32])| {
+            for (((t, m), v), g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
+                *m = *m * b1 + g * (1.0 - b1);
+                *v = *v * b2 + g * g * (1.0 - b2);
+                let (m_hat, v_hat) = (*m * scale_m, *v * scale_v);
+                *t = *t * decay - lr * (m_hat / (v_hat.sqrt() + eps));
+            }
+        };
+        if threads.0 > 1 && theta.len() > ADAMW_CHUNK {
+            theta
+                .par_chunks_mut(ADAMW_CHUNK)
+                .zip(self.m.par_chunks_mut(ADAMW_CHUNK))
+                .zip(self.v.par_chunks_mut(ADAMW_CHUNK))
+                .zip(grad.par_chunks(ADAMW_CHUNK))
+                .for_each(update);
+        } else {
+            update((((theta, &mut self.m[..]), &mut self.v[..]), grad));
         }
     }
 }
