@@ -68,7 +68,7 @@ impl CnnStep {
         let mut sizes: Vec<(String, usize)> = Vec::new();
         let mut blocks = Vec::new();
         for (i, &out) in spec.channels.iter().enumerate() {
-            if h % 2 != 0 || w % 2 != 0 || h == 0 || w == 0 {
+            if !h.is_multiple_of(2) || !w.is_multiple_of(2) || h == 0 || w == 0 {
                 return None;
             }
             sizes.push((format!("conv{i:02}.bias"), out));

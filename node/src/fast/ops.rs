@@ -70,6 +70,9 @@ pub fn softmax_cross_entropy(logits: &mut [f32], labels: &[u32], classes: usize)
     (total / n as f64) as f32
 }
 
+/// One chunk of parameters, first moments, second moments and gradient, as zipped.
+type AdamChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+
 /// AdamW over one flat vector: the rule of [`crate::adamw::FusedAdamW`], float
 /// for float, so both paths update alike given the same gradient.
 pub struct FlatAdamW {
@@ -95,7 +98,7 @@ impl FlatAdamW {
         let scale_v = (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32;
         let decay = (1.0 - p.lr * p.weight_decay) as f32;
         let (lr, eps) = (p.lr as f32, p.eps as f32);
-        let update = |(((theta, m), v), grad): (((&mut [f32], &mut [f32]), &mut [f32]), &[f32])| {
+        let update = |(((theta, m), v), grad): AdamChunk| {
             for (((t, m), v), g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
                 *m = *m * b1 + g * (1.0 - b1);
                 *v = *v * b2 + g * g * (1.0 - b2);

@@ -25,7 +25,7 @@ fn batch(spec: &ModelSpec, n: usize, salt: usize) -> (Vec<f32>, Vec<u32>) {
     let dim = spec.input_dim().unwrap();
     let classes = spec.classes().unwrap() as u32;
     let x = (0..n * dim)
-        .map(|i| if (i + salt) % 7 == 0 { 0.0 } else { (((i + salt) as f32) * 0.618).fract() })
+        .map(|i| if (i + salt).is_multiple_of(7) { 0.0 } else { (((i + salt) as f32) * 0.618).fract() })
         .collect();
     let y = (0..n).map(|i| (i as u32 * 7 + salt as u32) % classes).collect();
     (x, y)
