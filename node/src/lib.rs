@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod datasets;
 pub mod dirs;
+pub mod fast;
 pub mod hints;
 pub mod http;
 pub mod init;

@@ -14,6 +14,7 @@ use starling_protocol::RunSpec;
 
 use crate::data::{below, rng_for, DataError};
 use crate::datasets::{Corpus, TrainData};
+use crate::fast::{fast_path_allowed, FastTrainer, TrainPath};
 use crate::models::{Batch, Model};
 use starling_protocol::ModelSpec;
 
@@ -84,6 +85,9 @@ pub struct Trainer {
     optimizer: InnerOptimizer,
     /// Where the model and its batches live.
     device: Device,
+    /// The hand-written CPU step, where it covers the model and is allowed;
+    /// it then trains instead of candle's autograd and `optimizer`.
+    fast: Option<FastTrainer>,
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
@@ -115,7 +119,7 @@ impl Trainer {
         if spec.inner.batch_size == 0 {
             return Err(TrainError::Zero("inner.batch_size"));
         }
-        let params = ParamsAdamW {
+        let adamw = ParamsAdamW {
             lr: spec.inner.lr,
             weight_decay: spec.inner.weight_decay,
             ..ParamsAdamW::default()
@@ -123,9 +127,15 @@ impl Trainer {
         // The fused update works on host slices: on a GPU it would copy every
         // variable out and back each step, so there candle's own AdamW runs.
         let optimizer = if device.is_cpu() {
-            InnerOptimizer::Fused(FusedAdamW::new(model.vars(), params)?)
+            InnerOptimizer::Fused(FusedAdamW::new(model.vars(), adamw.clone())?)
         } else {
-            InnerOptimizer::Candle(candle_nn::AdamW::new(model.vars(), params)?)
+            InnerOptimizer::Candle(candle_nn::AdamW::new(model.vars(), adamw.clone())?)
+        };
+        let fast = match &data {
+            TrainData::Labelled(_) if device.is_cpu() && fast_path_allowed() => {
+                FastTrainer::for_spec(&spec.model, adamw)
+            }
+            _ => None,
         };
         Ok(Self {
             eval_model: Model::new(&spec.model)?,
@@ -134,6 +144,7 @@ impl Trainer {
             model,
             data,
             optimizer,
+            fast,
             batch_size: spec.inner.batch_size,
             steps_done: 0,
             private: None,
@@ -166,6 +177,15 @@ impl Trainer {
         &self.data
     }
 
+    /// Which implementation runs the training steps.
+    pub fn path(&self) -> TrainPath {
+        if self.fast.is_some() {
+            TrainPath::Fast
+        } else {
+            TrainPath::Reference
+        }
+    }
+
     /// Inner steps taken since creation, over all rounds.
     pub fn steps_done(&self) -> u64 {
         self.steps_done
@@ -173,6 +193,8 @@ impl Trainer {
 
     /// Trains with DP-SGD from now on (see [`crate::privacy::dpsgd`]).
     pub fn set_private(&mut self, dp: crate::privacy::DpSgd) {
+        // Per-example clipping runs on candle's autograd, not the fast step.
+        self.fast = None;
         self.private = Some(dp);
     }
 
@@ -185,6 +207,9 @@ impl Trainer {
                 ));
             };
             return dp.run_steps(&self.model, &self.data, optimizer, steps, &mut self.steps_done);
+        }
+        if self.fast.is_some() {
+            return self.run_fast_steps(steps);
         }
         let mut xs = Vec::new();
         let mut ys = Vec::new();
@@ -234,6 +259,37 @@ impl Trainer {
                 InnerOptimizer::Candle(o) => o.backward_step(&loss)?,
             }
         }
+        Ok((loss_sum / steps as f64) as f32)
+    }
+}
+
+impl Trainer {
+    /// [`Self::run_steps`] on the hand-written step: same batches, same checks.
+    fn run_fast_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
+        let (Some(fast), TrainData::Labelled(data)) = (self.fast.as_mut(), &self.data) else {
+            unreachable!("the fast path is only built for labelled data");
+        };
+        fast.load(&self.model.params()?);
+        let mut xs = Vec::with_capacity(self.batch_size * data.dim);
+        let mut ys = Vec::with_capacity(self.batch_size);
+        let mut loss_sum = 0f64;
+        for _ in 0..steps {
+            xs.clear();
+            ys.clear();
+            for _ in 0..self.batch_size {
+                let i = self.sampler.next_index();
+                xs.extend_from_slice(data.row(i));
+                ys.push(data.labels[i]);
+            }
+            let value = fast.loss_and_grad(&xs, &ys);
+            self.steps_done += 1;
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { step: self.steps_done, loss: value });
+            }
+            loss_sum += value as f64;
+            fast.apply_update();
+        }
+        self.model.set_params(fast.params())?;
         Ok((loss_sum / steps as f64) as f32)
     }
 }

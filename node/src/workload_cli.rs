@@ -270,6 +270,9 @@ pub struct TrainBenchArgs {
 pub struct TrainBenchReport {
     pub model: String,
     pub device: String,
+    /// `fast` (the hand-written step) or `reference` (candle autograd; set
+    /// STARLING_TRAIN_PATH=reference).
+    pub path: String,
     pub threads: usize,
     pub batch: usize,
     pub steps: u32,
@@ -311,6 +314,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     let report = TrainBenchReport {
         model: format!("{:?}", args.model).to_lowercase(),
         device: args.device.to_string(),
+        path: trainer.path().as_str().into(),
         threads: candle_core::utils::get_num_threads(),
         batch: args.batch,
         steps: args.steps.max(1),
@@ -321,9 +325,10 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "candle {} on {} batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
+            "candle {} on {}, {} path, batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
             report.model,
             report.device,
+            report.path,
             report.batch,
             report.threads,
             report.samples_per_second,

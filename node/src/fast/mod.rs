@@ -1,0 +1,142 @@
+//! The hand-written CPU training step: forward, backward and AdamW for the MLP
+//! and the CNN over flat `f32` buffers, with GEMMs by the `gemm` crate and no
+//! allocation per step. It replaces candle's autograd in the trainer on the CPU
+//! where it applies, because candle's per-operation tensors cost more than the
+//! arithmetic at these sizes (`bench/torch_vs_candle.sh` measures both).
+//!
+//! Parameters keep the candle model's flat canonical order, so codecs,
+//! aggregation and checkpoints see no difference, and a step computes the same
+//! loss and gradient as candle's autograd up to float rounding. A step is
+//! deterministic: the same parameters and batch give bit-identical results,
+//! whatever the thread count.
+//!
+//! Set `STARLING_TRAIN_PATH=reference` to train through candle's autograd instead.
+
+pub mod cnn;
+pub mod maps;
+pub mod matmul;
+pub mod mlp;
+pub mod ops;
+#[cfg(test)]
+mod reference_tests;
+
+use candle_nn::ParamsAdamW;
+use starling_protocol::ModelSpec;
+
+pub use matmul::Threads;
+
+/// The environment variable that picks the training path: `reference` forces
+/// candle's autograd; `auto` (or unset) takes the fast path where it applies.
+pub const PATH_VAR: &str = "STARLING_TRAIN_PATH";
+
+/// Which implementation trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainPath {
+    /// Candle's autograd and [`crate::adamw::FusedAdamW`].
+    Reference,
+    /// This module's hand-written step.
+    Fast,
+}
+
+impl TrainPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainPath::Reference => "reference",
+            TrainPath::Fast => "fast",
+        }
+    }
+}
+
+/// True unless [`PATH_VAR`] asks for the reference path.
+pub fn fast_path_allowed() -> bool {
+    match std::env::var(PATH_VAR).as_deref() {
+        Ok("reference") => false,
+        Ok("auto") | Ok("fast") | Err(_) => true,
+        Ok(other) => {
+            tracing::warn!(
+                "{PATH_VAR}={other} is neither reference nor auto; taking the fast path where it applies"
+            );
+            true
+        }
+    }
+}
+
+/// A model's forward and backward pass by hand.
+pub enum Kernel {
+    Mlp(mlp::MlpStep),
+    Cnn(cnn::CnnStep),
+}
+
+impl Kernel {
+    /// The kernel for `spec`, or `None` when the fast path does not cover it
+    /// (the transformer; a CNN whose maps have an odd size before a pool).
+    pub fn for_spec(spec: &ModelSpec, threads: Threads) -> Option<Self> {
+        match spec {
+            ModelSpec::Mlp(m) if m.layers.len() >= 2 => {
+                Some(Kernel::Mlp(mlp::MlpStep::new(&m.layers, threads)))
+            }
+            ModelSpec::Cnn(c) if !c.channels.is_empty() => cnn::CnnStep::new(c, threads).map(Kernel::Cnn),
+            _ => None,
+        }
+    }
+
+    pub fn param_count(&self) -> usize {
+        match self {
+            Kernel::Mlp(k) => k.param_count(),
+            Kernel::Cnn(k) => k.param_count(),
+        }
+    }
+
+    /// Mean cross-entropy of the batch and, into `grad`, its gradient.
+    pub fn loss_and_grad(&mut self, params: &[f32], x: &[f32], labels: &[u32], grad: &mut [f32]) -> f32 {
+        match self {
+            Kernel::Mlp(k) => k.loss_and_grad(params, x, labels, grad),
+            Kernel::Cnn(k) => k.loss_and_grad(params, x, labels, grad),
+        }
+    }
+}
+
+/// Parameters, gradient, AdamW moments and the kernel: the whole inner loop's state.
+pub struct FastTrainer {
+    kernel: Kernel,
+    params: Vec<f32>,
+    grad: Vec<f32>,
+    optimizer: ops::FlatAdamW,
+    threads: Threads,
+}
+
+impl FastTrainer {
+    /// A trainer for `spec` with AdamW `adamw`, on the thread count candle uses
+    /// (`RAYON_NUM_THREADS`, else every core); `None` where the fast path does not apply.
+    pub fn for_spec(spec: &ModelSpec, adamw: ParamsAdamW) -> Option<Self> {
+        let threads = Threads(candle_core::utils::get_num_threads());
+        let kernel = Kernel::for_spec(spec, threads)?;
+        let n = kernel.param_count();
+        Some(Self {
+            kernel,
+            params: vec![0.0; n],
+            grad: vec![0.0; n],
+            optimizer: ops::FlatAdamW::new(n, adamw),
+            threads,
+        })
+    }
+
+    /// Replaces the parameters (in canonical order); the moments carry on.
+    pub fn load(&mut self, params: &[f32]) {
+        self.params.copy_from_slice(params);
+    }
+
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The batch's loss, leaving its gradient ready for [`Self::apply_update`].
+    pub fn loss_and_grad(&mut self, x: &[f32], labels: &[u32]) -> f32 {
+        self.kernel.loss_and_grad(&self.params, x, labels, &mut self.grad)
+    }
+
+    /// One AdamW step along the last gradient.
+    pub fn apply_update(&mut self) {
+        self.optimizer.step(&mut self.params, &self.grad, self.threads);
+    }
+}

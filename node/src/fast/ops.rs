@@ -1,0 +1,144 @@
+//! The element-wise pieces of the hand-written training step: bias and ReLU,
+//! softmax cross-entropy with its gradient in one pass, and AdamW over the
+//! flat parameter vector. Each follows the candle operation it replaces.
+
+use candle_nn::ParamsAdamW;
+use rayon::prelude::*;
+
+use super::matmul::Threads;
+
+/// Floats per task when AdamW runs on several threads.
+const ADAMW_CHUNK: usize = 16 * 1024;
+
+/// Adds `bias[j]` to every row's column `j` of the row-major `rows × bias.len()` matrix.
+pub fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `out = max(x, 0)`.
+pub fn relu(x: &[f32], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v.max(0.0);
+    }
+}
+
+/// Keeps `grad` where the ReLU's input was `>= 0`, as candle's backward does
+/// (it lets the gradient through at exactly zero).
+pub fn relu_backward(pre: &[f32], grad: &mut [f32]) {
+    for (g, z) in grad.iter_mut().zip(pre) {
+        if *z < 0.0 {
+            *g = 0.0;
+        }
+    }
+}
+
+/// `out[j] = Σ_rows x[row, j]` over the row-major `rows × out.len()` matrix.
+pub fn sum_rows(x: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for row in x.chunks_exact(out.len()) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// Mean cross-entropy of the `labels.len() × classes` logits, and in place of
+/// the logits its gradient `(softmax − onehot) / n`.
+pub fn softmax_cross_entropy(logits: &mut [f32], labels: &[u32], classes: usize) -> f32 {
+    let n = labels.len();
+    let scale = 1.0 / n as f32;
+    let mut total = 0f64;
+    for (row, &y) in logits.chunks_exact_mut(classes).zip(labels) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        // −log softmax_y = log Σ exp(z − max) − (z_y − max)
+        total += (sum.ln() - row[y as usize].ln()) as f64;
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv * scale;
+        }
+        row[y as usize] -= scale;
+    }
+    (total / n as f64) as f32
+}
+
+/// One chunk of parameters, first moments, second moments and gradient, as zipped.
+type AdamChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+
+/// AdamW over one flat vector: the rule of [`crate::adamw::FusedAdamW`], float
+/// for float, so both paths update alike given the same gradient.
+pub struct FlatAdamW {
+    params: ParamsAdamW,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    step_t: i32,
+}
+
+impl FlatAdamW {
+    pub fn new(len: usize, params: ParamsAdamW) -> Self {
+        Self { params, m: vec![0.0; len], v: vec![0.0; len], step_t: 0 }
+    }
+
+    /// One step of `theta` along `grad`; element-wise, so the thread count
+    /// cannot change the result.
+    pub fn step(&mut self, theta: &mut [f32], grad: &[f32], threads: Threads) {
+        assert_eq!(theta.len(), self.m.len(), "parameter count changed");
+        self.step_t += 1;
+        let p = &self.params;
+        let (b1, b2) = (p.beta1 as f32, p.beta2 as f32);
+        let scale_m = (1.0 / (1.0 - p.beta1.powi(self.step_t))) as f32;
+        let scale_v = (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32;
+        let decay = (1.0 - p.lr * p.weight_decay) as f32;
+        let (lr, eps) = (p.lr as f32, p.eps as f32);
+        let update = |(((theta, m), v), grad): AdamChunk| {
+            for (((t, m), v), g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
+                *m = *m * b1 + g * (1.0 - b1);
+                *v = *v * b2 + g * g * (1.0 - b2);
+                let (m_hat, v_hat) = (*m * scale_m, *v * scale_v);
+                *t = *t * decay - lr * (m_hat / (v_hat.sqrt() + eps));
+            }
+        };
+        if threads.0 > 1 && theta.len() > ADAMW_CHUNK {
+            theta
+                .par_chunks_mut(ADAMW_CHUNK)
+                .zip(self.m.par_chunks_mut(ADAMW_CHUNK))
+                .zip(self.v.par_chunks_mut(ADAMW_CHUNK))
+                .zip(grad.par_chunks(ADAMW_CHUNK))
+                .for_each(update);
+        } else {
+            update((((theta, &mut self.m[..]), &mut self.v[..]), grad));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor, Var};
+
+    #[test]
+    fn cross_entropy_and_its_gradient_match_candle() {
+        let (n, c) = (4, 5);
+        let z: Vec<f32> = (0..n * c).map(|i| (i as f32 * 1.3).sin() * 3.0).collect();
+        let y = [0u32, 4, 2, 2];
+        let var = Var::from_slice(&z, (n, c), &Device::Cpu).unwrap();
+        let labels = Tensor::new(&y, &Device::Cpu).unwrap();
+        let loss = candle_nn::loss::cross_entropy(var.as_tensor(), &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let want: Vec<f32> = grads.get(&var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mut got = z.clone();
+        let value = softmax_cross_entropy(&mut got, &y, c);
+        assert!((value - loss.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
+}
