@@ -132,7 +132,8 @@ impl Trainer {
             InnerOptimizer::Candle(candle_nn::AdamW::new(model.vars(), adamw.clone())?)
         };
         let fast = match &data {
-            TrainData::Labelled(_) if device.is_cpu() && fast_path_allowed() => {
+            // Private runs keep candle's autograd, the path their accounting was tested on.
+            TrainData::Labelled(_) if device.is_cpu() && spec.privacy.is_none() && fast_path_allowed() => {
                 FastTrainer::for_spec(&spec.model, adamw)
             }
             _ => None,
