@@ -9,8 +9,10 @@ fn key(i: u8) -> SigningKey {
     SigningKey::from_bytes(&[i; 32])
 }
 
+/// Sender and round in the payload, as in real deltas: equal payloads are replays.
 fn delta(i: u8, round: u64) -> SignedDelta {
-    SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, Codec::Dense.encode(&[1.0]))
+    let payload = Codec::Dense.encode(&[1.0, f32::from(i), round as f32]);
+    SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, payload)
 }
 
 fn merged(actions: &[Action]) -> Option<(u64, Vec<PublicKey>, CloseReason)> {
