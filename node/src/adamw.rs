@@ -6,6 +6,45 @@
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 
+/// The coefficients of one AdamW step (the `t`-th, from 1), applied
+/// element-wise: the one rule both the fused candle optimizer and the fast
+/// CPU step use, so the two paths train alike.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    b1: f32,
+    b2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    decay: f32,
+    lr: f32,
+    eps: f32,
+}
+
+impl AdamWStep {
+    pub fn new(p: &ParamsAdamW, t: i32) -> Self {
+        Self {
+            b1: p.beta1 as f32,
+            b2: p.beta2 as f32,
+            scale_m: (1.0 / (1.0 - p.beta1.powi(t))) as f32,
+            scale_v: (1.0 / (1.0 - p.beta2.powi(t))) as f32,
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            lr: p.lr as f32,
+            eps: p.eps as f32,
+        }
+    }
+
+    /// Updates `theta` and its moments `m`, `v` along the gradient `grad`.
+    pub fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32]) {
+        let Self { b1, b2, scale_m, scale_v, decay, lr, eps } = *self;
+        for (((t, m), v), g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
+            *m = *m * b1 + g * (1.0 - b1);
+            *v = *v * b2 + g * g * (1.0 - b2);
+            let (m_hat, v_hat) = (*m * scale_m, *v * scale_v);
+            *t = *t * decay - lr * (m_hat / (v_hat.sqrt() + eps));
+        }
+    }
+}
+
 struct Moments {
     var: Var,
     m: Vec<f32>,
@@ -36,22 +75,12 @@ impl Optimizer for FusedAdamW {
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step_t += 1;
-        let p = &self.params;
-        let (b1, b2) = (p.beta1 as f32, p.beta2 as f32);
-        let scale_m = (1.0 / (1.0 - p.beta1.powi(self.step_t))) as f32;
-        let scale_v = (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32;
-        let decay = (1.0 - p.lr * p.weight_decay) as f32;
-        let (lr, eps) = (p.lr as f32, p.eps as f32);
+        let step = AdamWStep::new(&self.params, self.step_t);
         for slot in self.vars.iter_mut() {
             let Some(g) = grads.get(&slot.var) else { continue };
             let g = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
             let mut theta = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            for (((t, m), v), g) in theta.iter_mut().zip(slot.m.iter_mut()).zip(slot.v.iter_mut()).zip(&g) {
-                *m = *m * b1 + g * (1.0 - b1);
-                *v = *v * b2 + g * g * (1.0 - b2);
-                let (m_hat, v_hat) = (*m * scale_m, *v * scale_v);
-                *t = *t * decay - lr * (m_hat / (v_hat.sqrt() + eps));
-            }
+            step.apply(&mut theta, &mut slot.m, &mut slot.v, &g);
             slot.var.set(&Tensor::from_vec(theta, slot.var.shape(), slot.var.device())?)?;
         }
         Ok(())

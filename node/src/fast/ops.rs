@@ -92,20 +92,8 @@ impl FlatAdamW {
     pub fn step(&mut self, theta: &mut [f32], grad: &[f32], threads: Threads) {
         assert_eq!(theta.len(), self.m.len(), "parameter count changed");
         self.step_t += 1;
-        let p = &self.params;
-        let (b1, b2) = (p.beta1 as f32, p.beta2 as f32);
-        let scale_m = (1.0 / (1.0 - p.beta1.powi(self.step_t))) as f32;
-        let scale_v = (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32;
-        let decay = (1.0 - p.lr * p.weight_decay) as f32;
-        let (lr, eps) = (p.lr as f32, p.eps as f32);
-        let update = |(((theta, m), v), grad): AdamChunk| {
-            for (((t, m), v), g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
-                *m = *m * b1 + g * (1.0 - b1);
-                *v = *v * b2 + g * g * (1.0 - b2);
-                let (m_hat, v_hat) = (*m * scale_m, *v * scale_v);
-                *t = *t * decay - lr * (m_hat / (v_hat.sqrt() + eps));
-            }
-        };
+        let step = crate::adamw::AdamWStep::new(&self.params, self.step_t);
+        let update = |(((theta, m), v), grad): AdamChunk| step.apply(theta, m, v, grad);
         if threads.0 > 1 && theta.len() > ADAMW_CHUNK {
             theta
                 .par_chunks_mut(ADAMW_CHUNK)
