@@ -51,6 +51,8 @@ enum Happening {
     Deadline { node: usize },
     /// A state transfer from `from` finished.
     SyncDone { node: usize, from: usize, epoch: u64 },
+    /// A node that synced tells a peer from which round it contributes.
+    Joining { to: usize, peer: PublicKey, from: u64 },
     /// A crashed node comes back.
     Restart { node: usize },
     /// A node forwards a delta it accepted to its mesh peers.
@@ -403,6 +405,14 @@ impl<'a> Engine<'a> {
                 Ok(())
             }
             Happening::SyncDone { node, from, epoch } => self.on_synced(node, from, epoch),
+            Happening::Joining { to, peer, from } => {
+                if self.up(to) {
+                    let actions =
+                        self.nodes[to].rounds.handle(self.now / MS, Event::PeerStarts { peer, from });
+                    self.apply(to, actions)?;
+                }
+                Ok(())
+            }
             Happening::Restart { node } => {
                 self.restart(node);
                 Ok(())
@@ -860,6 +870,19 @@ impl<'a> Engine<'a> {
         for d in deltas {
             if n.rounds.admit(&d.header) == Admission::Accept {
                 actions.extend(n.rounds.handle(now, Event::PeerDelta(d)));
+            }
+        }
+        if n.rounds.observing() && !self.grouped {
+            // As the real node does: every peer learns the round our source gave.
+            let side = n.side;
+            for to in 0..self.nodes.len() {
+                if to != node && self.up(to) && self.nodes[to].side == side {
+                    let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
+                    self.schedule(
+                        self.now + latency,
+                        Happening::Joining { to, peer: me, from: expected_from },
+                    );
+                }
             }
         }
         self.track(node);

@@ -896,6 +896,16 @@ impl Node {
         let now = self.now_ms();
         let synced = Event::Synced { round: self.state.round, expected_from };
         let mut actions = self.rounds.handle(now, synced);
+        if self.rounds.observing() {
+            // Peers saw us connect in rounds of their own; tell them all the one
+            // our source gave, so none waits for us before then.
+            for peer in self.run_peers.clone() {
+                self.swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, SyncRequest::Joining { from: expected_from });
+            }
+        }
         let (run, codec, params) = (self.spec.run_id(), self.spec.codec, self.spec.param_count());
         for delta in deltas {
             if delta.validate(run, codec, params).is_ok()
@@ -908,11 +918,20 @@ impl Node {
     }
 
     /// Answers a peer's sync request: our offer, or a chunk of a state we serve.
-    fn serve_sync(&mut self, peer: PeerId, request: SyncRequest) -> SyncResponse {
-        if self.phase == Phase::Gathering {
-            return SyncResponse::Unavailable;
+    fn serve_sync(&mut self, peer: PeerId, request: SyncRequest) -> Result<SyncResponse, NodeError> {
+        if let SyncRequest::Joining { from } = request {
+            if let Some(key) = net::peer_key(&peer).filter(|_| self.run_peers.contains(&peer)) {
+                debug!(%peer, from, "peer says when it starts contributing");
+                let actions = self.rounds.handle(self.now_ms(), Event::PeerStarts { peer: key, from });
+                self.apply(actions)?;
+            }
+            return Ok(SyncResponse::Noted);
         }
-        match request {
+        if self.phase == Phase::Gathering {
+            return Ok(SyncResponse::Unavailable);
+        }
+        Ok(match request {
+            SyncRequest::Joining { .. } => SyncResponse::Noted,
             SyncRequest::Offer => {
                 let snapshot = self.snapshots.of(&self.state);
                 let expected_from =
@@ -927,7 +946,7 @@ impl Node {
                 Some(bytes) => SyncResponse::Chunk(bytes),
                 None => SyncResponse::Unavailable,
             },
-        }
+        })
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
@@ -1021,7 +1040,7 @@ impl Node {
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = self.serve_sync(peer, request);
+                    let response = self.serve_sync(peer, request)?;
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
                 }
                 request_response::Message::Response { request_id, response } => {

@@ -135,6 +135,8 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
         let pending = match request {
             SyncRequest::Offer => Pending::Offer(peer),
             SyncRequest::Chunk { index, .. } => Pending::Chunk(peer, *index),
+            // A notice, not part of a fetch: its answer is not waited for.
+            SyncRequest::Joining { .. } => return,
         };
         self.pending.insert(id, pending);
     }
@@ -160,8 +162,8 @@ impl<P: Ord + Copy + std::fmt::Display, I: Hash + Eq + Copy> StateSync<P, I> {
                         }
                         Err(e) => warn!(%peer, error = %e, "refused a state offer"),
                     },
-                    Some(SyncResponse::Chunk(_)) => {
-                        warn!(%peer, "peer answered an offer request with a chunk")
+                    Some(SyncResponse::Chunk(_) | SyncResponse::Noted) => {
+                        warn!(%peer, "peer answered an offer request with something else")
                     }
                     Some(SyncResponse::Unavailable) | None => {}
                 }
@@ -415,6 +417,7 @@ mod tests {
         match req {
             SyncRequest::Chunk { index, .. } => SyncResponse::Chunk(snapshot.chunk(*index).unwrap().to_vec()),
             SyncRequest::Offer => offer(snapshot),
+            SyncRequest::Joining { .. } => SyncResponse::Noted,
         }
     }
 
@@ -496,7 +499,7 @@ mod tests {
             .iter()
             .filter_map(|(_, r)| match r {
                 SyncRequest::Chunk { index, .. } => Some(*index),
-                SyncRequest::Offer => None,
+                SyncRequest::Offer | SyncRequest::Joining { .. } => None,
             })
             .collect();
         // Chunk 0 was kept and verifies; the kept chunk 1 is garbage and is fetched again.

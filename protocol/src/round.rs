@@ -116,6 +116,11 @@ pub enum Event {
     /// expects our deltas from `expected_from`. Until then we observe, syncing
     /// again as each new round begins.
     Synced { round: u64, expected_from: u64 },
+    /// A connected peer that synced from someone says it contributes from
+    /// round `from` on. Peers see a newcomer connect in slightly different
+    /// rounds, so each would otherwise expect it from its own guess; the
+    /// newcomer's word, taken from the peer it synced from, makes them agree.
+    PeerStarts { peer: PublicKey, from: u64 },
     /// The node aggregates `round` in a group with these members (itself
     /// included): only their deltas are expected and merged.
     Group { round: u64, members: Vec<PublicKey> },
@@ -436,6 +441,15 @@ impl RoundState {
                 if peer != self.me && !self.connected.contains_key(&peer) {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
                     self.connected.insert(peer, from);
+                }
+            }
+            Event::PeerStarts { peer, from } => {
+                if peer != self.me && !self.banned.contains(&peer) {
+                    self.connected.insert(peer, from);
+                    if from > self.round {
+                        // It said it sits out until then; do not wait for it.
+                        self.last_active.remove(&peer);
+                    }
                 }
             }
             Event::PeerDisconnected(peer) => {
@@ -855,6 +869,27 @@ mod tests {
         // ...but is merged with the round once the expected peer delivers.
         let (round, senders, reason) = merged(&s.handle(3, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
         assert_eq!((round, senders.len(), reason), (0, 3, CloseReason::Quorum));
+    }
+
+    #[test]
+    fn a_newcomer_is_expected_from_the_round_it_announces() {
+        let (k2, k3) = (PublicKey::of(&key(2)), PublicKey::of(&key(3)));
+        let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+        s.handle(0, Event::PeerConnected(k2));
+        s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+        s.handle(1, Event::PeerConnected(k3));
+        assert_eq!(s.expected_from(&k3), 2, "our guess");
+        // It synced from a peer that saw it a round later.
+        s.handle(1, Event::PeerStarts { peer: k3, from: 3 });
+        assert_eq!(s.expected_from(&k3), 3);
+        assert!(merged(&s.handle(2, Event::PeerDelta(delta(2, 0, 2.0)))).is_some());
+        s.handle(3, Event::LocalDelta(delta(1, 1, 1.5)));
+        assert!(merged(&s.handle(4, Event::PeerDelta(delta(2, 1, 2.5)))).is_some());
+        // Round 2 closes at quorum without it, not at the deadline.
+        s.handle(5, Event::LocalDelta(delta(1, 2, 1.75)));
+        let (round, senders, reason) = merged(&s.handle(6, Event::PeerDelta(delta(2, 2, 2.75)))).unwrap();
+        assert_eq!((round, senders.len(), reason), (2, 2, CloseReason::Quorum));
+        assert!(s.active().contains(&k3), "expected in round 3");
     }
 
     #[test]

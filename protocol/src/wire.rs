@@ -321,6 +321,9 @@ pub enum SyncRequest {
     Offer,
     /// Chunk `index` of the state whose root is `root`.
     Chunk { root: [u8; 32], index: u32 },
+    /// A node that installed a state and observes until round `from` tells a
+    /// peer when to expect its deltas. Answered with [`SyncResponse::Noted`].
+    Joining { from: u64 },
 }
 
 /// The largest encoded [`SyncRequest`].
@@ -333,6 +336,8 @@ pub enum SyncResponse {
     Chunk(Vec<u8>),
     /// Not serving (still gathering, or that root is no longer held).
     Unavailable,
+    /// A [`SyncRequest::Joining`] was taken note of.
+    Noted,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -356,6 +361,7 @@ enum SyncResponseWire<'a> {
     },
     Chunk(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
     Unavailable,
+    Noted,
 }
 
 /// Encodes a sync request.
@@ -395,6 +401,7 @@ pub fn encode_sync_response(response: &SyncResponse) -> Vec<u8> {
         }
         SyncResponse::Chunk(bytes) => encode(&SyncResponseWire::Chunk(bytes)),
         SyncResponse::Unavailable => encode(&SyncResponseWire::Unavailable),
+        SyncResponse::Noted => encode(&SyncResponseWire::Noted),
     }
 }
 
@@ -434,6 +441,7 @@ pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, 
         }
         SyncResponseWire::Chunk(bytes) => SyncResponse::Chunk(bytes.to_vec()),
         SyncResponseWire::Unavailable => SyncResponse::Unavailable,
+        SyncResponseWire::Noted => SyncResponse::Noted,
     })
 }
 
@@ -477,7 +485,11 @@ mod tests {
 
     #[test]
     fn sync_requests_and_responses_round_trip() {
-        for request in [SyncRequest::Offer, SyncRequest::Chunk { root: [7; 32], index: 4095 }] {
+        for request in [
+            SyncRequest::Offer,
+            SyncRequest::Chunk { root: [7; 32], index: 4095 },
+            SyncRequest::Joining { from: u64::MAX },
+        ] {
             let bytes = encode_sync_request(&request);
             assert!(bytes.len() <= MAX_SYNC_REQUEST_BYTES);
             assert_eq!(decode_sync_request(&bytes).unwrap(), request);
@@ -489,7 +501,9 @@ mod tests {
             expected_from: 5,
             deltas: vec![],
         });
-        for response in [offer, SyncResponse::Chunk(vec![1, 2, 3]), SyncResponse::Unavailable] {
+        for response in
+            [offer, SyncResponse::Chunk(vec![1, 2, 3]), SyncResponse::Unavailable, SyncResponse::Noted]
+        {
             let bytes = encode_sync_response(&response);
             assert_eq!(decode_sync_response(&bytes, 1 << 20).unwrap(), response);
         }
