@@ -1,14 +1,18 @@
-//! The cost of record-level privacy per training step: DP-SGD (Poisson
-//! sampling, ghost-clipped per-example gradients, Gaussian noise) against the
-//! plain step, for the MLP of the glyph task (784-128-10) and the built-in
-//! task's MLP (32-128-128-10), on the CPU.
+//! The cost of record-level privacy per training step, for the MLP of the
+//! glyph task (784-128-10) and the built-in task's MLP (32-128-128-10), on the
+//! CPU: the per-example gradient path alone (ghost-clipped gradient sum
+//! against the plain gradient of the same batch), then the whole DP-SGD step
+//! (Poisson sampling, clipping, Gaussian noise for every parameter, optimizer)
+//! against the whole plain step.
 //!
 //!     cargo run --release -p starling-node --example dp_step_time [-- ROUNDS]
 
 use std::time::Instant;
 
 use starling_node::data::Dataset;
+use starling_node::fast::FastTrainer;
 use starling_node::model::Mlp;
+use starling_node::optim::InnerRule;
 use starling_node::privacy::{DpSgd, NoiseRng};
 use starling_node::trainer::Trainer;
 use starling_protocol::{ModelSpec, RunSpec};
@@ -18,16 +22,44 @@ const STEPS: u32 = 20;
 
 fn main() -> anyhow::Result<()> {
     let rounds: u32 = std::env::args().nth(1).map(|r| r.parse()).transpose()?.unwrap_or(10);
-    println!("| model | batch | plain ms/step | DP-SGD ms/step | DP / plain |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| model | batch | plain gradient ms | clipped per-example sum ms | ratio | plain step ms | DP-SGD step ms | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for layers in [vec![784, 128, 10], vec![32, 128, 128, 10]] {
-        for batch in [64, 256] {
+        for batch in [64, 256, 1024] {
+            let (grad, clipped) = gradient_ms(&layers, batch, rounds * STEPS)?;
             let plain = ms_per_step(&layers, batch, rounds, false)?;
             let private = ms_per_step(&layers, batch, rounds, true)?;
-            println!("| mlp {layers:?} | {batch} | {plain:.3} | {private:.3} | {:.2}× |", private / plain);
+            println!(
+                "| mlp {layers:?} | {batch} | {grad:.3} | {clipped:.3} | {:.2}× | {plain:.3} | {private:.3} | {:.2}× |",
+                clipped / grad,
+                private / plain
+            );
         }
     }
     Ok(())
+}
+
+/// Mean wall time of the plain gradient and of the clipped per-example sum of
+/// one batch, alternated `reps` times after a warm-up.
+fn gradient_ms(layers: &[usize], batch: usize, reps: u32) -> anyhow::Result<(f64, f64)> {
+    let spec = ModelSpec::mlp(layers.to_vec());
+    let rule = InnerRule::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+    let mut fast = FastTrainer::for_spec(&spec, rule).ok_or_else(|| anyhow::anyhow!("no fast path"))?;
+    fast.load(&Mlp::initial_params(layers, 1));
+    let x: Vec<f32> = (0..batch * layers[0]).map(|i| ((i as f32) * 0.618).fract()).collect();
+    let y: Vec<u32> = (0..batch).map(|i| (i % layers[layers.len() - 1]) as u32).collect();
+    fast.loss_and_grad(&x, &y);
+    fast.clipped_grad_sum(&x, &y, 1.0);
+    let (mut plain, mut clipped) = (0f64, 0f64);
+    for _ in 0..reps {
+        let t = Instant::now();
+        std::hint::black_box(fast.loss_and_grad(&x, &y));
+        plain += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::hint::black_box(fast.clipped_grad_sum(&x, &y, 1.0));
+        clipped += t.elapsed().as_secs_f64();
+    }
+    Ok((plain * 1e3 / reps as f64, clipped * 1e3 / reps as f64))
 }
 
 /// Mean wall time of one inner step over `rounds` rounds of `STEPS`, after one warm-up round.

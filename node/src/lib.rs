@@ -1,6 +1,5 @@
 //! The Starling node: networking, training and the event loop that drives the protocol.
 
-pub mod adamw;
 pub mod alloc;
 pub mod bench;
 pub mod bench_sync;
@@ -24,6 +23,7 @@ pub mod net;
 pub mod net_cli;
 pub mod node;
 pub mod operator_cli;
+pub mod optim;
 pub mod privacy;
 pub mod progress;
 pub mod statesync;

@@ -77,11 +77,46 @@ pub fn line(report: &RoundReport) -> String {
         Some(eval) => format!("acc {:.2}%", eval.accuracy * 100.0),
         None => "acc - (--evaluate)".into(),
     };
+    let privacy = report.epsilon.map(|e| format!(" | ε {e:.2}")).unwrap_or_default();
+    let loss = if report.train_loss.is_finite() {
+        format!("loss {:.4}", report.train_loss)
+    } else {
+        "loss - (not trained)".into()
+    };
     format!(
-        "loss {:.4} | {accuracy} | peers {} | in {} | out {}",
-        report.train_loss,
+        "{loss} | {accuracy} | peers {} | in {} | out {}{privacy}",
         report.peers,
         human_bytes(report.traffic.received as f64),
         human_bytes(report.traffic.sent as f64)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_protocol::{round::CloseReason, PublicKey};
+
+    fn report(train_loss: f32, epsilon: Option<f64>) -> RoundReport {
+        RoundReport {
+            node: PublicKey::of(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
+            round: 3,
+            train_loss,
+            eval: None,
+            peers: 2,
+            merged: 3,
+            reason: CloseReason::Quorum,
+            traffic: crate::metrics::Traffic { sent: 2048, received: 4096 },
+            epsilon,
+            params: None,
+        }
+    }
+
+    #[test]
+    fn the_line_shows_epsilon_in_a_private_run_and_no_nan_loss() {
+        let private = line(&report(0.5, Some(2.345)));
+        assert!(private.starts_with("loss 0.5000 |") && private.ends_with("| ε 2.35"), "{private}");
+        assert!(!line(&report(0.5, None)).contains('ε'));
+        let sat_out = line(&report(f32::NAN, Some(8.0)));
+        assert!(sat_out.starts_with("loss - (not trained)") && !sat_out.contains("NaN"), "{sat_out}");
+    }
 }

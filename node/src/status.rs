@@ -115,8 +115,25 @@ pub struct NodeStatus {
     /// Refused deltas and proofs by reason.
     pub deltas_refused: BTreeMap<String, u64>,
     pub uptime_seconds: f64,
+    /// Differential privacy spent, in a run with `[privacy]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyStatus>,
     /// The last [`HISTORY_ROUNDS`] merged rounds, oldest first.
     pub history: Vec<RoundPoint>,
+}
+
+/// A private node's budget, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyStatus {
+    /// `record` (DP-SGD) or `node` (the whole contribution).
+    pub level: String,
+    /// ε spent so far at `delta`.
+    pub epsilon: f64,
+    /// The budget the spec allows.
+    pub epsilon_budget: f64,
+    pub delta: f64,
+    /// False once the budget is spent: the node merges and no longer publishes.
+    pub contributing: bool,
 }
 
 /// How many merged rounds `/status` keeps: enough for a long chart, while the
@@ -188,6 +205,17 @@ impl std::fmt::Display for NodeStatus {
             write!(f, " ({reason}: {count})")?;
         }
         writeln!(f)?;
+        if let Some(p) = &self.privacy {
+            writeln!(
+                f,
+                "privacy   ε {:.2} of {} spent (δ {:e}, {} level){}",
+                p.epsilon,
+                p.epsilon_budget,
+                p.delta,
+                p.level,
+                if p.contributing { "" } else { "; budget spent: merging only" }
+            )?;
+        }
         write!(f, "uptime    {:.0} s", self.uptime_seconds)
     }
 }

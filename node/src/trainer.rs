@@ -1,4 +1,4 @@
-//! Local training: H inner AdamW steps on a node's own shard from the round's
+//! Local training: H inner optimizer steps (AdamW, or SGD with momentum) on a node's own shard from the round's
 //! starting parameters, and evaluation of any parameters on any data.
 //!
 //! The inner optimizer's moments and the batch sampler persist across rounds, as in
@@ -6,9 +6,9 @@
 //! `Trainer` produces bit-identical parameters.
 
 use candle_core::{Device, Tensor};
-use candle_nn::{Optimizer, ParamsAdamW};
+use candle_nn::Optimizer;
 
-use crate::adamw::FusedAdamW;
+use crate::optim::{FusedOptimizer, InnerRule};
 use rand::rngs::Xoshiro256PlusPlus;
 use starling_protocol::RunSpec;
 
@@ -69,10 +69,10 @@ pub struct Evaluation {
     pub accuracy: f32,
 }
 
-/// The inner optimizer: the same AdamW rule, fused over host slices on the
-/// CPU, candle's tensor operations elsewhere.
-enum InnerOptimizer {
-    Fused(FusedAdamW),
+/// The inner optimizer: the spec's rule fused over host slices on the CPU;
+/// on a GPU, candle's own AdamW (SGD stays fused, copying each step).
+enum InnerStepper {
+    Fused(FusedOptimizer),
     Candle(candle_nn::AdamW),
 }
 
@@ -82,7 +82,7 @@ pub struct Trainer {
     /// A second model for evaluation, so evaluating never disturbs training state.
     eval_model: Model,
     data: TrainData,
-    optimizer: InnerOptimizer,
+    optimizer: InnerStepper,
     /// Where the model and its batches live.
     device: Device,
     /// The hand-written CPU step, where it covers the model and is allowed;
@@ -119,22 +119,18 @@ impl Trainer {
         if spec.inner.batch_size == 0 {
             return Err(TrainError::Zero("inner.batch_size"));
         }
-        let adamw = ParamsAdamW {
-            lr: spec.inner.lr,
-            weight_decay: spec.inner.weight_decay,
-            ..ParamsAdamW::default()
-        };
+        let rule = InnerRule::from_spec(&spec.inner);
         // The fused update works on host slices: on a GPU it would copy every
         // variable out and back each step, so there candle's own AdamW runs.
-        let optimizer = if device.is_cpu() {
-            InnerOptimizer::Fused(FusedAdamW::new(model.vars(), adamw.clone())?)
-        } else {
-            InnerOptimizer::Candle(candle_nn::AdamW::new(model.vars(), adamw.clone())?)
+        let optimizer = match &rule {
+            InnerRule::AdamW(adamw) if !device.is_cpu() => {
+                InnerStepper::Candle(candle_nn::AdamW::new(model.vars(), adamw.clone())?)
+            }
+            _ => InnerStepper::Fused(FusedOptimizer::new(model.vars(), rule.clone())?),
         };
         let fast = match &data {
-            // Private runs keep candle's autograd, the path their accounting was tested on.
-            TrainData::Labelled(_) if device.is_cpu() && spec.privacy.is_none() && fast_path_allowed() => {
-                FastTrainer::for_spec(&spec.model, adamw)
+            TrainData::Labelled(_) if device.is_cpu() && fast_path_allowed() => {
+                FastTrainer::for_spec(&spec.model, rule)
             }
             _ => None,
         };
@@ -194,19 +190,27 @@ impl Trainer {
 
     /// Trains with DP-SGD from now on (see [`crate::privacy::dpsgd`]).
     pub fn set_private(&mut self, dp: crate::privacy::DpSgd) {
-        // Per-example clipping runs on candle's autograd, not the fast step.
-        self.fast = None;
+        // The fast step clips the MLP's examples; other models clip on candle's autograd.
+        if !self.fast.as_ref().is_some_and(FastTrainer::clips_per_example) {
+            self.fast = None;
+        }
         self.private = Some(dp);
     }
 
     /// Runs `steps` steps from the model's current parameters; returns the mean loss.
     fn run_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
         if let Some(dp) = self.private.as_mut() {
-            let InnerOptimizer::Fused(optimizer) = &mut self.optimizer else {
+            let InnerStepper::Fused(optimizer) = &mut self.optimizer else {
                 return Err(TrainError::DataMismatch(
                     "differential privacy trains on the CPU only; leave out --device".into(),
                 ));
             };
+            if let (Some(fast), TrainData::Labelled(data)) = (self.fast.as_mut(), &self.data) {
+                fast.load(&self.model.params()?);
+                let loss = dp.run_fast_steps(fast, data, steps, &mut self.steps_done)?;
+                self.model.set_params(fast.params())?;
+                return Ok(loss);
+            }
             return dp.run_steps(&self.model, &self.data, optimizer, steps, &mut self.steps_done);
         }
         if self.fast.is_some() {
@@ -256,8 +260,8 @@ impl Trainer {
             }
             loss_sum += value as f64;
             match &mut self.optimizer {
-                InnerOptimizer::Fused(o) => o.backward_step(&loss)?,
-                InnerOptimizer::Candle(o) => o.backward_step(&loss)?,
+                InnerStepper::Fused(o) => o.backward_step(&loss)?,
+                InnerStepper::Candle(o) => o.backward_step(&loss)?,
             }
         }
         Ok((loss_sum / steps as f64) as f32)

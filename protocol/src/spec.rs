@@ -117,7 +117,7 @@ pub struct DatasetSpec {
     pub partition: Partition,
 }
 
-/// The inner (local) optimizer: AdamW for `steps` steps per round.
+/// The inner (local) optimizer: AdamW (or SGD with momentum) for `steps` steps per round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InnerSpec {
@@ -126,6 +126,31 @@ pub struct InnerSpec {
     pub batch_size: usize,
     pub lr: f64,
     pub weight_decay: f64,
+    /// `adamw` (when absent) or `sgd` (heavy-ball momentum, what DP-SGD
+    /// trains best with). Left out of the TOML and run id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<InnerOptimizer>,
+    /// SGD's momentum, in [0, 1) (0.9 when absent); only with `optimizer = "sgd"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+}
+
+/// The rule of the inner optimizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InnerOptimizer {
+    /// AdamW with candle's defaults (β = 0.9, 0.999; ε = 1e-8).
+    #[default]
+    Adamw,
+    /// SGD with heavy-ball momentum: `m ← μ·m + g`, `θ ← θ − lr·m`.
+    Sgd,
+}
+
+impl InnerSpec {
+    /// SGD's momentum μ (0.9 when the spec leaves it out).
+    pub fn sgd_momentum(&self) -> f64 {
+        self.momentum.unwrap_or(0.9)
+    }
 }
 
 /// The outer optimizer: SGD with (Nesterov) momentum on the averaged pseudo-gradient.
@@ -176,7 +201,14 @@ impl RunSpec {
                 eval_samples: 4096,
                 partition: Partition::Iid,
             },
-            inner: InnerSpec { steps: 50, batch_size: 64, lr: 2e-3, weight_decay: 0.0 },
+            inner: InnerSpec {
+                steps: 50,
+                batch_size: 64,
+                lr: 2e-3,
+                weight_decay: 0.0,
+                optimizer: None,
+                momentum: None,
+            },
             outer: OuterSpec::for_codec(Codec::Dense),
             round: RoundSpec { deadline_ms: 30_000, quorum: 1.0 },
             codec: Codec::Dense,
@@ -284,6 +316,15 @@ impl RunSpec {
         if !(self.inner.weight_decay.is_finite() && self.inner.weight_decay >= 0.0) {
             return bad("inner.weight_decay", "must be zero or positive");
         }
+        match (self.inner.optimizer.unwrap_or_default(), self.inner.momentum) {
+            (InnerOptimizer::Adamw, Some(_)) => {
+                return bad("inner.momentum", "is SGD's; set inner.optimizer = \"sgd\" or remove it");
+            }
+            (InnerOptimizer::Sgd, Some(m)) if !(0.0..1.0).contains(&m) => {
+                return bad("inner.momentum", "must be in [0, 1)");
+            }
+            _ => {}
+        }
         if !(self.outer.lr.is_finite() && self.outer.lr > 0.0) {
             return bad("outer.lr", "must be a positive number");
         }
@@ -354,6 +395,21 @@ mod tests {
         spec.round.quorum = 0.0;
         let err = RunSpec::from_toml(&spec.to_toml()).unwrap_err().to_string();
         assert!(err.contains("round.quorum"), "{err}");
+    }
+
+    #[test]
+    fn the_inner_optimizer_is_adamw_unless_named_and_momentum_is_sgds() {
+        let adamw = RunSpec::builtin();
+        assert!(!adamw.to_toml().contains("optimizer"), "left out when absent");
+        let text = adamw.to_toml().replace("[inner]\n", "[inner]\noptimizer = \"sgd\"\nmomentum = 0.5\n");
+        let sgd = RunSpec::from_toml(&text).unwrap();
+        assert_eq!((sgd.inner.optimizer, sgd.inner.sgd_momentum()), (Some(InnerOptimizer::Sgd), 0.5));
+        assert_ne!(sgd.run_id(), adamw.run_id());
+        let err = RunSpec::from_toml(&text.replace("optimizer = \"sgd\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("inner.momentum") && err.contains("sgd"), "{err}");
+        let err =
+            RunSpec::from_toml(&text.replace("momentum = 0.5", "momentum = 1.0")).unwrap_err().to_string();
+        assert!(err.contains("inner.momentum"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct MlpStep {
     post: Vec<Vec<f32>>,
     grad_out: Vec<f32>,
     grad_in: Vec<f32>,
+    /// Per layer, the gradient at its output (DP-SGD keeps them all).
+    dz: Vec<Vec<f32>>,
+    /// Per example, its squared gradient norm, then its clip factor.
+    per_example: Vec<f32>,
 }
 
 impl MlpStep {
@@ -35,6 +39,8 @@ impl MlpStep {
             post: Vec::new(),
             grad_out: Vec::new(),
             grad_in: Vec::new(),
+            dz: Vec::new(),
+            per_example: Vec::new(),
         }
     }
 
@@ -53,24 +59,23 @@ impl MlpStep {
         let widest = self.layers.iter().copied().max().unwrap_or(0);
         self.grad_out = vec![0.0; batch * widest];
         self.grad_in = vec![0.0; batch * widest];
+        self.dz.clear();
     }
 
-    /// Mean cross-entropy of the batch `x` (`labels.len() × input`) and, into
-    /// `grad`, its gradient with respect to `params`.
-    pub fn loss_and_grad(&mut self, params: &[f32], x: &[f32], labels: &[u32], grad: &mut [f32]) -> f32 {
-        let n = labels.len();
-        assert_eq!(params.len(), self.param_count());
-        assert_eq!(grad.len(), params.len());
-        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
-        self.resize(n);
-        let depth = self.layers.len() - 1;
-        let mut offsets = Vec::with_capacity(depth);
+    /// Where each layer's weight and bias start in the flat parameters.
+    fn offsets(&self) -> Vec<(usize, usize)> {
+        let mut offsets = Vec::with_capacity(self.layers.len() - 1);
         let mut at = 0;
         for w in self.layers.windows(2) {
             offsets.push((at, at + w[0] * w[1]));
             at += w[0] * w[1] + w[1];
         }
+        offsets
+    }
 
+    /// The forward pass of `n` examples into `pre` and `post`.
+    fn forward(&mut self, params: &[f32], x: &[f32], n: usize, offsets: &[(usize, usize)]) {
+        let depth = self.layers.len() - 1;
         for i in 0..depth {
             let (fan_in, fan_out) = (self.layers[i], self.layers[i + 1]);
             let (w_at, b_at) = offsets[i];
@@ -84,6 +89,99 @@ impl MlpStep {
                 relu(out, &mut after[0]);
             }
         }
+    }
+
+    /// DP-SGD's clipped gradient sum by ghost clipping (see
+    /// [`crate::privacy::dpsgd`]): each example's gradient of its own loss,
+    /// clipped to L2 norm `clip`, summed into `grad`; returns the summed loss.
+    /// The products are those of a plain step; the per-example norms
+    /// `Σ_layers (‖aᵢ‖² + 1)·‖δᵢ‖²` cost one pass over activations and deltas.
+    pub fn clipped_grad_sum(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        labels: &[u32],
+        clip: f32,
+        grad: &mut [f32],
+    ) -> f64 {
+        let n = labels.len();
+        assert_eq!(params.len(), self.param_count());
+        assert_eq!(grad.len(), params.len());
+        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
+        if n == 0 {
+            grad.fill(0.0);
+            return 0.0;
+        }
+        self.resize(n);
+        let depth = self.layers.len() - 1;
+        if self.dz.len() != depth {
+            self.dz = self.layers[1..].iter().map(|&w| vec![0.0; n * w]).collect();
+        }
+        let offsets = self.offsets();
+        self.forward(params, x, n, &offsets);
+
+        let classes = self.layers[depth];
+        let top = &mut self.dz[depth - 1];
+        top.copy_from_slice(&self.pre[depth - 1]);
+        // The mean loss's gradient is each example's own divided by n.
+        let loss_sum = softmax_cross_entropy(top, labels, classes) as f64 * n as f64;
+        top.iter_mut().for_each(|g| *g *= n as f32);
+        for i in (1..depth).rev() {
+            let (fan_in, fan_out) = (self.layers[i], self.layers[i + 1]);
+            let (w_at, b_at) = offsets[i];
+            let (below, above) = self.dz.split_at_mut(i);
+            let weight = View::rows(&params[w_at..b_at], fan_out, fan_in);
+            let da = &mut below[i - 1];
+            matmul(da, View::rows(&above[0], n, fan_out), weight, false, self.threads);
+            relu_backward(&self.pre[i - 1], da);
+        }
+
+        let norms = &mut self.per_example;
+        norms.clear();
+        norms.resize(n, 0.0);
+        for i in 0..depth {
+            let (fan_in, fan_out) = (self.layers[i], self.layers[i + 1]);
+            let input = if i == 0 { x } else { &self.post[i - 1] };
+            let rows = input.chunks_exact(fan_in).zip(self.dz[i].chunks_exact(fan_out));
+            for (norm, (a, d)) in norms.iter_mut().zip(rows) {
+                let a2: f32 = a.iter().map(|v| v * v).sum();
+                let d2: f32 = d.iter().map(|v| v * v).sum();
+                *norm += (a2 + 1.0) * d2;
+            }
+        }
+        for norm in norms.iter_mut() {
+            *norm = (clip / norm.sqrt().max(1e-12)).min(1.0);
+        }
+        for (i, &(w_at, b_at)) in offsets.iter().enumerate() {
+            let (fan_in, fan_out) = (self.layers[i], self.layers[i + 1]);
+            let dz = &mut self.dz[i];
+            for (row, &factor) in dz.chunks_exact_mut(fan_out).zip(norms.iter()) {
+                row.iter_mut().for_each(|g| *g *= factor);
+            }
+            let input = if i == 0 { x } else { &self.post[i - 1] };
+            matmul(
+                &mut grad[w_at..b_at],
+                View::rows(dz, n, fan_out).t(),
+                View::rows(input, n, fan_in),
+                false,
+                self.threads,
+            );
+            sum_rows(dz, &mut grad[b_at..b_at + fan_out]);
+        }
+        loss_sum
+    }
+
+    /// Mean cross-entropy of the batch `x` (`labels.len() × input`) and, into
+    /// `grad`, its gradient with respect to `params`.
+    pub fn loss_and_grad(&mut self, params: &[f32], x: &[f32], labels: &[u32], grad: &mut [f32]) -> f32 {
+        let n = labels.len();
+        assert_eq!(params.len(), self.param_count());
+        assert_eq!(grad.len(), params.len());
+        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
+        self.resize(n);
+        let depth = self.layers.len() - 1;
+        let offsets = self.offsets();
+        self.forward(params, x, n, &offsets);
 
         let classes = self.layers[depth];
         let grad_out = &mut self.grad_out[..n * classes];

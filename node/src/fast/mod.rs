@@ -20,7 +20,7 @@ pub mod ops;
 #[cfg(test)]
 mod reference_tests;
 
-use candle_nn::ParamsAdamW;
+use crate::optim::InnerRule;
 use starling_protocol::ModelSpec;
 
 pub use matmul::Threads;
@@ -32,7 +32,7 @@ pub const PATH_VAR: &str = "STARLING_TRAIN_PATH";
 /// Which implementation trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrainPath {
-    /// Candle's autograd and [`crate::adamw::FusedAdamW`].
+    /// Candle's autograd and [`crate::optim::FusedOptimizer`].
     Reference,
     /// This module's hand-written step.
     Fast,
@@ -101,14 +101,14 @@ pub struct FastTrainer {
     kernel: Kernel,
     params: Vec<f32>,
     grad: Vec<f32>,
-    optimizer: ops::FlatAdamW,
+    optimizer: ops::FlatOptimizer,
     threads: Threads,
 }
 
 impl FastTrainer {
-    /// A trainer for `spec` with AdamW `adamw`, on the thread count candle uses
+    /// A trainer for `spec` with the inner rule `rule`, on the thread count candle uses
     /// (`RAYON_NUM_THREADS`, else every core); `None` where the fast path does not apply.
-    pub fn for_spec(spec: &ModelSpec, adamw: ParamsAdamW) -> Option<Self> {
+    pub fn for_spec(spec: &ModelSpec, rule: InnerRule) -> Option<Self> {
         let threads = Threads(candle_core::utils::get_num_threads());
         let kernel = Kernel::for_spec(spec, threads)?;
         let n = kernel.param_count();
@@ -116,7 +116,7 @@ impl FastTrainer {
             kernel,
             params: vec![0.0; n],
             grad: vec![0.0; n],
-            optimizer: ops::FlatAdamW::new(n, adamw),
+            optimizer: ops::FlatOptimizer::new(n, rule),
             threads,
         })
     }
@@ -135,7 +135,27 @@ impl FastTrainer {
         self.kernel.loss_and_grad(&self.params, x, labels, &mut self.grad)
     }
 
-    /// One AdamW step along the last gradient.
+    /// Whether [`Self::clipped_grad_sum`] covers the model (the MLP).
+    pub fn clips_per_example(&self) -> bool {
+        matches!(self.kernel, Kernel::Mlp(_))
+    }
+
+    /// DP-SGD's sum of per-example gradients clipped to `clip`, left as the
+    /// gradient (to be noised, see [`Self::grad_mut`]); the summed loss.
+    /// `None` where the kernel has no per-example clipping.
+    pub fn clipped_grad_sum(&mut self, x: &[f32], labels: &[u32], clip: f32) -> Option<f64> {
+        match &mut self.kernel {
+            Kernel::Mlp(k) => Some(k.clipped_grad_sum(&self.params, x, labels, clip, &mut self.grad)),
+            Kernel::Cnn(_) => None,
+        }
+    }
+
+    /// The gradient the next [`Self::apply_update`] follows.
+    pub fn grad_mut(&mut self) -> &mut [f32] {
+        &mut self.grad
+    }
+
+    /// One step of the inner optimizer along the last gradient.
     pub fn apply_update(&mut self) {
         self.optimizer.step(&mut self.params, &self.grad, self.threads);
     }

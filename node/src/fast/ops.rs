@@ -2,7 +2,7 @@
 //! softmax cross-entropy with its gradient in one pass, and AdamW over the
 //! flat parameter vector. Each follows the candle operation it replaces.
 
-use candle_nn::ParamsAdamW;
+use crate::optim::InnerRule;
 use rayon::prelude::*;
 
 use super::matmul::Threads;
@@ -54,13 +54,15 @@ pub fn softmax_cross_entropy(logits: &mut [f32], labels: &[u32], classes: usize)
     let mut total = 0f64;
     for (row, &y) in logits.chunks_exact_mut(classes).zip(labels) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Taken before exponentiating: exp(z_y − max) may underflow to 0.
+        let shifted_y = row[y as usize] - max;
         let mut sum = 0f32;
         for v in row.iter_mut() {
             *v = (*v - max).exp();
             sum += *v;
         }
         // −log softmax_y = log Σ exp(z − max) − (z_y − max)
-        total += (sum.ln() - row[y as usize].ln()) as f64;
+        total += (sum.ln() - shifted_y) as f64;
         let inv = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= inv * scale;
@@ -73,18 +75,19 @@ pub fn softmax_cross_entropy(logits: &mut [f32], labels: &[u32], classes: usize)
 /// One chunk of parameters, first moments, second moments and gradient, as zipped.
 type AdamChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
 
-/// AdamW over one flat vector: the rule of [`crate::adamw::FusedAdamW`], float
-/// for float, so both paths update alike given the same gradient.
-pub struct FlatAdamW {
-    params: ParamsAdamW,
+/// The inner optimizer over one flat vector: the rule of
+/// [`crate::optim::FusedOptimizer`], float for float, so both paths update
+/// alike given the same gradient.
+pub struct FlatOptimizer {
+    rule: InnerRule,
     m: Vec<f32>,
     v: Vec<f32>,
     step_t: i32,
 }
 
-impl FlatAdamW {
-    pub fn new(len: usize, params: ParamsAdamW) -> Self {
-        Self { params, m: vec![0.0; len], v: vec![0.0; len], step_t: 0 }
+impl FlatOptimizer {
+    pub fn new(len: usize, rule: InnerRule) -> Self {
+        Self { rule, m: vec![0.0; len], v: vec![0.0; len], step_t: 0 }
     }
 
     /// One step of `theta` along `grad`; element-wise, so the thread count
@@ -92,7 +95,7 @@ impl FlatAdamW {
     pub fn step(&mut self, theta: &mut [f32], grad: &[f32], threads: Threads) {
         assert_eq!(theta.len(), self.m.len(), "parameter count changed");
         self.step_t += 1;
-        let step = crate::adamw::AdamWStep::new(&self.params, self.step_t);
+        let step = self.rule.step(self.step_t);
         let update = |(((theta, m), v), grad): AdamChunk| step.apply(theta, m, v, grad);
         if threads.0 > 1 && theta.len() > ADAMW_CHUNK {
             theta
@@ -128,5 +131,14 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
+    }
+
+    #[test]
+    fn a_confidently_wrong_logit_gives_a_large_finite_loss_not_inf() {
+        // exp(−200) underflows in f32: the loss must come from the logits, not ln(0).
+        let mut z = vec![200.0f32, 0.0];
+        let loss = softmax_cross_entropy(&mut z, &[1], 2);
+        assert!((loss - 200.0).abs() < 1e-3, "{loss}");
+        assert!(z.iter().all(|g| g.is_finite()));
     }
 }

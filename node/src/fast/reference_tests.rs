@@ -8,8 +8,8 @@ use starling_protocol::spec::CnnSpec;
 use starling_protocol::ModelSpec;
 
 use super::{FastTrainer, Kernel, Threads};
-use crate::adamw::FusedAdamW;
 use crate::models::{initial_params, Batch, Model};
+use crate::optim::{FusedOptimizer, InnerRule};
 
 fn specs() -> Vec<ModelSpec> {
     vec![
@@ -75,14 +75,15 @@ fn loss_and_gradient_match_candle_autograd() {
 }
 
 #[test]
-fn several_adamw_steps_train_as_the_reference_does() {
-    let adamw = ParamsAdamW { lr: 1e-2, weight_decay: 0.01, ..Default::default() };
-    for spec in specs() {
+fn several_adamw_and_sgd_steps_train_as_the_reference_does() {
+    let adamw = InnerRule::AdamW(ParamsAdamW { lr: 1e-2, weight_decay: 0.01, ..Default::default() });
+    let sgd = InnerRule::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 0.01 };
+    for (spec, rule) in specs().into_iter().flat_map(|s| [(s.clone(), adamw.clone()), (s, sgd.clone())]) {
         let start = initial_params(&spec, 5).unwrap();
         let model = Model::new(&spec).unwrap();
         model.set_params(&start).unwrap();
-        let mut reference = FusedAdamW::new(model.vars(), adamw.clone()).unwrap();
-        let mut fast = FastTrainer::for_spec(&spec, adamw.clone()).unwrap();
+        let mut reference = FusedOptimizer::new(model.vars(), rule.clone()).unwrap();
+        let mut fast = FastTrainer::for_spec(&spec, rule.clone()).unwrap();
         fast.load(&start);
         for step in 0..5 {
             let (x, y) = batch(&spec, 8, step);
@@ -93,7 +94,11 @@ fn several_adamw_steps_train_as_the_reference_does() {
             reference.backward_step(&want).unwrap();
             fast.apply_update();
         }
-        assert_close(fast.params(), &model.params().unwrap(), &format!("{spec:?} parameters after 5 steps"));
+        assert_close(
+            fast.params(),
+            &model.params().unwrap(),
+            &format!("{spec:?} {rule:?}: parameters after 5 steps"),
+        );
     }
 }
 
@@ -135,4 +140,41 @@ fn odd_maps_and_the_transformer_stay_on_the_reference_path() {
         context: 4,
     });
     assert!(Kernel::for_spec(&lm, Threads(1)).is_none());
+}
+
+#[test]
+fn ghost_clipped_sums_match_the_candle_dp_sgd_path() {
+    let rule = InnerRule::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 };
+    for spec in specs().into_iter().filter(|s| matches!(s, ModelSpec::Mlp(_))) {
+        let params = initial_params(&spec, 3).unwrap();
+        let (x, y) = batch(&spec, 9, 1);
+        let model = Model::new(&spec).unwrap();
+        model.set_params(&params).unwrap();
+        let Batch::Labelled { x: xt, y: yt } = candle_batch(&spec, &x, &y) else { unreachable!() };
+        let vars = model.vars();
+        // A tight clip clips every example; a loose one none.
+        for clip in [0.05, 1e3] {
+            let want = crate::privacy::dpsgd::ghost_clipped_sum(&vars, &xt, &yt, clip).unwrap();
+            let mut flat = Vec::new();
+            for (_, var) in model.named_vars() {
+                let at = vars.iter().position(|v| v.as_tensor().id() == var.as_tensor().id()).unwrap();
+                flat.extend(want.grads[at].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            let mut fast = FastTrainer::for_spec(&spec, rule.clone()).unwrap();
+            fast.load(&params);
+            let loss_sum = fast.clipped_grad_sum(&x, &y, clip as f32).unwrap();
+            assert!(
+                (loss_sum - want.loss_sum).abs() < 1e-4 * want.loss_sum.abs().max(1.0),
+                "{spec:?} clip {clip}"
+            );
+            assert_close(fast.grad_mut(), &flat, &format!("{spec:?} clip {clip}: clipped sum"));
+        }
+        // Clipped to 1e3, the sum is the plain gradient times the batch size.
+        let (_, plain) = candle_loss_and_grad(&spec, &params, &x, &y);
+        let mut fast = FastTrainer::for_spec(&spec, rule.clone()).unwrap();
+        fast.load(&params);
+        fast.clipped_grad_sum(&x, &y, 1e3).unwrap();
+        let mean: Vec<f32> = fast.grad_mut().iter().map(|g| g / y.len() as f32).collect();
+        assert_close(&mean, &plain, &format!("{spec:?}: unclipped"));
+    }
 }

@@ -225,8 +225,9 @@ impl Progress {
         let sent = reports.iter().map(|r| r.traffic.sent).sum::<u64>() as f64 / n as f64;
         let deadline =
             reports.iter().filter(|r| r.reason != starling_protocol::round::CloseReason::Quorum).count();
+        let loss = if loss.is_finite() { format!("{loss:.4}") } else { "-".into() };
         let line = format!(
-            "round {:>3}/{}  loss {loss:.4}  accuracy {:.2}% (min {:.2}%)  peers {peers:.1}  sent {}/node  {:.1}s{}",
+            "round {:>3}/{}  loss {loss}  accuracy {:.2}% (min {:.2}%)  peers {peers:.1}  sent {}/node  {:.1}s{}",
             round + 1,
             self.rounds,
             acc * 100.0,

@@ -209,6 +209,7 @@ impl Node {
             deltas_accepted: self.metrics.deltas_accepted.get(),
             deltas_refused: self.refused_by_reason.clone(),
             uptime_seconds: self.telemetry.started.elapsed().as_secs_f64(),
+            privacy: self.privacy_status(),
             history: self.telemetry.history.points(),
         }
     }

@@ -64,6 +64,19 @@ impl Node {
         self.privacy.as_ref().map(|p| p.budget.epsilon())
     }
 
+    /// The budget as `/status` shows it.
+    pub(super) fn privacy_status(&self) -> Option<crate::status::PrivacyStatus> {
+        let privacy = self.privacy.as_ref()?;
+        let budget = &privacy.budget;
+        Some(crate::status::PrivacyStatus {
+            level: format!("{:?}", budget.level()).to_lowercase(),
+            epsilon: budget.epsilon(),
+            epsilon_budget: budget.target(),
+            delta: budget.delta(),
+            contributing: budget.allows_round(),
+        })
+    }
+
     /// Whether the node may train and publish this round. When the budget is
     /// spent it sits the round out (saying so once) and merges peers' deltas.
     pub(super) fn may_contribute(&mut self) -> bool {

@@ -12,6 +12,8 @@ use super::{DpSgd, NoiseRng};
 pub enum PrivacyError {
     #[error("no noise multiplier up to {MAX_NOISE} fits {rounds} rounds in privacy.epsilon = {epsilon}; raise privacy.epsilon, lower privacy.rounds, or set privacy.noise_multiplier")]
     NoNoiseFits { epsilon: f64, rounds: u64 },
+    #[error("privacy.noise_multiplier = {sigma} spends ε = {one_round:.3} in a single round, over privacy.epsilon = {epsilon}; the node could never contribute. Raise privacy.noise_multiplier or privacy.epsilon, or leave noise_multiplier out to calibrate it to privacy.rounds")]
+    OneRoundOver { sigma: f64, one_round: f64, epsilon: f64 },
     #[error("the privacy accountant saved in the datadir is unreadable ({0}); refusing to start, since starting again from ε = 0 would break the guarantee; use a new --datadir (a new identity) to start afresh")]
     Corrupt(String),
 }
@@ -47,6 +49,10 @@ impl PrivacyBudget {
             epsilon: spec.epsilon,
             rounds: spec.rounds.unwrap_or_default(),
         })?;
+        let one_round = Accountant::default().epsilon_after(rate, sigma, steps_per_round, spec.delta);
+        if one_round.is_nan() || one_round > spec.epsilon * (1.0 + 1e-9) {
+            return Err(PrivacyError::OneRoundOver { sigma, one_round, epsilon: spec.epsilon });
+        }
         Ok(Self { spec: spec.clone(), sigma, rate, steps_per_round, accountant: spent })
     }
 
@@ -118,7 +124,7 @@ mod tests {
     }
 
     fn inner() -> InnerSpec {
-        InnerSpec { steps: 20, batch_size: 64, lr: 1e-3, weight_decay: 0.0 }
+        InnerSpec { steps: 20, batch_size: 64, lr: 1e-3, weight_decay: 0.0, optimizer: None, momentum: None }
     }
 
     #[test]
@@ -159,5 +165,13 @@ mod tests {
         spec.rounds = Some(1_000_000);
         let err = PrivacyBudget::new(&spec, &inner(), 1024, Accountant::default()).unwrap_err().to_string();
         assert!(err.contains("privacy.epsilon") && err.contains("privacy.rounds"), "{err}");
+    }
+
+    #[test]
+    fn a_noise_too_small_for_one_round_is_refused_up_front() {
+        let mut spec = spec(PrivacyLevel::Record);
+        spec.noise_multiplier = Some(1e-4);
+        let err = PrivacyBudget::new(&spec, &inner(), 1024, Accountant::default()).unwrap_err().to_string();
+        assert!(err.contains("privacy.noise_multiplier = 0.0001") && err.contains("single round"), "{err}");
     }
 }

@@ -22,6 +22,10 @@ pub mod pseudo_gradient;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+/// How many values one generator noises when a vector is noised in parallel.
+const NOISE_CHUNK: usize = 1 << 14;
 
 pub use budget::{PrivacyBudget, PrivacyError};
 pub use dpsgd::DpSgd;
@@ -46,8 +50,28 @@ impl NoiseRng {
         (self.0.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Adds `N(0, std²)` noise to every value (Box–Muller, two normals per draw).
+    /// Adds `N(0, std²)` noise to every value. Long vectors are noised in
+    /// chunks on the thread pool, each chunk from its own generator seeded from
+    /// this one, so the result depends on the seed and never on the thread count.
     pub fn add_gaussian(&mut self, values: &mut [f32], std: f64) {
+        if values.len() <= NOISE_CHUNK {
+            return self.add_gaussian_serial(values, std);
+        }
+        let seeds: Vec<[u8; 32]> = values
+            .chunks(NOISE_CHUNK)
+            .map(|_| {
+                let mut seed = [0u8; 32];
+                self.0.fill_bytes(&mut seed);
+                seed
+            })
+            .collect();
+        values.par_chunks_mut(NOISE_CHUNK).zip(seeds).for_each(|(chunk, seed)| {
+            NoiseRng(StdRng::from_seed(seed)).add_gaussian_serial(chunk, std);
+        });
+    }
+
+    /// Box–Muller, two normals per draw.
+    fn add_gaussian_serial(&mut self, values: &mut [f32], std: f64) {
         let mut pairs = values.chunks_exact_mut(2);
         for pair in &mut pairs {
             let (a, b) = self.normal_pair();
@@ -62,8 +86,8 @@ impl NoiseRng {
     fn normal_pair(&mut self) -> (f64, f64) {
         // 1 − u is in (0, 1], so its logarithm is finite.
         let radius = (-2.0 * (1.0 - self.uniform()).ln()).sqrt();
-        let angle = std::f64::consts::TAU * self.uniform();
-        (radius * angle.cos(), radius * angle.sin())
+        let (sin, cos) = (std::f64::consts::TAU * self.uniform()).sin_cos();
+        (radius * cos, radius * sin)
     }
 }
 
