@@ -157,6 +157,23 @@ fn two_nodes_serve_metrics_health_status_and_the_status_command() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
     assert_eq!(json["peer_id"], now["peer_id"]);
 
+    // While the node holds its datadir, `key show` and `export` ask it instead.
+    let out = starling(&["key", "show", "--datadir", &datadirs[0]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), now["peer_id"].as_str().unwrap());
+    let model = dir.path().join("live.safetensors");
+    let out = starling(&["export", "--out", model.to_str().unwrap(), "--datadir", &datadirs[0]]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("from the node running on"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tensors = candle_core::safetensors::load(&model, &candle_core::Device::Cpu)
+        .expect("candle loads the live export");
+    let count: usize = tensors.values().map(|t| t.elem_count()).sum();
+    assert_eq!(count, spec.param_count(), "every parameter of the model");
+
     // A clean stop removes the address file; `starling status` then says no node runs.
     second.interrupt();
     first.interrupt();

@@ -423,8 +423,8 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Spec(SpecCommand::Show(source)) => crate::operator_cli::spec_show(&source),
         Command::Spec(SpecCommand::Hash(source)) => crate::operator_cli::spec_hash(&source),
         Command::Init(datadir) => crate::operator_cli::init(&datadir),
-        Command::Key(command) => crate::operator_cli::key(&command),
-        Command::Export(args) => crate::operator_cli::export(&args),
+        Command::Key(command) => crate::operator_cli::key(&command).await,
+        Command::Export(args) => crate::operator_cli::export(&args).await,
         Command::Config(ConfigCommand::Dump(args)) => {
             crate::operator_cli::config_dump(&args);
             Ok(())

@@ -31,11 +31,29 @@ pub fn init_spec(path: &Path) -> Result<InitSpec, TrainError> {
 
 /// Writes `params` of `spec`'s model as safetensors, one tensor per variable name.
 pub fn save(spec: &RunSpec, params: &[f32], path: &Path) -> Result<(), TrainError> {
+    let bytes = encode(spec, params, None)?;
+    std::fs::write(path, bytes).map_err(|e| bad(path, e.to_string()))
+}
+
+/// The safetensors metadata key of the run id a model belongs to.
+pub const RUN_ID_KEY: &str = "starling.run_id";
+/// The safetensors metadata key of the round (merges) a model is the state of.
+pub const ROUND_KEY: &str = "starling.round";
+
+/// `params` of `spec`'s model as the bytes of a safetensors file (what
+/// [`save`] writes, and what a running node serves at `/model.safetensors`);
+/// its metadata names the run and, when given, the round.
+pub fn encode(spec: &RunSpec, params: &[f32], round: Option<u64>) -> Result<Vec<u8>, TrainError> {
     let model = Model::new(&spec.model)?;
     model.set_params(params)?;
     let tensors: HashMap<String, Tensor> =
         model.named_vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    candle_core::safetensors::save(&tensors, path).map_err(|e| bad(path, e.to_string()))
+    let mut metadata = HashMap::from([(RUN_ID_KEY.to_string(), spec.run_id().to_string())]);
+    if let Some(round) = round {
+        metadata.insert(ROUND_KEY.to_string(), round.to_string());
+    }
+    safetensors::serialize(&tensors, Some(metadata))
+        .map_err(|e| TrainError::DataMismatch(format!("safetensors: {e}")))
 }
 
 fn load(spec: &RunSpec, init: &InitSpec) -> Result<Vec<f32>, TrainError> {

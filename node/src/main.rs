@@ -31,6 +31,15 @@ async fn run() -> std::process::ExitCode {
         _ => "warn",
     };
     cli.log.init(default);
+    if !matches!(cli.command, Command::Run(_) | Command::Swarm(_)) {
+        // A command whose output is piped into `head` stops quietly when the
+        // reader goes, as Unix tools do, instead of panicking in println!.
+        // Nodes keep Rust's default (ignored), so that no write ends them.
+        // SAFETY: resets one signal's disposition before this command spawns anything.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,7 @@
 //! The operator's commands that set up and read a datadir: `init`, `key`,
-//! `export`, `spec show`/`spec hash` and `config dump`.
+//! `export`, `spec show`/`spec hash` and `config dump`. While a node runs on
+//! the datadir (and holds its lock), `key show` and `export` ask that node
+//! through its HTTP API instead.
 
 use std::path::{Path, PathBuf};
 
@@ -95,6 +97,34 @@ impl SpecSource {
     }
 }
 
+/// A datadir's store, or the running node that holds it.
+enum Access {
+    Store(crate::dirs::DatadirLock, Store),
+    Running,
+}
+
+/// Locks the datadir and opens its store, unless a node runs on it.
+fn open_or_running(datadir: &Datadir) -> Result<Access> {
+    datadir.require()?;
+    match datadir.lock() {
+        Ok(lock) => Ok(Access::Store(lock, Store::open(datadir.root())?)),
+        Err(crate::dirs::DatadirError::Locked { .. }) => Ok(Access::Running),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET path` of the node running on `datadir`.
+async fn ask_running(datadir: &Datadir, path: &str) -> Result<hyper::body::Bytes> {
+    let args = crate::http::client::NodeApiArgs { datadir: Some(datadir.root().to_path_buf()), http: None };
+    let (_, body) = crate::http::client::call(&args, hyper::Method::GET, path).await.with_context(|| {
+        format!(
+            "the datadir {} is in use by a running node, and asking that node over its HTTP API (it must run without --no-http) failed",
+            datadir.root().display()
+        )
+    })?;
+    Ok(body)
+}
+
 /// Locks the datadir, then opens its store.
 fn open_store(datadir: &Datadir) -> Result<(crate::dirs::DatadirLock, Store)> {
     datadir.require()?;
@@ -139,11 +169,20 @@ pub fn init(datadir: &DatadirArg) -> Result<()> {
 }
 
 /// `starling key generate|show`.
-pub fn key(command: &KeyCommand) -> Result<()> {
+pub async fn key(command: &KeyCommand) -> Result<()> {
     match command {
         KeyCommand::Show { datadir } => {
             let datadir = datadir.resolve();
-            let (_lock, store) = open_store(&datadir)?;
+            let (_lock, store) = match open_or_running(&datadir)? {
+                Access::Store(lock, store) => (lock, store),
+                Access::Running => {
+                    let body = ask_running(&datadir, "/status").await?;
+                    let status: crate::status::NodeStatus = serde_json::from_slice(&body)
+                        .context("the running node sent a status this starling cannot read")?;
+                    println!("{}", status.peer_id);
+                    return Ok(());
+                }
+            };
             match store.existing_identity()? {
                 Some(key) => println!("{}", peer_id(&key)),
                 None => bail!(
@@ -176,9 +215,12 @@ pub fn key(command: &KeyCommand) -> Result<()> {
 }
 
 /// `starling export`: the model of the datadir's newest checkpoint.
-pub fn export(args: &ExportArgs) -> Result<()> {
+pub async fn export(args: &ExportArgs) -> Result<()> {
     let datadir = args.datadir.resolve();
-    let (_lock, store) = open_store(&datadir)?;
+    let (_lock, store) = match open_or_running(&datadir)? {
+        Access::Store(lock, store) => (lock, store),
+        Access::Running => return export_from_running(args, &datadir).await,
+    };
     let root = datadir.root().display();
     let spec = store.spec()?.with_context(|| {
         format!("the datadir {root} holds no run spec: run a node on it first (`starling run --spec FILE`)")
@@ -188,7 +230,10 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         format!("the datadir {root} holds no readable checkpoint yet: let the node merge a round first")
     })?;
     match args.format {
-        ExportFormat::Safetensors => save_safetensors(&spec, &checkpoint.state.params, &args.out)?,
+        ExportFormat::Safetensors => {
+            let bytes = crate::init::encode(&spec, &checkpoint.state.params, Some(checkpoint.state.round))?;
+            write_out(&args.out, &bytes)?;
+        }
     }
     println!(
         "exported round {} of run {} ({} parameters) to {}",
@@ -204,8 +249,26 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn save_safetensors(spec: &RunSpec, params: &[f32], out: &Path) -> Result<()> {
-    crate::init::save(spec, params, out).with_context(|| format!("cannot write --out {}", out.display()))
+fn write_out(out: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(out, bytes).with_context(|| format!("cannot write --out {}", out.display()))
+}
+
+/// `starling export` while a node runs on the datadir: its current model, as it serves it.
+async fn export_from_running(args: &ExportArgs, datadir: &Datadir) -> Result<()> {
+    let ExportFormat::Safetensors = args.format;
+    let bytes = ask_running(datadir, "/model.safetensors").await?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .context("the running node sent a model that is not a safetensors file")?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    write_out(&args.out, &bytes)?;
+    println!(
+        "exported round {} of run {} from the node running on {} to {}",
+        meta.get(crate::init::ROUND_KEY).map_or("?", String::as_str),
+        meta.get(crate::init::RUN_ID_KEY).map_or("?", |id| &id[..id.len().min(8)]),
+        datadir.root().display(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 /// `starling spec show`: the spec as TOML, its run id first (as a comment).

@@ -89,6 +89,7 @@ pub fn router(control: NodeControl) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/status", get(status))
+        .route("/model.safetensors", get(model))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .with_state(control)
@@ -218,6 +219,31 @@ async fn status(State(control): State<NodeControl>) -> Response {
     match control.status().await {
         Ok(status) => Json(status).into_response(),
         Err(e) => unavailable(e),
+    }
+}
+
+/// The current model as a safetensors file; its round in `x-starling-round`.
+async fn model(State(control): State<NodeControl>) -> Response {
+    let snapshot = match control.model().await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return unavailable(e),
+    };
+    let encoded = tokio::task::spawn_blocking(move || {
+        crate::init::encode(&snapshot.spec, &snapshot.params, Some(snapshot.round))
+            .map(|bytes| (snapshot.round, bytes))
+    })
+    .await;
+    match encoded {
+        Ok(Ok((round, bytes))) => (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (axum::http::HeaderName::from_static("x-starling-round"), round.to_string()),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

@@ -20,6 +20,17 @@ pub enum ControlRequest {
     Metrics(oneshot::Sender<String>),
     /// Pause (`true`) or resume (`false`) training; answers with the status after.
     Pause(bool, oneshot::Sender<NodeStatus>),
+    /// The node's current model (its state after its last merge).
+    Model(oneshot::Sender<ModelSnapshot>),
+}
+
+/// A copy of a running node's model, for `starling export` while it runs.
+#[derive(Clone, Debug)]
+pub struct ModelSnapshot {
+    pub spec: starling_protocol::RunSpec,
+    /// The merges that made it.
+    pub round: u64,
+    pub params: Vec<f32>,
 }
 
 /// Why a control request got no answer.
@@ -67,6 +78,10 @@ impl NodeControl {
 
     pub async fn set_paused(&self, paused: bool) -> Result<NodeStatus, ControlError> {
         self.ask(|reply| ControlRequest::Pause(paused, reply)).await
+    }
+
+    pub async fn model(&self) -> Result<ModelSnapshot, ControlError> {
+        self.ask(ControlRequest::Model).await
     }
 }
 
@@ -116,6 +131,13 @@ impl Node {
             ControlRequest::Pause(paused, reply) => {
                 self.set_paused(paused)?;
                 let _ = reply.send(self.status());
+            }
+            ControlRequest::Model(reply) => {
+                let _ = reply.send(ModelSnapshot {
+                    spec: self.spec.clone(),
+                    round: self.state.round,
+                    params: self.state.params.clone(),
+                });
             }
         }
         Ok(())
