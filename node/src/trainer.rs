@@ -1,5 +1,6 @@
-//! Local training: H inner optimizer steps (AdamW, or SGD with momentum) on a node's own shard from the round's
-//! starting parameters, and evaluation of any parameters on any data.
+//! Local training: H inner optimizer steps (AdamW, or SGD with momentum) on a
+//! node's own shard from the round's starting parameters, and evaluation of
+//! any parameters on any data.
 //!
 //! The inner optimizer's moments and the batch sampler persist across rounds, as in
 //! DiLoCo. Given the same spec, shard, sampler seed and sequence of calls, a

@@ -86,14 +86,7 @@ impl DpSgd {
         let (mut loss_sum, mut seen) = (0f64, 0usize);
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         for _ in 0..steps {
-            xs.clear();
-            ys.clear();
-            for i in 0..data.len() {
-                if self.rng.uniform() < self.rate {
-                    xs.extend_from_slice(data.row(i));
-                    ys.push(data.labels[i]);
-                }
-            }
+            self.poisson_batch(data, &mut xs, &mut ys);
             let n = ys.len();
             let sum = if n == 0 {
                 ClippedSum { grads: zeros_like(&vars)?, loss_sum: 0.0 }
@@ -123,6 +116,18 @@ impl DpSgd {
 }
 
 impl DpSgd {
+    /// Draws one step's batch into `xs`/`ys`: every record with probability q.
+    fn poisson_batch(&mut self, data: &Dataset, xs: &mut Vec<f32>, ys: &mut Vec<u32>) {
+        xs.clear();
+        ys.clear();
+        for i in 0..data.len() {
+            if self.rng.uniform() < self.rate {
+                xs.extend_from_slice(data.row(i));
+                ys.push(data.labels[i]);
+            }
+        }
+    }
+
     /// [`Self::run_steps`] on the hand-written MLP step, which clips by ghost
     /// norms at the cost of a plain step; same sampling, noise and checks.
     pub(crate) fn run_fast_steps(
@@ -136,14 +141,7 @@ impl DpSgd {
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         let scale = (1.0 / self.expected_batch) as f32;
         for _ in 0..steps {
-            xs.clear();
-            ys.clear();
-            for i in 0..data.len() {
-                if self.rng.uniform() < self.rate {
-                    xs.extend_from_slice(data.row(i));
-                    ys.push(data.labels[i]);
-                }
-            }
+            self.poisson_batch(data, &mut xs, &mut ys);
             let sum =
                 fast.clipped_grad_sum(&xs, &ys, self.clip as f32).expect("the caller checked the kernel");
             *steps_done += 1;
