@@ -225,13 +225,7 @@ impl Trainer {
         for _ in 0..steps {
             let batch = match &self.data {
                 TrainData::Labelled(data) => {
-                    xs.clear();
-                    ys.clear();
-                    for _ in 0..self.batch_size {
-                        let i = self.sampler.next_index();
-                        xs.extend_from_slice(data.row(i));
-                        ys.push(data.labels[i]);
-                    }
+                    self.sampler.fill(data, self.batch_size, &mut xs, &mut ys);
                     Batch::Labelled {
                         x: Tensor::from_slice(&xs, (self.batch_size, data.dim), &self.device)?,
                         y: Tensor::from_slice(&ys, self.batch_size, &self.device)?,
@@ -280,13 +274,7 @@ impl Trainer {
         let mut ys = Vec::with_capacity(self.batch_size);
         let mut loss_sum = 0f64;
         for _ in 0..steps {
-            xs.clear();
-            ys.clear();
-            for _ in 0..self.batch_size {
-                let i = self.sampler.next_index();
-                xs.extend_from_slice(data.row(i));
-                ys.push(data.labels[i]);
-            }
+            self.sampler.fill(data, self.batch_size, &mut xs, &mut ys);
             let value = fast.loss_and_grad(&xs, &ys);
             self.steps_done += 1;
             if !value.is_finite() {
@@ -447,6 +435,17 @@ impl BatchSampler {
     /// A uniform start position in `0..n` for a window of text.
     fn next_start(&mut self, n: usize) -> usize {
         below(&mut self.rng, n.max(1) as u64) as usize
+    }
+
+    /// The next `batch` labelled records into `xs`/`ys`.
+    fn fill(&mut self, data: &crate::data::Dataset, batch: usize, xs: &mut Vec<f32>, ys: &mut Vec<u32>) {
+        xs.clear();
+        ys.clear();
+        for _ in 0..batch {
+            let i = self.next_index();
+            xs.extend_from_slice(data.row(i));
+            ys.push(data.labels[i]);
+        }
     }
 
     fn next_index(&mut self) -> usize {

@@ -62,6 +62,12 @@ impl MlpStep {
         self.dz.clear();
     }
 
+    fn check_batch(&self, params: &[f32], x: &[f32], n: usize, grad: &[f32]) {
+        assert_eq!(params.len(), self.param_count());
+        assert_eq!(grad.len(), params.len());
+        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
+    }
+
     /// Where each layer's weight and bias start in the flat parameters.
     fn offsets(&self) -> Vec<(usize, usize)> {
         let mut offsets = Vec::with_capacity(self.layers.len() - 1);
@@ -105,9 +111,7 @@ impl MlpStep {
         grad: &mut [f32],
     ) -> f64 {
         let n = labels.len();
-        assert_eq!(params.len(), self.param_count());
-        assert_eq!(grad.len(), params.len());
-        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
+        self.check_batch(params, x, n, grad);
         if n == 0 {
             grad.fill(0.0);
             return 0.0;
@@ -159,14 +163,7 @@ impl MlpStep {
                 row.iter_mut().for_each(|g| *g *= factor);
             }
             let input = if i == 0 { x } else { &self.post[i - 1] };
-            matmul(
-                &mut grad[w_at..b_at],
-                View::rows(dz, n, fan_out).t(),
-                View::rows(input, n, fan_in),
-                false,
-                self.threads,
-            );
-            sum_rows(dz, &mut grad[b_at..b_at + fan_out]);
+            layer_grad(&mut grad[w_at..b_at + fan_out], dz, input, (n, fan_in, fan_out), self.threads);
         }
         loss_sum
     }
@@ -175,9 +172,7 @@ impl MlpStep {
     /// `grad`, its gradient with respect to `params`.
     pub fn loss_and_grad(&mut self, params: &[f32], x: &[f32], labels: &[u32], grad: &mut [f32]) -> f32 {
         let n = labels.len();
-        assert_eq!(params.len(), self.param_count());
-        assert_eq!(grad.len(), params.len());
-        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
+        self.check_batch(params, x, n, grad);
         self.resize(n);
         let depth = self.layers.len() - 1;
         let offsets = self.offsets();
@@ -193,14 +188,7 @@ impl MlpStep {
             let (w_at, b_at) = offsets[i];
             let dz = &self.grad_out[..n * fan_out];
             let input = if i == 0 { x } else { &self.post[i - 1] };
-            matmul(
-                &mut grad[w_at..b_at],
-                View::rows(dz, n, fan_out).t(),
-                View::rows(input, n, fan_in),
-                false,
-                self.threads,
-            );
-            sum_rows(dz, &mut grad[b_at..b_at + fan_out]);
+            layer_grad(&mut grad[w_at..b_at + fan_out], dz, input, (n, fan_in, fan_out), self.threads);
             if i > 0 {
                 let da = &mut self.grad_in[..n * fan_in];
                 let weight = View::rows(&params[w_at..b_at], fan_out, fan_in);
@@ -211,4 +199,19 @@ impl MlpStep {
         }
         loss
     }
+}
+
+/// One layer's weight gradient `dzᵀ·input` and bias gradient (the column sums
+/// of `dz`) into `grad`, its `out × in` weight followed by its bias;
+/// `(n, fan_in, fan_out)` are the batch size and the layer's widths.
+fn layer_grad(
+    grad: &mut [f32],
+    dz: &[f32],
+    input: &[f32],
+    (n, fan_in, fan_out): (usize, usize, usize),
+    threads: Threads,
+) {
+    let (weight, bias) = grad.split_at_mut(fan_in * fan_out);
+    matmul(weight, View::rows(dz, n, fan_out).t(), View::rows(input, n, fan_in), false, threads);
+    sum_rows(dz, bias);
 }
