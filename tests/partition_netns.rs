@@ -9,73 +9,34 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use common::{
+    inspect,
+    netns::{ip, Namespaces},
+    test_spec, write_spec, NodeProcess,
 };
 
-use common::{inspect, test_spec, write_spec, NodeProcess};
-
-/// Two namespaces and the veth pair between them, deleted on drop.
+/// Two namespaces, `a` and `b`, joined by one veth pair.
 struct Partitionable {
+    net: Namespaces,
     sides: [String; 2],
-    links: [String; 2],
 }
 
 const ADDRESSES: [&str; 2] = ["10.231.77.1", "10.231.77.2"];
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 impl Partitionable {
     fn create() -> Result<Self, String> {
-        let tag = std::process::id() % 100_000;
-        let net = Self {
-            sides: [format!("stf{tag}a"), format!("stf{tag}b")],
-            links: [format!("stf{tag}va"), format!("stf{tag}vb")],
-        };
-        for ns in &net.sides {
-            ip(&["netns", "add", ns])?;
-            ip(&["netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
-        }
-        ip(&["link", "add", &net.links[0], "type", "veth", "peer", "name", &net.links[1]])?;
-        for (i, address) in ADDRESSES.iter().enumerate() {
-            ip(&["link", "set", &net.links[i], "netns", &net.sides[i]])?;
-            ip(&[
-                "netns",
-                "exec",
-                &net.sides[i],
-                "ip",
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                &net.links[i],
-            ])?;
-            ip(&["netns", "exec", &net.sides[i], "ip", "link", "set", &net.links[i], "up"])?;
-        }
-        Ok(net)
+        let net = Namespaces::create("prt", &["a", "b"])?;
+        net.connect("a", &format!("{}/24", ADDRESSES[0]), "b", &format!("{}/24", ADDRESSES[1]))?;
+        Ok(Self { sides: [net.name("a"), net.name("b")], net })
     }
 
     /// Takes the link between the sides down (or up): nothing crosses while it is down.
     fn set_link(&self, up: bool) {
         let state = if up { "up" } else { "down" };
-        for i in 0..2 {
-            ip(&["netns", "exec", &self.sides[i], "ip", "link", "set", &self.links[i], state]).unwrap();
-        }
-    }
-}
-
-impl Drop for Partitionable {
-    fn drop(&mut self) {
-        for ns in &self.sides {
-            let _ = ip(&["netns", "del", ns]);
+        for (side, other) in [("a", "b"), ("b", "a")] {
+            ip(&["-n", &self.net.name(side), "link", "set", &self.net.link(side, other), state]).unwrap();
         }
     }
 }

@@ -271,6 +271,8 @@ struct Node {
     telemetry: control::Telemetry,
     /// Autonat status, relay reservations and hole punching (see [`net::reach`]).
     reach: net::reach::Reachability,
+    /// Bootnodes, dialled once the listeners are up.
+    bootnodes: net::bootnodes::Bootnodes,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -434,19 +436,14 @@ impl Node {
 
         let mut metrics = NodeMetrics::default();
         let mut swarm = net::build_swarm(&key, &spec, &options.net, &mut metrics.registry)?;
+        let mut listeners = Vec::with_capacity(options.listen.len());
         for address in &options.listen {
-            swarm
+            let id = swarm
                 .listen_on(address.clone())
                 .map_err(|e| NodeError::Listen { address: address.clone(), reason: e.to_string() })?;
+            listeners.push((id, address.clone()));
         }
-        for address in &options.bootnodes {
-            if let Some(Protocol::P2p(peer)) = address.iter().last() {
-                swarm.behaviour_mut().kad.add_address(&peer, address.clone());
-            }
-            if let Err(e) = swarm.dial(address.clone()) {
-                warn!(%address, error = %e, "cannot dial bootnode");
-            }
-        }
+        let bootnodes = net::bootnodes::Bootnodes::new(options.bootnodes.clone(), &listeners);
         let topic = net::delta_topic(&spec);
         swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribing to a new topic cannot fail");
         let proof_topic = net::proof_topic(&spec);
@@ -508,6 +505,7 @@ impl Node {
                 &options.listen,
                 options.net.swarm_key.is_some(),
             ),
+            bootnodes,
             options,
         };
         node.load_accountability()?;
@@ -527,6 +525,7 @@ impl Node {
 
     /// Periodic work. Returns true when the node should stop.
     fn on_tick(&mut self) -> Result<bool, NodeError> {
+        self.bootnodes.dial_when_ready(&mut self.swarm);
         match self.phase {
             Phase::Gathering => {
                 // Ask the peers we know whom they know, until enough are here: a peer
@@ -953,7 +952,8 @@ impl Node {
         self.record_p2p(&event);
         self.reach.on_swarm_event(&mut self.swarm, &event);
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                self.bootnodes.on_listen_addr(listener_id);
                 // Relayed listen addresses already end in this node's /p2p/ID.
                 let full = match address.iter().last() {
                     Some(Protocol::P2p(_)) => address,
@@ -1019,10 +1019,11 @@ impl Node {
             {
                 self.peer_left(peer_id)?;
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
+                let addresses = self.reach.addresses_to_share(connection_id, info.listen_addrs);
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 let mut new = false;
-                for address in info.listen_addrs {
+                for address in addresses {
                     new |= matches!(kad.add_address(&peer_id, address), kad::RoutingUpdate::Success);
                 }
                 // Ask the newcomer whom it knows, so swarms bootstrapped from one node become a mesh.

@@ -14,6 +14,7 @@ use std::{
 use starling_protocol::RunSpec;
 
 pub mod http;
+pub mod netns;
 pub mod raw_peer;
 
 /// The built-in spec, named for the test so runs of different tests never mix.
@@ -191,9 +192,15 @@ impl NodeProcess {
 }
 
 impl Drop for NodeProcess {
+    /// Kills the node. With `STARLING_TEST_LOGS=DIR`, its whole log is kept
+    /// as `DIR/<name>.log`, for reading every node's side after a failure.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = std::env::var_os("STARLING_TEST_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join(format!("{}.log", self.name)), self.log());
+        }
     }
 }
 

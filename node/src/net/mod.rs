@@ -2,6 +2,7 @@
 //! and QUIC, or libp2p's in-memory transport for many nodes in one process), and
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
+pub mod bootnodes;
 pub mod pnet;
 pub mod reach;
 pub mod score;
@@ -283,7 +284,11 @@ fn behaviour(
         score::thresholds(),
     )?;
     let identify = identify::Behaviour::new(
-        identify::Config::new(format!("/starling/{run}/1"), key.public()).with_agent_version(AGENT.into()),
+        identify::Config::new(format!("/starling/{run}/1"), key.public())
+            .with_agent_version(AGENT.into())
+            // A node that starts listening through a relay tells its peers at once,
+            // so they can pass that address on (kad) before the next periodic identify.
+            .with_push_listen_addr_updates(true),
     );
     let peer = key.public().to_peer_id();
     let mut kad_config = kad::Config::new(

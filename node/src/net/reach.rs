@@ -22,7 +22,13 @@ use std::{
 };
 
 use libp2p::{
-    autonat, dcutr, identify, multiaddr::Protocol, relay, swarm::SwarmEvent, Multiaddr, PeerId, Swarm,
+    autonat,
+    core::ConnectedPoint,
+    dcutr, identify,
+    multiaddr::Protocol,
+    relay,
+    swarm::{ConnectionId, SwarmEvent},
+    Multiaddr, PeerId, Swarm,
 };
 use tracing::{debug, info, warn};
 
@@ -105,6 +111,12 @@ pub struct Reachability {
     listen_ips: BTreeSet<IpAddr>,
     /// Peers that serve as relays, with an address of theirs.
     relays: BTreeMap<PeerId, Multiaddr>,
+    /// Where this node dialled each peer it reached directly: the address to
+    /// reserve on when that peer turns out to be a relay.
+    dialled: BTreeMap<PeerId, Multiaddr>,
+    /// The remote address of each open direct connection, to say where hole
+    /// punching connected.
+    direct: BTreeMap<ConnectionId, Multiaddr>,
     /// Relays this node listens through.
     reserved: BTreeSet<PeerId>,
     /// Whether autonat found this node unreachable.
@@ -167,6 +179,18 @@ impl Reachability {
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if endpoint.is_relayed() => {
                 info!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected to a peer through a relay");
             }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                if let ConnectedPoint::Dialer { address, .. } = endpoint {
+                    self.dialled.insert(*peer_id, without_peer(address));
+                }
+                self.direct.insert(*connection_id, endpoint.get_remote_address().clone());
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                self.direct.remove(connection_id);
+                if *num_established == 0 {
+                    self.dialled.remove(peer_id);
+                }
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
             }
@@ -185,12 +209,9 @@ impl Reachability {
                     "identified a peer"
                 );
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) && !self.relays.contains_key(peer_id) {
-                    let address = info
-                        .listen_addrs
-                        .iter()
-                        .find(|a| !is_relayed(a) && (!self.tcp_only || !super::pnet::is_quic(a)));
+                    let address = relay_address(self.dialled.get(peer_id), &info.listen_addrs, self.tcp_only);
                     if let Some(address) = address {
-                        let address = address.clone().with_p2p(*peer_id).unwrap_or_else(|a| a);
+                        let address = address.with_p2p(*peer_id).unwrap_or_else(|a| a);
                         debug!(relay = %address, "met a peer that serves as a relay");
                         self.relays.insert(*peer_id, address);
                         self.reserve_if_private(swarm);
@@ -239,8 +260,9 @@ impl Reachability {
                 other => debug!(event = ?other, "relay server"),
             },
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
-                Ok(_) => {
-                    info!(peer = %remote_peer_id, "hole punching succeeded: a direct connection replaces the relayed one")
+                Ok(connection) => {
+                    let address = self.direct.get(connection).map(ToString::to_string).unwrap_or_default();
+                    info!(peer = %remote_peer_id, %address, "hole punching succeeded: a direct connection replaces the relayed one")
                 }
                 Err(error) => {
                     info!(peer = %remote_peer_id, %error, "hole punching failed: the connection stays relayed")
@@ -248,6 +270,17 @@ impl Reachability {
             },
             _ => {}
         }
+    }
+
+    /// The addresses among `addresses` (a peer's own, from identify on
+    /// `connection`) worth passing on to the DHT: those that reach at least as
+    /// far as the connection they came over, and relayed ones. A peer met over
+    /// the internet is not dialled at its loopback or LAN addresses, which
+    /// lead elsewhere (to the dialler itself, for loopback over QUIC, and a
+    /// dial that reaches the wrong peer fails on every address).
+    pub fn addresses_to_share(&self, connection: ConnectionId, addresses: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let over = self.direct.get(&connection).map_or(Scope::Global, scope);
+        addresses.into_iter().filter(|a| is_relayed(a) || scope(a) >= over).collect()
     }
 
     /// Whether a relay server announces this listen address by itself: one it
@@ -287,6 +320,60 @@ impl Reachability {
             }
         }
     }
+}
+
+/// The address to reserve a slot on a relay at: the one this node dialled it
+/// at, which is known to work from here; otherwise one of the addresses it
+/// listens on, global ones first and loopback last (a relay's loopback
+/// address is its own host, which is ours only on one machine).
+fn relay_address(dialled: Option<&Multiaddr>, listen: &[Multiaddr], tcp_only: bool) -> Option<Multiaddr> {
+    let usable = |a: &&Multiaddr| !is_relayed(a) && (!tcp_only || !super::pnet::is_quic(a));
+    if let Some(address) = dialled.filter(usable) {
+        return Some(address.clone());
+    }
+    let rank = |a: &Multiaddr| match a.iter().next() {
+        Some(Protocol::Ip4(ip)) if is_global(IpAddr::V4(ip)) => 0,
+        Some(Protocol::Ip6(ip)) if is_global(IpAddr::V6(ip)) => 0,
+        Some(Protocol::Ip4(ip)) if ip.is_loopback() => 2,
+        Some(Protocol::Ip6(ip)) if ip.is_loopback() => 2,
+        _ => 1,
+    };
+    listen.iter().filter(usable).min_by_key(|a| rank(a)).map(without_peer)
+}
+
+/// How far an address reaches, nearest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    /// This host.
+    Loopback,
+    /// A private network: RFC 1918, carrier-grade NAT, link local, unique local.
+    Private,
+    /// The internet (and names, which resolve who knows where).
+    Global,
+}
+
+fn scope(address: &Multiaddr) -> Scope {
+    let ip = match address.iter().next() {
+        Some(Protocol::Ip4(ip)) => IpAddr::V4(ip),
+        Some(Protocol::Ip6(ip)) => IpAddr::V6(ip),
+        _ => return Scope::Global,
+    };
+    if ip.is_loopback() {
+        Scope::Loopback
+    } else if is_global(ip) {
+        Scope::Global
+    } else {
+        Scope::Private
+    }
+}
+
+/// `address` without a trailing `/p2p/PEER`.
+fn without_peer(address: &Multiaddr) -> Multiaddr {
+    let mut address = address.clone();
+    if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
+        address.pop();
+    }
+    address
 }
 
 /// Whether an address goes through a relay.
@@ -365,5 +452,57 @@ mod tests {
         assert!(relay_peer(&relay).is_some() && is_relayed(&circuit_address(&relay)));
         let announced = ReachOptions { external_addrs: vec![relay], ..options };
         assert!(!Reachability::new(&announced, &[], false).announce_listen);
+    }
+
+    #[test]
+    fn a_relay_is_reserved_on_where_it_was_reached_or_at_its_most_public_address() {
+        let ma = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let listen = [
+            ma("/ip4/127.0.0.1/tcp/4001"),
+            ma("/ip4/10.0.0.5/tcp/4001"),
+            ma("/ip4/7.7.1.1/udp/4001/quic-v1"),
+        ];
+        let peer =
+            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[2; 32])).public().to_peer_id();
+        let dialled = ma("/ip4/7.7.2.1/tcp/4001").with_p2p(peer).unwrap();
+        assert_eq!(
+            relay_address(Some(&without_peer(&dialled)), &listen, false),
+            Some(ma("/ip4/7.7.2.1/tcp/4001"))
+        );
+        assert_eq!(relay_address(None, &listen, false), Some(ma("/ip4/7.7.1.1/udp/4001/quic-v1")));
+        // Without QUIC, the private address beats loopback.
+        assert_eq!(relay_address(None, &listen, true), Some(ma("/ip4/10.0.0.5/tcp/4001")));
+        assert_eq!(relay_address(None, &listen[..1], false), Some(ma("/ip4/127.0.0.1/tcp/4001")));
+        assert_eq!(relay_address(None, &[], false), None);
+    }
+
+    #[test]
+    fn a_peer_met_over_the_internet_is_not_passed_on_at_its_loopback_or_lan_addresses() {
+        let ma = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let peer =
+            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[3; 32])).public().to_peer_id();
+        let circuit = ma("/ip4/7.7.1.1/tcp/4001").with_p2p(peer).unwrap().with(Protocol::P2pCircuit);
+        let own = vec![
+            ma("/ip4/127.0.0.1/udp/4001/quic-v1"),
+            ma("/ip4/192.168.10.2/tcp/4001"),
+            ma("/ip4/7.7.1.2/tcp/4001"),
+            ma("/dns4/node.example/tcp/4001"),
+            circuit.clone(),
+        ];
+        let mut reach = Reachability::default();
+        let (internet, lan, local, unknown) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+            ConnectionId::new_unchecked(4),
+        );
+        reach.direct.insert(internet, ma("/ip4/7.7.1.2/tcp/4001"));
+        reach.direct.insert(lan, ma("/ip4/192.168.10.2/tcp/4001"));
+        reach.direct.insert(local, ma("/ip4/127.0.0.1/tcp/4001"));
+        assert_eq!(reach.addresses_to_share(internet, own.clone()), own[2..].to_vec());
+        assert_eq!(reach.addresses_to_share(lan, own.clone()), own[1..].to_vec());
+        assert_eq!(reach.addresses_to_share(local, own.clone()), own);
+        // A relayed connection (not in `direct`) came over the internet.
+        assert_eq!(reach.addresses_to_share(unknown, own.clone()), own[2..].to_vec());
     }
 }
