@@ -7,9 +7,11 @@
 
 mod accountability;
 mod control;
+mod events;
 
 pub use control::{ControlError, ControlRequest, NodeControl};
 mod privacy;
+mod sync;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,15 +22,10 @@ use std::{
 
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
-use libp2p::{
-    gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response, swarm::SwarmEvent, Multiaddr,
-    PeerId, Swarm,
-};
+use libp2p::{gossipsub, request_response, Multiaddr, PeerId, Swarm};
 use starling_protocol::{
-    round::CloseReason,
-    wire::{SyncRequest, SyncResponse},
-    Action, Admission, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig, RoundState, RunSpec,
-    SignedDelta, StateOffer,
+    round::CloseReason, Action, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig, RoundState,
+    RunSpec, SignedDelta,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -38,7 +35,7 @@ use crate::{
     datasets::{Shard, TrainData, Workload},
     metrics::{NodeMetrics, Traffic},
     net::{self, Behaviour, BehaviourEvent, NetOptions},
-    statesync::{hex, SnapshotCache, StateSync, SyncReason, SyncStep},
+    statesync::{SnapshotCache, StateSync, SyncReason},
     trainer::{Evaluation, TrainError, TrainOutcome, Trainer},
 };
 
@@ -747,354 +744,6 @@ impl Node {
         Ok(())
     }
 
-    /// Asks every run peer which state it serves (see [`crate::statesync`]).
-    fn start_sync(&mut self, reason: SyncReason) {
-        let peers: Vec<PeerId> = self.run_peers.iter().copied().collect();
-        let out = self.sync.start(peers, reason);
-        self.send_sync(out);
-        if self.sync.is_idle() && reason == SyncReason::Probe && self.phase == Phase::Probing {
-            // Every peer left before we could ask: nobody to catch up with.
-            self.sync_retry = None;
-            self.start_running();
-        }
-    }
-
-    fn send_sync(&mut self, out: Vec<(PeerId, SyncRequest)>) {
-        for (peer, request) in out {
-            let id = self.swarm.behaviour_mut().sync.send_request(&peer, request.clone());
-            self.sync.sent(id, peer, &request);
-        }
-    }
-
-    fn sync_tick(&mut self) -> Result<(), NodeError> {
-        if let Some((at, reason)) = self.sync_retry {
-            if Instant::now() >= at && self.sync.is_idle() {
-                self.sync_retry = None;
-                self.start_sync(reason);
-            }
-        }
-        let connected = self.run_peers.len();
-        let wanted = self.wanted_snapshot();
-        let step = self.sync.on_tick(connected, |m, r| wanted(m.round, m.lineage, r));
-        if let Some(step) = step {
-            self.on_sync_step(step)?;
-        }
-        Ok(())
-    }
-
-    /// Whether a state several peers agree on is worth installing: a copy of
-    /// what that depends on, so the sync driver can be borrowed mutably beside it.
-    fn wanted_snapshot(&self) -> impl Fn(u64, [u8; 32], SyncReason) -> bool {
-        let (own_round, own_lineage, observing) =
-            (self.state.round, self.state.lineage, self.rounds.observing());
-        move |round, lineage, reason| match reason {
-            SyncReason::Probe => round > own_round,
-            SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
-            SyncReason::Diverged => round > own_round || (round == own_round && lineage != own_lineage),
-        }
-    }
-
-    fn on_sync_response(
-        &mut self,
-        id: request_response::OutboundRequestId,
-        response: Option<SyncResponse>,
-    ) -> Result<(), NodeError> {
-        let wanted = self.wanted_snapshot();
-        let step =
-            self.sync.on_response(id, response, self.run_peers.len(), |m, r| wanted(m.round, m.lineage, r));
-        for (root, index, bytes) in self.sync.take_fresh_chunks() {
-            if self.kept_chunks_root != Some(root) {
-                // Chunks of another state are of no use any more.
-                if let Err(e) = self.store.clear_sync_chunks() {
-                    warn!(error = %e, "cannot forget the chunks kept from an earlier state fetch");
-                }
-                self.kept_chunks_root = Some(root);
-            }
-            if let Err(e) = self.store.save_sync_chunk(&root, index, &bytes) {
-                warn!(error = %e, "cannot keep a fetched chunk on disk; a restart would fetch it again");
-            }
-        }
-        match step {
-            Some(step) => self.on_sync_step(step),
-            None => Ok(()),
-        }
-    }
-
-    fn on_sync_step(&mut self, step: SyncStep<PeerId>) -> Result<(), NodeError> {
-        match step {
-            SyncStep::Send(out) => {
-                self.send_sync(out);
-                Ok(())
-            }
-            SyncStep::Done { state, expected_from, deltas, reason } => {
-                // Rounds may have moved on while the chunks came in.
-                if self.wanted_snapshot()(state.round, state.lineage, reason) {
-                    self.install(state, expected_from, deltas)?;
-                } else {
-                    debug!(round = state.round, "a fetched state is no longer ahead of ours");
-                }
-                self.after_sync(reason);
-                Ok(())
-            }
-            SyncStep::Ended { reason, agreed } => {
-                if !agreed {
-                    if reason == SyncReason::Probe {
-                        self.failed_probes += 1;
-                    }
-                    // Peers one merge apart announce different roots for a moment; ask again soon.
-                    if reason != SyncReason::Probe || self.failed_probes < 5 {
-                        self.sync_retry = Some((Instant::now() + Duration::from_millis(500), reason));
-                        if reason == SyncReason::Probe {
-                            return Ok(());
-                        }
-                    }
-                }
-                self.after_sync(reason);
-                Ok(())
-            }
-        }
-    }
-
-    fn after_sync(&mut self, reason: SyncReason) {
-        if reason == SyncReason::Probe && self.phase == Phase::Probing {
-            self.sync_retry = None;
-            self.start_running();
-        } else {
-            self.maybe_train();
-        }
-    }
-
-    /// Installs a state the peers agree on, then the deltas of their current round.
-    fn install(
-        &mut self,
-        state: ModelState,
-        expected_from: u64,
-        deltas: Vec<SignedDelta>,
-    ) -> Result<(), NodeError> {
-        info!(
-            from = self.state.round,
-            to = state.round,
-            expected_from,
-            params_hash = %hex(&state.params_hash()),
-            "installed the state of the swarm"
-        );
-        let from = self.state.round;
-        self.state = state;
-        self.store.save_checkpoint(&self.state, &self.residual)?;
-        self.store.clear_sync_chunks()?;
-        self.kept_chunks_root = None;
-        self.metrics.state_syncs.inc();
-        if let Some(events) = &self.events {
-            let _ = events.send(NodeEvent::StateInstalled {
-                node: self.me,
-                from,
-                round: self.state.round,
-                traffic: self.metrics.transport_bytes(),
-            });
-        }
-        let now = self.now_ms();
-        let synced = Event::Synced { round: self.state.round, expected_from };
-        let mut actions = self.rounds.handle(now, synced);
-        if self.rounds.observing() {
-            // Peers saw us connect in rounds of their own; tell them all the one
-            // our source gave, so none waits for us before then.
-            for peer in self.run_peers.clone() {
-                self.swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_request(&peer, SyncRequest::Joining { from: expected_from });
-            }
-        }
-        let (run, codec, params) = (self.spec.run_id(), self.spec.codec, self.spec.param_count());
-        for delta in deltas {
-            if delta.validate(run, codec, params).is_ok()
-                && self.rounds.admit(&delta.header) == Admission::Accept
-            {
-                actions.extend(self.rounds.handle(now, Event::PeerDelta(delta)));
-            }
-        }
-        self.apply(actions)
-    }
-
-    /// Answers a peer's sync request: our offer, or a chunk of a state we serve.
-    fn serve_sync(&mut self, peer: PeerId, request: SyncRequest) -> Result<SyncResponse, NodeError> {
-        if let SyncRequest::Joining { from } = request {
-            if let Some(key) = net::peer_key(&peer).filter(|_| self.run_peers.contains(&peer)) {
-                debug!(%peer, from, "peer says when it starts contributing");
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerStarts { peer: key, from });
-                self.apply(actions)?;
-            }
-            return Ok(SyncResponse::Noted);
-        }
-        if self.phase == Phase::Gathering {
-            return Ok(SyncResponse::Unavailable);
-        }
-        Ok(match request {
-            SyncRequest::Joining { .. } => SyncResponse::Noted,
-            SyncRequest::Offer => {
-                let snapshot = self.snapshots.of(&self.state);
-                let expected_from =
-                    net::peer_key(&peer).map_or(self.state.round + 2, |k| self.rounds.expected_from(&k));
-                SyncResponse::Offer(StateOffer {
-                    manifest: snapshot.manifest.clone(),
-                    expected_from,
-                    deltas: self.rounds.current_deltas(),
-                })
-            }
-            SyncRequest::Chunk { root, index } => match self.snapshots.chunk(&root, index) {
-                Some(bytes) => SyncResponse::Chunk(bytes),
-                None => SyncResponse::Unavailable,
-            },
-        })
-    }
-
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
-        self.record_p2p(&event);
-        self.reach.on_swarm_event(&mut self.swarm, &event);
-        match event {
-            SwarmEvent::NewListenAddr { listener_id, address } => {
-                self.bootnodes.on_listen_addr(listener_id);
-                // Relayed listen addresses already end in this node's /p2p/ID.
-                let full = match address.iter().last() {
-                    Some(Protocol::P2p(_)) => address,
-                    _ => address.with(Protocol::P2p(*self.swarm.local_peer_id())),
-                };
-                info!(address = %full, "listening");
-                if let Some(events) = &self.events {
-                    let _ = events.send(NodeEvent::Listening { node: self.me, address: full });
-                }
-            }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                self.refuse_connection(peer_id);
-            }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peer_left(peer_id)?,
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event)?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn peer_left(&mut self, peer: PeerId) -> Result<(), NodeError> {
-        self.sync.peer_left(&peer);
-        if self.run_peers.remove(&peer) {
-            debug!(%peer, "run peer left");
-            if let Some(key) = net::peer_key(&peer) {
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerDisconnected(key));
-                self.apply(actions)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) -> Result<(), NodeError> {
-        match event {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            }) => {
-                if message.topic == self.proof_topic.hash() {
-                    self.on_proof(propagation_source, message_id, &message.data)?;
-                } else {
-                    self.on_gossip(propagation_source, message_id, &message.data)?;
-                }
-            }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
-                if topic == self.topic.hash() =>
-            {
-                if self.refuse_connection(peer_id) {
-                    return Ok(());
-                }
-                self.met_peers.insert(peer_id);
-                if let Some(key) = net::peer_key(&peer_id) {
-                    if self.run_peers.insert(peer_id) {
-                        debug!(peer = %peer_id, "run peer joined");
-                        let actions = self.rounds.handle(self.now_ms(), Event::PeerConnected(key));
-                        self.apply(actions)?;
-                    }
-                }
-            }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic })
-                if topic == self.topic.hash() =>
-            {
-                self.peer_left(peer_id)?;
-            }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
-                let addresses = self.reach.addresses_to_share(connection_id, info.listen_addrs);
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                let mut new = false;
-                for address in addresses {
-                    new |= matches!(kad.add_address(&peer_id, address), kad::RoutingUpdate::Success);
-                }
-                // Ask the newcomer whom it knows, so swarms bootstrapped from one node become a mesh.
-                if new {
-                    let _ = kad.bootstrap();
-                }
-            }
-            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                for (peer, address) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(address);
-                    }
-                }
-            }
-            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let response = self.serve_sync(peer, request)?;
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
-                }
-                request_response::Message::Response { request_id, response } => {
-                    self.on_sync_response(request_id, Some(response))?;
-                }
-            },
-            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            }) => {
-                debug!(%peer, %error, "state sync request failed");
-                self.on_sync_response(request_id, None)?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: &[u8]) -> Result<(), NodeError> {
-        let spec = &self.spec;
-        let acceptance =
-            match SignedDelta::from_untrusted(data, spec.run_id(), spec.codec, spec.param_count()) {
-                Err(refusal) => {
-                    warn!(peer = %source, reason = %refusal, "refused a delta");
-                    self.refuse(&source, refusal.label());
-                    gossipsub::MessageAcceptance::Reject
-                }
-                Ok(delta) => match self.refuse_key(&source, &delta) {
-                    Some((reason, acceptance)) => {
-                        self.refuse(&source, reason);
-                        acceptance
-                    }
-                    None => self.admit_valid(source, delta)?,
-                },
-            };
-        if acceptance == gossipsub::MessageAcceptance::Accept {
-            // Forward a little later: peers that got the delta at the same time as
-            // us have by then told us so (gossipsub's IDONTWANT, sent on receipt),
-            // and gossipsub skips them. Without the hold, every node of a small
-            // mesh forwards every delta to every other node that already has it.
-            let tx = self.forward_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(FORWARD_HOLD).await;
-                let _ = tx.send((id, source));
-            });
-        } else {
-            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
-        }
-        Ok(())
-    }
-
     /// Leaves the run politely, within [`LEAVE_TIME`]: flushes the store,
     /// unsubscribes from the run's topic (peers drop us from the round's expected
     /// set on receipt, rather than wait for a deadline), then closes every connection.
@@ -1122,40 +771,6 @@ impl Node {
                 _ = &mut until => return,
             }
         }
-    }
-
-    /// Admits a delta that passed validation and whose key may take part.
-    fn admit_valid(
-        &mut self,
-        source: PeerId,
-        delta: SignedDelta,
-    ) -> Result<gossipsub::MessageAcceptance, NodeError> {
-        Ok(match self.rounds.admit(&delta.header) {
-            Admission::Accept => {
-                self.metrics.deltas_accepted.inc();
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
-                self.apply(actions)?;
-                gossipsub::MessageAcceptance::Accept
-            }
-            Admission::Equivocation => {
-                warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a second, different delta of one key for one round");
-                self.refuse(&source, "equivocation");
-                let acceptance = accountability::blame(&source, &delta.header.sender);
-                // The round state checks it against the delta it holds and bans the key.
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
-                self.apply(actions)?;
-                acceptance
-            }
-            Admission::Replayed => {
-                warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a delta whose payload was already seen in another round or from another key (a replay)");
-                self.refuse(&source, "replayed");
-                accountability::blame(&source, &delta.header.sender)
-            }
-            other => {
-                self.metrics.ignored(&format!("{other:?}").to_lowercase());
-                gossipsub::MessageAcceptance::Ignore
-            }
-        })
     }
 
     fn outcome(&self) -> NodeOutcome {

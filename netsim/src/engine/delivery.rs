@@ -1,0 +1,168 @@
+//! Message delivery in a virtual run: publishing a delta to the mesh, each
+//! link's latency and loss, arrival at a node (validation, admission, sync
+//! requests and answers), and gossip forwarding to the next hops.
+
+use std::rc::Rc;
+
+use rand::RngExt;
+use starling_protocol::{Admission, Event, SignedDelta};
+
+use super::{Body, Engine, Happening, Life, Message, FORWARD_HOLD, MS};
+use crate::{link, SimError};
+
+impl Engine<'_> {
+    pub(super) fn publish(&mut self, node: usize, delta: SignedDelta) {
+        let id = delta.id();
+        let round = delta.header.round;
+        let bytes = delta.to_bytes().len() as u64;
+        let message = Rc::new(Message { body: Body::Delta(delta), round, id, bytes, published_at: self.now });
+        self.nodes[node].seen.insert(id, (round, self.now));
+        let owed = self.audience(node).into_iter().filter(|&p| self.up(p)).count();
+        self.ledger.published(round, owed);
+        let deadline = self.now + (self.config.deadline_ms + 1) * MS;
+        self.schedule(deadline, Happening::Deadline { node });
+        let targets: Vec<usize> = self.first_hops(node);
+        if self.nodes[node].attacker {
+            return self.attack_send(node, message, targets);
+        }
+        for to in targets {
+            self.send(node, to, message.clone());
+        }
+    }
+
+    /// Who should receive `node`'s delta: its group, or everyone.
+    pub(super) fn audience(&mut self, node: usize) -> Vec<usize> {
+        if self.grouped {
+            let round = self.nodes[node].state.round;
+            self.group_of(round, node).into_iter().filter(|&p| p != node).collect()
+        } else {
+            (0..self.nodes.len()).filter(|&p| p != node && self.nodes[p].life != Life::Left).collect()
+        }
+    }
+
+    /// Where a node sends its own delta: its group directly, or its mesh peers.
+    pub(super) fn first_hops(&mut self, node: usize) -> Vec<usize> {
+        if self.grouped {
+            self.audience(node)
+        } else {
+            self.mesh.peers(node).to_vec()
+        }
+    }
+
+    pub(super) fn send(&mut self, from: usize, to: usize, message: Rc<Message>) {
+        if !self.up(to) || self.nodes[from].side != self.nodes[to].side {
+            return;
+        }
+        let round = message.round;
+        self.ledger.sent(round, message.bytes);
+        let tx = link::transfer_time(message.bytes, self.sc.link.uplink_mbps);
+        let start = self.now.max(self.nodes[from].uplink_free);
+        self.nodes[from].uplink_free = start + tx;
+        if self.sc.link.loss > 0.0 && self.rng.random_bool(self.sc.link.loss) {
+            self.ledger.lost();
+            return;
+        }
+        let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
+        self.schedule(start + tx + latency, Happening::Arrive { to, from, message });
+    }
+
+    pub(super) fn on_deliver(
+        &mut self,
+        to: usize,
+        from: usize,
+        message: Rc<Message>,
+    ) -> Result<(), SimError> {
+        if !self.up(to) {
+            return Ok(());
+        }
+        let round = message.round;
+        self.ledger.received(round, message.bytes);
+        if self.nodes[to].seen.contains_key(&message.id) {
+            return Ok(());
+        }
+        self.nodes[to].seen.insert(message.id, (round, self.now));
+        let delta = match &message.body {
+            Body::Delta(delta) => {
+                self.ledger.first_delivery(round, self.now - message.published_at);
+                delta
+            }
+            Body::Junk(junk) => {
+                self.ledger.refused(junk.reason());
+                return Ok(());
+            }
+            Body::Proof { offender } => {
+                let offender = *offender;
+                return self.on_proof(to, from, offender, message);
+            }
+        };
+        let (run, codec, params) = (self.run, self.codec, self.params);
+        let verdict = *self
+            .verdicts
+            .entry(message.id)
+            .or_insert_with(|| delta.validate(run, codec, params).err().map(|r| r.label()));
+        if let Some(reason) = verdict {
+            self.ledger.refused(reason);
+            return Ok(());
+        }
+        if self.nodes[to].attacker && self.sc.attack.behaviour == crate::attack::AttackBehaviour::Replay {
+            self.nodes[to].heard.push_back(delta.clone());
+        }
+        let n = &mut self.nodes[to];
+        match n.rounds.admit(&delta.header) {
+            Admission::Accept => {}
+            Admission::Duplicate => return Ok(()),
+            Admission::Stale => {
+                self.ledger.refused("stale");
+                return Ok(());
+            }
+            Admission::Full => {
+                self.ledger.refused("full");
+                return Ok(());
+            }
+            Admission::Banned => {
+                self.ledger.refused("banned");
+                return Ok(());
+            }
+            Admission::Replayed => {
+                self.ledger.refused("replayed");
+                return Ok(());
+            }
+            Admission::Equivocation => {
+                // The round state checks it against the delta it holds, bans
+                // the key and drops that delta; the proof goes out to the mesh.
+                self.ledger.refused("equivocation");
+                let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
+                for proof in n.rounds.take_equivocations() {
+                    self.send_proof(to, proof.sender(), round);
+                }
+                return self.apply(to, actions);
+            }
+        }
+        let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
+        if !self.grouped {
+            self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
+        }
+        self.apply(to, actions)
+    }
+
+    /// Gossip: forward an accepted delta to mesh peers, except the one it came
+    /// from and those whose IDONTWANT (sent when they got it) has arrived.
+    pub(super) fn forward(&mut self, node: usize, from: usize, message: Rc<Message>) {
+        if !self.up(node) {
+            return;
+        }
+        let peers: Vec<usize> = self.mesh.peers(node).to_vec();
+        for p in peers {
+            if p == from || !self.up(p) {
+                continue;
+            }
+            if let Some(&(_, at)) = self.nodes[p].seen.get(&message.id) {
+                let idontwant = link::sample_latency(&self.sc.link.latency, &mut self.rng);
+                if at + idontwant <= self.now {
+                    continue;
+                }
+            }
+            self.send(node, p, message.clone());
+        }
+    }
+}

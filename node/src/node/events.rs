@@ -1,0 +1,200 @@
+//! What the swarm tells the node: connections, peers joining and leaving,
+//! identify and mDNS discoveries, sync requests, and gossiped deltas and
+//! equivocation proofs, each validated before it reaches the round state.
+
+use libp2p::{
+    gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response, swarm::SwarmEvent, PeerId,
+};
+use starling_protocol::{Admission, Event, SignedDelta};
+use tracing::{debug, info, warn};
+
+use super::{accountability, Node, NodeError, NodeEvent, FORWARD_HOLD};
+use crate::net::{self, BehaviourEvent};
+
+impl Node {
+    pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
+        self.record_p2p(&event);
+        self.reach.on_swarm_event(&mut self.swarm, &event);
+        match event {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                self.bootnodes.on_listen_addr(listener_id);
+                // Relayed listen addresses already end in this node's /p2p/ID.
+                let full = match address.iter().last() {
+                    Some(Protocol::P2p(_)) => address,
+                    _ => address.with(Protocol::P2p(*self.swarm.local_peer_id())),
+                };
+                info!(address = %full, "listening");
+                if let Some(events) = &self.events {
+                    let _ = events.send(NodeEvent::Listening { node: self.me, address: full });
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.refuse_connection(peer_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peer_left(peer_id)?,
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn peer_left(&mut self, peer: PeerId) -> Result<(), NodeError> {
+        self.sync.peer_left(&peer);
+        if self.run_peers.remove(&peer) {
+            debug!(%peer, "run peer left");
+            if let Some(key) = net::peer_key(&peer) {
+                let actions = self.rounds.handle(self.now_ms(), Event::PeerDisconnected(key));
+                self.apply(actions)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_behaviour_event(&mut self, event: BehaviourEvent) -> Result<(), NodeError> {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                if message.topic == self.proof_topic.hash() {
+                    self.on_proof(propagation_source, message_id, &message.data)?;
+                } else {
+                    self.on_gossip(propagation_source, message_id, &message.data)?;
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
+                if topic == self.topic.hash() =>
+            {
+                if self.refuse_connection(peer_id) {
+                    return Ok(());
+                }
+                self.met_peers.insert(peer_id);
+                if let Some(key) = net::peer_key(&peer_id) {
+                    if self.run_peers.insert(peer_id) {
+                        debug!(peer = %peer_id, "run peer joined");
+                        let actions = self.rounds.handle(self.now_ms(), Event::PeerConnected(key));
+                        self.apply(actions)?;
+                    }
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic })
+                if topic == self.topic.hash() =>
+            {
+                self.peer_left(peer_id)?;
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
+                let addresses = self.reach.addresses_to_share(connection_id, info.listen_addrs);
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let mut new = false;
+                for address in addresses {
+                    new |= matches!(kad.add_address(&peer_id, address), kad::RoutingUpdate::Success);
+                }
+                // Ask the newcomer whom it knows, so swarms bootstrapped from one node become a mesh.
+                if new {
+                    let _ = kad.bootstrap();
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, address) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(address);
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let response = self.serve_sync(peer, request)?;
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.on_sync_response(request_id, Some(response))?;
+                }
+            },
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                debug!(%peer, %error, "state sync request failed");
+                self.on_sync_response(request_id, None)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        data: &[u8],
+    ) -> Result<(), NodeError> {
+        let spec = &self.spec;
+        let acceptance =
+            match SignedDelta::from_untrusted(data, spec.run_id(), spec.codec, spec.param_count()) {
+                Err(refusal) => {
+                    warn!(peer = %source, reason = %refusal, "refused a delta");
+                    self.refuse(&source, refusal.label());
+                    gossipsub::MessageAcceptance::Reject
+                }
+                Ok(delta) => match self.refuse_key(&source, &delta) {
+                    Some((reason, acceptance)) => {
+                        self.refuse(&source, reason);
+                        acceptance
+                    }
+                    None => self.admit_valid(source, delta)?,
+                },
+            };
+        if acceptance == gossipsub::MessageAcceptance::Accept {
+            // Forward a little later: peers that got the delta at the same time as
+            // us have by then told us so (gossipsub's IDONTWANT, sent on receipt),
+            // and gossipsub skips them. Without the hold, every node of a small
+            // mesh forwards every delta to every other node that already has it.
+            let tx = self.forward_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FORWARD_HOLD).await;
+                let _ = tx.send((id, source));
+            });
+        } else {
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+        }
+        Ok(())
+    }
+
+    /// Admits a delta that passed validation and whose key may take part.
+    pub(super) fn admit_valid(
+        &mut self,
+        source: PeerId,
+        delta: SignedDelta,
+    ) -> Result<gossipsub::MessageAcceptance, NodeError> {
+        Ok(match self.rounds.admit(&delta.header) {
+            Admission::Accept => {
+                self.metrics.deltas_accepted.inc();
+                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
+                self.apply(actions)?;
+                gossipsub::MessageAcceptance::Accept
+            }
+            Admission::Equivocation => {
+                warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a second, different delta of one key for one round");
+                self.refuse(&source, "equivocation");
+                let acceptance = accountability::blame(&source, &delta.header.sender);
+                // The round state checks it against the delta it holds and bans the key.
+                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
+                self.apply(actions)?;
+                acceptance
+            }
+            Admission::Replayed => {
+                warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a delta whose payload was already seen in another round or from another key (a replay)");
+                self.refuse(&source, "replayed");
+                accountability::blame(&source, &delta.header.sender)
+            }
+            other => {
+                self.metrics.ignored(&format!("{other:?}").to_lowercase());
+                gossipsub::MessageAcceptance::Ignore
+            }
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! Unit tests of [`RoundState`](super::RoundState): quorum, deadlines, replays,
+//! sync triggers, newcomers, observers, equivocation and groups.
+use super::*;
+use crate::{Codec, RunId};
+use ed25519_dalek::SigningKey;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+
+fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
+    based(i, round, value, [0; 32])
+}
+
+fn based(i: u8, round: u64, value: f32, base: [u8; 32]) -> SignedDelta {
+    SignedDelta::sign(
+        &key(i),
+        RunId([0; 32]),
+        round,
+        base,
+        10,
+        Codec::Dense,
+        // Sender and round in the payload, as in real deltas, so that two
+        // deltas are never taken for a replay of one another by accident.
+        Codec::Dense.encode(&[value, f32::from(i), round as f32]),
+    )
+}
+
+fn diverged(actions: &[Action]) -> Option<PublicKey> {
+    actions.iter().find_map(|a| match a {
+        Action::Diverged { peer, .. } => Some(*peer),
+        _ => None,
+    })
+}
+
+fn config() -> RoundConfig {
+    // No settle time: these tests close at quorum at once (see
+    // `a_round_settles_after_quorum_so_a_twin_delta_can_surface`).
+    RoundConfig { settle_ms: 0, ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 }) }
+}
+
+fn state() -> RoundState {
+    let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+    s.handle(0, Event::PeerConnected(PublicKey::of(&key(2))));
+    s.handle(0, Event::PeerConnected(PublicKey::of(&key(3))));
+    s
+}
+
+fn merged(actions: &[Action]) -> Option<(u64, Vec<PublicKey>, CloseReason)> {
+    actions.iter().find_map(|a| match a {
+        Action::Merge { round, deltas, reason } => {
+            Some((*round, deltas.iter().map(|d| d.header.sender).collect(), *reason))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn an_abstaining_node_merges_its_peers_rounds_without_a_delta_of_its_own() {
+    let mut s = state();
+    let a = s.handle(5, Event::Abstain);
+    assert!(a.is_empty() && !s.wants_local(), "nothing is published, and nothing to train");
+    assert!(merged(&s.handle(6, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
+    // Both peers are in: the quorum counts them, not us.
+    let (round, senders, reason) = merged(&s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+    assert_eq!((round, reason), (0, CloseReason::Quorum));
+    assert_eq!(senders.len(), 2);
+    assert!(s.wants_local(), "the next round starts afresh");
+    // A round nobody else contributes to closes empty at the deadline.
+    s.handle(10, Event::Abstain);
+    let (round, senders, reason) = merged(&s.handle(1_010, Event::Tick)).unwrap();
+    assert_eq!((round, senders.len(), reason), (1, 0, CloseReason::Deadline));
+}
+
+#[test]
+fn publishes_then_merges_at_quorum_in_sender_order() {
+    let mut s = state();
+    let a = s.handle(5, Event::LocalDelta(delta(1, 0, 1.0)));
+    assert!(matches!(a[0], Action::Publish(_)));
+    assert!(merged(&a).is_none());
+    assert!(merged(&s.handle(6, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
+    let (round, senders, reason) = merged(&s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+    assert_eq!((round, reason), (0, CloseReason::Quorum));
+    let mut sorted = senders.clone();
+    sorted.sort();
+    assert_eq!(senders, sorted);
+    assert_eq!(s.round(), 1);
+}
+
+#[test]
+fn a_round_settles_after_quorum_so_a_twin_delta_can_surface() {
+    let mut s = RoundState::new(PublicKey::of(&key(1)), RoundConfig { settle_ms: 50, ..config() }, 0);
+    s.handle(0, Event::PeerConnected(PublicKey::of(&key(2))));
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    assert_eq!(s.wake_at(), Some(1_000), "the deadline, before quorum");
+    assert!(merged(&s.handle(10, Event::PeerDelta(delta(2, 0, 2.0)))).is_none(), "quorum, then settle");
+    assert_eq!(s.wake_at(), Some(60));
+    // The twin arrives while the round settles: it is caught before any merge.
+    assert_eq!(s.admit(&delta(2, 0, -2.0).header), Admission::Equivocation);
+    assert!(merged(&s.handle(59, Event::Tick)).is_none());
+    assert_eq!(merged(&s.handle(60, Event::Tick)).unwrap().2, CloseReason::Quorum);
+    assert_eq!(s.wake_at(), None);
+}
+
+#[test]
+fn merges_what_it_has_at_the_deadline() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(10, Event::PeerDelta(delta(2, 0, 2.0)));
+    assert!(merged(&s.handle(999, Event::Tick)).is_none());
+    let (_, senders, reason) = merged(&s.handle(1_000, Event::Tick)).unwrap();
+    assert_eq!(reason, CloseReason::Deadline);
+    assert_eq!(senders.len(), 2);
+}
+
+#[test]
+fn a_departed_peer_no_longer_holds_the_round() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+    let a = s.handle(2, Event::PeerDisconnected(PublicKey::of(&key(3))));
+    assert_eq!(merged(&a).unwrap().2, CloseReason::Quorum);
+}
+
+#[test]
+fn a_connected_peer_that_stopped_sending_stops_holding_rounds() {
+    let mut s = state();
+    let silent = PublicKey::of(&key(3));
+    // Rounds 0 and 1: peer 3 is silent, and each round waits for it until the deadline.
+    for round in 0..2 {
+        let t = round * 2_000;
+        s.handle(t, Event::LocalDelta(delta(1, round, 1.0)));
+        s.handle(t + 1, Event::PeerDelta(delta(2, round, 2.0)));
+        assert!(s.active().contains(&silent));
+        let (_, _, reason) = merged(&s.handle(t + 1_000, Event::Tick)).unwrap();
+        assert_eq!(reason, CloseReason::Deadline);
+    }
+    // From round 2 it is no longer expected: the two that send close the round at once.
+    assert!(!s.active().contains(&silent));
+    s.handle(4_000, Event::LocalDelta(delta(1, 2, 1.0)));
+    let (_, _, reason) = merged(&s.handle(4_001, Event::PeerDelta(delta(2, 2, 2.0)))).unwrap();
+    assert_eq!(reason, CloseReason::Quorum);
+    // Once it sends again, it is expected again.
+    s.handle(4_002, Event::PeerDelta(delta(3, 3, 3.0)));
+    assert!(s.active().contains(&silent));
+}
+
+#[test]
+fn buffers_future_rounds_and_drops_stale_and_duplicates() {
+    let mut s = state();
+    s.handle(0, Event::PeerDelta(delta(2, 1, 2.0)));
+    assert_eq!(s.admit(&delta(2, 1, 2.0).header), Admission::Duplicate);
+    assert_eq!(s.admit(&delta(2, 1, 9.0).header), Admission::Equivocation);
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+    s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)));
+    assert_eq!(s.round(), 1);
+    assert_eq!(s.collected(), 1, "the buffered round-1 delta is now current");
+    assert_eq!(s.admit(&delta(3, 0, 3.0).header), Admission::Stale);
+}
+
+/// `delta` with the payload of `old`: an old delta re-signed as new.
+fn resigned(i: u8, round: u64, old: &SignedDelta) -> SignedDelta {
+    SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, old.payload.clone())
+}
+
+#[test]
+fn an_old_payload_re_signed_for_a_new_round_or_key_is_a_replay() {
+    let mut s = state();
+    let old = delta(2, 0, 2.0);
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDelta(old.clone()));
+    s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)));
+    assert_eq!(s.round(), 1);
+    // Its own old delta under a new round, or someone else's under its key.
+    assert_eq!(s.admit(&resigned(2, 1, &old).header), Admission::Replayed);
+    assert_eq!(s.admit(&resigned(3, 1, &old).header), Admission::Replayed);
+    assert_eq!(s.admit(&resigned(3, 4, &old).header), Admission::Replayed);
+    // Our own published payload too.
+    let mine = delta(1, 0, 1.0);
+    assert_eq!(s.admit(&resigned(2, 1, &mine).header), Admission::Replayed);
+    // A fresh delta is taken, and a replay does not change what is held.
+    assert_eq!(s.admit(&delta(2, 1, 2.0).header), Admission::Accept);
+    s.handle(3, Event::PeerDelta(resigned(2, 1, &old)));
+    assert_eq!(s.collected(), 0);
+}
+
+#[test]
+fn payloads_are_forgotten_after_the_replay_window() {
+    let config = RoundConfig { replay_window_rounds: 2, ..config() };
+    let mut s = RoundState::new(PublicKey::of(&key(1)), config, 0);
+    let old = delta(2, 0, 2.0);
+    s.handle(0, Event::PeerDelta(old.clone()));
+    assert_eq!(s.payloads.len(), 1);
+    s.handle(1, Event::Synced { round: 2, expected_from: 2 });
+    assert_eq!(s.admit(&resigned(2, 2, &old).header), Admission::Replayed);
+    s.handle(2, Event::Synced { round: 3, expected_from: 3 });
+    assert!(s.payloads.is_empty(), "memory is bounded by the window");
+    assert_eq!(s.admit(&resigned(2, 3, &old).header), Admission::Accept);
+}
+
+#[test]
+fn a_peer_far_ahead_triggers_one_state_request_and_sync_jumps() {
+    let mut s = state();
+    let a = s.handle(0, Event::PeerDelta(delta(2, 7, 2.0)));
+    assert!(matches!(a[0], Action::RequestState { round: 7, .. }));
+    let again = s.handle(1, Event::PeerDelta(delta(3, 7, 3.0)));
+    assert!(again.is_empty(), "requests are rate limited");
+    s.handle(2, Event::Synced { round: 7, expected_from: 7 });
+    assert_eq!(s.round(), 7);
+    assert_eq!(s.collected(), 2, "deltas buffered for the synced round are kept");
+    let a = s.handle(3, Event::LocalDelta(delta(1, 7, 1.0)));
+    assert_eq!(merged(&a).unwrap().0, 7);
+}
+
+#[test]
+fn a_stale_local_delta_after_sync_is_ignored() {
+    let mut s = state();
+    s.handle(0, Event::Synced { round: 3, expected_from: 3 });
+    assert!(s.handle(1, Event::LocalDelta(delta(1, 0, 1.0))).is_empty());
+}
+
+#[test]
+fn future_buffer_is_bounded_and_keeps_the_newest() {
+    let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+    for r in 1..=20 {
+        s.handle(0, Event::PeerDelta(delta(2, r, 0.0)));
+    }
+    assert!(s.future_rounds() <= s.config.buffered_rounds);
+    assert_eq!(s.admit(&delta(3, 20, 0.0).header), Admission::Accept);
+    assert_eq!(s.admit(&delta(3, 1, 0.0).header), Admission::Full);
+}
+
+#[test]
+fn a_peer_that_connects_to_a_running_node_is_expected_two_rounds_later() {
+    let (k2, k3) = (PublicKey::of(&key(2)), PublicKey::of(&key(3)));
+    let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+    s.handle(0, Event::PeerConnected(k2));
+    assert_eq!(s.expected_from(&k2), 0, "peers there before the first round are expected at once");
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerConnected(k3));
+    assert_eq!(s.expected_from(&k3), 2);
+    // The newcomer's early delta does not count toward the quorum...
+    assert!(merged(&s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)))).is_none());
+    // ...but is merged with the round once the expected peer delivers.
+    let (round, senders, reason) = merged(&s.handle(3, Event::PeerDelta(delta(2, 0, 2.0)))).unwrap();
+    assert_eq!((round, senders.len(), reason), (0, 3, CloseReason::Quorum));
+}
+
+#[test]
+fn a_newcomer_is_expected_from_the_round_it_announces() {
+    let (k2, k3) = (PublicKey::of(&key(2)), PublicKey::of(&key(3)));
+    let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+    s.handle(0, Event::PeerConnected(k2));
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerConnected(k3));
+    assert_eq!(s.expected_from(&k3), 2, "our guess");
+    // It synced from a peer that saw it a round later.
+    s.handle(1, Event::PeerStarts { peer: k3, from: 3 });
+    assert_eq!(s.expected_from(&k3), 3);
+    assert!(merged(&s.handle(2, Event::PeerDelta(delta(2, 0, 2.0)))).is_some());
+    s.handle(3, Event::LocalDelta(delta(1, 1, 1.5)));
+    assert!(merged(&s.handle(4, Event::PeerDelta(delta(2, 1, 2.5)))).is_some());
+    // Round 2 closes at quorum without it, not at the deadline.
+    s.handle(5, Event::LocalDelta(delta(1, 2, 1.75)));
+    let (round, senders, reason) = merged(&s.handle(6, Event::PeerDelta(delta(2, 2, 2.75)))).unwrap();
+    assert_eq!((round, senders.len(), reason), (2, 2, CloseReason::Quorum));
+    assert!(s.active().contains(&k3), "expected in round 3");
+}
+
+#[test]
+fn an_observer_sits_out_the_round_and_resyncs_when_the_next_begins() {
+    let mut s = state();
+    s.handle(0, Event::Synced { round: 5, expected_from: 7 });
+    assert!(s.observing() && !s.wants_local());
+    assert!(s.handle(1, Event::PeerDelta(delta(2, 5, 2.0))).is_empty());
+    let a = s.handle(2, Event::PeerDelta(delta(2, 6, 2.0)));
+    assert!(matches!(a[0], Action::RequestState { round: 6, .. }), "{a:?}");
+    s.handle(3, Event::Synced { round: 6, expected_from: 7 });
+    assert!(s.observing(), "still observing round 6");
+    assert_eq!(s.collected(), 1, "the buffered round-6 delta is kept");
+    let a = s.handle(4, Event::PeerDelta(delta(2, 7, 2.0)));
+    assert!(matches!(a[0], Action::RequestState { round: 7, .. }), "{a:?}");
+    s.handle(5, Event::Synced { round: 7, expected_from: 7 });
+    assert!(!s.observing() && s.wants_local());
+}
+
+#[test]
+fn a_node_whose_base_the_majority_does_not_share_asks_for_their_state() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [9; 32])));
+    s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [5; 32])));
+    let a = s.handle(2, Event::PeerDelta(based(3, 0, 3.0, [5; 32])));
+    assert!(merged(&a).is_some());
+    assert_eq!(diverged(&a), Some(PublicKey::of(&key(2))));
+}
+
+#[test]
+fn the_majority_and_a_tie_won_by_the_smaller_hash_stay_put() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [5; 32])));
+    s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [5; 32])));
+    let a = s.handle(2, Event::PeerDelta(based(3, 0, 3.0, [9; 32])));
+    assert!(merged(&a).is_some() && diverged(&a).is_none());
+    // Two against two: the smaller hash wins.
+    let mut s = state();
+    s.handle(0, Event::PeerConnected(PublicKey::of(&key(4))));
+    s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [5; 32])));
+    s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [5; 32])));
+    s.handle(1, Event::PeerDelta(based(3, 0, 2.0, [9; 32])));
+    let a = s.handle(2, Event::PeerDelta(based(4, 0, 3.0, [9; 32])));
+    assert!(merged(&a).is_some() && diverged(&a).is_none());
+}
+
+#[test]
+fn a_second_delta_for_a_round_bans_the_sender_and_drops_its_first() {
+    let mut s = state();
+    let (k2, k3) = (PublicKey::of(&key(2)), PublicKey::of(&key(3)));
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+    s.handle(1, Event::PeerDelta(delta(2, 1, 2.0)));
+    assert!(s.take_equivocations().is_empty());
+    assert!(merged(&s.handle(2, Event::PeerDelta(delta(2, 0, 9.0)))).is_none(), "k3 is still expected");
+    let proofs = s.take_equivocations();
+    assert_eq!(proofs.len(), 1);
+    assert_eq!(proofs[0].verify(RunId([0; 32])), Ok(k2));
+    assert!(s.is_banned(&k2));
+    assert_eq!(s.admit(&delta(2, 2, 2.0).header), Admission::Banned);
+    // The banned key's first delta is gone and it is no longer expected:
+    // k3's delta closes round 0 with two deltas, and round 1 waits for no k2.
+    let (round, senders, _) = merged(&s.handle(3, Event::PeerDelta(delta(3, 0, 3.0)))).unwrap();
+    assert_eq!((round, senders), (0, vec![PublicKey::of(&key(1)), k3]));
+    assert_eq!(s.collected(), 0, "k2's buffered round-1 delta was dropped");
+    assert_eq!(s.quorum_target(), 2);
+}
+
+#[test]
+fn a_ban_from_a_proof_drops_the_unmerged_delta_and_never_bans_ourselves() {
+    let mut s = state();
+    let k2 = PublicKey::of(&key(2));
+    s.handle(0, Event::PeerDelta(delta(2, 0, 2.0)));
+    s.handle(1, Event::Ban(k2));
+    assert_eq!(s.collected(), 0);
+    assert!(s.take_equivocations().is_empty(), "a ban from outside is not a new proof");
+    s.handle(2, Event::Ban(PublicKey::of(&key(1))));
+    assert!(!s.is_banned(&PublicKey::of(&key(1))));
+    s.handle(3, Event::LocalDelta(delta(1, 0, 1.0)));
+    // Someone else's delta under our key is refused but bans nobody.
+    s.handle(4, Event::PeerDelta(delta(1, 0, 5.0)));
+    assert!(s.take_equivocations().is_empty());
+    let (_, senders, _) = merged(&s.handle(5, Event::PeerDelta(delta(3, 0, 3.0)))).unwrap();
+    assert_eq!(senders.len(), 2);
+}
+
+#[test]
+fn a_grouped_round_expects_and_merges_only_its_group() {
+    let mut s = state();
+    let group = vec![PublicKey::of(&key(1)), PublicKey::of(&key(3))];
+    s.handle(0, Event::Group { round: 0, members: group });
+    s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [1; 32])));
+    s.handle(1, Event::PeerDelta(based(2, 0, 2.0, [2; 32])));
+    let a = s.handle(2, Event::PeerDelta(based(3, 0, 3.0, [3; 32])));
+    let (_, senders, reason) = merged(&a).expect("the group is complete");
+    assert_eq!(reason, CloseReason::Quorum);
+    assert_eq!(senders, vec![PublicKey::of(&key(1)), PublicKey::of(&key(3))]);
+    assert!(diverged(&a).is_none(), "grouped rounds do not check agreement");
+    // Round 1 has no group: back to everyone.
+    assert_eq!(s.quorum_target(), 3);
+}
