@@ -331,14 +331,7 @@ fn relay_address(dialled: Option<&Multiaddr>, listen: &[Multiaddr], tcp_only: bo
     if let Some(address) = dialled.filter(usable) {
         return Some(address.clone());
     }
-    let rank = |a: &Multiaddr| match a.iter().next() {
-        Some(Protocol::Ip4(ip)) if is_global(IpAddr::V4(ip)) => 0,
-        Some(Protocol::Ip6(ip)) if is_global(IpAddr::V6(ip)) => 0,
-        Some(Protocol::Ip4(ip)) if ip.is_loopback() => 2,
-        Some(Protocol::Ip6(ip)) if ip.is_loopback() => 2,
-        _ => 1,
-    };
-    listen.iter().filter(usable).min_by_key(|a| rank(a)).map(without_peer)
+    listen.iter().filter(usable).min_by_key(|a| std::cmp::Reverse(scope(a))).map(without_peer)
 }
 
 /// How far an address reaches, nearest first.
