@@ -264,7 +264,8 @@ async fn export_from_running(args: &ExportArgs, datadir: &Datadir) -> Result<()>
     println!(
         "exported round {} of run {} from the node running on {} to {}",
         meta.get(crate::init::ROUND_KEY).map_or("?", String::as_str),
-        meta.get(crate::init::RUN_ID_KEY).map_or("?", |id| &id[..id.len().min(8)]),
+        // The run id's first 8 bytes, as `RunId::short` prints them.
+        meta.get(crate::init::RUN_ID_KEY).map_or("?", |id| id.get(..16).unwrap_or(id)),
         datadir.root().display(),
         args.out.display()
     );

@@ -126,7 +126,7 @@ pub struct NodeStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrivacyStatus {
     /// `record` (DP-SGD) or `node` (the whole contribution).
-    pub level: String,
+    pub level: starling_protocol::PrivacyLevel,
     /// ε spent so far at `delta`.
     pub epsilon: f64,
     /// The budget the spec allows.

@@ -29,6 +29,16 @@ pub enum PrivacyLevel {
     Node,
 }
 
+impl std::fmt::Display for PrivacyLevel {
+    /// The name the spec uses: `record` or `node`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Record => "record",
+            Self::Node => "node",
+        })
+    }
+}
+
 /// The `[privacy]` section of a RunSpec: a private swarm's budget and noise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,14 +1,15 @@
 //! The element-wise pieces of the hand-written training step: bias and ReLU,
-//! softmax cross-entropy with its gradient in one pass, and AdamW over the
-//! flat parameter vector. Each follows the candle operation it replaces.
+//! softmax cross-entropy with its gradient in one pass, and the inner
+//! optimizer over the flat parameter vector. Each follows the candle operation
+//! it replaces.
 
 use crate::optim::InnerRule;
 use rayon::prelude::*;
 
 use super::matmul::Threads;
 
-/// Floats per task when AdamW runs on several threads.
-const ADAMW_CHUNK: usize = 16 * 1024;
+/// Floats per task when the optimizer step runs on several threads.
+const UPDATE_CHUNK: usize = 16 * 1024;
 
 /// Adds `bias[j]` to every row's column `j` of the row-major `rows × bias.len()` matrix.
 pub fn add_bias_rows(x: &mut [f32], bias: &[f32]) {
@@ -73,7 +74,7 @@ pub fn softmax_cross_entropy(logits: &mut [f32], labels: &[u32], classes: usize)
 }
 
 /// One chunk of parameters, first moments, second moments and gradient, as zipped.
-type AdamChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+type UpdateChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
 
 /// The inner optimizer over one flat vector: the rule of
 /// [`crate::optim::FusedOptimizer`], float for float, so both paths update
@@ -96,13 +97,13 @@ impl FlatOptimizer {
         assert_eq!(theta.len(), self.m.len(), "parameter count changed");
         self.step_t += 1;
         let step = self.rule.step(self.step_t);
-        let update = |(((theta, m), v), grad): AdamChunk| step.apply(theta, m, v, grad);
-        if threads.0 > 1 && theta.len() > ADAMW_CHUNK {
+        let update = |(((theta, m), v), grad): UpdateChunk| step.apply(theta, m, v, grad);
+        if threads.0 > 1 && theta.len() > UPDATE_CHUNK {
             theta
-                .par_chunks_mut(ADAMW_CHUNK)
-                .zip(self.m.par_chunks_mut(ADAMW_CHUNK))
-                .zip(self.v.par_chunks_mut(ADAMW_CHUNK))
-                .zip(grad.par_chunks(ADAMW_CHUNK))
+                .par_chunks_mut(UPDATE_CHUNK)
+                .zip(self.m.par_chunks_mut(UPDATE_CHUNK))
+                .zip(self.v.par_chunks_mut(UPDATE_CHUNK))
+                .zip(grad.par_chunks(UPDATE_CHUNK))
                 .for_each(update);
         } else {
             update((((theta, &mut self.m[..]), &mut self.v[..]), grad));

@@ -69,7 +69,7 @@ impl Node {
         let privacy = self.privacy.as_ref()?;
         let budget = &privacy.budget;
         Some(crate::status::PrivacyStatus {
-            level: format!("{:?}", budget.level()).to_lowercase(),
+            level: budget.level(),
             epsilon: budget.epsilon(),
             epsilon_budget: budget.target(),
             delta: budget.delta(),

@@ -106,3 +106,15 @@ fn the_spec_section_names_the_field_to_fix() {
     let sigma = good.noise_for(0.0625, 25).unwrap();
     assert!((epsilon_for(0.0625, sigma, 500, 1e-5) - 8.0).abs() < 0.05);
 }
+
+#[test]
+fn a_level_prints_as_the_spec_names_it() {
+    #[derive(Serialize)]
+    struct Holder {
+        level: PrivacyLevel,
+    }
+    for level in [PrivacyLevel::Record, PrivacyLevel::Node] {
+        let toml = toml::to_string(&Holder { level }).unwrap();
+        assert_eq!(toml.trim(), format!("level = \"{level}\""));
+    }
+}
