@@ -17,8 +17,11 @@
 //! leaves the machine.
 //!
 //! What must happen, with no address but the bootnode's given:
-//! 1. autonat: `r` learns it is publicly reachable, `a` and `b` that they are not;
-//! 2. `a` and `b` each reserve a slot on `r`, the relay they met;
+//! 1. autonat: `r` learns it is publicly reachable, `a` that it is not;
+//! 2. `a` reserves a slot on `r`, the relay it met. `b` joins later, given `r`
+//!    by `--relay` too, and reserves a slot on it at once (once its listener is
+//!    up, so that the relay observes `b`'s listening port, the one a hole punch
+//!    can use), before any autonat probe;
 //! 3. they find each other through `r`'s DHT at their relayed addresses and connect through it;
 //! 4. dcutr punches a direct connection through both NATs, each side connected
 //!    to the other's NAT;
@@ -132,19 +135,26 @@ fn meet_and_punch(tag: &str, listen: &str, protocol: &str) {
     let relay_peer = field(&started, "peer").expect("the start line names the peer");
     let bootnode = format!("/ip4/{RELAY}{}/p2p/{relay_peer}", listen.trim_start_matches("/ip4/0.0.0.0"));
     let mut a = start("a", &["--bootnodes", &bootnode]);
-    let mut b = start("b", &["--bootnodes", &bootnode]);
 
     // 1. autonat (its first probe waits 15 s; a dial-back into a NAT times out after 10 s).
     let probe = Duration::from_secs(90);
     r.wait_for_line("autonat: peers dialled this node back; it is publicly reachable", probe);
-    for node in [&mut a, &mut b] {
-        node.wait_for_line("autonat: peers cannot dial this node back", probe);
-        // 2. A slot on the relay it met, at the address it reached it at.
-        let reserving = node.wait_for_line("reserving a slot on a relay", Duration::from_secs(10));
+    a.wait_for_line("autonat: peers cannot dial this node back", probe);
+
+    // 2. A slot on the relay, at the address it was reached at; `b` only starts now.
+    let mut b = start("b", &["--bootnodes", &bootnode, "--relay", &bootnode]);
+    for (node, reserving) in
+        [(&mut a, "reserving a slot on a relay"), (&mut b, "reserving a slot on the relay given by --relay")]
+    {
+        let reserving = node.wait_for_line(reserving, Duration::from_secs(30));
         assert!(reserving.contains(&format!("/{protocol}/{PORT}/")), "{reserving}");
         assert!(!reserving.contains("127.0.0.1"), "reserved on the relay's loopback address: {reserving}");
         node.wait_for_line("reserved a slot on a relay", Duration::from_secs(30));
     }
+    let log = b.log();
+    let listening = log.find("listening address=/ip4/192.168.20.2/").expect("b logs its listen address");
+    let reserving = log.find("reserving a slot on the relay given by --relay").expect("logged above");
+    assert!(listening < reserving, "b reserved on its --relay before its listener was up:\n{log}");
 
     // 3. and 4. Connected through the relay, then directly, through both NATs.
     for (node, other_nat) in [(&mut a, NAT_B), (&mut b, NAT_A)] {

@@ -268,8 +268,8 @@ struct Node {
     telemetry: control::Telemetry,
     /// Autonat status, relay reservations and hole punching (see [`net::reach`]).
     reach: net::reach::Reachability,
-    /// Bootnodes, dialled once the listeners are up.
-    bootnodes: net::bootnodes::Bootnodes,
+    /// Bootnodes and `--relay` reservations, made once the listeners are up.
+    first_dials: net::first_dials::FirstDials,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -440,7 +440,11 @@ impl Node {
                 .map_err(|e| NodeError::Listen { address: address.clone(), reason: e.to_string() })?;
             listeners.push((id, address.clone()));
         }
-        let bootnodes = net::bootnodes::Bootnodes::new(options.bootnodes.clone(), &listeners);
+        let first_dials = net::first_dials::FirstDials::new(
+            options.bootnodes.clone(),
+            options.net.reach.relays.clone(),
+            &listeners,
+        );
         let topic = net::delta_topic(&spec);
         swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribing to a new topic cannot fail");
         let proof_topic = net::proof_topic(&spec);
@@ -502,7 +506,7 @@ impl Node {
                 &options.listen,
                 options.net.swarm_key.is_some(),
             ),
-            bootnodes,
+            first_dials,
             options,
         };
         node.load_accountability()?;
@@ -522,7 +526,7 @@ impl Node {
 
     /// Periodic work. Returns true when the node should stop.
     fn on_tick(&mut self) -> Result<bool, NodeError> {
-        self.bootnodes.dial_when_ready(&mut self.swarm);
+        self.first_dials.dial_when_ready(&mut self.swarm);
         match self.phase {
             Phase::Gathering => {
                 // Ask the peers we know whom they know, until enough are here: a peer

@@ -2,7 +2,7 @@
 //! and QUIC, or libp2p's in-memory transport for many nodes in one process), and
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
-pub mod bootnodes;
+pub mod first_dials;
 pub mod pnet;
 pub mod reach;
 pub mod score;

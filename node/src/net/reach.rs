@@ -81,7 +81,8 @@ pub fn relay_peer(relay: &Multiaddr) -> Option<PeerId> {
     }
 }
 
-/// Announces the external addresses and reserves the slots `options` asks for.
+/// Announces the external addresses and checks the relays `options` names;
+/// their slots are reserved once the listeners are up (see [`super::first_dials`]).
 pub fn start(swarm: &mut Swarm<Behaviour>, options: &ReachOptions) -> Result<(), NetError> {
     for address in &options.external_addrs {
         info!(%address, "announcing the external address given by --external-addr");
@@ -94,10 +95,6 @@ pub fn start(swarm: &mut Swarm<Behaviour>, options: &ReachOptions) -> Result<(),
                 reason: "a relay address must end in /p2p/PEER_ID (--relay)".into(),
             });
         }
-        info!(%relay, "reserving a slot on the relay given by --relay");
-        swarm
-            .listen_on(circuit_address(relay))
-            .map_err(|e| NetError::Relay { address: relay.clone(), reason: e.to_string() })?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ impl Node {
         self.reach.on_swarm_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
-                self.bootnodes.on_listen_addr(listener_id);
+                self.first_dials.on_listen_addr(listener_id);
                 // Relayed listen addresses already end in this node's /p2p/ID.
                 let full = match address.iter().last() {
                     Some(Protocol::P2p(_)) => address,
@@ -28,8 +28,14 @@ impl Node {
                     let _ = events.send(NodeEvent::Listening { node: self.me, address: full });
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                self.refuse_connection(peer_id);
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let refused = self.refuse_connection(peer_id);
+                if !refused {
+                    self.first_dials.on_connected(peer_id, &endpoint, &mut self.swarm);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.first_dials.on_dial_failed(peer_id, &error);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peer_left(peer_id)?,
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event)?,
