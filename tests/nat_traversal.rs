@@ -27,6 +27,10 @@
 //!    to the other's NAT;
 //! 5. all three train together.
 //!
+//! Run again behind symmetric NATs (a new random port for every connection),
+//! step 4 cannot happen: nothing may claim a hole punch, and all three must
+//! still train together, `a` and `b` over the relay.
+//!
 //! Needs root, iproute2 and nftables; skips with a printed reason otherwise.
 
 mod common;
@@ -42,8 +46,19 @@ const RELAY: &str = "7.7.1.1";
 const PORT: &str = "4001";
 const ROUNDS: u64 = 5;
 
+/// How the home routers map a connection's source port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Nat {
+    /// Kept where it is free, as most home routers do: hole punching works.
+    KeepsPorts,
+    /// A new random port for every connection (symmetric NAT): the port a
+    /// peer observed is never the one the next connection leaves from, so
+    /// hole punching cannot work and the relay carries everything.
+    Symmetric,
+}
+
 /// The five namespaces of the picture above, with routes and NAT rules.
-fn build_lab(tag: &str) -> Result<Namespaces, String> {
+fn build_lab(tag: &str, nat: Nat) -> Result<Namespaces, String> {
     if std::process::Command::new("nft").arg("--version").output().is_err() {
         return Err("nft is not installed (Debian: apt-get install nftables)".into());
     }
@@ -59,13 +74,17 @@ fn build_lab(tag: &str) -> Result<Namespaces, String> {
     for ns in ["r", "na", "nb"] {
         net.exec(ns, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], "")?;
     }
-    for nat in ["na", "nb"] {
-        let outside = net.link(nat, "r");
+    let masquerade = match nat {
+        Nat::KeepsPorts => "masquerade",
+        Nat::Symmetric => "masquerade fully-random",
+    };
+    for router in ["na", "nb"] {
+        let outside = net.link(router, "r");
         let rules = format!(
             "table ip nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat;
-    oifname \"{outside}\" masquerade
+    oifname \"{outside}\" {masquerade}
   }}
 }}
 table ip filter {{
@@ -80,25 +99,31 @@ table ip filter {{
 }}
 "
         );
-        net.exec(nat, "nft", &["-f", "-"], &rules)?;
+        net.exec(router, "nft", &["-f", "-"], &rules)?;
     }
     Ok(net)
 }
 
 #[test]
 fn nodes_behind_two_nats_meet_through_a_relay_and_punch_a_direct_tcp_connection() {
-    meet_and_punch("nt", &format!("/ip4/0.0.0.0/tcp/{PORT}"), "tcp");
+    meet_and_punch("nt", Nat::KeepsPorts, &format!("/ip4/0.0.0.0/tcp/{PORT}"), "tcp");
 }
 
 #[test]
 fn nodes_behind_two_nats_meet_through_a_relay_and_punch_a_direct_quic_connection() {
-    meet_and_punch("nq", &format!("/ip4/0.0.0.0/udp/{PORT}/quic-v1"), "udp");
+    meet_and_punch("nq", Nat::KeepsPorts, &format!("/ip4/0.0.0.0/udp/{PORT}/quic-v1"), "udp");
+}
+
+#[test]
+fn nodes_behind_two_symmetric_nats_train_over_the_relay() {
+    meet_and_punch("ns", Nat::Symmetric, &format!("/ip4/0.0.0.0/tcp/{PORT}"), "tcp");
 }
 
 /// The scenario above, every node listening on `listen` only; the direct
-/// connection's address names `protocol` (tcp or udp).
-fn meet_and_punch(tag: &str, listen: &str, protocol: &str) {
-    let net = match build_lab(tag) {
+/// connection's address names `protocol` (tcp or udp). Behind symmetric NATs
+/// step 4 cannot happen, and step 5 must happen over the relay.
+fn meet_and_punch(tag: &str, nat: Nat, listen: &str, protocol: &str) {
+    let net = match build_lab(tag, nat) {
         Ok(net) => net,
         Err(reason) => {
             println!("skipped: cannot build the NAT lab ({reason}); needs root, iproute2 and nftables");
@@ -159,6 +184,9 @@ fn meet_and_punch(tag: &str, listen: &str, protocol: &str) {
     // 3. and 4. Connected through the relay, then directly, through both NATs.
     for (node, other_nat) in [(&mut a, NAT_B), (&mut b, NAT_A)] {
         node.wait_for_line("connected to a peer through a relay", Duration::from_secs(60));
+        if nat == Nat::Symmetric {
+            continue;
+        }
         let punched = node.wait_for_line("hole punching succeeded", Duration::from_secs(60));
         assert!(
             punched.contains(&format!("/ip4/{other_nat}/{protocol}/")),
@@ -177,5 +205,16 @@ fn meet_and_punch(tag: &str, listen: &str, protocol: &str) {
             node.name,
             node.log()
         );
+    }
+    if nat == Nat::Symmetric {
+        r.wait_for_line("relay server: relaying a connection", Duration::from_secs(1));
+        for node in [&a, &b] {
+            let log = node.log();
+            assert!(
+                !log.contains("hole punching succeeded"),
+                "{} punched through a symmetric NAT:\n{log}",
+                node.name
+            );
+        }
     }
 }

@@ -41,6 +41,7 @@ impl AdamWStep {
 
     /// Updates `theta` and its moments `m`, `v` along the gradient `grad`.
     pub fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32]) {
+        assert_eq!(v.len(), theta.len(), "AdamW needs a second moment per parameter");
         let Self { b1, b2, scale_m, scale_v, decay, lr, eps } = *self;
         for (((t, m), v), g) in theta.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
             *m = *m * b1 + g * (1.0 - b1);
@@ -93,6 +94,15 @@ impl InnerRule {
         }
     }
 
+    /// Second-moment buffers for `len` parameters: one each under AdamW,
+    /// none under SGD, which keeps only momentum.
+    pub fn second_moments(&self, len: usize) -> Vec<f32> {
+        match self {
+            Self::AdamW(_) => vec![0.0; len],
+            Self::Sgd { .. } => Vec::new(),
+        }
+    }
+
     /// The coefficients of the `t`-th step (from 1).
     pub fn step(&self, t: i32) -> RuleStep {
         match self {
@@ -129,7 +139,7 @@ pub enum RuleStep {
 
 impl RuleStep {
     /// Updates `theta` with first moments (momentum) `m` and second moments `v`
-    /// (left alone by SGD) along `grad`.
+    /// (as [`InnerRule::second_moments`] makes them: empty under SGD) along `grad`.
     pub fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32]) {
         match self {
             Self::AdamW(step) => step.apply(theta, m, v, grad),
@@ -141,6 +151,7 @@ impl RuleStep {
 struct Moments {
     var: Var,
     m: Vec<f32>,
+    /// Empty under SGD.
     v: Vec<f32>,
 }
 
@@ -160,7 +171,7 @@ impl Optimizer for FusedOptimizer {
             .filter(|var| var.dtype().is_float())
             .map(|var| {
                 let n = var.elem_count();
-                Moments { var, m: vec![0.0; n], v: vec![0.0; n] }
+                Moments { var, m: vec![0.0; n], v: rule.second_moments(n) }
             })
             .collect();
         Ok(Self { vars, rule, step_t: 0 })

@@ -73,8 +73,8 @@ pub fn softmax_cross_entropy(logits: &mut [f32], labels: &[u32], classes: usize)
     (total / n as f64) as f32
 }
 
-/// One chunk of parameters, first moments, second moments and gradient, as zipped.
-type UpdateChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+/// One chunk of parameters, first moments and gradient, as zipped.
+type UpdateChunk<'a> = ((&'a mut [f32], &'a mut [f32]), &'a [f32]);
 
 /// The inner optimizer over one flat vector: the rule of
 /// [`crate::optim::FusedOptimizer`], float for float, so both paths update
@@ -82,13 +82,14 @@ type UpdateChunk<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f3
 pub struct FlatOptimizer {
     rule: InnerRule,
     m: Vec<f32>,
+    /// Empty under SGD.
     v: Vec<f32>,
     step_t: i32,
 }
 
 impl FlatOptimizer {
     pub fn new(len: usize, rule: InnerRule) -> Self {
-        Self { rule, m: vec![0.0; len], v: vec![0.0; len], step_t: 0 }
+        Self { v: rule.second_moments(len), rule, m: vec![0.0; len], step_t: 0 }
     }
 
     /// One step of `theta` along `grad`; element-wise, so the thread count
@@ -97,16 +98,20 @@ impl FlatOptimizer {
         assert_eq!(theta.len(), self.m.len(), "parameter count changed");
         self.step_t += 1;
         let step = self.rule.step(self.step_t);
-        let update = |(((theta, m), v), grad): UpdateChunk| step.apply(theta, m, v, grad);
-        if threads.0 > 1 && theta.len() > UPDATE_CHUNK {
-            theta
-                .par_chunks_mut(UPDATE_CHUNK)
-                .zip(self.m.par_chunks_mut(UPDATE_CHUNK))
-                .zip(self.v.par_chunks_mut(UPDATE_CHUNK))
-                .zip(grad.par_chunks(UPDATE_CHUNK))
-                .for_each(update);
+        if threads.0 <= 1 || theta.len() <= UPDATE_CHUNK {
+            step.apply(theta, &mut self.m, &mut self.v, grad);
+            return;
+        }
+        let chunks = theta
+            .par_chunks_mut(UPDATE_CHUNK)
+            .zip(self.m.par_chunks_mut(UPDATE_CHUNK))
+            .zip(grad.par_chunks(UPDATE_CHUNK));
+        if self.v.is_empty() {
+            chunks.for_each(|((theta, m), grad): UpdateChunk| step.apply(theta, m, &mut [], grad));
         } else {
-            update((((theta, &mut self.m[..]), &mut self.v[..]), grad));
+            chunks
+                .zip(self.v.par_chunks_mut(UPDATE_CHUNK))
+                .for_each(|(((theta, m), grad), v): (UpdateChunk, _)| step.apply(theta, m, v, grad));
         }
     }
 }
@@ -131,6 +136,30 @@ mod tests {
         assert!((value - loss.to_scalar::<f32>().unwrap()).abs() < 1e-6);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn chunked_updates_match_one_pass_for_both_rules_and_sgd_keeps_no_second_moments() {
+        let len = 2 * UPDATE_CHUNK + 123;
+        let theta0: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+        let grad: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+        let rules = [
+            InnerRule::AdamW(candle_nn::ParamsAdamW { lr: 0.01, ..Default::default() }),
+            InnerRule::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.01 },
+        ];
+        for rule in rules {
+            let mut one = FlatOptimizer::new(len, rule.clone());
+            let mut chunked = FlatOptimizer::new(len, rule.clone());
+            let sgd = matches!(rule, InnerRule::Sgd { .. });
+            assert_eq!(one.v.is_empty(), sgd, "{rule:?}");
+            let (mut a, mut b) = (theta0.clone(), theta0.clone());
+            for _ in 0..3 {
+                one.step(&mut a, &grad, Threads(1));
+                chunked.step(&mut b, &grad, Threads(2));
+            }
+            assert_eq!(a, b, "{rule:?}");
+            assert_ne!(a, theta0, "{rule:?} moved nothing");
         }
     }
 
