@@ -7,6 +7,9 @@
 //! only by its `/p2p-circuit` address. They train together, and B's merged
 //! rounds hold A's delta. A announces an `--external-addr`, which B sees in
 //! A's identify info.
+//!
+//! A second test kills and restarts a relay given by `--relay`: the node
+//! dials it again with backoff and wins a slot back.
 
 mod common;
 
@@ -32,11 +35,7 @@ fn a_node_reachable_only_through_a_relay_trains_with_a_peer() {
     std::fs::write(&relay_spec_path, test_spec("relay-reach-relay").to_toml()).unwrap();
 
     // R: a relay that never trains (it waits for peers of its own run that never come).
-    let r_args = run_args(
-        &d("r"),
-        &relay_spec_path,
-        &["--relay-server", "--wait-peers", "9", "--wait-timeout", "3600"],
-    );
+    let r_args = relay_args(&d("r"), &relay_spec_path, "/ip4/127.0.0.1/tcp/0");
     let mut r = NodeProcess::start("r", &args(&r_args));
     let relay = r.tcp_address();
     r.wait_for_line("relay server: announcing this listen address", Duration::from_secs(30));
@@ -114,4 +113,64 @@ fn a_node_reachable_only_through_a_relay_trains_with_a_peer() {
             eprintln!("{}: {line}", node.name);
         }
     }
+}
+
+/// The `starling run` arguments of a relay server for a run of its own (so it
+/// never trains: it waits for peers that never come), listening on `listen`.
+fn relay_args(datadir: &str, spec_path: &str, listen: &str) -> Vec<String> {
+    let mut args =
+        run_args(datadir, spec_path, &["--relay-server", "--wait-peers", "9", "--wait-timeout", "3600"]);
+    let at = args.iter().position(|a| a == "--listen").expect("run_args listens") + 1;
+    args[at] = listen.to_string();
+    args
+}
+
+/// Waits until `needle` appears in `node`'s log at least `count` times.
+fn wait_for_count(node: &mut NodeProcess, needle: &str, count: usize, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while node.log().matches(needle).count() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not log {needle:?} {count} times within {timeout:?}:\n{}",
+            node.name,
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node given a relay by `--relay` loses its slot when the relay is killed,
+/// cannot reach it while it is down, and wins a slot back once the relay
+/// restarts at the same address with the same key.
+#[test]
+fn a_slot_on_a_relay_given_by_flag_is_won_back_after_the_relay_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let spec_path = d("spec.toml");
+    std::fs::write(&spec_path, test_spec("relay-restart").to_toml()).unwrap();
+    let relay_spec_path = d("relay-spec.toml");
+    std::fs::write(&relay_spec_path, test_spec("relay-restart-relay").to_toml()).unwrap();
+
+    let mut r = NodeProcess::start(
+        "restarted-relay",
+        &args(&relay_args(&d("r"), &relay_spec_path, "/ip4/127.0.0.1/tcp/0")),
+    );
+    let relay = r.tcp_address();
+    let listen = relay.split("/p2p/").next().unwrap().to_string();
+
+    // A never trains either: it only keeps its slot.
+    let a_args =
+        run_args(&d("a"), &spec_path, &["--relay", &relay, "--wait-peers", "9", "--wait-timeout", "3600"]);
+    let mut a = NodeProcess::start("relay-keeper", &args(&a_args));
+    a.wait_for_line("reserved a slot on a relay", Duration::from_secs(30));
+
+    r.kill_hard();
+    a.wait_for_line("lost the slot on a relay", Duration::from_secs(30));
+    a.wait_for_line("cannot reach the relay given by --relay; trying again", Duration::from_secs(30));
+
+    let mut r =
+        NodeProcess::start("restarted-relay-again", &args(&relay_args(&d("r"), &relay_spec_path, &listen)));
+    assert_eq!(r.tcp_address(), relay, "the relay restarts at the same address with the same key");
+    wait_for_count(&mut a, "reserved a slot on a relay", 2, Duration::from_secs(60));
+    r.wait_for_line("relay server: reserved a slot for a peer", Duration::from_secs(10));
 }

@@ -268,8 +268,10 @@ struct Node {
     telemetry: control::Telemetry,
     /// Autonat status, relay reservations and hole punching (see [`net::reach`]).
     reach: net::reach::Reachability,
-    /// Bootnodes and `--relay` reservations, made once the listeners are up.
+    /// Bootnodes and `--relay` relays, dialled once the listeners are up.
     first_dials: net::first_dials::FirstDials,
+    /// The slots kept on the `--relay` relays.
+    given_relays: net::given_relays::GivenRelays,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -442,9 +444,10 @@ impl Node {
         }
         let first_dials = net::first_dials::FirstDials::new(
             options.bootnodes.clone(),
-            options.net.reach.relays.clone(),
+            &options.net.reach.relays,
             &listeners,
         );
+        let given_relays = net::given_relays::GivenRelays::new(&options.net.reach.relays);
         let topic = net::delta_topic(&spec);
         swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribing to a new topic cannot fail");
         let proof_topic = net::proof_topic(&spec);
@@ -507,6 +510,7 @@ impl Node {
                 options.net.swarm_key.is_some(),
             ),
             first_dials,
+            given_relays,
             options,
         };
         node.load_accountability()?;
@@ -527,6 +531,7 @@ impl Node {
     /// Periodic work. Returns true when the node should stop.
     fn on_tick(&mut self) -> Result<bool, NodeError> {
         self.first_dials.dial_when_ready(&mut self.swarm);
+        self.given_relays.retry_when_due(&mut self.swarm);
         match self.phase {
             Phase::Gathering => {
                 // Ask the peers we know whom they know, until enough are here: a peer

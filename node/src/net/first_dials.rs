@@ -9,30 +9,25 @@
 //! bootnodes, the DHT that would dial them too, and the relays wait until
 //! every listener on an IP address has an address, or [`LISTEN_GRACE`] has
 //! passed. A relay is reserved on once the connection to it is up, over that
-//! connection.
+//! connection (see [`super::given_relays`]).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
-use libp2p::{
-    core::{transport::ListenerId, ConnectedPoint},
-    swarm::DialError,
-    Multiaddr, PeerId, Swarm,
-};
-use tracing::{info, warn};
+use libp2p::{core::transport::ListenerId, Multiaddr, Swarm};
+use tracing::warn;
 
 use super::{
-    reach::{circuit_address, is_relayed, relay_peer},
+    reach::{is_relayed, relay_peer},
     Behaviour,
 };
 
 /// The longest the first dials wait for the listeners.
 pub const LISTEN_GRACE: Duration = Duration::from_secs(2);
 
-/// Bootnodes and relays not dialled yet, relays not reserved on yet, and the
-/// listeners the dials wait for.
+/// Bootnodes and relays not dialled yet, and the listeners the dials wait for.
 #[derive(Debug)]
 pub struct FirstDials {
     /// Addresses to dial once ready: the bootnodes, then the relays that are not
@@ -41,31 +36,29 @@ pub struct FirstDials {
     dials: Vec<Multiaddr>,
     /// How many of `dials` are bootnodes (the first ones).
     bootnodes: usize,
-    /// Relays given by `--relay` (addresses ending in `/p2p/RELAY`, checked by
-    /// `reach::start`), reserved on once a direct connection to them is up.
-    relays: BTreeMap<PeerId, Multiaddr>,
     waiting: HashSet<ListenerId>,
     since: Instant,
 }
 
 impl FirstDials {
-    /// `listeners` are the ids and addresses `listen_on` was called with;
-    /// relayed ones are not waited for (they need a connection to the relay first).
+    /// `relays` are those given by `--relay` (reserved on by
+    /// [`super::given_relays`] once connected); `listeners` are the ids and
+    /// addresses `listen_on` was called with. Relayed listeners are not waited
+    /// for (they need a connection to the relay first).
     pub fn new(
         bootnodes: Vec<Multiaddr>,
-        relays: Vec<Multiaddr>,
+        relays: &[Multiaddr],
         listeners: &[(ListenerId, Multiaddr)],
     ) -> Self {
         let waiting = listeners.iter().filter(|(_, a)| !is_relayed(a)).map(|(id, _)| *id).collect();
         let count = bootnodes.len();
         let mut dials = bootnodes;
-        for relay in &relays {
+        for relay in relays {
             if !dials.contains(relay) {
                 dials.push(relay.clone());
             }
         }
-        let relays = relays.into_iter().filter_map(|a| Some((relay_peer(&a)?, a))).collect();
-        Self { dials, bootnodes: count, relays, waiting, since: Instant::now() }
+        Self { dials, bootnodes: count, waiting, since: Instant::now() }
     }
 
     /// A listener reported an address.
@@ -97,32 +90,11 @@ impl FirstDials {
             }
         }
     }
-
-    /// A connection to `peer` is up: when it is direct and `peer` is a relay
-    /// given by `--relay`, this node reserves a slot on it, over that connection.
-    pub fn on_connected(&mut self, peer: PeerId, endpoint: &ConnectedPoint, swarm: &mut Swarm<Behaviour>) {
-        if endpoint.is_relayed() {
-            return;
-        }
-        let Some(relay) = self.relays.remove(&peer) else { return };
-        info!(%relay, "reserving a slot on the relay given by --relay");
-        if let Err(error) = swarm.listen_on(circuit_address(&relay)) {
-            warn!(%relay, %error, "cannot listen through the relay given by --relay");
-        }
-    }
-
-    /// A dial failed; a relay given by `--relay` stays pending, reserved on
-    /// whenever a connection to it comes up.
-    pub fn on_dial_failed(&self, peer: Option<PeerId>, error: &DialError) {
-        if let Some(relay) = peer.and_then(|p| self.relays.get(&p)) {
-            warn!(%relay, %error, "cannot reach the relay given by --relay; reserving once it connects");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use libp2p::multiaddr::Protocol;
+    use libp2p::{multiaddr::Protocol, PeerId};
 
     use super::*;
 
@@ -135,13 +107,12 @@ mod tests {
     }
 
     #[test]
-    fn a_relay_that_is_also_a_bootnode_is_dialled_once_and_reserved_on_when_connected() {
+    fn a_relay_that_is_also_a_bootnode_is_dialled_once() {
         let relay = ma("/ip4/7.7.1.1/tcp/4001").with_p2p(peer(1)).unwrap();
         let other = ma("/ip4/7.7.3.1/udp/4001/quic-v1").with_p2p(peer(2)).unwrap();
-        let dials = FirstDials::new(vec![relay.clone()], vec![relay.clone(), other.clone()], &[]);
-        assert_eq!(dials.dials, vec![relay.clone(), other.clone()], "one dial per address");
+        let dials = FirstDials::new(vec![relay.clone()], &[relay.clone(), other.clone()], &[]);
+        assert_eq!(dials.dials, vec![relay, other], "one dial per address");
         assert_eq!(dials.bootnodes, 1);
-        assert_eq!(dials.relays, BTreeMap::from([(peer(1), relay), (peer(2), other)]));
     }
 
     #[test]
@@ -153,14 +124,14 @@ mod tests {
             (quic, ma("/ip4/0.0.0.0/udp/0/quic-v1")),
             (relayed, ma("/ip4/7.7.1.1/tcp/4001").with_p2p(peer).unwrap().with(Protocol::P2pCircuit)),
         ];
-        let mut boot = FirstDials::new(vec![ma("/ip4/7.7.1.1/tcp/4001")], vec![], &listeners);
+        let mut boot = FirstDials::new(vec![ma("/ip4/7.7.1.1/tcp/4001")], &[], &listeners);
         let start = boot.since;
         assert!(!boot.ready(start));
         boot.on_listen_addr(tcp);
         assert!(!boot.ready(start));
         boot.on_listen_addr(quic);
         assert!(boot.ready(start), "a relayed listener is not waited for");
-        let mut stuck = FirstDials::new(vec![], vec![], &listeners);
+        let mut stuck = FirstDials::new(vec![], &[], &listeners);
         stuck.since = start;
         assert!(!stuck.ready(start + LISTEN_GRACE / 2));
         assert!(stuck.ready(start + LISTEN_GRACE));

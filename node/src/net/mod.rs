@@ -3,6 +3,7 @@
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
 pub mod first_dials;
+pub mod given_relays;
 pub mod pnet;
 pub mod reach;
 pub mod score;

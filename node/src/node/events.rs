@@ -18,6 +18,7 @@ impl Node {
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 self.first_dials.on_listen_addr(listener_id);
+                self.given_relays.on_listen_addr(listener_id);
                 // Relayed listen addresses already end in this node's /p2p/ID.
                 let full = match address.iter().last() {
                     Some(Protocol::P2p(_)) => address,
@@ -31,11 +32,14 @@ impl Node {
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 let refused = self.refuse_connection(peer_id);
                 if !refused {
-                    self.first_dials.on_connected(peer_id, &endpoint, &mut self.swarm);
+                    self.given_relays.on_connected(peer_id, &endpoint, &mut self.swarm);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                self.first_dials.on_dial_failed(peer_id, &error);
+                self.given_relays.on_dial_failed(peer_id, &error);
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.given_relays.on_listener_closed(listener_id)
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peer_left(peer_id)?,
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event)?,
