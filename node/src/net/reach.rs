@@ -205,14 +205,18 @@ impl Reachability {
                     observed = %info.observed_addr,
                     "identified a peer"
                 );
-                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) && !self.relays.contains_key(peer_id) {
-                    let address = relay_address(self.dialled.get(peer_id), &info.listen_addrs, self.tcp_only);
-                    if let Some(address) = address {
-                        let address = address.with_p2p(*peer_id).unwrap_or_else(|a| a);
-                        debug!(relay = %address, "met a peer that serves as a relay");
-                        self.relays.insert(*peer_id, address);
-                        self.reserve_if_private(swarm);
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    if !self.relays.contains_key(peer_id) {
+                        let address =
+                            relay_address(self.dialled.get(peer_id), &info.listen_addrs, self.tcp_only);
+                        if let Some(address) = address {
+                            let address = address.with_p2p(*peer_id).unwrap_or_else(|a| a);
+                            debug!(relay = %address, "met a peer that serves as a relay");
+                            self.relays.insert(*peer_id, address);
+                        }
                     }
+                    // Also a relay met again, after its slot was lost (it restarted, say).
+                    self.reserve_if_private(swarm);
                 }
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => match new {
