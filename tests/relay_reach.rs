@@ -29,10 +29,7 @@ fn args(list: &[String]) -> Vec<&str> {
 fn a_node_reachable_only_through_a_relay_trains_with_a_peer() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let spec_path = d("spec.toml");
-    std::fs::write(&spec_path, test_spec("relay-reach").to_toml()).unwrap();
-    let relay_spec_path = d("relay-spec.toml");
-    std::fs::write(&relay_spec_path, test_spec("relay-reach-relay").to_toml()).unwrap();
+    let (spec_path, relay_spec_path) = write_specs(&dir, "relay-reach");
 
     // R: a relay that never trains (it waits for peers of its own run that never come).
     let r_args = relay_args(&d("r"), &relay_spec_path, "/ip4/127.0.0.1/tcp/0");
@@ -115,6 +112,17 @@ fn a_node_reachable_only_through_a_relay_trains_with_a_peer() {
     }
 }
 
+/// Writes the spec of run `name` and of the relay's own run `name-relay` into
+/// `dir`; returns their paths.
+fn write_specs(dir: &tempfile::TempDir, name: &str) -> (String, String) {
+    let write = |file: &str, run: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, test_spec(run).to_toml()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    (write("spec.toml", name), write("relay-spec.toml", &format!("{name}-relay")))
+}
+
 /// The `starling run` arguments of a relay server for a run of its own (so it
 /// never trains: it waits for peers that never come), listening on `listen`.
 fn relay_args(datadir: &str, spec_path: &str, listen: &str) -> Vec<String> {
@@ -146,10 +154,7 @@ fn wait_for_count(node: &mut NodeProcess, needle: &str, count: usize, timeout: D
 fn a_slot_on_a_relay_given_by_flag_is_won_back_after_the_relay_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let spec_path = d("spec.toml");
-    std::fs::write(&spec_path, test_spec("relay-restart").to_toml()).unwrap();
-    let relay_spec_path = d("relay-spec.toml");
-    std::fs::write(&relay_spec_path, test_spec("relay-restart-relay").to_toml()).unwrap();
+    let (spec_path, relay_spec_path) = write_specs(&dir, "relay-restart");
 
     let mut r = NodeProcess::start(
         "restarted-relay",
