@@ -448,14 +448,7 @@ impl Node {
             &listeners,
         );
         let given_relays = net::given_relays::GivenRelays::new(&options.net.reach.relays);
-        let topic = net::delta_topic(&spec);
-        swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribing to a new topic cannot fail");
-        let proof_topic = net::proof_topic(&spec);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&proof_topic)
-            .expect("subscribing to a new topic cannot fail");
+        let (topic, proof_topic) = net::subscribe_run(&mut swarm, &spec);
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
         let mut rounds = RoundState::new(me, RoundConfig::from_spec(&spec.round), state.round);

@@ -37,9 +37,7 @@ impl RawPeer {
         for key in avoid {
             swarm.behaviour_mut().blocked.block_peer(net::peer_id(key).expect("an ed25519 key"));
         }
-        let topic = net::delta_topic(spec);
-        swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
-        swarm.behaviour_mut().gossipsub.subscribe(&net::proof_topic(spec)).unwrap();
+        let (topic, _) = net::subscribe_run(&mut swarm, spec);
         swarm.dial(address).unwrap();
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {

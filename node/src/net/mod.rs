@@ -122,6 +122,18 @@ pub fn proof_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("/starling/{}/equivocations/1", spec.run_id().short()))
 }
 
+/// Subscribes `swarm` to the run's delta and equivocation-proof topics; returns them in that order.
+pub fn subscribe_run(
+    swarm: &mut Swarm<Behaviour>,
+    spec: &RunSpec,
+) -> (gossipsub::IdentTopic, gossipsub::IdentTopic) {
+    let topics = (delta_topic(spec), proof_topic(spec));
+    for topic in [&topics.0, &topics.1] {
+        swarm.behaviour_mut().gossipsub.subscribe(topic).expect("subscribing to a new topic cannot fail");
+    }
+    topics
+}
+
 /// The libp2p keypair of a Starling identity (one key for both).
 pub fn keypair(key: &ed25519_dalek::SigningKey) -> identity::Keypair {
     identity::Keypair::ed25519_from_bytes(key.to_bytes()).expect("32 bytes are always a valid ed25519 secret")

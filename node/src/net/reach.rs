@@ -114,8 +114,11 @@ pub struct Reachability {
     /// The remote address of each open direct connection, to say where hole
     /// punching connected.
     direct: BTreeMap<ConnectionId, Multiaddr>,
-    /// Relays this node listens through.
+    /// Relays this node listens through, the `--relay` ones always (their
+    /// slots are kept by [`super::given_relays`], never reserved on here).
     reserved: BTreeSet<PeerId>,
+    /// The relays given by `--relay`.
+    given: BTreeSet<PeerId>,
     /// Whether autonat found this node unreachable.
     private: bool,
     /// Whether to leave out QUIC relay addresses (a node with a swarm key).
@@ -140,6 +143,7 @@ impl Reachability {
             announce_listen: options.relay_server && options.external_addrs.is_empty(),
             listen_ips,
             reserved: options.relays.iter().filter_map(relay_peer).collect(),
+            given: options.relays.iter().filter_map(relay_peer).collect(),
             tcp_only,
             ..Self::default()
         }
@@ -169,7 +173,9 @@ impl Reachability {
                             _ => None,
                         })
                     {
-                        self.reserved.remove(&relay);
+                        if !self.given.contains(&relay) {
+                            self.reserved.remove(&relay);
+                        }
                     }
                 }
             }
@@ -406,6 +412,35 @@ pub fn is_global(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_lost_slot_on_a_given_relay_stays_counted_so_it_is_never_auto_reserved_twice() {
+        use crate::net::{build_swarm, NetOptions, Transport};
+        use libp2p::core::transport::ListenerId;
+
+        let key = |seed: u8| ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let peer = |seed: u8| crate::net::keypair(&key(seed)).public().to_peer_id();
+        let options = NetOptions { transport: Transport::Memory, ..NetOptions::default() };
+        let mut swarm =
+            build_swarm(&key(1), &starling_protocol::RunSpec::builtin(), &options, &mut Default::default())
+                .expect("memory swarm builds");
+        let relay =
+            |seed: u8| "/ip4/7.7.1.1/tcp/4001".parse::<Multiaddr>().unwrap().with_p2p(peer(seed)).unwrap();
+        let (given, auto) = (peer(2), peer(3));
+        let mut reach = Reachability::new(
+            &ReachOptions { relays: vec![relay(2)], ..ReachOptions::default() },
+            &[],
+            false,
+        );
+        reach.reserved.insert(auto);
+        let lost = SwarmEvent::ListenerClosed {
+            listener_id: ListenerId::next(),
+            addresses: [relay(2), relay(3)].map(|r| circuit_address(&r).with_p2p(peer(1)).unwrap()).to_vec(),
+            reason: Ok(()),
+        };
+        reach.on_swarm_event(&mut swarm, &lost);
+        assert_eq!(reach.reserved, BTreeSet::from([given]), "given relays are kept by given_relays");
+    }
 
     #[test]
     fn global_addresses_are_told_from_local_ones() {
