@@ -44,8 +44,11 @@
 //! own but keeps collecting and merging its peers', so it follows the run and
 //! can resume at once. Without its own publish time to count the deadline
 //! from, a paused node counts it from the arrival of the round's first delta.
+//!
+//! Everything the network feeds is bounded: each field of [`RoundState`]
+//! states its bound, in terms of the [`RoundConfig`] that enforces it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{hash_map, BTreeMap, BTreeSet, HashMap};
 
 use crate::accountability::EquivocationProof;
 use crate::delta::{DeltaHeader, SignedDelta};
@@ -61,7 +64,8 @@ pub struct RoundConfig {
     pub deadline_ms: u64,
     /// How many distinct future rounds are buffered at most.
     pub buffered_rounds: usize,
-    /// Most deltas kept for one round (bounds memory against floods of keys).
+    /// Most peer deltas kept, and peer payloads remembered, for one round
+    /// (bounds memory against floods of keys).
     pub max_deltas_per_round: usize,
     /// A node whose delta arrived within this many rounds counts as active.
     pub activity_rounds: u64,
@@ -77,6 +81,15 @@ pub struct RoundConfig {
     /// equals one already seen in another round or from another key (an old
     /// delta re-signed as new) is refused as [`Admission::Replayed`].
     pub replay_window_rounds: u64,
+    /// Most peers tracked as connected, and most tracked as recently active
+    /// (bounds memory against floods of keys). An honest swarm stays well
+    /// below it: a round takes at most `max_deltas_per_round` deltas anyway.
+    pub max_peers: usize,
+    /// Most banned keys remembered. Past it, a new ban still drops the key's
+    /// unmerged deltas and stops expecting it, but its later deltas are judged
+    /// like a fresh key's (keys cost an attacker nothing, so forgetting one
+    /// gives it nothing a new key would not).
+    pub max_banned: usize,
 }
 
 impl RoundConfig {
@@ -94,6 +107,8 @@ impl RoundConfig {
             // next to a round.
             settle_ms: (spec.deadline_ms / 20).min(250),
             replay_window_rounds: 256,
+            max_peers: 4096,
+            max_banned: 1 << 16,
         }
     }
 }
@@ -195,10 +210,18 @@ pub struct RoundState {
     /// When the current round reached its quorum (it closes `settle_ms` later).
     quorum_at: Option<u64>,
     /// Deltas of the current and future rounds, keyed by round, then sender.
+    /// Bound: the current round and at most `buffered_rounds` future ones, each
+    /// with at most `max_deltas_per_round` peer deltas and our own.
     rounds: BTreeMap<u64, BTreeMap<PublicKey, SignedDelta>>,
     /// Connected peers of the run, and the round from which each is expected.
+    /// Bound: `max_peers` keys; past it, newly connected keys are not tracked
+    /// (until one of those tracked leaves).
     connected: BTreeMap<PublicKey, u64>,
-    /// The last round each peer contributed to.
+    /// The last round each peer contributed to. Bound: `max_peers` keys, and
+    /// only rounds from `activity_rounds` before the current one (older ones
+    /// are pruned when the round changes). Past the bound, a new sender takes
+    /// the place of the entry with the highest round if its round is lower
+    /// (the nearest rounds decide who is expected), and is not tracked otherwise.
     last_active: HashMap<PublicKey, u64>,
     /// The round and time of our last state request.
     last_sync_request: Option<(u64, u64)>,
@@ -206,15 +229,28 @@ pub struct RoundState {
     contribute_from: u64,
     /// Whether this node has published a delta since it started.
     ever_published: bool,
-    /// Group members of the current and coming rounds, when grouped.
+    /// Group members of the current and coming rounds, when grouped. Bound:
+    /// `buffered_rounds + 1` rounds (the farthest are dropped past it), each
+    /// with the members the driver computed (not fed by the network).
     groups: BTreeMap<u64, BTreeSet<PublicKey>>,
-    /// Keys banned for the run.
+    /// Keys banned for the run. Bound: `max_banned` keys.
     banned: BTreeSet<PublicKey>,
-    /// Equivocations caught since the driver last took them.
+    /// Equivocations caught since the driver last took them. Bound: one per key
+    /// newly remembered in `banned`, so at most `max_banned`.
     equivocations: Vec<EquivocationProof>,
-    /// Payload hashes of the deltas held in the last `replay_window_rounds`
-    /// rounds, with the round and key they came with.
+    /// Payload hashes of the deltas taken in from `replay_window_rounds` rounds
+    /// before the current one on, with the round and key they came with.
+    /// Bound: `(replay_window_rounds + 1 + buffered_rounds) *
+    /// (max_deltas_per_round + 1)` entries: the rounds of the window, the
+    /// current one and the buffered future ones, each with at most
+    /// `max_deltas_per_round` peer payloads (see [`RoundState::admit`]) and our
+    /// own. Older rounds are forgotten as the round changes, whether it closes
+    /// or we jump; an evicted future round's payloads go with it.
     payloads: HashMap<[u8; 32], (u64, PublicKey)>,
+    /// The hashes of `payloads` by the round they are remembered with (exactly
+    /// those of `payloads`, so bounded alike), so that forgetting old rounds
+    /// costs what it removes, not the size of the map.
+    payload_rounds: BTreeMap<u64, Vec<[u8; 32]>>,
     /// Not contributing deltas of our own (see [`Event::Paused`]).
     paused: bool,
     /// When the current round's first delta arrived: a paused node's deadline counts from here.
@@ -241,6 +277,7 @@ impl RoundState {
             banned: BTreeSet::new(),
             equivocations: Vec::new(),
             payloads: HashMap::new(),
+            payload_rounds: BTreeMap::new(),
             paused: false,
             opened_at: None,
         }
@@ -379,10 +416,16 @@ impl RoundState {
                 return Admission::Replayed;
             }
         }
-        match self.rounds.get(&header.round) {
-            Some(m) if m.len() >= self.config.max_deltas_per_round => Admission::Full,
+        // Payloads count too: a banned key's delta leaves its round, but its
+        // payload stays remembered, and must not make room for more.
+        let held = self.rounds.get(&header.round).map(|m| m.len().max(self.payloads_of(header.round)));
+        match held {
+            Some(n) if n >= self.config.max_deltas_per_round => Admission::Full,
             Some(_) => Admission::Accept,
-            None if self.future_rounds() < self.config.buffered_rounds => Admission::Accept,
+            // The current round is not a future one: it never waits for room.
+            None if header.round == self.round || self.future_rounds() < self.config.buffered_rounds => {
+                Admission::Accept
+            }
             // Full of future rounds: keep the newest, which tell a lagging node most.
             None => match self.lowest_future_round() {
                 Some(lowest) if header.round > lowest => Admission::Accept,
@@ -417,11 +460,13 @@ impl RoundState {
                     _ => return actions,
                 }
                 let (round, sender) = (delta.header.round, delta.header.sender);
-                if !self.rounds.contains_key(&round) && self.future_rounds() >= self.config.buffered_rounds {
+                if round > self.round
+                    && !self.rounds.contains_key(&round)
+                    && self.future_rounds() >= self.config.buffered_rounds
+                {
                     if let Some(lowest) = self.lowest_future_round() {
-                        for evicted in self.rounds.remove(&lowest).unwrap_or_default().into_values() {
-                            self.payloads.remove(&evicted.header.payload_hash);
-                        }
+                        self.rounds.remove(&lowest);
+                        self.forget_payloads_of(lowest);
                     }
                 }
                 self.remember_payload(&delta.header);
@@ -429,8 +474,7 @@ impl RoundState {
                 if round == self.round {
                     self.opened_at.get_or_insert(now_ms);
                 }
-                let seen = self.last_active.entry(sender).or_insert(round);
-                *seen = (*seen).max(round);
+                self.note_active(sender, round);
                 let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
                 if round >= self.round + lag && self.sync_allowed(round, now_ms) {
                     self.last_sync_request = Some((round, now_ms));
@@ -438,14 +482,16 @@ impl RoundState {
                 }
             }
             Event::PeerConnected(peer) => {
-                if peer != self.me && !self.connected.contains_key(&peer) {
+                if peer != self.me && !self.connected.contains_key(&peer) && self.room_to_connect() {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
                     self.connected.insert(peer, from);
                 }
             }
             Event::PeerStarts { peer, from } => {
                 if peer != self.me && !self.banned.contains(&peer) {
-                    self.connected.insert(peer, from);
+                    if self.connected.contains_key(&peer) || self.room_to_connect() {
+                        self.connected.insert(peer, from);
+                    }
                     if from > self.round {
                         // It said it sits out until then; do not wait for it.
                         self.last_active.remove(&peer);
@@ -463,7 +509,9 @@ impl RoundState {
                     self.abstained = true;
                 }
             }
-            Event::Ban(key) => self.ban(key),
+            Event::Ban(key) => {
+                self.ban(key);
+            }
             Event::Paused(paused) => {
                 self.paused = paused;
                 if self.rounds.contains_key(&self.round) {
@@ -503,13 +551,21 @@ impl RoundState {
         if proof.sender() == self.me {
             return;
         }
-        self.ban(proof.sender());
-        self.equivocations.push(proof);
+        if self.ban(proof.sender()) {
+            self.equivocations.push(proof);
+        }
     }
 
-    fn ban(&mut self, key: PublicKey) {
-        if key == self.me || !self.banned.insert(key) {
-            return;
+    /// Bans `key`: drops its unmerged deltas, stops expecting it, and
+    /// remembers the ban while there is room. Returns whether it is newly
+    /// remembered.
+    fn ban(&mut self, key: PublicKey) -> bool {
+        if key == self.me || self.banned.contains(&key) {
+            return false;
+        }
+        let remembered = self.banned.len() < self.config.max_banned;
+        if remembered {
+            self.banned.insert(key);
         }
         for deltas in self.rounds.values_mut() {
             deltas.remove(&key);
@@ -519,6 +575,31 @@ impl RoundState {
         }
         self.connected.remove(&key);
         self.last_active.remove(&key);
+        remembered
+    }
+
+    fn room_to_connect(&self) -> bool {
+        self.connected.len() < self.config.max_peers
+    }
+
+    /// Records that `sender` contributed to `round`, within `max_peers` keys.
+    fn note_active(&mut self, sender: PublicKey, round: u64) {
+        if let Some(seen) = self.last_active.get_mut(&sender) {
+            *seen = (*seen).max(round);
+            return;
+        }
+        if self.last_active.len() >= self.config.max_peers {
+            // Full: the farthest round gives way to a nearer one. A scan, but
+            // only of a full map, and only for a sender it does not hold.
+            let farthest = self.last_active.iter().max_by_key(|(_, &r)| r).map(|(k, &r)| (*k, r));
+            match farthest {
+                Some((key, r)) if r > round => {
+                    self.last_active.remove(&key);
+                }
+                _ => return,
+            }
+        }
+        self.last_active.insert(sender, round);
     }
 
     /// A request for a newer round than the last one goes out at once; a repeat
@@ -547,15 +628,51 @@ impl RoundState {
         // A paused node's deadline counts again from the round's next delta.
         self.opened_at = None;
         self.prune_activity();
-        let horizon = round.saturating_sub(self.config.replay_window_rounds);
-        self.payloads.retain(|_, (r, _)| *r >= horizon);
+        self.forget_old_payloads();
     }
 
     /// Remembers the payload of a delta taken in, so that the same payload
     /// under another round or key is refused as a replay. Bounded: at most
-    /// `max_deltas_per_round` entries per remembered round.
+    /// `max_deltas_per_round` peer payloads per remembered round (see
+    /// [`Self::admit`]), and our own.
     fn remember_payload(&mut self, header: &DeltaHeader) {
-        self.payloads.entry(header.payload_hash).or_insert((header.round, header.sender));
+        if let hash_map::Entry::Vacant(entry) = self.payloads.entry(header.payload_hash) {
+            entry.insert((header.round, header.sender));
+            self.payload_rounds.entry(header.round).or_default().push(header.payload_hash);
+        }
+    }
+
+    /// How many payloads are remembered with `round`.
+    fn payloads_of(&self, round: u64) -> usize {
+        self.payload_rounds.get(&round).map_or(0, Vec::len)
+    }
+
+    /// Forgets the payloads remembered with `round` (an evicted future round).
+    fn forget_payloads_of(&mut self, round: u64) {
+        for hash in self.payload_rounds.remove(&round).unwrap_or_default() {
+            self.payloads.remove(&hash);
+        }
+    }
+
+    /// Forgets the payloads of rounds more than `replay_window_rounds` before
+    /// the current one: the cost is what it removes.
+    fn forget_old_payloads(&mut self) {
+        let horizon = self.round.saturating_sub(self.config.replay_window_rounds);
+        while let Some(oldest) = self.payload_rounds.first_entry() {
+            if *oldest.key() >= horizon {
+                break;
+            }
+            for hash in oldest.remove() {
+                self.payloads.remove(&hash);
+            }
+        }
+    }
+
+    /// How many payloads are remembered against replays.
+    #[cfg(test)]
+    fn remembered_payloads(&self) -> usize {
+        debug_assert_eq!(self.payloads.len(), self.payload_rounds.values().map(Vec::len).sum::<usize>());
+        self.payloads.len()
     }
 
     fn prune_activity(&mut self) {
@@ -595,6 +712,7 @@ impl RoundState {
         self.quorum_at = None;
         self.opened_at = self.rounds.contains_key(&self.round).then_some(now_ms);
         self.prune_activity();
+        self.forget_old_payloads();
         let diverged = if group.is_none() { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {

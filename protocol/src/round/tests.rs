@@ -1,5 +1,6 @@
 //! Unit tests of [`RoundState`](super::RoundState): quorum, deadlines, replays,
-//! sync triggers, newcomers, observers, equivocation and groups.
+//! sync triggers, newcomers, observers, equivocation, groups, and the bounds
+//! on what the network feeds.
 use super::*;
 use crate::{Codec, RunId};
 use ed25519_dalek::SigningKey;
@@ -37,6 +38,10 @@ fn config() -> RoundConfig {
     // No settle time: these tests close at quorum at once (see
     // `a_round_settles_after_quorum_so_a_twin_delta_can_surface`).
     RoundConfig { settle_ms: 0, ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 }) }
+}
+
+fn pk(i: u8) -> PublicKey {
+    PublicKey::of(&key(i))
 }
 
 fn state() -> RoundState {
@@ -229,6 +234,121 @@ fn future_buffer_is_bounded_and_keeps_the_newest() {
     assert!(s.future_rounds() <= s.config.buffered_rounds);
     assert_eq!(s.admit(&delta(3, 20, 0.0).header), Admission::Accept);
     assert_eq!(s.admit(&delta(3, 1, 0.0).header), Admission::Full);
+    // An evicted round's payloads go with it; those of the rounds held stay.
+    assert_eq!(s.remembered_payloads(), s.config.buffered_rounds);
+    assert_eq!(s.admit(&resigned(3, 15, &delta(2, 1, 0.0)).header), Admission::Accept);
+    assert_eq!(s.admit(&resigned(3, 15, &delta(2, 20, 0.0)).header), Admission::Replayed);
+}
+
+#[test]
+fn the_current_round_is_taken_while_the_future_buffer_is_full() {
+    let mut s = RoundState::new(pk(1), config(), 0);
+    for r in 1..=s.config.buffered_rounds as u64 {
+        s.handle(0, Event::PeerDelta(delta(2, r, 0.0)));
+    }
+    assert_eq!(s.admit(&delta(3, 0, 0.0).header), Admission::Accept);
+    s.handle(1, Event::PeerDelta(delta(3, 0, 0.0)));
+    assert_eq!(s.collected(), 1);
+    assert_eq!(s.future_rounds(), s.config.buffered_rounds, "no future round made room for it");
+}
+
+#[test]
+fn payloads_stay_within_the_window_over_many_normal_closes() {
+    let window = 16;
+    let mut s = RoundState::new(pk(1), RoundConfig { replay_window_rounds: window, ..config() }, 0);
+    s.handle(0, Event::PeerConnected(pk(2)));
+    let per_round = 2;
+    let bound = window as usize * per_round;
+    for round in 0..1_000 {
+        let t = round * 10;
+        s.handle(t, Event::LocalDelta(delta(1, round, 1.0)));
+        let (closed, senders, reason) =
+            merged(&s.handle(t + 1, Event::PeerDelta(delta(2, round, 2.0)))).unwrap();
+        assert_eq!((closed, senders.len(), reason), (round, per_round, CloseReason::Quorum));
+        assert!(s.remembered_payloads() <= bound, "round {round}: {}", s.remembered_payloads());
+    }
+    assert_eq!(s.round(), 1_000);
+    assert_eq!(s.remembered_payloads(), bound, "the whole window is remembered");
+    // The oldest round of the window still refuses replays, of a peer's
+    // payload and of ours; the round before it is forgotten.
+    let oldest = 1_000 - window;
+    assert_eq!(s.admit(&resigned(2, 1_000, &delta(2, oldest, 2.0)).header), Admission::Replayed);
+    assert_eq!(s.admit(&resigned(2, 1_000, &delta(1, oldest, 1.0)).header), Admission::Replayed);
+    assert_eq!(s.admit(&resigned(2, 1_000, &delta(2, oldest - 1, 2.0)).header), Admission::Accept);
+}
+
+#[test]
+fn a_banned_keys_place_in_a_round_is_not_taken_again() {
+    let mut s = RoundState::new(pk(1), RoundConfig { max_deltas_per_round: 2, ..config() }, 0);
+    s.handle(0, Event::PeerDelta(delta(2, 1, 2.0)));
+    s.handle(0, Event::PeerDelta(delta(3, 1, 3.0)));
+    assert_eq!(s.admit(&delta(4, 1, 4.0).header), Admission::Full);
+    s.handle(1, Event::Ban(pk(2)));
+    assert_eq!(s.rounds[&1].len(), 1, "the banned key's delta is dropped...");
+    assert_eq!(s.remembered_payloads(), 2, "...but its payload is still remembered");
+    assert_eq!(s.admit(&delta(4, 1, 4.0).header), Admission::Full);
+}
+
+#[test]
+fn connected_peers_are_bounded() {
+    let mut s = RoundState::new(pk(1), RoundConfig { max_peers: 3, ..config() }, 0);
+    for i in 2..=10 {
+        s.handle(0, Event::PeerConnected(pk(i)));
+    }
+    assert_eq!(s.connected.keys().copied().collect::<BTreeSet<_>>(), BTreeSet::from([pk(2), pk(3), pk(4)]));
+    assert_eq!(s.quorum_target(), 4, "those tracked are expected as before");
+    // Word that an untracked peer starts does not make room for it; a tracked one's counts.
+    s.handle(0, Event::PeerStarts { peer: pk(5), from: 0 });
+    assert!(!s.connected.contains_key(&pk(5)));
+    s.handle(0, Event::PeerStarts { peer: pk(4), from: 5 });
+    assert_eq!(s.expected_from(&pk(4)), 5);
+    // One leaves: the next to connect takes its place.
+    s.handle(1, Event::PeerDisconnected(pk(2)));
+    s.handle(1, Event::PeerConnected(pk(7)));
+    assert!(s.connected.contains_key(&pk(7)));
+    assert_eq!(s.connected.len(), 3);
+}
+
+#[test]
+fn recently_active_senders_are_bounded_and_the_nearest_rounds_win() {
+    let mut s = RoundState::new(pk(1), RoundConfig { max_peers: 3, ..config() }, 0);
+    s.handle(0, Event::PeerDelta(delta(2, 3, 2.0)));
+    s.handle(0, Event::PeerDelta(delta(3, 2, 3.0)));
+    s.handle(0, Event::PeerDelta(delta(4, 1, 4.0)));
+    assert_eq!(s.last_active.len(), 3);
+    // A sender of a nearer round takes the place of the farthest.
+    s.handle(0, Event::PeerDelta(delta(5, 0, 5.0)));
+    assert_eq!(s.last_active.len(), 3);
+    assert!(!s.last_active.contains_key(&pk(2)) && s.last_active.contains_key(&pk(5)));
+    // One no nearer than any held is not tracked, but its delta is kept.
+    s.handle(0, Event::PeerDelta(delta(6, 2, 6.0)));
+    assert!(!s.last_active.contains_key(&pk(6)));
+    assert_eq!(s.rounds[&2].len(), 2);
+    // Those tracked still move on.
+    s.handle(0, Event::PeerDelta(delta(4, 2, 4.0)));
+    assert_eq!(s.last_active[&pk(4)], 2);
+}
+
+#[test]
+fn bans_are_bounded_and_one_past_the_bound_still_drops_the_keys_deltas() {
+    let mut s = RoundState::new(pk(1), RoundConfig { max_banned: 2, ..config() }, 0);
+    for i in 2..=5 {
+        s.handle(0, Event::PeerConnected(pk(i)));
+    }
+    s.handle(0, Event::PeerDelta(delta(4, 0, 4.0)));
+    s.handle(1, Event::Ban(pk(2)));
+    s.handle(1, Event::Ban(pk(3)));
+    s.handle(2, Event::Ban(pk(4)));
+    assert_eq!(*s.banned(), BTreeSet::from([pk(2), pk(3)]));
+    assert_eq!(s.collected(), 0, "the unremembered key's delta is dropped...");
+    assert!(!s.connected.contains_key(&pk(4)), "...and it is no longer expected");
+    // An equivocation caught past the bound drops the key's delta, and yields
+    // no proof to hold: pending proofs stay within the bound too.
+    s.handle(3, Event::PeerDelta(delta(5, 0, 5.0)));
+    s.handle(3, Event::PeerDelta(delta(5, 0, -5.0)));
+    assert!(s.take_equivocations().is_empty());
+    assert!(!s.is_banned(&pk(5)));
+    assert_eq!(s.collected(), 0);
 }
 
 #[test]
