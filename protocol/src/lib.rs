@@ -3,8 +3,9 @@
 //! Everything two nodes must agree on lives here: the [`RunSpec`] that defines a
 //! swarm, the [`SignedDelta`] that carries one node's contribution to a round,
 //! the payload [`Codec`]s, the [`AggregationRule`]s and [`OuterOptimizer`] that
-//! turn a round's deltas into the next parameters, and [`RoundState`], the
-//! round state machine. Nothing in this crate touches a socket, a file or a
+//! turn a round's deltas into the next parameters, [`RoundState`], the
+//! round state machine, and the [`Engine`] around it that is a node's whole
+//! protocol (phases, rounds, state sync). Nothing in this crate touches a socket, a file or a
 //! clock: time arrives as a millisecond timestamp on each event, so the same
 //! code runs in a real node and in the simulator.
 
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod consensus;
 pub mod data_spec;
 pub mod delta;
+pub mod engine;
 pub mod group;
 pub mod keys;
 pub mod model_spec;
@@ -31,6 +33,7 @@ pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnap
 pub use codec::{Codec, CodecError};
 pub use consensus::consensus_distance;
 pub use delta::{DeltaHeader, DeltaId, Refusal, SignedDelta};
+pub use engine::{Engine, EngineConfig};
 pub use keys::PublicKey;
 pub use outer::OuterOptimizer;
 pub use privacy::{Accountant, PrivacyLevel, PrivacySpec};

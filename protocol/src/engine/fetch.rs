@@ -1,0 +1,391 @@
+//! State fetch, sans-IO: ask run peers which state they serve, choose the root
+//! a majority of the peers reached announce, fetch that state's chunks in
+//! parallel from every peer announcing it, check each chunk on arrival, and
+//! hand the state over when it is whole. Verified chunks of an interrupted
+//! fetch are kept, so fetching the same root again resumes.
+//!
+//! Time is a millisecond timestamp passed in; requests go out as
+//! [`FetchStep::Send`] with ids the fetch allocates itself, and answers come
+//! back by id. [`crate::engine::Engine`] drives it; nothing here logs or waits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::chunks::{choose_root, ChunkAssembly, StateManifest, StateOffer};
+use crate::delta::SignedDelta;
+use crate::keys::PublicKey;
+use crate::snapshot::ModelState;
+use crate::wire::{SyncRequest, SyncResponse};
+
+use super::{Note, RequestId, SyncReason};
+
+/// Tunables of a fetch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchConfig {
+    /// How long to wait for offers before choosing among those that came.
+    pub offer_wait_ms: u64,
+    /// Chunk requests in flight to one peer at a time.
+    pub chunks_per_peer: usize,
+    /// Most peers asked for an offer in one sync (bounds the fan-out in big swarms).
+    pub max_asked: usize,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self { offer_wait_ms: 2_000, chunks_per_peer: 4, max_asked: 64 }
+    }
+}
+
+/// How many of `reached` peers must announce one root before a node fetches
+/// it: a strict majority. Colluders who are fewer than half the peers a node
+/// reached cannot make it install their state, however high a round they claim.
+pub fn required_support(reached: usize) -> usize {
+    reached / 2 + 1
+}
+
+/// What the engine must do after the fetch handled something.
+#[derive(Debug)]
+pub(super) enum FetchStep {
+    /// Send these requests.
+    Send(Vec<(PublicKey, RequestId, SyncRequest)>),
+    /// A verified state, the round from which the peers expect our deltas, and
+    /// their current round's deltas (still to validate).
+    Done { state: ModelState, expected_from: u64, deltas: Vec<SignedDelta> },
+    /// The sync ended without a state to install (nothing newer, or no agreement).
+    Ended { agreed: bool },
+}
+
+enum Pending {
+    Offer(PublicKey),
+    Chunk(PublicKey, u32),
+}
+
+enum Stage {
+    Idle,
+    Asking {
+        since: u64,
+        /// Asked and not yet answered.
+        waiting: BTreeSet<PublicKey>,
+        /// Every peer asked that has not left unanswered: the peers reached.
+        reached: BTreeSet<PublicKey>,
+        offers: BTreeMap<PublicKey, StateOffer>,
+    },
+    Fetching {
+        assembly: ChunkAssembly,
+        sources: BTreeSet<PublicKey>,
+        expected_from: u64,
+        deltas: Vec<SignedDelta>,
+    },
+}
+
+/// One node's state fetch.
+pub(super) struct StateFetch {
+    stage: Stage,
+    pub(super) reason: SyncReason,
+    pending: BTreeMap<RequestId, Pending>,
+    next_id: u64,
+    /// The chunks of an interrupted fetch.
+    parked: Option<ChunkAssembly>,
+    /// Chunks kept on disk by an earlier run of the node: a root and (index, bytes).
+    stored: Option<([u8; 32], Vec<(u32, Vec<u8>)>)>,
+    /// Chunks verified since the driver last took them (to keep them on disk).
+    fresh: Vec<([u8; 32], u32, Vec<u8>)>,
+    max_state_bytes: usize,
+    param_count: usize,
+    config: FetchConfig,
+    /// Chunk bytes received that verified, over the fetch's life.
+    pub(super) chunk_bytes: u64,
+}
+
+impl StateFetch {
+    pub(super) fn new(config: FetchConfig, param_count: usize, max_state_bytes: usize) -> Self {
+        Self {
+            stage: Stage::Idle,
+            reason: SyncReason::Behind,
+            pending: BTreeMap::new(),
+            next_id: 0,
+            parked: None,
+            stored: None,
+            fresh: Vec::new(),
+            max_state_bytes,
+            param_count,
+            config,
+            chunk_bytes: 0,
+        }
+    }
+
+    pub(super) fn with_stored_chunks(&mut self, root: [u8; 32], chunks: Vec<(u32, Vec<u8>)>) {
+        self.stored = Some((root, chunks));
+    }
+
+    pub(super) fn take_fresh_chunks(&mut self) -> Vec<([u8; 32], u32, Vec<u8>)> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        matches!(self.stage, Stage::Idle)
+    }
+
+    /// When the offers asked for are chosen among, whether or not all came.
+    pub(super) fn offers_due(&self) -> Option<u64> {
+        match &self.stage {
+            Stage::Asking { since, .. } => Some(since.saturating_add(self.config.offer_wait_ms)),
+            _ => None,
+        }
+    }
+
+    fn id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
+    /// Starts a sync by asking `peers` (at most `max_asked` of them) for their
+    /// offers; nothing if one is under way or there is nobody to ask.
+    pub(super) fn start(&mut self, now: u64, peers: Vec<PublicKey>, reason: SyncReason) -> FetchStep {
+        if !self.is_idle() || peers.is_empty() {
+            return FetchStep::Send(Vec::new());
+        }
+        self.reason = reason;
+        let asked: BTreeSet<PublicKey> = peers.into_iter().take(self.config.max_asked).collect();
+        let mut out = Vec::with_capacity(asked.len());
+        for &peer in &asked {
+            let id = self.id();
+            self.pending.insert(id, Pending::Offer(peer));
+            out.push((peer, id, SyncRequest::Offer));
+        }
+        self.stage =
+            Stage::Asking { since: now, waiting: asked.clone(), reached: asked, offers: BTreeMap::new() };
+        FetchStep::Send(out)
+    }
+
+    /// A run peer connected while offers are being asked for: it is asked too.
+    pub(super) fn peer_joined(&mut self, peer: PublicKey) -> FetchStep {
+        let Stage::Asking { waiting, reached, .. } = &mut self.stage else {
+            return FetchStep::Send(Vec::new());
+        };
+        if reached.len() >= self.config.max_asked || !reached.insert(peer) {
+            return FetchStep::Send(Vec::new());
+        }
+        waiting.insert(peer);
+        let id = self.id();
+        self.pending.insert(id, Pending::Offer(peer));
+        FetchStep::Send(vec![(peer, id, SyncRequest::Offer)])
+    }
+
+    /// A peer went away: it is no source any more, and if it had not answered
+    /// an offer request it no longer counts among the peers reached.
+    pub(super) fn peer_left(
+        &mut self,
+        peer: &PublicKey,
+        notes: &mut Vec<Note>,
+        wanted: impl Fn(&StateManifest) -> bool,
+    ) -> Option<FetchStep> {
+        match &mut self.stage {
+            Stage::Asking { waiting, reached, .. } => {
+                if waiting.remove(peer) {
+                    reached.remove(peer);
+                    self.pending.retain(|_, p| !matches!(p, Pending::Offer(q) if q == peer));
+                    if waiting.is_empty() {
+                        return Some(self.choose(notes, wanted));
+                    }
+                }
+                None
+            }
+            Stage::Fetching { sources, .. } => {
+                if sources.remove(peer) {
+                    self.pending.retain(|_, p| !matches!(p, Pending::Chunk(q, _) if q == peer));
+                    return Some(self.pump(notes));
+                }
+                None
+            }
+            Stage::Idle => None,
+        }
+    }
+
+    /// A response (or `None`: the request failed) to request `id`; `wanted`
+    /// says whether a state with this manifest is worth fetching.
+    pub(super) fn on_response(
+        &mut self,
+        id: RequestId,
+        response: Option<SyncResponse>,
+        notes: &mut Vec<Note>,
+        wanted: impl Fn(&StateManifest) -> bool,
+    ) -> Option<FetchStep> {
+        match self.pending.remove(&id)? {
+            Pending::Offer(peer) => {
+                let Stage::Asking { waiting, offers, .. } = &mut self.stage else { return None };
+                waiting.remove(&peer);
+                match response {
+                    Some(SyncResponse::Offer(offer)) => match offer.manifest.check(self.max_state_bytes) {
+                        Ok(()) => {
+                            offers.insert(peer, offer);
+                        }
+                        Err(e) => notes.push(Note::OfferRefused { peer, reason: e.to_string() }),
+                    },
+                    Some(SyncResponse::Chunk(_) | SyncResponse::Noted) => notes.push(Note::OfferRefused {
+                        peer,
+                        reason: "answered an offer request with something else".into(),
+                    }),
+                    Some(SyncResponse::Unavailable) | None => {}
+                }
+                if waiting.is_empty() {
+                    return Some(self.choose(notes, wanted));
+                }
+                None
+            }
+            Pending::Chunk(peer, index) => {
+                let Stage::Fetching { assembly, sources, .. } = &mut self.stage else { return None };
+                match response {
+                    Some(SyncResponse::Chunk(bytes)) => {
+                        let len = bytes.len() as u64;
+                        let copy = bytes.clone();
+                        match assembly.insert(index, bytes) {
+                            Ok(()) => {
+                                self.chunk_bytes += len;
+                                self.fresh.push((assembly.root(), index, copy));
+                            }
+                            Err(e) => {
+                                notes.push(Note::BadChunk { peer, reason: e.to_string() });
+                                sources.remove(&peer);
+                            }
+                        }
+                    }
+                    _ => {
+                        notes.push(Note::SourceDropped { peer, index });
+                        sources.remove(&peer);
+                    }
+                }
+                Some(self.pump(notes))
+            }
+        }
+    }
+
+    /// Chooses among the offers that came once the wait is over.
+    pub(super) fn on_timer(
+        &mut self,
+        now: u64,
+        notes: &mut Vec<Note>,
+        wanted: impl Fn(&StateManifest) -> bool,
+    ) -> Option<FetchStep> {
+        match self.offers_due() {
+            Some(due) if now >= due => Some(self.choose(notes, wanted)),
+            _ => None,
+        }
+    }
+
+    fn choose(&mut self, notes: &mut Vec<Note>, wanted: impl Fn(&StateManifest) -> bool) -> FetchStep {
+        let Stage::Asking { reached, offers, .. } = std::mem::replace(&mut self.stage, Stage::Idle) else {
+            unreachable!("choose is called while asking")
+        };
+        self.pending.retain(|_, p| !matches!(p, Pending::Offer(_)));
+        let announced: BTreeMap<PublicKey, (u64, [u8; 32])> =
+            offers.iter().map(|(p, o)| (*p, (o.manifest.round, o.manifest.root()))).collect();
+        // Peers that offered and left since still count: they were reached.
+        let reached = reached.len().max(offers.len());
+        let required = required_support(reached);
+        let Some((round, root)) = choose_root(&announced, required) else {
+            notes.push(Note::NoAgreement { offers: offers.len(), reached, required });
+            return FetchStep::Ended { agreed: false };
+        };
+        let sources: BTreeSet<PublicKey> =
+            announced.iter().filter(|(_, a)| a.1 == root).map(|(p, _)| *p).collect();
+        let agreeing: Vec<&StateOffer> =
+            offers.iter().filter(|(p, _)| sources.contains(p)).map(|(_, o)| o).collect();
+        let manifest = agreeing[0].manifest.clone();
+        if !wanted(&manifest) {
+            notes.push(Note::NotNewer { round });
+            return FetchStep::Ended { agreed: true };
+        }
+        let expected_from = agreeing.iter().map(|o| o.expected_from).max().unwrap_or(round);
+        let deltas = agreeing.iter().flat_map(|o| o.deltas.iter().cloned()).collect();
+        let mut kept = 0;
+        let assembly = match self.parked.take() {
+            Some(parked) if parked.root() == root => {
+                kept = parked.progress().0;
+                parked
+            }
+            _ => {
+                let mut assembly = ChunkAssembly::new(manifest);
+                if let Some((stored_root, chunks)) = self.stored.take() {
+                    if stored_root == root {
+                        kept = chunks
+                            .into_iter()
+                            .filter(|(i, c)| assembly.insert(*i, c.clone()).is_ok())
+                            .count();
+                    }
+                }
+                assembly
+            }
+        };
+        notes.push(Note::Fetching {
+            round,
+            root,
+            peers: sources.len(),
+            reached,
+            chunks: assembly.progress().1,
+            kept,
+        });
+        self.stage = Stage::Fetching { assembly, sources, expected_from, deltas };
+        self.pump(notes)
+    }
+
+    /// Requests missing chunks from the sources, spread over them; hands the
+    /// state over when whole.
+    fn pump(&mut self, notes: &mut Vec<Note>) -> FetchStep {
+        let Stage::Fetching { assembly, sources, .. } = &mut self.stage else {
+            return FetchStep::Send(Vec::new());
+        };
+        if assembly.is_complete() {
+            let Stage::Fetching { assembly, expected_from, deltas, .. } =
+                std::mem::replace(&mut self.stage, Stage::Idle)
+            else {
+                unreachable!()
+            };
+            self.pending.clear();
+            return match assembly.finish(self.param_count) {
+                Ok(state) => {
+                    notes.push(Note::Fetched { round: state.round, chunks: assembly.progress().1 });
+                    FetchStep::Done { state, expected_from, deltas }
+                }
+                Err(e) => {
+                    notes.push(Note::Undecodable { reason: e.to_string() });
+                    FetchStep::Ended { agreed: false }
+                }
+            };
+        }
+        if sources.is_empty() {
+            let Stage::Fetching { assembly, .. } = std::mem::replace(&mut self.stage, Stage::Idle) else {
+                unreachable!()
+            };
+            let (held, of) = assembly.progress();
+            notes.push(Note::Stalled { held, of });
+            self.pending.clear();
+            self.parked = Some(assembly);
+            return FetchStep::Ended { agreed: false };
+        }
+        let mut load: BTreeMap<PublicKey, usize> = sources.iter().map(|p| (*p, 0)).collect();
+        let mut requested = BTreeSet::new();
+        for pending in self.pending.values() {
+            if let Pending::Chunk(peer, index) = pending {
+                requested.insert(*index);
+                if let Some(n) = load.get_mut(peer) {
+                    *n += 1;
+                }
+            }
+        }
+        let root = assembly.root();
+        let missing: Vec<u32> = assembly.missing().filter(|i| !requested.contains(i)).collect();
+        let mut out = Vec::new();
+        for index in missing {
+            let Some((&peer, n)) = load.iter_mut().min_by_key(|(_, n)| **n) else { break };
+            if *n >= self.config.chunks_per_peer {
+                break;
+            }
+            *n += 1;
+            self.next_id += 1;
+            let id = RequestId(self.next_id);
+            self.pending.insert(id, Pending::Chunk(peer, index));
+            out.push((peer, id, SyncRequest::Chunk { root, index }));
+        }
+        FetchStep::Send(out)
+    }
+}

@@ -1,0 +1,255 @@
+//! Unit tests of the [`Engine`](super::Engine): gathering and the probe, the
+//! majority rule of state sync against lone liars and colluders, chunked
+//! fetches that resume, and the phase guard on syncs started by deltas.
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::chunks::{StateOffer, StateSnapshot};
+use crate::spec::RoundSpec;
+use crate::{Codec, RunId};
+
+const PARAMS: usize = 600_000;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+
+fn pk(i: u8) -> PublicKey {
+    PublicKey::of(&key(i))
+}
+
+fn state(round: u64, value: f32) -> ModelState {
+    let mut s = ModelState::initial(vec![value; PARAMS]);
+    s.round = round;
+    s
+}
+
+fn config(wait_peers: usize) -> EngineConfig {
+    let round = RoundConfig {
+        settle_ms: 0,
+        ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 })
+    };
+    EngineConfig {
+        wait_peers,
+        wait_timeout_ms: 60_000,
+        ..EngineConfig::new(round, PARAMS, PARAMS * 8 + 1024)
+    }
+}
+
+/// Node 1 at genesis with peers `2..2 + peers` connected, started at t = 0.
+fn engine(peers: u8, wait_peers: usize) -> (Engine, Vec<Output>) {
+    let genesis = ModelState::initial(vec![0.0; PARAMS]);
+    let mut e = Engine::new(pk(1), config(wait_peers), 0, genesis.lineage);
+    let mut out = e.handle(0, Input::Start);
+    for i in 0..peers {
+        out.extend(e.handle(0, Input::PeerConnected(pk(2 + i))));
+    }
+    (e, out)
+}
+
+fn delta(i: u8, round: u64) -> SignedDelta {
+    let payload = Codec::Dense.encode(&[f32::from(i), round as f32]);
+    SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, payload)
+}
+
+fn requests(out: &[Output]) -> Vec<(PublicKey, RequestId, SyncRequest)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Request { peer, id, request } => Some((*peer, *id, request.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn offer(snapshot: &StateSnapshot) -> SyncResponse {
+    SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from: 9, deltas: vec![] })
+}
+
+/// Answers every request in `out` from the snapshot each peer serves, until
+/// the engine installs a state or stops asking; returns the installed state
+/// and who served chunks.
+fn serve_all(
+    e: &mut Engine,
+    mut out: Vec<Output>,
+    serves: &BTreeMap<PublicKey, StateSnapshot>,
+) -> (Option<ModelState>, BTreeSet<PublicKey>, Vec<Output>) {
+    let mut served_by = BTreeSet::new();
+    let mut all = Vec::new();
+    loop {
+        let reqs = requests(&out);
+        all.extend(out.drain(..));
+        if let Some(state) = all.iter().find_map(|o| match o {
+            Output::Install { state, .. } => Some(state.clone()),
+            _ => None,
+        }) {
+            return (Some(state), served_by, all);
+        }
+        if reqs.is_empty() {
+            return (None, served_by, all);
+        }
+        for (peer, id, request) in reqs {
+            let snapshot = &serves[&peer];
+            let response = match request {
+                SyncRequest::Offer => offer(snapshot),
+                SyncRequest::Chunk { index, .. } => {
+                    served_by.insert(peer);
+                    SyncResponse::Chunk(snapshot.chunk(index).unwrap().to_vec())
+                }
+                SyncRequest::Joining { .. } => continue,
+            };
+            out.extend(e.handle(1, Input::SyncResponse { id, response: Some(response) }));
+        }
+    }
+}
+
+#[test]
+fn the_probe_fetches_the_root_a_majority_announce_from_all_of_them_and_skips_a_lone_liar() {
+    let (good, lie) = (StateSnapshot::of(&state(5, 1.0)), StateSnapshot::of(&state(50, 2.0)));
+    let (mut e, out) = engine(3, 3);
+    assert_eq!(e.phase(), Phase::Probing);
+    let serves = BTreeMap::from([(pk(2), good.clone()), (pk(3), good.clone()), (pk(4), lie)]);
+    let (installed, served_by, all) = serve_all(&mut e, out, &serves);
+    assert_eq!(installed.expect("a state").round, 5);
+    assert_eq!(served_by, BTreeSet::from([pk(2), pk(3)]), "chunks come from both agreeing peers only");
+    assert!(all.iter().any(|o| matches!(o, Output::Note(Note::Fetching { peers: 2, reached: 3, .. }))));
+    assert_eq!(e.phase(), Phase::Running, "the probe found the swarm's state and the node runs");
+    assert_eq!(e.round(), 5);
+}
+
+#[test]
+fn colluders_under_half_of_the_peers_reached_cannot_plant_a_state_with_a_higher_round() {
+    // A quarter of the peers collude on a forged state far ahead.
+    let (honest, forged) = (StateSnapshot::of(&state(5, 1.0)), StateSnapshot::of(&state(900, 3.0)));
+    let (mut e, out) = engine(8, 8);
+    let serves: BTreeMap<PublicKey, StateSnapshot> =
+        (2..10).map(|i| (pk(i), if i < 4 { forged.clone() } else { honest.clone() })).collect();
+    let (installed, served_by, _) = serve_all(&mut e, out, &serves);
+    assert_eq!(installed.expect("the honest state").round, 5);
+    assert!(!served_by.contains(&pk(2)) && !served_by.contains(&pk(3)));
+
+    // Half of them colluding is not a majority either: no state, and a retry.
+    let (mut e, out) = engine(4, 4);
+    let serves: BTreeMap<PublicKey, StateSnapshot> =
+        (2..6).map(|i| (pk(i), if i < 4 { forged.clone() } else { honest.clone() })).collect();
+    let (installed, _, all) = serve_all(&mut e, out, &serves);
+    assert!(installed.is_none());
+    assert!(all.iter().any(|o| matches!(o, Output::Note(Note::NoAgreement { reached: 4, required: 3, .. }))));
+    assert_eq!(e.phase(), Phase::Probing, "still probing: it asks again");
+    assert!(e.next_timer().is_some());
+}
+
+#[test]
+fn a_peer_that_leaves_unanswered_is_not_counted_as_reached() {
+    let good = StateSnapshot::of(&state(5, 1.0));
+    let (mut e, out) = engine(3, 3);
+    let reqs = requests(&out);
+    assert_eq!(reqs.len(), 3);
+    let mut out = Vec::new();
+    for (peer, id, _) in &reqs {
+        if *peer == pk(4) {
+            out.extend(e.handle(1, Input::PeerLeft(*peer)));
+        } else {
+            out.extend(e.handle(1, Input::SyncResponse { id: *id, response: Some(offer(&good)) }));
+        }
+    }
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Note(Note::Fetching { peers: 2, reached: 2, .. }))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_delta_from_the_future_while_gathering_starts_no_sync_on_one_peers_word() {
+    // The late joiner: its bootnode is connected, more peers are coming, and a
+    // delta of round 20 arrives before it has gathered them.
+    let (mut e, out) = engine(1, 3);
+    assert_eq!(e.phase(), Phase::Gathering);
+    assert!(requests(&out).is_empty());
+    let out = e.handle(10, Input::PeerDelta(delta(2, 20)));
+    assert!(requests(&out).is_empty(), "no state is asked for while gathering: {out:?}");
+    // Once the peers are there, the probe asks all of them.
+    let mut out = e.handle(20, Input::PeerConnected(pk(3)));
+    out.extend(e.handle(30, Input::PeerConnected(pk(4))));
+    assert_eq!(e.phase(), Phase::Probing);
+    let asked: BTreeSet<PublicKey> = requests(&out).into_iter().map(|(p, _, _)| p).collect();
+    assert_eq!(asked, BTreeSet::from([pk(2), pk(3), pk(4)]));
+}
+
+#[test]
+fn a_fetch_whose_sources_all_leave_resumes_with_the_chunks_it_had() {
+    let good = StateSnapshot::of(&state(5, 1.0));
+    let (mut e, out) = engine(1, 1);
+    let (_, id, _) = requests(&out).remove(0);
+    let out = e.handle(1, Input::SyncResponse { id, response: Some(offer(&good)) });
+    let chunks = requests(&out);
+    assert!(chunks.len() > 1);
+    let (_, id, request) = &chunks[0];
+    let SyncRequest::Chunk { index, .. } = request else { panic!("{request:?}") };
+    let bytes = good.chunk(*index).unwrap().to_vec();
+    e.handle(2, Input::SyncResponse { id: *id, response: Some(SyncResponse::Chunk(bytes)) });
+    let out = e.handle(3, Input::PeerLeft(pk(2)));
+    assert!(out.iter().any(|o| matches!(o, Output::Note(Note::Stalled { held: 1, .. }))), "{out:?}");
+    // Another peer offers the same root: the chunk held is not asked for again.
+    let mut out = e.handle(4, Input::PeerConnected(pk(3)));
+    out.extend(e.handle(600, Input::Timer));
+    let (_, id, _) =
+        requests(&out).into_iter().find(|(_, _, r)| *r == SyncRequest::Offer).expect("asks again");
+    let out = e.handle(601, Input::SyncResponse { id, response: Some(offer(&good)) });
+    assert!(out.iter().any(|o| matches!(o, Output::Note(Note::Fetching { kept: 1, .. }))), "{out:?}");
+    assert!(requests(&out)
+        .iter()
+        .all(|(_, _, r)| *r != SyncRequest::Chunk { root: good.root, index: *index }));
+}
+
+#[test]
+fn chunks_kept_before_a_restart_are_not_fetched_again() {
+    let good = StateSnapshot::of(&state(5, 1.0));
+    let kept = vec![(0, good.chunk(0).unwrap().to_vec()), (1, vec![0; 3])];
+    let genesis = ModelState::initial(vec![0.0; PARAMS]);
+    let mut e = Engine::new(pk(1), config(1), 0, genesis.lineage).with_stored_chunks(good.root, kept);
+    e.handle(0, Input::Start);
+    let out = e.handle(0, Input::PeerConnected(pk(2)));
+    let (_, id, _) = requests(&out).remove(0);
+    let out = e.handle(1, Input::SyncResponse { id, response: Some(offer(&good)) });
+    let asked: Vec<u32> = requests(&out)
+        .into_iter()
+        .filter_map(|(_, _, r)| match r {
+            SyncRequest::Chunk { index, .. } => Some(index),
+            _ => None,
+        })
+        .collect();
+    // Chunk 0 was kept and verifies; the kept chunk 1 is garbage and is fetched again.
+    assert_eq!(asked, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn a_node_alone_runs_at_once_and_trains_from_its_state() {
+    let (mut e, out) = engine(0, 0);
+    assert_eq!(e.phase(), Phase::Running);
+    let Some(Output::Train { round: 0, base }) =
+        out.iter().find(|o| matches!(o, Output::Train { .. })).cloned()
+    else {
+        panic!("{out:?}")
+    };
+    let mine = SignedDelta::sign(
+        &key(1),
+        RunId([0; 32]),
+        0,
+        base,
+        10,
+        Codec::Dense,
+        Codec::Dense.encode(&[1.0, 1.0]),
+    );
+    let out = e.handle(5, Input::Trained { round: 0, base, delta: Some(mine) });
+    assert!(out.iter().any(|o| matches!(o, Output::Publish(_))));
+    let merge = out.iter().find_map(|o| match o {
+        Output::Merge { round, deltas, .. } => Some((*round, deltas.len())),
+        _ => None,
+    });
+    assert_eq!(merge, Some((0, 1)), "alone, its own delta is the quorum");
+    assert!(!out.iter().any(|o| matches!(o, Output::Train { .. })), "no training while the merge runs");
+    let out = e.handle(6, Input::Merged { round: 0, lineage: [7; 32] });
+    assert!(out.iter().any(|o| matches!(o, Output::Train { round: 1, base } if *base == [7; 32])), "{out:?}");
+}
