@@ -18,6 +18,9 @@ use crate::wire::{SyncRequest, SyncResponse};
 
 use super::{Note, RequestId, SyncReason};
 
+/// Chunks of one root kept from an earlier fetch: the root and (index, bytes).
+pub type KeptChunks = ([u8; 32], Vec<(u32, Vec<u8>)>);
+
 /// Tunables of a fetch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FetchConfig {
@@ -86,7 +89,7 @@ pub(super) struct StateFetch {
     /// The chunks of an interrupted fetch.
     parked: Option<ChunkAssembly>,
     /// Chunks kept on disk by an earlier run of the node: a root and (index, bytes).
-    stored: Option<([u8; 32], Vec<(u32, Vec<u8>)>)>,
+    stored: Option<KeptChunks>,
     /// Chunks verified since the driver last took them (to keep them on disk).
     fresh: Vec<([u8; 32], u32, Vec<u8>)>,
     max_state_bytes: usize,

@@ -473,9 +473,9 @@ impl Engine {
 
     fn schedule(&mut self) {
         let next = self.next_timer();
-        if next.is_some() && next != self.timer {
+        if let Some(at) = next.filter(|_| next != self.timer) {
             self.timer = next;
-            self.out.push(Output::Timer(next.expect("some")));
+            self.out.push(Output::Timer(at));
         }
     }
 

@@ -79,7 +79,7 @@ fn serve_all(
     let mut all = Vec::new();
     loop {
         let reqs = requests(&out);
-        all.extend(out.drain(..));
+        all.append(&mut out);
         if let Some(state) = all.iter().find_map(|o| match o {
             Output::Install { state, .. } => Some(state.clone()),
             _ => None,
