@@ -19,8 +19,8 @@ use std::{
 use ed25519_dalek::SigningKey;
 use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
 use starling_protocol::{
-    group, round::CloseReason, Action, Admission, Codec, DeltaId, Event, ModelState, OuterOptimizer,
-    PublicKey, RoundConfig, RoundState, RunId, SignedDelta,
+    group, round::CloseReason, Action, Admission, Codec, DeltaId, DeltaRules, Event, ModelState,
+    OuterOptimizer, PublicKey, RoundConfig, RoundState, RunId, SignedDelta,
 };
 
 mod adversary;
@@ -177,6 +177,8 @@ pub(crate) struct Engine<'a> {
     task: &'a dyn Task,
     run: RunId,
     codec: Codec,
+    /// What every delta must satisfy (run, codec, model, samples a node can train).
+    rules: DeltaRules,
     outer: OuterOptimizer,
     config: RoundConfig,
     params: usize,
@@ -270,6 +272,8 @@ impl<'a> Engine<'a> {
             sc,
             task,
             run: RunId(*blake3::hash(sc.name.as_bytes()).as_bytes()),
+            rules: DeltaRules::new(RunId(*blake3::hash(sc.name.as_bytes()).as_bytes()), codec, params)
+                .with_max_samples(task.max_samples()),
             codec,
             outer: sc.protocol.outer(),
             config,

@@ -43,6 +43,8 @@ pub trait Task: Sync {
     fn evaluate(&self, params: &[f32]) -> Result<Score, String>;
     /// Whether every node can be evaluated each round (cheap), or only a sample.
     fn cheap_to_evaluate(&self) -> bool;
+    /// The most samples one node trains in a round: a delta claiming more is refused.
+    fn max_samples(&self) -> u64;
 }
 
 /// Builds the scenario's task.
@@ -135,6 +137,10 @@ impl Task for Quadratic {
     fn cheap_to_evaluate(&self) -> bool {
         true
     }
+
+    fn max_samples(&self) -> u64 {
+        u64::from(self.steps)
+    }
 }
 
 impl NodeModel for QuadraticNode {
@@ -194,6 +200,10 @@ impl Task for Candle {
 
     fn cheap_to_evaluate(&self) -> bool {
         false
+    }
+
+    fn max_samples(&self) -> u64 {
+        self.spec.delta_rules().max_samples
     }
 }
 

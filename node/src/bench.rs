@@ -209,7 +209,7 @@ async fn peer(
         .await
         .map_err(|_| BenchError::Timeout("the other peer's delta did not arrive"))?;
         let received = Instant::now();
-        let other = SignedDelta::from_untrusted(&data, run, codec, n)
+        let other = SignedDelta::from_untrusted(&data, &starling_protocol::DeltaRules::new(run, codec, n))
             .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
         let verified = Instant::now();
         swarm.behaviour_mut().gossipsub.report_message_validation_result(

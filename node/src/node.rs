@@ -1,9 +1,11 @@
-//! The node event loop: drives the protocol's `RoundState` with real time,
-//! real gossip and a real trainer, and persists every merged round.
+//! The node event loop: a driver of the protocol's [`Engine`] with real time,
+//! real gossip and a real trainer, which persists every merged round.
 //!
-//! One task owns the swarm, the round state and the model state; training runs
-//! on a blocking thread and reports back over a channel, so the node keeps
-//! gossiping, validating and serving state while it trains.
+//! The engine decides (phases, rounds, state sync); this task turns its
+//! outputs into effects (gossip, requests, training jobs, merges, writes) and
+//! effects back into inputs. Training runs on a blocking thread and reports
+//! back over a channel, so the node keeps gossiping, validating and serving
+//! state while it trains.
 
 mod accountability;
 mod control;
@@ -14,7 +16,7 @@ mod privacy;
 mod sync;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -24,8 +26,10 @@ use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use libp2p::{gossipsub, request_response, Multiaddr, PeerId, Swarm};
 use starling_protocol::{
-    round::CloseReason, Action, Event, ModelState, OuterOptimizer, PublicKey, RoundConfig, RoundState,
-    RunSpec, SignedDelta,
+    engine::{Input, Output, Phase, RequestId},
+    round::CloseReason,
+    DeltaRules, Engine, EngineConfig, ModelState, OuterOptimizer, PublicKey, RoundConfig, RunSpec,
+    SignedDelta,
 };
 use starling_storage::{Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -35,7 +39,7 @@ use crate::{
     datasets::{Shard, TrainData, Workload},
     metrics::{NodeMetrics, Traffic},
     net::{self, Behaviour, BehaviourEvent, NetOptions},
-    statesync::{SnapshotCache, StateSync, SyncReason},
+    statesync::SnapshotCache,
     trainer::{Evaluation, TrainError, TrainOutcome, Trainer},
 };
 
@@ -194,17 +198,6 @@ const FORWARD_HOLD: Duration = Duration::from_millis(25);
 /// A trainer handed back with the round and the state hash it trained from.
 type TrainDone = (Trainer, u64, [u8; 32], Result<TrainOutcome, TrainError>);
 
-#[derive(Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for enough peers to start.
-    Gathering,
-    /// Asked a peer for its state before the first round.
-    Probing,
-    Running,
-    /// Reached the round limit; lingering so queued gossip gets out.
-    Draining(Instant),
-}
-
 /// A running node.
 struct Node {
     options: NodeOptions,
@@ -225,7 +218,10 @@ struct Node {
     /// Every peer that subscribed to the run, for the scores in the outcome.
     met_peers: BTreeSet<PeerId>,
     metrics: NodeMetrics,
-    rounds: RoundState,
+    /// The node's protocol: phases, rounds, state sync.
+    engine: Engine,
+    /// What every delta of the run must satisfy.
+    rules: DeltaRules,
     state: ModelState,
     /// What the lossy codec has not yet sent of our deltas (error feedback).
     residual: Vec<f32>,
@@ -240,19 +236,16 @@ struct Node {
     train_tx: mpsc::UnboundedSender<TrainDone>,
     forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     run_peers: BTreeSet<PeerId>,
-    /// Chunked, multi-peer state sync in progress (or idle).
-    sync: StateSync<PeerId, request_response::OutboundRequestId>,
-    /// When to ask for offers again after a sync found no agreement, and why.
-    sync_retry: Option<(Instant, SyncReason)>,
-    /// Probes before the first round that found no agreement.
-    failed_probes: u32,
+    /// The engine's ids of the sync requests in flight.
+    sync_requests: HashMap<request_response::OutboundRequestId, RequestId>,
     /// The states this node serves to syncing peers.
     snapshots: SnapshotCache,
-    /// Our own delta of the current round saved before a restart, to publish again as is.
-    own_delta: Option<SignedDelta>,
     /// The root of the state whose verified chunks are kept on disk.
     kept_chunks_root: Option<[u8; 32]>,
-    phase: Phase,
+    /// Whether the engine was told it may start (the harness's gate opened).
+    start_told: bool,
+    /// Since when the node lingers after its last round, so queued gossip gets out.
+    draining_since: Option<Instant>,
     started: Instant,
     /// When we last asked the DHT for peers.
     last_lookup: Option<Instant>,
@@ -262,8 +255,6 @@ struct Node {
     published_bytes: u64,
     events: Option<mpsc::UnboundedSender<NodeEvent>>,
     hooks: HarnessHooks,
-    /// When gathering began (or the start gate opened): `wait_timeout` counts from here.
-    gathering_since: Instant,
     /// What `/status` reports beyond the metrics.
     telemetry: control::Telemetry,
     /// Autonat status, relay reservations and hole punching (see [`net::reach`]).
@@ -407,19 +398,32 @@ impl Node {
                 None
             }
         };
-        let mut sync = StateSync::new(params, spec.max_state_bytes());
+        let me = PublicKey::of(&key);
+        let mut engine = Engine::new(
+            me,
+            EngineConfig {
+                wait_peers: options.wait_peers,
+                wait_timeout_ms: options.wait_timeout.as_millis() as u64,
+                stop_at: options.rounds,
+                ..EngineConfig::new(RoundConfig::from_spec(&spec.round), params, spec.max_state_bytes())
+            },
+            state.round,
+            state.lineage,
+        );
+        if let Some(delta) = own_delta {
+            engine = engine.with_outbox(delta);
+        }
         let mut kept_chunks_root = None;
         match store.sync_chunks() {
             Ok(Some((root, chunks))) => {
                 kept_chunks_root = Some(root);
-                sync = sync.with_stored_chunks(root, chunks);
+                engine = engine.with_stored_chunks(root, chunks);
             }
             Ok(None) => {}
             Err(e) => {
                 warn!(error = %e, "cannot read the chunks kept from an earlier state fetch; fetching afresh")
             }
         }
-        let me = PublicKey::of(&key);
         if !spec.allows(&me) {
             return Err(NodeError::NotAllowed { key: me });
         }
@@ -451,14 +455,13 @@ impl Node {
         let (topic, proof_topic) = net::subscribe_run(&mut swarm, &spec);
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
-        let mut rounds = RoundState::new(me, RoundConfig::from_spec(&spec.round), state.round);
         for peer in &hooks.expected_peers {
-            // Nothing is published yet, so this only records whom to expect.
-            let _ = rounds.handle(0, Event::PeerConnected(*peer));
+            engine.expect(*peer);
         }
         let mut node = Self {
             outer: OuterOptimizer::from(&spec.outer),
             allowed: spec.allowed(),
+            rules: spec.delta_rules(),
             spec,
             key,
             me,
@@ -471,7 +474,7 @@ impl Node {
             refused_by_reason: BTreeMap::new(),
             met_peers: BTreeSet::new(),
             metrics,
-            rounds,
+            engine,
             state,
             residual,
             merge_buffer: Vec::new(),
@@ -481,13 +484,11 @@ impl Node {
             train_tx,
             forward_tx,
             run_peers: BTreeSet::new(),
-            sync,
-            sync_retry: None,
-            failed_probes: 0,
+            sync_requests: HashMap::new(),
             snapshots: SnapshotCache::default(),
-            own_delta,
             kept_chunks_root,
-            phase: Phase::Gathering,
+            start_told: false,
+            draining_since: None,
             started: Instant::now(),
             last_lookup: None,
             last_loss: f32::NAN,
@@ -495,7 +496,6 @@ impl Node {
             published_bytes: 0,
             events,
             hooks,
-            gathering_since: Instant::now(),
             telemetry: control::Telemetry::default(),
             reach: net::reach::Reachability::new(
                 &options.net.reach,
@@ -517,91 +517,90 @@ impl Node {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn done(&self) -> bool {
-        self.options.rounds.is_some_and(|r| self.state.round >= r)
-    }
-
     /// Periodic work. Returns true when the node should stop.
     fn on_tick(&mut self) -> Result<bool, NodeError> {
         self.first_dials.dial_when_ready(&mut self.swarm);
         self.given_relays.retry_when_due(&mut self.swarm);
-        match self.phase {
-            Phase::Gathering => {
-                // Ask the peers we know whom they know, until enough are here: a peer
-                // that joined our bootnode after our first lookup is found by the next.
-                if self.run_peers.len() < self.options.wait_peers
-                    && self.last_lookup.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                {
-                    self.last_lookup = Some(Instant::now());
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                }
-                if self.hooks.holds_start() {
-                    self.gathering_since = Instant::now();
-                    return Ok(false);
-                }
-                let waited = self.gathering_since.elapsed();
-                if self.run_peers.len() >= self.options.wait_peers || waited >= self.options.wait_timeout {
-                    if self.run_peers.len() < self.options.wait_peers {
-                        warn!(
-                            peers = self.run_peers.len(),
-                            wanted = self.options.wait_peers,
-                            "starting with fewer peers than --wait-peers"
-                        );
-                    }
-                    self.probe_or_start();
-                }
+        if let Some(since) = self.draining_since {
+            return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2));
+        }
+        if self.engine.phase() == Phase::Gathering {
+            // Ask the peers we know whom they know, until enough are here: a peer
+            // that joined our bootnode after our first lookup is found by the next.
+            if self.run_peers.len() < self.options.wait_peers
+                && self.last_lookup.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                self.last_lookup = Some(Instant::now());
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
             }
-            Phase::Draining(since) => {
-                return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2))
+            if self.hooks.holds_start() {
+                return Ok(false);
             }
-            Phase::Probing | Phase::Running => {
-                self.sync_tick()?;
-                let actions = self.rounds.handle(self.now_ms(), Event::Tick);
-                self.apply(actions)?;
+            if !self.start_told {
+                self.start_told = true;
+                self.drive(Input::Start)?;
             }
         }
+        self.drive(Input::Timer)?;
         Ok(false)
     }
 
-    /// Before the first round, ask a peer whether the run is further along.
-    fn probe_or_start(&mut self) {
-        if self.done() {
-            self.phase = Phase::Draining(Instant::now());
-            return;
-        }
-        if self.run_peers.is_empty() {
-            self.start_running();
-        } else {
-            self.phase = Phase::Probing;
-            self.start_sync(SyncReason::Probe);
-        }
+    /// Hands the engine one input and carries out what it asks.
+    fn drive(&mut self, input: Input) -> Result<(), NodeError> {
+        let outputs = self.engine.handle(self.now_ms(), input);
+        self.apply(outputs)
     }
 
-    fn start_running(&mut self) {
-        self.phase = Phase::Running;
-        self.maybe_train();
-    }
-
-    /// Starts training the current round if nothing is in flight.
-    fn maybe_train(&mut self) {
-        if self.phase != Phase::Running || self.done() || !self.rounds.wants_local() {
-            return;
-        }
-        if let Some(delta) = self.own_delta.take() {
-            if delta.header.round == self.state.round && delta.header.base == self.state.lineage {
-                let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(delta));
-                if let Err(e) = self.apply(actions) {
-                    warn!(error = %e, "republishing our delta failed");
+    /// Carries out the engine's outputs, in order.
+    fn apply(&mut self, outputs: Vec<Output>) -> Result<(), NodeError> {
+        self.publish_equivocations()?;
+        let mut queue = VecDeque::from(outputs);
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Publish(delta) => {
+                    let bytes = delta.to_bytes();
+                    self.published_bytes += bytes.len() as u64;
+                    self.metrics.deltas_published.inc();
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+                        // Alone in the run: nobody to send to, and the round closes on our delta alone.
+                        debug!(error = %e, "delta not published");
+                    }
                 }
-                return;
+                Output::Train { round, base } => {
+                    if !self.may_contribute() {
+                        continue;
+                    }
+                    self.start_training(round, base);
+                }
+                Output::Merge { round, deltas, reason } => {
+                    self.merge(round, deltas, reason)?;
+                    let lineage = self.state.lineage;
+                    queue.extend(self.engine.handle(self.now_ms(), Input::Merged { round, lineage }));
+                }
+                Output::Request { peer, id, request } => self.send_sync(peer, id, request),
+                Output::Install { state, from, expected_from, deltas, reason: _ } => {
+                    self.install(state, from, expected_from, deltas)?;
+                }
+                // The 100 ms tick hands the engine its timers.
+                Output::Timer(_) => {}
+                Output::Finished => {
+                    info!(round = self.state.round, "reached the requested number of rounds");
+                    self.draining_since = Some(Instant::now());
+                }
+                Output::Note(note) => self.log_note(note),
             }
+            self.publish_equivocations()?;
         }
-        if self.trainer.is_none() || !self.may_contribute() {
+        Ok(())
+    }
+
+    /// Trains round `round` from the current state on a blocking thread.
+    fn start_training(&mut self, round: u64, base: [u8; 32]) {
+        let Some(mut trainer) = self.trainer.take() else {
+            // The engine runs one job at a time; the trainer is back before the next.
+            warn!(round, "asked to train while the trainer is busy");
             return;
-        }
-        let Some(mut trainer) = self.trainer.take() else { return };
-        let round = self.state.round;
-        let base = self.state.lineage;
+        };
         let start = self.state.params.clone();
         let steps = self.spec.inner.steps;
         let tx = self.train_tx.clone();
@@ -619,15 +618,23 @@ impl Node {
             self.charge_round()?;
         }
         let paused = self.drop_trained_while_paused();
-        if round != self.state.round || base != self.state.lineage {
-            debug!(round, now = self.state.round, "dropping a delta trained from a state we have since left");
-            self.maybe_train();
-            return Ok(());
+        if paused || !self.engine.wants_trained(round, base) {
+            if !paused {
+                debug!(
+                    round,
+                    now = self.state.round,
+                    "dropping a delta trained from a state we have since left"
+                );
+            }
+            return self.drive(Input::Trained { round, base, delta: None });
         }
-        if paused {
-            return Ok(());
-        }
-        let outcome = outcome?;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.drive(Input::Trained { round, base, delta: None })?;
+                return Err(e.into());
+            }
+        };
         self.last_loss = outcome.mean_loss;
         // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
         let mut delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
@@ -645,41 +652,7 @@ impl Node {
         );
         // Saved before it goes out: after a crash, the same delta is published again.
         self.store.save_outbox(&signed, &self.residual)?;
-        let actions = self.rounds.handle(self.now_ms(), Event::LocalDelta(signed));
-        self.apply(actions)
-    }
-
-    fn apply(&mut self, actions: Vec<Action>) -> Result<(), NodeError> {
-        self.publish_equivocations()?;
-        for action in actions {
-            match action {
-                Action::Publish(delta) => {
-                    let bytes = delta.to_bytes();
-                    self.published_bytes += bytes.len() as u64;
-                    self.metrics.deltas_published.inc();
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
-                        // Alone in the run: nobody to send to, and the round closes on our delta alone.
-                        debug!(error = %e, "delta not published");
-                    }
-                }
-                Action::Merge { round, deltas, reason } => self.merge(round, deltas, reason)?,
-                Action::Diverged { peer: _, round } => {
-                    warn!(
-                        round,
-                        "most deltas of this round came from a state other than ours; fetching a peer's state"
-                    );
-                    self.start_sync(SyncReason::Diverged);
-                }
-                Action::RequestState { peer: _, round } => {
-                    info!(
-                        behind_by = round.saturating_sub(self.state.round),
-                        "a peer is ahead; syncing state"
-                    );
-                    self.start_sync(SyncReason::Behind);
-                }
-            }
-        }
-        Ok(())
+        self.drive(Input::Trained { round, base, delta: Some(signed) })
     }
 
     fn merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), NodeError> {
@@ -737,12 +710,6 @@ impl Node {
         if let Some(events) = &self.events {
             let _ = events.send(NodeEvent::Round(report));
         }
-        if self.done() {
-            info!(round = self.state.round, "reached the requested number of rounds");
-            self.phase = Phase::Draining(Instant::now());
-        } else {
-            self.maybe_train();
-        }
         Ok(())
     }
 
@@ -784,7 +751,7 @@ impl Node {
             refused_deltas: self.metrics.refused_total(),
             published_bytes: self.published_bytes,
             refused_by_reason: self.refused_by_reason.clone(),
-            banned: self.rounds.banned().iter().copied().collect(),
+            banned: self.engine.rounds().banned().iter().copied().collect(),
             peer_scores: self.peer_scores(),
         }
     }

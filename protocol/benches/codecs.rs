@@ -8,7 +8,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
-use starling_protocol::{AggregationRule, Codec, RunId, SignedDelta};
+use starling_protocol::{AggregationRule, Codec, DeltaRules, RunId, SignedDelta};
 
 const SIZES: [usize; 2] = [1_000_000, 10_000_000];
 /// Deltas merged per aggregate (a 4-node swarm).
@@ -52,7 +52,10 @@ fn signatures(c: &mut Criterion) {
         group.bench_function("verify", |b| b.iter(|| signed.verify().unwrap()));
         let bytes = signed.to_bytes();
         group.bench_function("receive (decode, verify, check)", |b| {
-            b.iter(|| SignedDelta::from_untrusted(&bytes, RunId([0; 32]), Codec::Dense, n).unwrap())
+            b.iter(|| {
+                SignedDelta::from_untrusted(&bytes, &DeltaRules::new(RunId([0; 32]), Codec::Dense, n))
+                    .unwrap()
+            })
         });
         group.finish();
     }

@@ -70,6 +70,8 @@ pub enum Refusal {
     WrongCodec { got: Codec, expected: Codec },
     #[error("delta claims zero training samples")]
     ZeroSamples,
+    #[error("delta claims {claimed} training samples; the spec allows one node at most {limit} a round (inner.steps × inner.batch_size)")]
+    TooManySamples { claimed: u64, limit: u64 },
     #[error("payload length does not match the header")]
     PayloadLength,
     #[error("payload hash does not match the header")]
@@ -90,12 +92,35 @@ impl Refusal {
             Refusal::WrongRun => "wrong_run",
             Refusal::WrongCodec { .. } => "wrong_codec",
             Refusal::ZeroSamples => "zero_samples",
+            Refusal::TooManySamples { .. } => "too_many_samples",
             Refusal::PayloadLength => "payload_length",
             Refusal::PayloadHash => "payload_hash",
             Refusal::BadKey => "bad_key",
             Refusal::BadSignature => "bad_signature",
             Refusal::Payload(_) => "bad_payload",
         }
+    }
+}
+
+/// What a delta of one run must satisfy: its run, codec and model size, and
+/// the most samples one node can train in a round, so that no key buys weight
+/// in the sample-weighted rules by claiming more than it could have trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaRules {
+    pub run_id: RunId,
+    pub codec: Codec,
+    pub params: usize,
+    pub max_samples: u64,
+}
+
+impl DeltaRules {
+    /// Rules with no bound on the samples claimed (tests and benches).
+    pub fn new(run_id: RunId, codec: Codec, params: usize) -> Self {
+        Self { run_id, codec, params, max_samples: u64::MAX }
+    }
+
+    pub fn with_max_samples(self, max_samples: u64) -> Self {
+        Self { max_samples, ..self }
     }
 }
 
@@ -155,7 +180,8 @@ impl SignedDelta {
     /// Everything a node checks before it accepts or forwards a delta of this run:
     /// run, codec, samples, payload shape, payload hash, signature. Cheap checks come
     /// first; the signature last.
-    pub fn validate(&self, run_id: RunId, codec: Codec, params: usize) -> Result<(), Refusal> {
+    pub fn validate(&self, rules: &DeltaRules) -> Result<(), Refusal> {
+        let DeltaRules { run_id, codec, params, max_samples } = *rules;
         if self.header.run_id != run_id {
             return Err(Refusal::WrongRun);
         }
@@ -164,6 +190,9 @@ impl SignedDelta {
         }
         if self.header.samples == 0 {
             return Err(Refusal::ZeroSamples);
+        }
+        if self.header.samples > max_samples {
+            return Err(Refusal::TooManySamples { claimed: self.header.samples, limit: max_samples });
         }
         if self.payload.len() > codec.max_payload_len(params) {
             return Err(Refusal::PayloadLength);
@@ -174,10 +203,10 @@ impl SignedDelta {
     }
 
     /// Decodes and fully validates bytes received from the network.
-    pub fn from_untrusted(bytes: &[u8], run_id: RunId, codec: Codec, params: usize) -> Result<Self, Refusal> {
-        let limit = codec.max_payload_len(params) + 1024;
+    pub fn from_untrusted(bytes: &[u8], rules: &DeltaRules) -> Result<Self, Refusal> {
+        let limit = rules.codec.max_payload_len(rules.params) + 1024;
         let delta = wire::decode_delta(bytes, limit).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        delta.validate(run_id, codec, params)?;
+        delta.validate(rules)?;
         Ok(delta)
     }
 
@@ -212,13 +241,13 @@ mod tests {
     fn a_signed_delta_verifies_and_validates() {
         let d = sample(&[1.0, 2.0, 3.0]);
         d.verify().unwrap();
-        d.validate(RunId([9; 32]), Codec::Dense, 3).unwrap();
+        d.validate(&DeltaRules::new(RunId([9; 32]), Codec::Dense, 3)).unwrap();
     }
 
     #[test]
     fn another_run_is_refused() {
         let d = sample(&[1.0]);
-        assert_eq!(d.validate(RunId([8; 32]), Codec::Dense, 1), Err(Refusal::WrongRun));
+        assert_eq!(d.validate(&DeltaRules::new(RunId([8; 32]), Codec::Dense, 1)), Err(Refusal::WrongRun));
     }
 
     #[test]
@@ -229,9 +258,20 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_of_more_samples_than_a_node_can_train_in_a_round_is_refused() {
+        let d = sample(&[1.0]);
+        let rules = DeltaRules::new(RunId([9; 32]), Codec::Dense, 1);
+        assert!(d.validate(&rules.with_max_samples(100)).is_ok());
+        assert_eq!(
+            d.validate(&rules.with_max_samples(99)),
+            Err(Refusal::TooManySamples { claimed: 100, limit: 99 })
+        );
+    }
+
+    #[test]
     fn a_wrong_shape_is_refused() {
         let d = sample(&[1.0, 2.0]);
-        assert!(d.validate(RunId([9; 32]), Codec::Dense, 3).is_err());
+        assert!(d.validate(&DeltaRules::new(RunId([9; 32]), Codec::Dense, 3)).is_err());
     }
 
     proptest! {
@@ -240,7 +280,7 @@ mod tests {
             let d = SignedDelta::sign(&key(3), RunId([1; 32]), round, [0; 32], 7, Codec::Dense, Codec::Dense.encode(&values));
             let back = wire::decode_delta(&d.to_bytes(), 1 << 20).unwrap();
             prop_assert_eq!(&back, &d);
-            prop_assert!(back.validate(RunId([1; 32]), Codec::Dense, values.len()).is_ok());
+            prop_assert!(back.validate(&DeltaRules::new(RunId([1; 32]), Codec::Dense, values.len())).is_ok());
         }
 
         #[test]
@@ -249,12 +289,12 @@ mod tests {
             let mut bytes = d.to_bytes();
             let i = bit.index(bytes.len() * 8);
             bytes[i / 8] ^= 1 << (i % 8);
-            prop_assert!(SignedDelta::from_untrusted(&bytes, RunId([2; 32]), Codec::Dense, values.len()).is_err());
+            prop_assert!(SignedDelta::from_untrusted(&bytes, &DeltaRules::new(RunId([2; 32]), Codec::Dense, values.len())).is_err());
         }
 
         #[test]
         fn random_bytes_are_an_error_not_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
-            prop_assert!(SignedDelta::from_untrusted(&bytes, RunId([2; 32]), Codec::Dense, 16).is_err());
+            prop_assert!(SignedDelta::from_untrusted(&bytes, &DeltaRules::new(RunId([2; 32]), Codec::Dense, 16)).is_err());
         }
     }
 }

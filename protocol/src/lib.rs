@@ -32,7 +32,7 @@ pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnapshot};
 pub use codec::{Codec, CodecError};
 pub use consensus::consensus_distance;
-pub use delta::{DeltaHeader, DeltaId, Refusal, SignedDelta};
+pub use delta::{DeltaHeader, DeltaId, DeltaRules, Refusal, SignedDelta};
 pub use engine::{Engine, EngineConfig};
 pub use keys::PublicKey;
 pub use outer::OuterOptimizer;

@@ -247,6 +247,15 @@ impl RunSpec {
         RunId(*h.finalize().as_bytes())
     }
 
+    /// What every delta of this run must satisfy ([`crate::SignedDelta::validate`]):
+    /// this run, its codec and model, and at most `inner.steps × inner.batch_size`
+    /// samples, all one node can train in a round.
+    pub fn delta_rules(&self) -> crate::delta::DeltaRules {
+        let max_samples = u64::from(self.inner.steps).saturating_mul(self.inner.batch_size as u64);
+        crate::delta::DeltaRules::new(self.run_id(), self.codec, self.param_count())
+            .with_max_samples(max_samples)
+    }
+
     /// The keys of a private swarm, parsed; `None` for a public run.
     pub fn allowed(&self) -> Option<BTreeSet<PublicKey>> {
         let keys = self.allowed_keys.as_ref()?;

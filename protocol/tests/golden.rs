@@ -18,7 +18,7 @@
 use ed25519_dalek::SigningKey;
 use starling_protocol::wire;
 use starling_protocol::{
-    AggregationRule, Codec, ModelState, PublicKey, RunId, RunSpec, SignedDelta, StateSnapshot,
+    AggregationRule, Codec, DeltaRules, ModelState, PublicKey, RunId, RunSpec, SignedDelta, StateSnapshot,
 };
 
 const CHANGED: &str = "this consensus value changed: nodes built before and after this change would \
@@ -135,8 +135,9 @@ fn recorded_delta_bytes_still_decode_and_verify() {
     let text = golden_delta_hex();
     let bytes: Vec<u8> =
         (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect();
-    let decoded = SignedDelta::from_untrusted(&bytes, RunId([0x5a; 32]), Codec::Dense, PARAMS.len())
-        .unwrap_or_else(|e| panic!("recorded delta bytes are refused ({e}): {CHANGED}"));
+    let decoded =
+        SignedDelta::from_untrusted(&bytes, &DeltaRules::new(RunId([0x5a; 32]), Codec::Dense, PARAMS.len()))
+            .unwrap_or_else(|e| panic!("recorded delta bytes are refused ({e}): {CHANGED}"));
     assert_eq!(decoded, delta(), "recorded delta bytes decode to another delta: {CHANGED}");
 }
 

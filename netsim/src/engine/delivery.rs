@@ -95,11 +95,11 @@ impl Engine<'_> {
                 return self.on_proof(to, from, offender, message);
             }
         };
-        let (run, codec, params) = (self.run, self.codec, self.params);
+        let rules = self.rules;
         let verdict = *self
             .verdicts
             .entry(message.id)
-            .or_insert_with(|| delta.validate(run, codec, params).err().map(|r| r.label()));
+            .or_insert_with(|| delta.validate(&rules).err().map(|r| r.label()));
         if let Some(reason) = verdict {
             self.ledger.refused(reason);
             return Ok(());

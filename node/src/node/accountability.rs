@@ -11,7 +11,7 @@
 //! the guilty key itself and ignored otherwise; the proof punishes the key.
 
 use libp2p::{gossipsub, PeerId};
-use starling_protocol::{Action, EquivocationProof, Event, PublicKey, SignedDelta};
+use starling_protocol::{engine::Input, EquivocationProof, PublicKey, SignedDelta};
 use starling_storage::RefusalCount;
 use tracing::{error, info, warn};
 
@@ -32,14 +32,14 @@ impl Node {
         for ban in scan.bans {
             match EquivocationProof::from_untrusted(&ban.proof, self.spec.run_id()) {
                 Ok((_, key)) if key == ban.key => {
-                    let _ = self.rounds.handle(0, Event::Ban(key));
+                    let _ = self.engine.handle(0, Input::Ban(key));
                     self.block(&key);
                 }
                 Ok(_) | Err(_) => warn!(key = %ban.key, "skipping a ban whose proof does not verify"),
             }
         }
-        if !self.rounds.banned().is_empty() {
-            info!(banned = self.rounds.banned().len(), "reloaded bans");
+        if !self.engine.rounds().banned().is_empty() {
+            info!(banned = self.engine.rounds().banned().len(), "reloaded bans");
         }
         for count in self.store.refusals()? {
             self.refusals.insert((count.key, count.reason), count.count);
@@ -86,7 +86,7 @@ impl Node {
             warn!(peer = %source, key = %sender, "refused a delta signed by a key this private run does not allow (spec allowed_keys)");
             return Some(("not_allowed", gossipsub::MessageAcceptance::Reject));
         }
-        if self.rounds.is_banned(&sender) {
+        if self.engine.rounds().is_banned(&sender) {
             return Some(("banned", blame(source, &sender)));
         }
         None
@@ -94,7 +94,7 @@ impl Node {
 
     /// Stores, gossips and enforces the bans the round state caught since last asked.
     pub(super) fn publish_equivocations(&mut self) -> Result<(), NodeError> {
-        for proof in self.rounds.take_equivocations() {
+        for proof in self.engine.take_equivocations() {
             let key = proof.sender();
             warn!(key = %key, round = proof.round(), "caught an equivocation: one key signed two deltas for a round; banning it for the run");
             let bytes = proof.to_bytes();
@@ -126,14 +126,13 @@ impl Node {
                 error!(round = proof.round(), "peers hold a valid proof that this node's key signed two deltas for one round; it is banned from the run");
                 gossipsub::MessageAcceptance::Ignore
             }
-            Ok((_, key)) if self.rounds.is_banned(&key) => gossipsub::MessageAcceptance::Ignore,
+            Ok((_, key)) if self.engine.rounds().is_banned(&key) => gossipsub::MessageAcceptance::Ignore,
             Ok((proof, key)) => {
                 warn!(key = %key, round = proof.round(), peer = %source, "a peer proved an equivocation; banning the key for the run");
                 self.store.ban(&key, data, EQUIVOCATION)?;
-                let actions: Vec<Action> = self.rounds.handle(self.now_ms(), Event::Ban(key));
                 self.block(&key);
                 self.report_ban(key, false);
-                self.apply(actions)?;
+                self.drive(Input::Ban(key))?;
                 gossipsub::MessageAcceptance::Accept
             }
         };
@@ -150,7 +149,7 @@ impl Node {
             (Some(allowed), Some(key)) => allowed.contains(key),
             (Some(_), None) => false,
         };
-        let banned = key.is_some_and(|k| self.rounds.is_banned(&k));
+        let banned = key.is_some_and(|k| self.engine.rounds().is_banned(&k));
         if allowed && !banned {
             return false;
         }
@@ -164,7 +163,12 @@ impl Node {
 
     fn report_ban(&self, key: PublicKey, caught: bool) {
         if let Some(events) = &self.events {
-            let _ = events.send(NodeEvent::Banned { node: self.me, key, round: self.rounds.round(), caught });
+            let _ = events.send(NodeEvent::Banned {
+                node: self.me,
+                key,
+                round: self.engine.rounds().round(),
+                caught,
+            });
         }
     }
 
@@ -180,7 +184,7 @@ impl Node {
         let mut peers: Vec<PeerId> = gossipsub.all_peers().map(|(p, _)| *p).collect();
         peers.extend(self.refusals.keys().filter_map(|(k, _)| net::peer_id(k)));
         peers.extend(self.met_peers.iter().copied());
-        peers.extend(self.rounds.banned().iter().filter_map(net::peer_id));
+        peers.extend(self.engine.rounds().banned().iter().filter_map(net::peer_id));
         peers.sort();
         peers.dedup();
         peers.into_iter().filter_map(|p| Some((net::peer_key(&p)?, gossipsub.peer_score(&p)?))).collect()

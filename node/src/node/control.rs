@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use starling_protocol::Event;
+use starling_protocol::engine::{Input, Phase};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use super::{Node, NodeError, Phase};
+use super::{Node, NodeError};
 use crate::status::{History, NodeState, NodeStatus, RoundPoint};
 
 /// A request to the event loop.
@@ -144,17 +144,12 @@ impl Node {
     }
 
     fn set_paused(&mut self, paused: bool) -> Result<(), NodeError> {
-        if self.rounds.paused() == paused {
+        if self.engine.rounds().paused() == paused {
             return Ok(());
         }
         info!(round = self.state.round, "{}", if paused { "training paused" } else { "training resumed" });
         self.metrics.paused.set(i64::from(paused));
-        let actions = self.rounds.handle(self.now_ms(), Event::Paused(paused));
-        self.apply(actions)?;
-        if !paused {
-            self.maybe_train();
-        }
-        Ok(())
+        self.drive(Input::Paused(paused))
     }
 
     /// Whether a trained delta must be dropped rather than published: training
@@ -163,7 +158,7 @@ impl Node {
         if let Some(since) = self.telemetry.training_since.take() {
             self.metrics.train_seconds.observe(since.elapsed().as_secs_f64());
         }
-        if self.rounds.paused() {
+        if self.engine.rounds().paused() {
             info!(round = self.state.round, "paused: the delta trained for this round is not published");
             return true;
         }
@@ -200,12 +195,12 @@ impl Node {
     }
 
     fn node_state(&self) -> NodeState {
-        match self.phase {
+        match self.engine.phase() {
             Phase::Gathering => NodeState::Waiting,
             Phase::Probing => NodeState::Syncing,
-            Phase::Draining(_) => NodeState::Finished,
-            Phase::Running if !self.sync.is_idle() || self.rounds.observing() => NodeState::Syncing,
-            Phase::Running if self.rounds.paused() => NodeState::Paused,
+            Phase::Done => NodeState::Finished,
+            Phase::Running if self.syncing() => NodeState::Syncing,
+            Phase::Running if self.engine.rounds().paused() => NodeState::Paused,
             Phase::Running => NodeState::Training,
         }
     }
@@ -219,7 +214,7 @@ impl Node {
             round: self.state.round,
             lineage: crate::statesync::hex(&self.state.lineage),
             state: self.node_state(),
-            paused: self.rounds.paused(),
+            paused: self.engine.rounds().paused(),
             loss: Some(self.last_loss).filter(|l| l.is_finite()),
             accuracy: self.telemetry.last_accuracy,
             eval_loss: self.telemetry.last_eval_loss,

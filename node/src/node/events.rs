@@ -5,7 +5,7 @@
 use libp2p::{
     gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response, swarm::SwarmEvent, PeerId,
 };
-use starling_protocol::{Admission, Event, SignedDelta};
+use starling_protocol::{engine::Input, Admission, SignedDelta};
 use tracing::{debug, info, warn};
 
 use super::{accountability, Node, NodeError, NodeEvent, FORWARD_HOLD};
@@ -49,15 +49,13 @@ impl Node {
     }
 
     pub(super) fn peer_left(&mut self, peer: PeerId) -> Result<(), NodeError> {
-        self.sync.peer_left(&peer);
         if self.run_peers.remove(&peer) {
             debug!(%peer, "run peer left");
-            if let Some(key) = net::peer_key(&peer) {
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerDisconnected(key));
-                self.apply(actions)?;
-            }
         }
-        Ok(())
+        match net::peer_key(&peer) {
+            Some(key) => self.drive(Input::PeerLeft(key)),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn on_behaviour_event(&mut self, event: BehaviourEvent) -> Result<(), NodeError> {
@@ -83,8 +81,7 @@ impl Node {
                 if let Some(key) = net::peer_key(&peer_id) {
                     if self.run_peers.insert(peer_id) {
                         debug!(peer = %peer_id, "run peer joined");
-                        let actions = self.rounds.handle(self.now_ms(), Event::PeerConnected(key));
-                        self.apply(actions)?;
+                        self.drive(Input::PeerConnected(key))?;
                     }
                 }
             }
@@ -142,22 +139,20 @@ impl Node {
         id: gossipsub::MessageId,
         data: &[u8],
     ) -> Result<(), NodeError> {
-        let spec = &self.spec;
-        let acceptance =
-            match SignedDelta::from_untrusted(data, spec.run_id(), spec.codec, spec.param_count()) {
-                Err(refusal) => {
-                    warn!(peer = %source, reason = %refusal, "refused a delta");
-                    self.refuse(&source, refusal.label());
-                    gossipsub::MessageAcceptance::Reject
+        let acceptance = match SignedDelta::from_untrusted(data, &self.rules) {
+            Err(refusal) => {
+                warn!(peer = %source, reason = %refusal, "refused a delta");
+                self.refuse(&source, refusal.label());
+                gossipsub::MessageAcceptance::Reject
+            }
+            Ok(delta) => match self.refuse_key(&source, &delta) {
+                Some((reason, acceptance)) => {
+                    self.refuse(&source, reason);
+                    acceptance
                 }
-                Ok(delta) => match self.refuse_key(&source, &delta) {
-                    Some((reason, acceptance)) => {
-                        self.refuse(&source, reason);
-                        acceptance
-                    }
-                    None => self.admit_valid(source, delta)?,
-                },
-            };
+                None => self.admit_valid(source, delta)?,
+            },
+        };
         if acceptance == gossipsub::MessageAcceptance::Accept {
             // Forward a little later: peers that got the delta at the same time as
             // us have by then told us so (gossipsub's IDONTWANT, sent on receipt),
@@ -180,11 +175,10 @@ impl Node {
         source: PeerId,
         delta: SignedDelta,
     ) -> Result<gossipsub::MessageAcceptance, NodeError> {
-        Ok(match self.rounds.admit(&delta.header) {
+        Ok(match self.engine.admit(&delta.header) {
             Admission::Accept => {
                 self.metrics.deltas_accepted.inc();
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
-                self.apply(actions)?;
+                self.drive(Input::PeerDelta(delta))?;
                 gossipsub::MessageAcceptance::Accept
             }
             Admission::Equivocation => {
@@ -192,8 +186,7 @@ impl Node {
                 self.refuse(&source, "equivocation");
                 let acceptance = accountability::blame(&source, &delta.header.sender);
                 // The round state checks it against the delta it holds and bans the key.
-                let actions = self.rounds.handle(self.now_ms(), Event::PeerDelta(delta));
-                self.apply(actions)?;
+                self.drive(Input::PeerDelta(delta))?;
                 acceptance
             }
             Admission::Replayed => {

@@ -9,7 +9,7 @@
 //! carry its noised gradients into later deltas.
 
 use starling_protocol::privacy::{Accountant, PrivacyLevel};
-use starling_protocol::{Event, RunSpec};
+use starling_protocol::{engine::Input, RunSpec};
 use starling_storage::Store;
 use tracing::{info, warn};
 
@@ -93,8 +93,7 @@ impl Node {
                 "privacy budget spent: this node no longer trains or publishes deltas, and keeps merging its peers'"
             );
         }
-        let actions = self.rounds.handle(self.now_ms(), Event::Abstain);
-        if let Err(e) = self.apply(actions) {
+        if let Err(e) = self.drive(Input::Abstain) {
             warn!(error = %e, "sitting the round out failed");
         }
         false
