@@ -1,9 +1,14 @@
 //! Virtual mode: a discrete-event simulation of a whole swarm in virtual time.
 //!
-//! Every simulated node runs the real protocol core: its own [`RoundState`],
-//! real ed25519-signed [`SignedDelta`]s encoded by the real codec with error
+//! Every simulated node runs the real protocol core: its own
+//! [`starling_protocol::Engine`] (the
+//! very engine `starling run` drives: phases, rounds, state sync), real
+//! ed25519-signed [`SignedDelta`]s encoded by the real codec with error
 //! feedback, the real aggregation rule and outer optimizer, and lineage-based
-//! repair by state transfer. Only the network and the clock are simulated:
+//! repair by the real state sync: offers asked of the peers reached, the root a
+//! majority announce, chunks fetched from several peers over the simulated
+//! links and checked against their hashes. No state is ever copied from one
+//! simulated node to another. Only the network and the clock are simulated:
 //! messages travel a gossip mesh over links with sampled latency, per-node
 //! uplink and downlink queues and loss; partitions, churn and stragglers come
 //! from the scenario. All randomness flows from the scenario's seed, and
@@ -19,13 +24,18 @@ use std::{
 use ed25519_dalek::SigningKey;
 use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
 use starling_protocol::{
-    group, round::CloseReason, Action, Admission, Codec, DeltaId, DeltaRules, Event, ModelState,
-    OuterOptimizer, PublicKey, RoundConfig, RoundState, RunId, SignedDelta,
+    engine::{Input, Output, RequestId},
+    group,
+    round::CloseReason,
+    wire::{SyncRequest, SyncResponse},
+    Codec, DeltaId, DeltaRules, Engine as NodeEngine, EngineConfig, ModelState, OuterOptimizer, PublicKey,
+    RoundConfig, RunId, SignedDelta, StateSnapshot,
 };
 
 mod adversary;
 mod delivery;
 mod faults;
+mod sync;
 
 use crate::{
     attack::Junk,
@@ -50,10 +60,10 @@ enum Happening {
     Deliver { to: usize, from: usize, message: Rc<Message> },
     /// A node's round deadline may have passed.
     Deadline { node: usize },
-    /// A state transfer from `from` finished.
-    SyncDone { node: usize, from: usize, epoch: u64 },
-    /// A node that synced tells a peer from which round it contributes.
-    Joining { to: usize, peer: PublicKey, from: u64 },
+    /// A sync request from `from` reached `to`.
+    SyncRequest { to: usize, from: usize, id: RequestId, request: SyncRequest },
+    /// The answer to `node`'s request `id` came back (`None`: it failed).
+    SyncAnswer { node: usize, id: RequestId, response: Option<SyncResponse>, epoch: u64 },
     /// A crashed node comes back.
     Restart { node: usize },
     /// A node forwards a delta it accepted to its mesh peers.
@@ -120,16 +130,16 @@ enum Life {
 struct SimNode {
     key: SigningKey,
     public: PublicKey,
-    rounds: RoundState,
+    engine: NodeEngine,
     state: ModelState,
+    /// The snapshot this node serves, of its state when last asked.
+    snapshot: Option<Rc<StateSnapshot>>,
     residual: Vec<f32>,
     /// Handed to a training job and back.
     model: Option<Box<dyn NodeModel>>,
     life: Life,
-    /// Bumped when the node crashes or installs a state: stale work is dropped.
+    /// Bumped when the node crashes: work of its earlier life is dropped.
     epoch: u64,
-    /// Waiting for its first state transfer (a joiner); it does not train until then.
-    syncing: bool,
     speed: f64,
     attacker: bool,
     side: usize,
@@ -215,7 +225,7 @@ pub fn run(sc: &Scenario, task: &dyn Task, progress: &mut dyn FnMut(u64, u64)) -
     let mut engine = Engine::new(sc, task)?;
     for node in 0..engine.nodes.len() {
         engine.enter_round(node);
-        engine.maybe_train(node);
+        engine.drive(node, Input::Start)?;
     }
     let mut done = 0;
     while let Some(Reverse(next)) = engine.queue.pop() {
@@ -304,7 +314,8 @@ impl<'a> Engine<'a> {
         engine.events.sort_by_key(|e| e.0);
         for (i, &slow) in slow.iter().enumerate() {
             let speed = if slow { sc.compute.straggler_slowdown } else { 1.0 };
-            engine.add_node(initial.clone(), speed, i >= sc.nodes - attackers)?;
+            // The first nodes start at genesis together: nothing to probe for.
+            engine.add_node(initial.clone(), speed, i >= sc.nodes - attackers, false)?;
         }
         engine.mesh = link::mesh(sc.nodes, sc.link.mesh_degree, &mut engine.rng);
         engine.eval_nodes = eval_sample(sc, task, sc.nodes - attackers);
@@ -312,14 +323,32 @@ impl<'a> Engine<'a> {
             let keys: Vec<PublicKey> = engine.nodes.iter().map(|n| n.public).collect();
             for n in &mut engine.nodes {
                 for k in &keys {
-                    n.rounds.handle(0, Event::PeerConnected(*k));
+                    n.engine.handle(0, Input::PeerConnected(*k));
                 }
             }
         }
         Ok(engine)
     }
 
-    fn add_node(&mut self, params: Vec<f32>, speed: f64, attacker: bool) -> Result<usize, SimError> {
+    /// The engine of a node at `round` with `lineage`; `probe`: ask the peers
+    /// for a newer state before the first round, as a real node does.
+    fn new_engine(&self, public: PublicKey, round: u64, lineage: [u8; 32], probe: bool) -> NodeEngine {
+        let state_bytes = self.params * 8 + 1024;
+        let config = EngineConfig {
+            stop_at: Some(self.sc.rounds),
+            probe_on_start: probe,
+            ..EngineConfig::new(self.config.clone(), self.params, state_bytes)
+        };
+        NodeEngine::new(public, config, round, lineage)
+    }
+
+    fn add_node(
+        &mut self,
+        params: Vec<f32>,
+        speed: f64,
+        attacker: bool,
+        probe: bool,
+    ) -> Result<usize, SimError> {
         let index = self.nodes.len();
         let key = starling_node::local_swarm::node_key(self.sc.seed, index);
         let public = PublicKey::of(&key);
@@ -327,16 +356,18 @@ impl<'a> Engine<'a> {
         let model = self.task.node_model(index, &public, poisoned).map_err(SimError::Workload)?;
         self.index.insert(public, index);
         self.groups.clear();
+        let state = ModelState::initial(params);
+        let engine = self.new_engine(public, 0, state.lineage, probe);
         self.nodes.push(SimNode {
             key,
             public,
-            rounds: RoundState::new(public, self.config.clone(), 0),
-            state: ModelState::initial(params),
+            engine,
+            state,
+            snapshot: None,
             residual: Vec::new(),
             model: Some(model),
             life: Life::Up,
             epoch: 0,
-            syncing: false,
             speed,
             attacker,
             side: 0,
@@ -404,17 +435,14 @@ impl<'a> Engine<'a> {
             Happening::Deliver { to, from, message } => self.on_deliver(to, from, message),
             Happening::Deadline { node } => {
                 if self.up(node) {
-                    let actions = self.nodes[node].rounds.handle(self.now / MS, Event::Tick);
-                    self.apply(node, actions)?;
+                    self.drive(node, Input::Timer)?;
                 }
                 Ok(())
             }
-            Happening::SyncDone { node, from, epoch } => self.on_synced(node, from, epoch),
-            Happening::Joining { to, peer, from } => {
-                if self.up(to) {
-                    let actions =
-                        self.nodes[to].rounds.handle(self.now / MS, Event::PeerStarts { peer, from });
-                    self.apply(to, actions)?;
+            Happening::SyncRequest { to, from, id, request } => self.on_sync_request(to, from, id, request),
+            Happening::SyncAnswer { node, id, response, epoch } => {
+                if self.up(node) && self.nodes[node].epoch == epoch {
+                    self.drive(node, Input::SyncResponse { id, response })?;
                 }
                 Ok(())
             }
@@ -429,10 +457,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Starts a training job if the node wants to contribute to its round.
-    fn maybe_train(&mut self, node: usize) {
+    /// Starts the training job the engine asked for.
+    fn start_training(&mut self, node: usize) {
         let n = &mut self.nodes[node];
-        if n.life != Life::Up || n.syncing || n.state.round >= self.sc.rounds || !n.rounds.wants_local() {
+        if n.life != Life::Up {
             return;
         }
         let Some(model) = n.model.take() else { return };
@@ -504,9 +532,12 @@ impl<'a> Engine<'a> {
         self.free_jobs.push(job_index);
         let trained = result.map_err(|e| SimError::Workload(format!("node {node}: {e}")))?;
         let n = &mut self.nodes[node];
-        if n.life != Life::Up || n.epoch != epoch || n.state.round != round || n.state.lineage != lineage {
-            self.maybe_train(node);
+        if n.life != Life::Up || n.epoch != epoch {
+            // A job of a node since crashed: its new engine never asked for it.
             return Ok(());
+        }
+        if !n.engine.wants_trained(round, lineage) {
+            return self.drive(node, Input::Trained { round, base: lineage, delta: None });
         }
         let payload = if self.grouped {
             // Grouped rounds average models: see `merge`. (Attacks are refused
@@ -533,26 +564,55 @@ impl<'a> Engine<'a> {
             self.codec,
             payload,
         );
-        let actions = n.rounds.handle(self.now / MS, Event::LocalDelta(signed));
-        self.apply(node, actions)
+        self.drive(node, Input::Trained { round, base: lineage, delta: Some(signed) })
     }
 
-    fn apply(&mut self, node: usize, actions: Vec<Action>) -> Result<(), SimError> {
-        // A round that reached quorum closes after its settle time: wake then.
-        if let Some(at) = self.nodes[node].rounds.wake_at() {
-            let at = at * MS;
-            if at > self.now && self.nodes[node].wake != Some(at) {
-                self.nodes[node].wake = Some(at);
-                self.schedule(at, Happening::Deadline { node });
+    /// Hands node `node`'s engine one input and carries out what it asks.
+    fn drive(&mut self, node: usize, input: Input) -> Result<(), SimError> {
+        let outputs = self.nodes[node].engine.handle(self.now / MS, input);
+        self.apply(node, outputs)
+    }
+
+    fn apply(&mut self, node: usize, outputs: Vec<Output>) -> Result<(), SimError> {
+        let mut queue = std::collections::VecDeque::from(outputs);
+        while let Some(output) = queue.pop_front() {
+            if !self.up(node) {
+                // Crashed meanwhile (after a merge): what is left dies with it.
+                return Ok(());
             }
-        }
-        for action in actions {
-            match action {
-                Action::Publish(delta) => self.publish(node, delta),
-                Action::Merge { round, deltas, reason } => self.merge(node, round, deltas, reason)?,
-                Action::RequestState { peer, .. } | Action::Diverged { peer, .. } => {
-                    self.request_state(node, peer)
+            match output {
+                Output::Publish(delta) => self.publish(node, delta),
+                Output::Train { .. } => self.start_training(node),
+                Output::Merge { round, deltas, reason } => {
+                    if self.merge(node, round, deltas, reason)? {
+                        let lineage = self.nodes[node].state.lineage;
+                        let more =
+                            self.nodes[node].engine.handle(self.now / MS, Input::Merged { round, lineage });
+                        queue.extend(more);
+                    }
                 }
+                Output::Request { peer, id, request } => self.send_sync_request(node, peer, id, request),
+                Output::Install { state, deltas, .. } => {
+                    let more = self.install(node, state, deltas);
+                    queue.extend(more);
+                }
+                Output::Timer(at) => {
+                    let at = at * MS;
+                    if self.nodes[node].wake != Some(at) {
+                        self.nodes[node].wake = Some(at);
+                        self.schedule(at.max(self.now), Happening::Deadline { node });
+                    }
+                }
+                Output::Note(note) => {
+                    if std::env::var_os("NETSIM_NOTES").is_some() {
+                        eprintln!(
+                            "{} node {node} r{}: {note:?}",
+                            self.now / MS,
+                            self.nodes[node].state.round
+                        );
+                    }
+                }
+                Output::Finished => {}
             }
         }
         Ok(())
@@ -564,7 +624,7 @@ impl<'a> Engine<'a> {
         round: u64,
         deltas: Vec<SignedDelta>,
         reason: CloseReason,
-    ) -> Result<(), SimError> {
+    ) -> Result<bool, SimError> {
         let merged = deltas.len();
         if !self.nodes[node].attacker && self.sc.attack.behaviour.protocol_attack() {
             // A replayer's deltas are honest until it has old ones to replay.
@@ -633,11 +693,10 @@ impl<'a> Engine<'a> {
             && self.rng.random_bool(self.sc.churn.crash_per_round)
         {
             self.crash(node, self.sc.churn.restart_after_ms);
-            return Ok(());
+            return Ok(false);
         }
         self.enter_round(node);
-        self.maybe_train(node);
-        Ok(())
+        Ok(true)
     }
 
     /// Tells a grouped node its group for the round it is in.
@@ -648,8 +707,8 @@ impl<'a> Engine<'a> {
         let round = self.nodes[node].state.round;
         let members: Vec<PublicKey> =
             self.group_of(round, node).into_iter().map(|i| self.nodes[i].public).collect();
-        let actions = self.nodes[node].rounds.handle(self.now / MS, Event::Group { round, members });
-        debug_assert!(actions.is_empty());
+        let outputs = self.nodes[node].engine.handle(self.now / MS, Input::Group { round, members });
+        debug_assert!(outputs.iter().all(|o| matches!(o, Output::Timer(_))));
     }
 
     /// Indices of the members of `node`'s group in `round` (itself included).
@@ -690,61 +749,6 @@ impl<'a> Engine<'a> {
 
     fn index_of(&self, key: &PublicKey) -> Option<usize> {
         self.index.get(key).copied()
-    }
-
-    fn request_state(&mut self, node: usize, peer: PublicKey) {
-        let Some(from) = self.index_of(&peer) else { return };
-        if !self.up(from) || self.nodes[from].side != self.nodes[node].side {
-            return;
-        }
-        let bytes = (self.params as u64) * 8 + 64;
-        let tx =
-            link::transfer_time(bytes, link::slower(self.sc.link.uplink_mbps, self.sc.link.downlink_mbps));
-        let latency = 2 * link::sample_latency(&self.sc.link.latency, &mut self.rng);
-        let round = self.nodes[node].state.round;
-        self.ledger.sync(round, bytes);
-        let epoch = self.nodes[node].epoch;
-        self.schedule(self.now + latency + tx, Happening::SyncDone { node, from, epoch });
-    }
-
-    fn on_synced(&mut self, node: usize, from: usize, epoch: u64) -> Result<(), SimError> {
-        if !self.up(node) || self.nodes[node].epoch != epoch || !self.up(from) {
-            return Ok(());
-        }
-        let state = self.nodes[from].state.clone();
-        let me = self.nodes[node].public;
-        let expected_from = self.nodes[from].rounds.expected_from(&me);
-        let deltas = self.nodes[from].rounds.current_deltas();
-        let now = self.now / MS;
-        self.untrack(node);
-        let n = &mut self.nodes[node];
-        n.state = state;
-        n.epoch += 1;
-        n.syncing = false;
-        let mut actions = n.rounds.handle(now, Event::Synced { round: n.state.round, expected_from });
-        for d in deltas {
-            if n.rounds.admit(&d.header) == Admission::Accept {
-                actions.extend(n.rounds.handle(now, Event::PeerDelta(d)));
-            }
-        }
-        if n.rounds.observing() && !self.grouped {
-            // As the real node does: every peer learns the round our source gave.
-            let side = n.side;
-            for to in 0..self.nodes.len() {
-                if to != node && self.up(to) && self.nodes[to].side == side {
-                    let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
-                    self.schedule(
-                        self.now + latency,
-                        Happening::Joining { to, peer: me, from: expected_from },
-                    );
-                }
-            }
-        }
-        self.track(node);
-        self.enter_round(node);
-        self.apply(node, actions)?;
-        self.maybe_train(node);
-        Ok(())
     }
 }
 

@@ -101,6 +101,14 @@ impl RoundLedger {
         }
     }
 
+    /// State-sync bytes (offers, chunks) that crossed a link, without counting a sync.
+    pub fn sync_bytes(&mut self, round: u64, bytes: u64) {
+        if let Some(a) = self.at(round) {
+            a.sent += bytes;
+            a.received += bytes;
+        }
+    }
+
     pub fn merged(&mut self, round: u64, merge: NodeMerge) {
         if let Some(a) = self.at(round) {
             a.merges.push(merge);

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use starling_protocol::{DeltaId, Event, PublicKey, SignedDelta};
+use starling_protocol::{engine::Input, DeltaId, PublicKey, SignedDelta};
 
 use super::{Body, Engine, Message};
 use crate::attack::{self, AttackBehaviour, Junk};
@@ -161,16 +161,16 @@ impl Engine<'_> {
         offender: PublicKey,
         message: Rc<Message>,
     ) -> Result<(), crate::SimError> {
-        if self.nodes[to].rounds.is_banned(&offender) {
+        if self.nodes[to].engine.rounds().is_banned(&offender) {
             return Ok(());
         }
-        let actions = self.nodes[to].rounds.handle(self.now / super::MS, Event::Ban(offender));
+        let outputs = self.nodes[to].engine.handle(self.now / super::MS, Input::Ban(offender));
         for p in self.mesh.peers(to).to_vec() {
             if p != from {
                 self.send(to, p, message.clone());
             }
         }
-        self.apply(to, actions)
+        self.apply(to, outputs)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use rand::RngExt;
-use starling_protocol::{Admission, Event, SignedDelta};
+use starling_protocol::{engine::Input, Admission, SignedDelta};
 
 use super::{Body, Engine, Happening, Life, Message, FORWARD_HOLD, MS};
 use crate::{link, SimError};
@@ -108,7 +108,7 @@ impl Engine<'_> {
             self.nodes[to].heard.push_back(delta.clone());
         }
         let n = &mut self.nodes[to];
-        match n.rounds.admit(&delta.header) {
+        match n.engine.admit(&delta.header) {
             Admission::Accept => {}
             Admission::Duplicate => return Ok(()),
             Admission::Stale => {
@@ -131,14 +131,14 @@ impl Engine<'_> {
                 // The round state checks it against the delta it holds, bans
                 // the key and drops that delta; the proof goes out to the mesh.
                 self.ledger.refused("equivocation");
-                let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
-                for proof in n.rounds.take_equivocations() {
+                let actions = n.engine.handle(self.now / MS, Input::PeerDelta(delta.clone()));
+                for proof in n.engine.take_equivocations() {
                     self.send_proof(to, proof.sender(), round);
                 }
                 return self.apply(to, actions);
             }
         }
-        let actions = n.rounds.handle(self.now / MS, Event::PeerDelta(delta.clone()));
+        let actions = n.engine.handle(self.now / MS, Input::PeerDelta(delta.clone()));
         if !self.grouped {
             self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
         }

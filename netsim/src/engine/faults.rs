@@ -1,7 +1,7 @@
 //! The fault schedule of a virtual run: crashes and restarts, departures,
 //! joins, partitions and heals, fired as the leading node reaches their rounds.
 
-use starling_protocol::{Event, PublicKey, RoundState};
+use starling_protocol::{engine::Input, PublicKey};
 
 use super::{Engine, Happening, Life, MS};
 use crate::{scenario::EventKind, SimError};
@@ -26,9 +26,9 @@ impl Engine<'_> {
         let now = self.now / MS;
         for i in 0..self.nodes.len() {
             if self.nodes[i].life == Life::Up {
-                let actions = self.nodes[i].rounds.handle(now, Event::PeerDisconnected(key));
+                let outputs = self.nodes[i].engine.handle(now, Input::PeerLeft(key));
                 // A departure can complete a round that waited for the departed node.
-                let _ = self.apply(i, actions);
+                let _ = self.apply(i, outputs);
             }
         }
     }
@@ -38,29 +38,40 @@ impl Engine<'_> {
         if self.nodes[node].life != Life::Crashed {
             return;
         }
-        let now = self.now / MS;
-        let round = self.nodes[node].state.round;
+        let (round, lineage) = (self.nodes[node].state.round, self.nodes[node].state.lineage);
         let public = self.nodes[node].public;
-        let mut rounds = RoundState::new(public, self.config.clone(), round);
-        if !self.grouped {
-            for p in self.nodes.iter().filter(|p| p.life == Life::Up) {
-                rounds.handle(now, Event::PeerConnected(p.public));
-            }
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].life == Life::Up {
-                    self.nodes[i].rounds.handle(now, Event::PeerConnected(public));
-                }
-            }
-        }
+        // As a real node restarts: from its checkpoint, probing its peers first.
+        self.nodes[node].engine = self.new_engine(public, round, lineage, true);
         let n = &mut self.nodes[node];
-        n.rounds = rounds;
         n.life = Life::Up;
+        n.wake = None;
+        n.snapshot = None;
         n.uplink_free = self.now;
         n.downlink_free = self.now;
         n.seen.clear();
         self.track(node);
+        self.connect_to_peers(node);
         self.enter_round(node);
-        self.maybe_train(node);
+        let _ = self.drive(node, Input::Start);
+    }
+
+    /// Tells `node` and every running peer that they are connected (all to all
+    /// when not grouped).
+    fn connect_to_peers(&mut self, node: usize) {
+        if self.grouped {
+            return;
+        }
+        let now = self.now / MS;
+        let public = self.nodes[node].public;
+        for i in 0..self.nodes.len() {
+            if i != node && self.nodes[i].life == Life::Up {
+                let peer = self.nodes[i].public;
+                let outputs = self.nodes[node].engine.handle(now, Input::PeerConnected(peer));
+                let _ = self.apply(node, outputs);
+                let outputs = self.nodes[i].engine.handle(now, Input::PeerConnected(public));
+                let _ = self.apply(i, outputs);
+            }
+        }
     }
 
     pub(super) fn fire_events(&mut self) {
@@ -125,37 +136,19 @@ impl Engine<'_> {
         }
     }
 
-    /// A new node: genesis state, connected to everyone, fetching a peer's state first.
+    /// A new node: genesis state, connected to everyone, probing its peers
+    /// for the swarm's state before its first round.
     fn join(&mut self) -> Result<usize, SimError> {
         let initial = self.task.initial_params();
-        let node = self.add_node(initial, 1.0, false)?;
+        let node = self.add_node(initial, 1.0, false, true)?;
         self.eval_nodes.push(self.task.cheap_to_evaluate());
         let side = self.nodes.first().map_or(0, |n| n.side);
         self.nodes[node].side = side;
-        self.nodes[node].syncing = true;
         self.nodes[node].uplink_free = self.now;
         self.nodes[node].downlink_free = self.now;
         self.mesh.join(node, self.sc.link.mesh_degree, &mut self.rng);
-        let now = self.now / MS;
-        let public = self.nodes[node].public;
-        if !self.grouped {
-            for i in 0..node {
-                if self.up(i) {
-                    let peer = self.nodes[i].public;
-                    self.nodes[node].rounds.handle(now, Event::PeerConnected(peer));
-                    self.nodes[i].rounds.handle(now, Event::PeerConnected(public));
-                }
-            }
-        }
-        let source = (0..node)
-            .filter(|&i| self.up(i) && self.nodes[i].side == side)
-            .max_by_key(|&i| self.nodes[i].state.round);
-        if let Some(source) = source {
-            let peer = self.nodes[source].public;
-            self.request_state(node, peer);
-        } else {
-            self.nodes[node].syncing = false;
-        }
+        self.connect_to_peers(node);
+        self.drive(node, Input::Start)?;
         Ok(node)
     }
 }

@@ -284,7 +284,16 @@ impl StateFetch {
             offers.iter().map(|(p, o)| (*p, (o.manifest.round, o.manifest.root()))).collect();
         // Peers that offered and left since still count: they were reached.
         let reached = reached.len().max(offers.len());
-        let required = required_support(reached);
+        let required = match self.reason {
+            SyncReason::Probe => required_support(reached),
+            // A node that lags or merged a round mostly of another lineage
+            // takes the newest state two peers agree on. A strict majority
+            // is not live there yet: the peers that installed a state observe
+            // it until they contribute and keep announcing it, and a swarm a
+            // partition split into several lineages has no majority at all
+            // (netsim's partition-heal shows both). See the README's Sybil limits.
+            SyncReason::Behind | SyncReason::Diverged => reached.min(2),
+        };
         let Some((round, root)) = choose_root(&announced, required) else {
             notes.push(Note::NoAgreement { offers: offers.len(), reached, required });
             return FetchStep::Ended { agreed: false };
