@@ -86,3 +86,25 @@ fn the_default_rule_bounds_scaled_deltas_that_ruin_the_mean() {
     assert!(robust < 2.0 * quiet.max(1e-3), "default rule under attack: {robust} vs quiet {quiet}");
     assert!(mean > 10.0 * robust, "the mean should break: {mean} vs {robust}");
 }
+
+#[test]
+fn colluders_announcing_a_forged_state_far_ahead_never_get_it_installed_and_joiners_still_catch_up() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/attack-sync-sybil.toml");
+    let sc = Scenario::load(&path).unwrap();
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    let summary = &out.summary;
+    assert_eq!(summary.forged_states_installed, Some(0), "an honest node installed the forged state");
+    assert!(summary.state_syncs >= 4, "the two joiners and the two restarted nodes sync ({summary:?})");
+    let last = out.rows.last().unwrap();
+    let honest = sc.nodes - sc.attack.attackers(sc.nodes) + 2;
+    assert!(
+        last.active_nodes >= honest,
+        "every honest node, joiners included, merges the last round ({last:?})"
+    );
+    assert!(
+        refused(summary, "equivocation") == 0,
+        "the attackers stay in the run: {:?}",
+        summary.refused_deltas
+    );
+    assert!(last.consensus_distance < 1e-9, "and they agree ({:e})", last.consensus_distance);
+}

@@ -53,10 +53,16 @@ pub enum AttackBehaviour {
     /// Publishes its honest delta, plus `flood_messages` oversized or
     /// malformed messages per round to each mesh peer.
     Flood,
+    /// The attackers collude on a forged state 50 rounds ahead of the swarm:
+    /// each announces it to every node that asks for offers and serves its
+    /// chunks, and each round gossips a validly signed delta of that far
+    /// round, so that lagging nodes go looking for a newer state.
+    SyncSybil,
 }
 
 impl AttackBehaviour {
-    /// Every attack (not `None`), for reports.
+    /// Every attack on deltas (not `None`, nor `SyncSybil`, which attacks
+    /// state sync and not aggregation), for the attack matrix.
     pub const ALL: [AttackBehaviour; 10] = [
         AttackBehaviour::SignFlip,
         AttackBehaviour::Scale,

@@ -218,6 +218,9 @@ pub(crate) struct Engine<'a> {
     attackers: usize,
     /// Honest deltas of the latest round, for omniscient attacks.
     honest_deltas: (u64, Vec<Vec<f32>>),
+    /// The state sync attackers announce, and the lineages of every one they forged.
+    forged: Option<Rc<StateSnapshot>>,
+    forged_lineages: std::collections::HashSet<[u8; 32]>,
 }
 
 /// Runs a scenario in virtual time; `progress(done, total)` after each finished round.
@@ -310,6 +313,8 @@ impl<'a> Engine<'a> {
             live_rounds: std::collections::BTreeMap::new(),
             attackers,
             honest_deltas: (0, Vec::new()),
+            forged: None,
+            forged_lineages: std::collections::HashSet::new(),
         };
         engine.events.sort_by_key(|e| e.0);
         for (i, &slow) in slow.iter().enumerate() {
@@ -564,7 +569,11 @@ impl<'a> Engine<'a> {
             self.codec,
             payload,
         );
-        self.drive(node, Input::Trained { round, base: lineage, delta: Some(signed) })
+        self.drive(node, Input::Trained { round, base: lineage, delta: Some(signed) })?;
+        if self.sync_sybil(node) {
+            self.lure(node);
+        }
+        Ok(())
     }
 
     /// Hands node `node`'s engine one input and carries out what it asks.

@@ -69,6 +69,9 @@ pub fn run(
             if scenario.attack.attackers(scenario.nodes) > 0 && scenario.attack.behaviour.protocol_attack() {
                 summary.attack_deltas_merged = Some(outcome.ledger.attack_deltas_merged);
             }
+            if scenario.attack.behaviour == attack::AttackBehaviour::SyncSybil {
+                summary.forged_states_installed = Some(outcome.ledger.forged_states_installed);
+            }
             summary.messages_delivered = outcome.ledger.messages_delivered;
             summary.messages_lost = outcome.ledger.messages_lost;
             summary.virtual_seconds = outcome.virtual_ms as f64 / 1000.0;

@@ -42,6 +42,8 @@ pub struct RoundLedger {
     pub refused: BTreeMap<String, u64>,
     /// Deltas signed by forging or equivocating attackers that honest nodes merged.
     pub attack_deltas_merged: u64,
+    /// States forged by sync attackers that honest nodes installed.
+    pub forged_states_installed: u64,
     pub messages_delivered: u64,
     pub messages_lost: u64,
     owed: u64,

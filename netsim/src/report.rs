@@ -77,6 +77,10 @@ pub struct Summary {
     /// nodes merged (the protocol's target is zero).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attack_deltas_merged: Option<u64>,
+    /// In a `sync-sybil` run: forged states honest nodes installed (the
+    /// protocol's target is zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forged_states_installed: Option<u64>,
     pub messages_delivered: u64,
     pub messages_lost: u64,
     /// Simulated time at the end (virtual mode), or wall time (live mode).

@@ -219,15 +219,22 @@ pub fn choose_root<P: Ord>(
         .map(|(offer, _)| offer)
 }
 
-/// How many distinct peers must announce a root before a node fetches it: two
-/// when two or more run peers are connected, so no single peer decides what a
-/// node installs; one when only one is.
-pub fn required_support(connected_peers: usize) -> usize {
-    if connected_peers >= 2 {
-        2
-    } else {
-        1
+/// Like [`choose_root`], but the root announced by the most peers wins, then
+/// the highest round: for a node repairing a divergence, where a root claimed
+/// far ahead by a few colluders must not beat the lineage most peers hold.
+pub fn choose_root_by_support<P: Ord>(
+    offers: &BTreeMap<P, (u64, [u8; 32])>,
+    required: usize,
+) -> Option<(u64, [u8; 32])> {
+    let mut support: BTreeMap<(u64, [u8; 32]), usize> = BTreeMap::new();
+    for offer in offers.values() {
+        *support.entry(*offer).or_default() += 1;
     }
+    support
+        .into_iter()
+        .filter(|(_, n)| *n >= required.max(1))
+        .max_by(|(a, na), (b, nb)| na.cmp(nb).then(a.0.cmp(&b.0)).then(b.1.cmp(&a.1)))
+        .map(|(offer, _)| offer)
 }
 
 #[cfg(test)]
@@ -292,7 +299,6 @@ mod tests {
         assert_eq!(choose_root(&offers, 1), Some((9, y)));
         let split: BTreeMap<u8, _> = [(1, (5, x)), (2, (5, y))].into();
         assert_eq!(choose_root(&split, 2), None);
-        assert_eq!(required_support(1), 1);
-        assert_eq!(required_support(5), 2);
+        assert_eq!(choose_root_by_support(&offers, 1), Some((5, x)), "more peers beat a higher round");
     }
 }

@@ -13,9 +13,12 @@
 //! round are expected from the start. A peer that connects to a running node
 //! during round r is expected from round r + 2: by then it has had a whole round
 //! to fetch the state of r + 1 and train on it. A joining node learns that round
-//! from the peer it syncs from and observes (no training, re-syncing at each new
-//! round) until then, rather than contribute to a round whose earlier deltas it
-//! never saw. Only expected nodes' deltas count toward the quorum, so an early
+//! from the peer it syncs from and observes until then, rather than contribute
+//! to a round whose earlier deltas it never saw: it does not train, but it
+//! merges its peers' deltas as a paused node does (its deadline counting from
+//! the round's first delta), so its state keeps up with theirs and what it
+//! announces to syncing nodes is the swarm's; a delta of a later round that
+//! overtakes it makes it sync again. Only expected nodes' deltas count toward the quorum, so an early
 //! delta from a newcomer cannot close a round before the nodes it waits for.
 //!
 //! Agreement is checked, not assumed. Each delta carries the lineage of the
@@ -333,7 +336,7 @@ impl RoundState {
     /// When the current round's deadline starts counting: our own publish, or
     /// while paused, the arrival of the round's first delta.
     fn deadline_from(&self) -> Option<u64> {
-        self.published_at.or(if self.paused { self.opened_at } else { None })
+        self.published_at.or(if self.paused || self.observing() { self.opened_at } else { None })
     }
 
     /// Whether we are sitting out the current round after a mid-round sync.
@@ -383,7 +386,7 @@ impl RoundState {
             })
             .map(|(k, _)| *k)
             .collect();
-        if !self.paused || self.published_at.is_some() {
+        if !(self.paused || self.observing()) || self.published_at.is_some() {
             set.insert(self.me);
         }
         set.extend(self.last_active.iter().filter(|(_, &r)| r >= horizon).map(|(k, _)| *k));

@@ -2,11 +2,16 @@
 //! [`crate::attack`]) and the honest side of equivocation: a node whose round
 //! state catches a key signing two deltas for one round floods the proof, and
 //! every node that receives it bans the key too (`Event::Ban`), as real nodes
-//! do over their proof topic.
+//! do over their proof topic. Sync attackers (`sync-sybil`) answer offer
+//! requests with a state they forged together and gossip lures for it.
 
 use std::rc::Rc;
 
-use starling_protocol::{engine::Input, DeltaId, PublicKey, SignedDelta};
+use starling_protocol::{
+    engine::Input,
+    wire::{SyncRequest, SyncResponse},
+    DeltaId, ModelState, PublicKey, SignedDelta, StateOffer, StateSnapshot,
+};
 
 use super::{Body, Engine, Message};
 use crate::attack::{self, AttackBehaviour, Junk};
@@ -171,6 +176,70 @@ impl Engine<'_> {
             }
         }
         self.apply(to, outputs)
+    }
+}
+
+impl Engine<'_> {
+    /// Whether `node` mounts the state-sync attack.
+    pub(super) fn sync_sybil(&self, node: usize) -> bool {
+        self.nodes[node].attacker && self.sc.attack.behaviour == AttackBehaviour::SyncSybil
+    }
+
+    /// The state the sync attackers collude on: far ahead of the swarm, the
+    /// same for all of them (its round steps by ten), worthless parameters.
+    fn forged_snapshot(&mut self) -> Rc<StateSnapshot> {
+        let round = (self.leading_round / 10 + 5) * 10;
+        if let Some(s) = self.forged.as_ref().filter(|s| s.manifest.round == round) {
+            return s.clone();
+        }
+        let mut h = blake3::Hasher::new_derive_key("starling netsim forged state");
+        h.update(&round.to_le_bytes());
+        let state = ModelState {
+            round,
+            lineage: *h.finalize().as_bytes(),
+            params: vec![1000.0; self.params],
+            momentum: vec![0.0; self.params],
+        };
+        self.forged_lineages.insert(state.lineage);
+        let snapshot = Rc::new(StateSnapshot::of(&state));
+        self.forged = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// A sync attacker's answer: the forged state's offer and chunks.
+    pub(super) fn forged_answer(&mut self, request: &SyncRequest) -> Option<SyncResponse> {
+        let forged = self.forged_snapshot();
+        match *request {
+            SyncRequest::Offer => Some(SyncResponse::Offer(StateOffer {
+                manifest: forged.manifest.clone(),
+                expected_from: forged.manifest.round,
+                deltas: Vec::new(),
+            })),
+            SyncRequest::Chunk { root, index } if root == forged.root => {
+                forged.chunk(index).map(|c| SyncResponse::Chunk(c.to_vec()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A sync attacker's lure: a validly signed delta far beyond the swarm's
+    /// round (a new round each time, so it is never an equivocation), so
+    /// that every node that sees it believes it is far behind.
+    pub(super) fn lure(&mut self, node: usize) {
+        let forged = self.forged_snapshot();
+        let mut values = vec![0.0; self.params];
+        values[0] = node as f32 + self.now as f32 * 1e-9;
+        let n = &self.nodes[node];
+        let delta = SignedDelta::sign(
+            &n.key,
+            self.run,
+            forged.manifest.round + n.state.round,
+            forged.manifest.lineage,
+            1,
+            self.codec,
+            self.codec.encode(&values),
+        );
+        self.publish(node, delta);
     }
 }
 

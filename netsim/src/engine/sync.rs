@@ -61,19 +61,28 @@ impl Engine<'_> {
         let answer = self.nodes[to].engine.serve(self.now / MS, asker, &request);
         let outputs = self.nodes[to].engine.take_outputs();
         self.apply(to, outputs)?;
-        let response = match answer {
-            Answer::Noted => SyncResponse::Noted,
-            Answer::Unavailable => SyncResponse::Unavailable,
-            Answer::Offer { expected_from, deltas } => {
-                let snapshot = self.snapshot_of(to);
-                SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from, deltas })
-            }
-            Answer::Chunk { root, index } => match &self.nodes[to].snapshot {
-                Some(s) if s.root == root => {
-                    s.chunk(index).map_or(SyncResponse::Unavailable, |c| SyncResponse::Chunk(c.to_vec()))
+        let forged = if self.sync_sybil(to) { self.forged_answer(&request) } else { None };
+        let response = if let Some(forged) = forged {
+            forged
+        } else {
+            match answer {
+                Answer::Noted => SyncResponse::Noted,
+                Answer::Unavailable => SyncResponse::Unavailable,
+                Answer::Offer { expected_from, deltas } => {
+                    let snapshot = self.snapshot_of(to);
+                    SyncResponse::Offer(StateOffer {
+                        manifest: snapshot.manifest.clone(),
+                        expected_from,
+                        deltas,
+                    })
                 }
-                _ => SyncResponse::Unavailable,
-            },
+                Answer::Chunk { root, index } => match &self.nodes[to].snapshot {
+                    Some(s) if s.root == root => {
+                        s.chunk(index).map_or(SyncResponse::Unavailable, |c| SyncResponse::Chunk(c.to_vec()))
+                    }
+                    _ => SyncResponse::Unavailable,
+                },
+            }
         };
         if id == RequestId(0) || !self.up(from) {
             return Ok(());
@@ -117,6 +126,9 @@ impl Engine<'_> {
     ) -> Vec<Output> {
         self.untrack(node);
         let round = state.round;
+        if self.forged_lineages.contains(&state.lineage) && !self.nodes[node].attacker {
+            self.ledger.forged_states_installed += 1;
+        }
         let n = &mut self.nodes[node];
         // The engine knows a training job from the old state is stale (and
         // says so when it returns); the epoch only changes with a crash.

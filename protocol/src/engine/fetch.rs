@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::chunks::{choose_root, ChunkAssembly, StateManifest, StateOffer};
+use crate::chunks::{choose_root, choose_root_by_support, ChunkAssembly, StateManifest, StateOffer};
 use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 use crate::snapshot::ModelState;
@@ -284,17 +284,23 @@ impl StateFetch {
             offers.iter().map(|(p, o)| (*p, (o.manifest.round, o.manifest.root()))).collect();
         // Peers that offered and left since still count: they were reached.
         let reached = reached.len().max(offers.len());
-        let required = match self.reason {
-            SyncReason::Probe => required_support(reached),
-            // A node that lags or merged a round mostly of another lineage
-            // takes the newest state two peers agree on. A strict majority
-            // is not live there yet: the peers that installed a state observe
-            // it until they contribute and keep announcing it, and a swarm a
-            // partition split into several lineages has no majority at all
-            // (netsim's partition-heal shows both). See the README's Sybil limits.
-            SyncReason::Behind | SyncReason::Diverged => reached.min(2),
+        let (required, chosen) = match self.reason {
+            SyncReason::Probe | SyncReason::Behind => {
+                let required = required_support(reached);
+                (required, choose_root(&announced, required))
+            }
+            // A node that merged a round mostly of another lineage repairs
+            // itself towards the root most peers announce (two at least). A
+            // strict majority would deadlock a swarm that a partition split
+            // into several lineages, none of them a majority (netsim's
+            // partition-heal shows it); by support first, a few colluders
+            // claiming a far round still lose to the lineage most peers hold.
+            SyncReason::Diverged => {
+                let required = reached.min(2);
+                (required, choose_root_by_support(&announced, required))
+            }
         };
-        let Some((round, root)) = choose_root(&announced, required) else {
+        let Some((round, root)) = chosen else {
             notes.push(Note::NoAgreement { offers: offers.len(), reached, required });
             return FetchStep::Ended { agreed: false };
         };

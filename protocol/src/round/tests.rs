@@ -389,20 +389,31 @@ fn a_newcomer_is_expected_from_the_round_it_announces() {
 }
 
 #[test]
-fn an_observer_sits_out_the_round_and_resyncs_when_the_next_begins() {
+fn an_observer_sits_out_but_follows_by_merging_its_peers_rounds() {
     let mut s = state();
     s.handle(0, Event::Synced { round: 5, expected_from: 7 });
     assert!(s.observing() && !s.wants_local());
-    assert!(s.handle(1, Event::PeerDelta(delta(2, 5, 2.0))).is_empty());
+    assert!(!s.active().contains(&PublicKey::of(&key(1))), "an observer is not in its own quorum");
+    // Its peers' deltas close its rounds, as for a paused node, so its state
+    // keeps up with theirs.
+    let (round, senders, _) =
+        merged(&s.handle(1, Event::PeerDelta(delta(2, 5, 2.0)))).expect("merges round 5");
+    assert_eq!((round, senders), (5, vec![PublicKey::of(&key(2))]));
+    assert!(s.observing(), "still observing round 6");
+    let (round, _, _) = merged(&s.handle(2, Event::PeerDelta(delta(2, 6, 2.0)))).expect("merges round 6");
+    assert_eq!(round, 6);
+    assert!(!s.observing() && s.wants_local(), "contributes from round 7");
+}
+
+#[test]
+fn an_observer_overtaken_by_a_later_round_syncs_again() {
+    let mut s = state();
+    s.handle(0, Event::Synced { round: 5, expected_from: 7 });
     let a = s.handle(2, Event::PeerDelta(delta(2, 6, 2.0)));
     assert!(matches!(a[0], Action::RequestState { round: 6, .. }), "{a:?}");
     s.handle(3, Event::Synced { round: 6, expected_from: 7 });
     assert!(s.observing(), "still observing round 6");
     assert_eq!(s.collected(), 1, "the buffered round-6 delta is kept");
-    let a = s.handle(4, Event::PeerDelta(delta(2, 7, 2.0)));
-    assert!(matches!(a[0], Action::RequestState { round: 7, .. }), "{a:?}");
-    s.handle(5, Event::Synced { round: 7, expected_from: 7 });
-    assert!(!s.observing() && s.wants_local());
 }
 
 #[test]
