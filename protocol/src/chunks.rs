@@ -208,15 +208,7 @@ pub fn choose_root<P: Ord>(
     offers: &BTreeMap<P, (u64, [u8; 32])>,
     required: usize,
 ) -> Option<(u64, [u8; 32])> {
-    let mut support: BTreeMap<(u64, [u8; 32]), usize> = BTreeMap::new();
-    for offer in offers.values() {
-        *support.entry(*offer).or_default() += 1;
-    }
-    support
-        .into_iter()
-        .filter(|(_, n)| *n >= required.max(1))
-        .max_by(|(a, na), (b, nb)| a.0.cmp(&b.0).then(na.cmp(nb)).then(b.1.cmp(&a.1)))
-        .map(|(offer, _)| offer)
+    best_supported(offers, required, |(a, na), (b, nb)| a.0.cmp(&b.0).then(na.cmp(nb)))
 }
 
 /// Like [`choose_root`], but the root announced by the most peers wins, then
@@ -226,6 +218,18 @@ pub fn choose_root_by_support<P: Ord>(
     offers: &BTreeMap<P, (u64, [u8; 32])>,
     required: usize,
 ) -> Option<(u64, [u8; 32])> {
+    best_supported(offers, required, |(a, na), (b, nb)| na.cmp(nb).then(a.0.cmp(&b.0)))
+}
+
+type Supported = ((u64, [u8; 32]), usize);
+
+/// The announced (round, root) with at least `required` peers behind it that
+/// `order` ranks highest; ties go to the smaller root.
+fn best_supported<P: Ord>(
+    offers: &BTreeMap<P, (u64, [u8; 32])>,
+    required: usize,
+    order: impl Fn(&Supported, &Supported) -> std::cmp::Ordering,
+) -> Option<(u64, [u8; 32])> {
     let mut support: BTreeMap<(u64, [u8; 32]), usize> = BTreeMap::new();
     for offer in offers.values() {
         *support.entry(*offer).or_default() += 1;
@@ -233,7 +237,7 @@ pub fn choose_root_by_support<P: Ord>(
     support
         .into_iter()
         .filter(|(_, n)| *n >= required.max(1))
-        .max_by(|(a, na), (b, nb)| na.cmp(nb).then(a.0.cmp(&b.0)).then(b.1.cmp(&a.1)))
+        .max_by(|a, b| order(a, b).then(b.0 .1.cmp(&a.0 .1)))
         .map(|(offer, _)| offer)
 }
 
