@@ -61,7 +61,7 @@ enum Happening {
     /// A node's round deadline may have passed.
     Deadline { node: usize },
     /// A sync request from `from` reached `to`.
-    SyncRequest { to: usize, from: usize, id: RequestId, request: SyncRequest },
+    SyncRequest { to: usize, from: usize, id: Option<RequestId>, request: SyncRequest },
     /// The answer to `node`'s request `id` came back (`None`: it failed).
     SyncAnswer { node: usize, id: RequestId, response: Option<SyncResponse>, epoch: u64 },
     /// A crashed node comes back.
@@ -256,6 +256,7 @@ pub fn run(sc: &Scenario, task: &dyn Task, progress: &mut dyn FnMut(u64, u64)) -
 impl<'a> Engine<'a> {
     fn new(sc: &'a Scenario, task: &'a dyn Task) -> Result<Self, SimError> {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(sc.seed);
+        let run = RunId(*blake3::hash(sc.name.as_bytes()).as_bytes());
         let initial = task.initial_params();
         let params = initial.len();
         let codec = sc.protocol.codec;
@@ -284,9 +285,8 @@ impl<'a> Engine<'a> {
         let mut engine = Self {
             sc,
             task,
-            run: RunId(*blake3::hash(sc.name.as_bytes()).as_bytes()),
-            rules: DeltaRules::new(RunId(*blake3::hash(sc.name.as_bytes()).as_bytes()), codec, params)
-                .with_max_samples(task.max_samples()),
+            run,
+            rules: DeltaRules::new(run, codec, params).with_max_samples(task.max_samples()),
             codec,
             outer: sc.protocol.outer(),
             config,
@@ -600,7 +600,10 @@ impl<'a> Engine<'a> {
                         queue.extend(more);
                     }
                 }
-                Output::Request { peer, id, request } => self.send_sync_request(node, peer, id, request),
+                Output::Request { peer, id, request } => {
+                    self.send_sync_request(node, peer, Some(id), request)
+                }
+                Output::Notify { peer, request } => self.send_sync_request(node, peer, None, request),
                 Output::Install { state, deltas, .. } => {
                     let more = self.install(node, state, deltas);
                     queue.extend(more);

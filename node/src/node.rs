@@ -577,8 +577,9 @@ impl Node {
                     let lineage = self.state.lineage;
                     queue.extend(self.engine.handle(self.now_ms(), Input::Merged { round, lineage }));
                 }
-                Output::Request { peer, id, request } => self.send_sync(peer, id, request),
-                Output::Install { state, from, expected_from, deltas, reason: _ } => {
+                Output::Request { peer, id, request } => self.send_sync(peer, Some(id), request),
+                Output::Notify { peer, request } => self.send_sync(peer, None, request),
+                Output::Install { state, from, expected_from, deltas } => {
                     self.install(state, from, expected_from, deltas)?;
                 }
                 // The 100 ms tick hands the engine its timers.
@@ -589,9 +590,8 @@ impl Node {
                 }
                 Output::Note(note) => self.log_note(note),
             }
-            self.publish_equivocations()?;
         }
-        Ok(())
+        self.publish_equivocations()
     }
 
     /// Trains round `round` from the current state on a blocking thread.

@@ -20,21 +20,22 @@ use crate::{link, SimError};
 const REQUEST_OVERHEAD: u64 = 64;
 
 impl Engine<'_> {
-    /// Sends one of `node`'s sync requests to `peer`. A peer that is down or on
-    /// the other side of a partition never answers: the request fails after
-    /// the request-response timeout, as it would over libp2p.
+    /// Sends one of `node`'s sync requests to `peer`; `id` is the engine's
+    /// when it waits for the answer. A peer that is down or on the other side
+    /// of a partition never answers: the request fails after the
+    /// request-response timeout, as it would over libp2p.
     pub(super) fn send_sync_request(
         &mut self,
         node: usize,
         peer: PublicKey,
-        id: RequestId,
+        id: Option<RequestId>,
         request: SyncRequest,
     ) {
         let Some(to) = self.index_of(&peer) else { return };
         let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
         let epoch = self.nodes[node].epoch;
         if !self.up(to) || self.nodes[to].side != self.nodes[node].side {
-            if id != RequestId(0) {
+            if let Some(id) = id {
                 let timeout = 10_000 * MS;
                 self.schedule(self.now + timeout, Happening::SyncAnswer { node, id, response: None, epoch });
             }
@@ -51,7 +52,7 @@ impl Engine<'_> {
         &mut self,
         to: usize,
         from: usize,
-        id: RequestId,
+        id: Option<RequestId>,
         request: SyncRequest,
     ) -> Result<(), SimError> {
         if !self.up(to) {
@@ -84,9 +85,7 @@ impl Engine<'_> {
                 },
             }
         };
-        if id == RequestId(0) || !self.up(from) {
-            return Ok(());
-        }
+        let Some(id) = id.filter(|_| self.up(from)) else { return Ok(()) };
         let bytes = wire::encode_sync_response(&response).len() as u64 + REQUEST_OVERHEAD;
         let round = self.nodes[from].state.round;
         self.ledger.sync_bytes(round, bytes);

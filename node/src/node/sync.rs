@@ -15,12 +15,12 @@ use super::{Node, NodeError, NodeEvent};
 use crate::{net, statesync::hex};
 
 impl Node {
-    /// Sends one of the engine's sync requests.
-    pub(super) fn send_sync(&mut self, peer: PublicKey, id: RequestId, request: SyncRequest) {
+    /// Sends one of the engine's sync requests; `id` is the engine's when it
+    /// waits for the answer (a joining notice's is not waited for).
+    pub(super) fn send_sync(&mut self, peer: PublicKey, id: Option<RequestId>, request: SyncRequest) {
         let Some(peer) = net::peer_id(&peer) else { return };
         let sent = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-        // Joining notices are not part of a fetch: their answers are not waited for.
-        if id != RequestId(0) {
+        if let Some(id) = id {
             self.sync_requests.insert(sent, id);
         }
     }

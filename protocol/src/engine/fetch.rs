@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::chunks::{choose_root, choose_root_by_support, ChunkAssembly, StateManifest, StateOffer};
+use crate::chunks::{choose_root, choose_root_by_support, ChunkAssembly, StateOffer};
 use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 use crate::snapshot::ModelState;
@@ -95,8 +95,6 @@ pub(super) struct StateFetch {
     max_state_bytes: usize,
     param_count: usize,
     config: FetchConfig,
-    /// Chunk bytes received that verified, over the fetch's life.
-    pub(super) chunk_bytes: u64,
 }
 
 impl StateFetch {
@@ -112,7 +110,6 @@ impl StateFetch {
             max_state_bytes,
             param_count,
             config,
-            chunk_bytes: 0,
         }
     }
 
@@ -180,7 +177,7 @@ impl StateFetch {
         &mut self,
         peer: &PublicKey,
         notes: &mut Vec<Note>,
-        wanted: impl Fn(&StateManifest) -> bool,
+        wanted: impl Fn(u64, [u8; 32]) -> bool,
     ) -> Option<FetchStep> {
         match &mut self.stage {
             Stage::Asking { waiting, reached, .. } => {
@@ -205,13 +202,13 @@ impl StateFetch {
     }
 
     /// A response (or `None`: the request failed) to request `id`; `wanted`
-    /// says whether a state with this manifest is worth fetching.
+    /// says whether a state of this round and lineage is worth fetching.
     pub(super) fn on_response(
         &mut self,
         id: RequestId,
         response: Option<SyncResponse>,
         notes: &mut Vec<Note>,
-        wanted: impl Fn(&StateManifest) -> bool,
+        wanted: impl Fn(u64, [u8; 32]) -> bool,
     ) -> Option<FetchStep> {
         match self.pending.remove(&id)? {
             Pending::Offer(peer) => {
@@ -239,11 +236,9 @@ impl StateFetch {
                 let Stage::Fetching { assembly, sources, .. } = &mut self.stage else { return None };
                 match response {
                     Some(SyncResponse::Chunk(bytes)) => {
-                        let len = bytes.len() as u64;
                         let copy = bytes.clone();
                         match assembly.insert(index, bytes) {
                             Ok(()) => {
-                                self.chunk_bytes += len;
                                 self.fresh.push((assembly.root(), index, copy));
                             }
                             Err(e) => {
@@ -267,7 +262,7 @@ impl StateFetch {
         &mut self,
         now: u64,
         notes: &mut Vec<Note>,
-        wanted: impl Fn(&StateManifest) -> bool,
+        wanted: impl Fn(u64, [u8; 32]) -> bool,
     ) -> Option<FetchStep> {
         match self.offers_due() {
             Some(due) if now >= due => Some(self.choose(notes, wanted)),
@@ -275,7 +270,7 @@ impl StateFetch {
         }
     }
 
-    fn choose(&mut self, notes: &mut Vec<Note>, wanted: impl Fn(&StateManifest) -> bool) -> FetchStep {
+    fn choose(&mut self, notes: &mut Vec<Note>, wanted: impl Fn(u64, [u8; 32]) -> bool) -> FetchStep {
         let Stage::Asking { reached, offers, .. } = std::mem::replace(&mut self.stage, Stage::Idle) else {
             unreachable!("choose is called while asking")
         };
@@ -309,7 +304,7 @@ impl StateFetch {
         let agreeing: Vec<&StateOffer> =
             offers.iter().filter(|(p, _)| sources.contains(p)).map(|(_, o)| o).collect();
         let manifest = agreeing[0].manifest.clone();
-        if !wanted(&manifest) {
+        if !wanted(manifest.round, manifest.lineage) {
             notes.push(Note::NotNewer { round });
             return FetchStep::Ended { agreed: true };
         }

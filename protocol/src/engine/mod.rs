@@ -30,7 +30,6 @@ pub mod fetch;
 use std::collections::BTreeSet;
 
 use crate::accountability::EquivocationProof;
-use crate::chunks::StateManifest;
 use crate::delta::{DeltaHeader, SignedDelta};
 use crate::keys::PublicKey;
 use crate::round::{self, Admission, CloseReason, RoundConfig, RoundState};
@@ -156,10 +155,12 @@ pub enum Output {
     Merge { round: u64, deltas: Vec<SignedDelta>, reason: CloseReason },
     /// Send a sync request; its answer comes back as [`Input::SyncResponse`].
     Request { peer: PublicKey, id: RequestId, request: SyncRequest },
+    /// Send a sync request whose answer nobody waits for (a joining notice).
+    Notify { peer: PublicKey, request: SyncRequest },
     /// Replace the state with this verified one, which a majority of the peers
     /// reached announced. `deltas` are the agreeing peers' deltas of its
     /// round: the driver validates each and hands it in as [`Input::PeerDelta`].
-    Install { state: ModelState, from: u64, expected_from: u64, deltas: Vec<SignedDelta>, reason: SyncReason },
+    Install { state: ModelState, from: u64, expected_from: u64, deltas: Vec<SignedDelta> },
     /// Hand in [`Input::Timer`] at this time (ms) or soon after.
     Timer(u64),
     /// The state reached the round limit.
@@ -293,10 +294,6 @@ impl Engine {
         let _ = self.rounds.handle(0, round::Event::PeerConnected(peer));
     }
 
-    pub fn me(&self) -> PublicKey {
-        self.me
-    }
-
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -311,19 +308,9 @@ impl Engine {
         self.round
     }
 
-    /// Connected run peers.
-    pub fn peers(&self) -> &BTreeSet<PublicKey> {
-        &self.peers
-    }
-
     /// Whether a state sync is under way.
     pub fn syncing(&self) -> bool {
         !self.fetch.is_idle()
-    }
-
-    /// Chunk bytes fetched that verified.
-    pub fn chunk_bytes(&self) -> u64 {
-        self.fetch.chunk_bytes
     }
 
     /// Chunks verified since the last call, to keep on disk: (root, index, bytes).
@@ -578,13 +565,13 @@ impl Engine {
     }
 
     /// Whether a state a majority agree on is worth installing.
-    fn wanted(&self) -> impl Fn(&StateManifest) -> bool {
+    fn wanted(&self) -> impl Fn(u64, [u8; 32]) -> bool {
         let (own_round, own_lineage, observing, reason) =
             (self.round, self.lineage, self.rounds.observing(), self.fetch.reason);
-        move |m: &StateManifest| match reason {
-            SyncReason::Probe => m.round > own_round,
-            SyncReason::Behind => m.round > own_round || (observing && m.lineage != own_lineage),
-            SyncReason::Diverged => m.round > own_round || (m.round == own_round && m.lineage != own_lineage),
+        move |round, lineage| match reason {
+            SyncReason::Probe => round > own_round,
+            SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
+            SyncReason::Diverged => round > own_round || (round == own_round && lineage != own_lineage),
         }
     }
 
@@ -655,13 +642,7 @@ impl Engine {
     fn finish_fetch(&mut self, now: u64, ready: Ready) {
         let reason = self.fetch.reason;
         let Ready { state, expected_from, deltas } = ready;
-        let manifest_like = StateManifest {
-            round: state.round,
-            lineage: state.lineage,
-            total_len: 0,
-            chunk_hashes: Vec::new(),
-        };
-        if !(self.wanted())(&manifest_like) {
+        if !(self.wanted())(state.round, state.lineage) {
             self.out.push(Output::Note(Note::Outdated { round: state.round }));
             self.after_sync(now, reason);
             return;
@@ -671,17 +652,13 @@ impl Engine {
         self.lineage = state.lineage;
         // A training job from the old state is dropped when it comes back
         // (`wants_trained`), and the next one starts from the new state.
-        self.out.push(Output::Install { state, from, expected_from, deltas, reason });
+        self.out.push(Output::Install { state, from, expected_from, deltas });
         self.round_event(now, round::Event::Synced { round: self.round, expected_from });
         if self.rounds.observing() {
             // Peers saw us connect in rounds of their own; tell them all the one
             // our source gave, so none waits for us before then.
             for peer in self.peers.clone() {
-                self.out.push(Output::Request {
-                    peer,
-                    id: RequestId(0),
-                    request: SyncRequest::Joining { from: expected_from },
-                });
+                self.out.push(Output::Notify { peer, request: SyncRequest::Joining { from: expected_from } });
             }
         }
         if self.done() && self.phase == Phase::Running {
