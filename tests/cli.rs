@@ -152,7 +152,7 @@ fn init_key_spec_run_export_and_config_dump() {
     let exported =
         ok(&["export", "--format", "safetensors", "--out", &model_path, "--datadir", &a], &[]).stdout;
     assert!(exported.contains("exported round 2"), "{exported}");
-    let model = starling_node::models::Model::new(&spec.model).unwrap();
+    let model = starling_training::models::Model::new(&spec.model).unwrap();
     let expected: BTreeMap<String, Vec<usize>> =
         model.named_vars().iter().map(|(name, var)| (name.clone(), var.dims().to_vec())).collect();
     assert!(expected.len() > 1, "the model has several variables");

@@ -6,11 +6,10 @@ mod common;
 use std::time::Duration;
 
 use starling_node::{
-    local_swarm::node_key,
     net::NetOptions,
     node::{run_node, NodeEvent, NodeOptions},
 };
-use starling_protocol::{round::CloseReason, PublicKey};
+use starling_protocol::{keys::node_key, round::CloseReason, PublicKey};
 use tokio::sync::{mpsc, watch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::{test_spec, write_spec, NodeProcess};
-use starling_node::{
-    data::SyntheticTask,
-    model::Mlp,
-    node::shard_seed,
-    trainer::{train_alone, Trainer},
-};
 use starling_protocol::{consensus_distance, PublicKey};
 use starling_storage::Store;
+use starling_training::{
+    data::SyntheticTask,
+    datasets::shard_seed,
+    model::Mlp,
+    trainer::{train_alone, Trainer},
+};
 
 const ROUNDS: u64 = 8;
 

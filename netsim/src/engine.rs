@@ -355,7 +355,7 @@ impl<'a> Engine<'a> {
         probe: bool,
     ) -> Result<usize, SimError> {
         let index = self.nodes.len();
-        let key = starling_node::local_swarm::node_key(self.sc.seed, index);
+        let key = starling_protocol::keys::node_key(self.sc.seed, index);
         let public = PublicKey::of(&key);
         let poisoned = attacker && self.sc.attack.behaviour == crate::attack::AttackBehaviour::LabelFlip;
         let model = self.task.node_model(index, &public, poisoned).map_err(SimError::Workload)?;

@@ -8,8 +8,12 @@
 //! its inputs.
 
 use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
-use starling_node::{data::SyntheticTask, datasets::TrainData, node::shard_seed, trainer::Trainer};
 use starling_protocol::{PublicKey, RunSpec};
+use starling_training::{
+    data::SyntheticTask,
+    datasets::{shard_seed, TrainData},
+    trainer::Trainer,
+};
 
 use crate::scenario::{Scenario, Workload};
 
@@ -66,8 +70,8 @@ pub fn task(scenario: &Scenario) -> Result<Box<dyn Task>, String> {
             let spec = candle_spec(&scenario.workload, RunSpec::builtin())?;
             let data = SyntheticTask::new(&spec).map_err(|e| e.to_string())?;
             let eval = data.eval_set().into();
-            let initial =
-                starling_node::models::initial_params(&spec.model, spec.seed).map_err(|e| e.to_string())?;
+            let initial = starling_training::models::initial_params(&spec.model, spec.seed)
+                .map_err(|e| e.to_string())?;
             Ok(Box::new(Candle { spec, data, eval, initial }))
         }
     }
@@ -193,7 +197,7 @@ impl Task for Candle {
     }
 
     fn evaluate(&self, params: &[f32]) -> Result<Score, String> {
-        let e = starling_node::trainer::evaluate(&self.spec.model, params, &self.eval)
+        let e = starling_training::trainer::evaluate(&self.spec.model, params, &self.eval)
             .map_err(|e| e.to_string())?;
         Ok(Score { loss: e.loss as f64, accuracy: Some(e.accuracy as f64) })
     }

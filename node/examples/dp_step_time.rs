@@ -9,13 +9,13 @@
 
 use std::time::Instant;
 
-use starling_node::data::Dataset;
-use starling_node::fast::FastTrainer;
-use starling_node::model::Mlp;
-use starling_node::optim::InnerRule;
-use starling_node::privacy::{DpSgd, NoiseRng};
-use starling_node::trainer::Trainer;
 use starling_protocol::{ModelSpec, RunSpec};
+use starling_training::data::Dataset;
+use starling_training::fast::FastTrainer;
+use starling_training::model::Mlp;
+use starling_training::optim::InnerRule;
+use starling_training::privacy::{DpSgd, NoiseRng};
+use starling_training::trainer::Trainer;
 
 const SHARD: usize = 5000;
 const STEPS: u32 = 20;

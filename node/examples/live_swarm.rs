@@ -7,12 +7,9 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use clap::{Parser, ValueEnum};
-use starling_node::{
-    data::SyntheticTask,
-    local_swarm::{run_swarm, Bootstrap, Evaluate, Membership, NodeRound, SwarmOptions},
-    trainer::Trainer,
-};
+use starling_node::local_swarm::{run_swarm, Bootstrap, Evaluate, Membership, NodeRound, SwarmOptions};
 use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
+use starling_training::{data::SyntheticTask, trainer::Trainer};
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
@@ -167,7 +164,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn time_one_node(spec: &RunSpec) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let task = SyntheticTask::new(spec)?;
     let mut trainer = Trainer::new(spec, task.shard(1, spec.dataset.samples_per_node), 1)?;
-    let start = starling_node::models::initial_params(&spec.model, spec.seed)?;
+    let start = starling_training::models::initial_params(&spec.model, spec.seed)?;
     trainer.train_round(&start, spec.inner.steps)?; // warm-up
     let t = Instant::now();
     let outcome = trainer.train_round(&start, spec.inner.steps)?;

@@ -8,10 +8,11 @@
 
 use std::time::Instant;
 
-use starling_node::data::{Dataset, SyntheticTask};
-use starling_node::model::Mlp;
-use starling_node::trainer::{evaluate, train_alone, Evaluation, TrainError};
 use starling_protocol::RunSpec;
+use starling_training::data::{Dataset, SyntheticTask};
+use starling_training::error::TrainError;
+use starling_training::model::Mlp;
+use starling_training::trainer::{evaluate, train_alone, Evaluation};
 
 const NODES: u64 = 4;
 const STEPS_ONE_SHARD: u64 = 1000;

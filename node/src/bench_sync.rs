@@ -10,11 +10,10 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use starling_protocol::RunSpec;
+use starling_protocol::{keys::node_key, RunSpec};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    local_swarm::node_key,
     net::{throttle::BandwidthLimits, NetOptions},
     node::{run_node_with, HarnessHooks, NodeEvent, NodeOptions},
 };

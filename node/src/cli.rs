@@ -165,7 +165,7 @@ pub struct RunArgs {
     pub workload: WorkloadArgs,
     /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
     #[arg(long)]
-    pub shard: Option<crate::datasets::Shard>,
+    pub shard: Option<starling_training::datasets::Shard>,
     /// Where each option came from; filled in by [`crate::config::parse_from`].
     #[arg(skip)]
     pub provenance: crate::config::Provenance,

@@ -1,32 +1,23 @@
-//! The Starling node: networking, training and the event loop that drives the protocol.
+//! The Starling node: networking and the event loop that drives the protocol,
+//! training through `starling_training`.
 
-pub mod alloc;
 pub mod bench;
 pub mod bench_sync;
 pub mod cli;
 pub mod config;
-pub mod data;
-pub mod datasets;
 pub mod dirs;
-pub mod fast;
 pub mod hints;
 pub mod http;
-pub mod init;
 pub mod inspect;
 pub mod limits;
 pub mod local_swarm;
 pub mod logging;
 pub mod metrics;
-pub mod model;
-pub mod models;
 pub mod net;
 pub mod net_cli;
 pub mod node;
 pub mod operator_cli;
-pub mod optim;
-pub mod privacy;
 pub mod progress;
 pub mod statesync;
 pub mod status;
-pub mod trainer;
 pub mod workload_cli;

@@ -10,17 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ed25519_dalek::SigningKey;
 use libp2p::Multiaddr;
 use rand::{rngs::Xoshiro256PlusPlus, SeedableRng};
-use starling_protocol::{round::CloseReason, PublicKey, RunSpec};
+use starling_protocol::{keys::node_key, round::CloseReason, PublicKey, RunSpec};
+use starling_training::datasets::Shard;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
 
 use crate::{
-    datasets::Shard,
     net::{NetOptions, Transport},
     node::{
         run_node_with, DataOptions, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport,
@@ -223,17 +222,9 @@ pub enum SwarmError {
     #[error("cannot create a temporary datadir: {0}")]
     TempDir(std::io::Error),
     #[error(transparent)]
-    Train(#[from] crate::trainer::TrainError),
+    Train(#[from] starling_training::error::TrainError),
     #[error("data: {0}")]
     Data(String),
-}
-
-/// The key of node `index` in a swarm seeded with `seed`.
-pub fn node_key(seed: u64, index: usize) -> SigningKey {
-    let mut h = blake3::Hasher::new_derive_key("starling 2026-11 local swarm node key v1");
-    h.update(&seed.to_le_bytes());
-    h.update(&(index as u64).to_le_bytes());
-    SigningKey::from_bytes(h.finalize().as_bytes())
 }
 
 /// The earlier nodes each node dials, by index.
@@ -609,12 +600,5 @@ mod tests {
         assert_eq!(degrees.iter().sum::<usize>(), 2 * plan.iter().map(Vec::len).sum::<usize>());
         assert_eq!(bootstrap_plan(4, Bootstrap::Auto, 9), bootstrap_plan(4, Bootstrap::FullMesh, 9));
         assert_eq!(bootstrap_plan(4, Bootstrap::FullMesh, 9)[3], vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn node_keys_are_deterministic_and_distinct() {
-        assert_eq!(node_key(1, 0).to_bytes(), node_key(1, 0).to_bytes());
-        assert_ne!(node_key(1, 0).to_bytes(), node_key(1, 1).to_bytes());
-        assert_ne!(node_key(1, 0).to_bytes(), node_key(2, 0).to_bytes());
     }
 }

@@ -8,7 +8,7 @@ use starling_node::{
 
 fn main() -> std::process::ExitCode {
     // Before the runtime starts any thread.
-    starling_node::alloc::tune_for_training();
+    starling_training::alloc::tune_for_training();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,15 +32,18 @@ use starling_protocol::{
     SignedDelta,
 };
 use starling_storage::{Store, StoreError};
+use starling_training::{
+    datasets::{shard_seed, Shard, TrainData, Workload},
+    error::TrainError,
+    trainer::{Evaluation, TrainOutcome, Trainer},
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    datasets::{Shard, TrainData, Workload},
     metrics::{NodeMetrics, Traffic},
     net::{self, Behaviour, BehaviourEvent, NetOptions},
     statesync::SnapshotCache,
-    trainer::{Evaluation, TrainError, TrainOutcome, Trainer},
 };
 
 /// Everything a node needs to run.
@@ -176,7 +179,7 @@ pub enum NodeError {
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error(transparent)]
-    Privacy(#[from] crate::privacy::PrivacyError),
+    Privacy(#[from] starling_training::privacy::PrivacyError),
     #[error("data: {0}")]
     Data(String),
     #[error(transparent)]
@@ -370,12 +373,12 @@ impl Node {
             }
             None if !scan.skipped.is_empty() => {
                 warn!("no checkpoint is readable; starting from genesis and syncing the swarm's state from peers");
-                let state = ModelState::initial(crate::init::initial_params(&spec)?);
+                let state = ModelState::initial(starling_training::init::initial_params(&spec)?);
                 store.save_checkpoint(&state, &[])?;
                 (state, Vec::new())
             }
             None => {
-                let state = ModelState::initial(crate::init::initial_params(&spec)?);
+                let state = ModelState::initial(starling_training::init::initial_params(&spec)?);
                 store.save_checkpoint(&state, &[])?;
                 (state, Vec::new())
             }
@@ -755,10 +758,4 @@ impl Node {
             peer_scores: self.peer_scores(),
         }
     }
-}
-
-/// The seed of a node's own data shard: derived from its key, so every node
-/// holds different data from the same distribution.
-pub fn shard_seed(key: &PublicKey) -> u64 {
-    u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"))
 }

@@ -231,7 +231,11 @@ pub async fn export(args: &ExportArgs) -> Result<()> {
     })?;
     match args.format {
         ExportFormat::Safetensors => {
-            let bytes = crate::init::encode(&spec, &checkpoint.state.params, Some(checkpoint.state.round))?;
+            let bytes = starling_training::init::encode(
+                &spec,
+                &checkpoint.state.params,
+                Some(checkpoint.state.round),
+            )?;
             write_out(&args.out, &bytes)?;
         }
     }
@@ -242,7 +246,7 @@ pub async fn export(args: &ExportArgs) -> Result<()> {
         checkpoint.state.params.len(),
         args.out.display()
     );
-    let model = crate::models::Model::new(&spec.model)?;
+    let model = starling_training::models::Model::new(&spec.model)?;
     for (name, var) in model.named_vars() {
         println!("  {name} {:?}", var.dims());
     }
@@ -263,9 +267,9 @@ async fn export_from_running(args: &ExportArgs, datadir: &Datadir) -> Result<()>
     write_out(&args.out, &bytes)?;
     println!(
         "exported round {} of run {} from the node running on {} to {}",
-        meta.get(crate::init::ROUND_KEY).map_or("?", String::as_str),
+        meta.get(starling_training::init::ROUND_KEY).map_or("?", String::as_str),
         // The run id's first 8 bytes, as `RunId::short` prints them.
-        meta.get(crate::init::RUN_ID_KEY).map_or("?", |id| id.get(..16).unwrap_or(id)),
+        meta.get(starling_training::init::RUN_ID_KEY).map_or("?", |id| id.get(..16).unwrap_or(id)),
         datadir.root().display(),
         args.out.display()
     );

@@ -8,8 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use starling_protocol::{spec::CnnSpec, DatasetKind, ModelSpec, RunSpec};
-
-use crate::{
+use starling_training::{
     data::Dataset,
     datasets::{glyphs, text, Shard, TrainData, Workload},
     trainer::{evaluate, train_alone, Trainer},
@@ -39,10 +38,11 @@ impl WorkloadArgs {
         self.device.device()?;
         if let Some(path) = &self.init {
             spec.init = Some(
-                crate::init::init_spec(path)
+                starling_training::init::init_spec(path)
                     .with_context(|| format!("--init {} is not usable", path.display()))?,
             );
-            crate::init::initial_params(&spec).with_context(|| format!("--init {}", path.display()))?;
+            starling_training::init::initial_params(&spec)
+                .with_context(|| format!("--init {}", path.display()))?;
         }
         Ok(spec)
     }
@@ -182,7 +182,7 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let all = workload.union(&shards)?;
     let eval = workload.eval();
-    let initial = crate::init::initial_params(&spec)?;
+    let initial = starling_training::init::initial_params(&spec)?;
     let steps = args.nodes as u64 * args.rounds * spec.inner.steps as u64;
     let before = evaluate(&spec.model, &initial, &eval)?;
     let train_samples = all.len();
@@ -298,15 +298,15 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     };
     spec.inner.batch_size = args.batch;
     let n = 4096;
-    let mut rng = crate::data::rng_for(&[0xbe_c4, 1]);
+    let mut rng = starling_training::data::rng_for(&[0xbe_c4, 1]);
     let data = Dataset {
-        features: (0..n * 784).map(|_| crate::data::uniform01(&mut rng) as f32).collect(),
+        features: (0..n * 784).map(|_| starling_training::data::uniform01(&mut rng) as f32).collect(),
         labels: (0..n).map(|i| (i % 10) as u32).collect(),
         dim: 784,
         classes: 10,
     };
     let mut trainer = Trainer::new_on(&spec, TrainData::Labelled(data), 1, &device)?;
-    let start = crate::models::initial_params(&spec.model, 1)?;
+    let start = starling_training::models::initial_params(&spec.model, 1)?;
     let warm = trainer.train_round(&start, 10)?;
     let t = Instant::now();
     trainer.train_round(&warm.params, args.steps.max(1))?;

@@ -1,4 +1,5 @@
-//! Node public keys as they appear on the wire: 32 raw ed25519 bytes.
+//! Node public keys as they appear on the wire: 32 raw ed25519 bytes; and the
+//! seeded keys of simulated and local swarms.
 
 use std::fmt;
 
@@ -49,5 +50,26 @@ impl fmt::Display for PublicKey {
             write!(f, "{b:02x}")?;
         }
         Ok(())
+    }
+}
+
+/// The key of node `index` in a swarm seeded with `seed`: the local swarm, its
+/// benches and tests, and netsim derive the same keys from the same seed.
+pub fn node_key(seed: u64, index: usize) -> ed25519_dalek::SigningKey {
+    let mut h = blake3::Hasher::new_derive_key("starling 2026-11 local swarm node key v1");
+    h.update(&seed.to_le_bytes());
+    h.update(&(index as u64).to_le_bytes());
+    ed25519_dalek::SigningKey::from_bytes(h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_keys_are_deterministic_and_distinct() {
+        assert_eq!(node_key(1, 0).to_bytes(), node_key(1, 0).to_bytes());
+        assert_ne!(node_key(1, 0).to_bytes(), node_key(1, 1).to_bytes());
+        assert_ne!(node_key(1, 0).to_bytes(), node_key(2, 0).to_bytes());
     }
 }

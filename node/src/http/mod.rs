@@ -229,7 +229,7 @@ async fn model(State(control): State<NodeControl>) -> Response {
         Err(e) => return unavailable(e),
     };
     let encoded = tokio::task::spawn_blocking(move || {
-        crate::init::encode(&snapshot.spec, &snapshot.params, Some(snapshot.round))
+        starling_training::init::encode(&snapshot.spec, &snapshot.params, Some(snapshot.round))
             .map(|bytes| (snapshot.round, bytes))
     })
     .await;

@@ -5,13 +5,13 @@ use std::{collections::BTreeMap, io::Write, time::Duration, time::Instant};
 
 use serde::Serialize;
 use starling_protocol::consensus_distance;
-
-use super::{SwarmError, SwarmOptions};
-use crate::{
-    datasets::{Shard, TrainData, Workload},
-    node::{shard_seed, NodeOutcome, RoundReport},
+use starling_training::{
+    datasets::{shard_seed, Shard, TrainData, Workload},
     trainer::{evaluate, train_alone},
 };
+
+use super::{SwarmError, SwarmOptions};
+use crate::node::{NodeOutcome, RoundReport};
 
 /// The figures of a finished local swarm.
 #[derive(Clone, Debug, Serialize)]
@@ -61,7 +61,7 @@ pub(super) fn summarize(
     wall: Instant,
 ) -> Result<SwarmSummary, SwarmError> {
     let spec = &options.spec;
-    let data_error = |e: crate::data::DataError| SwarmError::Data(e.to_string());
+    let data_error = |e: starling_training::data::DataError| SwarmError::Data(e.to_string());
     let workload = Workload::open(spec, options.dataset.as_ref()).map_err(data_error)?;
     let eval = workload.eval();
     let mut accuracies = Vec::new();
@@ -82,7 +82,7 @@ pub(super) fn summarize(
             .collect::<Result<Vec<TrainData>, _>>()
             .map_err(data_error)?;
         let all = workload.union(&shards).map_err(data_error)?;
-        let initial = crate::init::initial_params(spec)?;
+        let initial = starling_training::init::initial_params(spec)?;
         let steps = options.rounds * spec.inner.steps as u64 * outcomes.len() as u64;
         let central = train_alone(spec, all, &initial, steps, spec.seed)?;
         (Some(evaluate(&spec.model, &central, &eval)?), central_start.elapsed().as_secs_f64())

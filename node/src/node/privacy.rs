@@ -11,11 +11,11 @@
 use starling_protocol::privacy::{Accountant, PrivacyLevel};
 use starling_protocol::{engine::Input, RunSpec};
 use starling_storage::Store;
+use starling_training::privacy::{pseudo_gradient::clip_and_noise, NoiseRng, PrivacyBudget, PrivacyError};
+use starling_training::trainer::Trainer;
 use tracing::{info, warn};
 
 use super::{Node, NodeError};
-use crate::privacy::{pseudo_gradient::clip_and_noise, NoiseRng, PrivacyBudget, PrivacyError};
-use crate::trainer::Trainer;
 
 /// A private node's budget and noise.
 pub(super) struct NodePrivacy {

@@ -7,8 +7,8 @@ use std::{collections::HashMap, path::Path};
 use candle_core::{Device, Tensor};
 use starling_protocol::{InitSpec, RunSpec};
 
+use crate::error::TrainError;
 use crate::models::{initial_params as seeded, Model};
-use crate::trainer::TrainError;
 
 /// The parameters of round 0, in canonical order.
 pub fn initial_params(spec: &RunSpec) -> Result<Vec<f32>, TrainError> {

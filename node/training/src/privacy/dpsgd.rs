@@ -23,10 +23,10 @@ use starling_protocol::ModelSpec;
 use super::NoiseRng;
 use crate::data::Dataset;
 use crate::datasets::TrainData;
+use crate::error::TrainError;
 use crate::fast::FastTrainer;
 use crate::models::{Batch, Model};
 use crate::optim::FusedOptimizer;
-use crate::trainer::TrainError;
 
 /// Keeps the norm of an all-zero gradient away from a division by zero.
 const NORM_FLOOR: f64 = 1e-12;

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
 
 use crate::data::{rng_for, uniform01};
-use crate::trainer::TrainError;
+use crate::error::TrainError;
 
 // Keeps initial weights on a stream of their own, apart from the data's.
 const TAG_INIT: u64 = 0x696e_6974_0000_0004;

@@ -10,8 +10,8 @@ use candle_nn::{VarBuilder, VarMap};
 use starling_protocol::ModelSpec;
 
 use crate::data::{rng_for, uniform01};
+use crate::error::TrainError;
 use crate::model::Mlp;
-use crate::trainer::TrainError;
 
 pub mod cnn;
 pub mod transformer;

@@ -248,7 +248,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// A generator seeded from `parts` through SplitMix64-style mixing, so that seeds
 /// differing in any part (or in the domain tag) give unrelated streams.
-pub(crate) fn rng_for(parts: &[u64]) -> Xoshiro256PlusPlus {
+pub fn rng_for(parts: &[u64]) -> Xoshiro256PlusPlus {
     let mut h: u64 = 0x5374_6172_6c69_6e67; // "Starling"
     for &p in parts {
         h = splitmix(h ^ splitmix(p));
@@ -264,7 +264,7 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 /// Uniform in `[0, 1)` with 53 random bits.
-pub(crate) fn uniform01(rng: &mut impl Rng) -> f64 {
+pub fn uniform01(rng: &mut impl Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 

@@ -13,8 +13,9 @@ use crate::optim::{FusedOptimizer, InnerRule};
 use rand::rngs::Xoshiro256PlusPlus;
 use starling_protocol::RunSpec;
 
-use crate::data::{below, rng_for, DataError};
+use crate::data::{below, rng_for};
 use crate::datasets::{Corpus, TrainData};
+use crate::error::TrainError;
 use crate::fast::{fast_path_allowed, FastTrainer, TrainPath};
 use crate::models::{Batch, Model};
 use starling_protocol::ModelSpec;
@@ -23,31 +24,6 @@ use starling_protocol::ModelSpec;
 const TAG_SAMPLER: u64 = 0x7361_6d70_6c65_0005;
 /// Rows per forward pass when evaluating: bounds memory whatever the data size.
 const EVAL_CHUNK: usize = 1024;
-
-/// Why training or evaluation could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("model.layers {layers:?} is not a usable MLP: {reason}")]
-    BadLayers { layers: Vec<usize>, reason: &'static str },
-    #[error("expected {expected} parameters for this model, got {got}; the parameters belong to another model.layers")]
-    ParamCount { expected: usize, got: usize },
-    #[error("parameter {index} is {value}; refusing to train from or evaluate non-finite parameters")]
-    NonFinite { index: usize, value: f32 },
-    #[error("training diverged at step {step}: loss is {loss}; lower inner.lr")]
-    Diverged { step: u64, loss: f32 },
-    #[error("data does not fit the model: {0}")]
-    DataMismatch(String),
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error("{0} must be at least 1")]
-    Zero(&'static str),
-    #[error("a model's variable store was poisoned by a panic in another thread")]
-    Poisoned,
-    #[error("initial weights file {path} is not usable: {reason}; fix the spec's init or --init")]
-    Init { path: String, reason: String },
-}
 
 /// What one round of local training produced.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use starling_protocol::{spec::DatasetKind, ModelSpec, Partition, RunSpec};
+use starling_protocol::{spec::DatasetKind, ModelSpec, Partition, PublicKey, RunSpec};
 
 use crate::data::{rng_for, DataError, Dataset, SyntheticTask};
 
@@ -53,6 +53,12 @@ impl From<Dataset> for TrainData {
     fn from(d: Dataset) -> Self {
         TrainData::Labelled(d)
     }
+}
+
+/// The seed of a node's own data shard: derived from its key, so every node
+/// holds different data from the same distribution.
+pub fn shard_seed(key: &PublicKey) -> u64 {
+    u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"))
 }
 
 /// Which of `count` shards a node trains on.
@@ -338,7 +344,7 @@ mod tests {
 
     #[test]
     fn every_spec_in_the_repository_parses() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../specs");
         let mut seen = 0;
         for file in files_under(&dir).unwrap() {
             let text = std::fs::read_to_string(&file).unwrap();
