@@ -25,7 +25,7 @@ use libp2p::{
     swarm::{dial_opts::DialOpts, DialError},
     Multiaddr, PeerId, Swarm,
 };
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{first_dials::LISTEN_GRACE, reach::relay_peer, Behaviour};
 
@@ -164,7 +164,9 @@ impl Upkeep {
     pub fn on_connected(&mut self, peer: PeerId, dialled: Option<&Multiaddr>, now: Instant) {
         let Some(known) = self.entry(peer, now) else { return };
         known.connected_since.get_or_insert(now);
-        known.dialing_until = None;
+        if known.dialing_until.take().is_some() {
+            info!(%peer, failures = known.failures, "reconnected to a known peer");
+        }
         known.last_heard = now;
         if let Some(address) = dialled {
             known.add_address(without_peer(address, &peer));
@@ -238,7 +240,8 @@ impl Upkeep {
     /// the behaviours know), never a peer connected or being dialled already.
     pub fn redial(&mut self, swarm: &mut Swarm<Behaviour>, run_peers: usize, now: Instant) {
         for (peer, addresses) in self.due(run_peers, now) {
-            debug!(%peer, ?addresses, run_peers, target = self.target, "dialling a known peer again");
+            let failures = self.peers.get(&peer).map_or(0, |k| k.failures);
+            info!(%peer, ?addresses, failures, run_peers, target = self.target, "dialling a known peer again");
             let dial =
                 DialOpts::peer_id(peer).addresses(addresses).extend_addresses_through_behaviour().build();
             match swarm.dial(dial) {
