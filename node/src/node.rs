@@ -196,19 +196,6 @@ const LEAVE_TIME: Duration = Duration::from_millis(400);
 /// How long an accepted delta waits before gossipsub may forward it (see [`net::forward_hold`]).
 const FORWARD_HOLD: Duration = Duration::from_millis(25);
 
-/// Most peers remembered as met, for the scores in the outcome.
-const MAX_MET_PEERS: usize = 1024;
-
-/// Most of our sync requests in flight. The engine asks at most 64 peers for
-/// offers and keeps 4 chunk requests per source in flight, so an honest sync
-/// stays far below; past it, a request is failed at once rather than sent.
-const MAX_SYNC_REQUESTS: usize = 1024;
-
-/// Most peers blocked for a key a private run does not allow. Such a peer is
-/// refused on every connection whatever the block list says; the list only
-/// spares the handshakes, so past the bound the oldest is unblocked.
-const MAX_REFUSED_BLOCKS: usize = 4096;
-
 /// A trainer handed back with the round and the state hash it trained from.
 type TrainDone = (Trainer, u64, [u8; 32], Result<TrainOutcome, TrainError>);
 
@@ -233,10 +220,10 @@ struct Node {
     /// Refusals by reason. Bound: the reasons are the node's fixed labels.
     refused_by_reason: BTreeMap<String, u64>,
     /// Peers that subscribed to the run, for the scores in the outcome.
-    /// Bound: [`MAX_MET_PEERS`], the oldest met forgotten past it.
+    /// Bound: [`bounded::MAX_MET_PEERS`], the oldest met forgotten past it.
     met_peers: bounded::RecentSet<PeerId>,
     /// Peers blocked because a private run does not allow their key. Bound:
-    /// [`MAX_REFUSED_BLOCKS`], the oldest unblocked past it.
+    /// [`bounded::MAX_REFUSED_BLOCKS`], the oldest unblocked past it.
     refused_blocks: bounded::RecentSet<PeerId>,
     metrics: NodeMetrics,
     /// The node's protocol: phases, rounds, state sync.
@@ -262,7 +249,7 @@ struct Node {
     /// peer leaves it when its last connection closes).
     run_peers: BTreeSet<PeerId>,
     /// The engine's ids of the sync requests in flight. Bound:
-    /// [`MAX_SYNC_REQUESTS`]; each leaves on its answer or its failure
+    /// [`bounded::MAX_SYNC_REQUESTS`]; each leaves on its answer or its failure
     /// (request-response times every request out).
     sync_requests: HashMap<request_response::OutboundRequestId, RequestId>,
     /// Per-peer rate limits on the offer and chunk requests this node answers.
@@ -334,7 +321,7 @@ pub async fn run_node_controlled(
             event = node.swarm.select_next_some() => node.on_swarm_event(event)?,
             Some(done) = train_rx.recv() => node.on_trained(done)?,
             request = control::next_request(&mut control) => node.on_control(request)?,
-            _ = wait_until(node.held_forwards.next_due()) => node.release_forwards(),
+            _ = net::forward_hold::sleep_until(node.held_forwards.next_due()) => node.release_forwards(),
             _ = tick.tick() => {
                 if node.on_tick()? {
                     break;
@@ -504,8 +491,8 @@ impl Node {
             refusals: bounded::BoundedCounts::new(starling_storage::MAX_REFUSAL_RECORDS),
             refusals_dirty: false,
             refused_by_reason: BTreeMap::new(),
-            met_peers: bounded::RecentSet::new(MAX_MET_PEERS),
-            refused_blocks: bounded::RecentSet::new(MAX_REFUSED_BLOCKS),
+            met_peers: bounded::RecentSet::new(bounded::MAX_MET_PEERS),
+            refused_blocks: bounded::RecentSet::new(bounded::MAX_REFUSED_BLOCKS),
             metrics,
             engine,
             state,
@@ -798,14 +785,6 @@ impl Node {
             banned: self.engine.rounds().banned().iter().copied().collect(),
             peer_scores: self.peer_scores(),
         }
-    }
-}
-
-/// Waits until `at`, or for ever when there is nothing to wait for.
-async fn wait_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -62,6 +62,14 @@ impl ForwardHold {
     }
 }
 
+/// Waits until `at` (a [`ForwardHold::next_due`]), or for ever when nothing is held.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,22 @@
 //! Collections of the node driver that peers feed, each with a stated bound
 //! and what gives way past it: counts per key (refusals per peer and reason)
-//! and a set of the peers met, newest kept.
+//! and sets that keep the newest (peers met, peers blocked), with the bounds
+//! the driver uses.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Most peers remembered as met, for the scores in the outcome.
+pub(super) const MAX_MET_PEERS: usize = 1024;
+
+/// Most of our sync requests in flight. The engine asks at most 64 peers for
+/// offers and keeps 4 chunk requests per source in flight, so an honest sync
+/// stays far below; past it, a request is failed at once rather than sent.
+pub(super) const MAX_SYNC_REQUESTS: usize = 1024;
+
+/// Most peers blocked for a key a private run does not allow. Such a peer is
+/// refused on every connection whatever the block list says; the list only
+/// spares the handshakes, so past the bound the oldest is unblocked.
+pub(super) const MAX_REFUSED_BLOCKS: usize = 4096;
 
 /// Counts per key, at most `max` keys. A new key past the bound takes the
 /// place of the smallest count (the lowest key among equals): a flood of new

@@ -11,7 +11,7 @@ use starling_protocol::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Node, NodeError, NodeEvent, MAX_SYNC_REQUESTS};
+use super::{bounded::MAX_SYNC_REQUESTS, Node, NodeError, NodeEvent};
 use crate::{metrics::ReasonLabel, net, statesync::hex};
 
 impl Node {
