@@ -6,11 +6,11 @@
 //!   merge (after one unmeasured warm-up round).
 //! - `codecs`: the local swarm once per codec, as a table of bytes, compression
 //!   and accuracy next to dense.
-//! - `flood`: a peer floods a real node with malformed messages (see [`flood`]).
+//! - `flood`: peers flood a real node with each kind of message and its memory is sampled (see [`flood`]).
 
 mod flood;
 
-pub use flood::{flood, FloodReport};
+pub use flood::{flood, FloodKind, FloodReport, KindReport};
 
 use std::{sync::Arc, time::Duration, time::Instant};
 

@@ -121,11 +121,17 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_values_t = default_codecs())]
         codecs: Vec<Codec>,
     },
-    /// A peer floods a real `starling run` node with malformed messages of the
-    /// largest size gossip accepts; prints the node's memory before, at its peak and after.
+    /// Peers flood a real `starling run` node with each kind of message (junk
+    /// and invalid deltas of the largest size gossip accepts, valid deltas of
+    /// far rounds, equivocation proofs, offer and chunk requests, peers that
+    /// join and leave); prints the node's memory at the start, middle and end of each.
     Flood {
-        #[arg(long, default_value_t = 5_000)]
+        /// Messages (or requests) of each kind; churn uses a tenth as many peers.
+        #[arg(long, default_value_t = 2_000)]
         messages: usize,
+        /// Kinds to send, in order, comma-separated.
+        #[arg(long, value_delimiter = ',', value_enum, default_values_t = crate::bench::FloodKind::ALL)]
+        kinds: Vec<crate::bench::FloodKind>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -193,6 +199,11 @@ pub struct NetworkArgs {
     /// Give up waiting for --wait-peers after this many seconds and train with whoever is there.
     #[arg(long, default_value_t = 60)]
     pub wait_timeout: u64,
+    /// Keep this many peers of the run connected: below it, the node dials its
+    /// bootnodes and the run peers it knew again, waiting longer after each
+    /// failure (1 s, doubling, up to a minute). 0 turns redialling off.
+    #[arg(long, default_value_t = crate::net::upkeep::DEFAULT_TARGET_PEERS)]
+    pub target_peers: usize,
 }
 
 fn default_listen() -> Vec<Multiaddr> {
@@ -335,22 +346,44 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Flood { messages, json }) => {
-            let r = crate::bench::flood(messages).await?;
+        Command::Bench(BenchCommand::Flood { messages, kinds, json }) => {
+            let r = crate::bench::flood(messages, &kinds).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 let mib = |b: u64| b as f64 / (1 << 20) as f64;
+                println!("node memory (RSS) idle: {:.1} MiB", mib(r.rss_idle));
                 println!(
-                    "{} malformed messages of {} bytes sent in {:.1} s, {} refused by the node: node memory {:.1} MiB before, {:.1} MiB peak, {:.1} MiB after",
-                    r.messages,
-                    r.message_bytes,
-                    r.seconds,
-                    r.refused_by_node,
-                    mib(r.rss_before),
-                    mib(r.rss_peak),
-                    mib(r.rss_after)
+                    "{:<13} {:>6} {:>8} {:>7} {:>7} {:>7} {:>8} | {:>8} {:>8} {:>8} {:>8} (MiB)",
+                    "kind",
+                    "sent",
+                    "bytes",
+                    "seconds",
+                    "served",
+                    "unavail",
+                    "refused",
+                    "start",
+                    "middle",
+                    "end",
+                    "peak"
                 );
+                for k in &r.kinds {
+                    println!(
+                        "{:<13} {:>6} {:>8} {:>7.1} {:>7} {:>7} {:>8} | {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+                        format!("{:?}", k.kind).to_lowercase(),
+                        k.sent,
+                        k.message_bytes,
+                        k.seconds,
+                        k.served,
+                        k.unavailable,
+                        k.refused_by_node,
+                        mib(k.rss_start),
+                        mib(k.rss_middle),
+                        mib(k.rss_end),
+                        mib(k.rss_peak)
+                    );
+                }
+                println!("node memory high-water mark: {:.1} MiB", mib(r.rss_high_water));
             }
             Ok(())
         }
@@ -464,6 +497,7 @@ async fn run(args: RunArgs) -> Result<()> {
         NetOptions {
             mdns: !args.network.no_mdns,
             bandwidth: args.limits.bandwidth(),
+            target_peers: args.network.target_peers,
             ..NetOptions::default()
         },
         args.network.listen,

@@ -53,6 +53,9 @@ pub struct NodeMetrics {
     pub p2p: libp2p::metrics::Metrics,
     /// ε this node has spent, in a run with `[privacy]` (0 otherwise).
     pub privacy_epsilon: Gauge<f64, AtomicU64>,
+    /// State sync requests of peers answered `Unavailable` because the peer
+    /// asked over its rate limit, by kind (`offer`, `chunk`).
+    pub sync_requests_limited: Family<ReasonLabel, Counter>,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -128,6 +131,12 @@ impl Default for NodeMetrics {
             "Differential privacy spent by this node: epsilon at the run's delta",
             privacy_epsilon.clone(),
         );
+        let sync_requests_limited = Family::<ReasonLabel, Counter>::default();
+        starling.register(
+            "sync_requests_limited",
+            "State sync requests of peers refused for going over their rate limit, by kind",
+            sync_requests_limited.clone(),
+        );
         let p2p = libp2p::metrics::Metrics::new(&mut registry);
         Self {
             registry,
@@ -148,6 +157,7 @@ impl Default for NodeMetrics {
             merge_seconds,
             p2p,
             privacy_epsilon,
+            sync_requests_limited,
             refused_sum: Counter::default(),
         }
     }

@@ -8,6 +8,7 @@
 //! state while it trains.
 
 mod accountability;
+mod bounded;
 mod control;
 mod events;
 
@@ -195,7 +196,7 @@ pub enum NodeError {
 /// How long leaving the run may take: the unsubscribe goes out, then connections close.
 const LEAVE_TIME: Duration = Duration::from_millis(400);
 
-/// How long an accepted delta waits before gossipsub may forward it.
+/// How long an accepted delta waits before gossipsub may forward it (see [`net::forward_hold`]).
 const FORWARD_HOLD: Duration = Duration::from_millis(25);
 
 /// A trainer handed back with the round and the state hash it trained from.
@@ -215,11 +216,18 @@ struct Node {
     /// A private run's allowed keys; `None` for a public run.
     allowed: Option<BTreeSet<PublicKey>>,
     /// Refused messages per peer key and reason, saved with each merge.
-    refusals: BTreeMap<(PublicKey, String), u64>,
+    /// Bound: [`starling_storage::MAX_REFUSAL_RECORDS`] entries; past it the
+    /// smallest count gives way.
+    refusals: bounded::BoundedCounts<(PublicKey, String)>,
     refusals_dirty: bool,
+    /// Refusals by reason. Bound: the reasons are the node's fixed labels.
     refused_by_reason: BTreeMap<String, u64>,
-    /// Every peer that subscribed to the run, for the scores in the outcome.
-    met_peers: BTreeSet<PeerId>,
+    /// Peers that subscribed to the run, for the scores in the outcome.
+    /// Bound: [`bounded::MAX_MET_PEERS`], the oldest met forgotten past it.
+    met_peers: bounded::RecentSet<PeerId>,
+    /// Peers blocked because a private run does not allow their key. Bound:
+    /// [`bounded::MAX_REFUSED_BLOCKS`], the oldest unblocked past it.
+    refused_blocks: bounded::RecentSet<PeerId>,
     metrics: NodeMetrics,
     /// The node's protocol: phases, rounds, state sync.
     engine: Engine,
@@ -237,10 +245,19 @@ struct Node {
     /// The held-out set; built only when the node evaluates (it is the same for every node).
     eval: Option<TrainData>,
     train_tx: mpsc::UnboundedSender<TrainDone>,
-    forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
+    /// Accepted gossip waiting [`FORWARD_HOLD`] before gossipsub may forward
+    /// it. Bound: [`net::forward_hold::MAX_HELD`] messages, the oldest let go early.
+    held_forwards: net::forward_hold::ForwardHold,
+    /// Peers subscribed to the run's topic. Bound: the open connections (a
+    /// peer leaves it when its last connection closes).
     run_peers: BTreeSet<PeerId>,
-    /// The engine's ids of the sync requests in flight.
+    /// The engine's ids of the sync requests in flight. Bound:
+    /// [`bounded::MAX_SYNC_REQUESTS`]; each leaves on its answer or its failure
+    /// (request-response times every request out).
     sync_requests: HashMap<request_response::OutboundRequestId, RequestId>,
+    /// Per-peer rate limits on the offer and chunk requests this node answers.
+    /// Bound: [`net::rate_limit::MAX_TRACKED_PEERS`] peers per kind.
+    sync_limits: net::rate_limit::RateLimiter,
     /// The states this node serves to syncing peers.
     snapshots: SnapshotCache,
     /// The root of the state whose verified chunks are kept on disk.
@@ -266,6 +283,9 @@ struct Node {
     first_dials: net::first_dials::FirstDials,
     /// The slots kept on the `--relay` relays.
     given_relays: net::given_relays::GivenRelays,
+    /// Known peers and their redials, to keep `--target-peers` run peers.
+    /// Bound: [`net::upkeep::MAX_KNOWN_PEERS`] peers.
+    upkeep: net::upkeep::Upkeep,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -296,8 +316,7 @@ pub async fn run_node_controlled(
     mut control: Option<mpsc::Receiver<ControlRequest>>,
 ) -> Result<NodeOutcome, NodeError> {
     let (train_tx, mut train_rx) = mpsc::unbounded_channel();
-    let (forward_tx, mut forward_rx) = mpsc::unbounded_channel();
-    let mut node = Node::open(options, hooks, events, train_tx, forward_tx)?;
+    let mut node = Node::open(options, hooks, events, train_tx)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -305,13 +324,7 @@ pub async fn run_node_controlled(
             event = node.swarm.select_next_some() => node.on_swarm_event(event)?,
             Some(done) = train_rx.recv() => node.on_trained(done)?,
             request = control::next_request(&mut control) => node.on_control(request)?,
-            Some((id, source)) = forward_rx.recv() => {
-                node.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &id,
-                    &source,
-                    gossipsub::MessageAcceptance::Accept,
-                );
-            }
+            _ = net::forward_hold::sleep_until(node.held_forwards.next_due()) => node.release_forwards(),
             _ = tick.tick() => {
                 if node.on_tick()? {
                     break;
@@ -337,7 +350,6 @@ impl Node {
         hooks: HarnessHooks,
         events: Option<mpsc::UnboundedSender<NodeEvent>>,
         train_tx: mpsc::UnboundedSender<TrainDone>,
-        forward_tx: mpsc::UnboundedSender<(gossipsub::MessageId, PeerId)>,
     ) -> Result<Self, NodeError> {
         let spec = options.spec.clone();
         std::fs::create_dir_all(&options.datadir)
@@ -455,6 +467,13 @@ impl Node {
             &listeners,
         );
         let given_relays = net::given_relays::GivenRelays::new(&options.net.reach.relays);
+        let upkeep = net::upkeep::Upkeep::new(
+            options.net.target_peers,
+            &options.bootnodes,
+            options.net.reach.relays.iter().filter_map(net::reach::relay_peer),
+            &swarm.local_peer_id().to_bytes(),
+            Instant::now(),
+        );
         let (topic, proof_topic) = net::subscribe_run(&mut swarm, &spec);
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
@@ -472,10 +491,11 @@ impl Node {
             swarm,
             topic,
             proof_topic,
-            refusals: BTreeMap::new(),
+            refusals: bounded::BoundedCounts::new(starling_storage::MAX_REFUSAL_RECORDS),
             refusals_dirty: false,
             refused_by_reason: BTreeMap::new(),
-            met_peers: BTreeSet::new(),
+            met_peers: bounded::RecentSet::new(bounded::MAX_MET_PEERS),
+            refused_blocks: bounded::RecentSet::new(bounded::MAX_REFUSED_BLOCKS),
             metrics,
             engine,
             state,
@@ -485,9 +505,10 @@ impl Node {
             privacy,
             eval,
             train_tx,
-            forward_tx,
+            held_forwards: net::forward_hold::ForwardHold::new(FORWARD_HOLD, net::forward_hold::MAX_HELD),
             run_peers: BTreeSet::new(),
             sync_requests: HashMap::new(),
+            sync_limits: net::rate_limit::RateLimiter::default(),
             snapshots: SnapshotCache::default(),
             kept_chunks_root,
             start_told: false,
@@ -507,6 +528,7 @@ impl Node {
             ),
             first_dials,
             given_relays,
+            upkeep,
             options,
         };
         node.load_accountability()?;
@@ -527,6 +549,9 @@ impl Node {
         if let Some(since) = self.draining_since {
             return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2));
         }
+        let now = Instant::now();
+        self.upkeep.redial(&mut self.swarm, self.run_peers.len(), now);
+        self.sync_limits.prune(now);
         if self.engine.phase() == Phase::Gathering {
             // Ask the peers we know whom they know, until enough are here: a peer
             // that joined our bootnode after our first lookup is found by the next.
@@ -580,8 +605,14 @@ impl Node {
                     let lineage = self.state.lineage;
                     queue.extend(self.engine.handle(self.now_ms(), Input::Merged { round, lineage }));
                 }
-                Output::Request { peer, id, request } => self.send_sync(peer, Some(id), request),
-                Output::Notify { peer, request } => self.send_sync(peer, None, request),
+                Output::Request { peer, id, request } => {
+                    if let Some(failed) = self.send_sync(peer, Some(id), request) {
+                        queue.extend(self.engine.handle(self.now_ms(), failed));
+                    }
+                }
+                Output::Notify { peer, request } => {
+                    self.send_sync(peer, None, request);
+                }
                 Output::Install { state, from, expected_from, deltas } => {
                     self.install(state, from, expected_from, deltas)?;
                 }

@@ -16,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use rand::Rng;
 use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError};
 
-pub use peers::{Ban, BanScan, CorruptBan, RefusalCount};
+pub use peers::{Ban, BanScan, CorruptBan, RefusalCount, MAX_BANS, MAX_REFUSAL_RECORDS};
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
@@ -69,6 +69,8 @@ pub struct Store {
     /// Verified chunks of a state being fetched, keyed by root and index, so a
     /// fetch interrupted by a restart resumes.
     sync_chunks: sled::Tree,
+    /// How many bans are on record, once counted (sled counts by a scan).
+    bans_held: std::sync::Mutex<Option<usize>>,
 }
 
 impl Store {
@@ -83,7 +85,7 @@ impl Store {
         let checkpoints = db.open_tree("checkpoints")?;
         let outbox = db.open_tree("outbox")?;
         let sync_chunks = db.open_tree("sync_chunks")?;
-        Ok(Self { db, meta, checkpoints, outbox, sync_chunks })
+        Ok(Self { db, meta, checkpoints, outbox, sync_chunks, bans_held: std::sync::Mutex::new(None) })
     }
 
     /// The node's identity key, created on first use and reused after.

@@ -6,6 +6,12 @@
 //! A ban is one sled record keyed by the banned key, carrying a BLAKE3 checksum
 //! over the key and the body, written and flushed in one insert: a torn or
 //! rotted record is detected and reported by [`Store::bans`], never loaded.
+//!
+//! Both are bounded, as everything peers feed: at most [`MAX_BANS`] bans (the
+//! first ones kept, as the round state keeps them) and [`MAX_REFUSAL_RECORDS`]
+//! refusal counts (the node decides which, and saves them all at once).
+
+use std::collections::BTreeSet;
 
 use starling_protocol::PublicKey;
 
@@ -13,6 +19,14 @@ use crate::{Store, StoreError, CHECKSUM_LEN};
 
 const BANS_TREE: &str = "bans";
 const REFUSALS_TREE: &str = "refusals";
+
+/// Most bans on record: the round state's `max_banned` (keys cost an attacker
+/// nothing, so a ban past it is enforced for the process but not remembered,
+/// on disk as in memory).
+pub const MAX_BANS: usize = 1 << 16;
+
+/// Most refusal counts on record (one per peer key and reason).
+pub const MAX_REFUSAL_RECORDS: usize = 4096;
 
 /// A key banned for the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,8 +64,9 @@ pub struct RefusalCount {
 impl Store {
     /// Records that `key` is banned for the run, with the `proof` (encoded) and
     /// the `reason`; durable when this returns. Banning a key again keeps the
-    /// first record.
-    pub fn ban(&self, key: &PublicKey, proof: &[u8], reason: &str) -> Result<(), StoreError> {
+    /// first record; past [`MAX_BANS`] records a new ban is not recorded.
+    /// Returns whether the key's ban is on record.
+    pub fn ban(&self, key: &PublicKey, proof: &[u8], reason: &str) -> Result<bool, StoreError> {
         let reason = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
         let mut body = Vec::with_capacity(2 + reason.len() + proof.len());
         body.extend_from_slice(&(reason.len() as u16).to_be_bytes());
@@ -61,17 +76,31 @@ impl Store {
         record.extend_from_slice(ban_checksum(&key.0, &body).as_bytes());
         record.extend_from_slice(&body);
         let tree = self.db.open_tree(BANS_TREE)?;
-        if !tree.contains_key(key.0)? {
-            tree.insert(key.0, record)?;
-            self.db.flush()?;
+        if tree.contains_key(key.0)? {
+            return Ok(true);
         }
-        Ok(())
+        let mut held = self.bans_held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = match *held {
+            Some(count) => count,
+            // sled counts by a scan: once per process, then kept here.
+            None => tree.len(),
+        };
+        if count >= MAX_BANS {
+            *held = Some(count);
+            return Ok(false);
+        }
+        tree.insert(key.0, record)?;
+        self.db.flush()?;
+        *held = Some(count + 1);
+        Ok(true)
     }
 
-    /// Every ban on record, in key order; unreadable records are reported, not loaded.
+    /// The bans on record, in key order, at most [`MAX_BANS`] (a datadir
+    /// written before the bound may hold more; the first ones are read);
+    /// unreadable records are reported, not loaded.
     pub fn bans(&self) -> Result<BanScan, StoreError> {
         let mut scan = BanScan::default();
-        for entry in self.db.open_tree(BANS_TREE)?.iter() {
+        for entry in self.db.open_tree(BANS_TREE)?.iter().take(MAX_BANS) {
             let (key, record) = entry?;
             match decode_ban(&key, &record) {
                 Ok(ban) => scan.bans.push(ban),
@@ -81,25 +110,36 @@ impl Store {
         Ok(scan)
     }
 
-    /// Records these refusal totals (each replaces the count of its key and
-    /// reason) in one atomic batch, durable when this returns. A node counts in
-    /// memory and saves now and then, so a flood of bad deltas costs no write each.
+    /// Replaces the refusal counts on record by these (at most
+    /// [`MAX_REFUSAL_RECORDS`], the first ones kept), in one atomic batch,
+    /// durable when this returns: counts the node no longer holds are removed.
+    /// A node counts in memory and saves now and then, so a flood of bad
+    /// deltas costs no write each.
     pub fn save_refusals(&self, counts: &[RefusalCount]) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(REFUSALS_TREE)?;
         let mut batch = sled::Batch::default();
-        for c in counts {
+        let mut kept = BTreeSet::new();
+        for c in counts.iter().take(MAX_REFUSAL_RECORDS) {
             let mut id = c.key.0.to_vec();
             id.extend_from_slice(c.reason.as_bytes());
-            batch.insert(id, &c.count.to_be_bytes()[..]);
+            batch.insert(id.clone(), &c.count.to_be_bytes()[..]);
+            kept.insert(id);
         }
-        self.db.open_tree(REFUSALS_TREE)?.apply_batch(batch)?;
+        for id in tree.iter().keys() {
+            let id = id?;
+            if !kept.contains(id.as_ref()) {
+                batch.remove(id);
+            }
+        }
+        tree.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Every refusal count on record, by key then reason.
+    /// The refusal counts on record, by key then reason, at most [`MAX_REFUSAL_RECORDS`].
     pub fn refusals(&self) -> Result<Vec<RefusalCount>, StoreError> {
         let mut counts = Vec::new();
-        for entry in self.db.open_tree(REFUSALS_TREE)?.iter() {
+        for entry in self.db.open_tree(REFUSALS_TREE)?.iter().take(MAX_REFUSAL_RECORDS) {
             let (id, value) = entry?;
             let (Some(key), Ok(count)) = (id.get(..32), <[u8; 8]>::try_from(value.as_ref())) else {
                 continue; // not a record this module wrote
@@ -170,7 +210,7 @@ mod tests {
             store.ban(&key(2), b"", "equivocation").unwrap();
             let count = |reason: &str, count| RefusalCount { key: key(3), reason: reason.into(), count };
             store.save_refusals(&[count("bad_signature", 1), count("wrong_run", 1)]).unwrap();
-            store.save_refusals(&[count("bad_signature", 2)]).unwrap();
+            store.save_refusals(&[count("bad_signature", 2), count("wrong_run", 1)]).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let scan = store.bans().unwrap();
@@ -186,6 +226,41 @@ mod tests {
             counts.iter().map(|c| (c.reason.as_str(), c.count)).collect::<Vec<_>>(),
             vec![("bad_signature", 2), ("wrong_run", 1)]
         );
+    }
+
+    #[test]
+    fn saved_refusals_replace_those_on_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let count = |seed, count| RefusalCount { key: key(seed), reason: "bad_signature".into(), count };
+        store.save_refusals(&[count(1, 4), count(2, 1)]).unwrap();
+        store.save_refusals(&[count(1, 5), count(3, 1)]).unwrap();
+        let held: Vec<_> = store.refusals().unwrap().into_iter().map(|c| (c.key, c.count)).collect();
+        assert_eq!(held.len(), 2, "the count the node evicted is gone from disk too");
+        assert!(held.contains(&(key(1), 5)) && held.contains(&(key(3), 1)));
+    }
+
+    #[test]
+    fn bans_past_the_bound_are_not_recorded() {
+        assert_eq!(
+            MAX_BANS,
+            starling_protocol::RoundConfig::from_spec(&starling_protocol::RunSpec::builtin().round)
+                .max_banned,
+            "the store keeps what the round state remembers"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.ban(&key(1), b"proof", "equivocation").unwrap());
+        // Pretend the store is full, as a datadir with MAX_BANS bans would be.
+        *store.bans_held.lock().unwrap() = Some(MAX_BANS);
+        assert!(store.ban(&key(1), b"again", "equivocation").unwrap(), "a key on record stays");
+        assert!(!store.ban(&key(2), b"proof", "equivocation").unwrap(), "no room for another");
+        assert_eq!(store.bans().unwrap().bans.iter().map(|b| b.key).collect::<Vec<_>>(), vec![key(1)]);
+        // Reopened, the count is taken afresh from what is on disk.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.ban(&key(2), b"proof", "equivocation").unwrap());
+        assert_eq!(store.bans().unwrap().bans.len(), 2);
     }
 
     #[test]

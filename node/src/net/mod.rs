@@ -3,12 +3,15 @@
 //! the mapping between libp2p peer ids and Starling's ed25519 keys.
 
 pub mod first_dials;
+pub mod forward_hold;
 pub mod given_relays;
 pub mod pnet;
+pub mod rate_limit;
 pub mod reach;
 pub mod score;
 pub mod sync;
 pub mod throttle;
+pub mod upkeep;
 
 use std::time::Duration;
 
@@ -83,6 +86,9 @@ pub struct NetOptions {
     pub swarm_key: Option<PreSharedKey>,
     /// Relays, relay serving and announced addresses (see [`reach`]).
     pub reach: reach::ReachOptions,
+    /// Run peers to keep connected: below it, the node dials known peers
+    /// again (see [`upkeep`]).
+    pub target_peers: usize,
 }
 
 impl Default for NetOptions {
@@ -95,6 +101,7 @@ impl Default for NetOptions {
             bandwidth: throttle::BandwidthLimits::default(),
             swarm_key: None,
             reach: reach::ReachOptions::default(),
+            target_peers: upkeep::DEFAULT_TARGET_PEERS,
         }
     }
 }

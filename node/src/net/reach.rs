@@ -48,6 +48,10 @@ pub struct ReachOptions {
 /// Relays a private node reserves on by itself, at most.
 const MAX_AUTO_RELAYS: usize = 2;
 
+/// Most relays remembered as met. Any peer can say it relays, so past the
+/// bound a newly met relay takes the place of one not reserved on.
+pub const MAX_KNOWN_RELAYS: usize = 64;
+
 /// A relay server's limits. libp2p's defaults (128 KiB and 2 minutes per
 /// circuit) only fit hole-punch coordination; a training swarm's deltas are
 /// megabytes per round, and nodes whose NATs defeat hole punching train over
@@ -106,13 +110,15 @@ pub struct Reachability {
     announce_listen: bool,
     /// The IPs the node was told to listen on (wildcards left out).
     listen_ips: BTreeSet<IpAddr>,
-    /// Peers that serve as relays, with an address of theirs.
+    /// Peers that serve as relays, with an address of theirs. Bound:
+    /// [`MAX_KNOWN_RELAYS`].
     relays: BTreeMap<PeerId, Multiaddr>,
     /// Where this node dialled each peer it reached directly: the address to
-    /// reserve on when that peer turns out to be a relay.
+    /// reserve on when that peer turns out to be a relay. Bound: one per
+    /// connected peer (removed when its last connection closes).
     dialled: BTreeMap<PeerId, Multiaddr>,
     /// The remote address of each open direct connection, to say where hole
-    /// punching connected.
+    /// punching connected. Bound: the open connections.
     direct: BTreeMap<ConnectionId, Multiaddr>,
     /// Relays this node listens through, the `--relay` ones always (their
     /// slots are kept by [`super::given_relays`], never reserved on here).
@@ -218,7 +224,7 @@ impl Reachability {
                         if let Some(address) = address {
                             let address = address.with_p2p(*peer_id).unwrap_or_else(|a| a);
                             debug!(relay = %address, "met a peer that serves as a relay");
-                            self.relays.insert(*peer_id, address);
+                            self.remember_relay(*peer_id, address);
                         }
                     }
                     // Also a relay met again, after its slot was lost (it restarted, say).
@@ -301,6 +307,21 @@ impl Reachability {
             Some(Protocol::Ip6(ip)) => self.listen_ips.contains(&IpAddr::V6(ip)) || is_global(IpAddr::V6(ip)),
             _ => false,
         }
+    }
+
+    /// Remembers a relay met, within [`MAX_KNOWN_RELAYS`]: when full, the
+    /// first (by peer id) not reserved on gives way.
+    fn remember_relay(&mut self, peer: PeerId, address: Multiaddr) {
+        if !self.relays.contains_key(&peer) && self.relays.len() >= MAX_KNOWN_RELAYS {
+            let spare = self.relays.keys().find(|p| !self.reserved.contains(p)).copied();
+            match spare {
+                Some(spare) => {
+                    self.relays.remove(&spare);
+                }
+                None => return,
+            }
+        }
+        self.relays.insert(peer, address);
     }
 
     /// A private node listens through relays it met, up to [`MAX_AUTO_RELAYS`].
@@ -412,6 +433,28 @@ pub fn is_global(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relays_met_are_bounded_and_those_reserved_on_stay() {
+        let peer = |n: u32| {
+            let mut secret = [0x33; 32];
+            secret[..4].copy_from_slice(&n.to_le_bytes());
+            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&secret)).public().to_peer_id()
+        };
+        let address: Multiaddr = "/ip4/7.7.1.1/tcp/4001".parse().unwrap();
+        let mut reach = Reachability::default();
+        for n in 0..MAX_KNOWN_RELAYS as u32 {
+            reach.remember_relay(peer(n), address.clone());
+        }
+        let reserved: Vec<PeerId> = reach.relays.keys().take(2).copied().collect();
+        reach.reserved.extend(reserved.iter().copied());
+        for n in 0..(3 * MAX_KNOWN_RELAYS) as u32 {
+            reach.remember_relay(peer(1000 + n), address.clone());
+        }
+        assert_eq!(reach.relays.len(), MAX_KNOWN_RELAYS);
+        assert!(reserved.iter().all(|p| reach.relays.contains_key(p)), "relays in use are kept");
+        assert!(reach.relays.contains_key(&peer(1000 + 3 * MAX_KNOWN_RELAYS as u32 - 1)), "the newest is in");
+    }
 
     #[tokio::test]
     async fn a_lost_slot_on_a_given_relay_stays_counted_so_it_is_never_auto_reserved_twice() {

@@ -41,9 +41,7 @@ impl Node {
         if !self.engine.rounds().banned().is_empty() {
             info!(banned = self.engine.rounds().banned().len(), "reloaded bans");
         }
-        for count in self.store.refusals()? {
-            self.refusals.insert((count.key, count.reason), count.count);
-        }
+        self.refusals.load(self.store.refusals()?.into_iter().map(|c| ((c.key, c.reason), c.count)));
         Ok(())
     }
 
@@ -53,12 +51,13 @@ impl Node {
         self.metrics.refused(reason);
         *self.refused_by_reason.entry(reason.to_string()).or_default() += 1;
         if let Some(key) = net::peer_key(source) {
-            *self.refusals.entry((key, reason.to_string())).or_default() += 1;
+            self.refusals.add((key, reason.to_string()), 1);
             self.refusals_dirty = true;
         }
     }
 
-    /// Saves the per-peer refusal counts if they changed.
+    /// Saves the per-peer refusal counts if they changed (those evicted from
+    /// the bounded counts leave the store too).
     pub(super) fn save_refusals(&mut self) -> Result<(), NodeError> {
         if !self.refusals_dirty {
             return Ok(());
@@ -98,6 +97,8 @@ impl Node {
             let key = proof.sender();
             warn!(key = %key, round = proof.round(), "caught an equivocation: one key signed two deltas for a round; banning it for the run");
             let bytes = proof.to_bytes();
+            // The round state yields a proof only for a ban it remembers, so
+            // the store stays within the same bound.
             self.store.ban(&key, &bytes, EQUIVOCATION)?;
             self.block(&key);
             self.report_ban(key, true);
@@ -129,10 +130,14 @@ impl Node {
             Ok((_, key)) if self.engine.rounds().is_banned(&key) => gossipsub::MessageAcceptance::Ignore,
             Ok((proof, key)) => {
                 warn!(key = %key, round = proof.round(), peer = %source, "a peer proved an equivocation; banning the key for the run");
-                self.store.ban(&key, data, EQUIVOCATION)?;
-                self.block(&key);
-                self.report_ban(key, false);
                 self.drive(Input::Ban(key))?;
+                // Past `max_banned` the round state no longer remembers a ban:
+                // it is enforced now but not kept, on disk as in memory.
+                if self.engine.rounds().is_banned(&key) {
+                    self.store.ban(&key, data, EQUIVOCATION)?;
+                    self.block(&key);
+                }
+                self.report_ban(key, false);
                 gossipsub::MessageAcceptance::Accept
             }
         };
@@ -153,9 +158,13 @@ impl Node {
         if allowed && !banned {
             return false;
         }
+        self.upkeep.forget(&peer);
         if !allowed {
             let key = key.map_or_else(|| "none (not an ed25519 peer)".to_string(), |k| k.to_string());
             warn!(%peer, %key, "closing the connection of a peer whose key this private run does not allow (spec allowed_keys)");
+            if let Some(oldest) = self.refused_blocks.insert(peer) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(oldest);
+            }
         }
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         true
@@ -172,8 +181,10 @@ impl Node {
         }
     }
 
+    /// Blocks a banned key's peer. Bound: the bans (see [`starling_storage::MAX_BANS`]).
     fn block(&mut self, key: &PublicKey) {
         if let Some(peer) = net::peer_id(key) {
+            self.upkeep.forget(&peer);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
     }

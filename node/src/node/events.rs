@@ -2,13 +2,16 @@
 //! identify and mDNS discoveries, sync requests, and gossiped deltas and
 //! equivocation proofs, each validated before it reaches the round state.
 
+use std::time::Instant;
+
 use libp2p::{
-    gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response, swarm::SwarmEvent, PeerId,
+    core::ConnectedPoint, gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response,
+    swarm::SwarmEvent, PeerId,
 };
 use starling_protocol::{engine::Input, Admission, SignedDelta};
 use tracing::{debug, info, warn};
 
-use super::{accountability, Node, NodeError, NodeEvent, FORWARD_HOLD};
+use super::{accountability, Node, NodeError, NodeEvent};
 use crate::net::{self, BehaviourEvent};
 
 impl Node {
@@ -33,15 +36,26 @@ impl Node {
                 let refused = self.refuse_connection(peer_id);
                 if !refused {
                     self.given_relays.on_connected(peer_id, &endpoint, &mut self.swarm);
+                    let dialled = match &endpoint {
+                        ConnectedPoint::Dialer { address, .. } => Some(address),
+                        ConnectedPoint::Listener { .. } => None,
+                    };
+                    self.upkeep.on_connected(peer_id, dialled, Instant::now());
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 self.given_relays.on_dial_failed(peer_id, &error);
+                if let Some(peer) = peer_id {
+                    self.upkeep.on_dial_failed(peer, Instant::now());
+                }
             }
             SwarmEvent::ListenerClosed { listener_id, .. } => {
                 self.given_relays.on_listener_closed(listener_id)
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.peer_left(peer_id)?,
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.upkeep.on_disconnected(peer_id, Instant::now());
+                self.peer_left(peer_id)?
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event)?,
             _ => {}
         }
@@ -78,6 +92,7 @@ impl Node {
                     return Ok(());
                 }
                 self.met_peers.insert(peer_id);
+                self.upkeep.on_run_peer(peer_id, Instant::now());
                 if let Some(key) = net::peer_key(&peer_id) {
                     if self.run_peers.insert(peer_id) {
                         debug!(peer = %peer_id, "run peer joined");
@@ -92,6 +107,7 @@ impl Node {
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
                 let addresses = self.reach.addresses_to_share(connection_id, info.listen_addrs);
+                self.upkeep.learn(peer_id, addresses.iter().cloned(), Instant::now());
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 let mut new = false;
                 for address in addresses {
@@ -102,8 +118,12 @@ impl Node {
                     let _ = kad.bootstrap();
                 }
             }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, addresses, .. }) => {
+                self.upkeep.learn(peer, addresses.iter().cloned(), Instant::now());
+            }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, address) in found {
+                    self.upkeep.learn(peer, [address.clone()], Instant::now());
                     self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(address);
@@ -154,19 +174,29 @@ impl Node {
             },
         };
         if acceptance == gossipsub::MessageAcceptance::Accept {
-            // Forward a little later: peers that got the delta at the same time as
-            // us have by then told us so (gossipsub's IDONTWANT, sent on receipt),
-            // and gossipsub skips them. Without the hold, every node of a small
-            // mesh forwards every delta to every other node that already has it.
-            let tx = self.forward_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(FORWARD_HOLD).await;
-                let _ = tx.send((id, source));
-            });
+            // Forward a little later, once peers that got it too said so (see net::forward_hold).
+            if let Some((id, source)) = self.held_forwards.hold(id, source, Instant::now()) {
+                self.forward(&id, &source);
+            }
         } else {
             self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
         }
         Ok(())
+    }
+
+    /// Lets gossipsub forward the accepted messages whose hold is over.
+    pub(super) fn release_forwards(&mut self) {
+        for (id, source) in self.held_forwards.due(Instant::now()) {
+            self.forward(&id, &source);
+        }
+    }
+
+    fn forward(&mut self, id: &gossipsub::MessageId, source: &PeerId) {
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            id,
+            source,
+            gossipsub::MessageAcceptance::Accept,
+        );
     }
 
     /// Admits a delta that passed validation and whose key may take part.

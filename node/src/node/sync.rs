@@ -11,18 +11,31 @@ use starling_protocol::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Node, NodeError, NodeEvent};
-use crate::{net, statesync::hex};
+use super::{bounded::MAX_SYNC_REQUESTS, Node, NodeError, NodeEvent};
+use crate::{metrics::ReasonLabel, net, statesync::hex};
 
 impl Node {
     /// Sends one of the engine's sync requests; `id` is the engine's when it
-    /// waits for the answer (a joining notice's is not waited for).
-    pub(super) fn send_sync(&mut self, peer: PublicKey, id: Option<RequestId>, request: SyncRequest) {
-        let Some(peer) = net::peer_id(&peer) else { return };
+    /// waits for the answer (a joining notice's is not waited for). Returns
+    /// the engine's input when the request cannot go out (a key with no peer
+    /// id, or [`MAX_SYNC_REQUESTS`] in flight): it failed at once.
+    pub(super) fn send_sync(
+        &mut self,
+        peer: PublicKey,
+        id: Option<RequestId>,
+        request: SyncRequest,
+    ) -> Option<Input> {
+        let failed = id.map(|id| Input::SyncResponse { id, response: None });
+        let Some(peer) = net::peer_id(&peer) else { return failed };
+        if id.is_some() && self.sync_requests.len() >= MAX_SYNC_REQUESTS {
+            warn!(%peer, in_flight = self.sync_requests.len(), "too many state sync requests in flight; failing this one");
+            return failed;
+        }
         let sent = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         if let Some(id) = id {
             self.sync_requests.insert(sent, id);
         }
+        None
     }
 
     /// The answer (or `None`: the request failed) to one of our sync requests.
@@ -85,13 +98,19 @@ impl Node {
         Ok(())
     }
 
-    /// Answers a peer's sync request as the engine says.
+    /// Answers a peer's sync request as the engine says, within the peer's
+    /// rate limits (over them: `Unavailable`, before any work).
     pub(super) fn serve_sync(
         &mut self,
         peer: PeerId,
         request: SyncRequest,
     ) -> Result<SyncResponse, NodeError> {
         let Some(key) = net::peer_key(&peer) else { return Ok(SyncResponse::Unavailable) };
+        if let Err((kind, limited)) = self.sync_limits.check(&peer, &request, std::time::Instant::now()) {
+            self.metrics.sync_requests_limited.get_or_create(&ReasonLabel { reason: kind.into() }).inc();
+            debug!(%peer, kind, retry_in = ?limited.retry_in, "a peer asked for state over its rate limit; answering unavailable");
+            return Ok(SyncResponse::Unavailable);
+        }
         let answer = self.engine.serve(self.now_ms(), key, &request);
         let outputs = self.engine.take_outputs();
         self.apply(outputs)?;
