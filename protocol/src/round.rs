@@ -258,6 +258,11 @@ pub struct RoundState {
     paused: bool,
     /// When the current round's first delta arrived: a paused node's deadline counts from here.
     opened_at: Option<u64>,
+    /// The headers of the deltas we signed, by round, so that we never sign a
+    /// second one for a round (not even after installing an older state) and
+    /// know our own delta when a peer hands it back. Bound: the last
+    /// `buffered_rounds + 1` rounds we signed.
+    signed: BTreeMap<u64, DeltaHeader>,
 }
 
 impl RoundState {
@@ -283,7 +288,16 @@ impl RoundState {
             payload_rounds: BTreeMap::new(),
             paused: false,
             opened_at: None,
+            signed: BTreeMap::new(),
         }
+    }
+
+    /// We signed `header` before a restart and cannot publish it again as is
+    /// (our state is not the one it was trained from): observe until past its
+    /// round, so as never to sign a second delta for a round we signed.
+    pub fn signed_before(&mut self, header: DeltaHeader) {
+        self.contribute_from = self.contribute_from.max(header.round + 1);
+        self.remember_signed(header);
     }
 
     /// When the state machine next wants a `Tick`: the end of the settle time
@@ -342,6 +356,16 @@ impl RoundState {
     /// Whether we are sitting out the current round after a mid-round sync.
     pub fn observing(&self) -> bool {
         self.round < self.contribute_from
+    }
+
+    /// The first round we contribute to (what a node that synced tells its peers).
+    pub fn contributes_from(&self) -> u64 {
+        self.contribute_from
+    }
+
+    /// The last round we signed a delta for.
+    pub fn last_signed(&self) -> Option<u64> {
+        self.signed.last_key_value().map(|(r, _)| *r)
     }
 
     /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
@@ -410,8 +434,10 @@ impl RoundState {
         if let Some(existing) = self.rounds.get(&header.round).and_then(|m| m.get(&header.sender)) {
             return if existing.header == *header { Admission::Duplicate } else { Admission::Equivocation };
         }
-        if header.sender == self.me {
-            // Someone replays a delta with our key that we did not make.
+        if header.sender == self.me && self.signed.get(&header.round) != Some(header) {
+            // Someone replays a delta with our key that we did not make. (One
+            // we did make comes back in a peer's offer after we installed an
+            // older state: it is merged like the peers merged it.)
             return Admission::Equivocation;
         }
         if let Some(&(round, sender)) = self.payloads.get(&header.payload_hash) {
@@ -446,6 +472,15 @@ impl RoundState {
                     // Trained for a round we have since left (e.g. after a sync).
                     return actions;
                 }
+                let last = self.signed.last_key_value();
+                if last.is_some_and(|(r, h)| {
+                    *r > delta.header.round || (*r == delta.header.round && *h != delta.header)
+                }) {
+                    // A round we already signed, before we went back to an
+                    // older state: a second delta would be an equivocation.
+                    return actions;
+                }
+                self.remember_signed(delta.header.clone());
                 self.remember_payload(&delta.header);
                 self.rounds.entry(self.round).or_default().insert(self.me, delta.clone());
                 self.published_at = Some(now_ms);
@@ -532,9 +567,14 @@ impl RoundState {
                 }
             }
             Event::Synced { round, expected_from } => {
-                if round > self.round || (round == self.round && self.observing()) {
+                // An older state too (a diverged node takes the majority's,
+                // rounds behind its own): deltas it holds of later rounds, its
+                // own among them, stay, as its peers merge them too.
+                if round != self.round || self.observing() {
                     self.jump_to(round);
-                    self.contribute_from = expected_from;
+                    // Never contribute again to a round we signed for.
+                    let past_signed = self.last_signed().map_or(0, |r| r + 1);
+                    self.contribute_from = expected_from.max(past_signed);
                 }
                 return actions;
             }
@@ -632,6 +672,13 @@ impl RoundState {
         self.opened_at = None;
         self.prune_activity();
         self.forget_old_payloads();
+    }
+
+    fn remember_signed(&mut self, header: DeltaHeader) {
+        self.signed.insert(header.round, header);
+        while self.signed.len() > self.config.buffered_rounds + 1 {
+            self.signed.pop_first();
+        }
     }
 
     /// Remembers the payload of a delta taken in, so that the same payload
