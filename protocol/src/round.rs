@@ -292,14 +292,6 @@ impl RoundState {
         }
     }
 
-    /// We signed `header` before a restart and cannot publish it again as is
-    /// (our state is not the one it was trained from): observe until past its
-    /// round, so as never to sign a second delta for a round we signed.
-    pub fn signed_before(&mut self, header: DeltaHeader) {
-        self.contribute_from = self.contribute_from.max(header.round + 1);
-        self.remember_signed(header);
-    }
-
     /// When the state machine next wants a `Tick`: the end of the settle time
     /// after quorum, else the deadline; `None` before our own delta is in.
     pub fn wake_at(&self) -> Option<u64> {
@@ -361,11 +353,6 @@ impl RoundState {
     /// The first round we contribute to (what a node that synced tells its peers).
     pub fn contributes_from(&self) -> u64 {
         self.contribute_from
-    }
-
-    /// The last round we signed a delta for.
-    pub fn last_signed(&self) -> Option<u64> {
-        self.signed.last_key_value().map(|(r, _)| *r)
     }
 
     /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
@@ -434,10 +421,8 @@ impl RoundState {
         if let Some(existing) = self.rounds.get(&header.round).and_then(|m| m.get(&header.sender)) {
             return if existing.header == *header { Admission::Duplicate } else { Admission::Equivocation };
         }
-        if header.sender == self.me && self.signed.get(&header.round) != Some(header) {
-            // Someone replays a delta with our key that we did not make. (One
-            // we did make comes back in a peer's offer after we installed an
-            // older state: it is merged like the peers merged it.)
+        if header.sender == self.me && !self.signed_by_us(header) {
+            // Someone replays a delta with our key that we did not make.
             return Admission::Equivocation;
         }
         if let Some(&(round, sender)) = self.payloads.get(&header.payload_hash) {
@@ -472,10 +457,7 @@ impl RoundState {
                     // Trained for a round we have since left (e.g. after a sync).
                     return actions;
                 }
-                let last = self.signed.last_key_value();
-                if last.is_some_and(|(r, h)| {
-                    *r > delta.header.round || (*r == delta.header.round && *h != delta.header)
-                }) {
+                if !self.may_sign(&delta.header) {
                     // A round we already signed, before we went back to an
                     // older state: a second delta would be an equivocation.
                     return actions;
@@ -674,13 +656,6 @@ impl RoundState {
         self.forget_old_payloads();
     }
 
-    fn remember_signed(&mut self, header: DeltaHeader) {
-        self.signed.insert(header.round, header);
-        while self.signed.len() > self.config.buffered_rounds + 1 {
-            self.signed.pop_first();
-        }
-    }
-
     /// Remembers the payload of a delta taken in, so that the same payload
     /// under another round or key is refused as a replay. Bounded: at most
     /// `max_deltas_per_round` peer payloads per remembered round (see
@@ -750,6 +725,9 @@ impl RoundState {
             return;
         };
         let round = self.round;
+        // Our delta of an observed round (signed before we went back to an
+        // older state) is of a lineage we left: it says nothing of ours.
+        let observed = self.observing();
         let mut deltas: Vec<SignedDelta> =
             self.rounds.remove(&round).unwrap_or_default().into_values().collect();
         let group = self.groups.remove(&round);
@@ -763,7 +741,7 @@ impl RoundState {
         self.opened_at = self.rounds.contains_key(&self.round).then_some(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
-        let diverged = if group.is_none() { self.majority_elsewhere(&deltas) } else { None };
+        let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {
             actions.push(Action::Diverged { peer, round });
@@ -786,6 +764,8 @@ impl RoundState {
         deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
     }
 }
+
+mod signed;
 
 #[cfg(test)]
 mod pause_tests;

@@ -23,9 +23,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::keys::PublicKey;
 
+use super::{Engine, Note, Output, Phase, SyncReason};
+
 /// For how many rounds before the current one the node's own lineage is
-/// remembered: a peer's delta older than that is not compared.
-pub const LINEAGE_ROUNDS: u64 = 16;
+/// remembered (32 bytes a round): a peer's delta older than that is not
+/// compared. A side of a partition whose rounds close quickly (few nodes,
+/// none waiting for the other side) can run tens of rounds ahead before the
+/// heal; it must still see the other side's deltas as evidence.
+pub const LINEAGE_ROUNDS: u64 = 256;
 
 /// The node's own lineage by round, and the base of each connected peer's latest delta.
 #[derive(Debug, Default)]
@@ -98,6 +103,32 @@ impl Lineages {
         }
         let elsewhere: usize = others.values().sum();
         2 * elsewhere > peers.len() + 1 && others.values().any(|&n| n > ours)
+    }
+}
+
+impl Engine {
+    /// A connected peer's delta of `round` was trained from `base`: if that is
+    /// not our lineage in its round and we are now [`Lineages::outnumbered`],
+    /// we have drifted, though no round we merged may show it (we ran ahead of
+    /// them): sync, at most once per `sync_retry_ms`.
+    pub(super) fn weigh_lineage(&mut self, now: u64, sender: PublicKey, round: u64, base: [u8; 32]) {
+        if self.grouped || !self.peers.contains(&sender) || !self.lineages.saw(sender, round, base) {
+            return;
+        }
+        if self.phase != Phase::Running
+            || !self.fetch.is_idle()
+            || self.outnumbered_at.is_some_and(|at| now.saturating_sub(at) < self.config.sync_retry_ms)
+            || !self.lineages.outnumbered(&self.peers)
+        {
+            return;
+        }
+        self.outnumbered_at = Some(now);
+        self.out.push(Output::Note(Note::Outnumbered {
+            round: self.round,
+            elsewhere: self.lineages.elsewhere(&self.peers),
+            peers: self.peers.len(),
+        }));
+        self.start_sync(now, SyncReason::Diverged);
     }
 }
 

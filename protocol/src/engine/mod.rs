@@ -623,30 +623,6 @@ impl Engine {
         }
     }
 
-    /// A connected peer's delta of `round` was trained from `base`: if that is
-    /// not our lineage in its round, and more than half of us and our peers
-    /// are now elsewhere, we have drifted, though no round we merged showed it
-    /// (we ran ahead of them): sync, at most once per `sync_retry_ms`.
-    fn weigh_lineage(&mut self, now: u64, sender: PublicKey, round: u64, base: [u8; 32]) {
-        if self.grouped || !self.peers.contains(&sender) || !self.lineages.saw(sender, round, base) {
-            return;
-        }
-        if self.phase != Phase::Running
-            || !self.fetch.is_idle()
-            || self.outnumbered_at.is_some_and(|at| now.saturating_sub(at) < self.config.sync_retry_ms)
-            || !self.lineages.outnumbered(&self.peers)
-        {
-            return;
-        }
-        self.outnumbered_at = Some(now);
-        self.out.push(Output::Note(Note::Outnumbered {
-            round: self.round,
-            elsewhere: self.lineages.elsewhere(&self.peers),
-            peers: self.peers.len(),
-        }));
-        self.start_sync(now, SyncReason::Diverged);
-    }
-
     fn start_sync(&mut self, now: u64, reason: SyncReason) {
         if !self.fetch.is_idle() {
             return;

@@ -505,7 +505,8 @@ fn going_back_to_an_older_state_observes_past_the_rounds_signed_and_keeps_their_
     s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
     s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
     assert!(merged(&s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)))).is_some());
-    let ours = delta(1, 1, 1.5);
+    // Trained from the lineage the node is about to leave.
+    let ours = based(1, 1, 1.5, [9; 32]);
     s.handle(3, Event::LocalDelta(ours.clone()));
     s.handle(4, Event::PeerDelta(delta(2, 1, 2.5)));
     assert_eq!(s.round(), 1);
@@ -525,7 +526,9 @@ fn going_back_to_an_older_state_observes_past_the_rounds_signed_and_keeps_their_
     // Round 1 still holds our delta and the peer's from before.
     assert_eq!(s.collected(), 2);
     assert!(s.handle(9, Event::LocalDelta(delta(1, 1, 7.0))).is_empty(), "round 1 was signed");
-    let (round, senders, _) = merged(&s.handle(10, Event::PeerDelta(delta(3, 1, 3.5)))).expect("closes");
+    let actions = s.handle(10, Event::PeerDelta(delta(3, 1, 3.5)));
+    let (round, senders, _) = merged(&actions).expect("closes");
     assert_eq!((round, senders.len()), (1, 3));
+    assert_eq!(diverged(&actions), None, "our old delta's base is no longer our lineage");
     assert!(s.wants_local(), "contributes again from round 2");
 }
