@@ -112,6 +112,11 @@ impl Engine {
     /// we have drifted, though no round we merged may show it (we ran ahead of
     /// them): sync, at most once per `sync_retry_ms`.
     pub(super) fn weigh_lineage(&mut self, now: u64, sender: PublicKey, round: u64, base: [u8; 32]) {
+        if self.rounds.is_banned(&sender) {
+            // Caught equivocating (perhaps by this very delta): it counts no more.
+            self.lineages.left(&sender);
+            return;
+        }
         if self.grouped || !self.peers.contains(&sender) || !self.lineages.saw(sender, round, base) {
             return;
         }

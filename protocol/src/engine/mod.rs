@@ -167,8 +167,9 @@ pub enum Output {
     Notify { peer: PublicKey, request: SyncRequest },
     /// Replace the state with this verified one, which a majority of the peers
     /// reached announced (its round may be older than ours: a diverged node
-    /// then observes until past the last round it signed). `deltas` are the agreeing peers' deltas of its
-    /// round: the driver validates each and hands it in as [`Input::PeerDelta`].
+    /// then observes until past the last round it signed). `deltas` are the
+    /// agreeing peers' deltas of its round: the driver validates each and
+    /// hands it in as [`Input::PeerDelta`].
     Install { state: ModelState, from: u64, expected_from: u64, deltas: Vec<SignedDelta> },
     /// Hand in [`Input::Timer`] at this time (ms) or soon after.
     Timer(u64),
@@ -449,7 +450,10 @@ impl Engine {
                 self.training = None;
                 self.round_event(now, round::Event::Abstain);
             }
-            Input::Ban(key) => self.round_event(now, round::Event::Ban(key)),
+            Input::Ban(key) => {
+                self.lineages.left(&key);
+                self.round_event(now, round::Event::Ban(key))
+            }
             Input::Group { round, members } => {
                 self.grouped = true;
                 self.round_event(now, round::Event::Group { round, members })
