@@ -117,6 +117,17 @@ fn a_minority_that_heals_rounds_ahead_goes_back_to_the_majority_without_equivoca
     assert!(out.summary.state_syncs > 0);
     assert_eq!(out.summary.honest_equivocations, Some(0), "a node signed two deltas for one round");
     assert_eq!(out.summary.final_consensus_distance, 0.0);
+
+    // A longer split: the minority is 18 rounds ahead at the heal, and still
+    // goes back (the lineage evidence reaches that far).
+    let mut far = sc.clone();
+    far.events[1].at_round = 60;
+    far.rounds = 80;
+    let out = starling_netsim::run(&far, false, &mut |_, _| {}).unwrap();
+    let heal = out.markers.iter().find(|(_, l)| l == "heal").expect("heal marker").0 as usize;
+    assert!(out.rows[heal..].iter().any(|r| r.consensus_distance < bound), "agreement returns");
+    assert_eq!(out.summary.honest_equivocations, Some(0));
+    assert_eq!(out.summary.final_consensus_distance, 0.0);
 }
 
 #[test]
