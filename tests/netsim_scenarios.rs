@@ -94,6 +94,42 @@ fn after_a_partition_heals_the_swarm_agrees_again() {
     assert!(end < before * 1.5, "training goes on after the heal ({before:e} -> {end:e})");
 }
 
+/// The faster side of a partition is the minority: when the link comes back
+/// it is rounds ahead, so the majority's deltas reach it only as stale ones.
+/// Their lineage still counts: it goes back to the majority's older state,
+/// observes until past the last round it signed, and the swarm agrees again
+/// (seed 11 makes the three majority nodes the stragglers; before lineage
+/// evidence counted late deltas, the two sides never agreed again).
+#[test]
+fn a_minority_that_heals_rounds_ahead_goes_back_to_the_majority_without_equivocating() {
+    let sc = scenario("partition-heal-minority-ahead");
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    let rows = &out.rows;
+    let bound = 1e-9;
+    assert!(rows[..5].iter().all(|r| r.consensus_distance < bound), "agreement before the partition");
+    let split = rows[6..9].iter().map(|r| r.consensus_distance).fold(0.0, f64::max);
+    assert!(split > 1e-3, "the sides drift apart while split ({split:e})");
+    let heal = out.markers.iter().find(|(_, l)| l == "heal").expect("heal marker").0 as usize;
+    let back = rows[heal..].iter().position(|r| r.consensus_distance < bound).expect("agreement returns");
+    assert!(back <= 3, "consensus took {back} rounds to return after the heal");
+    assert!(rows[heal + 3..].iter().all(|r| r.consensus_distance < bound), "and it stays");
+    assert!(rows.iter().all(|r| r.active_nodes == 5), "every node merges every round");
+    assert!(out.summary.state_syncs > 0);
+    assert_eq!(out.summary.honest_equivocations, Some(0), "a node signed two deltas for one round");
+    assert_eq!(out.summary.final_consensus_distance, 0.0);
+
+    // A longer split: the minority is 18 rounds ahead at the heal, and still
+    // goes back (the lineage evidence reaches that far).
+    let mut far = sc.clone();
+    far.events[1].at_round = 60;
+    far.rounds = 80;
+    let out = starling_netsim::run(&far, false, &mut |_, _| {}).unwrap();
+    let heal = out.markers.iter().find(|(_, l)| l == "heal").expect("heal marker").0 as usize;
+    assert!(out.rows[heal..].iter().any(|r| r.consensus_distance < bound), "agreement returns");
+    assert_eq!(out.summary.honest_equivocations, Some(0));
+    assert_eq!(out.summary.final_consensus_distance, 0.0);
+}
+
 #[test]
 fn rotating_groups_train_a_large_swarm_and_keep_it_together() {
     let mut sc = scenario("scale-1k");

@@ -153,6 +153,9 @@ struct SimNode {
     own_history: VecDeque<(u64, Vec<f32>)>,
     /// Deltas a replaying attacker received, to replay later.
     heard: VecDeque<SignedDelta>,
+    /// The last delta this node signed: kept across a crash, as the real
+    /// node's outbox is, and checked so that no node signs two for a round.
+    signed: Option<SignedDelta>,
 }
 
 /// A training job: inputs fixed when it starts, so its result does not depend
@@ -382,6 +385,7 @@ impl<'a> Engine<'a> {
             wake: None,
             own_history: VecDeque::new(),
             heard: VecDeque::new(),
+            signed: None,
         });
         self.track(index);
         Ok(index)
@@ -569,6 +573,18 @@ impl<'a> Engine<'a> {
             self.codec,
             payload,
         );
+        let n = &mut self.nodes[node];
+        if !n.attacker {
+            // Honest nodes never sign a second delta for a round they signed,
+            // not even after going back to an older state.
+            if n.signed
+                .as_ref()
+                .is_some_and(|last| last.header.round >= round && last.header != signed.header)
+            {
+                self.ledger.honest_equivocations += 1;
+            }
+            n.signed = Some(signed.clone());
+        }
         self.drive(node, Input::Trained { round, base: lineage, delta: Some(signed) })?;
         if self.sync_sybil(node) {
             self.lure(node);

@@ -72,6 +72,7 @@ pub fn run(
             if scenario.attack.behaviour == attack::AttackBehaviour::SyncSybil {
                 summary.forged_states_installed = Some(outcome.ledger.forged_states_installed);
             }
+            summary.honest_equivocations = Some(outcome.ledger.honest_equivocations);
             summary.messages_delivered = outcome.ledger.messages_delivered;
             summary.messages_lost = outcome.ledger.messages_lost;
             summary.virtual_seconds = outcome.virtual_ms as f64 / 1000.0;

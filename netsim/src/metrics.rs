@@ -44,6 +44,9 @@ pub struct RoundLedger {
     pub attack_deltas_merged: u64,
     /// States forged by sync attackers that honest nodes installed.
     pub forged_states_installed: u64,
+    /// Times an honest node signed a second, different delta for a round it
+    /// had signed (peers would ban it; the target is zero).
+    pub honest_equivocations: u64,
     pub messages_delivered: u64,
     pub messages_lost: u64,
     owed: u64,
@@ -111,8 +114,11 @@ impl RoundLedger {
         }
     }
 
+    /// A node merged `round`. A node that merges a round again (it went back
+    /// to an older state, the majority's) counts with its last merge.
     pub fn merged(&mut self, round: u64, merge: NodeMerge) {
         if let Some(a) = self.at(round) {
+            a.merges.retain(|m| m.node != merge.node);
             a.merges.push(merge);
         }
     }

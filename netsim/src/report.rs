@@ -81,6 +81,10 @@ pub struct Summary {
     /// protocol's target is zero).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forged_states_installed: Option<u64>,
+    /// Virtual mode: times an honest node signed a second, different delta
+    /// for a round it had signed (the protocol's target is zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub honest_equivocations: Option<u64>,
     pub messages_delivered: u64,
     pub messages_lost: u64,
     /// Simulated time at the end (virtual mode), or wall time (live mode).

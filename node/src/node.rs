@@ -395,7 +395,9 @@ impl Node {
                 (state, Vec::new())
             }
         };
-        // Our delta of this round, if we published one before a crash: republish it.
+        // Our delta of this round, if we published one before a crash: republish
+        // it. Any later one (the checkpoint is an older state it installed)
+        // still goes to the engine, which then signs nothing up to its round.
         let own_delta = match store.outbox(params, spec.max_delta_bytes()) {
             Ok(Some((delta, after)))
                 if delta.header.round == state.round && delta.header.base == state.lineage =>
@@ -407,6 +409,7 @@ impl Node {
                 residual = after;
                 Some(delta)
             }
+            Ok(Some((delta, _))) if delta.header.round >= state.round => Some(delta),
             Ok(_) => None,
             Err(reason) => {
                 warn!(%reason, "the saved own delta is unreadable; training the round afresh");

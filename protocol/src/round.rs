@@ -258,6 +258,11 @@ pub struct RoundState {
     paused: bool,
     /// When the current round's first delta arrived: a paused node's deadline counts from here.
     opened_at: Option<u64>,
+    /// The headers of the deltas we signed, by round, so that we never sign a
+    /// second one for a round (not even after installing an older state) and
+    /// know our own delta when a peer hands it back. Bound: the last
+    /// `buffered_rounds + 1` rounds we signed.
+    signed: BTreeMap<u64, DeltaHeader>,
 }
 
 impl RoundState {
@@ -283,6 +288,7 @@ impl RoundState {
             payload_rounds: BTreeMap::new(),
             paused: false,
             opened_at: None,
+            signed: BTreeMap::new(),
         }
     }
 
@@ -342,6 +348,11 @@ impl RoundState {
     /// Whether we are sitting out the current round after a mid-round sync.
     pub fn observing(&self) -> bool {
         self.round < self.contribute_from
+    }
+
+    /// The first round we contribute to (what a node that synced tells its peers).
+    pub fn contributes_from(&self) -> u64 {
+        self.contribute_from
     }
 
     /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
@@ -410,7 +421,7 @@ impl RoundState {
         if let Some(existing) = self.rounds.get(&header.round).and_then(|m| m.get(&header.sender)) {
             return if existing.header == *header { Admission::Duplicate } else { Admission::Equivocation };
         }
-        if header.sender == self.me {
+        if header.sender == self.me && !self.signed_by_us(header) {
             // Someone replays a delta with our key that we did not make.
             return Admission::Equivocation;
         }
@@ -446,6 +457,12 @@ impl RoundState {
                     // Trained for a round we have since left (e.g. after a sync).
                     return actions;
                 }
+                if !self.may_sign(&delta.header) {
+                    // A round we already signed, before we went back to an
+                    // older state: a second delta would be an equivocation.
+                    return actions;
+                }
+                self.remember_signed(delta.header.clone());
                 self.remember_payload(&delta.header);
                 self.rounds.entry(self.round).or_default().insert(self.me, delta.clone());
                 self.published_at = Some(now_ms);
@@ -532,9 +549,14 @@ impl RoundState {
                 }
             }
             Event::Synced { round, expected_from } => {
-                if round > self.round || (round == self.round && self.observing()) {
+                // An older state too (a diverged node takes the majority's,
+                // rounds behind its own): deltas it holds of later rounds, its
+                // own among them, stay, as its peers merge them too.
+                if round != self.round || self.observing() {
                     self.jump_to(round);
-                    self.contribute_from = expected_from;
+                    // Never contribute again to a round we signed for.
+                    let past_signed = self.last_signed().map_or(0, |r| r + 1);
+                    self.contribute_from = expected_from.max(past_signed);
                 }
                 return actions;
             }
@@ -703,6 +725,9 @@ impl RoundState {
             return;
         };
         let round = self.round;
+        // Our delta of an observed round (signed before we went back to an
+        // older state) is of a lineage we left: it says nothing of ours.
+        let observed = self.observing();
         let mut deltas: Vec<SignedDelta> =
             self.rounds.remove(&round).unwrap_or_default().into_values().collect();
         let group = self.groups.remove(&round);
@@ -716,7 +741,7 @@ impl RoundState {
         self.opened_at = self.rounds.contains_key(&self.round).then_some(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
-        let diverged = if group.is_none() { self.majority_elsewhere(&deltas) } else { None };
+        let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {
             actions.push(Action::Diverged { peer, round });
@@ -739,6 +764,8 @@ impl RoundState {
         deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
     }
 }
+
+mod signed;
 
 #[cfg(test)]
 mod pause_tests;

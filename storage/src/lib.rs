@@ -138,12 +138,21 @@ impl Store {
 
     /// Writes a checkpoint of `state` and the node's error-feedback `residual`
     /// (empty for none) durably, flushed before returning; then prunes old ones.
+    /// Checkpoints of later rounds go in the same batch: a node that installed
+    /// an older state (a diverged node going back to the majority's) left
+    /// their lineage, and must not resume from it.
     pub fn save_checkpoint(&self, state: &ModelState, residual: &[f32]) -> Result<(), StoreError> {
         let body = wire::encode_checkpoint(state, residual);
         let mut record = Vec::with_capacity(CHECKSUM_LEN + body.len());
         record.extend_from_slice(checksum(&body).as_bytes());
         record.extend_from_slice(&body);
-        self.checkpoints.insert(state.round.to_be_bytes(), record)?;
+        let key = state.round.to_be_bytes();
+        let mut batch = sled::Batch::default();
+        for later in self.checkpoints.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)) {
+            batch.remove(later?.0);
+        }
+        batch.insert(&key, record);
+        self.checkpoints.apply_batch(batch)?;
         self.db.flush()?;
         while self.checkpoints.len() > KEEP_CHECKPOINTS {
             if self.checkpoints.pop_min()?.is_none() {
@@ -368,6 +377,18 @@ mod tests {
         assert_eq!(scan.checkpoint, Some(state(5)));
         assert!(scan.skipped.is_empty());
         assert_eq!(store.checkpoint_rounds().unwrap(), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn an_older_state_saved_replaces_the_checkpoints_of_later_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for r in 3..6 {
+            save(&store, &state(r));
+        }
+        save(&store, &state(4));
+        assert_eq!(store.checkpoint_rounds().unwrap(), vec![3, 4]);
+        assert_eq!(store.latest_checkpoint(3).unwrap().checkpoint, Some(state(4)));
     }
 
     #[test]

@@ -112,8 +112,10 @@ impl Engine<'_> {
             Admission::Accept => {}
             Admission::Duplicate => return Ok(()),
             Admission::Stale => {
+                // Not merged nor forwarded; its lineage still counts as evidence.
                 self.ledger.refused("stale");
-                return Ok(());
+                let actions = n.engine.handle(self.now / MS, Input::PeerDelta(delta.clone()));
+                return self.apply(to, actions);
             }
             Admission::Full => {
                 self.ledger.refused("full");

@@ -40,8 +40,13 @@ impl Engine<'_> {
         }
         let (round, lineage) = (self.nodes[node].state.round, self.nodes[node].state.lineage);
         let public = self.nodes[node].public;
-        // As a real node restarts: from its checkpoint, probing its peers first.
-        self.nodes[node].engine = self.new_engine(public, round, lineage, true);
+        // As a real node restarts: from its checkpoint, probing its peers
+        // first, with the last delta it signed (its outbox).
+        let mut engine = self.new_engine(public, round, lineage, true);
+        if let Some(delta) = self.nodes[node].signed.clone() {
+            engine = engine.with_outbox(delta);
+        }
+        self.nodes[node].engine = engine;
         let n = &mut self.nodes[node];
         n.life = Life::Up;
         n.wake = None;

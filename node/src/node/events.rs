@@ -219,6 +219,13 @@ impl Node {
                 self.drive(Input::PeerDelta(delta))?;
                 acceptance
             }
+            Admission::Stale => {
+                // Not merged nor forwarded, but the lineage it was trained
+                // from tells a node that ran ahead whether it is on its own.
+                self.metrics.ignored("stale");
+                self.drive(Input::PeerDelta(delta))?;
+                gossipsub::MessageAcceptance::Ignore
+            }
             Admission::Replayed => {
                 warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a delta whose payload was already seen in another round or from another key (a replay)");
                 self.refuse(&source, "replayed");

@@ -144,6 +144,12 @@ impl Node {
                 round,
                 "most deltas of this round came from a state other than ours; fetching the majority's state"
             ),
+            Note::Outnumbered { round, elsewhere, peers } => warn!(
+                round,
+                elsewhere,
+                peers,
+                "most peers train from a lineage other than ours (late deltas included); fetching the majority's state"
+            ),
             Note::Asking { reason, peers } => {
                 debug!(?reason, peers, "asking run peers which state they serve")
             }

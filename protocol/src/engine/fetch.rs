@@ -50,9 +50,10 @@ pub fn required_support(reached: usize) -> usize {
 pub(super) enum FetchStep {
     /// Send these requests.
     Send(Vec<(PublicKey, RequestId, SyncRequest)>),
-    /// A verified state, the round from which the peers expect our deltas, and
-    /// their current round's deltas (still to validate).
-    Done { state: ModelState, expected_from: u64, deltas: Vec<SignedDelta> },
+    /// A verified state, the round from which the peers expect our deltas,
+    /// their current round's deltas (still to validate), and whether a strict
+    /// majority of the peers reached announced it.
+    Done { state: ModelState, expected_from: u64, deltas: Vec<SignedDelta>, majority: bool },
     /// The sync ended without a state to install (nothing newer, or no agreement).
     Ended { agreed: bool },
 }
@@ -77,6 +78,7 @@ enum Stage {
         sources: BTreeSet<PublicKey>,
         expected_from: u64,
         deltas: Vec<SignedDelta>,
+        majority: bool,
     },
 }
 
@@ -177,7 +179,7 @@ impl StateFetch {
         &mut self,
         peer: &PublicKey,
         notes: &mut Vec<Note>,
-        wanted: impl Fn(u64, [u8; 32]) -> bool,
+        wanted: impl Fn(u64, [u8; 32], bool) -> bool,
     ) -> Option<FetchStep> {
         match &mut self.stage {
             Stage::Asking { waiting, reached, .. } => {
@@ -202,13 +204,14 @@ impl StateFetch {
     }
 
     /// A response (or `None`: the request failed) to request `id`; `wanted`
-    /// says whether a state of this round and lineage is worth fetching.
+    /// says whether a state of this round and lineage is worth fetching (the
+    /// flag: a strict majority of the peers reached announced it).
     pub(super) fn on_response(
         &mut self,
         id: RequestId,
         response: Option<SyncResponse>,
         notes: &mut Vec<Note>,
-        wanted: impl Fn(u64, [u8; 32]) -> bool,
+        wanted: impl Fn(u64, [u8; 32], bool) -> bool,
     ) -> Option<FetchStep> {
         match self.pending.remove(&id)? {
             Pending::Offer(peer) => {
@@ -262,7 +265,7 @@ impl StateFetch {
         &mut self,
         now: u64,
         notes: &mut Vec<Note>,
-        wanted: impl Fn(u64, [u8; 32]) -> bool,
+        wanted: impl Fn(u64, [u8; 32], bool) -> bool,
     ) -> Option<FetchStep> {
         match self.offers_due() {
             Some(due) if now >= due => Some(self.choose(notes, wanted)),
@@ -270,7 +273,7 @@ impl StateFetch {
         }
     }
 
-    fn choose(&mut self, notes: &mut Vec<Note>, wanted: impl Fn(u64, [u8; 32]) -> bool) -> FetchStep {
+    fn choose(&mut self, notes: &mut Vec<Note>, wanted: impl Fn(u64, [u8; 32], bool) -> bool) -> FetchStep {
         let Stage::Asking { reached, offers, .. } = std::mem::replace(&mut self.stage, Stage::Idle) else {
             unreachable!("choose is called while asking")
         };
@@ -290,6 +293,8 @@ impl StateFetch {
             // into several lineages, none of them a majority (netsim's
             // partition-heal shows it); by support first, a few colluders
             // claiming a far round still lose to the lineage most peers hold.
+            // A root older than our state is installed only with a strict
+            // majority behind it (see `Engine::wanted`).
             SyncReason::Diverged => {
                 let required = reached.min(2);
                 (required, choose_root_by_support(&announced, required))
@@ -304,7 +309,8 @@ impl StateFetch {
         let agreeing: Vec<&StateOffer> =
             offers.iter().filter(|(p, _)| sources.contains(p)).map(|(_, o)| o).collect();
         let manifest = agreeing[0].manifest.clone();
-        if !wanted(manifest.round, manifest.lineage) {
+        let majority = sources.len() >= required_support(reached);
+        if !wanted(manifest.round, manifest.lineage, majority) {
             notes.push(Note::NotNewer { round });
             return FetchStep::Ended { agreed: true };
         }
@@ -337,7 +343,7 @@ impl StateFetch {
             chunks: assembly.progress().1,
             kept,
         });
-        self.stage = Stage::Fetching { assembly, sources, expected_from, deltas };
+        self.stage = Stage::Fetching { assembly, sources, expected_from, deltas, majority };
         self.pump(notes)
     }
 
@@ -348,7 +354,7 @@ impl StateFetch {
             return FetchStep::Send(Vec::new());
         };
         if assembly.is_complete() {
-            let Stage::Fetching { assembly, expected_from, deltas, .. } =
+            let Stage::Fetching { assembly, expected_from, deltas, majority, .. } =
                 std::mem::replace(&mut self.stage, Stage::Idle)
             else {
                 unreachable!()
@@ -357,7 +363,7 @@ impl StateFetch {
             return match assembly.finish(self.param_count) {
                 Ok(state) => {
                     notes.push(Note::Fetched { round: state.round, chunks: assembly.progress().1 });
-                    FetchStep::Done { state, expected_from, deltas }
+                    FetchStep::Done { state, expected_from, deltas, majority }
                 }
                 Err(e) => {
                     notes.push(Note::Undecodable { reason: e.to_string() });

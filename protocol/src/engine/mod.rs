@@ -17,6 +17,9 @@
 //! - **state sync** ([`fetch`]): offers asked of the peers reached, the root a
 //!   strict majority of them announce, chunks fetched from every agreeing peer
 //!   and verified on arrival, install, and retries;
+//! - **lineage evidence** ([`lineage`]): the lineage each peer's latest delta,
+//!   late ones included, was trained from, against our own in its round; a
+//!   node most of whose peers are elsewhere syncs, even when it runs ahead;
 //! - the **decisions around training and merging**: when to train, whether a
 //!   finished training job is still wanted, when a merge may run.
 //!
@@ -26,6 +29,7 @@
 //! network.
 
 pub mod fetch;
+mod lineage;
 
 use std::collections::BTreeSet;
 
@@ -38,6 +42,8 @@ use crate::wire::{SyncRequest, SyncResponse};
 
 pub use fetch::{required_support, FetchConfig};
 use fetch::{FetchStep, StateFetch};
+use lineage::Lineages;
+pub use lineage::LINEAGE_ROUNDS;
 
 /// The id of a sync request this engine sent; the driver maps its own ids to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,7 +125,9 @@ pub enum Input {
     PeerConnected(PublicKey),
     /// A peer of this run went away.
     PeerLeft(PublicKey),
-    /// A peer's delta that passed [`SignedDelta::validate`] and [`Engine::admit`].
+    /// A peer's delta that passed [`SignedDelta::validate`] and that
+    /// [`Engine::admit`] accepted, found [`Admission::Stale`] (its lineage still
+    /// counts as evidence), or took for an [`Admission::Equivocation`].
     PeerDelta(SignedDelta),
     /// The training job of [`Output::Train`] finished: `delta` is our signed
     /// delta, `None` when it failed or was not wanted any more
@@ -158,8 +166,10 @@ pub enum Output {
     /// Send a sync request whose answer nobody waits for (a joining notice).
     Notify { peer: PublicKey, request: SyncRequest },
     /// Replace the state with this verified one, which a majority of the peers
-    /// reached announced. `deltas` are the agreeing peers' deltas of its
-    /// round: the driver validates each and hands it in as [`Input::PeerDelta`].
+    /// reached announced (its round may be older than ours: a diverged node
+    /// then observes until past the last round it signed). `deltas` are the
+    /// agreeing peers' deltas of its round: the driver validates each and
+    /// hands it in as [`Input::PeerDelta`].
     Install { state: ModelState, from: u64, expected_from: u64, deltas: Vec<SignedDelta> },
     /// Hand in [`Input::Timer`] at this time (ms) or soon after.
     Timer(u64),
@@ -178,6 +188,10 @@ pub enum Note {
     Behind { by: u64 },
     /// Most of a round's deltas came from another state: syncing.
     Diverged { round: u64 },
+    /// `elsewhere` of our `peers` connected peers last sent deltas trained
+    /// from lineages other than ours (late ones included), more than half of
+    /// them and us: syncing.
+    Outnumbered { round: u64, elsewhere: usize, peers: usize },
     /// Offers asked of this many peers.
     Asking { reason: SyncReason, peers: usize },
     /// No root had the support of a strict majority of the peers reached.
@@ -220,6 +234,8 @@ struct Ready {
     state: ModelState,
     expected_from: u64,
     deltas: Vec<SignedDelta>,
+    /// Whether a strict majority of the peers reached announced it.
+    majority: bool,
 }
 
 /// One node's protocol.
@@ -249,6 +265,12 @@ pub struct Engine {
     outbox: Option<SignedDelta>,
     /// The last timer handed out, so each is handed out once.
     timer: Option<u64>,
+    /// Our lineage by round and the lineage of each peer's latest delta.
+    lineages: Lineages,
+    /// Rounds aggregated in groups: states differ by design, no lineage evidence.
+    grouped: bool,
+    /// When lineage evidence last started a sync (they are spaced by `sync_retry_ms`).
+    outnumbered_at: Option<u64>,
     out: Vec<Output>,
 }
 
@@ -272,13 +294,24 @@ impl Engine {
             ready: None,
             outbox: None,
             timer: None,
+            lineages: Lineages::new(round, lineage),
+            grouped: false,
+            outnumbered_at: None,
             out: Vec::new(),
         }
     }
 
-    /// Our delta of the current round signed before a restart: published again as is.
+    /// The last delta we signed before a restart. One of the current round
+    /// trained from our state is published again as is; any other (our
+    /// checkpoint is older than it, or of another lineage) makes the node
+    /// observe until past its round, so that it never signs a second delta
+    /// for a round.
     pub fn with_outbox(mut self, delta: SignedDelta) -> Self {
-        self.outbox = Some(delta);
+        if delta.header.round == self.round && delta.header.base == self.lineage {
+            self.outbox = Some(delta);
+        } else if delta.header.round >= self.round {
+            self.rounds.signed_before(delta.header);
+        }
         self
     }
 
@@ -356,6 +389,7 @@ impl Engine {
             }
             Input::PeerLeft(peer) => {
                 if self.peers.remove(&peer) {
+                    self.lineages.left(&peer);
                     self.round_event(now, round::Event::PeerDisconnected(peer));
                 }
                 let mut notes = Vec::new();
@@ -366,7 +400,11 @@ impl Engine {
                     self.on_fetch(now, step);
                 }
             }
-            Input::PeerDelta(delta) => self.round_event(now, round::Event::PeerDelta(delta)),
+            Input::PeerDelta(delta) => {
+                let (sender, round, base) = (delta.header.sender, delta.header.round, delta.header.base);
+                self.round_event(now, round::Event::PeerDelta(delta));
+                self.weigh_lineage(now, sender, round, base);
+            }
             Input::Trained { round, base, delta } => {
                 self.training = None;
                 match delta {
@@ -381,6 +419,7 @@ impl Engine {
                     self.merging = None;
                     self.round = round + 1;
                     self.lineage = lineage;
+                    self.lineages.merged(self.round, lineage);
                     if let Some(ready) = self.ready.take() {
                         self.finish_fetch(now, ready);
                     }
@@ -411,8 +450,14 @@ impl Engine {
                 self.training = None;
                 self.round_event(now, round::Event::Abstain);
             }
-            Input::Ban(key) => self.round_event(now, round::Event::Ban(key)),
-            Input::Group { round, members } => self.round_event(now, round::Event::Group { round, members }),
+            Input::Ban(key) => {
+                self.lineages.left(&key);
+                self.round_event(now, round::Event::Ban(key))
+            }
+            Input::Group { round, members } => {
+                self.grouped = true;
+                self.round_event(now, round::Event::Group { round, members })
+            }
         }
         self.check_gathering(now);
         self.schedule();
@@ -564,14 +609,21 @@ impl Engine {
         }
     }
 
-    /// Whether a state a majority agree on is worth installing.
-    fn wanted(&self) -> impl Fn(u64, [u8; 32]) -> bool {
+    /// Whether a chosen state, of `round` and `lineage`, is worth installing;
+    /// `majority`: a strict majority of the peers reached announced it.
+    fn wanted(&self) -> impl Fn(u64, [u8; 32], bool) -> bool {
         let (own_round, own_lineage, observing, reason) =
             (self.round, self.lineage, self.rounds.observing(), self.fetch.reason);
-        move |round, lineage| match reason {
+        move |round, lineage, majority| match reason {
             SyncReason::Probe => round > own_round,
             SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
-            SyncReason::Diverged => round > own_round || (round == own_round && lineage != own_lineage),
+            // A diverged node that ran ahead of the majority (the faster side
+            // of a partition) goes back to the majority's state, but only on
+            // the word of a strict majority: fewer colluders cannot turn it back.
+            SyncReason::Diverged => {
+                round > own_round
+                    || (lineage != own_lineage && (round == own_round || (round < own_round && majority)))
+            }
         }
     }
 
@@ -612,8 +664,8 @@ impl Engine {
                     request,
                 }));
             }
-            FetchStep::Done { state, expected_from, deltas } => {
-                let ready = Ready { state, expected_from, deltas };
+            FetchStep::Done { state, expected_from, deltas, majority } => {
+                let ready = Ready { state, expected_from, deltas, majority };
                 if self.merging.is_some() {
                     // Installed once the merge in flight is applied, if still wanted.
                     self.ready = Some(ready);
@@ -641,8 +693,8 @@ impl Engine {
 
     fn finish_fetch(&mut self, now: u64, ready: Ready) {
         let reason = self.fetch.reason;
-        let Ready { state, expected_from, deltas } = ready;
-        if !(self.wanted())(state.round, state.lineage) {
+        let Ready { state, expected_from, deltas, majority } = ready;
+        if !(self.wanted())(state.round, state.lineage, majority) {
             self.out.push(Output::Note(Note::Outdated { round: state.round }));
             self.after_sync(now, reason);
             return;
@@ -650,15 +702,18 @@ impl Engine {
         let from = self.round;
         self.round = state.round;
         self.lineage = state.lineage;
+        self.lineages.installed(state.round, state.lineage);
         // A training job from the old state is dropped when it comes back
         // (`wants_trained`), and the next one starts from the new state.
         self.out.push(Output::Install { state, from, expected_from, deltas });
         self.round_event(now, round::Event::Synced { round: self.round, expected_from });
         if self.rounds.observing() {
             // Peers saw us connect in rounds of their own; tell them all the one
-            // our source gave, so none waits for us before then.
+            // our source gave (or, back in rounds we signed, the one past
+            // them), so none waits for us before then.
+            let from = self.rounds.contributes_from();
             for peer in self.peers.clone() {
-                self.out.push(Output::Notify { peer, request: SyncRequest::Joining { from: expected_from } });
+                self.out.push(Output::Notify { peer, request: SyncRequest::Joining { from } });
             }
         }
         if self.done() && self.phase == Phase::Running {

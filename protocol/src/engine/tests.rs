@@ -64,7 +64,11 @@ fn requests(out: &[Output]) -> Vec<(PublicKey, RequestId, SyncRequest)> {
 }
 
 fn offer(snapshot: &StateSnapshot) -> SyncResponse {
-    SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from: 9, deltas: vec![] })
+    offer_from(snapshot, 9)
+}
+
+fn offer_from(snapshot: &StateSnapshot, expected_from: u64) -> SyncResponse {
+    SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from, deltas: vec![] })
 }
 
 /// Answers every request in `out` from the snapshot each peer serves, until
@@ -72,8 +76,18 @@ fn offer(snapshot: &StateSnapshot) -> SyncResponse {
 /// and who served chunks.
 fn serve_all(
     e: &mut Engine,
+    out: Vec<Output>,
+    serves: &BTreeMap<PublicKey, StateSnapshot>,
+) -> (Option<ModelState>, BTreeSet<PublicKey>, Vec<Output>) {
+    serve_expecting(e, out, serves, 9)
+}
+
+/// [`serve_all`], the peers expecting our deltas from `expected_from`.
+fn serve_expecting(
+    e: &mut Engine,
     mut out: Vec<Output>,
     serves: &BTreeMap<PublicKey, StateSnapshot>,
+    expected_from: u64,
 ) -> (Option<ModelState>, BTreeSet<PublicKey>, Vec<Output>) {
     let mut served_by = BTreeSet::new();
     let mut all = Vec::new();
@@ -92,7 +106,7 @@ fn serve_all(
         for (peer, id, request) in reqs {
             let snapshot = &serves[&peer];
             let response = match request {
-                SyncRequest::Offer => offer(snapshot),
+                SyncRequest::Offer => offer_from(snapshot, expected_from),
                 SyncRequest::Chunk { index, .. } => {
                     served_by.insert(peer);
                     SyncResponse::Chunk(snapshot.chunk(index).unwrap().to_vec())
@@ -252,4 +266,152 @@ fn a_node_alone_runs_at_once_and_trains_from_its_state() {
     assert!(!out.iter().any(|o| matches!(o, Output::Train { .. })), "no training while the merge runs");
     let out = e.handle(6, Input::Merged { round: 0, lineage: [7; 32] });
     assert!(out.iter().any(|o| matches!(o, Output::Train { round: 1, base } if *base == [7; 32])), "{out:?}");
+}
+
+fn based(i: u8, round: u64, base: [u8; 32]) -> SignedDelta {
+    let payload = Codec::Dense.encode(&[f32::from(i), round as f32, 0.5]);
+    SignedDelta::sign(&key(i), RunId([0; 32]), round, base, 10, Codec::Dense, payload)
+}
+
+fn of_lineage(round: u64, lineage: [u8; 32]) -> StateSnapshot {
+    let mut s = state(round, f32::from(lineage[0]));
+    s.lineage = lineage;
+    StateSnapshot::of(&s)
+}
+
+/// Node 1 of five, on the minority's lineage `[50; 32]` at round 5, running
+/// without a probe: it merges round 5 with its partner (node 2) alone, as the
+/// faster side of a partition does, and is at round 6 with lineage
+/// `[60; 32]`, its delta of round 6 signed. Nodes 3 to 5 are the majority.
+fn minority_ahead() -> Engine {
+    let config = EngineConfig { probe_on_start: false, ..config(4) };
+    let mut e = Engine::new(pk(1), config, 5, [50; 32]);
+    e.handle(0, Input::Start);
+    for i in 2..6 {
+        e.handle(0, Input::PeerConnected(pk(i)));
+    }
+    assert_eq!(e.phase(), Phase::Running);
+    e.handle(10, Input::Trained { round: 5, base: [50; 32], delta: Some(based(1, 5, [50; 32])) });
+    let out = e.handle(20, Input::PeerDelta(based(2, 5, [50; 32])));
+    assert!(out.is_empty() || !out.iter().any(|o| matches!(o, Output::Merge { .. })));
+    let out = e.handle(1_010, Input::Timer);
+    assert!(out.iter().any(|o| matches!(o, Output::Merge { round: 5, .. })), "{out:?}");
+    let out = e.handle(1_020, Input::Merged { round: 5, lineage: [60; 32] });
+    assert!(out.iter().any(|o| matches!(o, Output::Train { round: 6, .. })), "{out:?}");
+    let out =
+        e.handle(1_500, Input::Trained { round: 6, base: [60; 32], delta: Some(based(1, 6, [60; 32])) });
+    assert!(out.iter().any(|o| matches!(o, Output::Publish(_))));
+    e
+}
+
+#[test]
+fn a_node_ahead_of_the_majority_goes_back_to_its_older_state_and_signs_no_round_twice() {
+    let mut e = minority_ahead();
+    // The majority's deltas of round 5 arrive late: stale, but their lineage counts.
+    for i in 3..5 {
+        assert_eq!(e.admit(&based(i, 5, [51; 32]).header), Admission::Stale);
+        let out = e.handle(1_600, Input::PeerDelta(based(i, 5, [51; 32])));
+        assert!(requests(&out).is_empty(), "two of four peers elsewhere are no majority: {out:?}");
+    }
+    let out = e.handle(1_600, Input::PeerDelta(based(5, 5, [51; 32])));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Note(Note::Outnumbered { elsewhere: 3, peers: 4, .. }))),
+        "{out:?}"
+    );
+    assert_eq!(requests(&out).len(), 4, "offers asked of every peer");
+    // The majority serves its state of round 5 (it is a round behind); the partner, its own.
+    let (majority, partner) = (of_lineage(5, [51; 32]), of_lineage(6, [60; 32]));
+    let serves: BTreeMap<PublicKey, StateSnapshot> =
+        (2..6).map(|i| (pk(i), if i == 2 { partner.clone() } else { majority.clone() })).collect();
+    let (installed, served_by, all) = serve_expecting(&mut e, out, &serves, 0);
+    let installed = installed.expect("the majority's older state");
+    assert_eq!((installed.round, installed.lineage), (5, [51; 32]));
+    assert!(!served_by.contains(&pk(2)));
+    assert_eq!(e.round(), 5);
+    assert!(
+        e.rounds().observing() && e.rounds().contributes_from() == 7,
+        "observes past round 6, which it signed"
+    );
+    let joining: Vec<u64> = all
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notify { request: SyncRequest::Joining { from }, .. } => Some(*from),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joining, vec![7; 4], "peers are told not to wait for it before round 7");
+    assert!(!all.iter().any(|o| matches!(o, Output::Train { .. })), "no training for rounds it signed");
+
+    // It follows the majority's rounds 5 and 6 without signing anything.
+    let mut out = Vec::new();
+    for i in 2..6 {
+        out.extend(e.handle(2_000, Input::PeerDelta(based(i, 5, [51; 32]))));
+    }
+    assert!(out.iter().any(|o| matches!(o, Output::Merge { round: 5, .. })), "{out:?}");
+    let out = e.handle(2_100, Input::Merged { round: 5, lineage: [61; 32] });
+    assert!(!out.iter().any(|o| matches!(o, Output::Train { .. })), "round 6 was signed: {out:?}");
+    // Even a delta for round 6 handed in from outside is not published.
+    let out =
+        e.handle(2_200, Input::Trained { round: 6, base: [61; 32], delta: Some(based(1, 6, [61; 32])) });
+    assert!(!out.iter().any(|o| matches!(o, Output::Publish(_))), "{out:?}");
+    // Its own delta of round 6, which the majority holds too, is merged with theirs.
+    let mut out = Vec::new();
+    for i in 2..6 {
+        out.extend(e.handle(2_300, Input::PeerDelta(based(i, 6, [61; 32]))));
+    }
+    let merged = out.iter().find_map(|o| match o {
+        Output::Merge { round: 6, deltas, .. } => {
+            Some(deltas.iter().map(|d| d.header.sender).collect::<Vec<_>>())
+        }
+        _ => None,
+    });
+    let merged = merged.expect("round 6 closes");
+    assert!(merged.contains(&pk(1)) && merged.len() == 5, "{merged:?}");
+    let out = e.handle(2_400, Input::Merged { round: 6, lineage: [71; 32] });
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Train { round: 7, .. })),
+        "contributes again from round 7: {out:?}"
+    );
+}
+
+#[test]
+fn a_node_ahead_goes_back_only_on_the_word_of_a_strict_majority() {
+    let mut e = minority_ahead();
+    let mut out = Vec::new();
+    for i in 3..6 {
+        out = e.handle(1_600, Input::PeerDelta(based(i, 5, [51; 32])));
+    }
+    // Only two of the four peers reached announce the older state (the most
+    // support, but no strict majority): not enough to go back.
+    let (majority, partner, third) =
+        (of_lineage(5, [51; 32]), of_lineage(6, [60; 32]), of_lineage(6, [62; 32]));
+    let serves: BTreeMap<PublicKey, StateSnapshot> = (2..6)
+        .map(|i| {
+            (
+                pk(i),
+                if i == 2 {
+                    partner.clone()
+                } else if i == 3 {
+                    third.clone()
+                } else {
+                    majority.clone()
+                },
+            )
+        })
+        .collect();
+    let (installed, _, all) = serve_all(&mut e, out, &serves);
+    assert!(installed.is_none());
+    assert!(all.iter().any(|o| matches!(o, Output::Note(Note::NotNewer { .. }))), "{all:?}");
+    assert_eq!((e.round(), e.rounds().observing()), (6, false));
+}
+
+#[test]
+fn a_restarted_node_whose_outbox_is_ahead_of_its_checkpoint_observes_past_it() {
+    let config = EngineConfig { probe_on_start: false, ..config(0) };
+    // The checkpoint is an older state it went back to; it had signed round 6.
+    let mut e = Engine::new(pk(1), config, 5, [51; 32]).with_outbox(based(1, 6, [60; 32]));
+    let out = e.handle(0, Input::Start);
+    assert_eq!(e.phase(), Phase::Running);
+    assert!(!out.iter().any(|o| matches!(o, Output::Train { .. } | Output::Publish(_))), "{out:?}");
+    assert_eq!(e.rounds().contributes_from(), 7);
 }

@@ -498,3 +498,37 @@ fn a_grouped_round_expects_and_merges_only_its_group() {
     // Round 1 has no group: back to everyone.
     assert_eq!(s.quorum_target(), 3);
 }
+
+#[test]
+fn going_back_to_an_older_state_observes_past_the_rounds_signed_and_keeps_their_deltas() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+    assert!(merged(&s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)))).is_some());
+    // Trained from the lineage the node is about to leave.
+    let ours = based(1, 1, 1.5, [9; 32]);
+    s.handle(3, Event::LocalDelta(ours.clone()));
+    s.handle(4, Event::PeerDelta(delta(2, 1, 2.5)));
+    assert_eq!(s.round(), 1);
+    // The majority's state of round 0 is installed: back to round 0, observing.
+    assert!(s.handle(5, Event::Synced { round: 0, expected_from: 0 }).is_empty());
+    assert_eq!((s.round(), s.contributes_from(), s.last_signed()), (0, 2, Some(1)));
+    assert!(s.observing() && !s.wants_local());
+    // A second delta of ours for round 0 is never taken, nor handed back as ours.
+    assert!(s.handle(6, Event::LocalDelta(delta(1, 0, 9.0))).is_empty());
+    assert_eq!(s.admit(&delta(1, 0, 9.0).header), Admission::Equivocation);
+    // Ours of round 0, as the majority holds it, is merged like theirs.
+    assert_eq!(s.admit(&delta(1, 0, 1.0).header), Admission::Accept);
+    s.handle(7, Event::PeerDelta(delta(1, 0, 1.0)));
+    s.handle(7, Event::PeerDelta(delta(2, 0, 2.0)));
+    let (round, senders, _) = merged(&s.handle(8, Event::PeerDelta(delta(3, 0, 3.0)))).expect("closes");
+    assert_eq!((round, senders.len()), (0, 3));
+    // Round 1 still holds our delta and the peer's from before.
+    assert_eq!(s.collected(), 2);
+    assert!(s.handle(9, Event::LocalDelta(delta(1, 1, 7.0))).is_empty(), "round 1 was signed");
+    let actions = s.handle(10, Event::PeerDelta(delta(3, 1, 3.5)));
+    let (round, senders, _) = merged(&actions).expect("closes");
+    assert_eq!((round, senders.len()), (1, 3));
+    assert_eq!(diverged(&actions), None, "our old delta's base is no longer our lineage");
+    assert!(s.wants_local(), "contributes again from round 2");
+}
