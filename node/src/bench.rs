@@ -7,10 +7,14 @@
 //! - `codecs`: the local swarm once per codec, as a table of bytes, compression
 //!   and accuracy next to dense.
 //! - `flood`: a peer floods a real node with malformed messages (see [`flood`]).
+//! - `stall`: how long a node's event loop stops answering while it trains,
+//!   merges and serves a large model (see [`stall`]).
 
 mod flood;
+mod stall;
 
 pub use flood::{flood, FloodReport};
+pub use stall::{stall, StallReport};
 
 use std::{sync::Arc, time::Duration, time::Instant};
 

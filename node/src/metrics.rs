@@ -25,6 +25,20 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// A `select!` arm of the event loop, or a kind of heavy work.
+    pub kind: &'static str,
+}
+
+/// Histograms of seconds, labelled by kind.
+type Timings = Family<KindLabel, Histogram, fn() -> Histogram>;
+
+/// 100 µs to about 26 s.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
 /// Starling's metrics, registered beside libp2p's.
 pub struct NodeMetrics {
     pub registry: Registry,
@@ -53,6 +67,12 @@ pub struct NodeMetrics {
     pub p2p: libp2p::metrics::Metrics,
     /// ε this node has spent, in a run with `[privacy]` (0 otherwise).
     pub privacy_epsilon: Gauge<f64, AtomicU64>,
+    /// Time the event loop spent in one handler, by `select!` arm.
+    pub event_loop_busy: Timings,
+    /// How late the event loop's watchdog tick came.
+    pub event_loop_lag: Histogram,
+    /// Time of one piece of heavy work (merge, encode, verify, checkpoint, ...), by kind.
+    pub work_seconds: Timings,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -128,6 +148,27 @@ impl Default for NodeMetrics {
             "Differential privacy spent by this node: epsilon at the run's delta",
             privacy_epsilon.clone(),
         );
+        let event_loop_busy = Timings::new_with_constructor(seconds_histogram);
+        let event_loop_lag = seconds_histogram();
+        let work_seconds = Timings::new_with_constructor(seconds_histogram);
+        starling.register_with_unit(
+            "event_loop_busy",
+            "Time the event loop spent in one handler, by select! arm: how long it did not answer the swarm",
+            Unit::Seconds,
+            event_loop_busy.clone(),
+        );
+        starling.register_with_unit(
+            "event_loop_lag",
+            "How late the event loop's 10 ms watchdog tick came",
+            Unit::Seconds,
+            event_loop_lag.clone(),
+        );
+        starling.register_with_unit(
+            "work",
+            "Time of one piece of heavy work, by kind",
+            Unit::Seconds,
+            work_seconds.clone(),
+        );
         let p2p = libp2p::metrics::Metrics::new(&mut registry);
         Self {
             registry,
@@ -148,6 +189,9 @@ impl Default for NodeMetrics {
             merge_seconds,
             p2p,
             privacy_epsilon,
+            event_loop_busy,
+            event_loop_lag,
+            work_seconds,
             refused_sum: Counter::default(),
         }
     }
@@ -158,6 +202,16 @@ impl NodeMetrics {
     pub fn refused(&self, reason: &str) {
         self.deltas_refused.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
         self.refused_sum.inc();
+    }
+
+    /// One handler of the event loop's arm `kind` took `seconds`.
+    pub fn loop_busy(&self, kind: &'static str, seconds: f64) {
+        self.event_loop_busy.get_or_create(&KindLabel { kind }).observe(seconds);
+    }
+
+    /// One piece of heavy work of `kind` took `seconds`.
+    pub fn work_done(&self, kind: &'static str, seconds: f64) {
+        self.work_seconds.get_or_create(&KindLabel { kind }).observe(seconds);
     }
 
     /// Counts an ignored delta.

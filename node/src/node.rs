@@ -8,9 +8,11 @@
 //! state while it trains.
 
 mod accountability;
+mod busy;
 mod control;
 mod events;
 
+pub use busy::{LoopStats, Timing};
 pub use control::{ControlError, ControlRequest, NodeControl};
 mod privacy;
 mod sync;
@@ -162,6 +164,8 @@ pub struct NodeOutcome {
     pub banned: Vec<PublicKey>,
     /// Gossipsub scores of the peers this node saw, at the end.
     pub peer_scores: Vec<(PublicKey, f64)>,
+    /// How long the event loop stayed busy, and the heavy work by kind.
+    pub loop_stats: LoopStats,
 }
 
 /// Why a node could not run.
@@ -218,6 +222,8 @@ struct Node {
     /// Every peer that subscribed to the run, for the scores in the outcome.
     met_peers: BTreeSet<PeerId>,
     metrics: NodeMetrics,
+    /// How long the event loop stays busy.
+    busy: busy::Busy,
     /// The node's protocol: phases, rounds, state sync.
     engine: Engine,
     /// What every delta of the run must satisfy.
@@ -297,23 +303,26 @@ pub async fn run_node_controlled(
     let mut node = Node::open(options, hooks, events, train_tx, forward_tx)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = tokio::time::interval(busy::WATCHDOG);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            event = node.swarm.select_next_some() => node.on_swarm_event(event)?,
-            Some(done) = train_rx.recv() => node.on_trained(done)?,
-            request = control::next_request(&mut control) => node.on_control(request)?,
-            Some((id, source)) = forward_rx.recv() => {
+            event = node.swarm.select_next_some() => node.timed("swarm", |node| node.on_swarm_event(event))?,
+            Some(done) = train_rx.recv() => node.timed("trained", |node| node.on_trained(done))?,
+            request = control::next_request(&mut control) => node.timed("control", |node| node.on_control(request))?,
+            Some((id, source)) = forward_rx.recv() => node.timed("forward", |node| {
                 node.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &id,
                     &source,
                     gossipsub::MessageAcceptance::Accept,
                 );
-            }
+            }),
             _ = tick.tick() => {
-                if node.on_tick()? {
+                if node.timed("tick", Node::on_tick)? {
                     break;
                 }
             }
+            due = watchdog.tick() => node.busy.lag(&node.metrics, due),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     info!(round = node.state.round, "shutting down; the last merged round is checkpointed");
@@ -474,6 +483,7 @@ impl Node {
             refused_by_reason: BTreeMap::new(),
             met_peers: BTreeSet::new(),
             metrics,
+            busy: busy::Busy::default(),
             engine,
             state,
             residual,
@@ -511,6 +521,14 @@ impl Node {
             node.metrics.privacy_epsilon.set(epsilon);
         }
         Ok(node)
+    }
+
+    /// Runs one handler of the event loop's arm `arm`, timing it.
+    fn timed<T>(&mut self, arm: &'static str, handler: impl FnOnce(&mut Self) -> T) -> T {
+        let since = Instant::now();
+        let result = handler(self);
+        self.busy.handler(&self.metrics, arm, since);
+        result
     }
 
     fn now_ms(&self) -> u64 {
@@ -636,6 +654,7 @@ impl Node {
             }
         };
         self.last_loss = outcome.mean_loss;
+        let encode_started = Instant::now();
         // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
         let mut delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
         self.privatize_delta(&mut delta);
@@ -650,8 +669,11 @@ impl Node {
             self.spec.codec,
             payload,
         );
+        self.busy.work(&self.metrics, "encode", encode_started.elapsed());
+        let save_started = Instant::now();
         // Saved before it goes out: after a crash, the same delta is published again.
         self.store.save_outbox(&signed, &self.residual)?;
+        self.busy.work(&self.metrics, "outbox", save_started.elapsed());
         self.drive(Input::Trained { round, base, delta: Some(signed) })
     }
 
@@ -673,17 +695,24 @@ impl Node {
             self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
         }
         let merge_took = merge_started.elapsed();
+        self.busy.work(&self.metrics, "merge", merge_took);
         self.state.record_merge(round, &deltas);
+        let checkpoint_started = Instant::now();
         self.store.save_checkpoint(&self.state, &self.residual)?;
         self.save_refusals()?;
+        self.busy.work(&self.metrics, "checkpoint", checkpoint_started.elapsed());
         self.rounds_merged += 1;
         self.metrics.merges.inc();
         self.metrics.round.set(self.state.round as i64);
 
+        let eval_started = Instant::now();
         let eval = match (&self.trainer, &self.eval) {
             (Some(trainer), Some(eval)) => Some(trainer.evaluate(&self.state.params, eval)?),
             _ => None,
         };
+        if eval.is_some() {
+            self.busy.work(&self.metrics, "eval", eval_started.elapsed());
+        }
         let report = RoundReport {
             node: self.me,
             round,
@@ -753,6 +782,7 @@ impl Node {
             refused_by_reason: self.refused_by_reason.clone(),
             banned: self.engine.rounds().banned().iter().copied().collect(),
             peer_scores: self.peer_scores(),
+            loop_stats: self.busy.stats(),
         }
     }
 }

@@ -139,7 +139,10 @@ impl Node {
         id: gossipsub::MessageId,
         data: &[u8],
     ) -> Result<(), NodeError> {
-        let acceptance = match SignedDelta::from_untrusted(data, &self.rules) {
+        let verify_started = std::time::Instant::now();
+        let verified = SignedDelta::from_untrusted(data, &self.rules);
+        self.busy.work(&self.metrics, "verify", verify_started.elapsed());
+        let acceptance = match verified {
             Err(refusal) => {
                 warn!(peer = %source, reason = %refusal, "refused a delta");
                 self.refuse(&source, refusal.label());

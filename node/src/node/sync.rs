@@ -64,7 +64,9 @@ impl Node {
             "installed the state of the swarm"
         );
         self.state = state;
+        let checkpoint_started = std::time::Instant::now();
         self.store.save_checkpoint(&self.state, &self.residual)?;
+        self.busy.work(&self.metrics, "checkpoint", checkpoint_started.elapsed());
         self.store.clear_sync_chunks()?;
         self.kept_chunks_root = None;
         self.metrics.state_syncs.inc();
@@ -104,7 +106,9 @@ impl Node {
             }
             Answer::Unavailable => SyncResponse::Unavailable,
             Answer::Offer { expected_from, deltas } => {
+                let snapshot_started = std::time::Instant::now();
                 let snapshot = self.snapshots.of(&self.state);
+                self.busy.work(&self.metrics, "snapshot", snapshot_started.elapsed());
                 SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from, deltas })
             }
             Answer::Chunk { root, index } => match self.snapshots.chunk(&root, index) {
