@@ -401,22 +401,35 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} nodes and a late joiner (installed round {}), {} params, {} rounds: longest event-loop stall {:.3} s (in the {} handler), longest watchdog lag {:.3} s",
+                    "{} nodes and a late joiner (installed round {}), {} params, {} rounds: longest event-loop stall {:.3} s (in the {} handler; {:.3} s of CPU at most), longest watchdog lag {:.3} s",
                     r.peers,
                     r.joiner_installed.map_or_else(|| "none".to_string(), |r| r.to_string()),
                     r.params,
                     r.rounds,
                     r.longest_stall_seconds,
                     r.longest_stall_arm,
+                    r.longest_stall_cpu_seconds,
                     r.longest_lag_seconds
                 );
-                let line = |(kind, t): (&String, &crate::node::Timing)| {
-                    format!("  {kind:<11} {:>6} x  mean {:.4} s  max {:.4} s", t.count, t.mean_seconds(), t.max_seconds)
-                };
                 println!("event-loop handlers:");
-                r.handlers.iter().map(line).for_each(|l| println!("{l}"));
+                for (arm, t) in &r.handlers {
+                    println!(
+                        "  {arm:<20} {:>6} x  mean {:.4} s  max {:.4} s  max CPU {:.4} s",
+                        t.count,
+                        t.mean_seconds(),
+                        t.max_seconds,
+                        t.max_cpu_seconds
+                    );
+                }
                 println!("heavy work:");
-                r.work.iter().map(line).for_each(|l| println!("{l}"));
+                for (kind, t) in &r.work {
+                    println!(
+                        "  {kind:<20} {:>6} x  mean {:.4} s  max {:.4} s",
+                        t.count,
+                        t.mean_seconds(),
+                        t.max_seconds
+                    );
+                }
             }
             Ok(())
         }

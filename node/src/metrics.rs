@@ -73,6 +73,12 @@ pub struct NodeMetrics {
     pub event_loop_lag: Histogram,
     /// Time of one piece of heavy work (merge, encode, verify, checkpoint, ...), by kind.
     pub work_seconds: Timings,
+    /// Jobs waiting or running on the node's workers, by kind.
+    pub work_queued: Family<KindLabel, Gauge>,
+    /// Jobs dropped because their queue was full, by kind.
+    pub work_dropped: Family<KindLabel, Counter>,
+    /// Merges that found the state still held by a reader and copied it.
+    pub state_copies: Counter,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -169,6 +175,24 @@ impl Default for NodeMetrics {
             Unit::Seconds,
             work_seconds.clone(),
         );
+        let work_queued = Family::<KindLabel, Gauge>::default();
+        let work_dropped = Family::<KindLabel, Counter>::default();
+        let state_copies = Counter::default();
+        starling.register(
+            "work_queued",
+            "Jobs waiting or running on the node's workers, by kind",
+            work_queued.clone(),
+        );
+        starling.register(
+            "work_dropped",
+            "Jobs dropped because their queue was full, by kind",
+            work_dropped.clone(),
+        );
+        starling.register(
+            "state_copies",
+            "Merges that found the model state still held by a reader (snapshot, evaluation) and copied it",
+            state_copies.clone(),
+        );
         let p2p = libp2p::metrics::Metrics::new(&mut registry);
         Self {
             registry,
@@ -192,6 +216,9 @@ impl Default for NodeMetrics {
             event_loop_busy,
             event_loop_lag,
             work_seconds,
+            work_queued,
+            work_dropped,
+            state_copies,
             refused_sum: Counter::default(),
         }
     }
@@ -212,6 +239,16 @@ impl NodeMetrics {
     /// One piece of heavy work of `kind` took `seconds`.
     pub fn work_done(&self, kind: &'static str, seconds: f64) {
         self.work_seconds.get_or_create(&KindLabel { kind }).observe(seconds);
+    }
+
+    /// Jobs of `kind` waiting or running.
+    pub fn work_pending(&self, kind: &'static str, jobs: usize) {
+        self.work_queued.get_or_create(&KindLabel { kind }).set(jobs as i64);
+    }
+
+    /// Counts a job of `kind` dropped from a full queue.
+    pub fn work_dropped(&self, kind: &'static str) {
+        self.work_dropped.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// Counts an ignored delta.

@@ -36,6 +36,9 @@ pub struct StallReport {
     pub longest_stall_seconds: f64,
     /// The handler (`select!` arm) it was in.
     pub longest_stall_arm: String,
+    /// The most CPU time any node's event-loop thread spent in one handler
+    /// (the stall less the time the OS gave other threads).
+    pub longest_stall_cpu_seconds: f64,
     /// The longest any node's 10 ms watchdog tick came late.
     pub longest_lag_seconds: f64,
     /// Time in handlers by arm, all nodes together.
@@ -125,8 +128,9 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
         }
         Ok((outcomes, joiner_installed))
     };
-    let (outcomes, joiner_installed) =
-        tokio::time::timeout(TIMEOUT, run).await.map_err(|_| BenchError::Timeout("the nodes to finish"))??;
+    let (outcomes, joiner_installed) = tokio::time::timeout(TIMEOUT, run)
+        .await
+        .map_err(|_| BenchError::Timeout("the nodes to finish"))??;
     let _ = stop_tx.send(true);
     Ok(report(spec.param_count(), peers, rounds, joiner_installed, outcomes.iter().map(|o| &o.loop_stats)))
 }
@@ -157,6 +161,7 @@ fn report<'a>(
         joiner_installed,
         longest_stall_seconds: longest,
         longest_stall_arm,
+        longest_stall_cpu_seconds: all.longest_stall_cpu_seconds(),
         longest_lag_seconds: all.lag.max_seconds,
         handlers: all.handlers,
         work: all.work,
