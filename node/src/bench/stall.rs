@@ -3,7 +3,9 @@
 //! parameters. Real node stacks in one process over TCP loopback: `--peers`
 //! nodes train `--rounds` rounds (evaluating after each merge); once they have
 //! merged their first round a late joiner starts, so they also build the
-//! snapshots it fetches. Every node times each handler of its event loop and
+//! snapshots it fetches. The nodes keep serving after their last round until
+//! every node, the joiner included, holds the last round's state (or the
+//! joiner gives no sign of it for [`JOINER_WAIT`]). Every node times each handler of its event loop and
 //! each piece of heavy work (see `crate::node::LoopStats`); the report gives
 //! the longest stall of any node, and the figures by handler and by kind.
 
@@ -22,6 +24,9 @@ use crate::{
 
 /// How long the whole benchmark may take.
 const TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// How long the others wait for the joiner once they are done.
+const JOINER_WAIT: Duration = Duration::from_secs(120);
 
 /// The event loops' figures of one run.
 #[derive(Clone, Debug, Serialize)]
@@ -75,13 +80,14 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
         evaluate: true,
         data: Default::default(),
     };
+    let hooks = HarnessHooks { linger_until_shutdown: true, ..HarnessHooks::default() };
     let run = async {
         let mut addresses = Vec::new();
         let mut handles = Vec::new();
         for i in 0..peers {
             handles.push(tokio::spawn(run_node_with(
                 options(i, addresses.clone(), peers - 1),
-                HarnessHooks::default(),
+                hooks.clone(),
                 Some(events_tx.clone()),
                 stop_rx.clone(),
             )));
@@ -107,11 +113,42 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
         }
         handles.push(tokio::spawn(run_node_with(
             options(peers, addresses.clone(), peers),
-            HarnessHooks::default(),
+            hooks.clone(),
             Some(events_tx.clone()),
             stop_rx.clone(),
         )));
         drop(events_tx);
+        // Until every node holds the state of the last round.
+        let mut joiner_installed = None;
+        let mut done = std::collections::BTreeSet::new();
+        let mut others_done: Option<tokio::time::Instant> = None;
+        while done.len() < peers + 1 {
+            let wait = match others_done {
+                Some(since) => JOINER_WAIT.saturating_sub(since.elapsed()),
+                None => TIMEOUT,
+            };
+            let event = match tokio::time::timeout(wait, events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err(BenchError::Net("the nodes stopped".into())),
+                Err(_) => break,
+            };
+            match event {
+                NodeEvent::Round(report) if report.round + 1 == rounds => {
+                    done.insert(report.node);
+                }
+                NodeEvent::StateInstalled { node, round, .. } => {
+                    joiner_installed = Some(round);
+                    if round == rounds {
+                        done.insert(node);
+                    }
+                }
+                _ => {}
+            }
+            if done.len() >= peers && others_done.is_none() {
+                others_done = Some(tokio::time::Instant::now());
+            }
+        }
+        let _ = stop_tx.send(true);
         let mut outcomes = Vec::new();
         for handle in handles {
             match handle.await {
@@ -120,18 +157,11 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
                 Err(e) => return Err(BenchError::Net(format!("a node panicked: {e}"))),
             }
         }
-        let mut joiner_installed = None;
-        while let Ok(event) = events.try_recv() {
-            if let NodeEvent::StateInstalled { round, .. } = event {
-                joiner_installed = Some(round);
-            }
-        }
         Ok((outcomes, joiner_installed))
     };
     let (outcomes, joiner_installed) = tokio::time::timeout(TIMEOUT, run)
         .await
         .map_err(|_| BenchError::Timeout("the nodes to finish"))??;
-    let _ = stop_tx.send(true);
     Ok(report(spec.param_count(), peers, rounds, joiner_installed, outcomes.iter().map(|o| &o.loop_stats)))
 }
 
