@@ -47,3 +47,28 @@ impl SnapshotCache {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_protocol::ModelState;
+
+    #[test]
+    fn the_cache_finds_a_state_by_round_and_lineage_and_keeps_the_last_few() {
+        let mut cache = SnapshotCache::default();
+        let mut state = ModelState::initial(vec![0.5; 16]);
+        let mut roots = Vec::new();
+        for round in 0..=SERVED_SNAPSHOTS as u64 {
+            state.round = round;
+            let snapshot = Arc::new(StateSnapshot::of(&state));
+            roots.push(snapshot.root);
+            cache.insert(snapshot.clone());
+            cache.insert(snapshot);
+            assert_eq!(cache.newest_of(round, &state.lineage).map(|s| s.root), Some(roots[round as usize]));
+        }
+        assert!(cache.newest_of(0, &state.lineage).is_none(), "the oldest was let go");
+        assert!(cache.chunk(&roots[0], 0).is_none());
+        assert!(cache.chunk(&roots[1], 0).is_some());
+        assert!(cache.newest_of(1, &[9; 32]).is_none(), "another lineage is another state");
+    }
+}
