@@ -55,7 +55,7 @@ pub struct SyncReport {
 
 /// A spec with two hidden layers whose model has about `params` parameters,
 /// one short inner step per round (training is not what is measured).
-fn spec_for(params: usize) -> RunSpec {
+pub(crate) fn spec_for(params: usize) -> RunSpec {
     let mut spec = RunSpec::builtin();
     spec.name = format!("bench-sync-{params}");
     let hidden = ((params as f64).sqrt() as usize).clamp(2, 65_536);

@@ -138,6 +138,21 @@ pub enum BenchCommand {
     },
     /// Training speed of the node's trainer in samples per second (MLP or CNN).
     Train(TrainBenchArgs),
+    /// Nodes train, merge and serve a model of --params parameters on loopback
+    /// (a late joiner syncs from them); prints the longest time an event loop
+    /// did not answer, by handler and by kind of heavy work.
+    Stall {
+        #[arg(long, default_value_t = 10_000_000)]
+        params: usize,
+        #[arg(long, default_value_t = 4)]
+        rounds: u64,
+        /// Nodes from the start (the late joiner comes besides).
+        #[arg(long, default_value_t = 2)]
+        peers: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn default_codecs() -> Vec<Codec> {
@@ -413,6 +428,44 @@ pub async fn execute(cli: Cli) -> Result<()> {
             codec_table(nodes, rounds, codecs).await
         }
         Command::Bench(BenchCommand::Train(args)) => crate::workload_cli::bench_train(args),
+        Command::Bench(BenchCommand::Stall { params, rounds, peers, json }) => {
+            let r = crate::bench::stall(params, rounds, peers).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} nodes and a late joiner (installed round {}), {} params, {} rounds: longest event-loop stall {:.3} s (in the {} handler; {:.3} s of CPU at most), longest watchdog lag {:.3} s",
+                    r.peers,
+                    r.joiner_installed.map_or_else(|| "none".to_string(), |r| r.to_string()),
+                    r.params,
+                    r.rounds,
+                    r.longest_stall_seconds,
+                    r.longest_stall_arm,
+                    r.longest_stall_cpu_seconds,
+                    r.longest_lag_seconds
+                );
+                println!("event-loop handlers:");
+                for (arm, t) in &r.handlers {
+                    println!(
+                        "  {arm:<20} {:>6} x  mean {:.4} s  max {:.4} s  max CPU {:.4} s",
+                        t.count,
+                        t.mean_seconds(),
+                        t.max_seconds,
+                        t.max_cpu_seconds
+                    );
+                }
+                println!("heavy work:");
+                for (kind, t) in &r.work {
+                    println!(
+                        "  {kind:<20} {:>6} x  mean {:.4} s  max {:.4} s",
+                        t.count,
+                        t.mean_seconds(),
+                        t.max_seconds
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Status(args) => Ok(crate::http::client::status(args).await?),
         Command::Pause(args) => Ok(crate::http::client::set_paused(args, true).await?),
         Command::Resume(args) => Ok(crate::http::client::set_paused(args, false).await?),

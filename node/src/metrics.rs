@@ -25,6 +25,20 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// A `select!` arm of the event loop, or a kind of heavy work.
+    pub kind: &'static str,
+}
+
+/// Histograms of seconds, labelled by kind.
+type Timings = Family<KindLabel, Histogram, fn() -> Histogram>;
+
+/// 100 µs to about 26 s.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
 /// Starling's metrics, registered beside libp2p's.
 pub struct NodeMetrics {
     pub registry: Registry,
@@ -56,6 +70,18 @@ pub struct NodeMetrics {
     /// State sync requests of peers answered `Unavailable` because the peer
     /// asked over its rate limit, by kind (`offer`, `chunk`).
     pub sync_requests_limited: Family<ReasonLabel, Counter>,
+    /// Time the event loop spent in one handler, by `select!` arm.
+    pub event_loop_busy: Timings,
+    /// How late the event loop's watchdog tick came.
+    pub event_loop_lag: Histogram,
+    /// Time of one piece of heavy work (merge, encode, verify, checkpoint, ...), by kind.
+    pub work_seconds: Timings,
+    /// Jobs waiting or running on the node's workers, by kind.
+    pub work_queued: Family<KindLabel, Gauge>,
+    /// Jobs dropped because their queue was full, by kind.
+    pub work_dropped: Family<KindLabel, Counter>,
+    /// Merges that found the state still held by a reader and copied it.
+    pub state_copies: Counter,
     /// The refusals of every reason together (not exported: the family is).
     refused_sum: Counter,
 }
@@ -137,6 +163,45 @@ impl Default for NodeMetrics {
             "State sync requests of peers refused for going over their rate limit, by kind",
             sync_requests_limited.clone(),
         );
+        let event_loop_busy = Timings::new_with_constructor(seconds_histogram);
+        let event_loop_lag = seconds_histogram();
+        let work_seconds = Timings::new_with_constructor(seconds_histogram);
+        starling.register_with_unit(
+            "event_loop_busy",
+            "Time the event loop spent in one handler, by select! arm: how long it did not answer the swarm",
+            Unit::Seconds,
+            event_loop_busy.clone(),
+        );
+        starling.register_with_unit(
+            "event_loop_lag",
+            "How late the event loop's 10 ms watchdog tick came",
+            Unit::Seconds,
+            event_loop_lag.clone(),
+        );
+        starling.register_with_unit(
+            "work",
+            "Time of one piece of heavy work, by kind",
+            Unit::Seconds,
+            work_seconds.clone(),
+        );
+        let work_queued = Family::<KindLabel, Gauge>::default();
+        let work_dropped = Family::<KindLabel, Counter>::default();
+        let state_copies = Counter::default();
+        starling.register(
+            "work_queued",
+            "Jobs waiting or running on the node's workers, by kind",
+            work_queued.clone(),
+        );
+        starling.register(
+            "work_dropped",
+            "Jobs dropped because their queue was full, by kind",
+            work_dropped.clone(),
+        );
+        starling.register(
+            "state_copies",
+            "Merges that found the model state still held by a reader (snapshot, evaluation) and copied it",
+            state_copies.clone(),
+        );
         let p2p = libp2p::metrics::Metrics::new(&mut registry);
         Self {
             registry,
@@ -158,6 +223,12 @@ impl Default for NodeMetrics {
             p2p,
             privacy_epsilon,
             sync_requests_limited,
+            event_loop_busy,
+            event_loop_lag,
+            work_seconds,
+            work_queued,
+            work_dropped,
+            state_copies,
             refused_sum: Counter::default(),
         }
     }
@@ -168,6 +239,26 @@ impl NodeMetrics {
     pub fn refused(&self, reason: &str) {
         self.deltas_refused.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
         self.refused_sum.inc();
+    }
+
+    /// One handler of the event loop's arm `kind` took `seconds`.
+    pub fn loop_busy(&self, kind: &'static str, seconds: f64) {
+        self.event_loop_busy.get_or_create(&KindLabel { kind }).observe(seconds);
+    }
+
+    /// One piece of heavy work of `kind` took `seconds`.
+    pub fn work_done(&self, kind: &'static str, seconds: f64) {
+        self.work_seconds.get_or_create(&KindLabel { kind }).observe(seconds);
+    }
+
+    /// Jobs of `kind` waiting or running.
+    pub fn work_pending(&self, kind: &'static str, jobs: usize) {
+        self.work_queued.get_or_create(&KindLabel { kind }).set(jobs as i64);
+    }
+
+    /// Counts a job of `kind` dropped from a full queue.
+    pub fn work_dropped(&self, kind: &'static str) {
+        self.work_dropped.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// Counts an ignored delta.

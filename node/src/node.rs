@@ -3,18 +3,24 @@
 //!
 //! The engine decides (phases, rounds, state sync); this task turns its
 //! outputs into effects (gossip, requests, training jobs, merges, writes) and
-//! effects back into inputs. Training runs on a blocking thread and reports
-//! back over a channel, so the node keeps gossiping, validating and serving
-//! state while it trains.
+//! effects back into inputs. Training runs on a blocking thread, and every
+//! other piece of heavy work (merges, checkpoints, encoding and signing our
+//! delta, verifying large deltas, snapshots, evaluation) on bounded worker
+//! queues ([`workers`]); both report back over channels, so the node keeps
+//! gossiping, validating and serving state while it trains and merges.
 
 mod accountability;
 mod bounded;
+mod busy;
 mod control;
 mod events;
 
+pub use busy::{LoopStats, Timing};
 pub use control::{ControlError, ControlRequest, NodeControl};
 mod privacy;
 mod sync;
+mod work;
+mod workers;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -29,16 +35,16 @@ use libp2p::{gossipsub, request_response, Multiaddr, PeerId, Swarm};
 use starling_protocol::{
     engine::{Input, Output, Phase, RequestId},
     round::CloseReason,
+    wire::SyncResponse,
     DeltaRules, Engine, EngineConfig, ModelState, OuterOptimizer, PublicKey, RoundConfig, RunSpec,
-    SignedDelta,
 };
 use starling_storage::{Store, StoreError};
 use starling_training::{
     datasets::{shard_seed, Shard, TrainData, Workload},
     error::TrainError,
-    trainer::{Evaluation, TrainOutcome, Trainer},
+    trainer::{Evaluation, Trainer},
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -166,6 +172,8 @@ pub struct NodeOutcome {
     pub banned: Vec<PublicKey>,
     /// Gossipsub scores of the peers this node saw, at the end.
     pub peer_scores: Vec<(PublicKey, f64)>,
+    /// How long the event loop stayed busy, and the heavy work by kind.
+    pub loop_stats: LoopStats,
 }
 
 /// Why a node could not run.
@@ -200,7 +208,7 @@ const LEAVE_TIME: Duration = Duration::from_millis(400);
 const FORWARD_HOLD: Duration = Duration::from_millis(25);
 
 /// A trainer handed back with the round and the state hash it trained from.
-type TrainDone = (Trainer, u64, [u8; 32], Result<TrainOutcome, TrainError>);
+type TrainDone = (Trainer, u64, [u8; 32], Result<work::Trained, TrainError>);
 
 /// A running node.
 struct Node {
@@ -208,7 +216,8 @@ struct Node {
     spec: RunSpec,
     key: SigningKey,
     me: PublicKey,
-    store: Store,
+    /// Shared with the writer worker, which saves checkpoints and the outbox.
+    store: Arc<Store>,
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
     /// The run's equivocation proofs travel here.
@@ -229,25 +238,43 @@ struct Node {
     /// [`bounded::MAX_REFUSED_BLOCKS`], the oldest unblocked past it.
     refused_blocks: bounded::RecentSet<PeerId>,
     metrics: NodeMetrics,
+    /// How long the event loop stays busy.
+    busy: busy::Busy,
     /// The node's protocol: phases, rounds, state sync.
     engine: Engine,
     /// What every delta of the run must satisfy.
     rules: DeltaRules,
-    state: ModelState,
+    /// The model state, shared with the workers that read it (snapshots,
+    /// evaluation, the trainer's start). While a merge has it (`lent`), a
+    /// stand-in with its round and lineage and no parameters.
+    state: Arc<ModelState>,
+    lent: bool,
     /// What the lossy codec has not yet sent of our deltas (error feedback).
-    residual: Vec<f32>,
-    /// The round's aggregated pseudo-gradient, reused from round to round.
+    residual: Arc<Vec<f32>>,
+    /// The round's aggregated pseudo-gradient, reused from round to round (with the merge while it runs).
     merge_buffer: Vec<f32>,
     outer: OuterOptimizer,
     trainer: Option<Trainer>,
     /// The privacy budget of a run with `[privacy]`.
     privacy: Option<privacy::NodePrivacy>,
     /// The held-out set; built only when the node evaluates (it is the same for every node).
-    eval: Option<TrainData>,
+    eval: Option<Arc<TrainData>>,
     train_tx: mpsc::UnboundedSender<TrainDone>,
     /// Accepted gossip waiting [`FORWARD_HOLD`] before gossipsub may forward
     /// it. Bound: [`net::forward_hold::MAX_HELD`] messages, the oldest let go early.
     held_forwards: net::forward_hold::ForwardHold,
+    /// The queues of heavy work and their workers.
+    workers: workers::Workers,
+    /// Merged rounds not yet reported, oldest first (some wait for their evaluation).
+    reports: VecDeque<work::PendingReport>,
+    /// Peers' offer requests waiting for the snapshot of our state.
+    offers: VecDeque<(PublicKey, request_response::ResponseChannel<SyncResponse>)>,
+    /// `starling export` requests waiting for the state to come back from a merge.
+    model_waiters: Vec<oneshot::Sender<control::ModelSnapshot>>,
+    /// The loop has ended: finish the work in hand, start none.
+    stopping: bool,
+    /// Our delta's wire bytes, encoded by the writer, until the engine publishes it.
+    own_bytes: Option<(starling_protocol::DeltaId, Vec<u8>)>,
     /// Peers subscribed to the run's topic. Bound: the open connections (a
     /// peer leaves it when its last connection closes).
     run_peers: BTreeSet<PeerId>,
@@ -316,20 +343,29 @@ pub async fn run_node_controlled(
     mut control: Option<mpsc::Receiver<ControlRequest>>,
 ) -> Result<NodeOutcome, NodeError> {
     let (train_tx, mut train_rx) = mpsc::unbounded_channel();
-    let mut node = Node::open(options, hooks, events, train_tx)?;
+    let (work_tx, mut work_rx) = mpsc::unbounded_channel();
+    let mut node = Node::open(options, hooks, events, train_tx, workers::Workers::new(work_tx))?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = tokio::time::interval(busy::WATCHDOG);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            event = node.swarm.select_next_some() => node.on_swarm_event(event)?,
-            Some(done) = train_rx.recv() => node.on_trained(done)?,
-            request = control::next_request(&mut control) => node.on_control(request)?,
-            _ = net::forward_hold::sleep_until(node.held_forwards.next_due()) => node.release_forwards(),
+            event = node.swarm.select_next_some() => {
+                node.timed(busy::swarm_arm(&event), |node| node.on_swarm_event(event))?
+            }
+            Some(done) = train_rx.recv() => node.timed("trained", |node| node.on_trained(done))?,
+            Some(done) = work_rx.recv() => node.timed(done.done.arm(), |node| node.on_work_done(done))?,
+            request = control::next_request(&mut control) => node.timed("control", |node| node.on_control(request))?,
+            _ = net::forward_hold::sleep_until(node.held_forwards.next_due()) => {
+                node.timed("forward", |node| node.release_forwards())
+            }
             _ = tick.tick() => {
-                if node.on_tick()? {
+                if node.timed("tick", Node::on_tick)? {
                     break;
                 }
             }
+            due = watchdog.tick() => node.busy.lag(&node.metrics, due),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     info!(round = node.state.round, "shutting down; the last merged round is checkpointed");
@@ -338,6 +374,7 @@ pub async fn run_node_controlled(
             }
         }
     }
+    node.finish_work(&mut work_rx).await?;
     let saved = node.save_refusals();
     node.leave().await;
     saved?;
@@ -350,6 +387,7 @@ impl Node {
         hooks: HarnessHooks,
         events: Option<mpsc::UnboundedSender<NodeEvent>>,
         train_tx: mpsc::UnboundedSender<TrainDone>,
+        workers: workers::Workers,
     ) -> Result<Self, NodeError> {
         let spec = options.spec.clone();
         std::fs::create_dir_all(&options.datadir)
@@ -453,7 +491,7 @@ impl Node {
         let device = options.data.device.clone().unwrap_or(candle_core::Device::Cpu);
         let mut trainer = Trainer::new_on(&spec, data, shard_seed, &device)?;
         let privacy = privacy::open_privacy(&spec, &store, &mut trainer)?;
-        let eval = options.evaluate.then(|| workload.eval());
+        let eval = options.evaluate.then(|| Arc::new(workload.eval()));
 
         let mut metrics = NodeMetrics::default();
         let mut swarm = net::build_swarm(&key, &spec, &options.net, &mut metrics.registry)?;
@@ -490,7 +528,7 @@ impl Node {
             spec,
             key,
             me,
-            store,
+            store: Arc::new(store),
             swarm,
             topic,
             proof_topic,
@@ -500,15 +538,23 @@ impl Node {
             met_peers: bounded::RecentSet::new(bounded::MAX_MET_PEERS),
             refused_blocks: bounded::RecentSet::new(bounded::MAX_REFUSED_BLOCKS),
             metrics,
+            busy: busy::Busy::default(),
             engine,
-            state,
-            residual,
+            state: Arc::new(state),
+            lent: false,
+            residual: Arc::new(residual),
             merge_buffer: Vec::new(),
             trainer: Some(trainer),
             privacy,
             eval,
             train_tx,
             held_forwards: net::forward_hold::ForwardHold::new(FORWARD_HOLD, net::forward_hold::MAX_HELD),
+            workers,
+            reports: VecDeque::new(),
+            offers: VecDeque::new(),
+            model_waiters: Vec::new(),
+            stopping: false,
+            own_bytes: None,
             run_peers: BTreeSet::new(),
             sync_requests: HashMap::new(),
             sync_limits: net::rate_limit::RateLimiter::default(),
@@ -539,6 +585,14 @@ impl Node {
             node.metrics.privacy_epsilon.set(epsilon);
         }
         Ok(node)
+    }
+
+    /// Runs one handler of the event loop's arm `arm`, timing it.
+    fn timed<T>(&mut self, arm: &'static str, handler: impl FnOnce(&mut Self) -> T) -> T {
+        let since = busy::Since::now();
+        let result = handler(self);
+        self.busy.handler(&self.metrics, arm, since);
+        result
     }
 
     fn now_ms(&self) -> u64 {
@@ -585,11 +639,13 @@ impl Node {
     /// Carries out the engine's outputs, in order.
     fn apply(&mut self, outputs: Vec<Output>) -> Result<(), NodeError> {
         self.publish_equivocations()?;
-        let mut queue = VecDeque::from(outputs);
-        while let Some(output) = queue.pop_front() {
+        for output in outputs {
             match output {
                 Output::Publish(delta) => {
-                    let bytes = delta.to_bytes();
+                    let bytes = match self.own_bytes.take() {
+                        Some((id, bytes)) if id == delta.id() => bytes,
+                        _ => delta.to_bytes(),
+                    };
                     self.published_bytes += bytes.len() as u64;
                     self.metrics.deltas_published.inc();
                     if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
@@ -603,14 +659,11 @@ impl Node {
                     }
                     self.start_training(round, base);
                 }
-                Output::Merge { round, deltas, reason } => {
-                    self.merge(round, deltas, reason)?;
-                    let lineage = self.state.lineage;
-                    queue.extend(self.engine.handle(self.now_ms(), Input::Merged { round, lineage }));
-                }
+                // Input::Merged follows when the merge worker hands the state back.
+                Output::Merge { round, deltas, reason } => self.start_merge(round, deltas, reason),
                 Output::Request { peer, id, request } => {
                     if let Some(failed) = self.send_sync(peer, Some(id), request) {
-                        queue.extend(self.engine.handle(self.now_ms(), failed));
+                        self.drive(failed)?;
                     }
                 }
                 Output::Notify { peer, request } => {
@@ -629,125 +682,6 @@ impl Node {
             }
         }
         self.publish_equivocations()
-    }
-
-    /// Trains round `round` from the current state on a blocking thread.
-    fn start_training(&mut self, round: u64, base: [u8; 32]) {
-        let Some(mut trainer) = self.trainer.take() else {
-            // The engine runs one job at a time; the trainer is back before the next.
-            warn!(round, "asked to train while the trainer is busy");
-            return;
-        };
-        let start = self.state.params.clone();
-        let steps = self.spec.inner.steps;
-        let tx = self.train_tx.clone();
-        self.telemetry.training_started();
-        tokio::task::spawn_blocking(move || {
-            let outcome = trainer.train_round(&start, steps);
-            let _ = tx.send((trainer, round, base, outcome));
-        });
-    }
-
-    fn on_trained(&mut self, (trainer, round, base, outcome): TrainDone) -> Result<(), NodeError> {
-        self.trainer = Some(trainer);
-        // A trained round spends privacy budget whether or not it is published.
-        if outcome.is_ok() {
-            self.charge_round()?;
-        }
-        let paused = self.drop_trained_while_paused();
-        if paused || !self.engine.wants_trained(round, base) {
-            if !paused {
-                debug!(
-                    round,
-                    now = self.state.round,
-                    "dropping a delta trained from a state we have since left"
-                );
-            }
-            return self.drive(Input::Trained { round, base, delta: None });
-        }
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                self.drive(Input::Trained { round, base, delta: None })?;
-                return Err(e.into());
-            }
-        };
-        self.last_loss = outcome.mean_loss;
-        // Pseudo-gradient Δ = θ_r − θ_i: the outer step moves against it.
-        let mut delta: Vec<f32> = self.state.params.iter().zip(&outcome.params).map(|(a, b)| a - b).collect();
-        self.privatize_delta(&mut delta);
-        let payload =
-            self.spec.codec.encode_with_feedback(&delta, &mut self.residual, self.spec.feedback_decay as f32);
-        let signed = SignedDelta::sign(
-            &self.key,
-            self.spec.run_id(),
-            round,
-            base,
-            outcome.samples,
-            self.spec.codec,
-            payload,
-        );
-        // Saved before it goes out: after a crash, the same delta is published again.
-        self.store.save_outbox(&signed, &self.residual)?;
-        self.drive(Input::Trained { round, base, delta: Some(signed) })
-    }
-
-    fn merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) -> Result<(), NodeError> {
-        let merged = deltas.len();
-        let merge_started = Instant::now();
-        self.merge_buffer.resize(self.spec.param_count(), 0.0);
-        // No delta at all: every node sat the round out (privacy budgets spent).
-        if !deltas.is_empty() {
-            self.spec
-                .aggregation
-                .aggregate_deltas_with(
-                    &deltas,
-                    self.spec.codec,
-                    Some(&self.state.momentum),
-                    &mut self.merge_buffer,
-                )
-                .map_err(|e| NodeError::Merge { round, reason: e.to_string() })?;
-            self.outer.step(&mut self.state.params, &mut self.state.momentum, &self.merge_buffer);
-        }
-        let merge_took = merge_started.elapsed();
-        self.state.record_merge(round, &deltas);
-        self.store.save_checkpoint(&self.state, &self.residual)?;
-        self.save_refusals()?;
-        self.rounds_merged += 1;
-        self.metrics.merges.inc();
-        self.metrics.round.set(self.state.round as i64);
-
-        let eval = match (&self.trainer, &self.eval) {
-            (Some(trainer), Some(eval)) => Some(trainer.evaluate(&self.state.params, eval)?),
-            _ => None,
-        };
-        let report = RoundReport {
-            node: self.me,
-            round,
-            train_loss: self.last_loss,
-            eval,
-            peers: self.run_peers.len(),
-            merged,
-            reason,
-            traffic: self.metrics.transport_bytes(),
-            epsilon: self.epsilon(),
-            params: self.hooks.report_params.then(|| Arc::new(self.state.params.clone())),
-        };
-        info!(
-            round,
-            merged,
-            reason = ?reason,
-            loss = report.train_loss,
-            accuracy = eval.map(|e| e.accuracy),
-            peers = report.peers,
-            epsilon = report.epsilon,
-            "round merged"
-        );
-        self.record_merge(&report, merge_took);
-        if let Some(events) = &self.events {
-            let _ = events.send(NodeEvent::Round(report));
-        }
-        Ok(())
     }
 
     /// Leaves the run politely, within [`LEAVE_TIME`]: flushes the store,
@@ -782,7 +716,7 @@ impl Node {
     fn outcome(&self) -> NodeOutcome {
         NodeOutcome {
             node: self.me,
-            state: self.state.clone(),
+            state: ModelState::clone(&self.state),
             traffic: self.metrics.transport_bytes(),
             rounds_merged: self.rounds_merged,
             refused_deltas: self.metrics.refused_total(),
@@ -790,6 +724,7 @@ impl Node {
             refused_by_reason: self.refused_by_reason.clone(),
             banned: self.engine.rounds().banned().iter().copied().collect(),
             peer_scores: self.peer_scores(),
+            loop_stats: self.busy.stats(),
         }
     }
 }

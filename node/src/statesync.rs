@@ -1,11 +1,12 @@
 //! The states this node serves to syncing peers: a snapshot (encoding and
-//! chunk hashes) of each of its last few states, built when first asked for.
+//! chunk hashes) of each of its last few states, built (on a worker) when
+//! first asked for.
 //! Which state to fetch, from whom, and when, is the engine's
 //! ([`starling_protocol::engine`]); this is only the data it serves.
 
 use std::{collections::VecDeque, sync::Arc};
 
-use starling_protocol::{ModelState, StateSnapshot};
+use starling_protocol::StateSnapshot;
 
 /// How many snapshots a node keeps serving: a syncing node may still be
 /// fetching the state of a round or two ago.
@@ -18,19 +19,22 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    /// The snapshot of `state`, built now unless it is the newest held.
-    pub fn of(&mut self, state: &ModelState) -> Arc<StateSnapshot> {
-        if let Some(last) = self.snapshots.back() {
-            if last.manifest.round == state.round && last.manifest.lineage == state.lineage {
-                return last.clone();
-            }
-        }
-        let snapshot = Arc::new(StateSnapshot::of(state));
-        self.snapshots.push_back(snapshot.clone());
+    /// The snapshot of the state of `round` with `lineage`, if one is held.
+    pub fn newest_of(&self, round: u64, lineage: &[u8; 32]) -> Option<Arc<StateSnapshot>> {
+        self.snapshots
+            .iter()
+            .rev()
+            .find(|s| s.manifest.round == round && &s.manifest.lineage == lineage)
+            .cloned()
+    }
+
+    /// Keeps a snapshot to serve, newest last, forgetting the oldest beyond a few.
+    pub fn insert(&mut self, snapshot: Arc<StateSnapshot>) {
+        self.snapshots.retain(|s| s.root != snapshot.root);
+        self.snapshots.push_back(snapshot);
         while self.snapshots.len() > SERVED_SNAPSHOTS {
             self.snapshots.pop_front();
         }
-        snapshot
     }
 
     /// Chunk `index` of the snapshot with this root, if it is still held.
@@ -42,4 +46,29 @@ impl SnapshotCache {
 /// Lowercase hex of the first 8 bytes, for logs.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_protocol::ModelState;
+
+    #[test]
+    fn the_cache_finds_a_state_by_round_and_lineage_and_keeps_the_last_few() {
+        let mut cache = SnapshotCache::default();
+        let mut state = ModelState::initial(vec![0.5; 16]);
+        let mut roots = Vec::new();
+        for round in 0..=SERVED_SNAPSHOTS as u64 {
+            state.round = round;
+            let snapshot = Arc::new(StateSnapshot::of(&state));
+            roots.push(snapshot.root);
+            cache.insert(snapshot.clone());
+            cache.insert(snapshot);
+            assert_eq!(cache.newest_of(round, &state.lineage).map(|s| s.root), Some(roots[round as usize]));
+        }
+        assert!(cache.newest_of(0, &state.lineage).is_none(), "the oldest was let go");
+        assert!(cache.chunk(&roots[0], 0).is_none());
+        assert!(cache.chunk(&roots[1], 0).is_some());
+        assert!(cache.newest_of(1, &[9; 32]).is_none(), "another lineage is another state");
+    }
 }

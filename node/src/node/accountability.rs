@@ -59,17 +59,28 @@ impl Node {
     /// Saves the per-peer refusal counts if they changed (those evicted from
     /// the bounded counts leave the store too).
     pub(super) fn save_refusals(&mut self) -> Result<(), NodeError> {
-        if !self.refusals_dirty {
-            return Ok(());
+        if let Some(counts) = self.take_refusals() {
+            self.store.save_refusals(&counts)?;
         }
-        let counts: Vec<RefusalCount> = self
-            .refusals
-            .iter()
-            .map(|((key, reason), count)| RefusalCount { key: *key, reason: reason.clone(), count: *count })
-            .collect();
-        self.store.save_refusals(&counts)?;
-        self.refusals_dirty = false;
         Ok(())
+    }
+
+    /// The per-peer refusal counts to save (with the next checkpoint), if they changed.
+    pub(super) fn take_refusals(&mut self) -> Option<Vec<RefusalCount>> {
+        if !self.refusals_dirty {
+            return None;
+        }
+        self.refusals_dirty = false;
+        Some(
+            self.refusals
+                .iter()
+                .map(|((key, reason), count)| RefusalCount {
+                    key: *key,
+                    reason: reason.clone(),
+                    count: *count,
+                })
+                .collect(),
+        )
     }
 
     /// Refuses a valid delta whose key may not take part: not in a private run's

@@ -33,6 +33,10 @@ pub struct ModelSnapshot {
     pub params: Vec<f32>,
 }
 
+/// Model requests that may wait for a merge; more get no answer (the client
+/// is told the node stopped, and may ask again).
+const MODEL_WAITERS: usize = 8;
+
 /// Why a control request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -133,14 +137,32 @@ impl Node {
                 let _ = reply.send(self.status());
             }
             ControlRequest::Model(reply) => {
-                let _ = reply.send(ModelSnapshot {
-                    spec: self.spec.clone(),
-                    round: self.state.round,
-                    params: self.state.params.clone(),
-                });
+                if self.lent {
+                    // Answered when the merge hands the state back.
+                    if self.model_waiters.len() < MODEL_WAITERS {
+                        self.model_waiters.push(reply);
+                    }
+                } else {
+                    self.send_model(reply);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Sends a copy of the model, made on a blocking thread.
+    fn send_model(&self, reply: oneshot::Sender<ModelSnapshot>) {
+        let (state, spec) = (self.state.clone(), self.spec.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = reply.send(ModelSnapshot { spec, round: state.round, params: state.params.clone() });
+        });
+    }
+
+    /// Answers the model requests that waited for a merge.
+    pub(super) fn answer_model_waiters(&mut self) {
+        for reply in std::mem::take(&mut self.model_waiters) {
+            self.send_model(reply);
+        }
     }
 
     fn set_paused(&mut self, paused: bool) -> Result<(), NodeError> {
@@ -166,14 +188,18 @@ impl Node {
         false
     }
 
-    /// Records a merged round in the metrics and the history.
-    pub(super) fn record_merge(&mut self, report: &super::RoundReport, took: Duration) {
-        self.metrics.merge_seconds.observe(took.as_secs_f64());
-        self.metrics.peers.set(report.peers as i64);
-        let trained = self.telemetry.trained_round.take() == Some(report.round);
+    /// Records a merged round in the metrics; returns whether it was trained here.
+    pub(super) fn record_merged(&mut self, round: u64) -> bool {
+        self.metrics.peers.set(self.run_peers.len() as i64);
+        let trained = self.telemetry.trained_round.take() == Some(round);
         if trained {
-            self.metrics.train_loss.set(f64::from(report.train_loss));
+            self.metrics.train_loss.set(f64::from(self.last_loss));
         }
+        trained
+    }
+
+    /// Records a reported round (with its evaluation, if any) in the metrics and the history.
+    pub(super) fn record_report(&mut self, report: &super::RoundReport, trained: bool) {
         if let Some(eval) = report.eval {
             self.metrics.eval_accuracy.set(f64::from(eval.accuracy));
             self.metrics.eval_loss.set(f64::from(eval.loss));

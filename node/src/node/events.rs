@@ -1,6 +1,7 @@
 //! What the swarm tells the node: connections, peers joining and leaving,
 //! identify and mDNS discoveries, sync requests, and gossiped deltas and
-//! equivocation proofs, each validated before it reaches the round state.
+//! equivocation proofs, each validated before it reaches the round state
+//! (large deltas on a worker, see [`super::workers`]).
 
 use std::time::Instant;
 
@@ -8,10 +9,14 @@ use libp2p::{
     core::ConnectedPoint, gossipsub, identify, kad, mdns, multiaddr::Protocol, request_response,
     swarm::SwarmEvent, PeerId,
 };
-use starling_protocol::{engine::Input, Admission, SignedDelta};
+use starling_protocol::{engine::Input, Admission, Refusal, SignedDelta};
 use tracing::{debug, info, warn};
 
-use super::{accountability, Node, NodeError, NodeEvent};
+use super::{
+    accountability,
+    workers::{Origin, Unverified, INLINE_VERIFY_BYTES},
+    Node, NodeError, NodeEvent,
+};
 use crate::net::{self, BehaviourEvent};
 
 impl Node {
@@ -82,7 +87,7 @@ impl Node {
                 if message.topic == self.proof_topic.hash() {
                     self.on_proof(propagation_source, message_id, &message.data)?;
                 } else {
-                    self.on_gossip(propagation_source, message_id, &message.data)?;
+                    self.on_gossip(propagation_source, message_id, message.data)?;
                 }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic })
@@ -132,8 +137,7 @@ impl Node {
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let response = self.serve_sync(peer, request)?;
-                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                    self.serve_sync(peer, request, channel)?;
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.on_sync_response(request_id, Some(response))?;
@@ -157,9 +161,24 @@ impl Node {
         &mut self,
         source: PeerId,
         id: gossipsub::MessageId,
-        data: &[u8],
+        data: Vec<u8>,
     ) -> Result<(), NodeError> {
-        let acceptance = match SignedDelta::from_untrusted(data, &self.rules) {
+        if data.len() > INLINE_VERIFY_BYTES {
+            self.verify_later(Origin::Gossip { source, id }, Unverified::Bytes(data));
+            return Ok(());
+        }
+        let verified = SignedDelta::from_untrusted(&data, &self.rules);
+        self.on_verified(source, id, verified)
+    }
+
+    /// A gossiped delta, verified (or refused): admitted, and the verdict given to gossipsub.
+    pub(super) fn on_verified(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        verified: Result<SignedDelta, Refusal>,
+    ) -> Result<(), NodeError> {
+        let acceptance = match verified {
             Err(refusal) => {
                 warn!(peer = %source, reason = %refusal, "refused a delta");
                 self.refuse(&source, refusal.label());

@@ -3,25 +3,27 @@
 //! before the codec, and sitting rounds out once the budget is spent.
 //!
 //! A round's ε is charged as soon as its training finishes, before anything is
-//! published, and saved durably: a crash can only leave the ledger showing more
-//! spent than was published, never less. A round trained but then dropped (the
+//! published, and saved durably (by the writer worker, ahead of the delta's
+//! outbox; the engine hears of the round only after): a crash can only leave
+//! the ledger showing more spent than was published, never less. A round trained but then dropped (the
 //! state moved on meanwhile) is charged too, since the inner optimizer's moments
 //! carry its noised gradients into later deltas.
 
 use starling_protocol::privacy::{Accountant, PrivacyLevel};
 use starling_protocol::{engine::Input, RunSpec};
 use starling_storage::Store;
-use starling_training::privacy::{pseudo_gradient::clip_and_noise, NoiseRng, PrivacyBudget, PrivacyError};
+use starling_training::privacy::{NoiseRng, PrivacyBudget, PrivacyError};
 use starling_training::trainer::Trainer;
 use tracing::{info, warn};
 
-use super::{Node, NodeError};
+use super::{workers::Noise, Node, NodeError};
 
 /// A private node's budget and noise.
 pub(super) struct NodePrivacy {
     pub(super) budget: PrivacyBudget,
-    /// Node-level noise (record-level noise lives in the trainer's DP-SGD).
-    rng: NoiseRng,
+    /// Node-level noise (record-level noise lives in the trainer's DP-SGD);
+    /// lent to the writer worker while it noises our delta.
+    rng: Option<NoiseRng>,
     /// Whether "budget spent" has been logged.
     told_spent: bool,
 }
@@ -54,7 +56,7 @@ pub(super) fn open_privacy(
         sample_rate = budget.rate(),
         "differential privacy on"
     );
-    Ok(Some(NodePrivacy { budget, rng: NoiseRng::from_os(), told_spent: false }))
+    Ok(Some(NodePrivacy { budget, rng: Some(NoiseRng::from_os()), told_spent: false }))
 }
 
 impl Node {
@@ -99,21 +101,30 @@ impl Node {
         false
     }
 
-    /// Charges a finished round of training to the budget and saves the ledger.
-    pub(super) fn charge_round(&mut self) -> Result<(), NodeError> {
-        let Some(privacy) = &mut self.privacy else { return Ok(()) };
+    /// Charges a finished round of training to the budget; returns the ledger
+    /// to save before anything of the round is published.
+    pub(super) fn charge_round(&mut self) -> Option<Vec<u8>> {
+        let privacy = self.privacy.as_mut()?;
         privacy.budget.spend_round();
-        self.store.save_privacy_ledger(&privacy.budget.accountant().to_bytes())?;
         self.metrics.privacy_epsilon.set(privacy.budget.epsilon());
-        Ok(())
+        Some(privacy.budget.accountant().to_bytes())
     }
 
-    /// Node-level privacy: clips and noises the pseudo-gradient, before the codec.
-    pub(super) fn privatize_delta(&mut self, delta: &mut [f32]) {
-        let Some(privacy) = &mut self.privacy else { return };
-        if privacy.budget.level() == PrivacyLevel::Node {
-            let (clip, sigma) = (privacy.budget.clip(), privacy.budget.noise_multiplier());
-            clip_and_noise(delta, clip, sigma, &mut privacy.rng);
+    /// Node-level privacy: the clip, multiplier and generator with which the
+    /// writer clips and noises the pseudo-gradient, before the codec.
+    pub(super) fn lend_noise(&mut self) -> Option<Noise> {
+        let privacy = self.privacy.as_mut()?;
+        if privacy.budget.level() != PrivacyLevel::Node {
+            return None;
+        }
+        let rng = privacy.rng.take()?;
+        Some(Noise { clip: privacy.budget.clip(), sigma: privacy.budget.noise_multiplier(), rng })
+    }
+
+    /// The generator back from the writer.
+    pub(super) fn return_noise(&mut self, noise: Option<Noise>) {
+        if let (Some(privacy), Some(noise)) = (&mut self.privacy, noise) {
+            privacy.rng = Some(noise.rng);
         }
     }
 }

@@ -1,18 +1,26 @@
 //! The node's side of state sync: sending the engine's sync requests over
 //! request-response and handing their answers back, answering peers' requests
-//! as the engine says (offers and chunks from the snapshots this node serves),
-//! installing a state the engine chose, and logging what the engine notes.
+//! as the engine says (offers and chunks from the snapshots this node serves,
+//! built on the writer worker), and logging what the engine notes.
 
 use libp2p::{request_response, PeerId};
 use starling_protocol::{
     engine::{Answer, Input, Note, RequestId},
     wire::{SyncRequest, SyncResponse},
-    Admission, ModelState, PublicKey, SignedDelta, StateOffer,
+    PublicKey, StateOffer,
 };
 use tracing::{debug, info, warn};
 
-use super::{bounded::MAX_SYNC_REQUESTS, Node, NodeError, NodeEvent};
+use super::{
+    bounded::MAX_SYNC_REQUESTS,
+    workers::{Job, Kind},
+    Node, NodeError,
+};
 use crate::{metrics::ReasonLabel, net, statesync::hex};
+
+/// Offer requests that may wait for a snapshot; more are answered "unavailable"
+/// (the asker asks again, or asks others).
+const PENDING_OFFERS: usize = 32;
 
 impl Node {
     /// Sends one of the engine's sync requests; `id` is the engine's when it
@@ -61,60 +69,30 @@ impl Node {
         Ok(())
     }
 
-    /// Installs the state the engine chose, then the deltas of its round that verify.
-    pub(super) fn install(
-        &mut self,
-        state: ModelState,
-        from: u64,
-        expected_from: u64,
-        deltas: Vec<SignedDelta>,
-    ) -> Result<(), NodeError> {
-        info!(
-            from,
-            to = state.round,
-            expected_from,
-            params_hash = %hex(&state.params_hash()),
-            "installed the state of the swarm"
-        );
-        self.state = state;
-        self.store.save_checkpoint(&self.state, &self.residual)?;
-        self.store.clear_sync_chunks()?;
-        self.kept_chunks_root = None;
-        self.metrics.state_syncs.inc();
-        if let Some(events) = &self.events {
-            let _ = events.send(NodeEvent::StateInstalled {
-                node: self.me,
-                from,
-                round: self.state.round,
-                traffic: self.metrics.transport_bytes(),
-            });
-        }
-        let rules = self.spec.delta_rules();
-        for delta in deltas {
-            if delta.validate(&rules).is_ok() && self.engine.admit(&delta.header) == Admission::Accept {
-                self.drive(Input::PeerDelta(delta))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Answers a peer's sync request as the engine says, within the peer's
-    /// rate limits (over them: `Unavailable`, before any work).
+    /// rate limits (over them: `Unavailable`, before any work). An offer needs
+    /// the snapshot of our state: without one at hand, the request waits for
+    /// the writer to build it.
     pub(super) fn serve_sync(
         &mut self,
         peer: PeerId,
         request: SyncRequest,
-    ) -> Result<SyncResponse, NodeError> {
-        let Some(key) = net::peer_key(&peer) else { return Ok(SyncResponse::Unavailable) };
+        channel: request_response::ResponseChannel<SyncResponse>,
+    ) -> Result<(), NodeError> {
+        let Some(key) = net::peer_key(&peer) else {
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse::Unavailable);
+            return Ok(());
+        };
         if let Err((kind, limited)) = self.sync_limits.check(&peer, &request, std::time::Instant::now()) {
             self.metrics.sync_requests_limited.get_or_create(&ReasonLabel { reason: kind.into() }).inc();
             debug!(%peer, kind, retry_in = ?limited.retry_in, "a peer asked for state over its rate limit; answering unavailable");
-            return Ok(SyncResponse::Unavailable);
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse::Unavailable);
+            return Ok(());
         }
         let answer = self.engine.serve(self.now_ms(), key, &request);
         let outputs = self.engine.take_outputs();
         self.apply(outputs)?;
-        Ok(match answer {
+        let response = match answer {
             Answer::Noted => {
                 if let SyncRequest::Joining { from } = request {
                     debug!(%peer, from, "peer says when it starts contributing");
@@ -123,14 +101,62 @@ impl Node {
             }
             Answer::Unavailable => SyncResponse::Unavailable,
             Answer::Offer { expected_from, deltas } => {
-                let snapshot = self.snapshots.of(&self.state);
-                SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from, deltas })
+                match self.snapshots.newest_of(self.state.round, &self.state.lineage) {
+                    Some(snapshot) => SyncResponse::Offer(StateOffer {
+                        manifest: snapshot.manifest.clone(),
+                        expected_from,
+                        deltas,
+                    }),
+                    None if self.offers.len() < PENDING_OFFERS && !self.stopping => {
+                        self.offers.push_back((key, channel));
+                        self.want_snapshot();
+                        return Ok(());
+                    }
+                    None => SyncResponse::Unavailable,
+                }
             }
             Answer::Chunk { root, index } => match self.snapshots.chunk(&root, index) {
                 Some(bytes) => SyncResponse::Chunk(bytes),
                 None => SyncResponse::Unavailable,
             },
-        })
+        };
+        let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+        Ok(())
+    }
+
+    /// Has the writer build the snapshot of our state if offers wait for it
+    /// and none is on its way (nor can be, while a merge has the state).
+    pub(super) fn want_snapshot(&mut self) {
+        if self.offers.is_empty()
+            || self.lent
+            || self.stopping
+            || self.workers.pending(Kind::Snapshot) > 0
+            || self.snapshots.newest_of(self.state.round, &self.state.lineage).is_some()
+        {
+            return;
+        }
+        let _ = self.workers.submit(Job::Snapshot(self.state.clone()), &self.metrics);
+    }
+
+    /// Answers the waiting offer requests, if the snapshot of our state is at hand.
+    pub(super) fn answer_offers(&mut self) -> Result<(), NodeError> {
+        let Some(snapshot) = self.snapshots.newest_of(self.state.round, &self.state.lineage) else {
+            return Ok(());
+        };
+        while let Some((key, channel)) = self.offers.pop_front() {
+            // Asked afresh: the round's deltas may have changed while the request waited.
+            let response = match self.engine.serve(self.now_ms(), key, &SyncRequest::Offer) {
+                Answer::Offer { expected_from, deltas } => SyncResponse::Offer(StateOffer {
+                    manifest: snapshot.manifest.clone(),
+                    expected_from,
+                    deltas,
+                }),
+                _ => SyncResponse::Unavailable,
+            };
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+        }
+        let outputs = self.engine.take_outputs();
+        self.apply(outputs)
     }
 
     /// Logs what the engine noted.

@@ -1,0 +1,437 @@
+//! The event loop's side of the heavy work: training jobs started and their
+//! deltas handed to the writer to encode, sign and save; rounds handed to the
+//! writer to merge and checkpoint; evaluations; and the results that come back
+//! ([`workers::Finished`]) turned into engine inputs, round reports and log lines.
+//!
+//! Crash safety holds as it did when this work ran on the loop: the engine
+//! hears [`Input::Merged`] only once the round's checkpoint is on disk, and
+//! [`Input::Trained`] (which publishes) only once the delta is in the outbox.
+//! The engine is asked [`Engine::wants_trained`](starling_protocol::Engine::wants_trained)
+//! before anything is encoded, and again when the signed delta comes back;
+//! the new error-feedback residual is taken only if the delta is.
+
+use std::{sync::Arc, time::Duration};
+
+use starling_protocol::{engine::Input, round::CloseReason, Admission, ModelState, Refusal, SignedDelta};
+use tracing::{debug, info, warn};
+
+use super::{
+    workers::{
+        Done, EncodeJob, Encoded, EvalJob, Finished, Job, Kind, MergeJob, MergeRules, Merged, Origin, OwnJob,
+        Submitted, Unverified, WorkError, INLINE_VERIFY_BYTES,
+    },
+    Node, NodeError, NodeEvent, RoundReport,
+};
+use crate::statesync::hex;
+
+/// How long a stopping node waits for the work in hand (a merge and its checkpoint).
+const FINISH_TIME: Duration = Duration::from_secs(60);
+
+/// A training job's result: the pseudo-gradient, computed on the training thread.
+pub(super) struct Trained {
+    /// Δ = θ_r − θ_i: the outer step moves against it.
+    pub(super) delta: Vec<f32>,
+    pub(super) samples: u64,
+    pub(super) mean_loss: f32,
+}
+
+/// A merged round waiting to be reported (for its evaluation, or for an older one's).
+pub(super) struct PendingReport {
+    report: RoundReport,
+    /// The round merged was trained here (its loss is this node's).
+    trained: bool,
+    /// Its evaluation is still on a worker.
+    evaluating: bool,
+}
+
+impl From<WorkError> for NodeError {
+    fn from(e: WorkError) -> Self {
+        match e {
+            WorkError::Store(e) => NodeError::Store(e),
+            WorkError::Merge { round, reason } => NodeError::Merge { round, reason },
+            WorkError::Train(e) => NodeError::Train(e),
+        }
+    }
+}
+
+impl Node {
+    /// Trains round `round` from the current state on a blocking thread.
+    pub(super) fn start_training(&mut self, round: u64, base: [u8; 32]) {
+        if self.stopping {
+            return;
+        }
+        let Some(mut trainer) = self.trainer.take() else {
+            // The engine runs one job at a time; the trainer is back before the next.
+            warn!(round, "asked to train while the trainer is busy");
+            return;
+        };
+        // The engine trains nothing while a merge has the state.
+        debug_assert!(!self.lent, "training from a lent state");
+        let state = self.state.clone();
+        let steps = self.spec.inner.steps;
+        let tx = self.train_tx.clone();
+        self.telemetry.training_started();
+        tokio::task::spawn_blocking(move || {
+            // The trainer's copy of θ_r, made here rather than on the event loop;
+            // the shared state is let go at once, so a merge never waits for it.
+            let mut start = state.params.clone();
+            drop(state);
+            let outcome = trainer.train_round(&start, steps).map(|outcome| {
+                for (s, t) in start.iter_mut().zip(&outcome.params) {
+                    *s -= t;
+                }
+                Trained { delta: start, samples: outcome.samples, mean_loss: outcome.mean_loss }
+            });
+            let _ = tx.send((trainer, round, base, outcome));
+        });
+    }
+
+    pub(super) fn on_trained(
+        &mut self,
+        (trainer, round, base, outcome): super::TrainDone,
+    ) -> Result<(), NodeError> {
+        self.trainer = Some(trainer);
+        // A trained round spends privacy budget whether or not it is published.
+        let ledger = if outcome.is_ok() { self.charge_round() } else { None };
+        let paused = self.drop_trained_while_paused();
+        if paused || !self.engine.wants_trained(round, base) {
+            if !paused {
+                debug!(
+                    round,
+                    now = self.state.round,
+                    "dropping a delta trained from a state we have since left"
+                );
+            }
+            return self.save_own(round, base, ledger, None);
+        }
+        let trained = match outcome {
+            Ok(trained) => trained,
+            Err(e) => {
+                self.drive(Input::Trained { round, base, delta: None })?;
+                return Err(e.into());
+            }
+        };
+        self.last_loss = trained.mean_loss;
+        let encode = EncodeJob {
+            delta: trained.delta,
+            residual: self.residual.clone(),
+            noise: self.lend_noise(),
+            key: self.key.clone(),
+            run_id: self.spec.run_id(),
+            samples: trained.samples,
+            codec: self.spec.codec,
+            decay: self.spec.feedback_decay as f32,
+        };
+        self.save_own(round, base, ledger, Some(encode))
+    }
+
+    /// Hands the writer what a finished training job leaves to save; the engine
+    /// hears of the job when it is saved (at once when there is nothing to save).
+    fn save_own(
+        &mut self,
+        round: u64,
+        base: [u8; 32],
+        ledger: Option<Vec<u8>>,
+        encode: Option<EncodeJob>,
+    ) -> Result<(), NodeError> {
+        if ledger.is_none() && encode.is_none() {
+            return self.drive(Input::Trained { round, base, delta: None });
+        }
+        let job = OwnJob { round, base, ledger, encode, store: self.store.clone() };
+        // Never dropped: see the queue's policy.
+        let _ = self.workers.submit(Job::Own(job), &self.metrics);
+        Ok(())
+    }
+
+    fn on_own_saved(
+        &mut self,
+        round: u64,
+        base: [u8; 32],
+        result: Result<Option<Encoded>, WorkError>,
+        noise: Option<super::workers::Noise>,
+    ) -> Result<(), NodeError> {
+        self.return_noise(noise);
+        match result? {
+            Some(Encoded { delta, bytes, residual }) if self.engine.wants_trained(round, base) => {
+                self.residual = Arc::new(residual);
+                self.own_bytes = Some((delta.id(), bytes));
+                self.drive(Input::Trained { round, base, delta: Some(delta) })
+            }
+            Some(_) => {
+                debug!(
+                    round,
+                    "the state moved on while our delta was encoded; dropping it, error feedback unmoved"
+                );
+                self.drive(Input::Trained { round, base, delta: None })
+            }
+            None => self.drive(Input::Trained { round, base, delta: None }),
+        }
+    }
+
+    /// Hands the state to the writer to merge `deltas` into and checkpoint.
+    pub(super) fn start_merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) {
+        let stand_in = Arc::new(ModelState {
+            round: self.state.round,
+            lineage: self.state.lineage,
+            params: Vec::new(),
+            momentum: Vec::new(),
+        });
+        let state = std::mem::replace(&mut self.state, stand_in);
+        self.lent = true;
+        let job = MergeJob {
+            round,
+            deltas,
+            reason,
+            state,
+            buffer: std::mem::take(&mut self.merge_buffer),
+            residual: self.residual.clone(),
+            rules: MergeRules {
+                aggregation: self.spec.aggregation,
+                codec: self.spec.codec,
+                outer: self.outer,
+                params: self.spec.param_count(),
+            },
+            store: self.store.clone(),
+            refusals: self.take_refusals(),
+            copy_params: self.hooks.report_params,
+        };
+        // Never dropped: see the queue's policy.
+        let _ = self.workers.submit(Job::Merge(job), &self.metrics);
+    }
+
+    fn on_merged(&mut self, merged: Result<Merged, WorkError>) -> Result<(), NodeError> {
+        let Merged { round, reason, merged, state, buffer, params, copied } = merged?;
+        self.state = state;
+        self.lent = false;
+        self.merge_buffer = buffer;
+        if copied {
+            self.metrics.state_copies.inc();
+            debug!(round, "a reader still held the state when it was merged; it was copied");
+        }
+        self.rounds_merged += 1;
+        self.metrics.merges.inc();
+        self.metrics.round.set(self.state.round as i64);
+        let trained = self.record_merged(round);
+        let report = RoundReport {
+            node: self.me,
+            round,
+            train_loss: self.last_loss,
+            eval: None,
+            peers: self.run_peers.len(),
+            merged,
+            reason,
+            traffic: self.metrics.transport_bytes(),
+            epsilon: self.epsilon(),
+            params,
+        };
+        let evaluating = self.evaluate(round);
+        self.reports.push_back(PendingReport { report, trained, evaluating });
+        self.flush_reports();
+        self.answer_model_waiters();
+        let lineage = self.state.lineage;
+        self.drive(Input::Merged { round, lineage })?;
+        self.want_snapshot();
+        Ok(())
+    }
+
+    /// Queues the evaluation of the state just merged in `round`; whether it was.
+    fn evaluate(&mut self, round: u64) -> bool {
+        let Some(data) = self.eval.clone().filter(|_| !self.stopping) else { return false };
+        let job = EvalJob { round, state: self.state.clone(), model: self.spec.model.clone(), data };
+        if let Submitted::Dropped(Job::Eval(older)) = self.workers.submit(Job::Eval(job), &self.metrics) {
+            debug!(round = older.round, "evaluations fall behind the rounds; this round reports no accuracy");
+            self.evaluated(older.round, None);
+        }
+        true
+    }
+
+    /// The evaluation of `round` is done (`None`: dropped); reports what is ready.
+    fn evaluated(&mut self, round: u64, eval: Option<starling_training::trainer::Evaluation>) {
+        if let Some(pending) = self.reports.iter_mut().find(|p| p.report.round == round && p.evaluating) {
+            pending.report.eval = eval;
+            pending.evaluating = false;
+        }
+        self.flush_reports();
+    }
+
+    /// Logs and sends the merged rounds whose evaluations are in, in order.
+    fn flush_reports(&mut self) {
+        while self.reports.front().is_some_and(|p| !p.evaluating) {
+            let PendingReport { report, trained, .. } = self.reports.pop_front().expect("a report");
+            info!(
+                round = report.round,
+                merged = report.merged,
+                reason = ?report.reason,
+                loss = report.train_loss,
+                accuracy = report.eval.map(|e| e.accuracy),
+                peers = report.peers,
+                epsilon = report.epsilon,
+                "round merged"
+            );
+            self.record_report(&report, trained);
+            if let Some(events) = &self.events {
+                let _ = events.send(NodeEvent::Round(report));
+            }
+        }
+    }
+
+    /// Replaces the state with one installed from peers; the writer checkpoints
+    /// it, and the deltas of its round that verify go to the engine.
+    pub(super) fn install(
+        &mut self,
+        state: ModelState,
+        from: u64,
+        expected_from: u64,
+        deltas: Vec<SignedDelta>,
+    ) -> Result<(), NodeError> {
+        // The engine installs nothing while a merge has the state.
+        debug_assert!(!self.lent, "installing over a lent state");
+        self.state = Arc::new(state);
+        self.store.clear_sync_chunks()?;
+        self.kept_chunks_root = None;
+        self.metrics.state_syncs.inc();
+        let job = Job::Install {
+            state: self.state.clone(),
+            residual: self.residual.clone(),
+            store: self.store.clone(),
+            from,
+            expected_from,
+        };
+        // Never dropped: see the queue's policy.
+        let _ = self.workers.submit(job, &self.metrics);
+        for delta in deltas {
+            if self.stopping {
+                break;
+            }
+            if delta.payload.len() > INLINE_VERIFY_BYTES {
+                self.verify_later(Origin::Installed, Unverified::Decoded(delta));
+            } else {
+                let rules = self.rules;
+                self.on_installed_delta(delta.validate(&rules).map(|()| delta))?;
+            }
+        }
+        self.want_snapshot();
+        Ok(())
+    }
+
+    fn on_installed_delta(&mut self, verified: Result<SignedDelta, Refusal>) -> Result<(), NodeError> {
+        match verified {
+            Ok(delta) if self.engine.admit(&delta.header) == Admission::Accept => {
+                self.drive(Input::PeerDelta(delta))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a large delta for verification; a full queue drops it (a gossiped one is ignored, not blamed).
+    pub(super) fn verify_later(&mut self, origin: Origin, delta: Unverified) {
+        let job = Job::Verify { origin, delta, rules: self.rules };
+        if let Submitted::Dropped(job) = self.workers.submit(job, &self.metrics) {
+            self.dropped(job);
+        }
+    }
+
+    /// What a job dropped from its queue leaves to do.
+    fn dropped(&mut self, job: Job) {
+        match job {
+            Job::Verify { origin: Origin::Gossip { source, id }, .. } => {
+                debug!(peer = %source, "the verification queue is full; ignoring a delta");
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &id,
+                    &source,
+                    libp2p::gossipsub::MessageAcceptance::Ignore,
+                );
+            }
+            Job::Eval(job) => self.evaluated(job.round, None),
+            _ => {}
+        }
+    }
+
+    /// A worker's result.
+    pub(super) fn on_work_done(&mut self, finished: Finished) -> Result<(), NodeError> {
+        let Finished { kind, done, timings } = finished;
+        self.workers.finished(kind, &self.metrics);
+        for (what, took) in timings {
+            self.busy.work(&self.metrics, what, took);
+            if what == "merge" {
+                self.metrics.merge_seconds.observe(took.as_secs_f64());
+            }
+        }
+        match done {
+            Done::Merged(merged) => self.on_merged(merged),
+            Done::Installed { result, round, from, expected_from, params_hash } => {
+                result?;
+                info!(
+                    from,
+                    to = round,
+                    expected_from,
+                    params_hash = %hex(&params_hash),
+                    "installed the state of the swarm"
+                );
+                if let Some(events) = &self.events {
+                    let _ = events.send(NodeEvent::StateInstalled {
+                        node: self.me,
+                        from,
+                        round,
+                        traffic: self.metrics.transport_bytes(),
+                    });
+                }
+                Ok(())
+            }
+            Done::Own { round, base, result, noise } => self.on_own_saved(round, base, result, noise),
+            Done::Snapshot(snapshot) => {
+                self.snapshots.insert(snapshot);
+                self.answer_offers()?;
+                self.want_snapshot();
+                Ok(())
+            }
+            Done::Verified { origin: Origin::Gossip { source, id }, result } => {
+                self.on_verified(source, id, result)
+            }
+            Done::Verified { origin: Origin::Installed, result } => self.on_installed_delta(result),
+            Done::Evaluated { round, result } => {
+                let eval = result?;
+                self.evaluated(round, Some(eval));
+                Ok(())
+            }
+        }
+    }
+
+    /// When the loop ends: drops the work that only served the running node
+    /// (verifications, snapshots, evaluations) and waits for the rest, so the
+    /// last merge is checkpointed and its state is back for the outcome.
+    pub(super) async fn finish_work(
+        &mut self,
+        work: &mut tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    ) -> Result<(), NodeError> {
+        self.stopping = true;
+        for kind in [Kind::Verify, Kind::Snapshot, Kind::Eval] {
+            for job in self.workers.cancel(kind, &self.metrics) {
+                self.dropped(job);
+            }
+        }
+        let until = tokio::time::sleep(FINISH_TIME);
+        tokio::pin!(until);
+        while !self.workers.idle() {
+            tokio::select! {
+                Some(done) = work.recv() => self.on_work_done(done)?,
+                _ = &mut until => {
+                    warn!("work still running after {FINISH_TIME:?}; stopping without it");
+                    break;
+                }
+            }
+        }
+        for pending in &mut self.reports {
+            pending.evaluating = false;
+        }
+        self.flush_reports();
+        while let Some((_, channel)) = self.offers.pop_front() {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, starling_protocol::wire::SyncResponse::Unavailable);
+        }
+        Ok(())
+    }
+}
