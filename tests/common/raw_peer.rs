@@ -102,10 +102,10 @@ impl RawPeer {
                         }
                     },
                     event = swarm.select_next_some() => match event {
-                        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
-                            if message.topic == topic.hash() {
-                                sink.lock().unwrap().push(message.data);
-                            }
+                        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }))
+                            if message.topic == topic.hash() =>
+                        {
+                            sink.lock().unwrap().push(message.data);
                         }
                         SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                             message: request_response::Message::Request { request, channel, .. },
