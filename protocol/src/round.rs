@@ -5,7 +5,7 @@
 //! and carries out the [`Action`]s it returns (publish, merge, request state).
 //! It collects the current round's deltas until a quorum of recently active
 //! nodes has contributed or the deadline passes, buffers deltas for future
-//! rounds, drops stale ones and ignores duplicates. Deltas it hands out for a
+//! rounds (within a byte budget), drops stale ones and ignores duplicates. Deltas it hands out for a
 //! merge are sorted by sender key, the canonical merge order.
 //!
 //! Who is expected in a round is fixed by a rule every node applies alike, so
@@ -93,6 +93,13 @@ pub struct RoundConfig {
     /// like a fresh key's (keys cost an attacker nothing, so forgetting one
     /// gives it nothing a new key would not).
     pub max_banned: usize,
+    /// Most bytes held for deltas of future rounds, each charged its payload
+    /// plus a fixed overhead for its header and bookkeeping (`round/future.rs`
+    /// says which deltas give way when it is full). It bounds memory against
+    /// floods of far-round deltas, which the count bounds alone would let reach
+    /// `buffered_rounds * max_deltas_per_round` full deltas. A single delta larger than it is held only when no other
+    /// future delta is. The current round is neither charged nor refused for it.
+    pub max_future_bytes: usize,
 }
 
 impl RoundConfig {
@@ -112,6 +119,11 @@ impl RoundConfig {
             replay_window_rounds: 256,
             max_peers: 4096,
             max_banned: 1 << 16,
+            // The round section does not know the model's size: a fixed 64 MiB
+            // holds about 8 rounds of 90 peers' deltas of the built-in spec
+            // (88 KB each), or one round of some 750. A driver whose deltas
+            // are far larger should raise it to a few of them.
+            max_future_bytes: 64 << 20,
         }
     }
 }
@@ -214,7 +226,8 @@ pub struct RoundState {
     quorum_at: Option<u64>,
     /// Deltas of the current and future rounds, keyed by round, then sender.
     /// Bound: the current round and at most `buffered_rounds` future ones, each
-    /// with at most `max_deltas_per_round` peer deltas and our own.
+    /// with at most `max_deltas_per_round` peer deltas and our own; the future
+    /// ones, besides, within `max_future_bytes` (see `future`).
     rounds: BTreeMap<u64, BTreeMap<PublicKey, SignedDelta>>,
     /// Connected peers of the run, and the round from which each is expected.
     /// Bound: `max_peers` keys; past it, newly connected keys are not tracked
@@ -263,6 +276,9 @@ pub struct RoundState {
     /// know our own delta when a peer hands it back. Bound: the last
     /// `buffered_rounds + 1` rounds we signed.
     signed: BTreeMap<u64, DeltaHeader>,
+    /// The byte charges of the deltas of future rounds in `rounds`, by how
+    /// useful each is. Bound: one entry per such delta, so bounded alike.
+    future: future::FutureBytes,
 }
 
 impl RoundState {
@@ -289,6 +305,7 @@ impl RoundState {
             paused: false,
             opened_at: None,
             signed: BTreeMap::new(),
+            future: future::FutureBytes::default(),
         }
     }
 
@@ -433,7 +450,7 @@ impl RoundState {
         // Payloads count too: a banned key's delta leaves its round, but its
         // payload stays remembered, and must not make room for more.
         let held = self.rounds.get(&header.round).map(|m| m.len().max(self.payloads_of(header.round)));
-        match held {
+        let admission = match held {
             Some(n) if n >= self.config.max_deltas_per_round => Admission::Full,
             Some(_) => Admission::Accept,
             // The current round is not a future one: it never waits for room.
@@ -445,7 +462,12 @@ impl RoundState {
                 Some(lowest) if header.round > lowest => Admission::Accept,
                 _ => Admission::Full,
             },
+        };
+        // Within the byte budget too, once the less useful deltas make room.
+        if admission == Admission::Accept && header.round > self.round && !self.future_room(header) {
+            return Admission::Full;
         }
+        admission
     }
 
     /// Advances the state machine by one event at time `now_ms`.
@@ -480,14 +502,9 @@ impl RoundState {
                     _ => return actions,
                 }
                 let (round, sender) = (delta.header.round, delta.header.sender);
-                if round > self.round
-                    && !self.rounds.contains_key(&round)
-                    && self.future_rounds() >= self.config.buffered_rounds
-                {
-                    if let Some(lowest) = self.lowest_future_round() {
-                        self.rounds.remove(&lowest);
-                        self.forget_payloads_of(lowest);
-                    }
+                if round > self.round {
+                    self.make_future_room(&delta.header);
+                    self.charge_future(&delta.header);
                 }
                 self.remember_payload(&delta.header);
                 self.rounds.entry(round).or_default().insert(sender, delta);
@@ -505,12 +522,14 @@ impl RoundState {
                 if peer != self.me && !self.connected.contains_key(&peer) && self.room_to_connect() {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
                     self.connected.insert(peer, from);
+                    self.reclass_future(peer);
                 }
             }
             Event::PeerStarts { peer, from } => {
                 if peer != self.me && !self.banned.contains(&peer) {
                     if self.connected.contains_key(&peer) || self.room_to_connect() {
                         self.connected.insert(peer, from);
+                        self.reclass_future(peer);
                     }
                     if from > self.round {
                         // It said it sits out until then; do not wait for it.
@@ -521,6 +540,7 @@ impl RoundState {
             Event::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
                 self.last_active.remove(&peer);
+                self.reclass_future(peer);
             }
             Event::Tick => {}
             Event::Abstain => {
@@ -592,6 +612,7 @@ impl RoundState {
         if remembered {
             self.banned.insert(key);
         }
+        self.uncharge_key(key);
         for deltas in self.rounds.values_mut() {
             deltas.remove(&key);
         }
@@ -635,14 +656,6 @@ impl RoundState {
         })
     }
 
-    fn future_rounds(&self) -> usize {
-        self.rounds.range(self.round + 1..).count()
-    }
-
-    fn lowest_future_round(&self) -> Option<u64> {
-        self.rounds.range(self.round + 1..).next().map(|(r, _)| *r)
-    }
-
     fn jump_to(&mut self, round: u64) {
         self.round = round;
         self.groups = self.groups.split_off(&round);
@@ -654,6 +667,7 @@ impl RoundState {
         self.opened_at = None;
         self.prune_activity();
         self.forget_old_payloads();
+        self.recharge_future();
     }
 
     /// Remembers the payload of a delta taken in, so that the same payload
@@ -735,6 +749,7 @@ impl RoundState {
             deltas.retain(|d| group.contains(&d.header.sender));
         }
         self.round += 1;
+        self.future.forget_through(self.round);
         self.published_at = None;
         self.abstained = false;
         self.quorum_at = None;
@@ -765,6 +780,7 @@ impl RoundState {
     }
 }
 
+mod future;
 mod signed;
 
 #[cfg(test)]
