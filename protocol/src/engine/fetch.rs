@@ -295,9 +295,23 @@ impl StateFetch {
             // claiming a far round still lose to the lineage most peers hold.
             // A root older than our state is installed only with a strict
             // majority behind it (see `Engine::wanted`).
+            // Roots this node would refuse (see `Engine::wanted`) are no candidates.
             SyncReason::Diverged => {
                 let required = reached.min(2);
-                (required, choose_root_by_support(&announced, required))
+                let mut support: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+                for (_, root) in announced.values() {
+                    *support.entry(*root).or_default() += 1;
+                }
+                let majority = required_support(reached);
+                let candidates: BTreeMap<PublicKey, (u64, [u8; 32])> = offers
+                    .iter()
+                    .filter(|(_, o)| {
+                        let root = o.manifest.root();
+                        wanted(o.manifest.round, o.manifest.lineage, support[&root] >= majority)
+                    })
+                    .map(|(p, o)| (*p, (o.manifest.round, o.manifest.root())))
+                    .collect();
+                (required, choose_root_by_support(&candidates, required))
             }
         };
         let Some((round, root)) = chosen else {

@@ -614,14 +614,19 @@ impl Engine {
     fn wanted(&self) -> impl Fn(u64, [u8; 32], bool) -> bool {
         let (own_round, own_lineage, observing, reason) =
             (self.round, self.lineage, self.rounds.observing(), self.fetch.reason);
+        let reach = own_round.saturating_add(self.config.round.sync_lag_rounds);
         move |round, lineage, majority| match reason {
             SyncReason::Probe => round > own_round,
             SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
             // A diverged node that ran ahead of the majority (the faster side
             // of a partition) goes back to the majority's state, but only on
             // the word of a strict majority: fewer colluders cannot turn it back.
+            // The peers whose deltas showed the divergence train the rounds we
+            // do: a root further ahead than a lagging peer would be is what a
+            // node behind takes, on the same strict majority, so that a few
+            // colluders claiming a far round cannot win a repair by plurality.
             SyncReason::Diverged => {
-                round > own_round
+                (round > own_round && (round <= reach || majority))
                     || (lineage != own_lineage && (round == own_round || (round < own_round && majority)))
             }
         }

@@ -401,8 +401,28 @@ fn a_node_ahead_goes_back_only_on_the_word_of_a_strict_majority() {
         .collect();
     let (installed, _, all) = serve_all(&mut e, out, &serves);
     assert!(installed.is_none());
-    assert!(all.iter().any(|o| matches!(o, Output::Note(Note::NotNewer { .. }))), "{all:?}");
+    assert!(all.iter().any(|o| matches!(o, Output::Note(Note::NoAgreement { .. }))), "{all:?}");
     assert_eq!((e.round(), e.rounds().observing()), (6, false));
+}
+
+/// sync_sybil's failure in CI, deterministically: a node repairing a
+/// divergence asked four peers; two colluders announce a forged state far
+/// ahead, two honest peers agree on the round it holds. By support alone the
+/// tie went to the higher round: the forged one. A root further ahead than
+/// `sync_lag_rounds` needs a strict majority, as for a node behind.
+#[test]
+fn a_diverged_node_takes_no_far_round_on_a_tie_with_the_honest_lineage() {
+    let mut e = minority_ahead();
+    let mut out = Vec::new();
+    for i in 3..6 {
+        out = e.handle(1_600, Input::PeerDelta(based(i, 5, [51; 32])));
+    }
+    let (forged, honest) = (of_lineage(50, [99; 32]), of_lineage(6, [61; 32]));
+    let serves: BTreeMap<PublicKey, StateSnapshot> =
+        (2..6).map(|i| (pk(i), if i == 2 || i == 5 { forged.clone() } else { honest.clone() })).collect();
+    let (installed, _, all) = serve_all(&mut e, out, &serves);
+    let installed = installed.unwrap_or_else(|| panic!("the honest state is installed: {all:?}"));
+    assert_eq!((installed.round, installed.lineage), (6, [61; 32]));
 }
 
 #[test]
