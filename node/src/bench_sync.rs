@@ -9,13 +9,17 @@
 
 use std::time::{Duration, Instant};
 
+use libp2p::Multiaddr;
 use serde::Serialize;
 use starling_protocol::{keys::node_key, RunSpec};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 
 use crate::{
     net::{throttle::BandwidthLimits, NetOptions},
-    node::{run_node_with, HarnessHooks, NodeEvent, NodeOptions},
+    node::{run_node_with, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome},
 };
 
 /// Why the benchmark could not run.
@@ -110,21 +114,13 @@ pub async fn sync(
     let mut addresses = Vec::new();
     let mut handles = Vec::new();
     for i in 0..peers {
-        handles.push(tokio::spawn(run_node_with(
-            options(i, addresses.clone(), peers - 1),
-            hooks.clone(),
-            Some(events_tx.clone()),
-            stop_rx.clone(),
-        )));
-        loop {
-            match next(&mut events, "a serving node to listen").await? {
-                NodeEvent::Listening { address, .. } => {
-                    addresses.push(address);
-                    break;
-                }
-                _ => continue,
-            }
-        }
+        let node = options(i, addresses.clone(), peers - 1);
+        let started = start_listening(node, &hooks, &events_tx, &stop_rx, &mut events);
+        let (handle, address) = tokio::time::timeout(TIMEOUT, started)
+            .await
+            .map_err(|_| SyncBenchError::Timeout(TIMEOUT, "a serving node to listen"))?;
+        handles.push(handle);
+        addresses.push(address.ok_or_else(|| SyncBenchError::NodeStopped("before it listened".into()))?);
     }
     // Wait until every serving node holds the state of `rounds`.
     let mut done = 0;
@@ -175,6 +171,25 @@ pub async fn sync(
         }
     }
     Ok(report)
+}
+
+/// Spawns a node and waits for its first listen address (`None`: every node
+/// stopped first), passing over the other events meanwhile.
+pub(crate) async fn start_listening(
+    options: NodeOptions,
+    hooks: &HarnessHooks,
+    events_tx: &mpsc::UnboundedSender<NodeEvent>,
+    stop: &watch::Receiver<bool>,
+    events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+) -> (JoinHandle<Result<NodeOutcome, NodeError>>, Option<Multiaddr>) {
+    let handle = tokio::spawn(run_node_with(options, hooks.clone(), Some(events_tx.clone()), stop.clone()));
+    loop {
+        match events.recv().await {
+            Some(NodeEvent::Listening { address, .. }) => return (handle, Some(address)),
+            Some(_) => {}
+            None => return (handle, None),
+        }
+    }
 }
 
 async fn next(

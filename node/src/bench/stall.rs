@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::BenchError;
 use crate::{
-    bench_sync::spec_for,
+    bench_sync::{spec_for, start_listening},
     net::NetOptions,
     node::{run_node_with, HarnessHooks, LoopStats, NodeEvent, NodeOptions, Timing},
 };
@@ -85,22 +85,11 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
         let mut addresses = Vec::new();
         let mut handles = Vec::new();
         for i in 0..peers {
-            handles.push(tokio::spawn(run_node_with(
-                options(i, addresses.clone(), peers - 1),
-                hooks.clone(),
-                Some(events_tx.clone()),
-                stop_rx.clone(),
-            )));
-            loop {
-                match events.recv().await {
-                    Some(NodeEvent::Listening { address, .. }) => {
-                        addresses.push(address);
-                        break;
-                    }
-                    Some(_) => {}
-                    None => return Err(BenchError::Net("a node stopped before it listened".into())),
-                }
-            }
+            let node = options(i, addresses.clone(), peers - 1);
+            let (handle, address) = start_listening(node, &hooks, &events_tx, &stop_rx, &mut events).await;
+            handles.push(handle);
+            addresses
+                .push(address.ok_or_else(|| BenchError::Net("a node stopped before it listened".into()))?);
         }
         // Once every node has merged its first round, a late joiner comes.
         let mut merged_first = 0;

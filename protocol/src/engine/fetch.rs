@@ -291,25 +291,23 @@ impl StateFetch {
             // itself towards the root most peers announce (two at least). A
             // strict majority would deadlock a swarm that a partition split
             // into several lineages, none of them a majority (netsim's
-            // partition-heal shows it); by support first, a few colluders
-            // claiming a far round still lose to the lineage most peers hold.
-            // A root older than our state is installed only with a strict
-            // majority behind it (see `Engine::wanted`).
-            // Roots this node would refuse (see `Engine::wanted`) are no candidates.
+            // partition-heal shows it). Roots this node would refuse (see
+            // `Engine::wanted`: an older one, or one far ahead, without a
+            // strict majority) are no candidates, so a few colluders cannot
+            // win a tie with a far round.
             SyncReason::Diverged => {
                 let required = reached.min(2);
+                let majority = required_support(reached);
                 let mut support: BTreeMap<[u8; 32], usize> = BTreeMap::new();
                 for (_, root) in announced.values() {
                     *support.entry(*root).or_default() += 1;
                 }
-                let majority = required_support(reached);
-                let candidates: BTreeMap<PublicKey, (u64, [u8; 32])> = offers
+                let candidates: BTreeMap<PublicKey, (u64, [u8; 32])> = announced
                     .iter()
-                    .filter(|(_, o)| {
-                        let root = o.manifest.root();
-                        wanted(o.manifest.round, o.manifest.lineage, support[&root] >= majority)
+                    .filter(|(peer, (round, root))| {
+                        wanted(*round, offers[*peer].manifest.lineage, support[root] >= majority)
                     })
-                    .map(|(p, o)| (*p, (o.manifest.round, o.manifest.root())))
+                    .map(|(peer, announced)| (*peer, *announced))
                     .collect();
                 (required, choose_root_by_support(&candidates, required))
             }
