@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_syncs_state_and_then_agrees_with_the_swarm() {
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_default()).try_init();
     let spec = common::test_spec("late-joiner");
     let dir = tempfile::tempdir().unwrap();
     let (events_tx, mut events) = mpsc::unbounded_channel();

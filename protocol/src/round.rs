@@ -375,8 +375,9 @@ impl RoundState {
     /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
     pub fn expected_from(&self, peer: &PublicKey) -> u64 {
         match self.connected.get(peer) {
-            Some(&from) => from,
-            None => self.round + 2,
+            // A peer that said it is syncing is told the rule's round.
+            Some(&from) if from != crate::wire::SYNCING => from,
+            _ => self.round + 2,
         }
     }
 
@@ -417,7 +418,11 @@ impl RoundState {
         if !(self.paused || self.observing()) || self.published_at.is_some() {
             set.insert(self.me);
         }
-        set.extend(self.last_active.iter().filter(|(_, &r)| r >= horizon).map(|(k, _)| *k));
+        // Recent contributors count too, but never before the round a connected
+        // peer said it starts from: a joiner's delta of its first round, arriving
+        // while we still close the round before, says nothing of this one.
+        let started = |k: &PublicKey| self.connected.get(k).is_none_or(|&from| from <= self.round);
+        set.extend(self.last_active.iter().filter(|(k, &r)| r >= horizon && started(k)).map(|(k, _)| *k));
         set
     }
 
@@ -573,12 +578,15 @@ impl RoundState {
                 // rounds behind its own): deltas it holds of later rounds, its
                 // own among them, stay, as its peers merge them too.
                 if round != self.round || self.observing() {
-                    self.jump_to(round);
+                    self.jump_to(round, now_ms);
                     // Never contribute again to a round we signed for.
                     let past_signed = self.last_signed().map_or(0, |r| r + 1);
                     self.contribute_from = expected_from.max(past_signed);
                 }
-                return actions;
+                // Deltas of the new round may all be here already (gossip
+                // outran the fetch): the round closes on them, after the
+                // settle time that lets the source's own deltas in, rather
+                // than wait for one more that never comes.
             }
         }
         self.maybe_close(now_ms, &mut actions);
@@ -656,15 +664,16 @@ impl RoundState {
         })
     }
 
-    fn jump_to(&mut self, round: u64) {
+    fn jump_to(&mut self, round: u64, now_ms: u64) {
         self.round = round;
         self.groups = self.groups.split_off(&round);
         self.published_at = None;
         self.abstained = false;
         self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
-        // A paused node's deadline counts again from the round's next delta.
-        self.opened_at = None;
+        // A paused or observing node's deadline counts from the round's first
+        // delta: from now when one is already held, else from the next.
+        self.opened_at = self.rounds.contains_key(&round).then_some(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
         self.recharge_future();

@@ -322,9 +322,14 @@ pub enum SyncRequest {
     /// Chunk `index` of the state whose root is `root`.
     Chunk { root: [u8; 32], index: u32 },
     /// A node that installed a state and observes until round `from` tells a
-    /// peer when to expect its deltas. Answered with [`SyncResponse::Noted`].
+    /// peer when to expect its deltas ([`SYNCING`]: not before it says again).
+    /// Answered with [`SyncResponse::Noted`].
     Joining { from: u64 },
 }
+
+/// `SyncRequest::Joining { from: SYNCING }`: the sender is fetching state and
+/// will say later from which round it contributes.
+pub const SYNCING: u64 = u64::MAX;
 
 /// The largest encoded [`SyncRequest`].
 pub const MAX_SYNC_REQUEST_BYTES: usize = 64;

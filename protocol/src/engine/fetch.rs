@@ -54,8 +54,10 @@ pub(super) enum FetchStep {
     /// their current round's deltas (still to validate), and whether a strict
     /// majority of the peers reached announced it.
     Done { state: ModelState, expected_from: u64, deltas: Vec<SignedDelta>, majority: bool },
-    /// The sync ended without a state to install (nothing newer, or no agreement).
-    Ended { agreed: bool },
+    /// The sync ended without a state to install (nothing newer, or no
+    /// agreement); `ahead`: a strict majority of the peers reached announced
+    /// states the node would take, only not one and the same.
+    Ended { agreed: bool, ahead: bool },
 }
 
 enum Pending {
@@ -125,6 +127,11 @@ impl StateFetch {
 
     pub(super) fn is_idle(&self) -> bool {
         matches!(self.stage, Stage::Idle)
+    }
+
+    /// Whether a root was chosen and its chunks are being fetched.
+    pub(super) fn is_fetching(&self) -> bool {
+        matches!(self.stage, Stage::Fetching { .. })
     }
 
     /// When the offers asked for are chosen among, whether or not all came.
@@ -314,7 +321,9 @@ impl StateFetch {
         };
         let Some((round, root)) = chosen else {
             notes.push(Note::NoAgreement { offers: offers.len(), reached, required });
-            return FetchStep::Ended { agreed: false };
+            let newer =
+                offers.values().filter(|o| wanted(o.manifest.round, o.manifest.lineage, false)).count();
+            return FetchStep::Ended { agreed: false, ahead: newer >= required_support(reached) };
         };
         let sources: BTreeSet<PublicKey> =
             announced.iter().filter(|(_, a)| a.1 == root).map(|(p, _)| *p).collect();
@@ -324,7 +333,7 @@ impl StateFetch {
         let majority = sources.len() >= required_support(reached);
         if !wanted(manifest.round, manifest.lineage, majority) {
             notes.push(Note::NotNewer { round });
-            return FetchStep::Ended { agreed: true };
+            return FetchStep::Ended { agreed: true, ahead: false };
         }
         let expected_from = agreeing.iter().map(|o| o.expected_from).max().unwrap_or(round);
         let deltas = agreeing.iter().flat_map(|o| o.deltas.iter().cloned()).collect();
@@ -379,7 +388,7 @@ impl StateFetch {
                 }
                 Err(e) => {
                     notes.push(Note::Undecodable { reason: e.to_string() });
-                    FetchStep::Ended { agreed: false }
+                    FetchStep::Ended { agreed: false, ahead: true }
                 }
             };
         }
@@ -391,7 +400,7 @@ impl StateFetch {
             notes.push(Note::Stalled { held, of });
             self.pending.clear();
             self.parked = Some(assembly);
-            return FetchStep::Ended { agreed: false };
+            return FetchStep::Ended { agreed: false, ahead: true };
         }
         let mut load: BTreeMap<PublicKey, usize> = sources.iter().map(|p| (*p, 0)).collect();
         let mut requested = BTreeSet::new();

@@ -29,6 +29,7 @@
 //! network.
 
 pub mod fetch;
+mod joining;
 mod lineage;
 
 use std::collections::BTreeSet;
@@ -42,6 +43,8 @@ use crate::wire::{SyncRequest, SyncResponse};
 
 pub use fetch::{required_support, FetchConfig};
 use fetch::{FetchStep, StateFetch};
+use joining::Joining;
+pub use joining::SYNCING;
 use lineage::Lineages;
 pub use lineage::LINEAGE_ROUNDS;
 
@@ -96,6 +99,10 @@ pub struct EngineConfig {
     pub sync_retry_ms: u64,
     /// Probes without agreement after which the node starts on its own state.
     pub max_failed_probes: u32,
+    /// Probes that found a majority of peers ahead but not agreeing (one merge
+    /// apart as they answered) after which the node starts on its own state
+    /// all the same, to catch up as a running node that is behind.
+    pub max_probes_ahead: u32,
 }
 
 impl EngineConfig {
@@ -112,6 +119,7 @@ impl EngineConfig {
             probe_on_start: true,
             sync_retry_ms: 500,
             max_failed_probes: 5,
+            max_probes_ahead: 20,
         }
     }
 }
@@ -255,6 +263,9 @@ pub struct Engine {
     /// When to ask for offers again after a sync found no agreement, and why.
     retry: Option<(u64, SyncReason)>,
     failed_probes: u32,
+    probes_ahead: u32,
+    /// What we told peers of our start, and what peers told us before they connected.
+    joining: Joining,
     /// The training job in flight: the round and base it trains from.
     training: Option<(u64, [u8; 32])>,
     /// The round being merged by the driver.
@@ -289,6 +300,8 @@ impl Engine {
             peers: BTreeSet::new(),
             retry: None,
             failed_probes: 0,
+            probes_ahead: 0,
+            joining: Joining::default(),
             training: None,
             merging: None,
             ready: None,
@@ -383,11 +396,19 @@ impl Engine {
             Input::PeerConnected(peer) => {
                 if peer != self.me && self.peers.insert(peer) {
                     self.round_event(now, round::Event::PeerConnected(peer));
+                    if let Some(from) = self.joining.connected(&peer) {
+                        self.round_event(now, round::Event::PeerStarts { peer, from });
+                    }
+                    if self.phase == Phase::Probing && self.joining.told_syncing() {
+                        self.out
+                            .push(Output::Notify { peer, request: SyncRequest::Joining { from: SYNCING } });
+                    }
                     let step = self.fetch.peer_joined(peer);
                     self.on_fetch(now, step);
                 }
             }
             Input::PeerLeft(peer) => {
+                self.joining.left(&peer);
                 if self.peers.remove(&peer) {
                     self.lineages.left(&peer);
                     self.round_event(now, round::Event::PeerDisconnected(peer));
@@ -469,7 +490,11 @@ impl Engine {
         match *request {
             SyncRequest::Joining { from } => {
                 if self.peers.contains(&peer) {
-                    self.round_event(now, round::Event::PeerStarts { peer, from });
+                    if self.joining.heard(peer, from) {
+                        self.round_event(now, round::Event::PeerStarts { peer, from });
+                    }
+                } else {
+                    self.joining.early(peer, from);
                 }
                 Answer::Noted
             }
@@ -560,6 +585,11 @@ impl Engine {
     fn start_running(&mut self, now: u64) {
         self.phase = Phase::Running;
         self.retry = None;
+        if self.joining.take_owed() {
+            // We said we were syncing: now say from when to expect us.
+            let from = if self.rounds.observing() { self.rounds.contributes_from() } else { self.round };
+            self.notify_peers(from);
+        }
         self.maybe_train(now);
     }
 
@@ -659,8 +689,27 @@ impl Engine {
         self.on_fetch(now, step);
     }
 
+    /// Tells every connected peer from which round to expect our deltas.
+    fn notify_peers(&mut self, from: u64) {
+        for peer in self.peers.clone() {
+            self.out.push(Output::Notify { peer, request: SyncRequest::Joining { from } });
+        }
+    }
+
+    /// Once a probe shows the peers ahead, tells them we are syncing (see [`joining`]).
+    fn syncing_for_a_while(&mut self, ahead: bool) {
+        if self.phase == Phase::Probing && ahead && self.joining.tell_syncing() {
+            self.notify_peers(SYNCING);
+        }
+    }
+
     fn on_fetch(&mut self, now: u64, step: FetchStep) {
         let reason = self.fetch.reason;
+        match &step {
+            FetchStep::Send(_) => self.syncing_for_a_while(self.fetch.is_fetching()),
+            FetchStep::Ended { agreed: false, ahead } => self.syncing_for_a_while(*ahead),
+            _ => {}
+        }
         match step {
             FetchStep::Send(requests) => {
                 self.out.extend(requests.into_iter().map(|(peer, id, request)| Output::Request {
@@ -678,13 +727,22 @@ impl Engine {
                     self.finish_fetch(now, ready);
                 }
             }
-            FetchStep::Ended { agreed } => {
+            FetchStep::Ended { agreed, ahead } => {
                 if !agreed {
+                    // A joiner whose peers are ahead, only one merge apart as
+                    // they answered, asks longer before it starts on its own
+                    // old state: that start holds every round that expects it.
                     if reason == SyncReason::Probe {
-                        self.failed_probes += 1;
+                        if ahead {
+                            self.probes_ahead += 1;
+                        } else {
+                            self.failed_probes += 1;
+                        }
                     }
+                    let give_up = self.failed_probes >= self.config.max_failed_probes
+                        || self.probes_ahead >= self.config.max_probes_ahead;
                     // Peers one merge apart announce different roots for a moment; ask again soon.
-                    if reason != SyncReason::Probe || self.failed_probes < self.config.max_failed_probes {
+                    if reason != SyncReason::Probe || !give_up {
                         self.retry = Some((now.saturating_add(self.config.sync_retry_ms), reason));
                         if reason == SyncReason::Probe {
                             return;
@@ -716,10 +774,8 @@ impl Engine {
             // Peers saw us connect in rounds of their own; tell them all the one
             // our source gave (or, back in rounds we signed, the one past
             // them), so none waits for us before then.
-            let from = self.rounds.contributes_from();
-            for peer in self.peers.clone() {
-                self.out.push(Output::Notify { peer, request: SyncRequest::Joining { from } });
-            }
+            self.notify_peers(self.rounds.contributes_from());
+            self.joining.take_owed();
         }
         if self.done() && self.phase == Phase::Running {
             self.phase = Phase::Done;

@@ -411,9 +411,13 @@ fn an_observer_overtaken_by_a_later_round_syncs_again() {
     s.handle(0, Event::Synced { round: 5, expected_from: 7 });
     let a = s.handle(2, Event::PeerDelta(delta(2, 6, 2.0)));
     assert!(matches!(a[0], Action::RequestState { round: 6, .. }), "{a:?}");
-    s.handle(3, Event::Synced { round: 6, expected_from: 7 });
-    assert!(s.observing(), "still observing round 6");
-    assert_eq!(s.collected(), 1, "the buffered round-6 delta is kept");
+    // The buffered round-6 delta is kept; it is all the round waits for, so
+    // the round closes on it (after the settle time, none in these tests)
+    // rather than wait for a delta that already came.
+    let (round, senders, reason) =
+        merged(&s.handle(3, Event::Synced { round: 6, expected_from: 7 })).expect("round 6 closes");
+    assert_eq!((round, senders, reason), (6, vec![pk(2)], CloseReason::Quorum));
+    assert!(!s.observing() && s.wants_local(), "contributes from round 7");
 }
 
 #[test]
@@ -635,7 +639,25 @@ fn a_lagging_node_learns_it_is_behind_through_a_flood() {
     assert!(s.future_bytes() <= s.config.max_future_bytes);
     // And after the sync, the buffered deltas of the round reached stay,
     // charged anew within the budget.
-    s.handle(2, Event::Synced { round: 6, expected_from: 8 });
-    assert_eq!(s.collected(), 1);
+    // (round 6 then closes on it: see `an_observer_overtaken_by_a_later_round_syncs_again`).
+    let (round, senders, _) = merged(&s.handle(2, Event::Synced { round: 6, expected_from: 8 })).unwrap();
+    assert_eq!((round, senders), (6, vec![pk(2)]));
     assert_eq!(s.future_bytes(), 0);
+}
+
+#[test]
+fn a_joiner_is_not_expected_before_the_round_it_announced_even_once_its_deltas_come() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    let k4 = pk(4);
+    s.handle(1, Event::PeerConnected(k4));
+    s.handle(1, Event::PeerStarts { peer: k4, from: 1 });
+    assert!(!s.active().contains(&k4));
+    // Its delta of round 1 comes while round 0 still waits for peers 2 and 3.
+    s.handle(2, Event::PeerDelta(delta(4, 1, 4.0)));
+    assert!(!s.active().contains(&k4), "a delta of round 1 says nothing of round 0");
+    s.handle(3, Event::PeerDelta(delta(2, 0, 2.0)));
+    let (round, senders, reason) = merged(&s.handle(4, Event::PeerDelta(delta(3, 0, 3.0)))).unwrap();
+    assert_eq!((round, senders.len(), reason), (0, 3, CloseReason::Quorum));
+    assert!(s.active().contains(&k4), "expected in round 1");
 }
