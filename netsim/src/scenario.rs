@@ -401,10 +401,10 @@ impl Scenario {
         if !(self.protocol.quorum > 0.0 && self.protocol.quorum <= 1.0) {
             return bad("protocol.quorum", "must be in (0, 1]");
         }
-        if self.protocol.group_size >= 2 && matches!(self.protocol.codec, Codec::TopK { .. }) {
+        if self.protocol.group_size >= 2 && self.protocol.codec.is_sparse() {
             return bad(
                 "protocol.codec",
-                "grouped rounds exchange whole models, which top-k cannot carry; use dense, f16 or int8",
+                "grouped rounds exchange whole models, which top-k and sparse codecs cannot carry; use dense, f16 or int8",
             );
         }
         if self.protocol.group_size == 1 {

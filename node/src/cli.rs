@@ -83,7 +83,7 @@ pub enum BenchCommand {
         params: usize,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Codec of the deltas (dense, f16, int8, topk:F, topk:F+int8).
+        /// Codec of the deltas (dense, f16, int8, topk:F, topk:F+int8, sparse:K/C+2bit, sparse:K/C+4bit).
         #[arg(long, default_value = "dense")]
         codec: Codec,
         /// Print one JSON object.
@@ -156,10 +156,21 @@ pub enum BenchCommand {
 }
 
 fn default_codecs() -> Vec<Codec> {
-    ["f16", "int8", "topk:0.1", "topk:0.05+int8", "topk:0.02+int8", "topk:0.01+int8"]
-        .iter()
-        .map(|c| c.parse().expect("valid codec"))
-        .collect()
+    [
+        "f16",
+        "int8",
+        "topk:0.1",
+        "topk:0.05+int8",
+        "topk:0.02+int8",
+        "topk:0.01+int8",
+        "sparse:64/4096+4bit",
+        "sparse:64/4096+2bit",
+        // 0.39 % of coordinates.
+        "sparse:16/4096+2bit",
+    ]
+    .iter()
+    .map(|c| c.parse().expect("valid codec"))
+    .collect()
 }
 
 /// `starling run`.
@@ -246,7 +257,8 @@ pub struct SwarmArgs {
     /// Seeds the node identities (and so their data shards).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Overrides the spec's delta codec: dense, f16, int8, topk:F or topk:F+int8.
+    /// Overrides the spec's delta codec: dense, f16, int8, topk:F, topk:F+int8,
+    /// sparse:K/C+2bit or sparse:K/C+4bit.
     /// With the built-in spec, the outer step changes to the one that suits the
     /// codec (`OuterSpec::for_codec`); a --spec file keeps its own.
     #[arg(long)]

@@ -165,14 +165,14 @@ pub struct OuterSpec {
 impl OuterSpec {
     /// The outer step that suits deltas of `codec` on the built-in task (measured
     /// with `starling bench codecs`): Nesterov 0.7 / 0.9 for dense and quantized
-    /// deltas; for top-k, a larger step with less momentum. A top-k delta with
+    /// deltas; for top-k and chunked sparse, a larger step with less momentum. A top-k delta with
     /// error feedback moves each coordinate in rare bursts, and the feedback
     /// decay lets part of what waits fade, so less of the pseudo-gradient arrives
     /// per round than with dense deltas; the residual already delays and smooths
     /// like momentum, and outer momentum on top of it overshoots.
     pub fn for_codec(codec: Codec) -> Self {
         match codec {
-            Codec::TopK { .. } => OuterSpec { lr: 3.0, momentum: 0.5, nesterov: true },
+            Codec::TopK { .. } | Codec::Sparse { .. } => OuterSpec { lr: 3.0, momentum: 0.5, nesterov: true },
             Codec::Dense | Codec::F16 | Codec::Int8 => OuterSpec { lr: 0.7, momentum: 0.9, nesterov: true },
         }
     }

@@ -3,7 +3,9 @@
 //! `dense` sends every value as an `f32`; `f16` as a half float; `int8` as
 //! blockwise 8-bit integers with one `f32` scale per block; `topk:F` only the
 //! fraction F of coordinates largest in magnitude, their indices delta-encoded
-//! as varints, and `topk:F+int8` those values quantized to int8. Lossy codecs
+//! as varints, and `topk:F+int8` those values quantized to int8;
+//! `sparse:K/C+2bit` (or `+4bit`) the K largest of each chunk of C coordinates,
+//! indices bit-packed within the chunk, values in 2 or 4 bits. Lossy codecs
 //! are used with error feedback ([`Codec::encode_with_feedback`]): what a round
 //! did not send is added to the next round's delta.
 //!
@@ -15,6 +17,7 @@
 mod dense;
 mod half;
 mod int8;
+mod sparse;
 mod topk;
 
 use std::{fmt, str::FromStr};
@@ -35,6 +38,9 @@ pub enum Codec {
     Int8,
     /// The largest `ppm` parts per million of coordinates, as `f32` or int8 values.
     TopK { ppm: u32, int8: bool },
+    /// Per chunk of `chunk` coordinates, the `k` largest in magnitude, with
+    /// chunk-local bit-packed indices and `bits` (2 or 4) bits per value.
+    Sparse { k: u32, chunk: u32, bits: u8 },
 }
 
 /// Why a payload could not be decoded, or a codec name not parsed.
@@ -46,10 +52,15 @@ pub enum CodecError {
     NonFinite(usize),
     #[error("payload holds an invalid scale at block {0}")]
     BadScale(usize),
-    #[error("top-k payload is malformed: {0}")]
+    #[error("sparse payload is malformed: {0}")]
     Sparse(String),
-    #[error("unknown codec `{0}` (known: dense, f16, int8, topk:F, topk:F+int8 with 0 < F <= 1)")]
+    #[error(
+        "unknown codec `{0}` (known: dense, f16, int8, topk:F, topk:F+int8 with 0 < F <= 1, \
+         sparse:K/C+2bit, sparse:K/C+4bit)"
+    )]
     Unknown(String),
+    #[error("codec `{name}`: {problem} (write sparse:K/C+2bit or sparse:K/C+4bit: keep K of each chunk of C values, 1 <= K <= C <= {max})", max = sparse::MAX_CHUNK)]
+    SparseName { name: String, problem: String },
 }
 
 impl Codec {
@@ -60,6 +71,7 @@ impl Codec {
             Codec::F16 => half::encode(values),
             Codec::Int8 => int8::encode(values),
             Codec::TopK { ppm, int8 } => topk::encode(values, self.kept(values.len(), ppm), int8),
+            Codec::Sparse { k, chunk, bits } => sparse::encode(values, sparse::Params { k, chunk, bits }),
         }
     }
 
@@ -100,6 +112,9 @@ impl Codec {
             Codec::F16 => half::check(payload, params),
             Codec::Int8 => int8::check(payload, params),
             Codec::TopK { ppm, int8 } => topk::check(payload, params, self.kept(params, ppm), int8),
+            Codec::Sparse { k, chunk, bits } => {
+                sparse::check(payload, params, sparse::Params { k, chunk, bits })
+            }
         }
         .map_err(|e| e.with_codec(self))
     }
@@ -122,6 +137,9 @@ impl Codec {
             Codec::F16 => half::accumulate(payload, weight, out),
             Codec::Int8 => int8::accumulate(payload, weight, out),
             Codec::TopK { ppm, int8 } => topk::accumulate(payload, self.kept(params, ppm), int8, weight, out),
+            Codec::Sparse { k, chunk, bits } => {
+                sparse::accumulate(payload, sparse::Params { k, chunk, bits }, weight, out)
+            }
         }
         .map_err(|e| e.with_codec(self))
     }
@@ -133,7 +151,14 @@ impl Codec {
             Codec::F16 => params * 2,
             Codec::Int8 => int8::len(params),
             Codec::TopK { ppm, int8 } => topk::max_len(self.kept(params, ppm), int8),
+            Codec::Sparse { k, chunk, bits } => sparse::Params { k, chunk, bits }.len(params),
         }
+    }
+
+    /// Whether a payload carries only some coordinates (top-k and sparse), so
+    /// it cannot carry a whole model.
+    pub fn is_sparse(self) -> bool {
+        matches!(self, Codec::TopK { .. } | Codec::Sparse { .. })
     }
 
     /// How many coordinates a top-k codec keeps of `params`.
@@ -157,6 +182,8 @@ impl Codec {
             Codec::Int8,
             Codec::TopK { ppm: 10_000, int8: false },
             Codec::TopK { ppm: 10_000, int8: true },
+            Codec::Sparse { k: 64, chunk: 4096, bits: 2 },
+            Codec::Sparse { k: 3, chunk: 10, bits: 4 },
         ]
     }
 }
@@ -186,8 +213,31 @@ impl fmt::Display for Codec {
                 }
                 Ok(())
             }
+            Codec::Sparse { k, chunk, bits } => write!(f, "sparse:{k}/{chunk}+{bits}bit"),
         }
     }
+}
+
+/// Parses the part of `sparse:K/C+Nbit` after `sparse:`, naming the field that is wrong.
+fn parse_sparse(name: &str, rest: &str) -> Result<Codec, CodecError> {
+    let problem = |problem: String| CodecError::SparseName { name: name.to_string(), problem };
+    let (sizes, bits) = rest
+        .split_once('+')
+        .ok_or_else(|| problem("the bits per value are missing (`+2bit` or `+4bit`)".into()))?;
+    let (k, chunk) = sizes
+        .split_once('/')
+        .ok_or_else(|| problem("the chunk size is missing (`K/C`, e.g. 64/4096)".into()))?;
+    let k: u32 =
+        k.parse().map_err(|_| problem(format!("K (values kept per chunk) `{k}` is not a whole number")))?;
+    let chunk: u32 =
+        chunk.parse().map_err(|_| problem(format!("C (the chunk size) `{chunk}` is not a whole number")))?;
+    let bits: u8 = match bits {
+        "2bit" => 2,
+        "4bit" => 4,
+        other => return Err(problem(format!("bits per value `{other}` must be `2bit` or `4bit`"))),
+    };
+    sparse::Params::validate(k, chunk, bits).map_err(problem)?;
+    Ok(Codec::Sparse { k, chunk, bits })
 }
 
 impl FromStr for Codec {
@@ -199,6 +249,9 @@ impl FromStr for Codec {
             "f16" => return Ok(Codec::F16),
             "int8" => return Ok(Codec::Int8),
             _ => {}
+        }
+        if let Some(rest) = s.strip_prefix("sparse:") {
+            return parse_sparse(s, rest);
         }
         let rest = s.strip_prefix("topk:").ok_or_else(unknown)?;
         let (fraction, int8) = match rest.strip_suffix("+int8") {
@@ -226,7 +279,9 @@ impl<'de> Deserialize<'de> for Codec {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = Codec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a codec name such as dense, f16, int8, topk:0.01 or topk:0.01+int8")
+                f.write_str(
+                    "a codec name such as dense, f16, int8, topk:0.01, topk:0.01+int8 or sparse:64/4096+2bit",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Codec, E> {
                 v.parse().map_err(E::custom)

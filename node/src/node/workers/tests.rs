@@ -15,7 +15,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 fn encoding_beside_the_residual_gives_the_payload_and_residual_of_encoding_into_it() {
     // Large enough for top-k's sampled threshold.
     let n = 300_000;
-    for codec in ["dense", "f16", "int8", "topk:0.01", "topk:0.05+int8"] {
+    for codec in ["dense", "f16", "int8", "topk:0.01", "topk:0.05+int8", "sparse:64/4096+2bit"] {
         let codec: Codec = codec.parse().unwrap();
         for residual in [Vec::new(), values(2, n)] {
             let delta = values(1, n);
