@@ -16,7 +16,7 @@ pub mod upkeep;
 use std::time::Duration;
 
 use libp2p::{
-    allow_block_list, autonat,
+    allow_block_list, autonat, connection_limits,
     core::{muxing::StreamMuxerBox, transport::Boxed, transport::MemoryTransport, upgrade, Transport as _},
     dcutr, gossipsub, identify, identity, kad, mdns, noise, ping,
     pnet::{PnetConfig, PreSharedKey},
@@ -35,6 +35,9 @@ pub const AGENT: &str = concat!("starling/", env!("CARGO_PKG_VERSION"));
 /// Every protocol a node speaks, composed.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Caps on connections (see [`ConnectionCaps`]); first, so it refuses
+    /// before any other behaviour sets anything up for a connection.
+    pub caps: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -89,6 +92,42 @@ pub struct NetOptions {
     /// Run peers to keep connected: below it, the node dials known peers
     /// again (see [`upkeep`]).
     pub target_peers: usize,
+    /// Caps on connections.
+    pub caps: ConnectionCaps,
+}
+
+/// Caps on connections, so that no one can open more than a node serves:
+/// past a cap, libp2p refuses the connection before its handshake uses more
+/// (each established connection holds buffers in yamux, gossipsub and the
+/// state protocol). Far above what a node keeps (`target_peers`, default 8,
+/// plus the peers that dial it); see `docs/bounds.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    /// Incoming connections still in their handshake.
+    pub pending_incoming: u32,
+    /// Established incoming connections.
+    pub incoming: u32,
+    /// Established connections, both ways.
+    pub established: u32,
+    /// Established connections with one peer (TCP, QUIC, a relayed one and
+    /// the direct one hole punching upgrades it to).
+    pub per_peer: u32,
+}
+
+impl Default for ConnectionCaps {
+    fn default() -> Self {
+        Self { pending_incoming: 64, incoming: 256, established: 384, per_peer: 4 }
+    }
+}
+
+impl ConnectionCaps {
+    fn limits(&self) -> connection_limits::ConnectionLimits {
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(self.pending_incoming))
+            .with_max_established_incoming(Some(self.incoming))
+            .with_max_established(Some(self.established))
+            .with_max_established_per_peer(Some(self.per_peer))
+    }
 }
 
 impl Default for NetOptions {
@@ -102,6 +141,7 @@ impl Default for NetOptions {
             swarm_key: None,
             reach: reach::ReachOptions::default(),
             target_peers: upkeep::DEFAULT_TARGET_PEERS,
+            caps: ConnectionCaps::default(),
         }
     }
 }
@@ -186,6 +226,7 @@ pub fn build_swarm(
         relay_server: options.reach.relay_server,
         // Dialling back means nothing between nodes of one process.
         autonat: options.transport == Transport::Tcp,
+        caps: options.caps,
     };
     let idle_timeout = options.idle_timeout;
     let swarm_key = options.swarm_key;
@@ -286,6 +327,7 @@ struct BehaviourLimits {
     peer_discovery: bool,
     relay_server: bool,
     autonat: bool,
+    caps: ConnectionCaps,
 }
 
 fn behaviour(
@@ -335,6 +377,7 @@ fn behaviour(
             .with_max_concurrent_streams(64),
     );
     Ok(Behaviour {
+        caps: connection_limits::Behaviour::new(limits.caps.limits()),
         gossipsub,
         identify,
         ping: ping::Behaviour::default(),
@@ -455,5 +498,56 @@ mod tests {
         })
         .await
         .expect("noise and yamux upgrade the memory connection");
+    }
+
+    #[tokio::test]
+    async fn a_node_refuses_incoming_connections_past_its_cap() {
+        use futures::StreamExt;
+        use libp2p::{multiaddr::Protocol, swarm::SwarmEvent};
+
+        let spec = RunSpec::builtin();
+        let caps = ConnectionCaps { incoming: 1, ..ConnectionCaps::default() };
+        let options = NetOptions { transport: Transport::Memory, mdns: false, caps, ..NetOptions::default() };
+        let build = |seed: u8| {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            build_swarm(&key, &spec, &options, &mut Default::default()).expect("memory swarm builds")
+        };
+        let (mut listener, mut first, mut second) = (build(1), build(2), build(3));
+        listener.listen_on("/memory/0".parse().expect("valid")).expect("memory listens");
+        let wait = Duration::from_secs(10);
+        let address = tokio::time::timeout(wait, async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .expect("the listener reports its address");
+        let address = address.with(Protocol::P2p(*listener.local_peer_id()));
+        first.dial(address.clone()).expect("dial starts");
+        let mut second_dialed = false;
+        let refused = tokio::time::timeout(wait, async {
+            loop {
+                tokio::select! {
+                    event = listener.select_next_some() => match event {
+                        SwarmEvent::ConnectionEstablished { .. } if !second_dialed => {
+                            second_dialed = true;
+                            second.dial(address.clone()).expect("dial starts");
+                        }
+                        SwarmEvent::IncomingConnectionError { error, .. } => return error.to_string(),
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                            panic!("a second incoming connection ({peer_id}) got past a cap of one")
+                        }
+                        _ => {}
+                    },
+                    _ = first.select_next_some() => {}
+                    _ = second.select_next_some() => {}
+                }
+            }
+        })
+        .await
+        .expect("the second incoming connection is refused");
+        assert!(refused.contains("enied"), "{refused}");
     }
 }
