@@ -13,7 +13,8 @@ pub mod limits;
 pub mod local_swarm;
 pub mod logging;
 pub mod metrics;
-pub mod net;
+/// The libp2p stack, in its own crate.
+pub use starling_net as net;
 pub mod net_cli;
 pub mod node;
 pub mod operator_cli;

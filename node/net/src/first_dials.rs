@@ -103,7 +103,7 @@ mod tests {
     }
 
     fn peer(seed: u8) -> PeerId {
-        crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32])).public().to_peer_id()
+        crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32])).public().to_peer_id()
     }
 
     #[test]

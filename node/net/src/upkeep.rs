@@ -328,7 +328,7 @@ mod tests {
     use super::*;
 
     fn peer(seed: u8) -> PeerId {
-        crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32])).public().to_peer_id()
+        crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32])).public().to_peer_id()
     }
 
     fn ma(s: &str) -> Multiaddr {
@@ -339,7 +339,7 @@ mod tests {
     fn nth_peer(n: u32) -> PeerId {
         let mut secret = [0x5a; 32];
         secret[..4].copy_from_slice(&n.to_le_bytes());
-        crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&secret)).public().to_peer_id()
+        crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&secret)).public().to_peer_id()
     }
 
     fn run_peer(upkeep: &mut Upkeep, seed: u8, now: Instant) -> PeerId {

@@ -241,8 +241,7 @@ mod tests {
             Quota { capacity: 2, period: Duration::from_secs(1) },
             4,
         );
-        let peer =
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
+        let peer = crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
         let t0 = Instant::now();
         let chunk = SyncRequest::Chunk { root: [0; 32], index: 0 };
         limiter.check(&peer, &SyncRequest::Offer, t0).unwrap();

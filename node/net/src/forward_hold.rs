@@ -82,8 +82,7 @@ mod tests {
     fn messages_go_after_the_hold_in_order_and_a_full_queue_lets_the_oldest_go_early() {
         let hold = Duration::from_millis(25);
         let mut held = ForwardHold::new(hold, 3);
-        let source =
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
+        let source = crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
         let t0 = Instant::now();
         assert_eq!(held.next_due(), None);
         assert_eq!(held.hold(id(1), source, t0), None);

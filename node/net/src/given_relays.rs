@@ -143,8 +143,7 @@ mod tests {
     use super::*;
 
     fn relay(seed: u8) -> (PeerId, Multiaddr) {
-        let peer =
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32])).public().to_peer_id();
+        let peer = crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32])).public().to_peer_id();
         (peer, format!("/ip4/7.7.1.1/tcp/400{seed}").parse::<Multiaddr>().unwrap().with_p2p(peer).unwrap())
     }
 

@@ -439,7 +439,7 @@ mod tests {
         let peer = |n: u32| {
             let mut secret = [0x33; 32];
             secret[..4].copy_from_slice(&n.to_le_bytes());
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&secret)).public().to_peer_id()
+            crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&secret)).public().to_peer_id()
         };
         let address: Multiaddr = "/ip4/7.7.1.1/tcp/4001".parse().unwrap();
         let mut reach = Reachability::default();
@@ -458,11 +458,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_slot_on_a_given_relay_stays_counted_so_it_is_never_auto_reserved_twice() {
-        use crate::net::{build_swarm, NetOptions, Transport};
+        use crate::{build_swarm, NetOptions, Transport};
         use libp2p::core::transport::ListenerId;
 
         let key = |seed: u8| ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-        let peer = |seed: u8| crate::net::keypair(&key(seed)).public().to_peer_id();
+        let peer = |seed: u8| crate::keypair(&key(seed)).public().to_peer_id();
         let options = NetOptions { transport: Transport::Memory, ..NetOptions::default() };
         let mut swarm =
             build_swarm(&key(1), &starling_protocol::RunSpec::builtin(), &options, &mut Default::default())
@@ -517,8 +517,7 @@ mod tests {
         assert!(reach.announceable(&"/ip4/127.0.0.1/tcp/4001".parse().unwrap()));
         assert!(!reach.announceable(&"/ip4/192.168.1.2/udp/4001/quic-v1".parse().unwrap()));
         assert!(reach.announceable(&"/ip4/8.8.8.8/udp/4001/quic-v1".parse().unwrap()));
-        let peer =
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
+        let peer = crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[1; 32])).public().to_peer_id();
         let relay: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}").parse().unwrap();
         assert!(!reach.announceable(&circuit_address(&relay)));
         assert!(relay_peer(&relay).is_some() && is_relayed(&circuit_address(&relay)));
@@ -534,8 +533,7 @@ mod tests {
             ma("/ip4/10.0.0.5/tcp/4001"),
             ma("/ip4/7.7.1.1/udp/4001/quic-v1"),
         ];
-        let peer =
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[2; 32])).public().to_peer_id();
+        let peer = crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[2; 32])).public().to_peer_id();
         let dialled = ma("/ip4/7.7.2.1/tcp/4001").with_p2p(peer).unwrap();
         assert_eq!(
             relay_address(Some(&without_peer(&dialled)), &listen, false),
@@ -551,8 +549,7 @@ mod tests {
     #[test]
     fn a_peer_met_over_the_internet_is_not_passed_on_at_its_loopback_or_lan_addresses() {
         let ma = |s: &str| s.parse::<Multiaddr>().unwrap();
-        let peer =
-            crate::net::keypair(&ed25519_dalek::SigningKey::from_bytes(&[3; 32])).public().to_peer_id();
+        let peer = crate::keypair(&ed25519_dalek::SigningKey::from_bytes(&[3; 32])).public().to_peer_id();
         let circuit = ma("/ip4/7.7.1.1/tcp/4001").with_p2p(peer).unwrap().with(Protocol::P2pCircuit);
         let own = vec![
             ma("/ip4/127.0.0.1/udp/4001/quic-v1"),
