@@ -3,7 +3,10 @@
 
 use std::{path::PathBuf, process::Command};
 
-use starling_netsim::{scenario::Workload, Scenario};
+use starling_netsim::{
+    scenario::{Mode, Workload},
+    Scenario,
+};
 
 fn scenario(name: &str) -> Scenario {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{name}.toml"));
@@ -187,6 +190,31 @@ eval_nodes = 2
         assert!(r.mean_accuracy.is_some() && r.bytes_received_per_node > 0.0);
     }
     assert!(out.summary.wall_seconds.is_some());
+}
+
+/// One scenario, a late joiner, through the engine over simulated links and
+/// through real node stacks: both merge the same rounds with the same nodes,
+/// sync the joiner once, close no round at its deadline and end agreeing.
+#[test]
+fn a_late_joiner_behaves_alike_in_virtual_and_live_mode() {
+    let sc = scenario("late-joiner-live");
+    let join = sc.events[0].at_round as usize;
+    let mut outs = Vec::new();
+    for mode in [Mode::Virtual, Mode::Live] {
+        let sc = Scenario { mode, ..sc.clone() };
+        outs.push((mode, starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap()));
+    }
+    for (mode, out) in &outs {
+        let merged: Vec<usize> = out.rows.iter().map(|r| r.active_nodes).collect();
+        assert_eq!(merged.len(), sc.rounds as usize, "{mode:?}: a row per round");
+        assert!(merged[..join].iter().all(|&n| n == 2), "{mode:?}: two nodes before the join: {merged:?}");
+        // From two rounds after it connects, the joiner merges every round.
+        assert!(merged[join + 2..].iter().all(|&n| n == 3), "{mode:?}: three nodes after: {merged:?}");
+        let s = &out.summary;
+        assert_eq!(s.state_syncs, 1, "{mode:?}: the joiner fetched the state once");
+        assert_eq!(s.deadline_closes, 0, "{mode:?}: no round waited for its deadline");
+        assert_eq!(s.final_consensus_distance, 0.0, "{mode:?}: the nodes end agreeing");
+    }
 }
 
 #[test]

@@ -3,9 +3,10 @@
 //! checkpoints — in one process, connected by libp2p's in-memory transport.
 //!
 //! What the in-memory transport cannot shape is not simulated here: `[link]`,
-//! `[compute]`, `[churn]`, `[[events]]` and `[attack]` are virtual-mode
-//! features, and a live scenario that sets them is refused rather than run
-//! without them. Delta latency is not observed per delta in live mode (the
+//! `[compute]`, `[churn]`, `[attack]` and events other than joins are
+//! virtual-mode features, and a live scenario that sets them is refused rather
+//! than run without them. A join starts real nodes late: they dial the
+//! running ones and fetch the swarm's state as `starling run` does. Delta latency is not observed per delta in live mode (the
 //! CSV's latency columns are empty); bytes are the nodes' transport counters,
 //! protocol overhead and gossip duplicates included.
 
@@ -19,7 +20,7 @@ use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
 
 use crate::{
     report::RoundRow,
-    scenario::{Attack, Churn, Compute, Link, Workload},
+    scenario::{Attack, Churn, Compute, EventKind, Link, Workload},
     summarize,
     workload::candle_spec,
     RunOutput, Scenario, SimError,
@@ -50,7 +51,7 @@ fn refuse_virtual_only(sc: &Scenario) -> Result<(), SimError> {
         ("[link]", sc.link != Link::default()),
         ("[compute]", sc.compute != Compute::default()),
         ("[churn]", sc.churn != Churn::default()),
-        ("[[events]]", !sc.events.is_empty()),
+        ("[[events]] other than join", sc.events.iter().any(|e| !matches!(e.what, EventKind::Join { .. }))),
         ("[attack]", sc.attack != Attack::default()),
         ("protocol.group_size", sc.protocol.group_size != 0),
     ]
@@ -81,7 +82,19 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
         .build()
         .map_err(|e| SimError::Live(format!("cannot start a runtime: {e}")))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut options = SwarmOptions::new(sc.nodes, sc.rounds, spec);
+    // Joined nodes come after the scenario's own, each starting at its event's round.
+    let mut joiners: Vec<u64> = sc
+        .events
+        .iter()
+        .flat_map(|e| match e.what {
+            EventKind::Join { count } => vec![e.at_round; count],
+            _ => Vec::new(),
+        })
+        .collect();
+    joiners.sort_unstable();
+    let nodes = sc.nodes + joiners.len();
+    let mut options = SwarmOptions::new(nodes, sc.rounds, spec);
+    options.joiners = joiners;
     options.seed = sc.seed;
     options.quiet = true;
     options.transport = Transport::Memory;
@@ -105,7 +118,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
             entry.push(report);
             // A row is done when every node has merged it (rounds complete in order).
             while let Some((&r, done)) = reports.first_key_value() {
-                if done.len() < sc.nodes {
+                if done.len() < nodes {
                     break;
                 }
                 let done = reports.remove(&r).expect("present");
@@ -127,6 +140,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
     let mut out = summarize(sc, &rows, params);
     out.virtual_seconds = start.elapsed().as_secs_f64();
     out.final_consensus_distance = summary.consensus_distance;
+    out.state_syncs = summary.state_syncs as usize;
     progress(sc.rounds, sc.rounds);
     Ok(RunOutput { summary: out, rows, markers: Vec::new() })
 }

@@ -84,6 +84,11 @@ pub struct SwarmOptions {
     /// The data every node reads (`--dataset`); the spec's when absent. Node i
     /// trains on shard i of `nodes`.
     pub dataset: Option<starling_protocol::DatasetKind>,
+    /// Late joiners: the last `joiners.len()` of the `nodes` start only once a
+    /// node has merged the round before the one given (`joiners[j]` for the
+    /// j-th of them), dial the nodes before them, and sync the swarm's state.
+    /// The others' roster ([`Membership::Roster`]) leaves them out.
+    pub joiners: Vec<u64>,
 }
 
 impl SwarmOptions {
@@ -109,6 +114,7 @@ impl SwarmOptions {
             report_params: false,
             stall_timeout: Duration::from_secs(600),
             dataset: None,
+            joiners: Vec::new(),
         }
     }
 }
@@ -209,6 +215,8 @@ pub enum SwarmError {
     NoNodes,
     #[error("--rounds must be at least 1")]
     NoRounds,
+    #[error("{joiners} late joiners leave none of the {nodes} nodes to start the swarm")]
+    NoStarters { nodes: usize, joiners: usize },
     #[error("node {index} failed: {source}")]
     Node { index: usize, source: NodeError },
     #[error("node {index} panicked or was aborted: {reason}")]
@@ -315,6 +323,10 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     if options.rounds == 0 {
         return Err(SwarmError::NoRounds);
     }
+    let starters = options.nodes.saturating_sub(options.joiners.len());
+    if starters == 0 {
+        return Err(SwarmError::NoStarters { nodes: options.nodes, joiners: options.joiners.len() });
+    }
     let wall = Instant::now();
     let temp = match &options.datadir {
         Some(_) => None,
@@ -339,12 +351,13 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     }
     .parse()
     .expect("valid multiaddr");
-    let roster: Vec<PublicKey> =
+    let keys: Vec<PublicKey> =
         (0..options.nodes).map(|index| PublicKey::of(&node_key(options.seed, index))).collect();
-    let index_of: HashMap<PublicKey, usize> = roster.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let mut addresses: Vec<Multiaddr> = Vec::new();
-    for index in 0..options.nodes {
+    let index_of: HashMap<PublicKey, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let roster = &keys[..starters];
+    let node = |index: usize, addresses: &[Multiaddr]| {
         let key = node_key(options.seed, index);
+        let joiner = index >= starters;
         let node_options = NodeOptions {
             datadir: base.join(format!("node-{index}")),
             spec: options.spec.clone(),
@@ -359,7 +372,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 idle_timeout: CONNECTION_IDLE_TIMEOUT,
                 ..NetOptions::default()
             },
-            wait_peers: degrees[index],
+            // A joiner waits for the nodes it dials, which are all running.
+            wait_peers: if joiner { plan[index].len() } else { degrees[index] },
             wait_timeout: PEER_WAIT_TIMEOUT,
             rounds: Some(options.rounds),
             key: Some(key.clone()),
@@ -377,14 +391,21 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
             report_params: options.report_params,
             start: Some(start_rx.clone()),
             expected_peers: match options.membership {
-                Membership::Discovered => Vec::new(),
-                Membership::Roster => roster.iter().copied().filter(|&k| k != PublicKey::of(&key)).collect(),
+                Membership::Roster if !joiner => {
+                    roster.iter().copied().filter(|&k| k != PublicKey::of(&key)).collect()
+                }
+                _ => Vec::new(),
             },
             // The harness stops every node once all have merged the last round.
             linger_until_shutdown: true,
         };
-        let node = run_node_with(node_options, hooks, Some(events_tx.clone()), shutdown_rx.clone());
-        running.spawn(index, async move { (index, node.await) });
+        (node_options, hooks, key)
+    };
+    let mut addresses: Vec<Multiaddr> = Vec::new();
+    for index in 0..starters {
+        let (node_options, hooks, key) = node(index, &addresses);
+        let run = run_node_with(node_options, hooks, Some(events_tx.clone()), shutdown_rx.clone());
+        running.spawn(index, async move { (index, run.await) });
         match wait_listening(&mut running, &mut events_rx, PublicKey::of(&key)).await {
             Ok(address) => addresses.push(address),
             Err(e) => {
@@ -393,7 +414,12 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
             }
         }
     }
+    // Joiners yet to start, in index order (they dial only nodes before them).
+    let mut waiting: std::collections::VecDeque<(usize, u64)> =
+        options.joiners.iter().enumerate().map(|(j, &round)| (starters + j, round)).collect();
+    let mut joiner_events = (!waiting.is_empty()).then(|| events_tx.clone());
     drop(events_tx);
+    let mut state_syncs = 0u64;
     // Every node is listening and has dialed its bootnodes: round 0 may begin.
     let _ = start_tx.send(true);
     let swarm_start = Instant::now();
@@ -407,7 +433,20 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     while stopped < options.nodes {
         tokio::select! {
             Some(event) = events_rx.recv() => {
+                if let NodeEvent::StateInstalled { .. } = event {
+                    state_syncs += 1;
+                }
                 if let NodeEvent::Round(report) = event {
+                    while let Some(&(index, _)) = waiting.front().filter(|(_, at)| report.round + 1 >= *at) {
+                        waiting.pop_front();
+                        let (node_options, hooks, _) = node(index, &addresses);
+                        let events = joiner_events.clone().expect("held while joiners wait");
+                        let run = run_node_with(node_options, hooks, Some(events), shutdown_rx.clone());
+                        running.spawn(index, async move { (index, run.await) });
+                        if waiting.is_empty() {
+                            joiner_events = None;
+                        }
+                    }
                     if report.round + 1 >= options.rounds {
                         finished.insert(report.node);
                         if finished.len() == options.nodes {
@@ -444,6 +483,9 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     }
     // Every node has stopped, so every report it sent is queued.
     while let Ok(event) = events_rx.try_recv() {
+        if let NodeEvent::StateInstalled { .. } = event {
+            state_syncs += 1;
+        }
         if let NodeEvent::Round(report) = event {
             observer.send(&report);
             progress.add(report);
@@ -452,7 +494,9 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     running.stop().await;
     let swarm_seconds = swarm_start.elapsed().as_secs_f64();
     let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.expect("every node joined")).collect();
-    summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)
+    let mut summary = summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)?;
+    summary.state_syncs = state_syncs;
+    Ok(summary)
 }
 
 /// Waits for the node with `key` to report its listen address. `Err(None)`

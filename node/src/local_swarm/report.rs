@@ -47,6 +47,8 @@ pub struct SwarmSummary {
     pub wall_seconds: f64,
     pub swarm_seconds: f64,
     pub centralized_seconds: f64,
+    /// States installed by nodes that were new, behind or had diverged.
+    pub state_syncs: u64,
     /// The largest ε any node spent, in a run with `[privacy]` (null otherwise).
     pub epsilon: Option<f64>,
     /// Per round, in order.
@@ -130,6 +132,7 @@ pub(super) fn summarize(
         wall_seconds: wall.elapsed().as_secs_f64(),
         swarm_seconds,
         centralized_seconds,
+        state_syncs: 0,
         epsilon: curve.iter().filter_map(|c| c.epsilon).reduce(f64::max),
         curve,
     })
