@@ -115,3 +115,40 @@ fn a_corrupted_newest_checkpoint_falls_back_to_the_previous_one() {
     assert!(log.contains("resuming from checkpoint round=3"), "{log}");
     assert_eq!(healthy_round(&datadir, 1), 6, "the rewritten round-4 record replaced the rotten one");
 }
+
+/// With `--checkpoint-every 4` a state is checkpointed every fourth round and
+/// at the `--rounds` limit; a kill -9 goes back to the last fourth, and a node
+/// that signed a delta for a later round says on restart that it sits out
+/// the rounds up to it (it never signs twice).
+#[test]
+fn checkpoint_every_n_checkpoints_every_nth_state_and_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = write_spec(dir.path(), &test_spec("checkpoint-every"));
+    let datadir = dir.path().join("node").to_str().unwrap().to_string();
+    let args = run_args(&datadir, &spec_path, &["--checkpoint-every", "4", "--rounds", "6"]);
+    let mut node = NodeProcess::start("to round 6", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    node.wait_exit(Duration::from_secs(120));
+    let inspection = inspect(&datadir);
+    assert_eq!(inspection["round"].as_u64(), Some(6), "{inspection}");
+    assert_eq!(inspection["checkpoints_kept"], serde_json::json!([4, 6]), "{inspection}");
+
+    let args = run_args(&datadir, &spec_path, &["--checkpoint-every", "4"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = NodeProcess::start("killed", &args);
+    node.wait_merged(9, Duration::from_secs(120));
+    node.kill_hard();
+    let merged = node.last_merged().expect("merged rounds");
+    let round = healthy_round(&datadir, 1);
+    assert!(
+        round.is_multiple_of(4) && round >= 8 && round <= merged + 1,
+        "checkpoint {round} after merging {merged}"
+    );
+
+    let mut node = NodeProcess::start("after the kill", &args);
+    node.wait_for_line("node started", Duration::from_secs(60));
+    let log = node.log();
+    assert!(log.contains(&format!("resuming from checkpoint round={round}")), "{log}");
+    if round < merged {
+        assert!(log.contains("sits out the rounds"), "signed round {merged} or later:\n{log}");
+    }
+}

@@ -193,6 +193,12 @@ pub struct RunArgs {
     /// Evaluate on the held-out split after every round (logged).
     #[arg(long)]
     pub evaluate: bool,
+    /// Checkpoint the state every N merged rounds instead of every round, to
+    /// spare the disk with big models. A kill -9 then loses up to N-1 rounds of
+    /// this node's state (never its word: see docs/checkpoints.md); a clean
+    /// stop checkpoints the last round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
@@ -580,6 +586,7 @@ async fn run(args: RunArgs) -> Result<()> {
         rounds: args.rounds,
         key: None,
         evaluate: args.evaluate,
+        checkpoint_every: args.checkpoint_every,
         data: DataOptions { dataset: args.workload.dataset.clone(), shard: args.shard, device: Some(device) },
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -5,7 +5,10 @@
 //! <datadir>/
 //!   config.toml     options of `starling run` (commented defaults, written by `starling init`)
 //!   starling.lock   held (an OS file lock) while a starling process uses the datadir; holds its PID
-//!   db/             sled database: node key, run spec, checkpoints, own delta, bans, sync chunks
+//!   db/             sled database: node key, run spec, checkpoint pointers and checksums,
+//!                   own delta, bans, refusal counts, privacy ledger, sync chunks
+//!   checkpoints/    the last checkpoints as safetensors files (docs/checkpoints.md):
+//!                   state-<round>-<checksum>.safetensors, residual-<checksum>.safetensors
 //! ```
 //!
 //! The default datadir is `$STARLING_DATADIR`, else `$XDG_DATA_HOME/starling`,
@@ -60,7 +63,7 @@ impl Datadir {
         self.root.join("starling.lock")
     }
 
-    /// The sled database (node key, spec, checkpoints); `starling_storage::Store::open(root)` opens it.
+    /// The sled database (node key, spec, checkpoint pointers); `starling_storage::Store::open(root)` opens it.
     pub fn db(&self) -> PathBuf {
         self.root.join("db")
     }

@@ -163,7 +163,7 @@ mod tests {
         assert!(i.healthy, "{:?}", i.problems);
         assert_eq!(i.run_id, Some(spec.run_id().to_string()));
         assert_eq!(i.round, Some(4));
-        assert_eq!(i.checkpoints_kept, vec![2, 3, 4]);
+        assert_eq!(i.checkpoints_kept, vec![3, 4]);
         assert!(i.peer_id.as_deref().unwrap().starts_with("12D3KooW"));
         assert!(i.to_string().contains("healthy"));
     }
@@ -177,6 +177,32 @@ mod tests {
         assert_eq!(i.round, Some(2));
         assert_eq!(i.corrupt_checkpoints.len(), 1);
         assert!(i.problems[0].contains("round 3"), "{:?}", i.problems);
+    }
+
+    #[test]
+    fn candle_reads_a_checkpoint_file_as_the_models_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RunSpec::builtin();
+        let mut store = Store::open(dir.path()).unwrap();
+        let layout = starling_training::init::layout(&spec.model).unwrap();
+        store.set_layout(starling_storage::Layout::new(layout).unwrap());
+        let params: Vec<f32> = (0..spec.param_count()).map(|i| i as f32 * 1e-3).collect();
+        let mut state = ModelState::initial(params.clone());
+        state.round = 9;
+        store.save_checkpoint(&state, &[]).unwrap();
+        let file = dir.path().join("checkpoint.safetensors");
+        std::fs::write(&file, store.raw_checkpoint(9).unwrap().unwrap()).unwrap();
+
+        let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+        let model = starling_training::models::Model::new(&spec.model).unwrap();
+        let mut flat = Vec::new();
+        for (name, var) in model.named_vars() {
+            let t = &tensors[name];
+            assert_eq!(t.dims(), var.dims(), "{name}");
+            flat.extend(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert!(tensors.contains_key(&format!("outer_momentum.{name}")));
+        }
+        assert_eq!(flat, params);
     }
 
     #[test]

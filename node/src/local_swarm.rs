@@ -381,6 +381,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 Evaluate::EveryNode => true,
                 Evaluate::FirstNodes(n) => index < n,
             },
+            checkpoint_every: 1,
             data: DataOptions {
                 dataset: options.dataset.clone(),
                 shard: Some(Shard { index, count: options.nodes }),

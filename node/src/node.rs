@@ -38,7 +38,7 @@ use starling_protocol::{
     wire::SyncResponse,
     DeltaRules, Engine, EngineConfig, ModelState, OuterOptimizer, PublicKey, RoundConfig, RunSpec,
 };
-use starling_storage::{Store, StoreError};
+use starling_storage::{SavedDelta, Store, StoreError};
 use starling_training::{
     datasets::{shard_seed, Shard, TrainData, Workload},
     error::TrainError,
@@ -71,6 +71,9 @@ pub struct NodeOptions {
     pub key: Option<SigningKey>,
     /// Evaluate on the held-out set after every merge.
     pub evaluate: bool,
+    /// Checkpoint every this many merged rounds (1: every round); a stop
+    /// checkpoints the last. See docs/checkpoints.md for what a crash loses.
+    pub checkpoint_every: u64,
     /// Where this node's data is and which shard of it it trains on.
     pub data: DataOptions,
 }
@@ -249,6 +252,8 @@ struct Node {
     /// stand-in with its round and lineage and no parameters.
     state: Arc<ModelState>,
     lent: bool,
+    /// The state is newer than the newest checkpoint (`checkpoint_every` > 1).
+    unsaved: bool,
     /// What the lossy codec has not yet sent of our deltas (error feedback).
     residual: Arc<Vec<f32>>,
     /// The round's aggregated pseudo-gradient, reused from round to round (with the merge while it runs).
@@ -392,7 +397,7 @@ impl Node {
         let spec = options.spec.clone();
         std::fs::create_dir_all(&options.datadir)
             .map_err(|source| NodeError::Datadir { path: options.datadir.clone(), source })?;
-        let store = Store::open(&options.datadir)?;
+        let mut store = Store::open(&options.datadir)?;
         let key = match &options.key {
             Some(key) => {
                 store.set_identity(key)?;
@@ -412,6 +417,19 @@ impl Node {
             None => store.set_spec(&spec)?,
         }
         let params = spec.param_count();
+        store.set_layout(
+            starling_storage::Layout::new(starling_training::init::layout(&spec.model)?)
+                .map_err(|reason| NodeError::Data(format!("the model's tensor names: {reason}")))?,
+        );
+        if let Some(migrated) = store.migrate_legacy(params, spec.max_delta_bytes())? {
+            store = store.compact()?;
+            info!(
+                round = migrated.round,
+                unreadable = migrated.unreadable,
+                dir = %store.checkpoint_dir().display(),
+                "moved the checkpoint out of the database into a file (datadir of an older version)"
+            );
+        }
         let scan = store.latest_checkpoint(params)?;
         for bad in &scan.skipped {
             warn!(round = bad.round, reason = %bad.reason, "skipping unreadable checkpoint");
@@ -437,17 +455,35 @@ impl Node {
         // it. Any later one (the checkpoint is an older state it installed)
         // still goes to the engine, which then signs nothing up to its round.
         let own_delta = match store.outbox(params, spec.max_delta_bytes()) {
-            Ok(Some((delta, after)))
+            Ok(Some(SavedDelta { delta, residual: after }))
                 if delta.header.round == state.round && delta.header.base == state.lineage =>
             {
                 info!(
                     round = state.round,
                     "republishing the delta this node signed for the round before it stopped"
                 );
-                residual = after;
+                match after {
+                    Ok(Some(after)) => residual = after,
+                    // Error feedback then resends what the delta carried of
+                    // the old residual: a small bias, never a second delta.
+                    Ok(None) => warn!("the residual of that delta was not saved; keeping the checkpoint's"),
+                    Err(reason) => {
+                        warn!(%reason, "the residual of that delta is unreadable; keeping the checkpoint's")
+                    }
+                }
                 Some(delta)
             }
-            Ok(Some((delta, _))) if delta.header.round >= state.round => Some(delta),
+            Ok(Some(SavedDelta { delta, .. })) if delta.header.round >= state.round => {
+                // A checkpoint older than the last delta (`--checkpoint-every`,
+                // an unreadable newest checkpoint, an older state installed).
+                warn!(
+                    round = state.round,
+                    signed = delta.header.round,
+                    "this node signed a delta for a later round than its checkpoint: it sits out the rounds \
+                     up to that one (never signing twice) and follows its peers; alone, it waits for a peer"
+                );
+                Some(delta)
+            }
             Ok(_) => None,
             Err(reason) => {
                 warn!(%reason, "the saved own delta is unreadable; training the round afresh");
@@ -542,6 +578,7 @@ impl Node {
             engine,
             state: Arc::new(state),
             lent: false,
+            unsaved: false,
             residual: Arc::new(residual),
             merge_buffer: Vec::new(),
             trainer: Some(trainer),

@@ -1,31 +1,47 @@
-//! Crash-safe storage for a Starling node, on sled.
+//! Crash-safe storage for a Starling node: sled for what is small and
+//! transactional, files for checkpoints.
 //!
-//! One sled database per datadir holds the node's identity key, the RunSpec it
-//! trains, and its latest checkpoints (model state, outer momentum and the
-//! error-feedback residual, together). Every checkpoint is one record keyed by
-//! its round and carrying a BLAKE3 checksum of its body; the newest record
-//! that verifies is the state to resume from. A crash at any instant therefore
-//! leaves either the new record whole or the previous one in charge: a torn or
-//! corrupted record is detected, reported and skipped, never loaded.
+//! sled holds the node's identity key, the RunSpec it trains, the pointers to
+//! its last [`KEEP_CHECKPOINTS`] checkpoints (each a round and the BLAKE3
+//! checksums of its files), its own delta of the current round, bans, refusal
+//! counts and the privacy ledger. A checkpoint's parameters and outer momentum
+//! are a safetensors file in `<datadir>/checkpoints/`, and the error-feedback
+//! residual another (see [`files`]); a file is durable under its final name
+//! before sled points at it, and is deleted only once no pointer does. A crash
+//! at any instant therefore leaves either the new checkpoint whole or the
+//! previous one in charge; a torn or corrupted file fails its checksum and is
+//! reported and skipped, never loaded. What a crash leaves half-written (a
+//! `.tmp` file, a file no pointer names) is deleted on the next open.
 
+pub mod files;
+mod legacy;
 pub mod peers;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use ed25519_dalek::SigningKey;
 use rand::Rng;
 use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError};
 
+pub use files::Layout;
+use files::{Checksum, ResidualFile, StateFile};
 pub use peers::{Ban, BanScan, CorruptBan, RefusalCount, MAX_BANS, MAX_REFUSAL_RECORDS};
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
-const OUTBOX_KEY: &[u8] = b"own_delta";
+/// The own delta, with the checksum of the residual file saved with it (if any).
+const OUTBOX_KEY: &[u8] = b"own_delta.v2";
 const PRIVACY_KEY: &[u8] = b"privacy_accountant";
+/// Round → checksums of the checkpoint's files.
+const POINTERS_TREE: &str = "checkpoint_files";
 const CHECKSUM_LEN: usize = 32;
 
-/// How many checkpoints are kept; older ones are pruned after each save.
-pub const KEEP_CHECKPOINTS: usize = 3;
+/// How many checkpoints are kept; older ones' files are deleted once the new one is durable.
+pub const KEEP_CHECKPOINTS: usize = 2;
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +50,10 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("datadir database error: {0}")]
     Db(#[from] sled::Error),
+    #[error("checkpoint file {path}: {source} (is the disk full or the datadir read-only?)")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("a state of {params} parameters with {momentum} momentum values cannot be checkpointed")]
+    Shape { params: usize, momentum: usize },
     #[error("the identity key in the datadir is corrupt ({0} bytes, expected 32); move the datadir aside to make a new identity")]
     CorruptIdentity(usize),
     #[error("the run spec stored in the datadir is unreadable: {0}")]
@@ -42,52 +62,131 @@ pub enum StoreError {
     InvalidSpec(#[from] SpecError),
 }
 
-/// A checkpoint record that failed its checksum or did not decode.
+/// A checkpoint whose files failed their checksum or did not decode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorruptCheckpoint {
     pub round: u64,
     pub reason: String,
 }
 
-/// The newest readable checkpoint, if any, and the newer records that were not readable.
+/// The newest readable checkpoint, if any, and the newer ones that were not readable.
 #[derive(Clone, Debug)]
 pub struct CheckpointScan {
     pub checkpoint: Option<Checkpoint>,
     pub skipped: Vec<CorruptCheckpoint>,
 }
 
+/// The node's own delta as saved before it was published.
+#[derive(Debug)]
+pub struct SavedDelta {
+    pub delta: SignedDelta,
+    /// The residual its encoding left, when it was saved with it (see
+    /// [`Store::save_outbox`]); `Err` with the reason if its file is unreadable.
+    pub residual: Result<Option<Vec<f32>>, String>,
+}
+
+/// What [`Store::migrate_legacy`] moved out of sled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The round of the checkpoint now in a file (`None`: no old record was readable).
+    pub round: Option<u64>,
+    /// Old records that were unreadable and dropped.
+    pub unreadable: usize,
+}
+
 /// Verified chunks of a state being fetched: its root, and (index, bytes) pairs.
 pub type KeptChunks = ([u8; 32], Vec<(u32, Vec<u8>)>);
 
-/// The node's datadir database.
+/// Where a checkpoint's files are: sled's record of one round (and, with
+/// `state` the delta's file, of the outbox).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pointer {
+    state: Checksum,
+    residual: Option<Checksum>,
+}
+
+impl Pointer {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.state.to_vec();
+        if let Some(residual) = &self.residual {
+            out.extend_from_slice(residual);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let state = bytes.get(..32)?.try_into().ok()?;
+        let residual = match bytes.len() {
+            32 => None,
+            64 => Some(bytes[32..].try_into().ok()?),
+            _ => return None,
+        };
+        Some(Self { state, residual })
+    }
+}
+
+/// The node's datadir: its sled database and its checkpoint files.
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
-    checkpoints: sled::Tree,
+    /// Round → [`Pointer`], the last [`KEEP_CHECKPOINTS`] checkpoints.
+    pointers: sled::Tree,
+    /// Whole checkpoints of the old layout, until [`Store::migrate_legacy`] moves them.
+    legacy: sled::Tree,
     /// The node's own delta of its current round, saved before it is published.
     outbox: sled::Tree,
     /// Verified chunks of a state being fetched, keyed by root and index, so a
     /// fetch interrupted by a restart resumes.
     sync_chunks: sled::Tree,
     /// How many bans are on record, once counted (sled counts by a scan).
-    bans_held: std::sync::Mutex<Option<usize>>,
+    bans_held: Mutex<Option<usize>>,
+    /// `<datadir>/checkpoints`.
+    dir: PathBuf,
+    /// The model's tensors, for the files' names and shapes; flat when not given.
+    layout: Option<Layout>,
+    /// Held while checkpoint files are written or deleted.
+    files: Mutex<()>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`. sled locks the directory, so two
-    /// nodes cannot share one datadir.
+    /// nodes cannot share one datadir. Files a crash left behind (half-written,
+    /// or written but never pointed at) are deleted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        finish_compaction(dir).map_err(|source| StoreError::File { path: dir.to_path_buf(), source })?;
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(dir.join(DB))
             .open()
             .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
-        let meta = db.open_tree("meta")?;
-        let checkpoints = db.open_tree("checkpoints")?;
-        let outbox = db.open_tree("outbox")?;
-        let sync_chunks = db.open_tree("sync_chunks")?;
-        Ok(Self { db, meta, checkpoints, outbox, sync_chunks, bans_held: std::sync::Mutex::new(None) })
+        let files_dir = dir.join(files::DIR);
+        std::fs::create_dir_all(&files_dir)
+            .map_err(|source| StoreError::File { path: files_dir.clone(), source })?;
+        let store = Self {
+            meta: db.open_tree("meta")?,
+            pointers: db.open_tree(POINTERS_TREE)?,
+            legacy: db.open_tree(legacy::CHECKPOINTS_TREE)?,
+            outbox: db.open_tree("outbox")?,
+            sync_chunks: db.open_tree("sync_chunks")?,
+            db,
+            bans_held: Mutex::new(None),
+            dir: files_dir,
+            layout: None,
+            files: Mutex::new(()),
+        };
+        store.collect_garbage()?;
+        Ok(store)
     }
 
+    /// Names and shapes the checkpoint files' tensors as the model's (a state
+    /// of another length is written as one flat tensor).
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = Some(layout);
+    }
+
+    /// The folder of the checkpoint files.
+    pub fn checkpoint_dir(&self) -> &Path {
+        &self.dir
+    }
     /// The node's identity key, created on first use and reused after.
     pub fn identity(&self) -> Result<SigningKey, StoreError> {
         if let Some(bytes) = self.meta.get(IDENTITY_KEY)? {
@@ -137,87 +236,173 @@ impl Store {
     }
 
     /// Writes a checkpoint of `state` and the node's error-feedback `residual`
-    /// (empty for none) durably, flushed before returning; then prunes old ones.
-    /// Checkpoints of later rounds go in the same batch: a node that installed
-    /// an older state (a diverged node going back to the majority's) left
-    /// their lineage, and must not resume from it.
+    /// (empty for none): the files durable under their names, then sled's
+    /// pointer flushed; then the checkpoints past the last [`KEEP_CHECKPOINTS`]
+    /// are forgotten and their files deleted. A residual whose file is already
+    /// there (the outbox saved it this round) is not written again.
+    /// Checkpoints of later rounds are forgotten in the same batch: a node that
+    /// installed an older state (a diverged node going back to the majority's)
+    /// left their lineage, and must not resume from it.
     pub fn save_checkpoint(&self, state: &ModelState, residual: &[f32]) -> Result<(), StoreError> {
-        let body = wire::encode_checkpoint(state, residual);
-        let mut record = Vec::with_capacity(CHECKSUM_LEN + body.len());
-        record.extend_from_slice(checksum(&body).as_bytes());
-        record.extend_from_slice(&body);
+        if state.momentum.len() != state.params.len() {
+            return Err(StoreError::Shape { params: state.params.len(), momentum: state.momentum.len() });
+        }
+        let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let layout = self.layout_for(state.params.len());
+        let file = StateFile {
+            layout: &layout,
+            round: state.round,
+            lineage: state.lineage,
+            params: &state.params,
+            momentum: &state.momentum,
+        };
+        let (sum, _) = files::write_durably(
+            &self.dir,
+            |sum| files::state_name(state.round, sum),
+            |out| file.write_to(out),
+        )
+        .map_err(|source| StoreError::File { path: self.dir.clone(), source })?;
+        let residual = self.keep_residual(&layout, residual, true)?;
         let key = state.round.to_be_bytes();
         let mut batch = sled::Batch::default();
-        for later in self.checkpoints.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)) {
+        for later in self.pointers.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)) {
             batch.remove(later?.0);
         }
-        batch.insert(&key, record);
-        self.checkpoints.apply_batch(batch)?;
+        batch.insert(&key, Pointer { state: sum, residual }.encode());
+        self.pointers.apply_batch(batch)?;
         self.db.flush()?;
-        while self.checkpoints.len() > KEEP_CHECKPOINTS {
-            if self.checkpoints.pop_min()?.is_none() {
-                break;
-            }
+        let mut forgot = false;
+        while self.pointers.len() > KEEP_CHECKPOINTS {
+            forgot |= self.pointers.pop_min()?.is_some();
         }
-        Ok(())
+        if forgot {
+            self.db.flush()?;
+        }
+        self.delete_unreferenced()
     }
 
     /// The newest checkpoint that verifies, for a model of `param_count` parameters.
-    /// Newer records that fail are reported in `skipped`, not loaded.
+    /// Newer ones that fail are reported in `skipped`, not loaded. A datadir
+    /// not yet migrated is read in the old layout.
     pub fn latest_checkpoint(&self, param_count: usize) -> Result<CheckpointScan, StoreError> {
+        if self.pointers.is_empty() && !self.legacy.is_empty() {
+            return Ok(legacy::scan(&self.legacy, param_count)?);
+        }
         let mut skipped = Vec::new();
-        for entry in self.checkpoints.iter().rev() {
-            let (key, record) = entry?;
+        for entry in self.pointers.iter().rev() {
+            let (key, value) = entry?;
             let round = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-            match decode_record(&record, param_count) {
-                Ok(checkpoint) if checkpoint.state.round == round => {
-                    return Ok(CheckpointScan { checkpoint: Some(checkpoint), skipped })
-                }
-                Ok(checkpoint) => skipped.push(CorruptCheckpoint {
-                    round,
-                    reason: format!("record claims round {}", checkpoint.state.round),
-                }),
+            match self.load(round, &value, param_count) {
+                Ok(checkpoint) => return Ok(CheckpointScan { checkpoint: Some(checkpoint), skipped }),
                 Err(reason) => skipped.push(CorruptCheckpoint { round, reason }),
             }
         }
         Ok(CheckpointScan { checkpoint: None, skipped })
     }
 
-    /// Saves the node's own signed delta and its residual after encoding it,
-    /// checksummed and flushed, before the delta is published: a node restarted
-    /// in the same round republishes this delta rather than sign a different one
-    /// (which peers would take for equivocation).
-    pub fn save_outbox(&self, delta: &SignedDelta, residual: &[f32]) -> Result<(), StoreError> {
-        let body = wire::encode_outbox(delta, residual);
-        let mut record = Vec::with_capacity(CHECKSUM_LEN + body.len());
-        record.extend_from_slice(checksum(&body).as_bytes());
-        record.extend_from_slice(&body);
-        self.outbox.insert(OUTBOX_KEY, record)?;
-        self.db.flush()?;
-        Ok(())
+    fn load(&self, round: u64, pointer: &[u8], param_count: usize) -> Result<Checkpoint, String> {
+        let pointer = Pointer::decode(pointer).ok_or("the pointer record is malformed")?;
+        let bytes =
+            files::read_checked(&self.dir.join(files::state_name(round, &pointer.state)), &pointer.state)?;
+        let state = files::decode_state(&bytes, param_count)?;
+        drop(bytes);
+        if state.round != round {
+            return Err(format!("the file claims round {}", state.round));
+        }
+        let residual = match &pointer.residual {
+            Some(sum) => {
+                let bytes = files::read_checked(&self.dir.join(files::residual_name(sum)), sum)?;
+                files::decode_residual(&bytes, param_count)?
+            }
+            None => Vec::new(),
+        };
+        Ok(Checkpoint { state, residual })
     }
 
-    /// The saved own delta and residual, if any; an unreadable record is an `Err`
-    /// with the reason (the node then trains the round afresh).
-    pub fn outbox(
+    /// Saves the node's own signed delta durably before it is published: a
+    /// node restarted in the same round republishes this delta rather than
+    /// sign a different one (which peers would take for equivocation). The
+    /// delta's bytes go to a file (a dense delta is as big as the model, and
+    /// sled keeps old versions of big values), sled's outbox record names it.
+    /// Its `residual` (what the encoding left) is saved with it only when the
+    /// newest checkpoint is of the delta's round, the one case where a restart
+    /// resumes from the state the delta was trained from and needs it; the
+    /// next checkpoint then points at the same file.
+    pub fn save_outbox(&self, delta: &SignedDelta, residual: &[f32]) -> Result<(), StoreError> {
+        let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let io = |source| StoreError::File { path: self.dir.clone(), source };
+        let body = wire::encode_outbox(delta, &[]);
+        let (delta_sum, _) =
+            files::write_durably(&self.dir, files::delta_name, |out| out.write_all(&body)).map_err(io)?;
+        let newest = self.pointers.last()?.map(|(k, _)| k.as_ref().try_into().map(u64::from_be_bytes));
+        let residual = match newest {
+            Some(Ok(round)) if round == delta.header.round => {
+                self.keep_residual(&self.layout_for(residual.len()), residual, false)?
+            }
+            _ => None,
+        };
+        let pointer = Pointer { state: delta_sum, residual }.encode();
+        let mut record = files::checksum(&pointer).to_vec();
+        record.extend_from_slice(&pointer);
+        self.outbox.insert(OUTBOX_KEY, record)?;
+        self.db.flush()?;
+        self.delete_unreferenced()
+    }
+
+    /// The saved own delta, if any; an unreadable record is an `Err` with the
+    /// reason (the node then trains the round afresh: a record that did not
+    /// reach the disk whole was never published).
+    pub fn outbox(&self, param_count: usize, max_delta_bytes: usize) -> Result<Option<SavedDelta>, String> {
+        let Some(record) = self.outbox.get(OUTBOX_KEY).map_err(|e| e.to_string())? else {
+            return match self.outbox.get(legacy::OUTBOX_KEY).map_err(|e| e.to_string())? {
+                Some(old) => legacy::outbox(&old, param_count, max_delta_bytes).map(|(delta, residual)| {
+                    Some(SavedDelta { delta, residual: Ok((!residual.is_empty()).then_some(residual)) })
+                }),
+                None => Ok(None),
+            };
+        };
+        let pointer = outbox_pointer(&record).ok_or("outbox checksum mismatch (torn or corrupted write)")?;
+        let bytes = files::read_checked(&self.dir.join(files::delta_name(&pointer.state)), &pointer.state)?;
+        let (delta, _) =
+            wire::decode_outbox(&bytes, max_delta_bytes + 1024, param_count).map_err(|e| e.to_string())?;
+        let residual = match pointer.residual {
+            Some(sum) => files::read_checked(&self.dir.join(files::residual_name(&sum)), &sum)
+                .and_then(|bytes| files::decode_residual(&bytes, param_count))
+                .map(Some),
+            None => Ok(None),
+        };
+        Ok(Some(SavedDelta { delta, residual }))
+    }
+
+    /// Moves a datadir of the old layout (whole checkpoints inside sled) to
+    /// files: its newest readable checkpoint becomes a checkpoint file, its own
+    /// delta is saved anew, and the old records are deleted. Does nothing on a
+    /// datadir already migrated; safe to repeat after a crash half-way.
+    pub fn migrate_legacy(
         &self,
         param_count: usize,
         max_delta_bytes: usize,
-    ) -> Result<Option<(SignedDelta, Vec<f32>)>, String> {
-        let Some(record) = self.outbox.get(OUTBOX_KEY).map_err(|e| e.to_string())? else {
+    ) -> Result<Option<Migration>, StoreError> {
+        let old_outbox = self.outbox.get(legacy::OUTBOX_KEY)?;
+        if self.legacy.is_empty() && old_outbox.is_none() {
             return Ok(None);
-        };
-        if record.len() < CHECKSUM_LEN {
-            return Err(format!("outbox record is {} bytes, shorter than its checksum", record.len()));
         }
-        let (sum, body) = record.split_at(CHECKSUM_LEN);
-        if checksum(body).as_bytes() != sum {
-            return Err("outbox checksum mismatch (torn or corrupted write)".into());
+        let scan = legacy::scan(&self.legacy, param_count)?;
+        if let (Some(checkpoint), true) = (&scan.checkpoint, self.pointers.is_empty()) {
+            self.save_checkpoint(&checkpoint.state, &checkpoint.residual)?;
         }
-        let limit = max_delta_bytes + param_count * 4 + 1024;
-        wire::decode_outbox(body, limit, param_count).map(Some).map_err(|e| e.to_string())
+        if let Some(old) = old_outbox {
+            if let (Ok((delta, residual)), None) =
+                (legacy::outbox(&old, param_count, max_delta_bytes), self.outbox.get(OUTBOX_KEY)?)
+            {
+                self.save_outbox(&delta, &residual)?;
+            }
+            self.outbox.remove(legacy::OUTBOX_KEY)?;
+        }
+        self.legacy.clear()?;
+        self.db.flush()?;
+        Ok(Some(Migration { round: scan.checkpoint.map(|c| c.state.round), unreadable: scan.skipped.len() }))
     }
-
     /// Saves the privacy accountant's bytes, checksummed and flushed: a restart
     /// must never find less privacy spent than was.
     pub fn save_privacy_ledger(&self, bytes: &[u8]) -> Result<(), StoreError> {
@@ -290,191 +475,176 @@ impl Store {
         Ok(())
     }
 
+    /// Rebuilds the database with only its live records, and reopens the
+    /// store on it: sled keeps the space of big values it no longer needs
+    /// (an old datadir's checkpoints, gigabytes) until it happens to rewrite
+    /// them. Called after [`Store::migrate_legacy`]. Crash-safe: the copy is
+    /// whole before it replaces the database (see [`finish_compaction`]).
+    pub fn compact(self) -> Result<Self, StoreError> {
+        let root = self.dir.parent().expect("the checkpoint folder is in the datadir").to_path_buf();
+        let io = |source| StoreError::File { path: root.clone(), source };
+        let fresh = root.join(DB_COMPACTING);
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh).map_err(io)?;
+        }
+        {
+            let copy = sled::Config::new().path(&fresh).open()?;
+            for name in self.db.tree_names() {
+                let (from, to) = (self.db.open_tree(&name)?, copy.open_tree(&name)?);
+                for entry in from.iter() {
+                    let (key, value) = entry?;
+                    to.insert(key, value)?;
+                }
+            }
+            copy.flush()?;
+        }
+        let layout = self.layout.clone();
+        drop(self);
+        std::fs::rename(root.join(DB), root.join(DB_REPLACED)).map_err(io)?;
+        finish_compaction(&root).map_err(io)?;
+        let mut store = Self::open(&root)?;
+        store.layout = layout;
+        Ok(store)
+    }
+
     /// Rounds of the checkpoints kept, oldest first.
     pub fn checkpoint_rounds(&self) -> Result<Vec<u64>, StoreError> {
-        self.checkpoints
-            .iter()
+        let tree = if self.pointers.is_empty() { &self.legacy } else { &self.pointers };
+        tree.iter()
             .keys()
             .map(|k| Ok(k?.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)))
             .collect()
     }
 
-    /// The raw record of `round`, checksum included. For tests and inspection.
+    /// The bytes of the state file of `round`. For tests and inspection.
     #[doc(hidden)]
     pub fn raw_checkpoint(&self, round: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.checkpoints.get(round.to_be_bytes())?.map(|v| v.to_vec()))
+        let Some(pointer) = self.pointers.get(round.to_be_bytes())?.and_then(|p| Pointer::decode(&p)) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(files::state_name(round, &pointer.state));
+        std::fs::read(&path).map(Some).map_err(|source| StoreError::File { path, source })
     }
 
-    /// Writes raw bytes as the record of `round`, bypassing the checksum. For tests
-    /// that simulate a torn or corrupted write.
+    /// Overwrites the state file of `round` with raw bytes, keeping its
+    /// checksum (or pointing at a new file when the round has none). For tests
+    /// that simulate a torn or corrupted file.
     #[doc(hidden)]
-    pub fn put_raw_checkpoint(&self, round: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.checkpoints.insert(round.to_be_bytes(), record)?;
-        self.db.flush()?;
+    pub fn put_raw_checkpoint(&self, round: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let pointer = match self.pointers.get(round.to_be_bytes())?.and_then(|p| Pointer::decode(&p)) {
+            Some(pointer) => pointer,
+            None => {
+                let pointer = Pointer { state: [0; 32], residual: None };
+                self.pointers.insert(round.to_be_bytes(), pointer.encode())?;
+                self.db.flush()?;
+                pointer
+            }
+        };
+        let path = self.dir.join(files::state_name(round, &pointer.state));
+        std::fs::write(&path, bytes).map_err(|source| StoreError::File { path, source })
+    }
+
+    fn layout_for(&self, len: usize) -> Layout {
+        match &self.layout {
+            Some(layout) if layout.len() == len => layout.clone(),
+            _ => Layout::flat(len),
+        }
+    }
+
+    /// The checksum of the residual's file, written unless empty or (when
+    /// `reuse`) already there.
+    fn keep_residual(
+        &self,
+        layout: &Layout,
+        residual: &[f32],
+        reuse: bool,
+    ) -> Result<Option<Checksum>, StoreError> {
+        if residual.is_empty() {
+            return Ok(None);
+        }
+        let file = ResidualFile { layout, residual };
+        if reuse {
+            let sum = files::checksum_of(|out| file.write_to(out));
+            if self.dir.join(files::residual_name(&sum)).is_file() {
+                return Ok(Some(sum));
+            }
+        }
+        let (sum, _) = files::write_durably(&self.dir, files::residual_name, |out| file.write_to(out))
+            .map_err(|source| StoreError::File { path: self.dir.clone(), source })?;
+        Ok(Some(sum))
+    }
+
+    /// Deletes the checkpoint folder's files that no pointer and no outbox
+    /// names, and any half-written one.
+    fn collect_garbage(&self) -> Result<(), StoreError> {
+        let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.delete_unreferenced()
+    }
+
+    fn delete_unreferenced(&self) -> Result<(), StoreError> {
+        let mut keep = BTreeSet::new();
+        for entry in self.pointers.iter() {
+            let (key, value) = entry?;
+            let (Ok(round), Some(pointer)) =
+                (<[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes), Pointer::decode(&value))
+            else {
+                continue;
+            };
+            keep.insert(files::state_name(round, &pointer.state));
+            keep.extend(pointer.residual.as_ref().map(files::residual_name));
+        }
+        if let Some(outbox) = self.outbox.get(OUTBOX_KEY)?.and_then(|r| outbox_pointer(&r)) {
+            keep.insert(files::delta_name(&outbox.state));
+            keep.extend(outbox.residual.as_ref().map(files::residual_name));
+        }
+        let io = |source| StoreError::File { path: self.dir.clone(), source };
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if files::is_ours(name) && !keep.contains(name) {
+                let path = self.dir.join(name);
+                std::fs::remove_file(&path).map_err(|source| StoreError::File { path, source })?;
+            }
+        }
         Ok(())
     }
 }
 
+/// The database's folder, and the names it has while [`Store::compact`] replaces it.
+const DB: &str = "db";
+const DB_COMPACTING: &str = "db.compacting";
+const DB_REPLACED: &str = "db.replaced";
+
+/// Ends a compaction a crash cut short. The copy (`db.compacting`) is whole
+/// once the old database has been moved aside (`db.replaced`); before that,
+/// the old database is the one, and a copy is deleted.
+fn finish_compaction(root: &Path) -> std::io::Result<()> {
+    let (db, fresh, replaced) = (root.join(DB), root.join(DB_COMPACTING), root.join(DB_REPLACED));
+    if replaced.exists() {
+        if !db.exists() {
+            std::fs::rename(&fresh, &db)?;
+            files::sync_dir(root)?;
+        }
+        std::fs::remove_dir_all(&replaced)?;
+    }
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh)?;
+    }
+    Ok(())
+}
+
+/// The checksum of a small record in sled (the privacy ledger; the old layout's checkpoints).
 fn checksum(body: &[u8]) -> blake3::Hash {
     let mut h = blake3::Hasher::new_derive_key("starling 2026-11 checkpoint record v1");
     h.update(body);
     h.finalize()
 }
 
-fn decode_record(record: &[u8], param_count: usize) -> Result<Checkpoint, String> {
-    if record.len() < CHECKSUM_LEN {
-        return Err(format!("record is {} bytes, shorter than its checksum", record.len()));
-    }
-    let (sum, body) = record.split_at(CHECKSUM_LEN);
-    if checksum(body).as_bytes() != sum {
-        return Err("checksum mismatch (torn or corrupted write)".into());
-    }
-    let limit = param_count * 12 + 1024;
-    wire::decode_checkpoint(body, limit, param_count).map_err(|e| e.to_string())
+/// The files an outbox record names (`state`: the delta's), if its checksum holds.
+fn outbox_pointer(record: &[u8]) -> Option<Pointer> {
+    let (sum, pointer) = record.split_at_checked(CHECKSUM_LEN)?;
+    (files::checksum(pointer) == sum).then(|| Pointer::decode(pointer)).flatten()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn save(store: &Store, checkpoint: &Checkpoint) {
-        store.save_checkpoint(&checkpoint.state, &checkpoint.residual).unwrap();
-    }
-
-    fn state(round: u64) -> Checkpoint {
-        Checkpoint {
-            state: ModelState {
-                round,
-                lineage: [round as u8; 32],
-                params: vec![round as f32, 1.5, -2.0],
-                momentum: vec![0.25; 3],
-            },
-            residual: if round.is_multiple_of(2) { vec![] } else { vec![0.5, 0.0, -0.5] },
-        }
-    }
-
-    #[test]
-    fn identity_is_created_once_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = Store::open(dir.path()).unwrap().identity().unwrap();
-        let again = Store::open(dir.path()).unwrap().identity().unwrap();
-        assert_eq!(first.to_bytes(), again.to_bytes());
-    }
-
-    #[test]
-    fn spec_and_checkpoints_survive_reopen_and_old_ones_are_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.set_spec(&RunSpec::builtin()).unwrap();
-            for r in 0..6 {
-                save(&store, &state(r));
-            }
-        }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.spec().unwrap(), Some(RunSpec::builtin()));
-        let scan = store.latest_checkpoint(3).unwrap();
-        assert_eq!(scan.checkpoint, Some(state(5)));
-        assert!(scan.skipped.is_empty());
-        assert_eq!(store.checkpoint_rounds().unwrap(), vec![3, 4, 5]);
-    }
-
-    #[test]
-    fn an_older_state_saved_replaces_the_checkpoints_of_later_rounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for r in 3..6 {
-            save(&store, &state(r));
-        }
-        save(&store, &state(4));
-        assert_eq!(store.checkpoint_rounds().unwrap(), vec![3, 4]);
-        assert_eq!(store.latest_checkpoint(3).unwrap().checkpoint, Some(state(4)));
-    }
-
-    #[test]
-    fn a_torn_write_falls_back_to_the_previous_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        save(&store, &state(1));
-        save(&store, &state(2));
-        // A record for round 3 whose write stopped half-way.
-        let mut whole = Vec::new();
-        whole.extend_from_slice(
-            checksum(&wire::encode_checkpoint(&state(3).state, &state(3).residual)).as_bytes(),
-        );
-        whole.extend_from_slice(&wire::encode_checkpoint(&state(3).state, &state(3).residual));
-        store.put_raw_checkpoint(3, &whole[..whole.len() / 2]).unwrap();
-        // And one whose bytes rotted.
-        whole[40] ^= 0x10;
-        store.put_raw_checkpoint(4, &whole).unwrap();
-        drop(store);
-
-        let store = Store::open(dir.path()).unwrap();
-        let scan = store.latest_checkpoint(3).unwrap();
-        assert_eq!(scan.checkpoint, Some(state(2)));
-        assert_eq!(scan.skipped.iter().map(|c| c.round).collect::<Vec<_>>(), vec![4, 3]);
-        assert!(scan.skipped[0].reason.contains("checksum"), "{:?}", scan.skipped);
-    }
-
-    #[test]
-    fn a_checkpoint_of_another_shape_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        save(&store, &state(1));
-        let scan = store.latest_checkpoint(4).unwrap();
-        assert_eq!(scan.checkpoint, None);
-        assert_eq!(scan.skipped.len(), 1);
-    }
-
-    #[test]
-    fn the_own_delta_survives_reopen_and_a_torn_one_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        let codec = starling_protocol::Codec::Dense;
-        let delta = SignedDelta::sign(
-            &key,
-            starling_protocol::RunId([0; 32]),
-            4,
-            [9; 32],
-            10,
-            codec,
-            codec.encode(&[1.0, 2.0, 3.0]),
-        );
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert!(store.outbox(3, 1024).unwrap().is_none());
-            store.save_outbox(&delta, &[0.5, 0.0, 0.25]).unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let (saved, residual) = store.outbox(3, 1024).unwrap().unwrap();
-        assert_eq!((saved.id(), residual), (delta.id(), vec![0.5, 0.0, 0.25]));
-        let record = store.outbox.get(OUTBOX_KEY).unwrap().unwrap();
-        store.outbox.insert(OUTBOX_KEY, &record[..record.len() / 2]).unwrap();
-        assert!(store.outbox(3, 1024).unwrap_err().contains("checksum"));
-    }
-
-    #[test]
-    fn kept_sync_chunks_survive_reopen_until_cleared() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.save_sync_chunk(&[7; 32], 2, b"two").unwrap();
-            store.save_sync_chunk(&[7; 32], 0, b"zero").unwrap();
-            store.flush().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let (root, chunks) = store.sync_chunks().unwrap().unwrap();
-        assert_eq!(root, [7; 32]);
-        assert_eq!(chunks, vec![(0, b"zero".to_vec()), (2, b"two".to_vec())]);
-        store.clear_sync_chunks().unwrap();
-        assert!(store.sync_chunks().unwrap().is_none());
-    }
-
-    #[test]
-    fn two_stores_cannot_share_a_datadir() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).err().expect("second open must fail");
-        assert!(err.to_string().contains("--datadir"), "{err}");
-    }
-}
+mod tests;

@@ -78,6 +78,7 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
         rounds: Some(rounds),
         key: Some(node_key(0x5374_616c, i)),
         evaluate: true,
+        checkpoint_every: 1,
         data: Default::default(),
     };
     let hooks = HarnessHooks { linger_until_shutdown: true, ..HarnessHooks::default() };

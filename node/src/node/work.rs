@@ -4,8 +4,10 @@
 //! ([`workers::Finished`]) turned into engine inputs, round reports and log lines.
 //!
 //! Crash safety holds as it did when this work ran on the loop: the engine
-//! hears [`Input::Merged`] only once the round's checkpoint is on disk, and
-//! [`Input::Trained`] (which publishes) only once the delta is in the outbox.
+//! hears [`Input::Merged`] only once the round's checkpoint is on disk (when
+//! the round is checkpointed: every `checkpoint_every` rounds), and
+//! [`Input::Trained`] (which publishes) only once the delta is in the outbox,
+//! every round: what keeps a restarted node from signing twice (docs/checkpoints.md).
 //! The engine is asked [`Engine::wants_trained`](starling_protocol::Engine::wants_trained)
 //! before anything is encoded, and again when the signed delta comes back;
 //! the new error-feedback residual is taken only if the delta is.
@@ -194,15 +196,17 @@ impl Node {
             store: self.store.clone(),
             refusals: self.take_refusals(),
             copy_params: self.hooks.report_params,
+            checkpoint: self.checkpoints_after(round),
         };
         // Never dropped: see the queue's policy.
         let _ = self.workers.submit(Job::Merge(job), &self.metrics);
     }
 
     fn on_merged(&mut self, merged: Result<Merged, WorkError>) -> Result<(), NodeError> {
-        let Merged { round, reason, merged, state, buffer, params, copied } = merged?;
+        let Merged { round, reason, merged, state, buffer, params, copied, checkpointed } = merged?;
         self.state = state;
         self.lent = false;
+        self.unsaved = !checkpointed;
         self.merge_buffer = buffer;
         if copied {
             self.metrics.state_copies.inc();
@@ -231,6 +235,35 @@ impl Node {
         let lineage = self.state.lineage;
         self.drive(Input::Merged { round, lineage })?;
         self.want_snapshot();
+        Ok(())
+    }
+
+    /// Whether the merge of `round` is checkpointed: every `checkpoint_every`
+    /// states, and the state the node stops at.
+    fn checkpoints_after(&self, round: u64) -> bool {
+        let next = round + 1;
+        next.is_multiple_of(self.options.checkpoint_every.max(1))
+            || self.options.rounds.is_some_and(|stop| next >= stop)
+            || self.stopping
+    }
+
+    /// Checkpoints the state if a merge left it unsaved (`checkpoint_every`),
+    /// so that a clean stop loses nothing.
+    async fn save_unsaved(&mut self) -> Result<(), NodeError> {
+        if !self.unsaved || self.lent {
+            return Ok(());
+        }
+        let (store, state, residual) = (self.store.clone(), self.state.clone(), self.residual.clone());
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || store.save_checkpoint(&state, &residual)).await.map_err(
+            |e| NodeError::Merge {
+                round: self.state.round,
+                reason: format!("the checkpoint task failed: {e}"),
+            },
+        )??;
+        self.busy.work(&self.metrics, "checkpoint", started.elapsed());
+        self.unsaved = false;
+        info!(round = self.state.round, "checkpointed the last merged round on the way out");
         Ok(())
     }
 
@@ -287,6 +320,7 @@ impl Node {
         // The engine installs nothing while a merge has the state.
         debug_assert!(!self.lent, "installing over a lent state");
         self.state = Arc::new(state);
+        self.unsaved = false;
         self.store.clear_sync_chunks()?;
         self.kept_chunks_root = None;
         self.metrics.state_syncs.inc();
@@ -421,6 +455,7 @@ impl Node {
                 }
             }
         }
+        self.save_unsaved().await?;
         for pending in &mut self.reports {
             pending.evaluating = false;
         }

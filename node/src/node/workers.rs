@@ -6,7 +6,7 @@
 //!
 //! | kind       | work                                              | pool            | capacity | when full |
 //! | ---------- | ------------------------------------------------- | --------------- | -------- | --------- |
-//! | `merge`    | aggregate, outer step, checkpoint (and an installed state's checkpoint) | writer | 2 | never: the engine runs one merge at a time and installs only between merges |
+//! | `merge`    | aggregate, outer step, checkpoint (every `checkpoint_every` rounds; an installed state's always) | writer | 2 | never: the engine runs one merge at a time and installs only between merges |
 //! | `own`      | privacy ledger, node-level noise, encode, sign, outbox | writer     | 1        | never: one training job at a time, and the next starts only once this one's result is in |
 //! | `snapshot` | a state's encoding and chunk hashes, to serve      | writer          | 1        | refused; the offers wait for the one in flight |
 //! | `verify`   | decode and verify a large delta (gossip, or one an installed state came with) | 2 workers | 64 | the new one is dropped (gossip verdict: ignore) |
@@ -158,7 +158,7 @@ pub(super) struct MergeRules {
     pub(super) params: usize,
 }
 
-/// A round to merge into the state, then checkpoint.
+/// A round to merge into the state, then (maybe) checkpoint.
 pub(super) struct MergeJob {
     pub(super) round: u64,
     pub(super) deltas: Vec<SignedDelta>,
@@ -173,6 +173,8 @@ pub(super) struct MergeJob {
     pub(super) refusals: Option<Vec<RefusalCount>>,
     /// Copy the merged parameters for the harness (`report_params`).
     pub(super) copy_params: bool,
+    /// Checkpoint the merged state (false between `checkpoint_every` rounds).
+    pub(super) checkpoint: bool,
 }
 
 /// Node-level privacy noise: its clip, multiplier and generator (lent to the job).
@@ -272,6 +274,8 @@ pub(super) struct Merged {
     pub(super) params: Option<Arc<Vec<f32>>>,
     /// The state was still shared (a reader held it) and had to be copied.
     pub(super) copied: bool,
+    /// The merged state is checkpointed.
+    pub(super) checkpointed: bool,
 }
 
 /// Our delta, signed and saved, its wire bytes (for gossip), and the residual it leaves.
@@ -521,8 +525,19 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
 }
 
 fn merge(job: MergeJob, timed: &mut impl FnMut(&'static str, Instant)) -> Result<Merged, WorkError> {
-    let MergeJob { round, deltas, reason, state, mut buffer, residual, rules, store, refusals, copy_params } =
-        job;
+    let MergeJob {
+        round,
+        deltas,
+        reason,
+        state,
+        mut buffer,
+        residual,
+        rules,
+        store,
+        refusals,
+        copy_params,
+        checkpoint,
+    } = job;
     let started = Instant::now();
     let (mut state, copied) = match Arc::try_unwrap(state) {
         Ok(state) => (state, false),
@@ -540,13 +555,24 @@ fn merge(job: MergeJob, timed: &mut impl FnMut(&'static str, Instant)) -> Result
     state.record_merge(round, &deltas);
     timed("merge", started);
     let started = Instant::now();
-    store.save_checkpoint(&state, &residual)?;
+    if checkpoint {
+        store.save_checkpoint(&state, &residual)?;
+    }
     if let Some(refusals) = refusals {
         store.save_refusals(&refusals)?;
     }
     timed("checkpoint", started);
     let params = copy_params.then(|| Arc::new(state.params.clone()));
-    Ok(Merged { round, reason, merged: deltas.len(), state: Arc::new(state), buffer, params, copied })
+    Ok(Merged {
+        round,
+        reason,
+        merged: deltas.len(),
+        state: Arc::new(state),
+        buffer,
+        params,
+        copied,
+        checkpointed: checkpoint,
+    })
 }
 
 /// Error feedback that leaves `residual` as it is: `delta` becomes

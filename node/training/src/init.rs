@@ -5,7 +5,7 @@
 use std::{collections::HashMap, path::Path};
 
 use candle_core::{Device, Tensor};
-use starling_protocol::{InitSpec, RunSpec};
+use starling_protocol::{InitSpec, ModelSpec, RunSpec};
 
 use crate::error::TrainError;
 use crate::models::{initial_params as seeded, Model};
@@ -33,6 +33,21 @@ pub fn init_spec(path: &Path) -> Result<InitSpec, TrainError> {
 pub fn save(spec: &RunSpec, params: &[f32], path: &Path) -> Result<(), TrainError> {
     let bytes = encode(spec, params, None)?;
     std::fs::write(path, bytes).map_err(|e| bad(path, e.to_string()))
+}
+
+/// Names and shapes of `model`'s tensors in the order of its flat parameter
+/// vector: what a checkpoint file names its tensors. An MLP's is computed from
+/// its widths; other models are built once (zeros) to read theirs.
+pub fn layout(model: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>, TrainError> {
+    if let Some(layers) = model.mlp_layers() {
+        let mut out = Vec::with_capacity(2 * layers.len());
+        for (i, w) in layers.windows(2).enumerate() {
+            out.push((format!("l{i:02}.weight"), vec![w[1], w[0]]));
+            out.push((format!("l{i:02}.bias"), vec![w[1]]));
+        }
+        return Ok(out);
+    }
+    Ok(Model::new(model)?.named_vars().iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect())
 }
 
 /// The safetensors metadata key of the run id a model belongs to.
@@ -93,7 +108,20 @@ fn bad(path: &Path, reason: String) -> TrainError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use starling_protocol::ModelSpec;
+    use starling_protocol::spec::CnnSpec;
+
+    #[test]
+    fn the_layout_is_the_models_own_order_names_and_shapes() {
+        for model in [
+            ModelSpec::mlp(vec![4, 3, 2]),
+            ModelSpec::Cnn(CnnSpec { input: [1, 8, 8], channels: vec![4], classes: 3 }),
+        ] {
+            let built = Model::new(&model).unwrap();
+            let expected: Vec<(String, Vec<usize>)> =
+                built.named_vars().iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+            assert_eq!(layout(&model).unwrap(), expected);
+        }
+    }
 
     #[test]
     fn saved_weights_load_back_and_bad_files_are_named() {

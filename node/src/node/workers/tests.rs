@@ -101,6 +101,7 @@ async fn the_writer_runs_one_job_at_a_time_in_order() {
         store: store.clone(),
         refusals: None,
         copy_params: false,
+        checkpoint: true,
     };
     workers.submit(Job::Merge(merge), &metrics);
     assert_eq!((workers.pending(Kind::Snapshot), workers.pending(Kind::Merge)), (1, 1));
