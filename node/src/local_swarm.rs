@@ -344,7 +344,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
         rounds: options.rounds,
     };
     let plan = bootstrap_plan(options.nodes, options.bootstrap, options.seed);
-    let degrees = bootstrap_degrees(&plan);
+    // The nodes that start together wait for each other only: joiners come later.
+    let degrees = bootstrap_degrees(&plan[..starters]);
     let listen: Multiaddr = match options.transport {
         Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
         Transport::Memory => "/memory/0",
@@ -495,7 +496,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     running.stop().await;
     let swarm_seconds = swarm_start.elapsed().as_secs_f64();
     let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.expect("every node joined")).collect();
-    let mut summary = summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)?;
+    let mut summary =
+        summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)?;
     summary.state_syncs = state_syncs;
     Ok(summary)
 }
