@@ -480,7 +480,7 @@ impl Node {
                     round = state.round,
                     signed = delta.header.round,
                     "this node signed a delta for a later round than its checkpoint: it sits out the rounds \
-                     up to that one (never signing twice) and follows its peers; alone, it waits for a peer"
+                     up to that one (never signing twice) and follows its peers; alone, it closes them empty at their deadline"
                 );
                 Some(delta)
             }

@@ -671,12 +671,24 @@ impl RoundState {
         self.abstained = false;
         self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
-        // A paused or observing node's deadline counts from the round's first
-        // delta: from now when one is already held, else from the next.
-        self.opened_at = self.rounds.contains_key(&round).then_some(now_ms);
+        self.opened_at = None;
+        self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
         self.recharge_future();
+    }
+
+    /// Starts the current round's clock for a node without a publish time of
+    /// its own (paused or observing): at the round's first delta, held now or
+    /// arriving later; or at once for an observer with no peer at all (a lone
+    /// node restarted from a checkpoint older than its last delta), which no
+    /// delta will ever come for, so that it sits out its signed rounds as
+    /// empty rounds closed at their deadline instead of stalling.
+    fn open_clock(&mut self, now_ms: u64) {
+        let alone = self.observing() && !self.paused && self.connected.is_empty();
+        if self.opened_at.is_none() && (self.rounds.contains_key(&self.round) || alone) {
+            self.opened_at = Some(now_ms);
+        }
     }
 
     /// Remembers the payload of a delta taken in, so that the same payload
@@ -729,6 +741,7 @@ impl RoundState {
     }
 
     fn maybe_close(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        self.open_clock(now_ms);
         let Some(published_at) = self.deadline_from() else {
             return;
         };
@@ -762,7 +775,8 @@ impl RoundState {
         self.published_at = None;
         self.abstained = false;
         self.quorum_at = None;
-        self.opened_at = self.rounds.contains_key(&self.round).then_some(now_ms);
+        self.opened_at = None;
+        self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
         let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };

@@ -585,6 +585,8 @@ impl Engine {
     fn start_running(&mut self, now: u64) {
         self.phase = Phase::Running;
         self.retry = None;
+        // Starts the clock of a round a lone observer sits out (see `RoundState`).
+        self.round_event(now, round::Event::Tick);
         if self.joining.take_owed() {
             // We said we were syncing: now say from when to expect us.
             let from = if self.rounds.observing() { self.rounds.contributes_from() } else { self.round };

@@ -435,3 +435,35 @@ fn a_restarted_node_whose_outbox_is_ahead_of_its_checkpoint_observes_past_it() {
     assert!(!out.iter().any(|o| matches!(o, Output::Train { .. } | Output::Publish(_))), "{out:?}");
     assert_eq!(e.rounds().contributes_from(), 7);
 }
+
+/// A node alone, restarted from a checkpoint older than its last signed delta,
+/// sits out the rounds it signed as empty rounds closed at their deadline, and
+/// trains again past them (it stalled at its first observed round before).
+#[test]
+fn a_lone_node_restarted_behind_its_last_delta_sits_its_signed_rounds_out_and_goes_on() {
+    let genesis = ModelState::initial(vec![0.0; PARAMS]);
+    let signed =
+        SignedDelta::sign(&key(1), RunId([0; 32]), 2, [9; 32], 10, Codec::Dense, Codec::Dense.encode(&[1.0]));
+    let mut e = Engine::new(pk(1), config(0), 0, genesis.lineage).with_outbox(signed);
+    let mut out = e.handle(0, Input::Start);
+    let mut lineage = genesis.lineage;
+    let mut now = 0;
+    for round in 0..3 {
+        assert!(!out.iter().any(|o| matches!(o, Output::Train { .. })), "round {round}: no training yet");
+        let at = e.next_timer().expect("a deadline to wait for");
+        assert_eq!(at, now + 1_000, "round {round}: the deadline counts from the round's start");
+        now = at;
+        out = e.handle(now, Input::Timer);
+        let merged = out.iter().find_map(|o| match o {
+            Output::Merge { round, deltas, reason } => Some((*round, deltas.len(), *reason)),
+            _ => None,
+        });
+        assert_eq!(merged, Some((round, 0, CloseReason::Deadline)), "{out:?}");
+        lineage[0] = lineage[0].wrapping_add(1);
+        out = e.handle(now, Input::Merged { round, lineage });
+    }
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Train { round: 3, .. })),
+        "trains past its signed round: {out:?}"
+    );
+}
