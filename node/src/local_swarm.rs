@@ -84,6 +84,8 @@ pub struct SwarmOptions {
     /// The data every node reads (`--dataset`); the spec's when absent. Node i
     /// trains on shard i of `nodes`.
     pub dataset: Option<starling_protocol::DatasetKind>,
+    /// Every node's copy of the spec's tokenizer (`--tokenizer`); the spec's path when absent.
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 impl SwarmOptions {
@@ -109,6 +111,7 @@ impl SwarmOptions {
             report_params: false,
             stall_timeout: Duration::from_secs(600),
             dataset: None,
+            tokenizer: None,
         }
     }
 }
@@ -371,6 +374,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 dataset: options.dataset.clone(),
                 shard: Some(Shard { index, count: options.nodes }),
                 device: None,
+                tokenizer: options.tokenizer.clone(),
             },
         };
         let hooks = HarnessHooks {

@@ -30,6 +30,10 @@ pub struct WorkloadArgs {
     /// Where to train: cpu, or cuda:N (needs a starling built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// This machine's copy of the run's tokenizer.json, when it is not at the
+    /// path the spec names (`model.tokenizer.path`); its BLAKE3 hash must match the spec's.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl WorkloadArgs {
@@ -138,6 +142,9 @@ pub struct BaselineArgs {
     /// The data (overrides the spec's dataset.kind).
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
+    /// This machine's copy of the run's tokenizer.json (overrides model.tokenizer.path).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Nodes whose shards make up the total samples.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
@@ -162,6 +169,9 @@ pub struct BaselineReport {
     pub accuracy: f32,
     pub initial_loss: f32,
     pub initial_accuracy: f32,
+    /// `exp(loss)` and `exp(initial_loss)`: a language model's perplexity per token.
+    pub perplexity: f32,
+    pub initial_perplexity: f32,
     pub seconds: f64,
 }
 
@@ -175,8 +185,8 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
         bail!("--nodes and --rounds must be at least 1");
     }
     let started = Instant::now();
-    let workload =
-        Workload::open(&spec, args.dataset.as_ref()).context("cannot open the data (see --dataset)")?;
+    let workload = Workload::open_with(&spec, args.dataset.as_ref(), args.tokenizer.as_deref())
+        .context("cannot open the data (see --dataset and --tokenizer)")?;
     let shards = (0..args.nodes)
         .map(|index| workload.shard(Shard { index, count: args.nodes }, index as u64))
         .collect::<Result<Vec<_>, _>>()?;
@@ -198,6 +208,8 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
         accuracy: after.accuracy,
         initial_loss: before.loss,
         initial_accuracy: before.accuracy,
+        perplexity: after.perplexity(),
+        initial_perplexity: before.perplexity(),
         seconds: started.elapsed().as_secs_f64(),
     };
     if args.json {
@@ -215,6 +227,12 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
             report.initial_accuracy * 100.0,
             report.seconds
         );
+        if spec.model.is_language_model() {
+            println!(
+                "held-out perplexity {:.2} per token (from {:.2})",
+                report.perplexity, report.initial_perplexity
+            );
+        }
     }
     Ok(())
 }

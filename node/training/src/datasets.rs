@@ -339,7 +339,7 @@ pub(crate) fn files_under(path: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use starling_protocol::spec::{CnnSpec, TransformerSpec};
 
@@ -413,6 +413,47 @@ mod tests {
         let a = w.shard(Shard { index: 0, count: 2 }, 0).unwrap();
         let b = w.shard(Shard { index: 1, count: 2 }, 0).unwrap();
         assert_eq!((a.len(), b.len(), w.eval().len()), (450, 450, 100));
+    }
+
+    /// A gpt spec on `SAMPLE_TEXT` (repeated) with a tokenizer trained on it, in `dir`.
+    pub(crate) fn gpt_text_spec(dir: &Path) -> RunSpec {
+        use crate::tokenizer::{TextTokenizer, SAMPLE_TEXT};
+        let text = dir.join("text.txt");
+        std::fs::write(&text, SAMPLE_TEXT.repeat(8)).unwrap();
+        let tok = TextTokenizer::train(SAMPLE_TEXT, 320).unwrap();
+        let mut model = starling_protocol::spec::GptSpec::sized(tok.vocab_size(), 32, 2, 2, 16);
+        model.tokenizer = Some(tok.save(&dir.join("tokenizer.json")).unwrap());
+        let mut spec = RunSpec::builtin();
+        spec.model = ModelSpec::Gpt(model);
+        spec.dataset.kind = DatasetKind::Text(text.display().to_string());
+        spec.dataset.samples_per_node = 20;
+        spec.dataset.eval_samples = 8;
+        spec.inner.batch_size = 8;
+        spec.inner.lr = 3e-3;
+        spec.validate().unwrap();
+        spec
+    }
+
+    #[test]
+    fn gpt_text_is_tokenized_held_out_and_sharded_by_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = gpt_text_spec(dir.path());
+        let w = Workload::open(&spec, None).unwrap();
+        let TrainData::Text(eval) = w.eval() else { panic!("text") };
+        assert_eq!(eval.tokens.len(), 8 * 16 + 1, "eval_samples windows of the context, and one more");
+        // Alone on the text, a node's seed places its stretch of samples_per_node windows.
+        let alone = |seed| w.shard(Shard { index: 0, count: 1 }, seed).unwrap();
+        assert_eq!(alone(1).len(), 20 * 16 + 1);
+        assert_eq!(alone(1), alone(1));
+        assert_ne!(alone(1), alone(2));
+        let Workload::Text { train, .. } = &w else { panic!("text") };
+        assert!(train.tokens.len() > 20 * 16 + 1, "the text is longer than one shard");
+        // Without its tokenizer file, or with another, the node refuses by name.
+        let err = Workload::open_with(&spec, None, Some(&dir.path().join("nope.json"))).err().unwrap();
+        assert!(err.to_string().contains("nope.json") && err.to_string().contains("--tokenizer"), "{err}");
+        std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
+        let err = Workload::open(&spec, None).err().unwrap().to_string();
+        assert!(err.contains("BLAKE3") && err.contains("tokenizer.json"), "{err}");
     }
 
     #[test]

@@ -581,6 +581,25 @@ mod tests {
     }
 
     #[test]
+    fn a_gpt_learns_tokenized_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = crate::datasets::tests::gpt_text_spec(dir.path());
+        spec.seed = 3;
+        let w = crate::datasets::Workload::open(&spec, None).unwrap();
+        let data = w.shard(crate::datasets::Shard { index: 0, count: 1 }, 1).unwrap();
+        let mut trainer = Trainer::new(&spec, data.clone(), 1).unwrap();
+        let mut params = crate::models::initial_params(&spec.model, spec.seed).unwrap();
+        let before = trainer.evaluate(&params, &data).unwrap();
+        for _ in 0..3 {
+            params = trainer.train_round(&params, 10).unwrap().params;
+        }
+        let after = trainer.evaluate(&params, &data).unwrap();
+        assert!(after.loss < before.loss * 0.8, "{before:?} -> {after:?}");
+        assert!(after.perplexity() < before.perplexity());
+        assert!((before.perplexity() - before.loss.exp()).abs() < 1e-3);
+    }
+
+    #[test]
     fn sampler_covers_every_sample_once_per_epoch() {
         let mut s = BatchSampler::new(7, 3);
         for _ in 0..3 {
