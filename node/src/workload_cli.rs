@@ -263,6 +263,11 @@ pub enum BenchModel {
     Mlp,
     /// 1×28×28 → conv3x3(8)-relu-pool → conv3x3(16)-relu-pool → linear(784→10).
     Cnn,
+    /// The GPT presets (byte-free: random token ids of the preset's vocab),
+    /// one sample being one window of the preset's context.
+    LmTiny,
+    LmSmall,
+    Gpt2Small,
 }
 
 /// `starling bench train`.
@@ -275,7 +280,7 @@ pub struct TrainBenchArgs {
     pub threads: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Timed steps, after 10 untimed warm-up steps.
+    /// Timed steps, after 10 untimed warm-up steps (1 for the language models).
     #[arg(long, default_value_t = 200)]
     pub steps: u32,
     #[arg(long, default_value = "cpu")]
@@ -310,22 +315,36 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let mut spec = RunSpec::builtin();
+    let preset = |name| ModelSpec::Gpt(starling_protocol::spec::GptSpec::preset(name).expect("a preset"));
     spec.model = match args.model {
         BenchModel::Mlp => ModelSpec::mlp(vec![784, 256, 10]),
         BenchModel::Cnn => ModelSpec::Cnn(CnnSpec { input: [1, 28, 28], channels: vec![8, 16], classes: 10 }),
+        BenchModel::LmTiny => preset("lm-tiny"),
+        BenchModel::LmSmall => preset("lm-small"),
+        BenchModel::Gpt2Small => preset("gpt2-small"),
     };
     spec.inner.batch_size = args.batch;
     let n = 4096;
     let mut rng = starling_training::data::rng_for(&[0xbe_c4, 1]);
-    let data = Dataset {
-        features: (0..n * 784).map(|_| starling_training::data::uniform01(&mut rng) as f32).collect(),
-        labels: (0..n).map(|i| (i % 10) as u32).collect(),
-        dim: 784,
-        classes: 10,
+    let data = match &spec.model {
+        ModelSpec::Gpt(g) => TrainData::Text(starling_training::datasets::Corpus {
+            tokens: (0..(g.context * 16).max(n))
+                .map(|_| {
+                    (starling_training::data::uniform01(&mut rng) * g.vocab as f64) as u32 % g.vocab as u32
+                })
+                .collect(),
+        }),
+        _ => TrainData::Labelled(Dataset {
+            features: (0..n * 784).map(|_| starling_training::data::uniform01(&mut rng) as f32).collect(),
+            labels: (0..n).map(|i| (i % 10) as u32).collect(),
+            dim: 784,
+            classes: 10,
+        }),
     };
-    let mut trainer = Trainer::new_on(&spec, TrainData::Labelled(data), 1, &device)?;
+    let warm_up = if spec.model.is_language_model() { 1 } else { 10 };
+    let mut trainer = Trainer::new_on(&spec, data, 1, &device)?;
     let start = starling_training::models::initial_params(&spec.model, 1)?;
-    let warm = trainer.train_round(&start, 10)?;
+    let warm = trainer.train_round(&start, warm_up)?;
     let t = Instant::now();
     trainer.train_round(&warm.params, args.steps.max(1))?;
     let seconds = t.elapsed().as_secs_f64();
@@ -343,7 +362,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "candle {} on {}, {} path, batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
+            "candle {} on {}, {} path, batch {} threads {}: {:.1} samples/s ({} steps in {:.2}s)",
             report.model,
             report.device,
             report.path,
