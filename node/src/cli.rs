@@ -307,6 +307,8 @@ pub enum SpecCommand {
         /// Like --private, with an existing swarm key (kubo's swarm.key format).
         #[arg(long, value_name = "FILE")]
         swarm_key: Option<PathBuf>,
+        #[command(flatten)]
+        model: crate::lm_spec::SpecModelArgs,
     },
     /// Print a spec as TOML, its run id first.
     Show(SpecSource),
@@ -509,8 +511,10 @@ pub async fn execute(cli: Cli) -> Result<()> {
             allowed_keys,
             private,
             swarm_key,
+            model,
         }) => {
             let mut spec = RunSpec::builtin_with_codec(codec);
+            model.apply(&mut spec, out.as_deref())?;
             spec.aggregation = aggregation.unwrap_or(spec.aggregation);
             spec.allowed_keys = allowed_key_list(allow, allowed_keys.as_deref())?;
             spec.swarm_key_fingerprint =
@@ -587,7 +591,12 @@ async fn run(args: RunArgs) -> Result<()> {
         key: None,
         evaluate: args.evaluate,
         checkpoint_every: args.checkpoint_every,
-        data: DataOptions { dataset: args.workload.dataset.clone(), shard: args.shard, device: Some(device) },
+        data: DataOptions {
+            dataset: args.workload.dataset.clone(),
+            shard: args.shard,
+            device: Some(device),
+            tokenizer: args.workload.tokenizer.clone(),
+        },
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -689,6 +698,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         progress_to_stderr: args.json,
         quiet: false,
         dataset: args.workload.dataset.clone(),
+        tokenizer: args.workload.tokenizer.clone(),
         ..SwarmOptions::new(args.nodes, args.rounds, spec)
     };
     if !args.json {
@@ -700,6 +710,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
             options.spec.run_id().short()
         );
     }
+    let options_is_lm = options.spec.model.is_language_model();
     let summary = run_swarm(options).await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -712,9 +723,22 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
             summary.centralized_accuracy * 100.0
         );
         println!(
-            "held-out loss mean {:.4}  (centralized baseline {:.4}; {} on {}, partition {})",
-            summary.mean_loss, summary.centralized_loss, summary.model, summary.dataset, summary.partition
+            "held-out loss mean {:.4}  (initially {:.4}; centralized baseline {:.4}; {} on {}, partition {})",
+            summary.mean_loss,
+            summary.initial_loss,
+            summary.centralized_loss,
+            summary.model,
+            summary.dataset,
+            summary.partition
         );
+        if options_is_lm {
+            println!(
+                "perplexity    {:.2} per token  (initially {:.2}; centralized baseline {:.2})",
+                summary.mean_perplexity,
+                summary.initial_loss.exp(),
+                summary.centralized_loss.exp()
+            );
+        }
         println!(
             "consensus     {:.2e} (RMS relative distance of node parameters from their mean)",
             summary.consensus_distance

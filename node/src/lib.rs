@@ -10,6 +10,7 @@ pub mod hints;
 pub mod http;
 pub mod inspect;
 pub mod limits;
+pub mod lm_spec;
 pub mod local_swarm;
 pub mod logging;
 pub mod metrics;

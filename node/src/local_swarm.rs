@@ -89,6 +89,8 @@ pub struct SwarmOptions {
     /// j-th of them), dial the nodes before them, and sync the swarm's state.
     /// The others' roster ([`Membership::Roster`]) leaves them out.
     pub joiners: Vec<u64>,
+    /// Every node's copy of the spec's tokenizer (`--tokenizer`); the spec's path when absent.
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 impl SwarmOptions {
@@ -115,6 +117,7 @@ impl SwarmOptions {
             stall_timeout: Duration::from_secs(600),
             dataset: None,
             joiners: Vec::new(),
+            tokenizer: None,
         }
     }
 }
@@ -387,6 +390,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 dataset: options.dataset.clone(),
                 shard: Some(Shard { index, count: options.nodes }),
                 device: None,
+                tokenizer: options.tokenizer.clone(),
             },
         };
         let hooks = HarnessHooks {

@@ -88,6 +88,8 @@ pub struct DataOptions {
     pub shard: Option<Shard>,
     /// Where to train (`--device`); the CPU when absent.
     pub device: Option<candle_core::Device>,
+    /// The node's copy of the spec's tokenizer (`--tokenizer`); the spec's path when absent.
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 /// What a node tells whoever started it.
@@ -519,8 +521,9 @@ impl Node {
         if !spec.allows(&me) {
             return Err(NodeError::NotAllowed { key: me });
         }
-        let workload = Workload::open(&spec, options.data.dataset.as_ref())
-            .map_err(|e| NodeError::Data(e.to_string()))?;
+        let workload =
+            Workload::open_with(&spec, options.data.dataset.as_ref(), options.data.tokenizer.as_deref())
+                .map_err(|e| NodeError::Data(e.to_string()))?;
         let shard_seed = shard_seed(&me);
         let shard = options.data.shard.unwrap_or(Shard { index: 0, count: 1 });
         let data = workload.shard(shard, shard_seed).map_err(|e| NodeError::Data(e.to_string()))?;

@@ -74,7 +74,12 @@ impl ProgressLine {
 /// The text of the line after a merged round.
 pub fn line(report: &RoundReport) -> String {
     let accuracy = match &report.eval {
-        Some(eval) => format!("acc {:.2}%", eval.accuracy * 100.0),
+        Some(eval) => format!(
+            "acc {:.2}% | held-out {:.4} (ppl {:.1})",
+            eval.accuracy * 100.0,
+            eval.loss,
+            eval.perplexity()
+        ),
         None => "acc - (--evaluate)".into(),
     };
     let privacy = report.epsilon.map(|e| format!(" | ε {e:.2}")).unwrap_or_default();

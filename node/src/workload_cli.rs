@@ -30,6 +30,10 @@ pub struct WorkloadArgs {
     /// Where to train: cpu, or cuda:N (needs a starling built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// This machine's copy of the run's tokenizer.json, when it is not at the
+    /// path the spec names (`model.tokenizer.path`); its BLAKE3 hash must match the spec's.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl WorkloadArgs {
@@ -138,6 +142,9 @@ pub struct BaselineArgs {
     /// The data (overrides the spec's dataset.kind).
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
+    /// This machine's copy of the run's tokenizer.json (overrides model.tokenizer.path).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Nodes whose shards make up the total samples.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
@@ -162,6 +169,9 @@ pub struct BaselineReport {
     pub accuracy: f32,
     pub initial_loss: f32,
     pub initial_accuracy: f32,
+    /// `exp(loss)` and `exp(initial_loss)`: a language model's perplexity per token.
+    pub perplexity: f32,
+    pub initial_perplexity: f32,
     pub seconds: f64,
 }
 
@@ -175,8 +185,8 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
         bail!("--nodes and --rounds must be at least 1");
     }
     let started = Instant::now();
-    let workload =
-        Workload::open(&spec, args.dataset.as_ref()).context("cannot open the data (see --dataset)")?;
+    let workload = Workload::open_with(&spec, args.dataset.as_ref(), args.tokenizer.as_deref())
+        .context("cannot open the data (see --dataset and --tokenizer)")?;
     let shards = (0..args.nodes)
         .map(|index| workload.shard(Shard { index, count: args.nodes }, index as u64))
         .collect::<Result<Vec<_>, _>>()?;
@@ -198,6 +208,8 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
         accuracy: after.accuracy,
         initial_loss: before.loss,
         initial_accuracy: before.accuracy,
+        perplexity: after.perplexity(),
+        initial_perplexity: before.perplexity(),
         seconds: started.elapsed().as_secs_f64(),
     };
     if args.json {
@@ -215,6 +227,12 @@ pub fn baseline(args: BaselineArgs) -> Result<()> {
             report.initial_accuracy * 100.0,
             report.seconds
         );
+        if spec.model.is_language_model() {
+            println!(
+                "held-out perplexity {:.2} per token (from {:.2})",
+                report.perplexity, report.initial_perplexity
+            );
+        }
     }
     Ok(())
 }
@@ -245,6 +263,11 @@ pub enum BenchModel {
     Mlp,
     /// 1×28×28 → conv3x3(8)-relu-pool → conv3x3(16)-relu-pool → linear(784→10).
     Cnn,
+    /// The GPT presets (byte-free: random token ids of the preset's vocab),
+    /// one sample being one window of the preset's context.
+    LmTiny,
+    LmSmall,
+    Gpt2Small,
 }
 
 /// `starling bench train`.
@@ -257,7 +280,7 @@ pub struct TrainBenchArgs {
     pub threads: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Timed steps, after 10 untimed warm-up steps.
+    /// Timed steps, after 10 untimed warm-up steps (1 for the language models).
     #[arg(long, default_value_t = 200)]
     pub steps: u32,
     #[arg(long, default_value = "cpu")]
@@ -292,22 +315,36 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let mut spec = RunSpec::builtin();
+    let preset = |name| ModelSpec::Gpt(starling_protocol::spec::GptSpec::preset(name).expect("a preset"));
     spec.model = match args.model {
         BenchModel::Mlp => ModelSpec::mlp(vec![784, 256, 10]),
         BenchModel::Cnn => ModelSpec::Cnn(CnnSpec { input: [1, 28, 28], channels: vec![8, 16], classes: 10 }),
+        BenchModel::LmTiny => preset("lm-tiny"),
+        BenchModel::LmSmall => preset("lm-small"),
+        BenchModel::Gpt2Small => preset("gpt2-small"),
     };
     spec.inner.batch_size = args.batch;
     let n = 4096;
     let mut rng = starling_training::data::rng_for(&[0xbe_c4, 1]);
-    let data = Dataset {
-        features: (0..n * 784).map(|_| starling_training::data::uniform01(&mut rng) as f32).collect(),
-        labels: (0..n).map(|i| (i % 10) as u32).collect(),
-        dim: 784,
-        classes: 10,
+    let data = match &spec.model {
+        ModelSpec::Gpt(g) => TrainData::Text(starling_training::datasets::Corpus {
+            tokens: (0..(g.context * 16).max(n))
+                .map(|_| {
+                    (starling_training::data::uniform01(&mut rng) * g.vocab as f64) as u32 % g.vocab as u32
+                })
+                .collect(),
+        }),
+        _ => TrainData::Labelled(Dataset {
+            features: (0..n * 784).map(|_| starling_training::data::uniform01(&mut rng) as f32).collect(),
+            labels: (0..n).map(|i| (i % 10) as u32).collect(),
+            dim: 784,
+            classes: 10,
+        }),
     };
-    let mut trainer = Trainer::new_on(&spec, TrainData::Labelled(data), 1, &device)?;
+    let warm_up = if spec.model.is_language_model() { 1 } else { 10 };
+    let mut trainer = Trainer::new_on(&spec, data, 1, &device)?;
     let start = starling_training::models::initial_params(&spec.model, 1)?;
-    let warm = trainer.train_round(&start, 10)?;
+    let warm = trainer.train_round(&start, warm_up)?;
     let t = Instant::now();
     trainer.train_round(&warm.params, args.steps.max(1))?;
     let seconds = t.elapsed().as_secs_f64();
@@ -325,7 +362,7 @@ pub fn bench_train(args: TrainBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "candle {} on {}, {} path, batch {} threads {}: {:.0} samples/s ({} steps in {:.2}s)",
+            "candle {} on {}, {} path, batch {} threads {}: {:.1} samples/s ({} steps in {:.2}s)",
             report.model,
             report.device,
             report.path,

@@ -1,5 +1,6 @@
-//! Which model a run trains: an MLP, a small CNN for images or a small byte-level
-//! transformer language model, with its sizes and its exact parameter count.
+//! Which model a run trains: an MLP, a small CNN for images, a small byte-level
+//! transformer language model or a GPT-style decoder over BPE tokens, with its
+//! sizes and its exact parameter count.
 //!
 //! In TOML a model is a table tagged by `kind`; a table without `kind` is an MLP,
 //! so specs written before other models existed (`model = { layers = [...] }`)
@@ -17,6 +18,9 @@ pub enum ModelSpec {
     Cnn(CnnSpec),
     /// A causal transformer over bytes (pre-norm blocks, learned positions).
     Transformer(TransformerSpec),
+    /// A GPT-2-style decoder: as the transformer, with the output head tied to
+    /// the token embedding, over the tokens of a BPE tokenizer (or bytes).
+    Gpt(GptSpec),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +53,77 @@ pub struct TransformerSpec {
     pub context: usize,
 }
 
+/// A GPT-style decoder language model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptSpec {
+    /// Token ids the model embeds and predicts: at least the tokenizer's
+    /// vocabulary (256 for bytes when there is no tokenizer).
+    pub vocab: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    /// Number of transformer blocks.
+    pub layers: usize,
+    /// Tokens of context the model sees (and predicts) at once.
+    pub context: usize,
+    /// The tokenizer every node must use; absent: the text is read as bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerSpec>,
+}
+
+/// A tokenizer file (Hugging Face `tokenizer.json`) and the BLAKE3 hash (hex)
+/// of its bytes: nodes refuse to train with any other file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    pub path: String,
+    pub blake3: String,
+}
+
+/// The language-model presets of `starling spec new --model`, smallest first:
+/// name, what it is, and its sizes with the vocabulary the preset's tokenizer
+/// is trained to (the spec's vocab is the tokenizer's actual size).
+pub const GPT_PRESETS: [(&str, &str, GptSpec); 3] = [
+    (
+        "lm-tiny",
+        "~1M parameters: 4 blocks of width 128, 128 tokens of context",
+        GptSpec::sized(2048, 128, 4, 4, 128),
+    ),
+    (
+        "lm-small",
+        "~10M parameters: 8 blocks of width 256, 256 tokens of context",
+        GptSpec::sized(8192, 256, 8, 8, 256),
+    ),
+    (
+        "gpt2-small",
+        "GPT-2 small, ~124M parameters: 12 blocks of width 768, 12 heads, 1024 tokens of context",
+        GptSpec::sized(50257, 768, 12, 12, 1024),
+    ),
+];
+
+impl GptSpec {
+    /// A byte-level spec of these sizes (no tokenizer yet).
+    pub const fn sized(vocab: usize, d_model: usize, heads: usize, layers: usize, context: usize) -> Self {
+        GptSpec { vocab, d_model, heads, layers, context, tokenizer: None }
+    }
+
+    /// The preset named `name` (see [`GPT_PRESETS`]).
+    pub fn preset(name: &str) -> Option<Self> {
+        GPT_PRESETS.iter().find(|(n, _, _)| *n == name).map(|(_, _, spec)| spec.clone())
+    }
+
+    /// The sizes as a transformer spec: the same blocks, without the tie or the tokenizer.
+    pub fn dims(&self) -> TransformerSpec {
+        TransformerSpec {
+            vocab: self.vocab,
+            d_model: self.d_model,
+            heads: self.heads,
+            layers: self.layers,
+            context: self.context,
+        }
+    }
+}
+
 impl ModelSpec {
     /// An MLP of widths `layers`.
     pub fn mlp(layers: Vec<usize>) -> Self {
@@ -69,6 +144,7 @@ impl ModelSpec {
             ModelSpec::Mlp(_) => "mlp",
             ModelSpec::Cnn(_) => "cnn",
             ModelSpec::Transformer(_) => "transformer",
+            ModelSpec::Gpt(_) => "gpt",
         }
     }
 
@@ -77,7 +153,21 @@ impl ModelSpec {
         match self {
             ModelSpec::Mlp(m) => m.layers.first().copied(),
             ModelSpec::Cnn(c) => Some(c.input.iter().product()),
-            ModelSpec::Transformer(_) => None,
+            ModelSpec::Transformer(_) | ModelSpec::Gpt(_) => None,
+        }
+    }
+
+    /// Whether the model is a language model (trained on `text:PATH`).
+    pub fn is_language_model(&self) -> bool {
+        matches!(self, ModelSpec::Transformer(_) | ModelSpec::Gpt(_))
+    }
+
+    /// Token context of a language model.
+    pub fn context(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Transformer(t) => Some(t.context),
+            ModelSpec::Gpt(g) => Some(g.context),
+            _ => None,
         }
     }
 
@@ -86,7 +176,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Mlp(m) => m.layers.last().copied(),
             ModelSpec::Cnn(c) => Some(c.classes),
-            ModelSpec::Transformer(_) => None,
+            ModelSpec::Transformer(_) | ModelSpec::Gpt(_) => None,
         }
     }
 
@@ -104,12 +194,9 @@ impl ModelSpec {
                 }
                 n + linear(ch * h * w, c.classes)
             }
-            ModelSpec::Transformer(t) => {
-                let d = t.d_model;
-                let block =
-                    2 * d + linear(d, 3 * d) + linear(d, d) + 2 * d + linear(d, 4 * d) + linear(4 * d, d);
-                t.vocab * d + t.context * d + t.layers * block + 2 * d + linear(d, t.vocab)
-            }
+            ModelSpec::Transformer(t) => decoder_count(t) + linear(t.d_model, t.vocab),
+            // The head is the token embedding, transposed: no parameters of its own.
+            ModelSpec::Gpt(g) => decoder_count(&g.dims()),
         }
     }
 
@@ -146,6 +233,20 @@ impl ModelSpec {
                     return bad("model.classes", "needs at least 2 classes");
                 }
             }
+            ModelSpec::Gpt(g) => {
+                ModelSpec::Transformer(g.dims()).validate()?;
+                if g.tokenizer.is_none() && g.vocab < 256 {
+                    return bad("model.vocab", "text without a tokenizer is read as bytes: set it to 256");
+                }
+                if let Some(t) = &g.tokenizer {
+                    if t.blake3.len() != 64 || !t.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return bad(
+                            "model.tokenizer.blake3",
+                            "must be the 64 hex digits of the tokenizer file's BLAKE3 hash",
+                        );
+                    }
+                }
+            }
             ModelSpec::Transformer(t) => {
                 if !(2..=65_536).contains(&t.vocab) {
                     return bad("model.vocab", "must be between 2 and 65536 (256 for bytes)");
@@ -161,11 +262,22 @@ impl ModelSpec {
                 }
             }
         }
-        if self.param_count() > 100_000_000 {
-            return bad("model", "models over 100M parameters are not supported");
+        if self.param_count() > MAX_PARAMS {
+            return bad("model", "models over 200M parameters are not supported");
         }
         Ok(())
     }
+}
+
+/// The largest model a spec may name: GPT-2 small (124M) and some room.
+pub const MAX_PARAMS: usize = 200_000_000;
+
+/// Parameters of the decoder without an output head: embeddings, blocks, final norm.
+fn decoder_count(t: &TransformerSpec) -> usize {
+    let linear = |i: usize, o: usize| i * o + o;
+    let d = t.d_model;
+    let block = 2 * d + linear(d, 3 * d) + linear(d, d) + 2 * d + linear(d, 4 * d) + linear(4 * d, d);
+    t.vocab * d + t.context * d + t.layers * block + 2 * d
 }
 
 impl<'de> Deserialize<'de> for ModelSpec {
@@ -183,8 +295,9 @@ impl<'de> Deserialize<'de> for ModelSpec {
             "mlp" => value.try_into().map(ModelSpec::Mlp).map_err(fail),
             "cnn" => value.try_into().map(ModelSpec::Cnn).map_err(fail),
             "transformer" => value.try_into().map(ModelSpec::Transformer).map_err(fail),
+            "gpt" => value.try_into().map(ModelSpec::Gpt).map_err(fail),
             other => Err(D::Error::custom(format!(
-                "model.kind `{other}` is unknown; use \"mlp\", \"cnn\" or \"transformer\""
+                "model.kind `{other}` is unknown; use \"mlp\", \"cnn\", \"transformer\" or \"gpt\""
             ))),
         }
     }
@@ -233,6 +346,35 @@ mod tests {
         assert!(err.contains("rnn"), "{err}");
         let err = parse("model = { kind = \"cnn\", layers = [1] }").unwrap_err().to_string();
         assert!(err.contains("cnn") && err.contains("layers"), "{err}");
+    }
+
+    #[test]
+    fn gpt_specs_round_trip_and_count_a_tied_head() {
+        let mut gpt = GptSpec::preset("lm-tiny").unwrap();
+        gpt.tokenizer = Some(TokenizerSpec { path: "tok.json".into(), blake3: "ab".repeat(32) });
+        let model = ModelSpec::Gpt(gpt.clone());
+        let text = toml::to_string(&Wrap { model: model.clone() }).unwrap();
+        assert!(text.contains("kind = \"gpt\""), "{text}");
+        assert_eq!(parse(&text).unwrap(), model, "{text}");
+        model.validate().unwrap();
+        // The tied head adds nothing to the transformer of the same sizes without its head.
+        let untied = ModelSpec::Transformer(gpt.dims()).param_count();
+        assert_eq!(model.param_count(), untied - (gpt.d_model * gpt.vocab + gpt.vocab));
+        gpt.tokenizer.as_mut().unwrap().blake3 = "xyz".into();
+        assert_eq!(ModelSpec::Gpt(gpt).validate().unwrap_err().0, "model.tokenizer.blake3");
+    }
+
+    #[test]
+    fn presets_span_a_million_to_gpt2_small() {
+        let count = |name| ModelSpec::Gpt(GptSpec::preset(name).unwrap()).param_count();
+        assert!((800_000..1_500_000).contains(&count("lm-tiny")), "{}", count("lm-tiny"));
+        assert!((7_000_000..15_000_000).contains(&count("lm-small")), "{}", count("lm-small"));
+        // Exactly GPT-2 small's 124,439,808 (its vocabulary of 50257, 1024 positions).
+        assert_eq!(count("gpt2-small"), 124_439_808);
+        for (_, _, spec) in GPT_PRESETS {
+            ModelSpec::Gpt(spec).validate().unwrap();
+        }
+        assert!(GptSpec::preset("gpt5").is_none());
     }
 
     #[test]

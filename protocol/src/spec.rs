@@ -11,7 +11,9 @@ use crate::aggregate::AggregationRule;
 use crate::codec::Codec;
 pub use crate::data_spec::{BadDatasetKind, DatasetKind, Partition};
 use crate::keys::PublicKey;
-pub use crate::model_spec::{CnnSpec, MlpSpec, ModelSpec, TransformerSpec};
+pub use crate::model_spec::{
+    CnnSpec, GptSpec, MlpSpec, ModelSpec, TokenizerSpec, TransformerSpec, GPT_PRESETS,
+};
 pub use crate::privacy::{PrivacyLevel, PrivacySpec};
 
 /// The hash of a run's spec. Topics, protocol names and every signed delta carry it,

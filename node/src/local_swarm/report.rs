@@ -23,9 +23,13 @@ pub struct SwarmSummary {
     pub mean_accuracy: f32,
     pub min_accuracy: f32,
     pub centralized_accuracy: f32,
-    /// Mean held-out loss of the nodes' final parameters (nats; for the
-    /// language model, per byte, so perplexity is its exp).
+    /// Mean held-out loss of the nodes' final parameters (nats; for a
+    /// language model, per token, so perplexity is its exp).
     pub mean_loss: f32,
+    /// Held-out loss of the initial parameters.
+    pub initial_loss: f32,
+    /// `exp(mean_loss)`: a language model's held-out perplexity per token.
+    pub mean_perplexity: f32,
     pub centralized_loss: f32,
     pub model: String,
     pub dataset: String,
@@ -64,8 +68,10 @@ pub(super) fn summarize(
 ) -> Result<SwarmSummary, SwarmError> {
     let spec = &options.spec;
     let data_error = |e: starling_training::data::DataError| SwarmError::Data(e.to_string());
-    let workload = Workload::open(spec, options.dataset.as_ref()).map_err(data_error)?;
+    let workload = Workload::open_with(spec, options.dataset.as_ref(), options.tokenizer.as_deref())
+        .map_err(data_error)?;
     let eval = workload.eval();
+    let initial_loss = evaluate(&spec.model, &starling_training::init::initial_params(spec)?, &eval)?.loss;
     let mut accuracies = Vec::new();
     let mut losses = Vec::new();
     for outcome in outcomes {
@@ -108,6 +114,8 @@ pub(super) fn summarize(
         nodes: outcomes.len(),
         rounds: options.rounds,
         params: spec.param_count(),
+        initial_loss,
+        mean_perplexity: mean_loss.exp(),
         mean_accuracy: accuracies.iter().sum::<f32>() / accuracies.len() as f32,
         min_accuracy: accuracies.iter().copied().fold(f32::INFINITY, f32::min),
         centralized_accuracy,

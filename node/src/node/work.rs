@@ -297,6 +297,8 @@ impl Node {
                 reason = ?report.reason,
                 loss = report.train_loss,
                 accuracy = report.eval.map(|e| e.accuracy),
+                eval_loss = report.eval.map(|e| e.loss),
+                perplexity = report.eval.map(|e| e.perplexity()),
                 peers = report.peers,
                 epsilon = report.epsilon,
                 "round merged"

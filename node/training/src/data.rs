@@ -25,6 +25,8 @@ pub enum DataError {
     Io { path: std::path::PathBuf, reason: String },
     #[error("data file {path} is not usable: {reason}")]
     BadFile { path: std::path::PathBuf, reason: String },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
 }
 
 /// Labelled samples held in memory.

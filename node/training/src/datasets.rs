@@ -1,12 +1,14 @@
 //! The data a run trains on, from any source a spec or `--dataset` names
 //! (`synthetic`, `idx:DIR`, `csv:FILE`, `text:PATH`), split into a node's shard
-//! and a held-out set that every node evaluates on.
+//! and a held-out set that every node evaluates on. Text becomes tokens here:
+//! bytes, or the ids of the spec's BPE tokenizer for a `gpt` model.
 
 use std::path::{Path, PathBuf};
 
 use starling_protocol::{spec::DatasetKind, ModelSpec, Partition, PublicKey, RunSpec};
 
 use crate::data::{rng_for, DataError, Dataset, SyntheticTask};
+use crate::tokenizer::{TextTokenizer, TokenizerError};
 
 pub mod csv;
 pub mod glyphs;
@@ -20,10 +22,17 @@ pub const HELD_OUT_FRACTION: f64 = 0.1;
 const TAG_HOLD_OUT: u64 = 0x686f_6c64_0000_0006;
 const TAG_POOL: u64 = 0x706f_6f6c_0000_0007;
 
-/// Bytes for the language model.
+/// Token ids for the language model (bytes, or BPE tokens).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Corpus {
-    pub bytes: Vec<u8>,
+    pub tokens: Vec<u32>,
+}
+
+impl Corpus {
+    /// Text read as bytes, one token each.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Corpus { tokens: bytes.iter().map(|&b| u32::from(b)).collect() }
+    }
 }
 
 /// Training or evaluation data of either kind.
@@ -31,16 +40,16 @@ pub struct Corpus {
 pub enum TrainData {
     /// Classification samples (features and labels).
     Labelled(Dataset),
-    /// A byte stream for the language model.
+    /// A token stream for the language model.
     Text(Corpus),
 }
 
 impl TrainData {
-    /// Samples (or bytes).
+    /// Samples (or tokens).
     pub fn len(&self) -> usize {
         match self {
             TrainData::Labelled(d) => d.len(),
-            TrainData::Text(c) => c.bytes.len(),
+            TrainData::Text(c) => c.tokens.len(),
         }
     }
 
@@ -83,14 +92,42 @@ impl std::str::FromStr for Shard {
 
 /// A data source opened for one spec: every shard and the held-out set come from it.
 pub enum Workload {
-    Synthetic { task: SyntheticTask, partition: Partition, samples: usize, seed: u64 },
-    Labelled { train: Dataset, eval: Dataset, partition: Partition, samples: usize, seed: u64 },
-    Text { train: Corpus, eval: Corpus, samples: usize },
+    Synthetic {
+        task: SyntheticTask,
+        partition: Partition,
+        samples: usize,
+        seed: u64,
+    },
+    Labelled {
+        train: Dataset,
+        eval: Dataset,
+        partition: Partition,
+        samples: usize,
+        seed: u64,
+    },
+    /// Text: a shard holds at most `max_tokens`; with `seeded`, a node alone on
+    /// the text takes its own stretch of it, placed by its shard seed.
+    Text {
+        train: Corpus,
+        eval: Corpus,
+        max_tokens: usize,
+        seeded: bool,
+    },
 }
 
 impl Workload {
     /// Opens `source` (the spec's own when `None`) for `spec`'s model.
     pub fn open(spec: &RunSpec, source: Option<&DatasetKind>) -> Result<Self, DataError> {
+        Self::open_with(spec, source, None)
+    }
+
+    /// [`Workload::open`], reading the spec's tokenizer from `tokenizer`
+    /// (`--tokenizer`) instead of the path in the spec.
+    pub fn open_with(
+        spec: &RunSpec,
+        source: Option<&DatasetKind>,
+        tokenizer: Option<&Path>,
+    ) -> Result<Self, DataError> {
         let source = source.unwrap_or(&spec.dataset.kind);
         let (partition, samples, seed) = (spec.dataset.partition, spec.dataset.samples_per_node, spec.seed);
         let eval_cap = spec.dataset.eval_samples;
@@ -123,7 +160,7 @@ impl Workload {
                 Ok(Workload::Labelled { train, eval: cap(eval, eval_cap), partition, samples, seed })
             }
             DatasetKind::Text(path) => {
-                if !matches!(spec.model, ModelSpec::Transformer(_)) {
+                if !spec.model.is_language_model() {
                     return Err(DataError::Malformed(format!(
                         "{source} is text for the language model, but model.kind = {}",
                         spec.model.kind()
@@ -135,14 +172,26 @@ impl Workload {
                     ));
                 }
                 let bytes = text::load(Path::new(path))?;
+                // A byte-level transformer's samples are 1 KiB of text to train on and
+                // 64 bytes to evaluate; a gpt's are windows of its context.
+                let (tokens, train_window, eval_window, seeded) = match &spec.model {
+                    ModelSpec::Gpt(g) => (gpt_tokens(g, &bytes, tokenizer)?, g.context, g.context, true),
+                    _ => (Corpus::from_bytes(&bytes).tokens, 1024, 64, false),
+                };
+                drop(bytes);
                 // The last share of the text is held out: no window crosses into it.
-                let cut = bytes.len() - ((bytes.len() as f64 * HELD_OUT_FRACTION) as usize).max(2);
-                let mut eval = bytes[cut..].to_vec();
-                let mut train = bytes;
+                let held = ((tokens.len() as f64 * HELD_OUT_FRACTION) as usize).max(2);
+                let cut = tokens.len().saturating_sub(held);
+                let mut eval = tokens[cut..].to_vec();
+                let mut train = tokens;
                 train.truncate(cut);
-                let eval_bytes = eval_cap.saturating_mul(64).max(2);
-                eval.truncate(eval_bytes);
-                Ok(Workload::Text { train: Corpus { bytes: train }, eval: Corpus { bytes: eval }, samples })
+                eval.truncate(eval_cap.saturating_mul(eval_window).saturating_add(1).max(2));
+                Ok(Workload::Text {
+                    train: Corpus { tokens: train },
+                    eval: Corpus { tokens: eval },
+                    max_tokens: samples.saturating_mul(train_window).saturating_add(1).max(2),
+                    seeded,
+                })
             }
         }
     }
@@ -162,21 +211,24 @@ impl Workload {
             Workload::Labelled { train, partition, samples, seed, .. } => {
                 partition::split(train, *partition, shard, *seed).map(|d| cap(d, *samples).into())
             }
-            Workload::Text { train, samples, .. } => {
-                let n = train.bytes.len();
+            Workload::Text { train, max_tokens, seeded, .. } => {
+                let n = train.tokens.len();
                 let (start, end) = (n * shard.index / shard.count, n * (shard.index + 1) / shard.count);
-                let mut bytes = train.bytes[start..end].to_vec();
-                // samples_per_node counts windows of text; 1 KiB per sample is plenty.
-                bytes.truncate(samples.saturating_mul(1024).max(2));
-                if bytes.len() < 2 {
+                let len = (end - start).min(*max_tokens);
+                // samples_per_node bounds the shard; where that leaves some of it
+                // over, each node's seed picks its own stretch.
+                let slack = (end - start - len) as u64;
+                let offset = if *seeded && slack > 0 { (shard_seed % (slack + 1)) as usize } else { 0 };
+                let tokens = train.tokens[start + offset..start + offset + len].to_vec();
+                if tokens.len() < 2 {
                     return Err(DataError::Malformed(format!(
-                        "shard {}/{} of the text has {} bytes; use fewer nodes or more text",
+                        "shard {}/{} of the text has {} tokens; use fewer nodes or more text",
                         shard.index,
                         shard.count,
-                        bytes.len()
+                        tokens.len()
                     )));
                 }
-                Ok(TrainData::Text(Corpus { bytes }))
+                Ok(TrainData::Text(Corpus { tokens }))
             }
         }
     }
@@ -194,10 +246,10 @@ impl Workload {
     pub fn union(&self, shards: &[TrainData]) -> Result<TrainData, DataError> {
         match shards.first() {
             Some(TrainData::Text(_)) => Ok(TrainData::Text(Corpus {
-                bytes: shards
+                tokens: shards
                     .iter()
                     .flat_map(|s| match s {
-                        TrainData::Text(c) => c.bytes.clone(),
+                        TrainData::Text(c) => c.tokens.clone(),
                         TrainData::Labelled(_) => Vec::new(),
                     })
                     .collect(),
@@ -214,6 +266,27 @@ impl Workload {
             }
         }
     }
+}
+
+/// The tokens of a gpt model's text: its tokenizer's ids, or bytes without one.
+fn gpt_tokens(
+    model: &starling_protocol::spec::GptSpec,
+    bytes: &[u8],
+    path: Option<&Path>,
+) -> Result<Vec<u32>, DataError> {
+    let Some(spec) = &model.tokenizer else {
+        return Ok(Corpus::from_bytes(bytes).tokens);
+    };
+    let tokenizer = TextTokenizer::load(spec, path)?;
+    if tokenizer.vocab_size() > model.vocab {
+        return Err(TokenizerError::Vocab {
+            path: path.map_or_else(|| PathBuf::from(&spec.path), Path::to_path_buf),
+            tokenizer: tokenizer.vocab_size(),
+            model: model.vocab,
+        }
+        .into());
+    }
+    Ok(tokenizer.encode(&String::from_utf8_lossy(bytes))?)
 }
 
 fn check_dim(train: &Dataset, dim: usize, source: &DatasetKind) -> Result<(), DataError> {
@@ -266,7 +339,7 @@ pub(crate) fn files_under(path: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use starling_protocol::spec::{CnnSpec, TransformerSpec};
 
@@ -340,6 +413,47 @@ mod tests {
         let a = w.shard(Shard { index: 0, count: 2 }, 0).unwrap();
         let b = w.shard(Shard { index: 1, count: 2 }, 0).unwrap();
         assert_eq!((a.len(), b.len(), w.eval().len()), (450, 450, 100));
+    }
+
+    /// A gpt spec on `SAMPLE_TEXT` (repeated) with a tokenizer trained on it, in `dir`.
+    pub(crate) fn gpt_text_spec(dir: &Path) -> RunSpec {
+        use crate::tokenizer::{TextTokenizer, SAMPLE_TEXT};
+        let text = dir.join("text.txt");
+        std::fs::write(&text, SAMPLE_TEXT.repeat(8)).unwrap();
+        let tok = TextTokenizer::train(SAMPLE_TEXT, 320).unwrap();
+        let mut model = starling_protocol::spec::GptSpec::sized(tok.vocab_size(), 32, 2, 2, 16);
+        model.tokenizer = Some(tok.save(&dir.join("tokenizer.json")).unwrap());
+        let mut spec = RunSpec::builtin();
+        spec.model = ModelSpec::Gpt(model);
+        spec.dataset.kind = DatasetKind::Text(text.display().to_string());
+        spec.dataset.samples_per_node = 20;
+        spec.dataset.eval_samples = 8;
+        spec.inner.batch_size = 8;
+        spec.inner.lr = 3e-3;
+        spec.validate().unwrap();
+        spec
+    }
+
+    #[test]
+    fn gpt_text_is_tokenized_held_out_and_sharded_by_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = gpt_text_spec(dir.path());
+        let w = Workload::open(&spec, None).unwrap();
+        let TrainData::Text(eval) = w.eval() else { panic!("text") };
+        assert_eq!(eval.tokens.len(), 8 * 16 + 1, "eval_samples windows of the context, and one more");
+        // Alone on the text, a node's seed places its stretch of samples_per_node windows.
+        let alone = |seed| w.shard(Shard { index: 0, count: 1 }, seed).unwrap();
+        assert_eq!(alone(1).len(), 20 * 16 + 1);
+        assert_eq!(alone(1), alone(1));
+        assert_ne!(alone(1), alone(2));
+        let Workload::Text { train, .. } = &w else { panic!("text") };
+        assert!(train.tokens.len() > 20 * 16 + 1, "the text is longer than one shard");
+        // Without its tokenizer file, or with another, the node refuses by name.
+        let err = Workload::open_with(&spec, None, Some(&dir.path().join("nope.json"))).err().unwrap();
+        assert!(err.to_string().contains("nope.json") && err.to_string().contains("--tokenizer"), "{err}");
+        std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
+        let err = Workload::open(&spec, None).err().unwrap().to_string();
+        assert!(err.contains("BLAKE3") && err.contains("tokenizer.json"), "{err}");
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod model;
 pub mod models;
 pub mod optim;
 pub mod privacy;
+pub mod tokenizer;
 pub mod trainer;

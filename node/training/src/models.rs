@@ -1,4 +1,4 @@
-//! Every model a RunSpec can name (MLP, CNN, byte-level transformer) behind one
+//! Every model a RunSpec can name (MLP, CNN, byte-level transformer, GPT) behind one
 //! type, with its parameters as one flat `f32` vector in a stable order.
 //!
 //! The MLP keeps its own canonical order (layer by layer, weight then bias, see
@@ -79,7 +79,13 @@ impl Model {
             ModelSpec::Transformer(t) => {
                 let varmap = VarMap::new();
                 let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-                let arch = Arch::Transformer(transformer::Transformer::new(t, vb)?);
+                let arch = Arch::Transformer(transformer::Transformer::new(t, false, vb)?);
+                (arch, sorted_vars(&varmap)?)
+            }
+            ModelSpec::Gpt(g) => {
+                let varmap = VarMap::new();
+                let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+                let arch = Arch::Transformer(transformer::Transformer::new(&g.dims(), true, vb)?);
                 (arch, sorted_vars(&varmap)?)
             }
         };
@@ -194,7 +200,7 @@ fn sorted_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>, TrainError> {
 mod tests {
     use super::*;
     use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-    use starling_protocol::spec::{CnnSpec, TransformerSpec};
+    use starling_protocol::spec::{CnnSpec, GptSpec, TransformerSpec};
 
     fn cnn() -> ModelSpec {
         ModelSpec::Cnn(CnnSpec { input: [1, 8, 8], channels: vec![4, 8], classes: 3 })
@@ -204,13 +210,17 @@ mod tests {
         ModelSpec::Transformer(TransformerSpec { vocab: 16, d_model: 16, heads: 2, layers: 2, context: 8 })
     }
 
+    fn gpt() -> ModelSpec {
+        ModelSpec::Gpt(GptSpec::sized(24, 16, 2, 2, 8))
+    }
+
     fn pattern(n: usize) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * 0.37).sin()).collect()
     }
 
     #[test]
     fn flatten_and_restore_round_trip_in_name_order_for_every_kind() {
-        for spec in [ModelSpec::mlp(vec![5, 7, 3]), cnn(), lm()] {
+        for spec in [ModelSpec::mlp(vec![5, 7, 3]), cnn(), lm(), gpt()] {
             let (a, b) = (Model::new(&spec).unwrap(), Model::new(&spec).unwrap());
             let x = pattern(spec.param_count());
             a.set_params(&x).unwrap();
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn initial_params_are_seeded_and_sized() {
-        for spec in [cnn(), lm()] {
+        for spec in [cnn(), lm(), gpt()] {
             let a = initial_params(&spec, 1).unwrap();
             assert_eq!(a.len(), spec.param_count());
             assert_eq!(a, initial_params(&spec, 1).unwrap());
@@ -244,18 +254,60 @@ mod tests {
         assert_eq!(t.forward(&ids).unwrap().dims(), &[3, 8, 16]);
         let short = Tensor::zeros((3, 5), DType::U32, &dev).unwrap();
         assert_eq!(t.forward(&short).unwrap().dims(), &[3, 5, 16]);
+        let g = Model::new(&gpt()).unwrap();
+        assert_eq!(g.forward(&ids).unwrap().dims(), &[3, 8, 24]);
+        assert_eq!(g.forward(&short).unwrap().dims(), &[3, 5, 24]);
+        let long = Tensor::zeros((1, 9), DType::U32, &dev).unwrap();
+        assert!(g.forward(&long).is_err(), "9 tokens exceed a context of 8");
     }
 
     #[test]
-    fn the_transformer_is_causal() {
-        let spec = lm();
-        let t = Model::new(&spec).unwrap();
-        t.set_params(&initial_params(&spec, 3).unwrap()).unwrap();
-        let a = Tensor::new(&[[1u32, 2, 3, 4, 5, 6, 7, 8]], &Device::Cpu).unwrap();
-        let b = Tensor::new(&[[1u32, 2, 3, 4, 9, 9, 9, 9]], &Device::Cpu).unwrap();
-        let (la, lb) = (t.forward(&a).unwrap(), t.forward(&b).unwrap());
-        let head = |l: &Tensor| l.narrow(1, 0, 4).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(head(&la), head(&lb), "later tokens must not change earlier logits");
+    fn the_transformer_and_gpt_are_causal() {
+        for spec in [lm(), gpt()] {
+            let t = Model::new(&spec).unwrap();
+            t.set_params(&initial_params(&spec, 3).unwrap()).unwrap();
+            let a = Tensor::new(&[[1u32, 2, 3, 4, 5, 6, 7, 8]], &Device::Cpu).unwrap();
+            let b = Tensor::new(&[[1u32, 2, 3, 4, 9, 9, 9, 9]], &Device::Cpu).unwrap();
+            let (la, lb) = (t.forward(&a).unwrap(), t.forward(&b).unwrap());
+            let head =
+                |l: &Tensor| l.narrow(1, 0, 4).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(head(&la), head(&lb), "{}: later tokens must not change earlier logits", spec.kind());
+            let tail =
+                |l: &Tensor| l.narrow(1, 4, 4).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_ne!(tail(&la), tail(&lb), "{}: the changed tokens' own logits move", spec.kind());
+        }
+    }
+
+    #[test]
+    fn gpt_ties_its_head_to_the_token_embedding_and_presets_match_their_counts() {
+        let g = Model::new(&gpt()).unwrap();
+        let names: Vec<&str> = g.named_vars().iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"tok_emb.weight") && !names.iter().any(|n| n.starts_with("head")),
+            "{names:?}"
+        );
+        // Changing the embedding of token 5 changes every position's logit for token 5.
+        let spec = gpt();
+        let mut params = initial_params(&spec, 4).unwrap();
+        g.set_params(&params).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        let before = g.forward(&ids).unwrap().to_vec3::<f32>().unwrap();
+        let offset: usize = g
+            .named_vars()
+            .iter()
+            .take_while(|(n, _)| n != "tok_emb.weight")
+            .map(|(_, v)| v.elem_count())
+            .sum();
+        params[offset + 5 * 16] += 1.0;
+        g.set_params(&params).unwrap();
+        let after = g.forward(&ids).unwrap().to_vec3::<f32>().unwrap();
+        assert!((before[0][0][5] - after[0][0][5]).abs() > 1e-4);
+        for name in ["lm-tiny", "lm-small"] {
+            let spec = ModelSpec::Gpt(GptSpec::preset(name).unwrap());
+            let model = Model::new(&spec).unwrap();
+            let count: usize = model.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
+            assert_eq!(count, spec.param_count(), "{name}");
+        }
     }
 
     #[test]
@@ -288,6 +340,10 @@ mod tests {
             x: Tensor::from_vec(x, (4, 8), &dev).unwrap(),
             y: Tensor::from_vec(y, (4, 8), &dev).unwrap(),
         };
+        assert_learns(&m, &batch);
+        let spec = gpt();
+        let m = Model::new(&spec).unwrap();
+        m.set_params(&initial_params(&spec, 1).unwrap()).unwrap();
         assert_learns(&m, &batch);
     }
 

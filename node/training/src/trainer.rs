@@ -46,6 +46,13 @@ pub struct Evaluation {
     pub accuracy: f32,
 }
 
+impl Evaluation {
+    /// `exp(loss)`: the language model's perplexity per token.
+    pub fn perplexity(&self) -> f32 {
+        self.loss.exp()
+    }
+}
+
 /// The inner optimizer: the spec's rule fused over host slices on the CPU;
 /// on a GPU, candle's own AdamW (SGD stays fused, copying each step).
 enum InnerStepper {
@@ -212,10 +219,10 @@ impl Trainer {
                     tokens.clear();
                     next.clear();
                     for _ in 0..self.batch_size {
-                        let start = self.sampler.next_start(corpus.bytes.len() - t);
-                        let window = &corpus.bytes[start..start + t + 1];
-                        tokens.extend(window[..t].iter().map(|&b| b as u32));
-                        next.extend(window[1..].iter().map(|&b| b as u32));
+                        let start = self.sampler.next_start(corpus.tokens.len() - t);
+                        let window = &corpus.tokens[start..start + t + 1];
+                        tokens.extend_from_slice(&window[..t]);
+                        next.extend_from_slice(&window[1..]);
                     }
                     Batch::Tokens {
                         x: Tensor::from_slice(&tokens, (self.batch_size, t), &self.device)?,
@@ -316,15 +323,15 @@ fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Eval
             }
         }
         TrainData::Text(corpus) => {
-            // Non-overlapping windows, each predicting t next bytes.
+            // Non-overlapping windows, each predicting t next tokens.
             let t = lm_context(model, corpus)?;
-            let windows = (corpus.bytes.len() - 1) / t;
+            let windows = (corpus.tokens.len() - 1) / t;
             let per_chunk = (EVAL_CHUNK / t).max(1);
             for first in (0..windows).step_by(per_chunk) {
                 let w = per_chunk.min(windows - first);
-                let span = &corpus.bytes[first * t..(first + w) * t + 1];
-                let x: Vec<u32> = span[..w * t].iter().map(|&b| b as u32).collect();
-                let y: Vec<u32> = span[1..].iter().map(|&b| b as u32).collect();
+                let span = &corpus.tokens[first * t..(first + w) * t + 1];
+                let x: Vec<u32> = span[..w * t].to_vec();
+                let y: Vec<u32> = span[1..].to_vec();
                 let batch = Batch::Tokens {
                     x: Tensor::from_vec(x, (w, t), &Device::Cpu)?,
                     y: Tensor::from_vec(y, (w, t), &Device::Cpu)?,
@@ -339,10 +346,12 @@ fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Eval
 /// The window length of the language model on `corpus`: its context, or less
 /// when the corpus is shorter.
 fn lm_context(model: &Model, corpus: &Corpus) -> Result<usize, TrainError> {
-    let ModelSpec::Transformer(t) = model.spec() else {
-        return Err(TrainError::DataMismatch("text data needs model.kind = \"transformer\"".into()));
+    let Some(context) = model.spec().context() else {
+        return Err(TrainError::DataMismatch(
+            "text data needs model.kind = \"gpt\" or \"transformer\"".into(),
+        ));
     };
-    Ok(t.context.min(corpus.bytes.len() - 1))
+    Ok(context.min(corpus.tokens.len() - 1))
 }
 
 /// Checks that `data` is well formed and fits the model's inputs and outputs.
@@ -370,18 +379,30 @@ fn check_fits(model: &ModelSpec, data: &TrainData) -> Result<(), TrainError> {
                     t.vocab
                 )));
             }
-            if corpus.bytes.len() < 2 {
-                return Err(TrainError::DataMismatch("the text has fewer than 2 bytes".into()));
-            }
+            check_tokens(corpus, t.vocab)?;
         }
+        (TrainData::Text(corpus), ModelSpec::Gpt(g)) => check_tokens(corpus, g.vocab)?,
         (TrainData::Text(_), _) => {
             return Err(TrainError::DataMismatch(format!(
-                "text data needs model.kind = \"transformer\", not {}",
+                "text data needs model.kind = \"gpt\" or \"transformer\", not {}",
                 model.kind()
             )))
         }
     }
     Ok(())
+}
+
+/// At least two tokens, each below the model's vocabulary.
+fn check_tokens(corpus: &Corpus, vocab: usize) -> Result<(), TrainError> {
+    if corpus.tokens.len() < 2 {
+        return Err(TrainError::DataMismatch("the text has fewer than 2 tokens".into()));
+    }
+    match corpus.tokens.iter().max() {
+        Some(&max) if max as usize >= vocab => Err(TrainError::DataMismatch(format!(
+            "the text has token id {max}, but model.vocab is {vocab}; the tokenizer is not the model's"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_finite(params: &[f32]) -> Result<(), TrainError> {
@@ -552,11 +573,30 @@ mod tests {
         wrong.dim = 16;
         wrong.features.truncate(16 * wrong.len());
         assert!(matches!(t.evaluate(&init, &wrong.into()), Err(TrainError::DataMismatch(_))));
-        let text = TrainData::Text(Corpus { bytes: b"hello".to_vec() });
+        let text = TrainData::Text(Corpus::from_bytes(b"hello"));
         assert!(matches!(t.evaluate(&init, &text), Err(TrainError::DataMismatch(_))));
         let mut huge = init.clone();
         huge.iter_mut().for_each(|v| *v = 1e30);
         assert!(matches!(t.train_round(&huge, 1), Err(TrainError::Diverged { step: 1, .. })));
+    }
+
+    #[test]
+    fn a_gpt_learns_tokenized_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = crate::datasets::tests::gpt_text_spec(dir.path());
+        spec.seed = 3;
+        let w = crate::datasets::Workload::open(&spec, None).unwrap();
+        let data = w.shard(crate::datasets::Shard { index: 0, count: 1 }, 1).unwrap();
+        let mut trainer = Trainer::new(&spec, data.clone(), 1).unwrap();
+        let mut params = crate::models::initial_params(&spec.model, spec.seed).unwrap();
+        let before = trainer.evaluate(&params, &data).unwrap();
+        for _ in 0..3 {
+            params = trainer.train_round(&params, 10).unwrap().params;
+        }
+        let after = trainer.evaluate(&params, &data).unwrap();
+        assert!(after.loss < before.loss * 0.8, "{before:?} -> {after:?}");
+        assert!(after.perplexity() < before.perplexity());
+        assert!((before.perplexity() - before.loss.exp()).abs() < 1e-3);
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! A small byte-level causal transformer: token and learned position
-//! embeddings, pre-norm blocks of multi-head self-attention and a GELU MLP, a
-//! final norm and an untied output head. Built from plain tensor operations
-//! that all have gradients (candle's fused softmax and layer norm have none).
+//! A causal transformer decoder: token and learned position embeddings,
+//! pre-norm blocks of multi-head self-attention and a GELU MLP, a final norm,
+//! and an output head that is its own linear layer (the byte-level
+//! `transformer`) or the token embedding transposed (the GPT-style `gpt`, as in
+//! GPT-2). Built from plain tensor operations that all have gradients (candle's
+//! fused softmax and layer norm have none).
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use starling_protocol::spec::TransformerSpec;
 
@@ -47,13 +49,16 @@ pub struct Transformer {
     positions: Tensor,
     blocks: Vec<Block>,
     ln_f: Norm,
-    head: Linear,
+    /// The output head; `None` when tied to the token embedding.
+    head: Option<Linear>,
     /// `(context, context)`: 0 on and below the diagonal, `MASKED` above.
     mask: Tensor,
 }
 
 impl Transformer {
-    pub fn new(spec: &TransformerSpec, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// The decoder of `spec`'s sizes; with `tied`, the logits are the final
+    /// states times the token embedding, transposed, and there is no `head`.
+    pub fn new(spec: &TransformerSpec, tied: bool, vb: VarBuilder) -> candle_core::Result<Self> {
         let d = spec.d_model;
         let tokens = candle_nn::embedding(spec.vocab, d, vb.pp("tok_emb"))?;
         let positions = vb.get((spec.context, d), "pos_emb")?;
@@ -70,10 +75,10 @@ impl Transformer {
             });
         }
         let ln_f = Norm::new(d, vb.pp("ln_f"))?;
-        let head = candle_nn::linear(d, spec.vocab, vb.pp("head"))?;
+        let head = if tied { None } else { Some(candle_nn::linear(d, spec.vocab, vb.pp("head"))?) };
         let t = spec.context;
         let mask: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { MASKED } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (t, t), vb.device())?;
         Ok(Self { heads: spec.heads, context: t, tokens, positions, blocks, ln_f, head, mask })
     }
 
@@ -90,7 +95,15 @@ impl Transformer {
             let h = block.fc.forward(&block.ln2.forward(&x)?)?.gelu()?;
             x = (&x + block.fc2.forward(&h)?)?;
         }
-        self.head.forward(&self.ln_f.forward(&x)?)
+        let x = self.ln_f.forward(&x)?;
+        match &self.head {
+            Some(head) => head.forward(&x),
+            None => {
+                let table = self.tokens.embeddings();
+                let d = x.dim(2)?;
+                x.reshape((b * t, d))?.matmul(&table.t()?)?.reshape((b, t, table.dim(0)?))
+            }
+        }
     }
 
     fn attention(
@@ -109,7 +122,7 @@ impl Transformer {
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.broadcast_add(&mask.to_dtype(DType::F32)?)?;
+        let scores = scores.broadcast_add(mask)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let y = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         block.proj.forward(&y)
