@@ -458,6 +458,22 @@ mod tests {
         assert_eq!(peer_id(&public), Some(id));
     }
 
+    /// Starts `listener` on the in-memory transport and returns its address.
+    async fn listen_on_memory(listener: &mut Swarm<Behaviour>) -> Multiaddr {
+        use futures::StreamExt;
+        use libp2p::swarm::SwarmEvent;
+        listener.listen_on("/memory/0".parse().expect("valid")).expect("memory listens");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .expect("the listener reports its address")
+    }
+
     #[tokio::test]
     async fn memory_swarms_listen_on_an_assigned_port_and_connect() {
         use futures::StreamExt;
@@ -470,17 +486,8 @@ mod tests {
             build_swarm(&key, &spec, &options, &mut Default::default()).expect("memory swarm builds")
         };
         let (mut listener, mut dialer) = (build(1), build(2));
-        listener.listen_on("/memory/0".parse().expect("valid")).expect("memory listens");
         let wait = Duration::from_secs(10);
-        let address = tokio::time::timeout(wait, async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await
-        .expect("the listener reports its address");
+        let address = listen_on_memory(&mut listener).await;
         assert!(matches!(address.iter().next(), Some(Protocol::Memory(port)) if port != 0), "{address}");
         let listener_id = *listener.local_peer_id();
         dialer.dial(address.with(Protocol::P2p(listener_id))).expect("dial starts");
@@ -513,17 +520,8 @@ mod tests {
             build_swarm(&key, &spec, &options, &mut Default::default()).expect("memory swarm builds")
         };
         let (mut listener, mut first, mut second) = (build(1), build(2), build(3));
-        listener.listen_on("/memory/0".parse().expect("valid")).expect("memory listens");
         let wait = Duration::from_secs(10);
-        let address = tokio::time::timeout(wait, async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await
-        .expect("the listener reports its address");
+        let address = listen_on_memory(&mut listener).await;
         let address = address.with(Protocol::P2p(*listener.local_peer_id()));
         first.dial(address.clone()).expect("dial starts");
         let mut second_dialed = false;
