@@ -78,7 +78,7 @@ fn a_node_reachable_only_through_a_relay_trains_with_a_peer() {
             "--rounds",
             &rounds,
             "--log",
-            "info,starling_node::net::reach=debug",
+            "info,starling_net::reach=debug",
         ],
     );
     let mut b = NodeProcess::start("b", &args(&b_args));
