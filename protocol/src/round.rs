@@ -418,11 +418,16 @@ impl RoundState {
         if !(self.paused || self.observing()) || self.published_at.is_some() {
             set.insert(self.me);
         }
-        // Recent contributors count too, but never before the round a connected
-        // peer said it starts from: a joiner's delta of its first round, arriving
-        // while we still close the round before, says nothing of this one.
+        // Recent contributors count too; but a delta of a later round from a
+        // connected peer that starts after this one (a joiner's first round,
+        // arriving while we still close the round before) says nothing of this one.
         let started = |k: &PublicKey| self.connected.get(k).is_none_or(|&from| from <= self.round);
-        set.extend(self.last_active.iter().filter(|(k, &r)| r >= horizon && started(k)).map(|(k, _)| *k));
+        set.extend(
+            self.last_active
+                .iter()
+                .filter(|(k, &r)| r >= horizon && (r <= self.round || started(k)))
+                .map(|(k, _)| *k),
+        );
         set
     }
 
