@@ -51,7 +51,7 @@
 //! Everything the network feeds is bounded: each field of [`RoundState`]
 //! states its bound, in terms of the [`RoundConfig`] that enforces it.
 
-use std::collections::{hash_map, BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::accountability::EquivocationProof;
 use crate::delta::{DeltaHeader, SignedDelta};
@@ -309,16 +309,6 @@ impl RoundState {
         }
     }
 
-    /// When the state machine next wants a `Tick`: the end of the settle time
-    /// after quorum, else the deadline; `None` before our own delta is in.
-    pub fn wake_at(&self) -> Option<u64> {
-        match (self.quorum_at, self.deadline_from()) {
-            (Some(at), _) => Some(at.saturating_add(self.config.settle_ms)),
-            (None, Some(at)) => Some(at.saturating_add(self.config.deadline_ms)),
-            (None, None) => None,
-        }
-    }
-
     /// Whether `key` is banned for the run.
     pub fn is_banned(&self, key: &PublicKey) -> bool {
         self.banned.contains(key)
@@ -356,12 +346,6 @@ impl RoundState {
         self.paused
     }
 
-    /// When the current round's deadline starts counting: our own publish, or
-    /// while paused, the arrival of the round's first delta.
-    fn deadline_from(&self) -> Option<u64> {
-        self.published_at.or(if self.paused || self.observing() { self.opened_at } else { None })
-    }
-
     /// Whether we are sitting out the current round after a mid-round sync.
     pub fn observing(&self) -> bool {
         self.round < self.contribute_from
@@ -370,15 +354,6 @@ impl RoundState {
     /// The first round we contribute to (what a node that synced tells its peers).
     pub fn contributes_from(&self) -> u64 {
         self.contribute_from
-    }
-
-    /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
-    pub fn expected_from(&self, peer: &PublicKey) -> u64 {
-        match self.connected.get(peer) {
-            // A peer that said it is syncing is told the rule's round.
-            Some(&from) if from != crate::wire::SYNCING => from,
-            _ => self.round + 2,
-        }
     }
 
     /// The deltas collected for the current round, in sender order (served to
@@ -390,51 +365,6 @@ impl RoundState {
     /// Deltas collected so far for the current round, our own included.
     pub fn collected(&self) -> usize {
         self.rounds.get(&self.round).map_or(0, |m| m.len())
-    }
-
-    /// Nodes expected to contribute to the current round: ourselves, connected
-    /// peers of the run, and peers that contributed recently.
-    pub fn active(&self) -> BTreeSet<PublicKey> {
-        if let Some(group) = self.groups.get(&self.round) {
-            let mut set = group.clone();
-            set.insert(self.me);
-            return set;
-        }
-        let horizon = self.round.saturating_sub(self.config.activity_rounds);
-        // A connected peer is expected once its start round comes, and stays
-        // expected while it keeps contributing: one silent for `activity_rounds`
-        // rounds (hung, partitioned away behind a live connection) no longer holds
-        // rounds until their deadline. It is expected again once a delta of it arrives.
-        let mut set: BTreeSet<PublicKey> = self
-            .connected
-            .iter()
-            .filter(|(k, &from)| {
-                from <= self.round
-                    && (from + self.config.activity_rounds > self.round
-                        || self.last_active.get(*k).is_some_and(|&r| r >= horizon))
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        if !(self.paused || self.observing()) || self.published_at.is_some() {
-            set.insert(self.me);
-        }
-        // Recent contributors count too; but a delta of a later round from a
-        // connected peer that starts after this one (a joiner's first round,
-        // arriving while we still close the round before) says nothing of this one.
-        let started = |k: &PublicKey| self.connected.get(k).is_none_or(|&from| from <= self.round);
-        set.extend(
-            self.last_active
-                .iter()
-                .filter(|(k, &r)| r >= horizon && (r <= self.round || started(k)))
-                .map(|(k, _)| *k),
-        );
-        set
-    }
-
-    /// How many deltas close the current round before its deadline.
-    pub fn quorum_target(&self) -> usize {
-        let active = (self.active().len() - usize::from(self.abstained)) as f64;
-        ((self.config.quorum * active).ceil() as usize).max(1)
     }
 
     /// Whether a validated peer delta is wanted. Pure: changes nothing.
@@ -641,26 +571,6 @@ impl RoundState {
         self.connected.len() < self.config.max_peers
     }
 
-    /// Records that `sender` contributed to `round`, within `max_peers` keys.
-    fn note_active(&mut self, sender: PublicKey, round: u64) {
-        if let Some(seen) = self.last_active.get_mut(&sender) {
-            *seen = (*seen).max(round);
-            return;
-        }
-        if self.last_active.len() >= self.config.max_peers {
-            // Full: the farthest round gives way to a nearer one. A scan, but
-            // only of a full map, and only for a sender it does not hold.
-            let farthest = self.last_active.iter().max_by_key(|(_, &r)| r).map(|(k, &r)| (*k, r));
-            match farthest {
-                Some((key, r)) if r > round => {
-                    self.last_active.remove(&key);
-                }
-                _ => return,
-            }
-        }
-        self.last_active.insert(sender, round);
-    }
-
     /// A request for a newer round than the last one goes out at once; a repeat
     /// waits for the retry interval.
     fn sync_allowed(&self, round: u64, now_ms: u64) -> bool {
@@ -668,147 +578,12 @@ impl RoundState {
             round > last_round || now_ms.saturating_sub(t) >= self.config.sync_retry_ms
         })
     }
-
-    fn jump_to(&mut self, round: u64, now_ms: u64) {
-        self.round = round;
-        self.groups = self.groups.split_off(&round);
-        self.published_at = None;
-        self.abstained = false;
-        self.quorum_at = None;
-        self.rounds = self.rounds.split_off(&round);
-        self.opened_at = None;
-        self.open_clock(now_ms);
-        self.prune_activity();
-        self.forget_old_payloads();
-        self.recharge_future();
-    }
-
-    /// Starts the current round's clock for a node without a publish time of
-    /// its own (paused or observing): at the round's first delta, held now or
-    /// arriving later; or at once for an observer with no peer at all (a lone
-    /// node restarted from a checkpoint older than its last delta), which no
-    /// delta will ever come for, so that it sits out its signed rounds as
-    /// empty rounds closed at their deadline instead of stalling.
-    fn open_clock(&mut self, now_ms: u64) {
-        let alone = self.observing() && !self.paused && self.connected.is_empty();
-        if self.opened_at.is_none() && (self.rounds.contains_key(&self.round) || alone) {
-            self.opened_at = Some(now_ms);
-        }
-    }
-
-    /// Remembers the payload of a delta taken in, so that the same payload
-    /// under another round or key is refused as a replay. Bounded: at most
-    /// `max_deltas_per_round` peer payloads per remembered round (see
-    /// [`Self::admit`]), and our own.
-    fn remember_payload(&mut self, header: &DeltaHeader) {
-        if let hash_map::Entry::Vacant(entry) = self.payloads.entry(header.payload_hash) {
-            entry.insert((header.round, header.sender));
-            self.payload_rounds.entry(header.round).or_default().push(header.payload_hash);
-        }
-    }
-
-    /// How many payloads are remembered with `round`.
-    fn payloads_of(&self, round: u64) -> usize {
-        self.payload_rounds.get(&round).map_or(0, Vec::len)
-    }
-
-    /// Forgets the payloads remembered with `round` (an evicted future round).
-    fn forget_payloads_of(&mut self, round: u64) {
-        for hash in self.payload_rounds.remove(&round).unwrap_or_default() {
-            self.payloads.remove(&hash);
-        }
-    }
-
-    /// Forgets the payloads of rounds more than `replay_window_rounds` before
-    /// the current one: the cost is what it removes.
-    fn forget_old_payloads(&mut self) {
-        let horizon = self.round.saturating_sub(self.config.replay_window_rounds);
-        while let Some(oldest) = self.payload_rounds.first_entry() {
-            if *oldest.key() >= horizon {
-                break;
-            }
-            for hash in oldest.remove() {
-                self.payloads.remove(&hash);
-            }
-        }
-    }
-
-    /// How many payloads are remembered against replays.
-    #[cfg(test)]
-    fn remembered_payloads(&self) -> usize {
-        debug_assert_eq!(self.payloads.len(), self.payload_rounds.values().map(Vec::len).sum::<usize>());
-        self.payloads.len()
-    }
-
-    fn prune_activity(&mut self) {
-        let horizon = self.round.saturating_sub(self.config.activity_rounds);
-        self.last_active.retain(|_, r| *r >= horizon);
-    }
-
-    fn maybe_close(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
-        self.open_clock(now_ms);
-        let Some(published_at) = self.deadline_from() else {
-            return;
-        };
-        let active = self.active();
-        let from_active =
-            self.rounds.get(&self.round).map_or(0, |m| m.keys().filter(|k| active.contains(k)).count());
-        let deadline = published_at.saturating_add(self.config.deadline_ms);
-        let reason = if from_active >= self.quorum_target() {
-            let at = *self.quorum_at.get_or_insert(now_ms);
-            if now_ms < at.saturating_add(self.config.settle_ms) && now_ms < deadline {
-                return;
-            }
-            CloseReason::Quorum
-        } else if now_ms >= deadline {
-            CloseReason::Deadline
-        } else {
-            return;
-        };
-        let round = self.round;
-        // Our delta of an observed round (signed before we went back to an
-        // older state) is of a lineage we left: it says nothing of ours.
-        let observed = self.observing();
-        let mut deltas: Vec<SignedDelta> =
-            self.rounds.remove(&round).unwrap_or_default().into_values().collect();
-        let group = self.groups.remove(&round);
-        if let Some(group) = &group {
-            deltas.retain(|d| group.contains(&d.header.sender));
-        }
-        self.round += 1;
-        self.future.forget_through(self.round);
-        self.published_at = None;
-        self.abstained = false;
-        self.quorum_at = None;
-        self.opened_at = None;
-        self.open_clock(now_ms);
-        self.prune_activity();
-        self.forget_old_payloads();
-        let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
-        actions.push(Action::Merge { round, deltas, reason });
-        if let Some(peer) = diverged {
-            actions.push(Action::Diverged { peer, round });
-        }
-    }
-
-    /// The first sender (in key order) of the base most of `deltas` share, when
-    /// that base is not our own: more deltas, or as many and a smaller hash.
-    fn majority_elsewhere(&self, deltas: &[SignedDelta]) -> Option<PublicKey> {
-        let own = deltas.iter().find(|d| d.header.sender == self.me)?.header.base;
-        let mut counts: BTreeMap<[u8; 32], usize> = BTreeMap::new();
-        for d in deltas {
-            *counts.entry(d.header.base).or_default() += 1;
-        }
-        // Most deltas first; among equals, the smaller hash.
-        let (best, _) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
-        if *best == own {
-            return None;
-        }
-        deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
-    }
 }
 
+mod clock;
+mod expected;
 mod future;
+mod replay;
 mod signed;
 
 #[cfg(test)]

@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::{Engine, Output, Phase};
 use crate::keys::PublicKey;
+use crate::wire::SyncRequest;
 pub use crate::wire::SYNCING;
 
 /// Most announcements kept from peers not (yet) connected.
@@ -76,6 +78,22 @@ impl Joining {
     pub(super) fn left(&mut self, peer: &PublicKey) {
         self.early.remove(peer);
         self.declared.remove(peer);
+    }
+}
+
+impl Engine {
+    /// Tells every connected peer from which round to expect our deltas.
+    pub(super) fn notify_peers(&mut self, from: u64) {
+        for peer in self.peers.clone() {
+            self.out.push(Output::Notify { peer, request: SyncRequest::Joining { from } });
+        }
+    }
+
+    /// Once a probe shows the peers ahead, tells them we are syncing (see [`joining`]).
+    pub(super) fn syncing_for_a_while(&mut self, ahead: bool) {
+        if self.phase == Phase::Probing && ahead && self.joining.tell_syncing() {
+            self.notify_peers(SYNCING);
+        }
     }
 }
 

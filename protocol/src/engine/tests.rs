@@ -41,7 +41,11 @@ fn config(wait_peers: usize) -> EngineConfig {
 /// Node 1 at genesis with peers `2..2 + peers` connected, started at t = 0.
 fn engine(peers: u8, wait_peers: usize) -> (Engine, Vec<Output>) {
     let genesis = ModelState::initial(vec![0.0; PARAMS]);
-    let mut e = Engine::new(pk(1), config(wait_peers), 0, genesis.lineage);
+    started(Engine::new(pk(1), config(wait_peers), 0, genesis.lineage), peers)
+}
+
+/// Starts `e` at time 0 with `peers` peers connected (keys 2, 3, ...).
+fn started(mut e: Engine, peers: u8) -> (Engine, Vec<Output>) {
     let mut out = e.handle(0, Input::Start);
     for i in 0..peers {
         out.extend(e.handle(0, Input::PeerConnected(pk(2 + i))));
@@ -444,8 +448,7 @@ fn a_lone_node_restarted_behind_its_last_delta_sits_its_signed_rounds_out_and_go
     let genesis = ModelState::initial(vec![0.0; PARAMS]);
     let signed =
         SignedDelta::sign(&key(1), RunId([0; 32]), 2, [9; 32], 10, Codec::Dense, Codec::Dense.encode(&[1.0]));
-    let mut e = Engine::new(pk(1), config(0), 0, genesis.lineage).with_outbox(signed);
-    let mut out = e.handle(0, Input::Start);
+    let (mut e, mut out) = started(Engine::new(pk(1), config(0), 0, genesis.lineage).with_outbox(signed), 0);
     let mut lineage = genesis.lineage;
     let mut now = 0;
     for round in 0..3 {

@@ -1,0 +1,117 @@
+//! When a round closes: the clock a round's deadline counts from (our own
+//! publish, or for a paused or observing node the round's first delta), the
+//! quorum and settle time, the jump to a synced round, and the agreement check
+//! on the bases of the deltas a closing round merges.
+
+use std::collections::BTreeMap;
+
+use super::{Action, CloseReason, RoundState};
+use crate::delta::SignedDelta;
+use crate::keys::PublicKey;
+
+impl RoundState {
+    /// When the state machine next wants a `Tick`: the end of the settle time
+    /// after quorum, else the deadline; `None` before our own delta is in.
+    pub fn wake_at(&self) -> Option<u64> {
+        match (self.quorum_at, self.deadline_from()) {
+            (Some(at), _) => Some(at.saturating_add(self.config.settle_ms)),
+            (None, Some(at)) => Some(at.saturating_add(self.config.deadline_ms)),
+            (None, None) => None,
+        }
+    }
+
+    /// When the current round's deadline starts counting: our own publish, or
+    /// while paused, the arrival of the round's first delta.
+    pub(super) fn deadline_from(&self) -> Option<u64> {
+        self.published_at.or(if self.paused || self.observing() { self.opened_at } else { None })
+    }
+
+    pub(super) fn jump_to(&mut self, round: u64, now_ms: u64) {
+        self.round = round;
+        self.groups = self.groups.split_off(&round);
+        self.published_at = None;
+        self.abstained = false;
+        self.quorum_at = None;
+        self.rounds = self.rounds.split_off(&round);
+        self.opened_at = None;
+        self.open_clock(now_ms);
+        self.prune_activity();
+        self.forget_old_payloads();
+        self.recharge_future();
+    }
+
+    /// Starts the current round's clock for a node without a publish time of
+    /// its own (paused or observing): at the round's first delta, held now or
+    /// arriving later; or at once for an observer with no peer at all (a lone
+    /// node restarted from a checkpoint older than its last delta), which no
+    /// delta will ever come for, so that it sits out its signed rounds as
+    /// empty rounds closed at their deadline instead of stalling.
+    pub(super) fn open_clock(&mut self, now_ms: u64) {
+        let alone = self.observing() && !self.paused && self.connected.is_empty();
+        if self.opened_at.is_none() && (self.rounds.contains_key(&self.round) || alone) {
+            self.opened_at = Some(now_ms);
+        }
+    }
+
+    pub(super) fn maybe_close(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        self.open_clock(now_ms);
+        let Some(published_at) = self.deadline_from() else {
+            return;
+        };
+        let active = self.active();
+        let from_active =
+            self.rounds.get(&self.round).map_or(0, |m| m.keys().filter(|k| active.contains(k)).count());
+        let deadline = published_at.saturating_add(self.config.deadline_ms);
+        let reason = if from_active >= self.quorum_target() {
+            let at = *self.quorum_at.get_or_insert(now_ms);
+            if now_ms < at.saturating_add(self.config.settle_ms) && now_ms < deadline {
+                return;
+            }
+            CloseReason::Quorum
+        } else if now_ms >= deadline {
+            CloseReason::Deadline
+        } else {
+            return;
+        };
+        let round = self.round;
+        // Our delta of an observed round (signed before we went back to an
+        // older state) is of a lineage we left: it says nothing of ours.
+        let observed = self.observing();
+        let mut deltas: Vec<SignedDelta> =
+            self.rounds.remove(&round).unwrap_or_default().into_values().collect();
+        let group = self.groups.remove(&round);
+        if let Some(group) = &group {
+            deltas.retain(|d| group.contains(&d.header.sender));
+        }
+        self.round += 1;
+        self.future.forget_through(self.round);
+        self.published_at = None;
+        self.abstained = false;
+        self.quorum_at = None;
+        self.opened_at = None;
+        self.open_clock(now_ms);
+        self.prune_activity();
+        self.forget_old_payloads();
+        let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
+        actions.push(Action::Merge { round, deltas, reason });
+        if let Some(peer) = diverged {
+            actions.push(Action::Diverged { peer, round });
+        }
+    }
+
+    /// The first sender (in key order) of the base most of `deltas` share, when
+    /// that base is not our own: more deltas, or as many and a smaller hash.
+    pub(super) fn majority_elsewhere(&self, deltas: &[SignedDelta]) -> Option<PublicKey> {
+        let own = deltas.iter().find(|d| d.header.sender == self.me)?.header.base;
+        let mut counts: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        for d in deltas {
+            *counts.entry(d.header.base).or_default() += 1;
+        }
+        // Most deltas first; among equals, the smaller hash.
+        let (best, _) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+        if *best == own {
+            return None;
+        }
+        deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
+    }
+}

@@ -1,0 +1,89 @@
+//! Who is expected in a round: the rule every node applies alike to its
+//! connected peers (each from the round it starts at) and its recent
+//! contributors, so that nodes wait for, and merge, the same set.
+
+use std::collections::BTreeSet;
+
+use super::RoundState;
+use crate::keys::PublicKey;
+
+impl RoundState {
+    /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
+    pub fn expected_from(&self, peer: &PublicKey) -> u64 {
+        match self.connected.get(peer) {
+            // A peer that said it is syncing is told the rule's round.
+            Some(&from) if from != crate::wire::SYNCING => from,
+            _ => self.round + 2,
+        }
+    }
+
+    /// Nodes expected to contribute to the current round: ourselves, connected
+    /// peers of the run, and peers that contributed recently.
+    pub fn active(&self) -> BTreeSet<PublicKey> {
+        if let Some(group) = self.groups.get(&self.round) {
+            let mut set = group.clone();
+            set.insert(self.me);
+            return set;
+        }
+        let horizon = self.round.saturating_sub(self.config.activity_rounds);
+        // A connected peer is expected once its start round comes, and stays
+        // expected while it keeps contributing: one silent for `activity_rounds`
+        // rounds (hung, partitioned away behind a live connection) no longer holds
+        // rounds until their deadline. It is expected again once a delta of it arrives.
+        let mut set: BTreeSet<PublicKey> = self
+            .connected
+            .iter()
+            .filter(|(k, &from)| {
+                from <= self.round
+                    && (from + self.config.activity_rounds > self.round
+                        || self.last_active.get(*k).is_some_and(|&r| r >= horizon))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        if !(self.paused || self.observing()) || self.published_at.is_some() {
+            set.insert(self.me);
+        }
+        // Recent contributors count too; but a delta of a later round from a
+        // connected peer that starts after this one (a joiner's first round,
+        // arriving while we still close the round before) says nothing of this one.
+        let started = |k: &PublicKey| self.connected.get(k).is_none_or(|&from| from <= self.round);
+        set.extend(
+            self.last_active
+                .iter()
+                .filter(|(k, &r)| r >= horizon && (r <= self.round || started(k)))
+                .map(|(k, _)| *k),
+        );
+        set
+    }
+
+    /// How many deltas close the current round before its deadline.
+    pub fn quorum_target(&self) -> usize {
+        let active = (self.active().len() - usize::from(self.abstained)) as f64;
+        ((self.config.quorum * active).ceil() as usize).max(1)
+    }
+
+    /// Records that `sender` contributed to `round`, within `max_peers` keys.
+    pub(super) fn note_active(&mut self, sender: PublicKey, round: u64) {
+        if let Some(seen) = self.last_active.get_mut(&sender) {
+            *seen = (*seen).max(round);
+            return;
+        }
+        if self.last_active.len() >= self.config.max_peers {
+            // Full: the farthest round gives way to a nearer one. A scan, but
+            // only of a full map, and only for a sender it does not hold.
+            let farthest = self.last_active.iter().max_by_key(|(_, &r)| r).map(|(k, &r)| (*k, r));
+            match farthest {
+                Some((key, r)) if r > round => {
+                    self.last_active.remove(&key);
+                }
+                _ => return,
+            }
+        }
+        self.last_active.insert(sender, round);
+    }
+
+    pub(super) fn prune_activity(&mut self) {
+        let horizon = self.round.saturating_sub(self.config.activity_rounds);
+        self.last_active.retain(|_, r| *r >= horizon);
+    }
+}
