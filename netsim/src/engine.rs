@@ -620,6 +620,11 @@ impl<'a> Engine<'a> {
                     self.send_sync_request(node, peer, Some(id), request)
                 }
                 Output::Notify { peer, request } => self.send_sync_request(node, peer, None, request),
+                Output::DecodeState(decode) => {
+                    // Decoded at once: a simulated node's decode takes no time.
+                    let input = Input::StateDecoded { root: decode.root(), result: decode.decode() };
+                    queue.extend(self.nodes[node].engine.handle(self.now / MS, input));
+                }
                 Output::Install { state, deltas, .. } => {
                     let more = self.install(node, state, deltas);
                     queue.extend(more);

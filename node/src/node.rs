@@ -709,6 +709,10 @@ impl Node {
                 Output::Notify { peer, request } => {
                     self.send_sync(peer, None, request);
                 }
+                // Input::StateDecoded follows when a verify worker has decoded it.
+                Output::DecodeState(decode) => {
+                    self.workers.submit(workers::Job::Decode(decode), &self.metrics);
+                }
                 Output::Install { state, from, expected_from, deltas } => {
                     self.install(state, from, expected_from, deltas)?;
                 }

@@ -27,7 +27,7 @@ pub struct StateManifest {
 }
 
 /// Why a manifest, a chunk or an assembled state was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkError {
     #[error("manifest lists {listed} chunks for {total_len} bytes, expected {expected}")]
     ChunkCount { listed: usize, total_len: u64, expected: usize },

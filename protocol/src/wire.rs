@@ -26,7 +26,7 @@ type Config = bincode::config::Configuration<
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
 /// Why bytes could not be decoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("message is {len} bytes, over the limit of {limit} bytes")]
     TooLarge { len: usize, limit: usize },

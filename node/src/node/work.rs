@@ -430,6 +430,7 @@ impl Node {
                 self.evaluated(round, Some(eval));
                 Ok(())
             }
+            Done::Decoded { root, result } => self.drive(Input::StateDecoded { root, result }),
         }
     }
 
@@ -441,7 +442,7 @@ impl Node {
         work: &mut tokio::sync::mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), NodeError> {
         self.stopping = true;
-        for kind in [Kind::Verify, Kind::Snapshot, Kind::Eval] {
+        for kind in [Kind::Verify, Kind::Snapshot, Kind::Eval, Kind::Decode] {
             for job in self.workers.cancel(kind, &self.metrics) {
                 self.dropped(job);
             }

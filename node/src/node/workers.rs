@@ -29,8 +29,8 @@ use std::{
 use ed25519_dalek::SigningKey;
 use libp2p::{gossipsub, PeerId};
 use starling_protocol::{
-    round::CloseReason, AggregationRule, Codec, DeltaRules, ModelSpec, ModelState, OuterOptimizer, Refusal,
-    RunId, SignedDelta, StateSnapshot,
+    engine::StateDecode, round::CloseReason, AggregationRule, ChunkError, Codec, DeltaRules, ModelSpec,
+    ModelState, OuterOptimizer, Refusal, RunId, SignedDelta, StateSnapshot,
 };
 use starling_storage::{RefusalCount, Store, StoreError};
 use tokio::sync::mpsc;
@@ -56,6 +56,8 @@ pub(super) enum Kind {
     Snapshot,
     Verify,
     Eval,
+    /// Decoding a fetched state (one at a time: the engine fetches one).
+    Decode,
 }
 
 /// What a full queue does with more work.
@@ -78,7 +80,7 @@ enum Pool {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Merge, Kind::Own, Kind::Snapshot, Kind::Verify, Kind::Eval];
+    const ALL: [Kind; 6] = [Kind::Merge, Kind::Own, Kind::Snapshot, Kind::Verify, Kind::Eval, Kind::Decode];
 
     pub(super) fn name(self) -> &'static str {
         match self {
@@ -87,6 +89,7 @@ impl Kind {
             Kind::Snapshot => "snapshot",
             Kind::Verify => "verify",
             Kind::Eval => "eval",
+            Kind::Decode => "decode",
         }
     }
 
@@ -94,7 +97,7 @@ impl Kind {
     fn capacity(self) -> usize {
         match self {
             Kind::Merge => 2,
-            Kind::Own | Kind::Snapshot => 1,
+            Kind::Own | Kind::Snapshot | Kind::Decode => 1,
             Kind::Verify => 64,
             Kind::Eval => 2,
         }
@@ -102,7 +105,7 @@ impl Kind {
 
     fn when_full(self) -> WhenFull {
         match self {
-            Kind::Merge | Kind::Own => WhenFull::Never,
+            Kind::Merge | Kind::Own | Kind::Decode => WhenFull::Never,
             Kind::Snapshot | Kind::Verify => WhenFull::DropNewest,
             Kind::Eval => WhenFull::DropOldest,
         }
@@ -111,7 +114,7 @@ impl Kind {
     fn pool(self) -> Pool {
         match self {
             Kind::Merge | Kind::Own | Kind::Snapshot => Pool::Writer,
-            Kind::Verify => Pool::Verify,
+            Kind::Verify | Kind::Decode => Pool::Verify,
             Kind::Eval => Pool::Eval,
         }
     }
@@ -239,6 +242,8 @@ pub(super) enum Job {
         rules: DeltaRules,
     },
     Eval(EvalJob),
+    /// Decode a fetched state, off the event loop.
+    Decode(StateDecode),
 }
 
 impl Job {
@@ -249,6 +254,7 @@ impl Job {
             Job::Snapshot(_) => Kind::Snapshot,
             Job::Verify { .. } => Kind::Verify,
             Job::Eval(_) => Kind::Eval,
+            Job::Decode(_) => Kind::Decode,
         }
     }
 }
@@ -313,6 +319,10 @@ pub(super) enum Done {
         round: u64,
         result: Result<Evaluation, WorkError>,
     },
+    Decoded {
+        root: [u8; 32],
+        result: Result<ModelState, ChunkError>,
+    },
 }
 
 impl Done {
@@ -325,6 +335,7 @@ impl Done {
             Done::Snapshot(_) => "work/snapshot",
             Done::Verified { .. } => "work/verified",
             Done::Evaluated { .. } => "work/evaluated",
+            Done::Decoded { .. } => "work/decoded",
         }
     }
 }
@@ -352,7 +363,7 @@ pub(super) struct Workers {
     queues: [VecDeque<Job>; 3],
     busy: [usize; 3],
     /// Jobs of each kind waiting or running.
-    counts: [usize; 5],
+    counts: [usize; 6],
     done: mpsc::UnboundedSender<Finished>,
 }
 
@@ -367,7 +378,7 @@ fn kind_index(kind: Kind) -> usize {
 impl Workers {
     /// Workers whose results come back on `done`.
     pub(super) fn new(done: mpsc::UnboundedSender<Finished>) -> Self {
-        Self { queues: Default::default(), busy: [0; 3], counts: [0; 5], done }
+        Self { queues: Default::default(), busy: [0; 3], counts: [0; 6], done }
     }
 
     /// Queues a job, or drops one as its kind's policy says; starts it if a worker is free.
@@ -520,6 +531,12 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
                 starling_training::trainer::evaluate(&model, &state.params, &data).map_err(WorkError::from);
             timed("eval", started);
             Done::Evaluated { round, result }
+        }
+        Job::Decode(decode) => {
+            let started = Instant::now();
+            let result = decode.decode();
+            timed("decode", started);
+            Done::Decoded { root: decode.root(), result }
         }
     }
 }

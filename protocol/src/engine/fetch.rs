@@ -1,7 +1,9 @@
 //! State fetch, sans-IO: ask run peers which state they serve, choose the root
 //! a majority of the peers reached announce, fetch that state's chunks in
 //! parallel from every peer announcing it, check each chunk on arrival, and
-//! hand the state over when it is whole. Verified chunks of an interrupted
+//! once it is whole, have the driver decode it off its event loop
+//! ([`StateDecode`]: a copy and a decode of the whole state) before handing
+//! it over. Verified chunks of an interrupted
 //! fetch are kept, so fetching the same root again resumes.
 //!
 //! Time is a millisecond timestamp passed in; requests go out as
@@ -10,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::chunks::{choose_root, choose_root_by_support, ChunkAssembly, StateOffer};
+use crate::chunks::{choose_root, choose_root_by_support, ChunkAssembly, ChunkError, StateOffer};
 use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 use crate::snapshot::ModelState;
@@ -54,10 +56,34 @@ pub(super) enum FetchStep {
     /// their current round's deltas (still to validate), and whether a strict
     /// majority of the peers reached announced it.
     Done { state: ModelState, expected_from: u64, deltas: Vec<SignedDelta>, majority: bool },
+    /// Every chunk is held and verified: the driver decodes the state off its
+    /// event loop and hands the result back.
+    Decode(StateDecode),
     /// The sync ended without a state to install (nothing newer, or no
     /// agreement); `ahead`: a strict majority of the peers reached announced
     /// states the node would take, only not one and the same.
     Ended { agreed: bool, ahead: bool },
+}
+
+/// A whole, verified set of chunks to decode into a state: heavy work (a
+/// copy and a decode of the whole state) that the driver runs off its event
+/// loop, then hands back as [`super::Input::StateDecoded`].
+#[derive(Clone, Debug)]
+pub struct StateDecode {
+    assembly: ChunkAssembly,
+    param_count: usize,
+}
+
+impl StateDecode {
+    /// The root of the state.
+    pub fn root(&self) -> [u8; 32] {
+        self.assembly.root()
+    }
+
+    /// The state the chunks make, checked against the announced round and lineage.
+    pub fn decode(&self) -> Result<ModelState, ChunkError> {
+        self.assembly.finish(self.param_count)
+    }
 }
 
 enum Pending {
@@ -78,6 +104,13 @@ enum Stage {
     Fetching {
         assembly: ChunkAssembly,
         sources: BTreeSet<PublicKey>,
+        expected_from: u64,
+        deltas: Vec<SignedDelta>,
+        majority: bool,
+    },
+    /// The chunks are whole; the driver decodes the state.
+    Decoding {
+        root: [u8; 32],
         expected_from: u64,
         deltas: Vec<SignedDelta>,
         majority: bool,
@@ -131,7 +164,7 @@ impl StateFetch {
 
     /// Whether a root was chosen and its chunks are being fetched.
     pub(super) fn is_fetching(&self) -> bool {
-        matches!(self.stage, Stage::Fetching { .. })
+        matches!(self.stage, Stage::Fetching { .. } | Stage::Decoding { .. })
     }
 
     /// When the offers asked for are chosen among, whether or not all came.
@@ -206,8 +239,32 @@ impl StateFetch {
                 }
                 None
             }
-            Stage::Idle => None,
+            Stage::Idle | Stage::Decoding { .. } => None,
         }
+    }
+
+    /// The driver decoded the state of [`FetchStep::Decode`] (of `root`).
+    pub(super) fn on_decoded(
+        &mut self,
+        root: [u8; 32],
+        result: Result<ModelState, ChunkError>,
+        notes: &mut Vec<Note>,
+    ) -> Option<FetchStep> {
+        if !matches!(&self.stage, Stage::Decoding { root: r, .. } if *r == root) {
+            return None;
+        }
+        let Stage::Decoding { expected_from, deltas, majority, .. } =
+            std::mem::replace(&mut self.stage, Stage::Idle)
+        else {
+            unreachable!()
+        };
+        Some(match result {
+            Ok(state) => FetchStep::Done { state, expected_from, deltas, majority },
+            Err(e) => {
+                notes.push(Note::Undecodable { reason: e.to_string() });
+                FetchStep::Ended { agreed: false, ahead: true }
+            }
+        })
     }
 
     /// A response (or `None`: the request failed) to request `id`; `wanted`
@@ -381,16 +438,10 @@ impl StateFetch {
                 unreachable!()
             };
             self.pending.clear();
-            return match assembly.finish(self.param_count) {
-                Ok(state) => {
-                    notes.push(Note::Fetched { round: state.round, chunks: assembly.progress().1 });
-                    FetchStep::Done { state, expected_from, deltas, majority }
-                }
-                Err(e) => {
-                    notes.push(Note::Undecodable { reason: e.to_string() });
-                    FetchStep::Ended { agreed: false, ahead: true }
-                }
-            };
+            let root = assembly.root();
+            notes.push(Note::Fetched { round: assembly.manifest().round, chunks: assembly.progress().1 });
+            self.stage = Stage::Decoding { root, expected_from, deltas, majority };
+            return FetchStep::Decode(StateDecode { assembly, param_count: self.param_count });
         }
         if sources.is_empty() {
             let Stage::Fetching { assembly, .. } = std::mem::replace(&mut self.stage, Stage::Idle) else {

@@ -36,6 +36,7 @@ mod sync;
 use std::collections::BTreeSet;
 
 use crate::accountability::EquivocationProof;
+use crate::chunks::ChunkError;
 use crate::delta::{DeltaHeader, SignedDelta};
 use crate::keys::PublicKey;
 use crate::round::{self, Admission, CloseReason, RoundConfig, RoundState};
@@ -43,7 +44,7 @@ use crate::snapshot::ModelState;
 use crate::wire::{SyncRequest, SyncResponse};
 
 use fetch::StateFetch;
-pub use fetch::{required_support, FetchConfig};
+pub use fetch::{required_support, FetchConfig, StateDecode};
 use joining::Joining;
 pub use joining::SYNCING;
 use lineage::Lineages;
@@ -147,6 +148,8 @@ pub enum Input {
     Merged { round: u64, lineage: [u8; 32] },
     /// The answer to request `id`, or `None` when it failed.
     SyncResponse { id: RequestId, response: Option<SyncResponse> },
+    /// The driver decoded the state of [`Output::DecodeState`] whose root is `root`.
+    StateDecoded { root: [u8; 32], result: Result<ModelState, ChunkError> },
     /// A timer of [`Output::Timer`] (or any later instant) came.
     Timer,
     /// The node stops (`true`) or resumes (`false`) contributing deltas of its own.
@@ -174,6 +177,9 @@ pub enum Output {
     Request { peer: PublicKey, id: RequestId, request: SyncRequest },
     /// Send a sync request whose answer nobody waits for (a joining notice).
     Notify { peer: PublicKey, request: SyncRequest },
+    /// Decode this fetched state off the event loop (it copies and decodes the
+    /// whole state), then hand the result in as [`Input::StateDecoded`].
+    DecodeState(StateDecode),
     /// Replace the state with this verified one, which a majority of the peers
     /// reached announced (its round may be older than ours: a diverged node
     /// then observes until past the last round it signed). `deltas` are the
@@ -456,6 +462,14 @@ impl Engine {
                 let mut notes = Vec::new();
                 let wanted = self.wanted();
                 let step = self.fetch.on_response(id, response, &mut notes, wanted);
+                self.notes(notes);
+                if let Some(step) = step {
+                    self.on_fetch(now, step);
+                }
+            }
+            Input::StateDecoded { root, result } => {
+                let mut notes = Vec::new();
+                let step = self.fetch.on_decoded(root, result, &mut notes);
                 self.notes(notes);
                 if let Some(step) = step {
                     self.on_fetch(now, step);

@@ -72,6 +72,7 @@ impl Engine {
                     request,
                 }));
             }
+            FetchStep::Decode(decode) => self.out.push(Output::DecodeState(decode)),
             FetchStep::Done { state, expected_from, deltas, majority } => {
                 let ready = Ready { state, expected_from, deltas, majority };
                 if self.merging.is_some() {

@@ -89,14 +89,32 @@ fn serve_all(
 /// [`serve_all`], the peers expecting our deltas from `expected_from`.
 fn serve_expecting(
     e: &mut Engine,
+    out: Vec<Output>,
+    serves: &BTreeMap<PublicKey, StateSnapshot>,
+    expected_from: u64,
+) -> (Option<ModelState>, BTreeSet<PublicKey>, Vec<Output>) {
+    serve_decoding(e, out, serves, expected_from, StateDecode::decode)
+}
+
+/// [`serve_expecting`], the driver decoding fetched states with `decode`.
+fn serve_decoding(
+    e: &mut Engine,
     mut out: Vec<Output>,
     serves: &BTreeMap<PublicKey, StateSnapshot>,
     expected_from: u64,
+    decode: impl Fn(&StateDecode) -> Result<ModelState, ChunkError>,
 ) -> (Option<ModelState>, BTreeSet<PublicKey>, Vec<Output>) {
     let mut served_by = BTreeSet::new();
     let mut all = Vec::new();
     loop {
         let reqs = requests(&out);
+        let decodes: Vec<StateDecode> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::DecodeState(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect();
         all.append(&mut out);
         if let Some(state) = all.iter().find_map(|o| match o {
             Output::Install { state, .. } => Some(state.clone()),
@@ -104,8 +122,11 @@ fn serve_expecting(
         }) {
             return (Some(state), served_by, all);
         }
-        if reqs.is_empty() {
+        if reqs.is_empty() && decodes.is_empty() {
             return (None, served_by, all);
+        }
+        for d in decodes {
+            out.extend(e.handle(1, Input::StateDecoded { root: d.root(), result: decode(&d) }));
         }
         for (peer, id, request) in reqs {
             let snapshot = &serves[&peer];
@@ -469,4 +490,23 @@ fn a_lone_node_restarted_behind_its_last_delta_sits_its_signed_rounds_out_and_go
         out.iter().any(|o| matches!(o, Output::Train { round: 3, .. })),
         "trains past its signed round: {out:?}"
     );
+}
+
+#[test]
+fn a_fetched_state_is_decoded_by_the_driver_and_one_that_does_not_decode_is_not_installed() {
+    let good = StateSnapshot::of(&state(5, 1.0));
+    let serves = BTreeMap::from([(pk(2), good.clone()), (pk(3), good)]);
+    let (mut e, out) = engine(2, 2);
+    let (installed, _, all) =
+        serve_decoding(&mut e, out, &serves, 9, |_| Err(ChunkError::RoundMismatch { got: 4, announced: 5 }));
+    assert!(installed.is_none(), "nothing that failed to decode is installed");
+    assert!(all.iter().any(|o| matches!(o, Output::Note(Note::Undecodable { .. }))), "{all:?}");
+    assert_eq!(e.round(), 0);
+    // An answer for a decode nobody asked for changes nothing.
+    let stray = e.handle(2, Input::StateDecoded { root: [7; 32], result: Ok(state(50, 2.0)) });
+    assert!(!stray.iter().any(|o| matches!(o, Output::Install { .. })), "{stray:?}");
+    // The next probe fetches again, and this time the state decodes.
+    let retry = e.handle(e.next_timer().expect("a retry"), Input::Timer);
+    let (installed, _, _) = serve_all(&mut e, retry, &serves);
+    assert_eq!(installed.expect("the retry installs").round, 5);
 }
