@@ -10,10 +10,11 @@ use starling_protocol::{AggregationRule, Codec, RunSpec};
 use tokio::sync::watch;
 
 use crate::{
-    local_swarm::{human_bytes, run_swarm, SwarmOptions},
+    local_swarm::{run_swarm, SwarmOptions},
     net::NetOptions,
     node::{DataOptions, NodeOptions},
     operator_cli::{ConfigCommand, DatadirArg, ExportArgs, KeyCommand, SpecSource},
+    units::human_bytes,
     workload_cli::{BaselineArgs, DataCommand, TrainBenchArgs, WorkloadArgs},
 };
 

@@ -22,4 +22,5 @@ pub mod operator_cli;
 pub mod progress;
 pub mod statesync;
 pub mod status;
+pub mod units;
 pub mod workload_cli;

@@ -106,7 +106,7 @@ impl FromStr for Rate {
 
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/s", crate::local_swarm::human_bytes(self.bytes_per_second as f64))
+        write!(f, "{}/s", crate::units::human_bytes(self.bytes_per_second as f64))
     }
 }
 

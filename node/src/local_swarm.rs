@@ -28,8 +28,8 @@ use crate::{
 
 mod report;
 
-pub use report::{human_bytes, CurvePoint, SwarmSummary};
 use report::{summarize, Progress};
+pub use report::{CurvePoint, SwarmSummary};
 
 /// Swarms of at most this many nodes bootstrap as a full mesh under [`Bootstrap::Auto`].
 pub const FULL_MESH_MAX_NODES: usize = 16;

@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    local_swarm::human_bytes,
     node::{NodeEvent, RoundReport},
+    units::human_bytes,
 };
 
 /// A progress line fed by the node's events.

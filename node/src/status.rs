@@ -193,8 +193,8 @@ impl std::fmt::Display for NodeStatus {
             f,
             "peers     {}; {} in, {} out",
             self.peers,
-            crate::local_swarm::human_bytes(self.bytes_in as f64),
-            crate::local_swarm::human_bytes(self.bytes_out as f64)
+            crate::units::human_bytes(self.bytes_in as f64),
+            crate::units::human_bytes(self.bytes_out as f64)
         )?;
         write!(
             f,

@@ -12,6 +12,7 @@ use starling_training::{
 
 use super::{SwarmError, SwarmOptions};
 use crate::node::{NodeOutcome, RoundReport};
+use crate::units::human_bytes;
 
 /// The figures of a finished local swarm.
 #[derive(Clone, Debug, Serialize)]
@@ -258,16 +259,4 @@ impl Progress {
             let _ = std::io::stdout().flush();
         }
     }
-}
-
-/// Bytes for people.
-pub fn human_bytes(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
