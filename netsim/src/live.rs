@@ -3,17 +3,19 @@
 //! checkpoints — in one process, connected by libp2p's in-memory transport.
 //!
 //! What the in-memory transport cannot shape is not simulated here: `[link]`,
-//! `[compute]`, `[churn]`, `[attack]` and events other than joins are
-//! virtual-mode features, and a live scenario that sets them is refused rather
-//! than run without them. A join starts real nodes late: they dial the
-//! running ones and fetch the swarm's state as `starling run` does. Delta latency is not observed per delta in live mode (the
+//! `[compute]`, `[churn]`, `[attack]` and events other than joins and crashes
+//! with a restart are virtual-mode features, and a live scenario that sets
+//! them is refused rather than run without them. A join starts real nodes
+//! late: they dial the running ones and fetch the swarm's state as `starling
+//! run` does. A crash aborts real nodes' tasks (as `kill -9` stops a process)
+//! and starts them again from their datadirs after `restart_after_ms`. Delta latency is not observed per delta in live mode (the
 //! CSV's latency columns are empty); bytes are the nodes' transport counters,
 //! protocol overhead and gossip duplicates included.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use starling_node::{
-    local_swarm::{run_swarm, Bootstrap, Evaluate, Membership, NodeRound, SwarmOptions},
+    local_swarm::{run_swarm, Bootstrap, Crash, Evaluate, Membership, NodeRound, SwarmOptions},
     net::Transport,
 };
 use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
@@ -51,7 +53,14 @@ fn refuse_virtual_only(sc: &Scenario) -> Result<(), SimError> {
         ("[link]", sc.link != Link::default()),
         ("[compute]", sc.compute != Compute::default()),
         ("[churn]", sc.churn != Churn::default()),
-        ("[[events]] other than join", sc.events.iter().any(|e| !matches!(e.what, EventKind::Join { .. }))),
+        (
+            "[[events]] other than join and crash with restart_after_ms > 0",
+            sc.events.iter().any(|e| match e.what {
+                EventKind::Join { .. } => false,
+                EventKind::Crash { restart_after_ms, .. } => restart_after_ms == 0,
+                _ => true,
+            }),
+        ),
         ("[attack]", sc.attack != Attack::default()),
         ("protocol.group_size", sc.protocol.group_size != 0),
     ]
@@ -95,6 +104,18 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
     let nodes = sc.nodes + joiners.len();
     let mut options = SwarmOptions::new(nodes, sc.rounds, spec);
     options.joiners = joiners;
+    options.crashes = sc
+        .events
+        .iter()
+        .filter_map(|e| match e.what {
+            EventKind::Crash { count, restart_after_ms } => Some(Crash {
+                at_round: e.at_round,
+                count,
+                restart_after: Duration::from_millis(restart_after_ms),
+            }),
+            _ => None,
+        })
+        .collect();
     options.seed = sc.seed;
     options.quiet = true;
     options.transport = Transport::Memory;

@@ -144,8 +144,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             consensus_distance(&params),
             // Bit-identical parameters: every node merged the same deltas.
             if params.iter().all(|p| *p == params[0]) { "yes" } else { "no" },
-            starling_node::local_swarm::human_bytes(sent as f64 / n),
-            starling_node::local_swarm::human_bytes(received as f64 / n),
+            starling_node::units::human_bytes(sent as f64 / n),
+            starling_node::units::human_bytes(received as f64 / n),
         );
     }
     println!(

@@ -26,7 +26,10 @@ use crate::{
     },
 };
 
+mod crashes;
 mod report;
+
+pub use crashes::Crash;
 
 use report::{summarize, Progress};
 pub use report::{CurvePoint, SwarmSummary};
@@ -89,6 +92,9 @@ pub struct SwarmOptions {
     /// j-th of them), dial the nodes before them, and sync the swarm's state.
     /// The others' roster ([`Membership::Roster`]) leaves them out.
     pub joiners: Vec<u64>,
+    /// Crashes: nodes whose task is aborted at a round (as `kill -9` stops a
+    /// process) and that start again from their datadirs (see [`Crash`]).
+    pub crashes: Vec<Crash>,
     /// Every node's copy of the spec's tokenizer (`--tokenizer`); the spec's path when absent.
     pub tokenizer: Option<std::path::PathBuf>,
 }
@@ -117,6 +123,7 @@ impl SwarmOptions {
             stall_timeout: Duration::from_secs(600),
             dataset: None,
             joiners: Vec::new(),
+            crashes: Vec::new(),
             tokenizer: None,
         }
     }
@@ -218,6 +225,8 @@ pub enum SwarmError {
     NoNodes,
     #[error("--rounds must be at least 1")]
     NoRounds,
+    #[error("node {0} crashed and could not restart: its store was not let go")]
+    Restart(usize),
     #[error("{joiners} late joiners leave none of the {nodes} nodes to start the swarm")]
     NoStarters { nodes: usize, joiners: usize },
     #[error("node {index} failed: {source}")]
@@ -283,6 +292,10 @@ struct RunningNodes {
     tasks: JoinSet<NodeResult>,
     /// Node index of each task, for the tasks that end without returning theirs.
     index_of_task: HashMap<tokio::task::Id, usize>,
+    /// Each running node's task, to abort it in a crash.
+    aborts: HashMap<usize, tokio::task::AbortHandle>,
+    /// Tasks aborted in a crash: their end is no failure.
+    crashed: HashSet<tokio::task::Id>,
     shutdown: watch::Sender<bool>,
     rounds: u64,
 }
@@ -291,11 +304,25 @@ impl RunningNodes {
     fn spawn(&mut self, index: usize, node: impl std::future::Future<Output = NodeResult> + Send + 'static) {
         let handle = self.tasks.spawn(node);
         self.index_of_task.insert(handle.id(), index);
+        self.aborts.insert(index, handle);
+    }
+
+    /// Stops node `index` dead, as a crash would.
+    fn crash(&mut self, index: usize) {
+        if let Some(handle) = self.aborts.remove(&index) {
+            self.crashed.insert(handle.id());
+            handle.abort();
+        }
     }
 
     /// The next node to stop: its outcome if it reached the last round, or why not.
     async fn join_next(&mut self) -> Option<Result<(usize, NodeOutcome), SwarmError>> {
-        let joined = self.tasks.join_next().await?;
+        let joined = loop {
+            match self.tasks.join_next().await? {
+                Err(e) if e.is_cancelled() && self.crashed.remove(&e.id()) => continue,
+                joined => break joined,
+            }
+        };
         Some(match joined {
             Ok((index, Ok(outcome))) if outcome.state.round >= self.rounds => Ok((index, outcome)),
             Ok((index, Ok(outcome))) => {
@@ -343,6 +370,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut running = RunningNodes {
         tasks: JoinSet::new(),
         index_of_task: HashMap::new(),
+        aborts: HashMap::new(),
+        crashed: HashSet::new(),
         shutdown: shutdown_tx,
         rounds: options.rounds,
     };
@@ -424,6 +453,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut waiting: std::collections::VecDeque<(usize, u64)> =
         options.joiners.iter().enumerate().map(|(j, &round)| (starters + j, round)).collect();
     let mut joiner_events = (!waiting.is_empty()).then(|| events_tx.clone());
+    let restart_events = (!options.crashes.is_empty()).then(|| events_tx.clone());
     drop(events_tx);
     let mut state_syncs = 0u64;
     // Every node is listening and has dialed its bootnodes: round 0 may begin.
@@ -436,19 +466,32 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut stopped = 0;
     // Nodes that merged the last round; they linger, relaying, until all have.
     let mut finished = HashSet::new();
+    let mut crashes = crashes::CrashPlan::new(options.crashes.clone());
+    let mut up: std::collections::BTreeSet<usize> = (0..starters).collect();
     while stopped < options.nodes {
         tokio::select! {
             Some(event) = events_rx.recv() => {
                 if let NodeEvent::StateInstalled { .. } = event {
                     state_syncs += 1;
                 }
+                if let NodeEvent::Listening { node, address } = &event {
+                    // A restarted node listens anew: later restarts dial it there.
+                    if let Some(&index) = observer.index_of.get(node).filter(|&&i| i < addresses.len()) {
+                        addresses[index] = address.clone();
+                    }
+                }
                 if let NodeEvent::Round(report) = event {
+                    for index in crashes.due(report.round, &up, tokio::time::Instant::now()) {
+                        up.remove(&index);
+                        running.crash(index);
+                    }
                     while let Some(&(index, _)) = waiting.front().filter(|(_, at)| report.round + 1 >= *at) {
                         waiting.pop_front();
                         let (node_options, hooks, _) = node(index, &addresses);
                         let events = joiner_events.clone().expect("held while joiners wait");
                         let run = run_node_with(node_options, hooks, Some(events), shutdown_rx.clone());
                         running.spawn(index, async move { (index, run.await) });
+                        up.insert(index);
                         if waiting.is_empty() {
                             joiner_events = None;
                         }
@@ -474,6 +517,23 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                         running.stop().await;
                         return Err(e);
                     }
+                }
+            }
+            _ = sleep_until_some(crashes.next_restart()) => {
+                for index in crashes.take_restarts(tokio::time::Instant::now()) {
+                    let (mut node_options, hooks, _) = node(index, &addresses);
+                    if !crashes::store_released(&node_options.datadir).await {
+                        running.stop().await;
+                        return Err(SwarmError::Restart(index));
+                    }
+                    // It dials every node up, and waits for one of them.
+                    node_options.bootnodes =
+                        up.iter().filter(|&&i| i < addresses.len()).map(|&i| addresses[i].clone()).collect();
+                    node_options.wait_peers = 1;
+                    let events = restart_events.clone().expect("held when crashes are planned");
+                    let run = run_node_with(node_options, hooks, Some(events), shutdown_rx.clone());
+                    running.spawn(index, async move { (index, run.await) });
+                    up.insert(index);
                 }
             }
             _ = tokio::time::sleep(options.stall_timeout.saturating_sub(progress.since_last_merge())) => {
@@ -504,6 +564,14 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
         summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)?;
     summary.state_syncs = state_syncs;
     Ok(summary)
+}
+
+/// Sleeps until `at`; forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the node with `key` to report its listen address. `Err(None)`
