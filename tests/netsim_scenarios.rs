@@ -222,10 +222,11 @@ fn a_late_joiner_behaves_alike_in_virtual_and_live_mode() {
 /// mode too, unless a round took longer than that), fetches the swarm's state,
 /// and merges the last rounds with them; no round waits for its deadline.
 ///
-/// Virtual mode is exact: one fetch. A live node can restart at a moment when
-/// the round it fetches closes while it installs; it then merges that round
-/// apart from its peers and fetches once more a round later (netsim's own
-/// seed 5 with a 2.5 s restart shows it), so live mode allows that second fetch.
+/// Virtual mode is exact: one fetch. A live node fetches only if the swarm
+/// moved on while it was down (rounds take well under 1.5 s here, but a loaded
+/// machine can stretch one); back in the swarm's round, it observes until its
+/// peers expect it, and fetches nothing. Never twice: seeds 1-30 with restarts
+/// of 0.8 to 4 s showed a second fetch before the fixes this test came with.
 #[test]
 fn a_crash_and_restart_behave_alike_in_virtual_and_live_mode() {
     let sc = scenario("crash-restart-live");
@@ -247,7 +248,7 @@ fn a_crash_and_restart_behave_alike_in_virtual_and_live_mode() {
         );
         assert!(merged[merged.len() - 2..].iter().all(|&n| n == 3), "{mode:?}: three at the end: {merged:?}");
         let s = &out.summary;
-        let syncs = if mode == Mode::Virtual { 1..=1 } else { 1..=2 };
+        let syncs = if mode == Mode::Virtual { 1..=1 } else { 0..=1 };
         assert!(
             syncs.contains(&s.state_syncs),
             "{mode:?}: the restarted node fetched {} times",

@@ -659,6 +659,18 @@ impl<'a> Engine<'a> {
         reason: CloseReason,
     ) -> Result<bool, SimError> {
         let merged = deltas.len();
+        if std::env::var_os("NETSIM_NOTES").is_some() {
+            // Who was merged, each with the first byte of the base it was trained from.
+            let senders: Vec<String> = deltas
+                .iter()
+                .map(|d| format!("{:?}:{:02x}", self.index_of(&d.header.sender), d.header.base[0]))
+                .collect();
+            let base = self.nodes[node].state.lineage[0];
+            eprintln!(
+                "{} node {node} r{round}: merged {senders:?} ({reason:?}) into {base:02x}",
+                self.now / MS
+            );
+        }
         if !self.nodes[node].attacker && self.sc.attack.behaviour.protocol_attack() {
             // A replayer's deltas are honest until it has old ones to replay.
             let lies_from = match self.sc.attack.behaviour {

@@ -146,6 +146,11 @@ pub enum Event {
     /// expects our deltas from `expected_from`. Until then we observe, syncing
     /// again as each new round begins.
     Synced { round: u64, expected_from: u64 },
+    /// The peers reached hold our state and expect our deltas from round
+    /// `from` (they saw us leave, and connect again: a restarted node); we
+    /// observe until then, as after a sync, rather than contribute to rounds
+    /// they close without us.
+    PeersExpect { from: u64 },
     /// A connected peer that synced from someone says it contributes from
     /// round `from` on. Peers see a newcomer connect in slightly different
     /// rounds, so each would otherwise expect it from its own guess; the
@@ -506,6 +511,11 @@ impl RoundState {
                         let last = *self.groups.keys().next_back().expect("not empty");
                         self.groups.remove(&last);
                     }
+                }
+            }
+            Event::PeersExpect { from } => {
+                if from > self.round && !self.has_local() {
+                    self.contribute_from = self.contribute_from.max(from);
                 }
             }
             Event::Synced { round, expected_from } => {

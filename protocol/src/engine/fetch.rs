@@ -59,6 +59,12 @@ pub(super) enum FetchStep {
     /// Every chunk is held and verified: the driver decodes the state off its
     /// event loop and hands the result back.
     Decode(StateDecode),
+    /// A probe found a strict majority of the peers reached at a state that
+    /// is not newer than ours (`round`, `lineage`), expecting our deltas from
+    /// `expected_from`: the engine observes until then if it is ours (a node
+    /// restarted in the swarm's round after its peers saw it leave). Otherwise
+    /// as `Ended { agreed: true, ahead: false }`.
+    Current { round: u64, lineage: [u8; 32], expected_from: u64 },
     /// The sync ended without a state to install (nothing newer, or no
     /// agreement); `ahead`: a strict majority of the peers reached announced
     /// states the node would take, only not one and the same.
@@ -388,11 +394,18 @@ impl StateFetch {
             offers.iter().filter(|(p, _)| sources.contains(p)).map(|(_, o)| o).collect();
         let manifest = agreeing[0].manifest.clone();
         let majority = sources.len() >= required_support(reached);
+        // When the peers expect our deltas: no later than two rounds on, the
+        // most a newly connected peer waits, so no offer can make a node sit
+        // out longer.
+        let expected_from =
+            agreeing.iter().map(|o| o.expected_from).max().unwrap_or(round).min(round.saturating_add(2));
         if !wanted(manifest.round, manifest.lineage, majority) {
             notes.push(Note::NotNewer { round });
+            if self.reason == SyncReason::Probe && majority {
+                return FetchStep::Current { round, lineage: manifest.lineage, expected_from };
+            }
             return FetchStep::Ended { agreed: true, ahead: false };
         }
-        let expected_from = agreeing.iter().map(|o| o.expected_from).max().unwrap_or(round);
         let deltas = agreeing.iter().flat_map(|o| o.deltas.iter().cloned()).collect();
         let mut kept = 0;
         let assembly = match self.parked.take() {

@@ -73,6 +73,12 @@ impl Engine {
                 }));
             }
             FetchStep::Decode(decode) => self.out.push(Output::DecodeState(decode)),
+            FetchStep::Current { round, lineage, expected_from } => {
+                if round == self.round && lineage == self.lineage {
+                    self.round_event(now, round::Event::PeersExpect { from: expected_from });
+                }
+                self.after_sync(now, reason);
+            }
             FetchStep::Done { state, expected_from, deltas, majority } => {
                 let ready = Ready { state, expected_from, deltas, majority };
                 if self.merging.is_some() {

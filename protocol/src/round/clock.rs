@@ -27,6 +27,12 @@ impl RoundState {
     }
 
     pub(super) fn jump_to(&mut self, round: u64, now_ms: u64) {
+        // The rounds jumped over showed nothing of our peers: a connected
+        // peer's grace (see `active`) starts again in the round we land in,
+        // rather than run out on a silence we could not have heard.
+        for from in self.connected.values_mut() {
+            *from = (*from).max(round);
+        }
         self.round = round;
         self.groups = self.groups.split_off(&round);
         self.published_at = None;
