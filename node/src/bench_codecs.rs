@@ -174,7 +174,7 @@ fn print_row(row: &CodecRow) {
     };
     let (quality, versus) = match (row.accuracy, row.accuracy_loss_vs_dense) {
         (Some(accuracy), Some(loss)) => {
-            (format!("{:.2}%", accuracy * 100.0), format!("{:+.2} pt", -loss * 100.0))
+            (format!("{:.2}%", accuracy * 100.0), format!("{:+.2} pt", (0.0 - loss) * 100.0))
         }
         _ => (format!("{:.4}", row.eval_loss), format!("{:.3}×", row.eval_loss_ratio_vs_dense)),
     };
