@@ -1,7 +1,7 @@
 //! The operator's command line, through the real binary: `init`, `key`, `spec`,
 //! two `run` nodes on loopback, `export` (read back by candle, and by Python's
 //! safetensors where it is installed), `config dump` with each layer, the
-//! datadir lock, and the errors that say which flag to change.
+//! datadir lock, `bench codecs --json`, and the errors that say which flag to change.
 
 mod common;
 
