@@ -1,7 +1,7 @@
 //! The operator's command line, through the real binary: `init`, `key`, `spec`,
 //! two `run` nodes on loopback, `export` (read back by candle, and by Python's
 //! safetensors where it is installed), `config dump` with each layer, the
-//! datadir lock, and the errors that say which flag to change.
+//! datadir lock, `bench codecs --json`, and the errors that say which flag to change.
 
 mod common;
 
@@ -284,4 +284,56 @@ fn errors_name_the_flag_or_command_that_fixes_them() {
     let suggested = err.split("e.g. --listen /ip4/127.0.0.1/tcp/").nth(1).unwrap();
     let suggested: u16 = suggested.split(' ').next().unwrap().parse().unwrap();
     assert_ne!(suggested, port, "{err}");
+}
+
+#[test]
+fn bench_codecs_prints_one_json_object_per_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = RunSpec::builtin();
+    spec.name = "bench-codecs-test".into();
+    spec.inner.steps = 2;
+    spec.dataset.samples_per_node = 128;
+    spec.dataset.eval_samples = 128;
+    spec.outer.lr = 0.5;
+    let file = dir.path().join("spec.toml");
+    std::fs::write(&file, spec.to_toml()).unwrap();
+    let file = file.to_str().unwrap();
+    let rows = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["bench", "codecs", "--spec", file, "--json", "--nodes", "2", "--rounds", "1"];
+        args.extend_from_slice(extra);
+        let out = ok(&args, &[]);
+        out.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}")))
+            .collect()
+    };
+    let suited = rows(&["--codecs", "sparse:64/4096+2bit,topk:0.005+int8"]);
+    let codecs: Vec<&str> = suited.iter().map(|r| r["codec"].as_str().unwrap()).collect();
+    assert_eq!(codecs, ["dense", "sparse:64/4096+2bit", "topk:0.005+int8"]);
+    for row in &suited {
+        for field in [
+            "bytes_sent_per_node_per_round",
+            "ratio_vs_dense",
+            "accuracy",
+            "accuracy_loss_vs_dense",
+            "eval_loss",
+        ] {
+            assert!(row[field].as_f64().is_some_and(f64::is_finite), "{field} in {row}");
+        }
+    }
+    assert_eq!(suited[0]["ratio_vs_dense"].as_f64(), Some(1.0));
+    assert!(suited[1]["ratio_vs_dense"].as_f64().unwrap() > 1.0, "{}", suited[1]);
+    // Each codec runs with the outer step `spec new --codec` writes for it...
+    for row in &suited {
+        let codec: starling_protocol::Codec = row["codec"].as_str().unwrap().parse().unwrap();
+        let outer = starling_protocol::spec::OuterSpec::for_codec(codec);
+        assert_eq!(row["outer_lr"].as_f64(), Some(outer.lr), "{row}");
+        assert_eq!(row["outer_rule"].as_str(), Some(outer.rule.to_string().as_str()), "{row}");
+    }
+    // ...unless --keep-outer keeps the spec's.
+    let kept = rows(&["--codecs", "sparse:64/4096+2bit", "--keep-outer"]);
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|r| r["outer_lr"].as_f64() == Some(0.5)), "{kept:?}");
+    fails(&["bench", "codecs", "--nodes", "1"], &["--nodes"]);
+    fails(&["bench", "codecs", "--spec", "/nonexistent/spec.toml"], &["--spec"]);
 }

@@ -39,9 +39,7 @@ pub fn spec_for(sc: &Scenario) -> Result<RunSpec, SimError> {
     let mut spec = RunSpec::builtin_with_codec(p.codec);
     spec.name = format!("netsim-live-{}", sc.name);
     spec.feedback_decay = p.feedback_decay as f64;
-    // `builtin_with_codec` already holds the codec's outer step.
-    spec.outer.lr = p.outer_lr.map_or(spec.outer.lr, f64::from);
-    spec.outer.momentum = p.outer_momentum.map_or(spec.outer.momentum, f64::from);
+    spec.outer = p.outer_spec();
     spec.round.deadline_ms = p.deadline_ms;
     spec.round.quorum = p.quorum;
     spec.aggregation = p.aggregation;

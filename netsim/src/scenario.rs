@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use starling_protocol::{spec::OuterSpec, AggregationRule, Codec};
+use starling_protocol::{spec::OuterSpec, AggregationRule, Codec, OuterRule};
 
 pub use crate::attack::{Attack, AttackBehaviour};
 
@@ -135,6 +135,10 @@ pub struct ProtocolSettings {
     pub outer_lr: Option<f32>,
     #[serde(default)]
     pub outer_momentum: Option<f32>,
+    /// The outer rule, `momentum` or `sparseloco` (a spec's `outer.rule`); by
+    /// default the codec's. `sparseloco` has no outer momentum.
+    #[serde(default)]
+    pub outer_rule: Option<OuterRule>,
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
     #[serde(default = "default_quorum")]
@@ -168,6 +172,7 @@ impl Default for ProtocolSettings {
             feedback_decay: default_decay(),
             outer_lr: None,
             outer_momentum: None,
+            outer_rule: None,
             deadline_ms: default_deadline(),
             quorum: default_quorum(),
             group_size: 0,
@@ -179,11 +184,23 @@ impl Default for ProtocolSettings {
 impl ProtocolSettings {
     /// The outer optimizer: the scenario's values, else the codec's defaults.
     pub fn outer(&self) -> starling_protocol::OuterOptimizer {
+        starling_protocol::OuterOptimizer::from(&self.outer_spec())
+    }
+
+    /// The outer step as a spec's `[outer]` section (what live mode runs).
+    pub fn outer_spec(&self) -> OuterSpec {
         let default = OuterSpec::for_codec(self.codec);
-        starling_protocol::OuterOptimizer {
-            lr: self.outer_lr.unwrap_or(default.lr as f32),
-            momentum: self.outer_momentum.unwrap_or(default.momentum as f32),
-            nesterov: default.nesterov,
+        let rule = self.outer_rule.unwrap_or(default.rule);
+        let lr = self.outer_lr.map_or(default.lr, f64::from);
+        if rule == OuterRule::Sparseloco {
+            return OuterSpec { rule, lr, momentum: 0.0, nesterov: false };
+        }
+        let same_rule = rule == default.rule;
+        OuterSpec {
+            rule,
+            lr,
+            momentum: self.outer_momentum.map_or(if same_rule { default.momentum } else { 0.9 }, f64::from),
+            nesterov: !same_rule || default.nesterov,
         }
     }
 }
@@ -407,6 +424,13 @@ impl Scenario {
                 "grouped rounds exchange whole models, which top-k and sparse codecs cannot carry; use dense, f16 or int8",
             );
         }
+        if self.protocol.outer_spec().rule == OuterRule::Sparseloco && self.protocol.outer_momentum.is_some()
+        {
+            return bad(
+                "protocol.outer_momentum",
+                "the sparseloco rule has no outer momentum (error feedback, feedback_decay, takes its place): remove it",
+            );
+        }
         if self.protocol.group_size == 1 {
             return bad("protocol.group_size", "a group needs at least 2 nodes (0 turns grouping off)");
         }
@@ -469,5 +493,24 @@ kind = "heal"
         let mut s: Scenario = toml::from_str("name = \"x\"\nnodes = 3\nrounds = 2\n").unwrap();
         s.link.loss = 1.5;
         assert!(s.validate().unwrap_err().to_string().contains("link.loss"));
+    }
+
+    #[test]
+    fn the_outer_rule_is_the_codecs_unless_named() {
+        let text = "name = \"x\"\nnodes = 3\nrounds = 2\n[protocol]\ncodec = \"sparse:64/4096+2bit\"\n";
+        let s: Scenario = toml::from_str(text).unwrap();
+        assert_eq!(s.protocol.outer_spec(), OuterSpec::for_codec(s.protocol.codec));
+        let named: Scenario =
+            toml::from_str(&format!("{text}outer_rule = \"sparseloco\"\nouter_lr = 2.0\n")).unwrap();
+        named.validate().unwrap();
+        let outer = named.protocol.outer();
+        assert_eq!((outer.rule, outer.lr, outer.momentum), (OuterRule::Sparseloco, 2.0, 0.0));
+        let both: Scenario =
+            toml::from_str(&format!("{text}outer_rule = \"sparseloco\"\nouter_momentum = 0.5\n")).unwrap();
+        assert!(both.validate().unwrap_err().to_string().contains("protocol.outer_momentum"));
+        let dense: Scenario =
+            toml::from_str("name = \"x\"\nnodes = 3\nrounds = 2\n[protocol]\nouter_rule = \"momentum\"\n")
+                .unwrap();
+        assert_eq!(dense.protocol.outer_spec(), OuterSpec::for_codec(Codec::Dense));
     }
 }

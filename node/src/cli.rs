@@ -112,16 +112,9 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Runs the local swarm once per codec and prints bytes, compression and accuracy.
-    Codecs {
-        #[arg(long, default_value_t = 4)]
-        nodes: usize,
-        #[arg(long, default_value_t = 20)]
-        rounds: u64,
-        /// Codecs to compare, comma-separated; dense is always run first as the reference.
-        #[arg(long, value_delimiter = ',', default_values_t = default_codecs())]
-        codecs: Vec<Codec>,
-    },
+    /// Runs a spec as a local swarm once per codec and prints bytes,
+    /// compression and accuracy (or held-out loss) against dense.
+    Codecs(crate::bench_codecs::CodecsArgs),
     /// Peers flood a real `starling run` node with each kind of message (junk
     /// and invalid deltas of the largest size gossip accepts, valid deltas of
     /// far rounds, equivocation proofs, offer and chunk requests, peers that
@@ -154,24 +147,6 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn default_codecs() -> Vec<Codec> {
-    [
-        "f16",
-        "int8",
-        "topk:0.1",
-        "topk:0.05+int8",
-        "topk:0.02+int8",
-        "topk:0.01+int8",
-        "sparse:64/4096+4bit",
-        "sparse:64/4096+2bit",
-        // 0.39 % of coordinates.
-        "sparse:16/4096+2bit",
-    ]
-    .iter()
-    .map(|c| c.parse().expect("valid codec"))
-    .collect()
 }
 
 /// `starling run`.
@@ -445,9 +420,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Codecs { nodes, rounds, codecs }) => {
-            codec_table(nodes, rounds, codecs).await
-        }
+        Command::Bench(BenchCommand::Codecs(args)) => crate::bench_codecs::codecs(args).await,
         Command::Bench(BenchCommand::Train(args)) => crate::workload_cli::bench_train(args),
         Command::Bench(BenchCommand::Stall { params, rounds, peers, json }) => {
             let r = crate::bench::stall(params, rounds, peers).await?;
@@ -753,36 +726,6 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         println!(
             "time          {:.1}s swarm, {:.1}s centralized baseline, {:.1}s in all",
             summary.swarm_seconds, summary.centralized_seconds, summary.wall_seconds
-        );
-    }
-    Ok(())
-}
-
-async fn codec_table(nodes: usize, rounds: u64, codecs: Vec<Codec>) -> Result<()> {
-    let mut all = vec![Codec::Dense];
-    all.extend(codecs.into_iter().filter(|c| *c != Codec::Dense));
-    println!("| codec | delta bytes | ratio vs dense | sent/node/round | received/needed | accuracy | loss vs dense |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut dense: Option<(f64, f32)> = None;
-    for codec in all {
-        let spec = RunSpec::builtin_with_codec(codec);
-        let summary = run_swarm(SwarmOptions {
-            seed: 1,
-            progress_to_stderr: true,
-            quiet: true,
-            ..SwarmOptions::new(nodes, rounds, spec)
-        })
-        .await?;
-        let delta = summary.unique_delta_bytes_per_round / nodes as f64;
-        let (dense_delta, dense_acc) = *dense.get_or_insert((delta, summary.mean_accuracy));
-        println!(
-            "| {codec} | {} | {:.1}x | {} | {:.2} | {:.2}% | {:+.2} pt |",
-            human_bytes(delta),
-            dense_delta / delta,
-            human_bytes(summary.bytes_sent_per_node_per_round),
-            summary.received_over_needed,
-            summary.mean_accuracy * 100.0,
-            (dense_acc - summary.mean_accuracy) * 100.0,
         );
     }
     Ok(())

@@ -35,7 +35,7 @@ pub use consensus::consensus_distance;
 pub use delta::{DeltaHeader, DeltaId, DeltaRules, Refusal, SignedDelta};
 pub use engine::{Engine, EngineConfig};
 pub use keys::PublicKey;
-pub use outer::OuterOptimizer;
+pub use outer::{OuterOptimizer, OuterRule};
 pub use privacy::{Accountant, PrivacyLevel, PrivacySpec};
 pub use round::{Action, Admission, Event, RoundConfig, RoundState};
 pub use snapshot::{Checkpoint, ModelState, SyncReply};

@@ -86,7 +86,7 @@ async fn the_writer_runs_one_job_at_a_time_in_order() {
     let rules = MergeRules {
         aggregation: Default::default(),
         codec: Codec::Dense,
-        outer: OuterOptimizer { lr: 0.7, momentum: 0.9, nesterov: true },
+        outer: OuterOptimizer::from(&starling_protocol::spec::OuterSpec::for_codec(Codec::Dense)),
         params: 64,
     };
     workers.submit(Job::Snapshot(state.clone()), &metrics);
