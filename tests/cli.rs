@@ -1,7 +1,8 @@
 //! The operator's command line, through the real binary: `init`, `key`, `spec`,
 //! two `run` nodes on loopback, `export` (read back by candle, and by Python's
 //! safetensors where it is installed), `config dump` with each layer, the
-//! datadir lock, `bench codecs --json`, and the errors that say which flag to change.
+//! datadir lock, `bench codecs --json`, `bench scale` (a lone node's figures
+//! as JSON), and the errors that say which flag to change.
 
 mod common;
 
@@ -336,4 +337,48 @@ fn bench_codecs_prints_one_json_object_per_codec() {
     assert!(kept.iter().all(|r| r["outer_lr"].as_f64() == Some(0.5)), "{kept:?}");
     fails(&["bench", "codecs", "--nodes", "1"], &["--nodes"]);
     fails(&["bench", "codecs", "--spec", "/nonexistent/spec.toml"], &["--spec"]);
+}
+
+/// `bench scale` runs a lone `starling run` node per size and prints one JSON
+/// object per size with every figure; a bad size names `--sizes`, and a
+/// language model without text names `--text`.
+#[test]
+fn bench_scale_prints_a_json_object_per_size() {
+    let out = ok(&["bench", "scale", "--sizes", "2e4", "--rounds", "1", "--steps", "2", "--json"], &[]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    let row: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    for field in [
+        "size",
+        "model",
+        "params",
+        "param_bytes",
+        "rounds",
+        "steps",
+        "codec",
+        "peak_rss_bytes",
+        "rss_per_param_byte",
+        "train_seconds",
+        "encode_sign_seconds",
+        "merge_outer_seconds",
+        "checkpoint_seconds",
+        "outbox_seconds",
+        "eval_seconds",
+        "wall_seconds",
+        "datadir_bytes",
+        "unsent_signed_delta_bytes_per_round",
+    ] {
+        assert!(row.get(field).is_some(), "no {field} in {row}");
+    }
+    // [32, 121, 121, 10]: the nearest MLP to 2e4 parameters.
+    assert_eq!((row["model"].as_str(), row["params"].as_u64()), (Some("mlp 32-121-121-10"), Some(19_975)));
+    assert_eq!((row["param_bytes"].as_u64(), row["rounds"].as_u64()), (Some(4 * 19_975), Some(1)));
+    let param_bytes = 4 * 19_975;
+    assert!(row["peak_rss_bytes"].as_u64().unwrap() > param_bytes, "{row}");
+    assert!(row["datadir_bytes"].as_u64().unwrap() > param_bytes, "{row}");
+    // A dense delta carries every parameter, plus its signature and header.
+    assert!(row["unsent_signed_delta_bytes_per_round"].as_u64().unwrap() > param_bytes, "{row}");
+
+    fails(&["bench", "scale", "--sizes", "1e6,1x"], &["--sizes", "`1x`", "1e6", "lm-tiny"]);
+    fails(&["bench", "scale", "--sizes", "lm-tiny"], &["--text", "lm-tiny"]);
 }

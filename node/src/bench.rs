@@ -7,10 +7,12 @@
 //! - `codecs`: the local swarm once per codec, as a table of bytes, compression
 //!   and accuracy next to dense.
 //! - `flood`: peers flood a real node with each kind of message and its memory is sampled (see [`flood`]).
+//! - `scale`: one lone node per model size: memory, time split, disk (see [`scale`]).
 //! - `stall`: how long a node's event loop stops answering while it trains,
 //!   merges and serves a large model (see [`stall`]).
 
 mod flood;
+pub mod scale;
 mod stall;
 
 pub use flood::{flood, FloodKind, FloodReport, KindReport};

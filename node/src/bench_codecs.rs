@@ -9,7 +9,8 @@ use clap::Args;
 use serde::Serialize;
 use starling_protocol::{Codec, OuterRule, RunSpec};
 
-use crate::local_swarm::{human_bytes, run_swarm, SwarmOptions, SwarmSummary};
+use crate::local_swarm::{run_swarm, SwarmOptions, SwarmSummary};
+use crate::units::human_bytes;
 
 /// `starling bench codecs`.
 #[derive(Debug, Args)]

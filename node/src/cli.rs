@@ -132,6 +132,31 @@ pub enum BenchCommand {
     },
     /// Training speed of the node's trainer in samples per second (MLP or CNN).
     Train(TrainBenchArgs),
+    /// One lone `starling run` node per model size, a few rounds each: peak
+    /// memory against the parameters' bytes, time per round by kind of work,
+    /// datadir size, and the signed delta it would publish each round.
+    Scale {
+        /// Model sizes, comma-separated: a parameter count (1e6, 2500000: an
+        /// MLP of about that many) or a language-model preset (lm-tiny,
+        /// lm-small, gpt2-small).
+        #[arg(long, value_delimiter = ',', default_value = crate::bench::scale::DEFAULT_SIZES)]
+        sizes: Vec<crate::bench::scale::Size>,
+        /// Rounds each node trains.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
+        /// Inner steps per round instead of the spec's (50 for the MLPs; 20, or 4 for gpt2-small).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: Option<u32>,
+        /// Delta codec instead of dense (the outer step follows it).
+        #[arg(long)]
+        codec: Option<Codec>,
+        /// Text the language models train on (a file or a directory of them).
+        #[arg(long, value_name = "PATH")]
+        text: Option<PathBuf>,
+        /// Print one JSON object per size instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Nodes train, merge and serve a model of --params parameters on loopback
     /// (a late joiner syncs from them); prints the longest time an event loop
     /// did not answer, by handler and by kind of heavy work.
@@ -175,6 +200,10 @@ pub struct RunArgs {
     /// stop checkpoints the last round.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
+    /// When the node stops, write what it did (rounds, bytes published, seconds
+    /// of training, encoding, merging, checkpoints, evaluation) to FILE as one JSON object.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
@@ -422,6 +451,24 @@ pub async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Codecs(args)) => crate::bench_codecs::codecs(args).await,
         Command::Bench(BenchCommand::Train(args)) => crate::workload_cli::bench_train(args),
+        Command::Bench(BenchCommand::Scale { sizes, rounds, steps, codec, text, json }) => {
+            let options = crate::bench::scale::ScaleOptions { sizes, rounds, steps, codec, text };
+            if !json {
+                println!("{}", crate::bench::scale::table_header());
+            }
+            // Each node runs for seconds to minutes: rows are printed as they come.
+            tokio::task::spawn_blocking(move || {
+                crate::bench::scale::scale(&options, |row| {
+                    if json {
+                        println!("{}", serde_json::to_string(row).expect("a row serializes"));
+                    } else {
+                        println!("{}", row.table_line());
+                    }
+                })
+            })
+            .await??;
+            Ok(())
+        }
         Command::Bench(BenchCommand::Stall { params, rounds, peers, json }) => {
             let r = crate::bench::stall(params, rounds, peers).await?;
             if json {
@@ -522,6 +569,7 @@ async fn run(args: RunArgs) -> Result<()> {
         None => datadir.require()?,
     }
     let _lock = datadir.lock()?;
+    let summary = args.summary.clone();
     let spec = match &args.spec {
         Some(path) => load_spec(path)?,
         None => {
@@ -619,6 +667,9 @@ async fn run(args: RunArgs) -> Result<()> {
     // Removes <datadir>/http.addr, whether the node stopped cleanly or not.
     drop(server);
     let outcome = outcome.map_err(crate::hints::explain)?;
+    if let Some(path) = &summary {
+        crate::run_summary::RunSummary::of(&outcome).write(path)?;
+    }
     tracing::info!(
         round = outcome.state.round,
         merged = outcome.rounds_merged,

@@ -21,6 +21,7 @@ pub mod net_cli;
 pub mod node;
 pub mod operator_cli;
 pub mod progress;
+pub mod run_summary;
 pub mod statesync;
 pub mod status;
 pub mod units;

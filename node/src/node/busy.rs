@@ -159,6 +159,12 @@ impl Busy {
         self.stats.work.entry(kind.to_string()).or_default().add(seconds);
     }
 
+    /// Time of `kind` counted in the figures only: `starling_train_seconds`
+    /// already exports training, so it stays out of `starling_work_seconds`.
+    pub(super) fn stats_only(&mut self, kind: &'static str, took: Duration) {
+        self.stats.work.entry(kind.to_string()).or_default().add(took.as_secs_f64());
+    }
+
     pub(super) fn stats(&self) -> LoopStats {
         self.stats.clone()
     }

@@ -178,7 +178,10 @@ impl Node {
     /// was paused while it ran.
     pub(super) fn drop_trained_while_paused(&mut self) -> bool {
         if let Some(since) = self.telemetry.training_since.take() {
-            self.metrics.train_seconds.observe(since.elapsed().as_secs_f64());
+            let took = since.elapsed();
+            self.metrics.train_seconds.observe(took.as_secs_f64());
+            // Beside the heavy work, so a run's summary splits a round's time.
+            self.busy.stats_only("train", took);
         }
         if self.engine.rounds().paused() {
             info!(round = self.state.round, "paused: the delta trained for this round is not published");

@@ -1,0 +1,112 @@
+//! `starling run --summary FILE`: what a node did, as one JSON object written
+//! when it stops, for scripts and `starling bench scale` (which runs nodes as
+//! child processes and cannot read their memory).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::NodeOutcome;
+
+/// A stopped node's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The round the node had reached.
+    pub round: u64,
+    pub rounds_merged: u64,
+    /// Parameters of the model.
+    pub params: usize,
+    /// Bytes of the signed deltas this node published (whether or not any peer
+    /// was there to receive them).
+    pub published_bytes: u64,
+    /// Bytes through the transport.
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    /// Seconds spent on each kind of work over the whole run: `train` (a
+    /// round's inner steps), `encode` (error feedback, encoding and signing of
+    /// our delta), `outbox` (saving it before it goes out), `merge`
+    /// (aggregation and outer step), `checkpoint`, `eval`, `verify`, ...
+    pub work_seconds: BTreeMap<String, f64>,
+    /// How many times each kind of work ran.
+    pub work_count: BTreeMap<String, u64>,
+}
+
+/// A summary that could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    #[error("cannot write the summary {path} (--summary): {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the summary {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the summary {path} is not a run summary: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+impl RunSummary {
+    pub fn of(outcome: &NodeOutcome) -> Self {
+        let work = &outcome.loop_stats.work;
+        Self {
+            round: outcome.state.round,
+            rounds_merged: outcome.rounds_merged,
+            params: outcome.state.params.len(),
+            published_bytes: outcome.published_bytes,
+            sent_bytes: outcome.traffic.sent,
+            received_bytes: outcome.traffic.received,
+            work_seconds: work.iter().map(|(kind, t)| (kind.clone(), t.total_seconds)).collect(),
+            work_count: work.iter().map(|(kind, t)| (kind.clone(), t.count)).collect(),
+        }
+    }
+
+    /// Writes the summary whole: a reader never sees half of it.
+    pub fn write(&self, path: &Path) -> Result<(), SummaryError> {
+        let err = |source| SummaryError::Write { path: path.to_path_buf(), source };
+        let text = serde_json::to_string(self).expect("a summary serializes");
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text).map_err(err)?;
+        std::fs::rename(&partial, path).map_err(err)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, SummaryError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SummaryError::Read { path: path.to_path_buf(), source })?;
+        serde_json::from_str(&text).map_err(|source| SummaryError::Parse { path: path.to_path_buf(), source })
+    }
+
+    /// Seconds of `kind` of work over the run.
+    pub fn seconds(&self, kind: &str) -> f64 {
+        self.work_seconds.get(kind).copied().unwrap_or(0.0)
+    }
+
+    pub fn count(&self, kind: &str) -> u64 {
+        self.work_count.get(kind).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        let summary = RunSummary {
+            round: 3,
+            rounds_merged: 3,
+            params: 1000,
+            published_bytes: 12_000,
+            work_seconds: [("train".to_string(), 1.5)].into(),
+            work_count: [("train".to_string(), 3)].into(),
+            ..RunSummary::default()
+        };
+        summary.write(&path).unwrap();
+        let back = RunSummary::read(&path).unwrap();
+        assert_eq!(back, summary);
+        assert_eq!((back.seconds("train"), back.count("train"), back.seconds("eval")), (1.5, 3, 0.0));
+        let err = RunSummary::read(&dir.path().join("none.json")).unwrap_err().to_string();
+        assert!(err.contains("none.json"), "{err}");
+    }
+}
