@@ -151,6 +151,9 @@ pub enum Event {
     /// rounds, so each would otherwise expect it from its own guess; the
     /// newcomer's word, taken from the peer it synced from, makes them agree.
     PeerStarts { peer: PublicKey, from: u64 },
+    /// A peer said, in a verified [`crate::LeaveNotice`], that it contributes
+    /// nothing from round `from` on (see [`leaving`]).
+    PeerLeaving { peer: PublicKey, from: u64 },
     /// The node aggregates `round` in a group with these members (itself
     /// included): only their deltas are expected and merged.
     Group { round: u64, members: Vec<PublicKey> },
@@ -279,6 +282,8 @@ pub struct RoundState {
     /// The byte charges of the deltas of future rounds in `rounds`, by how
     /// useful each is. Bound: one entry per such delta, so bounded alike.
     future: future::FutureBytes,
+    /// Peers that said they leave (see [`leaving`]). Bound: `max_peers` keys.
+    leavers: leaving::Leavers,
 }
 
 impl RoundState {
@@ -306,6 +311,7 @@ impl RoundState {
             opened_at: None,
             signed: BTreeMap::new(),
             future: future::FutureBytes::default(),
+            leavers: leaving::Leavers::default(),
         }
     }
 
@@ -397,6 +403,7 @@ impl RoundState {
     pub fn active(&self) -> BTreeSet<PublicKey> {
         if let Some(group) = self.groups.get(&self.round) {
             let mut set = group.clone();
+            set.retain(|k| !self.leavers.gone(k, self.round));
             set.insert(self.me);
             return set;
         }
@@ -428,6 +435,7 @@ impl RoundState {
                 .filter(|(k, &r)| r >= horizon && (r <= self.round || started(k)))
                 .map(|(k, _)| *k),
         );
+        set.retain(|k| !self.leavers.gone(k, self.round));
         set
     }
 
@@ -522,6 +530,10 @@ impl RoundState {
                     self.opened_at.get_or_insert(now_ms);
                 }
                 self.note_active(sender, round);
+                // A delta of a round it said it would not contribute to: it is back.
+                if self.leavers.gone(&sender, round) {
+                    self.leavers.back(&sender);
+                }
                 let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
                 if round >= self.round + lag && self.sync_allowed(round, now_ms) {
                     self.last_sync_request = Some((round, now_ms));
@@ -533,10 +545,13 @@ impl RoundState {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
                     self.connected.insert(peer, from);
                     self.reclass_future(peer);
+                    // A new connection of a key that said it leaves: a restart.
+                    self.leavers.back(&peer);
                 }
             }
             Event::PeerStarts { peer, from } => {
                 if peer != self.me && !self.banned.contains(&peer) {
+                    self.leavers.back(&peer);
                     if self.connected.contains_key(&peer) || self.room_to_connect() {
                         self.connected.insert(peer, from);
                         self.reclass_future(peer);
@@ -553,6 +568,7 @@ impl RoundState {
                 self.reclass_future(peer);
             }
             Event::Tick => {}
+            Event::PeerLeaving { peer, from } => self.peer_leaves(peer, from),
             Event::Abstain => {
                 if self.published_at.is_none() && !self.observing() {
                     self.published_at = Some(now_ms);
@@ -680,6 +696,7 @@ impl RoundState {
         self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
+        self.leavers.prune(self.round, self.config.activity_rounds);
         self.recharge_future();
     }
 
@@ -784,6 +801,7 @@ impl RoundState {
         self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
+        self.leavers.prune(self.round, self.config.activity_rounds);
         let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {
@@ -809,7 +827,10 @@ impl RoundState {
 }
 
 mod future;
+mod leaving;
 mod signed;
+
+pub use leaving::LeaveAdmission;
 
 #[cfg(test)]
 mod pause_tests;
