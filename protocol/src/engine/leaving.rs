@@ -7,11 +7,11 @@
 //! notice, once the driver verified its signature and run, is judged by
 //! [`Engine::admit_leave`] (news, a duplicate, or stale: too old to matter or
 //! older than what the key did since, as a replay is) and handed in as
-//! [`Input::PeerLeaving`]; the round state then stops expecting the key from
+//! [`super::Input::PeerLeaving`]; the round state then stops expecting the key from
 //! the notice's round (see [`crate::round`]), and a round that waited only for
 //! it closes at once.
 
-use super::{Engine, Input};
+use super::Engine;
 use crate::keys::PublicKey;
 use crate::round::{self, LeaveAdmission};
 
