@@ -80,8 +80,11 @@ impl LeaveNotice {
             return Err(LeaveRefusal::WrongRun);
         }
         let key = VerifyingKey::from_bytes(&self.sender.0).map_err(|_| LeaveRefusal::BadKey)?;
-        key.verify_strict(&digest(&self.run_id, &self.sender, self.from), &Signature::from_bytes(&self.signature))
-            .map_err(|_| LeaveRefusal::BadSignature)
+        key.verify_strict(
+            &digest(&self.run_id, &self.sender, self.from),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| LeaveRefusal::BadSignature)
     }
 
     /// Decodes untrusted bytes (at most [`MAX_LEAVE_BYTES`]) and verifies them for `run_id`.
@@ -131,7 +134,8 @@ mod tests {
     fn a_notice_is_not_a_delta_header_signature() {
         // The domains differ: a notice's signature never verifies as anything else's.
         let notice = LeaveNotice::sign(&key(1), RunId([7; 32]), 3);
-        let delta = crate::SignedDelta::sign(&key(1), RunId([7; 32]), 3, [0; 32], 1, crate::Codec::Dense, vec![]);
+        let delta =
+            crate::SignedDelta::sign(&key(1), RunId([7; 32]), 3, [0; 32], 1, crate::Codec::Dense, vec![]);
         assert_ne!(notice.signature, delta.signature);
     }
 

@@ -14,8 +14,8 @@ use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
 use crate::delta::{DeltaHeader, SignedDelta};
 use crate::keys::PublicKey;
 use crate::leave::LeaveNotice;
-use crate::spec::RunId;
 use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
+use crate::spec::RunId;
 
 /// The largest message any Starling decoder accepts, whatever the caller's limit.
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;

@@ -182,7 +182,8 @@ impl Engine<'_> {
         let id = DeltaId(notice.id());
         let round = n.state.round;
         let bytes = notice.to_bytes().len() as u64;
-        let message = Rc::new(Message { body: Body::Leave(notice), round, id, bytes, published_at: self.now });
+        let message =
+            Rc::new(Message { body: Body::Leave(notice), round, id, bytes, published_at: self.now });
         self.nodes[node].seen.insert(id, (round, self.now));
         for to in self.mesh.peers(node).to_vec() {
             self.send(node, to, message.clone());
