@@ -696,7 +696,6 @@ impl RoundState {
         self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
-        self.leavers.prune(self.round, self.config.activity_rounds);
         self.recharge_future();
     }
 
@@ -760,6 +759,7 @@ impl RoundState {
     fn prune_activity(&mut self) {
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
         self.last_active.retain(|_, r| *r >= horizon);
+        self.leavers.prune(self.round, self.config.activity_rounds);
     }
 
     fn maybe_close(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
@@ -801,7 +801,6 @@ impl RoundState {
         self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
-        self.leavers.prune(self.round, self.config.activity_rounds);
         let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {
