@@ -1,6 +1,6 @@
 //! SIGTERM stops a node within a bounded time, and it tells its peers on the
-//! way out: they stop expecting its deltas at once rather than wait out the
-//! round deadline. A second signal exits at once.
+//! way out (a signed leave notice, then its connections close): they stop
+//! expecting its deltas at once rather than wait out the round deadline. A second signal exits at once.
 
 mod common;
 
@@ -28,10 +28,13 @@ fn sigterm_leaves_in_bounded_time_and_the_others_carry_on_at_once() {
     for node in &mut nodes {
         node.wait_merged(2, Duration::from_secs(180));
     }
-    // The leaver says goodbye to its direct peers: wait until it is one of
-    // both (nodes 1 and 2 only dial node 0; they meet through Kademlia). A
-    // node that knows the leaver only through relayed deltas keeps expecting
-    // it for `activity_rounds` (a known gap, in the README).
+    // The leaver says goodbye to its direct peers by closing its connections,
+    // and to everyone by a signed leave notice on the run's leave topic. Here
+    // it waits until the leaver is a direct peer of both (nodes 1 and 2 only
+    // dial node 0; they meet through Kademlia), so that the round timing below
+    // does not depend on when they meet; the case of a node that knows the
+    // leaver only through relayed deltas is the netsim scenario
+    // `graceful-leave` (tests/netsim_scenarios.rs), deterministic and cheap.
     for node in &mut nodes {
         node.wait_for_line(" peers=2", Duration::from_secs(60));
     }
@@ -41,8 +44,13 @@ fn sigterm_leaves_in_bounded_time_and_the_others_carry_on_at_once() {
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     assert!(nodes[2].log().contains("left the run"), "{}", nodes[2].log());
+    assert!(nodes[2].log().contains("told the run we leave"), "{}", nodes[2].log());
     let left_at = nodes[0].last_merged().unwrap().max(nodes[1].last_merged().unwrap());
 
+    // Both heard its notice (it went out before the connections closed).
+    for node in &mut nodes[..2] {
+        node.wait_for_line("a peer leaves the run", Duration::from_secs(10));
+    }
     // The round deadline is 30 s: rounds that close by quorum of two were not waiting for the leaver.
     for (i, node) in nodes.iter_mut().enumerate().take(2) {
         node.wait_merged(left_at + 4, Duration::from_secs(25));

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Command};
 
 use starling_netsim::{
-    scenario::{Mode, Workload},
+    scenario::{EventKind, Mode, Workload},
     Scenario,
 };
 
@@ -113,6 +113,29 @@ fn a_late_joiner_of_a_fast_swarm_holds_no_round_to_its_deadline() {
         assert_eq!(s.final_consensus_distance, 0.0, "seed {seed}: the nodes disagree at the end");
         assert_eq!(s.honest_equivocations, Some(0), "seed {seed}");
     }
+}
+
+/// A node leaves gracefully from a swarm where each node is connected only to
+/// its mesh peers: those that know it only through relayed deltas hear of it
+/// from its signed leave notice, and no round closes at its deadline. The
+/// same leave as a kill (no notice) holds rounds to their deadline until the
+/// leaver has been silent for two rounds: the gap the notice closes.
+#[test]
+fn a_graceful_leave_holds_no_round_to_its_deadline() {
+    let sc = scenario("graceful-leave");
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    assert!(out.markers.iter().any(|(_, l)| l == "1 leave"), "{:?}", out.markers);
+    assert_eq!(out.summary.deadline_closes, 0, "rounds closed at the deadline: {:?}", out.rows);
+    assert!(out.summary.final_consensus_distance < 1e-9, "the nodes disagree at the end");
+    assert_eq!(out.rows.last().unwrap().active_nodes, 11);
+    let mut killed = sc.clone();
+    for event in &mut killed.events {
+        if let EventKind::Leave { graceful, .. } = &mut event.what {
+            *graceful = false;
+        }
+    }
+    let out = starling_netsim::run(&killed, false, &mut |_, _| {}).unwrap();
+    assert!(out.summary.deadline_closes > 0, "without a notice, relayed peers wait for the leaver");
 }
 
 /// The faster side of a partition is the minority: when the link comes back

@@ -94,6 +94,8 @@ enum Body {
     Proof {
         offender: PublicKey,
     },
+    /// A node's signed word that it leaves (see [`starling_protocol::leave`]).
+    Leave(starling_protocol::LeaveNotice),
 }
 
 struct Scheduled {
@@ -329,9 +331,11 @@ impl<'a> Engine<'a> {
         engine.eval_nodes = eval_sample(sc, task, sc.nodes - attackers);
         if !engine.grouped {
             let keys: Vec<PublicKey> = engine.nodes.iter().map(|n| n.public).collect();
-            for n in &mut engine.nodes {
-                for k in &keys {
-                    n.engine.handle(0, Input::PeerConnected(*k));
+            for i in 0..engine.nodes.len() {
+                for (j, k) in keys.iter().enumerate() {
+                    if engine.direct(i, j) {
+                        engine.nodes[i].engine.handle(0, Input::PeerConnected(*k));
+                    }
                 }
             }
         }

@@ -245,6 +245,12 @@ pub struct Link {
     /// Gossip mesh peers per node (gossipsub's D); 0 connects every pair.
     #[serde(default = "default_mesh")]
     pub mesh_degree: usize,
+    /// Whether a node is connected only to its mesh peers, and knows the
+    /// others through their relayed deltas alone (as in a swarm larger than
+    /// a node's connections); by default every pair is connected and only
+    /// gossip goes through the mesh.
+    #[serde(default)]
+    pub mesh_connections: bool,
 }
 
 fn default_latency() -> Latency {
@@ -256,7 +262,14 @@ fn default_mesh() -> usize {
 
 impl Default for Link {
     fn default() -> Self {
-        Self { latency: default_latency(), loss: 0.0, uplink_mbps: 0.0, downlink_mbps: 0.0, mesh_degree: 8 }
+        Self {
+            latency: default_latency(),
+            loss: 0.0,
+            uplink_mbps: 0.0,
+            downlink_mbps: 0.0,
+            mesh_degree: 8,
+            mesh_connections: false,
+        }
     }
 }
 
@@ -330,8 +343,14 @@ pub enum EventKind {
     /// This many nodes (the lowest indices still up) crash; they restart after
     /// `restart_after_ms` (never when 0).
     Crash { count: usize, restart_after_ms: u64 },
-    /// This many nodes leave for good.
-    Leave { count: usize },
+    /// This many nodes leave for good; `graceful` ones gossip a signed leave
+    /// notice first, as `starling run` does on SIGTERM (the others vanish, as
+    /// after a kill).
+    Leave {
+        count: usize,
+        #[serde(default)]
+        graceful: bool,
+    },
     /// This many new nodes join, starting from nothing and syncing state.
     Join { count: usize },
 }

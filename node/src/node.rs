@@ -14,6 +14,7 @@ mod bounded;
 mod busy;
 mod control;
 mod events;
+mod leaving;
 
 pub use busy::{LoopStats, Timing};
 pub use control::{ControlError, ControlRequest, NodeControl};
@@ -227,6 +228,8 @@ struct Node {
     topic: gossipsub::IdentTopic,
     /// The run's equivocation proofs travel here.
     proof_topic: gossipsub::IdentTopic,
+    /// The run's leave notices travel here (see `leaving`).
+    leave_topic: gossipsub::IdentTopic,
     /// A private run's allowed keys; `None` for a public run.
     allowed: Option<BTreeSet<PublicKey>>,
     /// Refused messages per peer key and reason, saved with each merge.
@@ -555,6 +558,7 @@ impl Node {
             Instant::now(),
         );
         let (topic, proof_topic) = net::subscribe_run(&mut swarm, &spec);
+        let leave_topic = net::leave_topic(&spec);
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
         for peer in &hooks.expected_peers {
@@ -571,6 +575,7 @@ impl Node {
             swarm,
             topic,
             proof_topic,
+            leave_topic,
             refusals: bounded::BoundedCounts::new(starling_storage::MAX_REFUSAL_RECORDS),
             refusals_dirty: false,
             refused_by_reason: BTreeMap::new(),
@@ -729,12 +734,16 @@ impl Node {
     }
 
     /// Leaves the run politely, within [`LEAVE_TIME`]: flushes the store,
-    /// unsubscribes from the run's topic (peers drop us from the round's expected
-    /// set on receipt, rather than wait for a deadline), then closes every connection.
+    /// gossips a signed leave notice (peers that know us only through relayed
+    /// deltas stop expecting us from the round it names), unsubscribes from
+    /// the run's topic (direct peers drop us from the round's expected set on
+    /// receipt, rather than wait for a deadline), lets gossip send both for
+    /// half of it, then closes every connection.
     async fn leave(&mut self) {
         if let Err(e) = self.store.flush() {
             warn!(error = %e, "flushing the datadir on shutdown failed");
         }
+        self.publish_leave_notice();
         let _ = self.swarm.behaviour_mut().gossipsub.unsubscribe(&self.topic);
         self.drive_for(LEAVE_TIME / 2).await;
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();

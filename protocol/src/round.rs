@@ -156,6 +156,9 @@ pub enum Event {
     /// rounds, so each would otherwise expect it from its own guess; the
     /// newcomer's word, taken from the peer it synced from, makes them agree.
     PeerStarts { peer: PublicKey, from: u64 },
+    /// A peer said, in a verified [`crate::LeaveNotice`], that it contributes
+    /// nothing from round `from` on (see [`leaving`]).
+    PeerLeaving { peer: PublicKey, from: u64 },
     /// The node aggregates `round` in a group with these members (itself
     /// included): only their deltas are expected and merged.
     Group { round: u64, members: Vec<PublicKey> },
@@ -284,6 +287,8 @@ pub struct RoundState {
     /// The byte charges of the deltas of future rounds in `rounds`, by how
     /// useful each is. Bound: one entry per such delta, so bounded alike.
     future: future::FutureBytes,
+    /// Peers that said they leave (see [`leaving`]). Bound: `max_peers` keys.
+    leavers: leaving::Leavers,
 }
 
 impl RoundState {
@@ -311,6 +316,7 @@ impl RoundState {
             opened_at: None,
             signed: BTreeMap::new(),
             future: future::FutureBytes::default(),
+            leavers: leaving::Leavers::default(),
         }
     }
 
@@ -457,6 +463,10 @@ impl RoundState {
                     self.opened_at.get_or_insert(now_ms);
                 }
                 self.note_active(sender, round);
+                // A delta of a round it said it would not contribute to: it is back.
+                if self.leavers.gone(&sender, round) {
+                    self.leavers.back(&sender);
+                }
                 let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
                 if round >= self.round + lag && self.sync_allowed(round, now_ms) {
                     self.last_sync_request = Some((round, now_ms));
@@ -468,10 +478,13 @@ impl RoundState {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
                     self.connected.insert(peer, from);
                     self.reclass_future(peer);
+                    // A new connection of a key that said it leaves: a restart.
+                    self.leavers.back(&peer);
                 }
             }
             Event::PeerStarts { peer, from } => {
                 if peer != self.me && !self.banned.contains(&peer) {
+                    self.leavers.back(&peer);
                     if self.connected.contains_key(&peer) || self.room_to_connect() {
                         self.connected.insert(peer, from);
                         self.reclass_future(peer);
@@ -488,6 +501,7 @@ impl RoundState {
                 self.reclass_future(peer);
             }
             Event::Tick => {}
+            Event::PeerLeaving { peer, from } => self.peer_leaves(peer, from),
             Event::Abstain => {
                 if self.published_at.is_none() && !self.observing() {
                     self.published_at = Some(now_ms);
@@ -593,8 +607,11 @@ impl RoundState {
 mod clock;
 mod expected;
 mod future;
+mod leaving;
 mod replay;
 mod signed;
+
+pub use leaving::LeaveAdmission;
 
 #[cfg(test)]
 mod pause_tests;

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::accountability::{EquivocationProof, SignedHeader};
 use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
 use crate::delta::{DeltaHeader, SignedDelta};
+use crate::keys::PublicKey;
+use crate::leave::LeaveNotice;
 use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
+use crate::spec::RunId;
 
 /// The largest message any Starling decoder accepts, whatever the caller's limit.
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
@@ -127,6 +130,50 @@ pub fn decode_proof(bytes: &[u8], limit: usize) -> Result<EquivocationProof, Wir
         Ok(SignedHeader { header: w.header, signature })
     };
     Ok(EquivocationProof { a: part(wire.a)?, b: part(wire.b)? })
+}
+
+/// What a [`LeaveNotice`]'s signature covers.
+#[derive(Serialize, Deserialize)]
+struct LeaveClaimWire {
+    run_id: RunId,
+    sender: PublicKey,
+    from: u64,
+}
+
+/// A [`LeaveNotice`] as it travels: the signature borrows the input.
+#[derive(Serialize, Deserialize)]
+struct LeaveNoticeWire<'a> {
+    run_id: RunId,
+    sender: PublicKey,
+    from: u64,
+    #[serde(borrow, with = "serde_bytes")]
+    signature: &'a [u8],
+}
+
+/// The bytes a leave notice's digest is computed over.
+pub fn encode_leave_claim(run_id: &RunId, sender: &PublicKey, from: u64) -> Vec<u8> {
+    encode(&LeaveClaimWire { run_id: *run_id, sender: *sender, from })
+}
+
+/// Encodes a leave notice for the wire.
+pub fn encode_leave(notice: &LeaveNotice) -> Vec<u8> {
+    encode(&LeaveNoticeWire {
+        run_id: notice.run_id,
+        sender: notice.sender,
+        from: notice.from,
+        signature: &notice.signature,
+    })
+}
+
+/// Decodes a leave notice of at most `limit` bytes. This checks the shape
+/// only; [`LeaveNotice::verify`] checks what it claims.
+pub fn decode_leave(bytes: &[u8], limit: usize) -> Result<LeaveNotice, WireError> {
+    let wire: LeaveNoticeWire = decode(bytes, limit)?;
+    let signature = wire
+        .signature
+        .try_into()
+        .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", wire.signature.len())))?;
+    Ok(LeaveNotice { run_id: wire.run_id, sender: wire.sender, from: wire.from, signature })
 }
 
 /// The bytes a delta header's digest is computed over.

@@ -94,6 +94,10 @@ impl Engine<'_> {
                 let offender = *offender;
                 return self.on_proof(to, from, offender, message);
             }
+            Body::Leave(notice) => {
+                let notice = notice.clone();
+                return self.on_leave_notice(to, from, &notice, message);
+            }
         };
         let rules = self.rules;
         let verdict = *self

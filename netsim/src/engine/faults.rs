@@ -1,9 +1,13 @@
-//! The fault schedule of a virtual run: crashes and restarts, departures,
-//! joins, partitions and heals, fired as the leading node reaches their rounds.
+//! The fault schedule of a virtual run: crashes and restarts, departures
+//! (graceful ones with a signed leave notice gossiped through the mesh, as
+//! `starling run` sends on SIGTERM), joins, partitions and heals, fired as the
+//! leading node reaches their rounds.
 
-use starling_protocol::{engine::Input, PublicKey};
+use std::rc::Rc;
 
-use super::{Engine, Happening, Life, MS};
+use starling_protocol::{engine::Input, round::LeaveAdmission, DeltaId, LeaveNotice};
+
+use super::{Body, Engine, Happening, Life, Message, MS};
 use crate::{scenario::EventKind, SimError};
 
 impl Engine<'_> {
@@ -12,20 +16,21 @@ impl Engine<'_> {
         let n = &mut self.nodes[node];
         n.life = Life::Crashed;
         n.epoch += 1;
-        let key = n.public;
-        self.disconnect_everywhere(key);
+        self.disconnect_everywhere(node);
         if restart_after_ms > 0 {
             self.schedule(self.now + restart_after_ms * MS, Happening::Restart { node });
         }
     }
 
-    fn disconnect_everywhere(&mut self, key: PublicKey) {
+    /// Its connected peers see `node`'s connections close.
+    fn disconnect_everywhere(&mut self, node: usize) {
         if self.grouped {
             return;
         }
+        let key = self.nodes[node].public;
         let now = self.now / MS;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].life == Life::Up {
+            if self.nodes[i].life == Life::Up && i != node && self.direct(node, i) {
                 let outputs = self.nodes[i].engine.handle(now, Input::PeerLeft(key));
                 // A departure can complete a round that waited for the departed node.
                 let _ = self.apply(i, outputs);
@@ -69,7 +74,7 @@ impl Engine<'_> {
         let now = self.now / MS;
         let public = self.nodes[node].public;
         for i in 0..self.nodes.len() {
-            if i != node && self.nodes[i].life == Life::Up {
+            if i != node && self.nodes[i].life == Life::Up && self.direct(node, i) {
                 let peer = self.nodes[i].public;
                 let outputs = self.nodes[node].engine.handle(now, Input::PeerConnected(peer));
                 let _ = self.apply(node, outputs);
@@ -117,10 +122,13 @@ impl Engine<'_> {
                     }
                     format!("{} crash", victims.len())
                 }
-                EventKind::Leave { count } => {
+                EventKind::Leave { count, graceful } => {
                     let leaving: Vec<usize> =
                         (0..self.nodes.len()).filter(|&i| self.up(i)).take(*count).collect();
                     for &v in &leaving {
+                        if *graceful {
+                            self.send_leave_notice(v);
+                        }
                         self.crash(v, 0);
                         self.nodes[v].life = Life::Left;
                     }
@@ -155,5 +163,62 @@ impl Engine<'_> {
         self.connect_to_peers(node);
         self.drive(node, Input::Start)?;
         Ok(node)
+    }
+}
+
+impl Engine<'_> {
+    /// Whether nodes `a` and `b` are connected (not only linked by relays).
+    pub(super) fn direct(&self, a: usize, b: usize) -> bool {
+        !self.sc.link.mesh_connections || self.mesh.peers(a).contains(&b)
+    }
+
+    /// `node` leaves gracefully: it signs a leave notice for the round its
+    /// engine names and gossips it to its mesh peers, before its connections
+    /// close (the caller crashes it next, so its training in flight is lost,
+    /// as the real node's is).
+    fn send_leave_notice(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        let notice = LeaveNotice::sign(&n.key, self.run, n.engine.leaving_from());
+        let id = DeltaId(notice.id());
+        let round = n.state.round;
+        let bytes = notice.to_bytes().len() as u64;
+        let message =
+            Rc::new(Message { body: Body::Leave(notice), round, id, bytes, published_at: self.now });
+        self.nodes[node].seen.insert(id, (round, self.now));
+        for to in self.mesh.peers(node).to_vec() {
+            self.send(node, to, message.clone());
+        }
+    }
+
+    /// A leave notice reached `to`: verified, judged by its engine, taken in
+    /// and passed on when it is news.
+    pub(super) fn on_leave_notice(
+        &mut self,
+        to: usize,
+        from: usize,
+        notice: &LeaveNotice,
+        message: Rc<Message>,
+    ) -> Result<(), crate::SimError> {
+        if let Err(refusal) = notice.verify(self.run) {
+            self.ledger.refused(refusal.label());
+            return Ok(());
+        }
+        let engine = &mut self.nodes[to].engine;
+        match engine.admit_leave(&notice.sender, notice.from) {
+            LeaveAdmission::Accept => {}
+            LeaveAdmission::Stale => {
+                self.ledger.refused("stale_leave");
+                return Ok(());
+            }
+            LeaveAdmission::Duplicate | LeaveAdmission::Ignored => return Ok(()),
+        }
+        let outputs =
+            engine.handle(self.now / MS, Input::PeerLeaving { peer: notice.sender, from: notice.from });
+        for p in self.mesh.peers(to).to_vec() {
+            if p != from {
+                self.send(to, p, message.clone());
+            }
+        }
+        self.apply(to, outputs)
     }
 }

@@ -169,13 +169,20 @@ pub fn proof_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("/starling/{}/equivocations/1", spec.run_id().short()))
 }
 
-/// Subscribes `swarm` to the run's delta and equivocation-proof topics; returns them in that order.
+/// The gossip topic of a run's leave notices (see [`starling_protocol::leave`]):
+/// a topic of its own, so that the deltas' wire bytes stay as they are.
+pub fn leave_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/starling/{}/leaving/1", spec.run_id().short()))
+}
+
+/// Subscribes `swarm` to the run's delta, equivocation-proof and leave-notice
+/// topics; returns the first two in that order (see [`leave_topic`]).
 pub fn subscribe_run(
     swarm: &mut Swarm<Behaviour>,
     spec: &RunSpec,
 ) -> (gossipsub::IdentTopic, gossipsub::IdentTopic) {
     let topics = (delta_topic(spec), proof_topic(spec));
-    for topic in [&topics.0, &topics.1] {
+    for topic in [&topics.0, &topics.1, &leave_topic(spec)] {
         swarm.behaviour_mut().gossipsub.subscribe(topic).expect("subscribing to a new topic cannot fail");
     }
     topics
@@ -217,6 +224,7 @@ pub fn build_swarm(
         run: spec.run_id().short(),
         topic: delta_topic(spec).hash(),
         proof_topic: proof_topic(spec).hash(),
+        leave_topic: leave_topic(spec).hash(),
         round_deadline: Duration::from_millis(spec.round.deadline_ms),
         max_delta: spec.max_delta_bytes(),
         max_sync: sync::max_response_bytes(spec),
@@ -320,6 +328,7 @@ struct BehaviourLimits {
     run: String,
     topic: gossipsub::TopicHash,
     proof_topic: gossipsub::TopicHash,
+    leave_topic: gossipsub::TopicHash,
     round_deadline: Duration,
     max_delta: usize,
     max_sync: usize,
@@ -340,9 +349,9 @@ fn behaviour(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(limits.max_delta, limits.topic.clone(), limits.round_deadline)?,
     )?;
-    // Rejected messages (invalid deltas and proofs) lower their sender's score.
+    // Rejected messages (invalid deltas, proofs and leave notices) lower their sender's score.
     gossipsub.with_peer_score(
-        score::params(&[limits.topic.clone(), limits.proof_topic.clone()]),
+        score::params(&[limits.topic.clone(), limits.proof_topic.clone(), limits.leave_topic.clone()]),
         score::thresholds(),
     )?;
     let identify = identify::Behaviour::new(

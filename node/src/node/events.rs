@@ -86,6 +86,8 @@ impl Node {
             }) => {
                 if message.topic == self.proof_topic.hash() {
                     self.on_proof(propagation_source, message_id, &message.data)?;
+                } else if message.topic == self.leave_topic.hash() {
+                    self.on_leave_notice(propagation_source, message_id, &message.data)?;
                 } else {
                     self.on_gossip(propagation_source, message_id, message.data)?;
                 }

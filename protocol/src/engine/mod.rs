@@ -30,6 +30,7 @@
 
 pub mod fetch;
 mod joining;
+mod leaving;
 mod lineage;
 mod sync;
 
@@ -160,6 +161,9 @@ pub enum Input {
     Ban(PublicKey),
     /// The node aggregates `round` in a group with these members.
     Group { round: u64, members: Vec<PublicKey> },
+    /// A peer's verified [`crate::LeaveNotice`]: it contributes nothing from
+    /// round `from` on (see [`leaving`]).
+    PeerLeaving { peer: PublicKey, from: u64 },
 }
 
 /// Something the driver must do.
@@ -494,6 +498,7 @@ impl Engine {
                 self.grouped = true;
                 self.round_event(now, round::Event::Group { round, members })
             }
+            Input::PeerLeaving { peer, from } => self.on_peer_leaving(now, peer, from),
         }
         self.check_gathering(now);
         self.schedule();

@@ -22,6 +22,7 @@ impl RoundState {
     pub fn active(&self) -> BTreeSet<PublicKey> {
         if let Some(group) = self.groups.get(&self.round) {
             let mut set = group.clone();
+            set.retain(|k| !self.leavers.gone(k, self.round));
             set.insert(self.me);
             return set;
         }
@@ -53,6 +54,7 @@ impl RoundState {
                 .filter(|(k, &r)| r >= horizon && (r <= self.round || started(k)))
                 .map(|(k, _)| *k),
         );
+        set.retain(|k| !self.leavers.gone(k, self.round));
         set
     }
 
@@ -85,5 +87,6 @@ impl RoundState {
     pub(super) fn prune_activity(&mut self) {
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
         self.last_active.retain(|_, r| *r >= horizon);
+        self.leavers.prune(self.round, self.config.activity_rounds);
     }
 }
