@@ -28,6 +28,9 @@ pub mod snapshot;
 pub mod spec;
 pub mod wire;
 
+#[cfg(test)]
+mod test_keys;
+
 pub use accountability::{EquivocationProof, ProofError, SignedHeader};
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnapshot};

@@ -42,26 +42,13 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use ed25519_dalek::SigningKey;
 
     use super::super::{Engine, EngineConfig, Input, Output};
-    use crate::keys::PublicKey;
+
     use crate::round::{CloseReason, LeaveAdmission, RoundConfig};
     use crate::spec::RoundSpec;
-    use crate::{Codec, ModelState, RunId, SignedDelta};
-
-    fn key(i: u8) -> SigningKey {
-        SigningKey::from_bytes(&[i; 32])
-    }
-
-    fn pk(i: u8) -> PublicKey {
-        PublicKey::of(&key(i))
-    }
-
-    fn delta(i: u8, round: u64) -> SignedDelta {
-        let payload = Codec::Dense.encode(&[f32::from(i), round as f32]);
-        SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, payload)
-    }
+    use crate::test_keys::{delta, pk};
+    use crate::ModelState;
 
     /// Node 1, running, connected to 2 only; 3 reaches it through relays.
     fn engine() -> Engine {

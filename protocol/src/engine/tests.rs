@@ -3,22 +3,13 @@
 //! fetches that resume, and the phase guard on syncs started by deltas.
 use std::collections::{BTreeMap, BTreeSet};
 
-use ed25519_dalek::SigningKey;
-
 use super::*;
 use crate::chunks::{StateOffer, StateSnapshot};
 use crate::spec::RoundSpec;
+use crate::test_keys::{delta, key, pk};
 use crate::{Codec, RunId};
 
 const PARAMS: usize = 600_000;
-
-fn key(i: u8) -> SigningKey {
-    SigningKey::from_bytes(&[i; 32])
-}
-
-fn pk(i: u8) -> PublicKey {
-    PublicKey::of(&key(i))
-}
 
 fn state(round: u64, value: f32) -> ModelState {
     let mut s = ModelState::initial(vec![value; PARAMS]);
@@ -51,11 +42,6 @@ fn started(mut e: Engine, peers: u8) -> (Engine, Vec<Output>) {
         out.extend(e.handle(0, Input::PeerConnected(pk(2 + i))));
     }
     (e, out)
-}
-
-fn delta(i: u8, round: u64) -> SignedDelta {
-    let payload = Codec::Dense.encode(&[f32::from(i), round as f32]);
-    SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, payload)
 }
 
 fn requests(out: &[Output]) -> Vec<(PublicKey, RequestId, SyncRequest)> {

@@ -100,21 +100,7 @@ mod tests {
     use super::super::*;
     use super::LeaveAdmission;
     use crate::spec::RoundSpec;
-    use crate::{Codec, RunId};
-    use ed25519_dalek::SigningKey;
-
-    fn key(i: u8) -> SigningKey {
-        SigningKey::from_bytes(&[i; 32])
-    }
-
-    fn pk(i: u8) -> PublicKey {
-        PublicKey::of(&key(i))
-    }
-
-    fn delta(i: u8, round: u64) -> SignedDelta {
-        let payload = Codec::Dense.encode(&[f32::from(i), round as f32]);
-        SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, payload)
-    }
+    use crate::test_keys::{delta, pk};
 
     /// Node 1, connected to 2; 3 is known only through its relayed deltas.
     /// Each of them contributed to round 0, which is merged.

@@ -2,12 +2,8 @@
 //! rounds, and still closes and merges its peers' rounds.
 
 use super::*;
+use crate::test_keys::key;
 use crate::{Codec, RunId};
-use ed25519_dalek::SigningKey;
-
-fn key(i: u8) -> SigningKey {
-    SigningKey::from_bytes(&[i; 32])
-}
 
 /// Sender and round in the payload, as in real deltas: equal payloads are replays.
 fn delta(i: u8, round: u64) -> SignedDelta {

@@ -2,12 +2,8 @@
 //! sync triggers, newcomers, observers, equivocation, groups, and the bounds
 //! on what the network feeds.
 use super::*;
+use crate::test_keys::{key, pk};
 use crate::{Codec, RunId};
-use ed25519_dalek::SigningKey;
-
-fn key(i: u8) -> SigningKey {
-    SigningKey::from_bytes(&[i; 32])
-}
 
 fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
     based(i, round, value, [0; 32])
@@ -38,10 +34,6 @@ fn config() -> RoundConfig {
     // No settle time: these tests close at quorum at once (see
     // `a_round_settles_after_quorum_so_a_twin_delta_can_surface`).
     RoundConfig { settle_ms: 0, ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 }) }
-}
-
-fn pk(i: u8) -> PublicKey {
-    PublicKey::of(&key(i))
 }
 
 fn state() -> RoundState {
