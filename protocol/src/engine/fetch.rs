@@ -256,13 +256,14 @@ impl StateFetch {
         result: Result<ModelState, ChunkError>,
         notes: &mut Vec<Note>,
     ) -> Option<FetchStep> {
-        if !matches!(&self.stage, Stage::Decoding { root: r, .. } if *r == root) {
-            return None;
-        }
-        let Stage::Decoding { expected_from, deltas, majority, .. } =
-            std::mem::replace(&mut self.stage, Stage::Idle)
-        else {
-            unreachable!()
+        let (expected_from, deltas, majority) = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Decoding { root: r, expected_from, deltas, majority } if r == root => {
+                (expected_from, deltas, majority)
+            }
+            other => {
+                self.stage = other;
+                return None;
+            }
         };
         Some(match result {
             Ok(state) => FetchStep::Done { state, expected_from, deltas, majority },
