@@ -26,7 +26,6 @@ use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
 use starling_protocol::{
     engine::{Input, Output, RequestId},
     group,
-    round::CloseReason,
     wire::{SyncRequest, SyncResponse},
     Codec, DeltaId, DeltaRules, Engine as NodeEngine, EngineConfig, ModelState, OuterOptimizer, PublicKey,
     RoundConfig, RunId, SignedDelta, StateSnapshot,
@@ -35,12 +34,14 @@ use starling_protocol::{
 mod adversary;
 mod delivery;
 mod faults;
+mod merge;
 mod sync;
+mod trace;
 
 use crate::{
     attack::Junk,
     link::{self, Mesh},
-    metrics::{NodeMerge, RoundLedger},
+    metrics::RoundLedger,
     scenario::{EventKind, Scenario, Workload},
     workload::{NodeModel, Task, Trained},
     SimError,
@@ -219,6 +220,8 @@ pub(crate) struct Engine<'a> {
     index: HashMap<PublicKey, usize>,
     /// How many running nodes are at each round (the slowest one closes rows).
     live_rounds: std::collections::BTreeMap<u64, usize>,
+    /// Print notes and merges (`NETSIM_NOTES`, see [`trace`]).
+    trace: bool,
     /// Attackers among the initial nodes.
     attackers: usize,
     /// Honest deltas of the latest round, for omniscient attacks.
@@ -316,6 +319,7 @@ impl<'a> Engine<'a> {
             groups: HashMap::new(),
             index: HashMap::new(),
             live_rounds: std::collections::BTreeMap::new(),
+            trace: trace::wanted(),
             attackers,
             honest_deltas: (0, Vec::new()),
             forged: None,
@@ -640,112 +644,11 @@ impl<'a> Engine<'a> {
                         self.schedule(at.max(self.now), Happening::Deadline { node });
                     }
                 }
-                Output::Note(note) => {
-                    if std::env::var_os("NETSIM_NOTES").is_some() {
-                        eprintln!(
-                            "{} node {node} r{}: {note:?}",
-                            self.now / MS,
-                            self.nodes[node].state.round
-                        );
-                    }
-                }
+                Output::Note(note) => self.trace_note(node, &note),
                 Output::Finished => {}
             }
         }
         Ok(())
-    }
-
-    fn merge(
-        &mut self,
-        node: usize,
-        round: u64,
-        deltas: Vec<SignedDelta>,
-        reason: CloseReason,
-    ) -> Result<bool, SimError> {
-        let merged = deltas.len();
-        if std::env::var_os("NETSIM_NOTES").is_some() {
-            // Who was merged, each with the first byte of the base it was trained from.
-            let senders: Vec<String> = deltas
-                .iter()
-                .map(|d| format!("{:?}:{:02x}", self.index_of(&d.header.sender), d.header.base[0]))
-                .collect();
-            let base = self.nodes[node].state.lineage[0];
-            eprintln!(
-                "{} node {node} r{round}: merged {senders:?} ({reason:?}) into {base:02x}",
-                self.now / MS
-            );
-        }
-        if !self.nodes[node].attacker && self.sc.attack.behaviour.protocol_attack() {
-            // A replayer's deltas are honest until it has old ones to replay.
-            let lies_from = match self.sc.attack.behaviour {
-                crate::attack::AttackBehaviour::Replay => self.sc.attack.replay_age,
-                _ => 0,
-            };
-            let from_attackers = deltas.iter().filter(|d| {
-                d.header.round >= lies_from
-                    && self.index_of(&d.header.sender).is_some_and(|i| self.nodes[i].attacker)
-            });
-            self.ledger.attack_deltas_merged += from_attackers.count() as u64;
-        }
-        if deltas.is_empty() {
-            self.merge_buffer.fill(0.0);
-        } else {
-            // Grouped rounds carry models, not deltas: no momentum screening.
-            let reference = (!self.grouped).then_some(self.nodes[node].state.momentum.as_slice());
-            self.sc
-                .protocol
-                .aggregation
-                .aggregate_deltas_with(&deltas, self.codec, reference, &mut self.merge_buffer)
-                .map_err(|e| SimError::Merge { node, round, reason: e.to_string() })?;
-        }
-        self.untrack(node);
-        let n = &mut self.nodes[node];
-        if self.grouped {
-            // The members of a group start from different states (they were in
-            // different groups last round), so averaging their pseudo-gradients
-            // would never bring the states together. Each publishes its trained
-            // model θⱼ instead, and the outer step's pseudo-gradient is
-            // θᵢ − mean θⱼ: the group's progress plus this node's distance from
-            // the group, which the step closes.
-            for (g, p) in self.merge_buffer.iter_mut().zip(&n.state.params) {
-                *g = p - *g;
-            }
-        }
-        self.outer.step(&mut n.state.params, &mut n.state.momentum, &self.merge_buffer);
-        n.state.record_merge(round, &deltas);
-        self.track(node);
-        let n = &mut self.nodes[node];
-        n.seen.retain(|_, (r, _)| *r + 2 >= round);
-        let score = if self.eval_nodes.get(node).copied().unwrap_or(false) {
-            Some(self.task.evaluate(&n.state.params).map_err(SimError::Workload)?)
-        } else {
-            None
-        };
-        let params = n.state.params.clone();
-        self.ledger.merged(
-            round,
-            NodeMerge {
-                node,
-                merged,
-                deadline: reason == CloseReason::Deadline,
-                score,
-                params,
-                honest: !self.nodes[node].attacker,
-            },
-        );
-        if round + 1 > self.leading_round {
-            self.leading_round = round + 1;
-            self.fire_events();
-        }
-        if self.up(node)
-            && self.sc.churn.crash_per_round > 0.0
-            && self.rng.random_bool(self.sc.churn.crash_per_round)
-        {
-            self.crash(node, self.sc.churn.restart_after_ms);
-            return Ok(false);
-        }
-        self.enter_round(node);
-        Ok(true)
     }
 
     /// Tells a grouped node its group for the round it is in.
