@@ -292,23 +292,20 @@ fn unthrottled_socket_transport(
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let noise = noise::Config::new(key)?;
-    let tcp = match swarm_key {
-        Some(psk) => tcp
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(upgrade::Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
-            .timeout(HANDSHAKE_TIMEOUT)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-        None => tcp
-            .upgrade(upgrade::Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
-            .timeout(HANDSHAKE_TIMEOUT)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    };
+    // In a private swarm every TCP connection first proves the swarm key.
+    let tcp = tcp
+        .and_then(move |socket, _| async move {
+            match swarm_key {
+                Some(psk) => PnetConfig::new(psk).handshake(socket).await.map(futures::future::Either::Left),
+                None => Ok(futures::future::Either::Right(socket)),
+            }
+        })
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(HANDSHAKE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
     if swarm_key.is_some() {
         return Ok(tcp);
     }
