@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::NodeOutcome;
+use crate::node::{NodeOutcome, Timing};
 
 /// A stopped node's figures.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -25,13 +25,11 @@ pub struct RunSummary {
     /// Bytes through the transport.
     pub sent_bytes: u64,
     pub received_bytes: u64,
-    /// Seconds spent on each kind of work over the whole run: `train` (a
-    /// round's inner steps), `encode` (error feedback, encoding and signing of
-    /// our delta), `outbox` (saving it before it goes out), `merge`
-    /// (aggregation and outer step), `checkpoint`, `eval`, `verify`, ...
-    pub work_seconds: BTreeMap<String, f64>,
-    /// How many times each kind of work ran.
-    pub work_count: BTreeMap<String, u64>,
+    /// Each kind of work over the whole run (how often, seconds in all, the
+    /// longest): `train` (a round's inner steps), `encode` (error feedback,
+    /// encoding and signing of our delta), `outbox` (saving it before it goes
+    /// out), `merge` (aggregation and outer step), `checkpoint`, `eval`, `verify`, ...
+    pub work: BTreeMap<String, Timing>,
 }
 
 /// A summary that could not be written or read.
@@ -47,7 +45,6 @@ pub enum SummaryError {
 
 impl RunSummary {
     pub fn of(outcome: &NodeOutcome) -> Self {
-        let work = &outcome.loop_stats.work;
         Self {
             round: outcome.state.round,
             rounds_merged: outcome.rounds_merged,
@@ -55,8 +52,7 @@ impl RunSummary {
             published_bytes: outcome.published_bytes,
             sent_bytes: outcome.traffic.sent,
             received_bytes: outcome.traffic.received,
-            work_seconds: work.iter().map(|(kind, t)| (kind.clone(), t.total_seconds)).collect(),
-            work_count: work.iter().map(|(kind, t)| (kind.clone(), t.count)).collect(),
+            work: outcome.loop_stats.work.clone(),
         }
     }
 
@@ -77,11 +73,11 @@ impl RunSummary {
 
     /// Seconds of `kind` of work over the run.
     pub fn seconds(&self, kind: &str) -> f64 {
-        self.work_seconds.get(kind).copied().unwrap_or(0.0)
+        self.work.get(kind).map_or(0.0, |t| t.total_seconds)
     }
 
     pub fn count(&self, kind: &str) -> u64 {
-        self.work_count.get(kind).copied().unwrap_or(0)
+        self.work.get(kind).map_or(0, |t| t.count)
     }
 }
 
@@ -98,8 +94,8 @@ mod tests {
             rounds_merged: 3,
             params: 1000,
             published_bytes: 12_000,
-            work_seconds: [("train".to_string(), 1.5)].into(),
-            work_count: [("train".to_string(), 3)].into(),
+            work: [("train".to_string(), Timing { count: 3, total_seconds: 1.5, ..Timing::default() })]
+                .into(),
             ..RunSummary::default()
         };
         summary.write(&path).unwrap();

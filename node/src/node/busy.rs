@@ -13,7 +13,7 @@ use std::{
 };
 
 use libp2p::{gossipsub, request_response, swarm::SwarmEvent};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{metrics::NodeMetrics, net::BehaviourEvent};
 
@@ -21,7 +21,7 @@ use crate::{metrics::NodeMetrics, net::BehaviourEvent};
 pub(super) const WATCHDOG: Duration = Duration::from_millis(10);
 
 /// Count, total and longest of one kind of timing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     pub count: u64,
     pub total_seconds: f64,
