@@ -176,6 +176,11 @@ impl Node {
                 peers,
                 "most peers train from a lineage other than ours (late deltas included); fetching the majority's state"
             ),
+            Note::OtherLineage { round, left_out } => info!(
+                round,
+                left_out,
+                "left out of the merge the deltas trained from a state other than ours"
+            ),
             Note::Asking { reason, peers } => {
                 debug!(?reason, peers, "asking run peers which state they serve")
             }

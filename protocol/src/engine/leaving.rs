@@ -48,7 +48,6 @@ mod tests {
     use crate::round::{CloseReason, LeaveAdmission, RoundConfig};
     use crate::spec::RoundSpec;
     use crate::test_keys::{delta, pk};
-    use crate::ModelState;
 
     /// Node 1, running, connected to 2 only; 3 reaches it through relays.
     fn engine() -> Engine {
@@ -57,7 +56,8 @@ mod tests {
             ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 })
         };
         let config = EngineConfig { probe_on_start: false, ..EngineConfig::new(round, 2, 1024) };
-        let mut e = Engine::new(pk(1), config, 0, ModelState::initial(vec![0.0; 2]).lineage);
+        // Lineage 0: the base the test deltas are trained from.
+        let mut e = Engine::new(pk(1), config, 0, [0; 32]);
         e.handle(0, Input::Start);
         e.handle(0, Input::PeerConnected(pk(2)));
         e

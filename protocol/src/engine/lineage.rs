@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 
 use super::{Engine, Note, Output, Phase, SyncReason};
@@ -58,6 +59,11 @@ impl Lineages {
     /// is of a lineage we left, and compares with nothing any more.
     pub(super) fn installed(&mut self, round: u64, lineage: [u8; 32]) {
         self.own = BTreeMap::from([(round, lineage)]);
+    }
+
+    /// Our lineage at the start of `round`, if we held that round.
+    pub(super) fn at(&self, round: u64) -> Option<[u8; 32]> {
+        self.own.get(&round).copied()
     }
 
     /// A connected peer sent a delta of `round` trained from `base`. Returns
@@ -107,6 +113,25 @@ impl Lineages {
 }
 
 impl Engine {
+    /// A closing round merges only the deltas trained from our own lineage in
+    /// it. A delta of another lineage (a peer across a healed partition,
+    /// whose delta of this round gossip brought late) merged or not would
+    /// hang on when it happened to arrive: the nodes of one lineage would
+    /// merge different sets and split it. It stays evidence: the round's
+    /// agreement check and [`Lineages`] saw it. Rotating groups train from
+    /// different states by design and merge what their group sent; a round we
+    /// hold no lineage for (its state still being merged) keeps every delta.
+    pub(super) fn keep_own_lineage(&mut self, round: u64, deltas: &mut Vec<SignedDelta>) {
+        let Some(own) = self.lineages.at(round).filter(|_| !self.grouped) else {
+            return;
+        };
+        let before = deltas.len();
+        deltas.retain(|d| d.header.base == own);
+        if deltas.len() < before {
+            self.out.push(Output::Note(Note::OtherLineage { round, left_out: before - deltas.len() }));
+        }
+    }
+
     /// A connected peer's delta of `round` was trained from `base`: if that is
     /// not our lineage in its round and we are now [`Lineages::outnumbered`],
     /// we have drifted, though no round we merged may show it (we ran ahead of

@@ -211,6 +211,9 @@ pub enum Note {
     /// from lineages other than ours (late ones included), more than half of
     /// them and us: syncing.
     Outnumbered { round: u64, elsewhere: usize, peers: usize },
+    /// A closing round left out `left_out` deltas trained from a lineage
+    /// other than ours in that round: evidence of divergence, not input.
+    OtherLineage { round: u64, left_out: usize },
     /// Offers asked of this many peers.
     Asking { reason: SyncReason, peers: usize },
     /// No root had the support of a strict majority of the peers reached.
@@ -641,7 +644,8 @@ impl Engine {
         for action in actions {
             match action {
                 round::Action::Publish(delta) => self.out.push(Output::Publish(delta)),
-                round::Action::Merge { round, deltas, reason } => {
+                round::Action::Merge { round, mut deltas, reason } => {
+                    self.keep_own_lineage(round, &mut deltas);
                     self.merging = Some(round);
                     self.out.push(Output::Merge { round, deltas, reason });
                 }
