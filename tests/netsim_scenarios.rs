@@ -174,6 +174,36 @@ fn a_minority_that_heals_rounds_ahead_goes_back_to_the_majority_without_equivoca
     assert_eq!(out.summary.final_consensus_distance, 0.0);
 }
 
+/// As in `tests/partition_netns.rs`: TCP holds what was sent across the cut
+/// and each connection delivers it at its own time after the heal, so deltas
+/// of rounds long closed, and of the round being gathered, arrive late and at
+/// different times at different nodes. Before the fix, seeds 1, 3, 5 and 6 of
+/// the first scenario (and 2, 5, 8, 9 and 10 of the second, the minority
+/// ahead) ended split: the healed minority was told by its source to
+/// contribute at once, to rounds the majority closed without it, and synced
+/// again round after round.
+#[test]
+fn deltas_held_across_a_partition_and_delivered_late_never_split_the_swarm() {
+    let held = scenario("partition-heal-held");
+    let mut ahead = scenario("partition-heal-minority-ahead");
+    ahead.link.heal_retransmit_ms = 3_000;
+    for sc in [held, ahead] {
+        for seed in 1..=10 {
+            let sc = Scenario { seed, ..sc.clone() };
+            let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+            let what = format!("{} seed {seed}", sc.name);
+            let heal = out.markers.iter().find(|(_, l)| l == "heal").expect("heal marker").0 as usize;
+            assert!(
+                out.rows[heal..].iter().any(|r| r.active_nodes == 5 && r.consensus_distance == 0.0),
+                "{what}: no round after the heal merged by all five in agreement"
+            );
+            assert_eq!(out.rows.last().unwrap().active_nodes, 5, "{what}: all five merge the last round");
+            assert_eq!(out.summary.final_consensus_distance, 0.0, "{what}: the swarm ends split");
+            assert_eq!(out.summary.honest_equivocations, Some(0), "{what}");
+        }
+    }
+}
+
 #[test]
 fn rotating_groups_train_a_large_swarm_and_keep_it_together() {
     let mut sc = scenario("scale-1k");

@@ -229,6 +229,9 @@ pub(crate) struct Engine<'a> {
     /// The state sync attackers announce, and the lineages of every one they forged.
     forged: Option<Rc<StateSnapshot>>,
     forged_lineages: std::collections::HashSet<[u8; 32]>,
+    /// Messages sent across a partition, held for the heal (see
+    /// [`crate::scenario::Link::heal_retransmit_ms`]): sender, receiver, message.
+    held: Vec<(usize, usize, Rc<Message>)>,
 }
 
 /// Runs a scenario in virtual time; `progress(done, total)` after each finished round.
@@ -324,6 +327,7 @@ impl<'a> Engine<'a> {
             honest_deltas: (0, Vec::new()),
             forged: None,
             forged_lineages: std::collections::HashSet::new(),
+            held: Vec::new(),
         };
         engine.events.sort_by_key(|e| e.0);
         for (i, &slow) in slow.iter().enumerate() {

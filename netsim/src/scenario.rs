@@ -251,6 +251,15 @@ pub struct Link {
     /// gossip goes through the mesh.
     #[serde(default)]
     pub mesh_connections: bool,
+    /// What a partition does to the messages sent across it. 0 (the default):
+    /// they are lost. Otherwise they are held, as TCP holds the unacknowledged
+    /// data of a connection whose link went down, and each connection
+    /// delivers what it held, in order, at a random time up to this many
+    /// milliseconds after the heal (TCP's backed-off retransmission timer).
+    /// After a heal, deltas of rounds long closed then arrive late, at
+    /// different times at different nodes.
+    #[serde(default)]
+    pub heal_retransmit_ms: u64,
 }
 
 fn default_latency() -> Latency {
@@ -269,6 +278,7 @@ impl Default for Link {
             downlink_mbps: 0.0,
             mesh_degree: 8,
             mesh_connections: false,
+            heal_retransmit_ms: 0,
         }
     }
 }

@@ -50,7 +50,14 @@ impl Engine<'_> {
     }
 
     pub(super) fn send(&mut self, from: usize, to: usize, message: Rc<Message>) {
-        if !self.up(to) || self.nodes[from].side != self.nodes[to].side {
+        if !self.up(to) {
+            return;
+        }
+        if self.nodes[from].side != self.nodes[to].side {
+            if self.sc.link.heal_retransmit_ms > 0 {
+                self.ledger.sent(message.round, message.bytes);
+                self.held.push((from, to, message));
+            }
             return;
         }
         let round = message.round;
@@ -64,6 +71,25 @@ impl Engine<'_> {
         }
         let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
         self.schedule(start + tx + latency, Happening::Arrive { to, from, message });
+    }
+
+    /// The partition healed: each connection that held messages across it
+    /// delivers them, in the order they were sent, after its own
+    /// retransmission delay.
+    pub(super) fn deliver_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let mut delays: std::collections::HashMap<(usize, usize), u64> = std::collections::HashMap::new();
+        let window = self.sc.link.heal_retransmit_ms * MS;
+        for (from, to, message) in held {
+            // One connection's data arrives at once after its first
+            // retransmission, in the order it was sent (equal times are
+            // taken in the order scheduled).
+            let at = *delays.entry((from, to)).or_insert_with(|| {
+                let latency = link::sample_latency(&self.sc.link.latency, &mut self.rng);
+                self.now + self.rng.random_range(0..=window) + latency
+            });
+            self.schedule(at, Happening::Arrive { to, from, message });
+        }
     }
 
     pub(super) fn on_deliver(

@@ -112,6 +112,7 @@ impl Engine<'_> {
                     for n in &mut self.nodes {
                         n.side = 0;
                     }
+                    self.deliver_held();
                     "heal".to_string()
                 }
                 EventKind::Crash { count, restart_after_ms } => {

@@ -497,3 +497,33 @@ fn a_fetched_state_is_decoded_by_the_driver_and_one_that_does_not_decode_is_not_
     let (installed, _, _) = serve_all(&mut e, retry, &serves);
     assert_eq!(installed.expect("the retry installs").round, 5);
 }
+
+/// After a heal, gossip brings a delta of the round we gather from a peer of
+/// another lineage at a time of its own: merged, it would split nodes of one
+/// lineage by when it arrived. It is left out, with a note, and still counts
+/// as evidence (here: one of four, so no divergence).
+#[test]
+fn a_closing_round_merges_only_the_deltas_of_our_own_lineage() {
+    let config = EngineConfig { probe_on_start: false, wait_peers: 3, ..config(3) };
+    let (mut e, _) = started(Engine::new(pk(1), config, 0, [0; 32]), 3);
+    let mut out = e.handle(10, Input::PeerDelta(based(4, 0, [7; 32])));
+    out.extend(e.handle(11, Input::PeerDelta(delta(2, 0))));
+    out.extend(e.handle(12, Input::Trained { round: 0, base: [0; 32], delta: Some(delta(1, 0)) }));
+    out.extend(e.handle(13, Input::PeerDelta(delta(3, 0))));
+    let merged = out.iter().find_map(|o| match o {
+        Output::Merge { round: 0, deltas, .. } => {
+            Some(deltas.iter().map(|d| d.header.sender).collect::<Vec<_>>())
+        }
+        _ => None,
+    });
+    let mut merged = merged.expect("round 0 closes at quorum");
+    merged.sort();
+    let mut ours = vec![pk(1), pk(2), pk(3)];
+    ours.sort();
+    assert_eq!(merged, ours);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Note(Note::OtherLineage { round: 0, left_out: 1 }))),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Note(Note::Diverged { .. }))));
+}

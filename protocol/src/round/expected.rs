@@ -11,8 +11,16 @@ impl RoundState {
     /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
     pub fn expected_from(&self, peer: &PublicKey) -> u64 {
         match self.connected.get(peer) {
-            // A peer that said it is syncing is told the rule's round.
-            Some(&from) if from != crate::wire::SYNCING => from,
+            // A peer that said it is syncing is told the rule's round; so is
+            // one we no longer wait for (silent past its grace, as the other
+            // side of a partition is when it heals): were it told its old
+            // round, it would contribute to a round we close without it, and
+            // merge a set we do not.
+            Some(&from)
+                if from != crate::wire::SYNCING && (from > self.round || self.active().contains(peer)) =>
+            {
+                from
+            }
             _ => self.round + 2,
         }
     }

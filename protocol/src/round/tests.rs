@@ -678,3 +678,30 @@ fn a_node_that_syncs_ahead_waits_for_every_connected_peer_in_the_round_it_lands_
     peers.sort();
     assert_eq!((round, senders, reason), (5, peers, CloseReason::Quorum));
 }
+
+/// A connected peer silent past its grace (the other side of a partition that
+/// just healed) is no longer waited for; were a state offer to tell it its
+/// old round, it would contribute to rounds we close without it and merge
+/// sets we do not. It is told the round a syncing peer is told.
+#[test]
+fn a_peer_we_no_longer_wait_for_is_told_to_contribute_from_two_rounds_on() {
+    let mut s = state();
+    assert_eq!(s.expected_from(&pk(3)), 0, "expected at once while within its grace");
+    let mut t = 0;
+    while s.round() < 3 {
+        let r = s.round();
+        s.handle(t, Event::LocalDelta(delta(1, r, 1.0)));
+        s.handle(t + 1, Event::PeerDelta(delta(2, r, 2.0)));
+        // Node 3 says nothing: the round closes at its deadline, or at once
+        // once node 3's grace has run out.
+        t += 1_001;
+        s.handle(t, Event::Tick);
+        t += 1;
+    }
+    assert!(!s.active().contains(&pk(3)));
+    assert_eq!(s.expected_from(&pk(2)), 0, "a peer that contributes keeps its round");
+    assert_eq!(s.expected_from(&pk(3)), 5);
+    // A delta of it in time makes it expected again, from its old round.
+    s.handle(t, Event::PeerDelta(delta(3, 3, 3.0)));
+    assert_eq!(s.expected_from(&pk(3)), 0);
+}
