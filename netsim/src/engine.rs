@@ -242,9 +242,23 @@ pub fn run(sc: &Scenario, task: &dyn Task, progress: &mut dyn FnMut(u64, u64)) -
         engine.drive(node, Input::Start)?;
     }
     let mut done = 0;
+    // The slowest node's round and when it got there: a protocol that stops
+    // closing rounds (each node retrying a sync no majority answers, say)
+    // ends the run with an error, rather than keep the timers going forever.
+    let mut slowest = (engine.min_live_round(), 0);
+    let stall_limit = engine.stall_limit();
     while let Some(Reverse(next)) = engine.queue.pop() {
         engine.now = next.at;
         engine.step(next.what)?;
+        let round = engine.min_live_round();
+        if round != slowest.0 {
+            slowest = (round, engine.now);
+        } else if engine.now.saturating_sub(slowest.1) > stall_limit {
+            let nodes = (0..engine.nodes.len())
+                .filter(|&i| engine.up(i) && engine.nodes[i].state.round == round)
+                .collect();
+            return Err(SimError::Stalled { round, stalled_s: stall_limit / MS / 1_000, nodes });
+        }
         let finished = engine.ledger.finalize_ready(engine.min_live_round());
         if finished > done {
             done = finished;
@@ -414,6 +428,26 @@ impl<'a> Engine<'a> {
 
     fn min_live_round(&self) -> u64 {
         self.live_rounds.keys().next().copied().unwrap_or(u64::MAX)
+    }
+
+    /// How long the slowest node may stay in one round (virtual time): fifty
+    /// rounds of the slowest node's training and a deadline, plus the longest
+    /// restart delay the scenario schedules.
+    fn stall_limit(&self) -> Micros {
+        let c = &self.sc.compute;
+        let round_ms = (c.round_ms as f64 * c.straggler_slowdown * (1.0 + c.jitter)) as u64;
+        let restart = self
+            .sc
+            .events
+            .iter()
+            .filter_map(|e| match e.what {
+                EventKind::Crash { restart_after_ms, .. } => Some(restart_after_ms),
+                _ => None,
+            })
+            .chain([self.sc.churn.restart_after_ms])
+            .max()
+            .unwrap_or(0);
+        (50 * (round_ms + self.config.deadline_ms) + restart) * MS
     }
 
     fn all_done(&self) -> bool {

@@ -36,6 +36,11 @@ pub enum SimError {
     Workload(String),
     #[error("node {node} failed to merge round {round}: {reason}")]
     Merge { node: usize, round: u64, reason: String },
+    #[error(
+        "the run is stuck: no node got past round {round} in {stalled_s} s of virtual time \
+         (nodes still at it: {nodes:?}); run it with NETSIM_NOTES=1 to see what they do"
+    )]
+    Stalled { round: u64, stalled_s: u64, nodes: Vec<usize> },
     #[error("live mode: {0}")]
     Live(String),
     #[error("report: {0}")]
