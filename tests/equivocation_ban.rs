@@ -119,8 +119,22 @@ async fn an_equivocating_key_is_banned_by_every_node_and_after_a_restart() {
     let equivocator = RawPeer::connect(20, &spec, hub.clone(), &honest[1..]).await;
     let forger = RawPeer::connect(21, &spec, hub.clone(), &honest[1..]).await;
     let forger_key = forger.public;
-    // Let nodes 1 and 2 connect to node 0 and exchange subscriptions.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nodes 1 and 2 must hear node 0's gossip (the proof it publishes): wait
+    // until node 0 has them subscribed.
+    let mut joined = std::collections::BTreeSet::new();
+    while joined.len() < 2 {
+        let peer =
+            next_event(&mut events, Duration::from_secs(60), "nodes 1 and 2 join node 0", |e| match e {
+                NodeEvent::RunPeerJoined { node, peer }
+                    if node == honest[0] && honest[1..].contains(&peer) =>
+                {
+                    Some(peer)
+                }
+                _ => None,
+            })
+            .await;
+        joined.insert(peer);
+    }
 
     // Forged: signed by one key in another's name. Then a valid delta of another run.
     let topic = net::delta_topic(&spec);

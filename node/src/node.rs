@@ -101,6 +101,12 @@ pub enum NodeEvent {
         address: Multiaddr,
     },
     Round(RoundReport),
+    /// A peer of the run subscribed to its topic at this node: it is
+    /// connected, and this node's gossip (its own deltas and proofs) reaches it.
+    RunPeerJoined {
+        node: PublicKey,
+        peer: PublicKey,
+    },
     /// The node installed a state its peers agree on (it was behind, new, or had diverged).
     StateInstalled {
         node: PublicKey,

@@ -103,6 +103,9 @@ impl Node {
                 if let Some(key) = net::peer_key(&peer_id) {
                     if self.run_peers.insert(peer_id) {
                         debug!(peer = %peer_id, "run peer joined");
+                        if let Some(events) = &self.events {
+                            let _ = events.send(NodeEvent::RunPeerJoined { node: self.me, peer: key });
+                        }
                         self.drive(Input::PeerConnected(key))?;
                     }
                 }
