@@ -71,8 +71,9 @@ fn a_second_signal_exits_at_once() {
     let mut node = NodeProcess::start("node", &args.iter().map(String::as_str).collect::<Vec<_>>());
     node.wait_for_line("node started", Duration::from_secs(60));
     node.terminate();
-    // While it leaves the run (that takes a few hundred ms), a second signal.
-    std::thread::sleep(Duration::from_millis(100));
+    // While it leaves the run (it lets its last messages go for a fixed
+    // LEAVE_TIME after this line), a second signal.
+    node.wait_for_line("shutting down", Duration::from_secs(10));
     let asked = Instant::now();
     node.interrupt();
     let code = node.wait_status(Duration::from_secs(5));
