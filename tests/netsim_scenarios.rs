@@ -270,6 +270,51 @@ fn a_late_joiner_behaves_alike_in_virtual_and_live_mode() {
     }
 }
 
+/// A partition and its heal, in both modes: each side goes on merging rounds
+/// of its own, the minority fetches the majority's state after the heal (live
+/// mode's nodes close and refuse the other side's connections while cut, and
+/// dial them again at the heal; virtual mode does the same with
+/// `partition_disconnects`), all five merge rounds together again, and all end
+/// agreeing.
+///
+/// Virtual mode is exact: each minority node fetches once and no round waits
+/// for its deadline. Live mode is held to what its timing cannot change. Its
+/// rounds take about 0.2 s, so the cut lasts under a second: in 4 of 22 runs
+/// the minority had not merged the cut's last rounds when the heal came (it
+/// fetched past them); in 2 of 22 the two minority nodes closed two rounds of
+/// the cut at the deadline (not yet explained: perhaps a delta in flight from
+/// a peer that just left, which counts it as active again); and a minority
+/// node may fetch twice.
+#[test]
+fn a_partition_and_its_heal_behave_alike_in_virtual_and_live_mode() {
+    let sc = scenario("partition-live");
+    for mode in [Mode::Virtual, Mode::Live] {
+        let sc = Scenario { mode, ..sc.clone() };
+        let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+        let rows = &out.rows;
+        assert_eq!(rows.len(), sc.rounds as usize, "{mode:?}: a row per round");
+        let split = rows[4..8].iter().map(|r| r.consensus_distance).fold(0.0, f64::max);
+        assert!(split > 0.0, "{mode:?}: the sides drift apart while cut");
+        let heal = out.markers.iter().find(|(_, l)| l == "heal").expect("heal marker").0 as usize;
+        assert!(
+            rows[heal..].iter().any(|r| r.active_nodes == 5 && r.consensus_distance == 0.0),
+            "{mode:?}: no round after the heal merged by all five in agreement"
+        );
+        assert_eq!(rows.last().unwrap().active_nodes, 5, "{mode:?}: all five merge the last round");
+        let s = &out.summary;
+        assert_eq!(s.final_consensus_distance, 0.0, "{mode:?}: the nodes end agreeing");
+        match mode {
+            Mode::Virtual => {
+                assert_eq!(s.state_syncs, 2, "{mode:?}: each minority node fetched once");
+                assert_eq!(s.deadline_closes, 0, "{mode:?}: no round waited for its deadline");
+            }
+            Mode::Live => {
+                assert!(s.state_syncs >= 2, "{mode:?}: each minority node fetched ({})", s.state_syncs)
+            }
+        }
+    }
+}
+
 /// A crash and a restart, in both modes: the others go on without the crashed
 /// node, it restarts from its checkpoint (1.5 s later: rounds behind, in live
 /// mode too, unless a round took longer than that), fetches the swarm's state,

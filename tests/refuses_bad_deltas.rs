@@ -15,8 +15,8 @@ use starling_node::{
 use starling_protocol::{Codec, PublicKey, RunId, SignedDelta};
 use tokio::sync::{mpsc, watch};
 
-fn delta(signer: &SigningKey, run: RunId, round: u64, params: usize) -> SignedDelta {
-    SignedDelta::sign(signer, run, round, [0; 32], 64, Codec::Dense, Codec::Dense.encode(&vec![0.0; params]))
+fn delta(signer: &SigningKey, run: RunId, round: u64, base: [u8; 32], params: usize) -> SignedDelta {
+    SignedDelta::sign(signer, run, round, base, 64, Codec::Dense, Codec::Dense.encode(&vec![0.0; params]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,22 +78,33 @@ async fn wrong_key_and_wrong_run_deltas_are_refused_and_never_merged() {
     let params = spec.param_count();
     let run = spec.run_id();
     // Signed by one key while claiming another sender.
-    let mut forged = delta(&SigningKey::from_bytes(&[3; 32]), run, 0, params);
+    let mut forged = delta(&SigningKey::from_bytes(&[3; 32]), run, 0, [0; 32], params);
     forged.header.sender = PublicKey::of(&attacker_key);
     // Correctly signed, but for another run.
-    let other_run = delta(&attacker_key, RunId([0xAA; 32]), 0, params);
-    // A valid delta for round 1: the control that shows the peer's deltas do get merged.
-    let valid = delta(&attacker_key, run, 1, params);
-    for d in [forged, other_run, valid] {
+    let other_run = delta(&attacker_key, RunId([0xAA; 32]), 0, [0; 32], params);
+    for d in [forged, other_run] {
         attacker.behaviour_mut().gossipsub.publish(topic.clone(), d.to_bytes()).expect("published");
     }
 
+    // The control that shows the peer's deltas do get merged: a valid delta
+    // for round 1, trained (as far as the node can tell) from the state the
+    // node holds then, which the node's own delta of round 1 names.
+    let mut sent_valid = false;
     let mut merged_by_round = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(90), async {
         let mut node = node;
         loop {
             tokio::select! {
-                _ = attacker.select_next_some() => {}
+                event = attacker.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) = event {
+                        let theirs = starling_protocol::wire::decode_delta(&message.data, usize::MAX).ok();
+                        if let Some(base) = theirs.filter(|d| !sent_valid && d.header.round == 1).map(|d| d.header.base) {
+                            let valid = delta(&attacker_key, run, 1, base, params);
+                            attacker.behaviour_mut().gossipsub.publish(topic.clone(), valid.to_bytes()).expect("published");
+                            sent_valid = true;
+                        }
+                    }
+                }
                 Some(NodeEvent::Round(report)) = events.recv() => merged_by_round.push((report.round, report.merged)),
                 result = &mut node => break result.unwrap().unwrap(),
             }

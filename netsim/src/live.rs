@@ -3,19 +3,24 @@
 //! checkpoints — in one process, connected by libp2p's in-memory transport.
 //!
 //! What the in-memory transport cannot shape is not simulated here: `[link]`,
-//! `[compute]`, `[churn]`, `[attack]` and events other than joins and crashes
-//! with a restart are virtual-mode features, and a live scenario that sets
-//! them is refused rather than run without them. A join starts real nodes
-//! late: they dial the running ones and fetch the swarm's state as `starling
-//! run` does. A crash aborts real nodes' tasks (as `kill -9` stops a process)
-//! and starts them again from their datadirs after `restart_after_ms`. Delta latency is not observed per delta in live mode (the
+//! `[compute]`, `[churn]`, `[attack]`, leaves and crashes without a restart
+//! are virtual-mode features, and a live scenario that sets them is refused
+//! rather than run without them. A join starts real nodes late: they dial the
+//! running ones and fetch the swarm's state as `starling run` does. A crash
+//! aborts real nodes' tasks (as `kill -9` stops a process) and starts them
+//! again from their datadirs after `restart_after_ms`. A partition makes each
+//! node close and refuse the connections of the other sides' nodes until the
+//! heal, when they dial each other again: what was sent across the cut is
+//! lost, as when a cut outlasts TCP's patience. Delta latency is not observed per delta in live mode (the
 //! CSV's latency columns are empty); bytes are the nodes' transport counters,
 //! protocol overhead and gossip duplicates included.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use starling_node::{
-    local_swarm::{run_swarm, Bootstrap, Crash, Evaluate, Membership, NodeRound, SwarmOptions},
+    local_swarm::{
+        run_swarm, Bootstrap, Crash, Evaluate, Membership, NetworkChange, NodeRound, SwarmOptions,
+    },
     net::Transport,
 };
 use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
@@ -47,16 +52,23 @@ pub fn spec_for(sc: &Scenario) -> Result<RunSpec, SimError> {
 }
 
 fn refuse_virtual_only(sc: &Scenario) -> Result<(), SimError> {
+    let partitioned = sc.events.iter().any(|e| matches!(e.what, EventKind::Partition { .. }));
+    if partitioned && !sc.link.partition_disconnects {
+        return Err(SimError::Live(
+            "live mode's partition closes the connections across the cut: set [link] partition_disconnects = true".into(),
+        ));
+    }
+    let link = Link { partition_disconnects: false, ..sc.link.clone() };
     let set: Vec<&str> = [
-        ("[link]", sc.link != Link::default()),
+        ("[link] other than partition_disconnects", link != Link::default()),
         ("[compute]", sc.compute != Compute::default()),
         ("[churn]", sc.churn != Churn::default()),
         (
-            "[[events]] other than join and crash with restart_after_ms > 0",
+            "[[events]] of kind leave, or crash with restart_after_ms = 0",
             sc.events.iter().any(|e| match e.what {
-                EventKind::Join { .. } => false,
+                EventKind::Join { .. } | EventKind::Partition { .. } | EventKind::Heal => false,
                 EventKind::Crash { restart_after_ms, .. } => restart_after_ms == 0,
-                _ => true,
+                EventKind::Leave { .. } => true,
             }),
         ),
         ("[attack]", sc.attack != Attack::default()),
@@ -114,6 +126,17 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
             _ => None,
         })
         .collect();
+    options.network = sc
+        .events
+        .iter()
+        .filter_map(|e| match &e.what {
+            EventKind::Partition { sides } => {
+                Some(NetworkChange::Partition { at_round: e.at_round, sides: sides.clone() })
+            }
+            EventKind::Heal => Some(NetworkChange::Heal { at_round: e.at_round }),
+            _ => None,
+        })
+        .collect();
     options.seed = sc.seed;
     options.quiet = true;
     options.transport = Transport::Memory;
@@ -126,23 +149,20 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
     options.report_params = true;
     options.stall_timeout = Duration::from_secs(300);
     let start = std::time::Instant::now();
-    let mut reports: BTreeMap<u64, Vec<NodeRound>> = BTreeMap::new();
-    let mut rows = Vec::new();
-    let mut last_bytes: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    // Each node's latest report of each round: a node that goes back to an
+    // older state (the faster side of a healed partition) merges some rounds
+    // twice, and its second merge is the one that counts.
+    let mut reports: BTreeMap<u64, BTreeMap<usize, NodeRound>> = BTreeMap::new();
+    let mut complete = 0u64;
     let outcome = runtime.block_on(async {
         let swarm = tokio::spawn(run_swarm(options));
         while let Some(report) = rx.recv().await {
-            let round = report.round;
-            let entry = reports.entry(round).or_default();
-            entry.push(report);
-            // A row is done when every node has merged it (rounds complete in order).
-            while let Some((&r, done)) = reports.first_key_value() {
-                if done.len() < nodes {
-                    break;
-                }
-                let done = reports.remove(&r).expect("present");
-                rows.push(row(r, done, &mut last_bytes));
-                progress(rows.len() as u64, sc.rounds);
+            let entry = reports.entry(report.round).or_default();
+            entry.insert(report.node, report);
+            // Rounds complete in order; a round is done when every node has merged it.
+            while reports.get(&complete).is_some_and(|done| done.len() >= nodes) {
+                complete += 1;
+                progress(complete, sc.rounds);
             }
         }
         match swarm.await {
@@ -152,16 +172,36 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
     });
     let summary = outcome?;
     // Rounds some node never merged (it synced past them) still get a row.
-    for (r, done) in std::mem::take(&mut reports) {
-        rows.push(row(r, done, &mut last_bytes));
-    }
+    let mut last_bytes: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let mut rows: Vec<RoundRow> =
+        reports.into_iter().map(|(r, done)| row(r, done.into_values().collect(), &mut last_bytes)).collect();
     rows.sort_by_key(|r| r.round);
     let mut out = summarize(sc, &rows, params);
     out.virtual_seconds = start.elapsed().as_secs_f64();
     out.final_consensus_distance = summary.consensus_distance;
     out.state_syncs = summary.state_syncs as usize;
     progress(sc.rounds, sc.rounds);
-    Ok(RunOutput { summary: out, rows, markers: Vec::new() })
+    Ok(RunOutput { summary: out, rows, markers: markers(sc) })
+}
+
+/// The scenario's events by round, labelled as virtual mode labels them.
+fn markers(sc: &Scenario) -> Vec<(u64, String)> {
+    sc.events
+        .iter()
+        .filter_map(|e| {
+            let label = match &e.what {
+                EventKind::Partition { sides } => format!(
+                    "partition {}",
+                    sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/")
+                ),
+                EventKind::Heal => "heal".to_string(),
+                EventKind::Crash { count, .. } => format!("{count} crash"),
+                EventKind::Join { count } => format!("{count} join"),
+                EventKind::Leave { .. } => return None,
+            };
+            Some((e.at_round, label))
+        })
+        .collect()
 }
 
 fn row(round: u64, reports: Vec<NodeRound>, last_bytes: &mut BTreeMap<usize, (u64, u64)>) -> RoundRow {

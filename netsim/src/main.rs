@@ -64,6 +64,10 @@ fn default_attack_scenarios() -> Vec<&'static str> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Live mode runs real nodes: RUST_LOG=info shows their logs on stderr.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -99,7 +99,10 @@ impl RoundLedger {
     }
 
     pub fn sync(&mut self, round: u64, bytes: u64) {
-        if let Some(a) = self.at(round) {
+        // A node that goes back to an older state (the faster side of a
+        // healed partition) installs a round whose row may be closed: the
+        // sync counts in the oldest row still open.
+        if let Some(a) = self.at(round.max(self.next)) {
             a.syncs += 1;
             a.sent += bytes;
             a.received += bytes;

@@ -260,6 +260,13 @@ pub struct Link {
     /// different times at different nodes.
     #[serde(default)]
     pub heal_retransmit_ms: u64,
+    /// Whether a partition closes the connections across it: each side's
+    /// nodes see the other side's leave, and connect to them again at the
+    /// heal (what live mode's cut does, and a real cut once keepalives give
+    /// up). By default connections stay up and only what crosses is lost, so
+    /// rounds wait for the other side until it stops counting as active.
+    #[serde(default)]
+    pub partition_disconnects: bool,
 }
 
 fn default_latency() -> Latency {
@@ -279,6 +286,7 @@ impl Default for Link {
             mesh_degree: 8,
             mesh_connections: false,
             heal_retransmit_ms: 0,
+            partition_disconnects: false,
         }
     }
 }

@@ -27,9 +27,11 @@ use crate::{
 };
 
 mod crashes;
+mod partitions;
 mod report;
 
 pub use crashes::Crash;
+pub use partitions::NetworkChange;
 
 use report::{summarize, Progress};
 pub use report::{CurvePoint, SwarmSummary};
@@ -95,6 +97,9 @@ pub struct SwarmOptions {
     /// Crashes: nodes whose task is aborted at a round (as `kill -9` stops a
     /// process) and that start again from their datadirs (see [`Crash`]).
     pub crashes: Vec<Crash>,
+    /// Partitions and heals: at a round, nodes split into sides that cannot
+    /// reach one another, until a heal (see [`NetworkChange`]).
+    pub network: Vec<NetworkChange>,
     /// Every node's copy of the spec's tokenizer (`--tokenizer`); the spec's path when absent.
     pub tokenizer: Option<std::path::PathBuf>,
 }
@@ -124,6 +129,7 @@ impl SwarmOptions {
             dataset: None,
             joiners: Vec::new(),
             crashes: Vec::new(),
+            network: Vec::new(),
             tokenizer: None,
         }
     }
@@ -388,6 +394,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
         (0..options.nodes).map(|index| PublicKey::of(&node_key(options.seed, index))).collect();
     let index_of: HashMap<PublicKey, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let roster = &keys[..starters];
+    let mut network = partitions::NetworkPlan::new(options.network.clone());
+    let cut_offs = partitions::CutOffs::new(keys.clone(), !options.network.is_empty());
     let node = |index: usize, addresses: &[Multiaddr]| {
         let key = node_key(options.seed, index);
         let joiner = index >= starters;
@@ -433,6 +441,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
             },
             // The harness stops every node once all have merged the last round.
             linger_until_shutdown: true,
+            cut_off: cut_offs.of(index),
         };
         (node_options, hooks, key)
     };
@@ -481,6 +490,10 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                     }
                 }
                 if let NodeEvent::Round(report) = event {
+                    for change in network.due(report.round) {
+                        tracing::info!(round = report.round, ?change, "the local swarm's network changes");
+                        cut_offs.apply(&change);
+                    }
                     for index in crashes.due(report.round, &up, tokio::time::Instant::now()) {
                         up.remove(&index);
                         running.crash(index);

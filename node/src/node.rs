@@ -13,6 +13,7 @@ mod accountability;
 mod bounded;
 mod busy;
 mod control;
+mod cut_off;
 mod events;
 mod leaving;
 
@@ -160,6 +161,11 @@ pub struct HarnessHooks {
     /// `shutdown` turns true, rather than leave after a short drain: in a sparse
     /// swarm, slower nodes may still need their neighbours to forward deltas.
     pub linger_until_shutdown: bool,
+    /// Keys this node cannot reach while they are listed (a harness's
+    /// partition): their connections close and dials to and from them are
+    /// refused; a key taken off the list is dialled again at once (see
+    /// [`cut_off`]).
+    pub cut_off: Option<watch::Receiver<Vec<PublicKey>>>,
 }
 
 impl HarnessHooks {
@@ -329,6 +335,8 @@ struct Node {
     /// Known peers and their redials, to keep `--target-peers` run peers.
     /// Bound: [`net::upkeep::MAX_KNOWN_PEERS`] peers.
     upkeep: net::upkeep::Upkeep,
+    /// The keys [`HarnessHooks::cut_off`] keeps away now.
+    cut: BTreeSet<PublicKey>,
 }
 
 /// Runs a node until it reaches `options.rounds` or `shutdown` turns true.
@@ -629,6 +637,7 @@ impl Node {
             first_dials,
             given_relays,
             upkeep,
+            cut: BTreeSet::new(),
             options,
         };
         node.load_accountability()?;
@@ -657,6 +666,7 @@ impl Node {
         if let Some(since) = self.draining_since {
             return Ok(!self.hooks.linger_until_shutdown && since.elapsed() >= Duration::from_secs(2));
         }
+        self.apply_cut_off();
         let now = Instant::now();
         self.upkeep.redial(&mut self.swarm, self.run_peers.len(), now);
         self.sync_limits.prune(now);

@@ -65,6 +65,30 @@ impl Engine<'_> {
         let _ = self.drive(node, Input::Start);
     }
 
+    /// With `link.partition_disconnects`: the pairs of running, directly
+    /// connected nodes whose sides were apart (in `before`) or are apart now
+    /// see each other leave (`connect` false) or connect again (`connect` true).
+    fn reconnect_across(&mut self, before: &[usize], connect: bool) {
+        if self.grouped {
+            return;
+        }
+        let now = self.now / MS;
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in 0..n {
+                let apart =
+                    if connect { before[a] != before[b] } else { self.nodes[a].side != self.nodes[b].side };
+                if a == b || !apart || !self.up(a) || !self.up(b) || !self.direct(a, b) {
+                    continue;
+                }
+                let peer = self.nodes[b].public;
+                let input = if connect { Input::PeerConnected(peer) } else { Input::PeerLeft(peer) };
+                let outputs = self.nodes[a].engine.handle(now, input);
+                let _ = self.apply(a, outputs);
+            }
+        }
+    }
+
     /// Tells `node` and every running peer that they are connected (all to all
     /// when not grouped).
     fn connect_to_peers(&mut self, node: usize) {
@@ -100,8 +124,12 @@ impl Engine<'_> {
                         bound += f / total;
                         cuts.push((bound * n as f64).round() as usize);
                     }
+                    let before: Vec<usize> = self.nodes.iter().map(|n| n.side).collect();
                     for i in 0..n {
                         self.nodes[i].side = cuts.iter().position(|&c| i < c).unwrap_or(sides.len() - 1);
+                    }
+                    if self.sc.link.partition_disconnects {
+                        self.reconnect_across(&before, false);
                     }
                     format!(
                         "partition {}",
@@ -109,8 +137,12 @@ impl Engine<'_> {
                     )
                 }
                 EventKind::Heal => {
+                    let before: Vec<usize> = self.nodes.iter().map(|n| n.side).collect();
                     for n in &mut self.nodes {
                         n.side = 0;
+                    }
+                    if self.sc.link.partition_disconnects {
+                        self.reconnect_across(&before, true);
                     }
                     self.deliver_held();
                     "heal".to_string()

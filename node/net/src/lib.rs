@@ -38,15 +38,18 @@ pub struct Behaviour {
     /// Caps on connections (see [`ConnectionCaps`]); first, so it refuses
     /// before any other behaviour sets anything up for a connection.
     pub caps: connection_limits::Behaviour,
+    /// Peers this node will not talk to: banned equivocators, in a private
+    /// run peers whose key the spec does not allow, and a harness's cut-off
+    /// peers. Second, for the same reason as `caps`: a behaviour before it
+    /// would record a connection it then denies, and keep it (libp2p's
+    /// request-response asserts on that when the peer's next connection closes).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<StateCodec>,
-    /// Peers this node will not talk to: banned equivocators and, in a private
-    /// run, peers whose key the spec does not allow.
-    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Listens through relays and dials `/p2p-circuit` addresses (see [`reach`]).
     pub relay_client: relay::client::Behaviour,
     /// Relays for others, with `--relay-server`.
