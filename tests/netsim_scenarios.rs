@@ -277,14 +277,13 @@ fn a_late_joiner_behaves_alike_in_virtual_and_live_mode() {
 /// `partition_disconnects`), all five merge rounds together again, and all end
 /// agreeing.
 ///
-/// Virtual mode is exact: each minority node fetches once and no round waits
-/// for its deadline. Live mode is held to what its timing cannot change. Its
-/// rounds take about 0.2 s, so the cut lasts under a second: in 4 of 22 runs
-/// the minority had not merged the cut's last rounds when the heal came (it
-/// fetched past them); in 3 of 36 nodes closed the cut's second and third
-/// rounds at the deadline (not yet explained: every node logged the other
-/// side leaving before those rounds began, yet still waited for more deltas
-/// than its side sends); and a minority node may fetch twice.
+/// No round waits for its deadline: each side sees the other leave. (In live
+/// mode that once failed in 3 of 36 runs: a delta verified after its sender's
+/// connection closed counted the sender as active for two more rounds; now a
+/// delta of the round a peer left in does not.) Virtual mode is exact: each
+/// minority node fetches once. A live minority node may fetch again when it
+/// lands in a round the majority closes before its delta arrives (2 of 16
+/// runs), so live mode is held to at least one fetch each.
 #[test]
 fn a_partition_and_its_heal_behave_alike_in_virtual_and_live_mode() {
     let sc = scenario("partition-live");
@@ -303,11 +302,9 @@ fn a_partition_and_its_heal_behave_alike_in_virtual_and_live_mode() {
         assert_eq!(rows.last().unwrap().active_nodes, 5, "{mode:?}: all five merge the last round");
         let s = &out.summary;
         assert_eq!(s.final_consensus_distance, 0.0, "{mode:?}: the nodes end agreeing");
+        assert_eq!(s.deadline_closes, 0, "{mode:?}: no round waited for its deadline");
         match mode {
-            Mode::Virtual => {
-                assert_eq!(s.state_syncs, 2, "{mode:?}: each minority node fetched once");
-                assert_eq!(s.deadline_closes, 0, "{mode:?}: no round waited for its deadline");
-            }
+            Mode::Virtual => assert_eq!(s.state_syncs, 2, "{mode:?}: each minority node fetched once"),
             Mode::Live => {
                 assert!(s.state_syncs >= 2, "{mode:?}: each minority node fetched ({})", s.state_syncs)
             }

@@ -247,6 +247,12 @@ pub struct RoundState {
     /// the place of the entry with the highest round if its round is lower
     /// (the nearest rounds decide who is expected), and is not tracked otherwise.
     last_active: HashMap<PublicKey, u64>,
+    /// Peers whose connection closed, and our round then: a delta of theirs
+    /// of that round or before, arriving after (verified late, or relayed),
+    /// was sent before they left and does not make them expected again.
+    /// Bound: `max_peers` keys, and only rounds from `activity_rounds` before
+    /// the current one.
+    departed: BTreeMap<PublicKey, u64>,
     /// The round and time of our last state request.
     last_sync_request: Option<(u64, u64)>,
     /// Rounds before this one are observed, not contributed to (after a sync).
@@ -304,6 +310,7 @@ impl RoundState {
             rounds: BTreeMap::new(),
             connected: BTreeMap::new(),
             last_active: HashMap::new(),
+            departed: BTreeMap::new(),
             last_sync_request: None,
             contribute_from: 0,
             ever_published: false,
@@ -477,6 +484,7 @@ impl RoundState {
                 if peer != self.me && !self.connected.contains_key(&peer) && self.room_to_connect() {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
                     self.connected.insert(peer, from);
+                    self.departed.remove(&peer);
                     self.reclass_future(peer);
                     // A new connection of a key that said it leaves: a restart.
                     self.leavers.back(&peer);
@@ -487,6 +495,7 @@ impl RoundState {
                     self.leavers.back(&peer);
                     if self.connected.contains_key(&peer) || self.room_to_connect() {
                         self.connected.insert(peer, from);
+                        self.departed.remove(&peer);
                         self.reclass_future(peer);
                     }
                     if from > self.round {
@@ -496,7 +505,9 @@ impl RoundState {
                 }
             }
             Event::PeerDisconnected(peer) => {
-                self.connected.remove(&peer);
+                if self.connected.remove(&peer).is_some() {
+                    self.note_departed(peer);
+                }
                 self.last_active.remove(&peer);
                 self.reclass_future(peer);
             }

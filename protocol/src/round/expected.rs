@@ -72,8 +72,13 @@ impl RoundState {
         ((self.config.quorum * active).ceil() as usize).max(1)
     }
 
-    /// Records that `sender` contributed to `round`, within `max_peers` keys.
+    /// Records that `sender` contributed to `round`, within `max_peers` keys;
+    /// not when it is a delta of a peer that left, of the round it left in or
+    /// before (sent before it left, it says nothing of the rounds to come).
     pub(super) fn note_active(&mut self, sender: PublicKey, round: u64) {
+        if self.departed.get(&sender).is_some_and(|&left| round <= left) {
+            return;
+        }
         if let Some(seen) = self.last_active.get_mut(&sender) {
             *seen = (*seen).max(round);
             return;
@@ -92,9 +97,24 @@ impl RoundState {
         self.last_active.insert(sender, round);
     }
 
+    /// Remembers that `peer`'s connection closed in the current round. Full
+    /// (`max_peers` keys), the oldest departure gives way.
+    pub(super) fn note_departed(&mut self, peer: PublicKey) {
+        if self.departed.len() >= self.config.max_peers && !self.departed.contains_key(&peer) {
+            let oldest = self.departed.iter().min_by_key(|(_, &r)| r).map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                self.departed.remove(&oldest);
+            }
+        }
+        self.departed.insert(peer, self.round);
+    }
+
     pub(super) fn prune_activity(&mut self) {
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
         self.last_active.retain(|_, r| *r >= horizon);
+        // A delta of a round before the horizon would not make its sender
+        // expected anyway.
+        self.departed.retain(|_, r| *r >= horizon);
         self.leavers.prune(self.round, self.config.activity_rounds);
     }
 }

@@ -705,3 +705,22 @@ fn a_peer_we_no_longer_wait_for_is_told_to_contribute_from_two_rounds_on() {
     s.handle(t, Event::PeerDelta(delta(3, 3, 3.0)));
     assert_eq!(s.expected_from(&pk(3)), 0);
 }
+
+/// A peer's last delta can reach the round state after its connection closed
+/// (the driver verifies deltas on workers): sent before it left, it is merged,
+/// but it does not make the peer expected in the rounds to come, which would
+/// then wait for its deadline. A later delta of it (relayed) does.
+#[test]
+fn a_delta_sent_before_its_peer_left_does_not_make_it_expected_again() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDisconnected(pk(3)));
+    assert!(merged(&s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)))).is_none(), "node 2 is awaited");
+    let actions = s.handle(3, Event::PeerDelta(delta(2, 0, 2.0)));
+    let (round, senders, _) = merged(&actions).expect("round 0 closes");
+    assert_eq!((round, senders.len()), (0, 3), "its delta of round 0 is merged");
+    assert!(!s.active().contains(&pk(3)), "but it is not expected in round 1");
+    // A delta of a round after it left: it is in the run, through others.
+    s.handle(4, Event::PeerDelta(delta(3, 1, 3.0)));
+    assert!(s.active().contains(&pk(3)));
+}
