@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs each named test binary N times in a row while two busy loops keep both
 # cores busy, and prints one line per run and a pass count per test. A flaky
-# test shows here; each run's node logs are kept under /tmp/loop-NAME/RUN/.
+# test shows here; each run's node logs are kept under /tmp/loop-NAME/RUN/, and
+# what the test printed (with --nocapture) in /tmp/loop-NAME/RUN.out.
 #
 #   cargo test --test partition_netns --test late_joiner_catches_up --no-run
 #   bench/loop_under_load.sh 20 partition_netns late_joiner_catches_up
@@ -19,7 +20,7 @@ for name in "$@"; do
   pass=0
   for i in $(seq 1 "$n"); do
     s=$(date +%s)
-    if STARLING_TEST_LOGS="/tmp/loop-$name/$i" timeout 900 "$bin" > "/tmp/loop-$name/$i.out" 2>&1; then
+    if STARLING_TEST_LOGS="/tmp/loop-$name/$i" timeout 900 "$bin" --nocapture > "/tmp/loop-$name/$i.out" 2>&1; then
       pass=$((pass + 1)); r=ok
     else
       r=FAIL
