@@ -14,7 +14,8 @@ timeout 7200 yes >/dev/null & y1=$!
 timeout 7200 yes >/dev/null & y2=$!
 trap 'kill $y1 $y2 2>/dev/null' EXIT
 for name in "$@"; do
-  bin=$(ls -t target/debug/deps/"${name}"-* 2>/dev/null | grep -v '\.d$' | head -1)
+  # The newest test executable: NAME-<16 hex digits>, no extension.
+  bin=$(ls -t target/debug/deps/"${name}"-???????????????? 2>/dev/null | head -1)
   if [ -z "$bin" ]; then echo "no test binary for $name: build it with cargo test --test $name --no-run"; exit 2; fi
   mkdir -p "/tmp/loop-$name"
   pass=0
