@@ -27,7 +27,7 @@ use starling_protocol::{consensus_distance, round::CloseReason, RunSpec};
 
 use crate::{
     report::RoundRow,
-    scenario::{Attack, Churn, Compute, EventKind, Link, Workload},
+    scenario::{partition_label, Attack, Churn, Compute, EventKind, Link, Workload},
     summarize,
     workload::candle_spec,
     RunOutput, Scenario, SimError,
@@ -190,10 +190,7 @@ fn markers(sc: &Scenario) -> Vec<(u64, String)> {
         .iter()
         .filter_map(|e| {
             let label = match &e.what {
-                EventKind::Partition { sides } => format!(
-                    "partition {}",
-                    sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/")
-                ),
+                EventKind::Partition { sides } => partition_label(sides),
                 EventKind::Heal => "heal".to_string(),
                 EventKind::Crash { count, .. } => format!("{count} crash"),
                 EventKind::Join { count } => format!("{count} join"),

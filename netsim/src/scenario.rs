@@ -373,6 +373,12 @@ pub enum EventKind {
     Join { count: usize },
 }
 
+/// The report's marker for a partition into `sides` (`partition 0.6/0.4`),
+/// in both modes.
+pub fn partition_label(sides: &[f64]) -> String {
+    format!("partition {}", sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/"))
+}
+
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {

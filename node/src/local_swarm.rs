@@ -31,7 +31,7 @@ mod partitions;
 mod report;
 
 pub use crashes::Crash;
-pub use partitions::NetworkChange;
+pub use partitions::{sides_of, NetworkChange};
 
 use report::{summarize, Progress};
 pub use report::{CurvePoint, SwarmSummary};

@@ -153,9 +153,7 @@ impl Engine<'_> {
             bytes: PROOF_BYTES,
             published_at: self.now,
         });
-        for p in self.mesh.peers(node).to_vec() {
-            self.send(node, p, proof.clone());
-        }
+        self.gossip_to_mesh(node, None, &proof);
     }
 
     /// A proof arrived: ban the key and pass the proof on.
@@ -170,11 +168,7 @@ impl Engine<'_> {
             return Ok(());
         }
         let outputs = self.nodes[to].engine.handle(self.now / super::MS, Input::Ban(offender));
-        for p in self.mesh.peers(to).to_vec() {
-            if p != from {
-                self.send(to, p, message.clone());
-            }
-        }
+        self.gossip_to_mesh(to, Some(from), &message);
         self.apply(to, outputs)
     }
 }

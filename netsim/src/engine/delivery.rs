@@ -49,6 +49,16 @@ impl Engine<'_> {
         }
     }
 
+    /// Sends `message` from `node` to each of its mesh peers but `except`
+    /// (the peer it came from, when passing it on).
+    pub(super) fn gossip_to_mesh(&mut self, node: usize, except: Option<usize>, message: &Rc<Message>) {
+        for to in self.mesh.peers(node).to_vec() {
+            if Some(to) != except {
+                self.send(node, to, message.clone());
+            }
+        }
+    }
+
     pub(super) fn send(&mut self, from: usize, to: usize, message: Rc<Message>) {
         if !self.up(to) {
             return;

@@ -5,10 +5,14 @@
 
 use std::rc::Rc;
 
+use starling_node::local_swarm::sides_of;
 use starling_protocol::{engine::Input, round::LeaveAdmission, DeltaId, LeaveNotice};
 
 use super::{Body, Engine, Happening, Life, Message, MS};
-use crate::{scenario::EventKind, SimError};
+use crate::{
+    scenario::{partition_label, EventKind},
+    SimError,
+};
 
 impl Engine<'_> {
     pub(super) fn crash(&mut self, node: usize, restart_after_ms: u64) {
@@ -116,25 +120,15 @@ impl Engine<'_> {
             let (at, what) = self.events.remove(0);
             let label = match &what {
                 EventKind::Partition { sides } => {
-                    let total: f64 = sides.iter().sum();
-                    let n = self.nodes.len();
-                    let mut bound = 0.0;
-                    let mut cuts = Vec::new();
-                    for f in sides {
-                        bound += f / total;
-                        cuts.push((bound * n as f64).round() as usize);
-                    }
                     let before: Vec<usize> = self.nodes.iter().map(|n| n.side).collect();
-                    for i in 0..n {
-                        self.nodes[i].side = cuts.iter().position(|&c| i < c).unwrap_or(sides.len() - 1);
+                    // The same nodes apart as in live mode.
+                    for (node, side) in self.nodes.iter_mut().zip(sides_of(before.len(), sides)) {
+                        node.side = side;
                     }
                     if self.sc.link.partition_disconnects {
                         self.reconnect_across(&before, false);
                     }
-                    format!(
-                        "partition {}",
-                        sides.iter().map(|f| format!("{f}")).collect::<Vec<_>>().join("/")
-                    )
+                    partition_label(sides)
                 }
                 EventKind::Heal => {
                     let before: Vec<usize> = self.nodes.iter().map(|n| n.side).collect();
@@ -218,9 +212,7 @@ impl Engine<'_> {
         let message =
             Rc::new(Message { body: Body::Leave(notice), round, id, bytes, published_at: self.now });
         self.nodes[node].seen.insert(id, (round, self.now));
-        for to in self.mesh.peers(node).to_vec() {
-            self.send(node, to, message.clone());
-        }
+        self.gossip_to_mesh(node, None, &message);
     }
 
     /// A leave notice reached `to`: verified, judged by its engine, taken in
@@ -247,11 +239,7 @@ impl Engine<'_> {
         }
         let outputs =
             engine.handle(self.now / MS, Input::PeerLeaving { peer: notice.sender, from: notice.from });
-        for p in self.mesh.peers(to).to_vec() {
-            if p != from {
-                self.send(to, p, message.clone());
-            }
-        }
+        self.gossip_to_mesh(to, Some(from), &message);
         self.apply(to, outputs)
     }
 }

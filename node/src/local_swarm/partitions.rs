@@ -87,8 +87,11 @@ impl CutOffs {
     }
 }
 
-/// The side of each of `n` nodes for a split into `sides` fractions.
-fn sides_of(n: usize, sides: &[f64]) -> Vec<usize> {
+/// The side of each of `n` nodes for a split into `sides` fractions:
+/// consecutive indices, side `s` taking the nodes below the running sum of
+/// the fractions up to `s`, times `n`, rounded. netsim's virtual mode splits
+/// its nodes with it too, so both modes cut the same nodes apart.
+pub fn sides_of(n: usize, sides: &[f64]) -> Vec<usize> {
     let total: f64 = sides.iter().sum();
     let mut bound = 0.0;
     let cuts: Vec<usize> = sides
