@@ -159,6 +159,9 @@ struct SimNode {
     /// The last delta this node signed: kept across a crash, as the real
     /// node's outbox is, and checked so that no node signs two for a round.
     signed: Option<SignedDelta>,
+    /// The lures a sync attacker gossiped: each names a later round than the
+    /// last, so that none is an equivocation.
+    lures: u64,
 }
 
 /// A training job: inputs fixed when it starts, so its result does not depend
@@ -411,6 +414,7 @@ impl<'a> Engine<'a> {
             wake: None,
             own_history: VecDeque::new(),
             heard: VecDeque::new(),
+            lures: 0,
             signed: None,
         });
         self.track(index);
@@ -455,8 +459,10 @@ impl<'a> Engine<'a> {
     }
 
     /// Stops counting a node's round (before its round or life changes).
+    /// Sync attackers never count: they train nothing, and the run ends when
+    /// the nodes that do are done.
     fn untrack(&mut self, node: usize) {
-        if self.nodes[node].life == Life::Up {
+        if self.nodes[node].life == Life::Up && !self.sync_sybil(node) {
             let round = self.nodes[node].state.round;
             if let std::collections::btree_map::Entry::Occupied(mut e) = self.live_rounds.entry(round) {
                 *e.get_mut() -= 1;
@@ -469,7 +475,7 @@ impl<'a> Engine<'a> {
 
     /// Counts a node's round again (after its round or life changed).
     fn track(&mut self, node: usize) {
-        if self.nodes[node].life == Life::Up {
+        if self.nodes[node].life == Life::Up && !self.sync_sybil(node) {
             *self.live_rounds.entry(self.nodes[node].state.round).or_default() += 1;
         }
     }
@@ -586,13 +592,21 @@ impl<'a> Engine<'a> {
         self.nodes[node].model = job.model.take();
         self.free_jobs.push(job_index);
         let trained = result.map_err(|e| SimError::Workload(format!("node {node}: {e}")))?;
-        let n = &mut self.nodes[node];
-        if n.life != Life::Up || n.epoch != epoch {
+        if self.nodes[node].life != Life::Up || self.nodes[node].epoch != epoch {
             // A job of a node since crashed: its new engine never asked for it.
             return Ok(());
         }
-        if !n.engine.wants_trained(round, lineage) {
-            return self.drive(node, Input::Trained { round, base: lineage, delta: None });
+        // A sync attacker never contributes a delta of the round: as the
+        // colluders of `tests/sync_sybil.rs`, it only gossips its lures, so
+        // that every round waits for it until the deadline.
+        let sybil = self.sync_sybil(node);
+        let n = &mut self.nodes[node];
+        if !n.engine.wants_trained(round, lineage) || sybil {
+            self.drive(node, Input::Trained { round, base: lineage, delta: None })?;
+            if sybil {
+                self.lure(node);
+            }
+            return Ok(());
         }
         let payload = if self.grouped {
             // Grouped rounds average models: see `merge`. (Attacks are refused
@@ -631,11 +645,7 @@ impl<'a> Engine<'a> {
             }
             n.signed = Some(signed.clone());
         }
-        self.drive(node, Input::Trained { round, base: lineage, delta: Some(signed) })?;
-        if self.sync_sybil(node) {
-            self.lure(node);
-        }
-        Ok(())
+        self.drive(node, Input::Trained { round, base: lineage, delta: Some(signed) })
     }
 
     /// Hands node `node`'s engine one input and carries out what it asks.

@@ -285,6 +285,12 @@ pub struct RoundState {
     paused: bool,
     /// When the current round's first delta arrived: a paused node's deadline counts from here.
     opened_at: Option<u64>,
+    /// When the first peer delta of the current round arrived, even before we
+    /// entered it: a running node's deadline counts from here when that comes
+    /// before its own publish (see [`RoundState::deadline_from`]).
+    heard_at: Option<u64>,
+    /// The round after the current one and when its first peer delta arrived.
+    next_heard_at: Option<(u64, u64)>,
     /// The headers of the deltas we signed, by round, so that we never sign a
     /// second one for a round (not even after installing an older state) and
     /// know our own delta when a peer hands it back. Bound: the last
@@ -321,6 +327,8 @@ impl RoundState {
             payload_rounds: BTreeMap::new(),
             paused: false,
             opened_at: None,
+            heard_at: None,
+            next_heard_at: None,
             signed: BTreeMap::new(),
             future: future::FutureBytes::default(),
             leavers: leaving::Leavers::default(),
@@ -415,9 +423,13 @@ impl RoundState {
             None if header.round == self.round || self.future_rounds() < self.config.buffered_rounds => {
                 Admission::Accept
             }
-            // Full of future rounds: keep the newest, which tell a lagging node most.
-            None => match self.lowest_future_round() {
-                Some(lowest) if header.round > lowest => Admission::Accept,
+            // Full of future rounds: keep the nearest, which are merged
+            // soonest. A lagging node learns it is behind from a far delta's
+            // arrival, not from keeping it; and a key that gossips deltas of
+            // ever farther rounds must not push out the next round's deltas
+            // (a node that loses them merges a set its peers do not).
+            None => match self.highest_future_round() {
+                Some(highest) if header.round < highest => Admission::Accept,
                 _ => Admission::Full,
             },
         };
@@ -468,6 +480,9 @@ impl RoundState {
                 self.rounds.entry(round).or_default().insert(sender, delta);
                 if round == self.round {
                     self.opened_at.get_or_insert(now_ms);
+                    self.heard_at.get_or_insert(now_ms);
+                } else if round == self.round + 1 && self.next_heard_at.is_none() {
+                    self.next_heard_at = Some((round, now_ms));
                 }
                 self.note_active(sender, round);
                 // A delta of a round it said it would not contribute to: it is back.

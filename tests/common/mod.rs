@@ -24,7 +24,11 @@ pub fn test_spec(name: &str) -> RunSpec {
     spec
 }
 
-/// A running `starling` process, killed when dropped.
+/// How many of a node's decision lines a failing test prints.
+const DECISION_LINES: usize = 80;
+
+/// A running `starling` process, killed when dropped; a failing test prints
+/// its decisions.
 pub struct NodeProcess {
     pub name: String,
     child: Child,
@@ -185,6 +189,37 @@ impl NodeProcess {
         }
     }
 
+    /// Its log lines that record a protocol decision (merges, syncs,
+    /// installs, lineage checks, warnings), the last [`DECISION_LINES`] of them.
+    pub fn decisions(&self) -> String {
+        const MARKS: [&str; 14] = [
+            "round merged",
+            "not newer",
+            "no state is announced",
+            "installed",
+            "fetching",
+            "lineage",
+            "other than ours",
+            "drifted",
+            "diverged",
+            "ahead",
+            "peer leaves",
+            "expected",
+            " WARN ",
+            " ERROR ",
+        ];
+        let lines = self.lines.lock().unwrap();
+        let after_time = |l: &str| l.split_once(' ').map_or("", |(_, rest)| rest).to_string();
+        let mut kept: Vec<&str> = Vec::new();
+        for line in lines.iter().filter(|l| MARKS.iter().any(|m| l.contains(m))) {
+            // A repeated line (a retry) shows once per run of repeats.
+            if kept.last().is_none_or(|last| after_time(last) != after_time(line)) {
+                kept.push(line);
+            }
+        }
+        kept[kept.len().saturating_sub(DECISION_LINES)..].join("\n")
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
@@ -197,6 +232,11 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failing test prints one node's log at most: show every node's
+            // protocol decisions, so that a failure seen once (in CI) can be read.
+            eprintln!("--- {}: its protocol decisions ---\n{}", self.name, self.decisions());
+        }
         if let Some(dir) = std::env::var_os("STARLING_TEST_LOGS") {
             let _ = std::fs::create_dir_all(&dir);
             let _ = std::fs::write(Path::new(&dir).join(format!("{}.log", self.name)), self.log());

@@ -217,17 +217,18 @@ impl Engine<'_> {
     }
 
     /// A sync attacker's lure: a validly signed delta far beyond the swarm's
-    /// round (a new round each time, so it is never an equivocation), so
+    /// round (a later round each time, so it is never an equivocation), so
     /// that every node that sees it believes it is far behind.
     pub(super) fn lure(&mut self, node: usize) {
         let forged = self.forged_snapshot();
         let mut values = vec![0.0; self.params];
         values[0] = node as f32 + self.now as f32 * 1e-9;
-        let n = &self.nodes[node];
+        let n = &mut self.nodes[node];
+        n.lures += 1;
         let delta = SignedDelta::sign(
             &n.key,
             self.run,
-            forged.manifest.round + n.state.round,
+            forged.manifest.round + n.lures,
             forged.manifest.lineage,
             1,
             self.codec,

@@ -147,6 +147,14 @@ impl Engine<'_> {
         if self.nodes[to].attacker && self.sc.attack.behaviour == crate::attack::AttackBehaviour::Replay {
             self.nodes[to].heard.push_back(delta.clone());
         }
+        if self.sync_sybil(to) {
+            // A sync attacker relays gossip as any mesh peer does, and takes
+            // no part in the rounds: it never syncs, nor says when it starts.
+            if !self.grouped {
+                self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
+            }
+            return Ok(());
+        }
         let n = &mut self.nodes[to];
         match n.engine.admit(&delta.header) {
             Admission::Accept => {}

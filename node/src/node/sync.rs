@@ -190,7 +190,7 @@ impl Node {
                 required,
                 "no state is announced by a majority of the peers reached yet; will ask again"
             ),
-            Note::NotNewer { round } => debug!(round, "the agreed state is not newer than ours"),
+            Note::NotNewer { round } => info!(round, "the agreed state is not newer than ours; keeping ours"),
             Note::OfferRefused { peer, reason } => warn!(%peer, %reason, "refused a state offer"),
             Note::Fetching { round, root, peers, reached, chunks, kept } => {
                 if kept > 0 {

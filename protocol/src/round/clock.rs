@@ -21,9 +21,31 @@ impl RoundState {
     }
 
     /// When the current round's deadline starts counting: our own publish, or
-    /// while paused, the arrival of the round's first delta.
+    /// the arrival of the round's first peer delta if that came first; while
+    /// paused or observing, the arrival of the round's first delta.
+    ///
+    /// Counting from our own publish alone, nodes whose rounds all close at
+    /// the deadline (a peer that is expected and never sends) keep whatever
+    /// offset they start with, and it drifts with their training times. Once
+    /// one node closes a deadline after another, it leaves out the later
+    /// one's delta and their lineages part for good (netsim's
+    /// `attack-sync-sybil` showed it). A node whose peers published before it
+    /// closes a deadline after their first delta instead, so the slower ones
+    /// catch up with the faster within a round, and all of them close
+    /// together. A peer that sends its delta early can shorten a round by at
+    /// most our training time: the deadline still counts from a delta of the
+    /// round itself.
     pub(super) fn deadline_from(&self) -> Option<u64> {
-        self.published_at.or(if self.paused || self.observing() { self.opened_at } else { None })
+        match self.published_at {
+            Some(published) => Some(self.heard_at.map_or(published, |heard| heard.min(published))),
+            None if self.paused || self.observing() => self.opened_at,
+            None => None,
+        }
+    }
+
+    /// Entering a round: the first peer delta of it may already be in.
+    fn hear_round(&mut self) {
+        self.heard_at = self.next_heard_at.take().filter(|(r, _)| *r == self.round).map(|(_, at)| at);
     }
 
     pub(super) fn jump_to(&mut self, round: u64, now_ms: u64) {
@@ -40,6 +62,7 @@ impl RoundState {
         self.quorum_at = None;
         self.rounds = self.rounds.split_off(&round);
         self.opened_at = None;
+        self.hear_round();
         self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();
@@ -95,6 +118,7 @@ impl RoundState {
         self.abstained = false;
         self.quorum_at = None;
         self.opened_at = None;
+        self.hear_round();
         self.open_clock(now_ms);
         self.prune_activity();
         self.forget_old_payloads();

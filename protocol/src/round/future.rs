@@ -120,8 +120,8 @@ impl RoundState {
         self.rounds.range(self.round + 1..).count()
     }
 
-    pub(super) fn lowest_future_round(&self) -> Option<u64> {
-        self.rounds.range(self.round + 1..).next().map(|(r, _)| *r)
+    pub(super) fn highest_future_round(&self) -> Option<u64> {
+        self.rounds.range(self.round + 1..).next_back().map(|(r, _)| *r)
     }
 
     /// Whether `key` counts as a connected peer for the budget (our own key does).
@@ -137,13 +137,14 @@ impl RoundState {
         self.future.victims(known, header.round, cost, self.config.max_future_bytes).is_some()
     }
 
-    /// Makes room for an admitted delta of a future round: the lowest future
-    /// round goes when it opens a round past `buffered_rounds`, and the least
-    /// useful deltas when it does not fit the byte budget.
+    /// Makes room for an admitted delta of a future round: the farthest
+    /// future round goes when it opens a round past `buffered_rounds` (it is
+    /// nearer, or it would not be admitted), and the least useful deltas when
+    /// it does not fit the byte budget.
     pub(super) fn make_future_room(&mut self, header: &DeltaHeader) {
         if !self.rounds.contains_key(&header.round) && self.future_rounds() >= self.config.buffered_rounds {
-            if let Some(lowest) = self.lowest_future_round() {
-                self.drop_future_round(lowest);
+            if let Some(highest) = self.highest_future_round() {
+                self.drop_future_round(highest);
             }
         }
         let known = self.known(&header.sender);

@@ -218,18 +218,30 @@ fn a_stale_local_delta_after_sync_is_ignored() {
 }
 
 #[test]
-fn future_buffer_is_bounded_and_keeps_the_newest() {
+fn future_buffer_is_bounded_and_keeps_the_nearest_rounds() {
+    let buffered = config().buffered_rounds as u64;
     let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+    // A key gossiping deltas of ever farther rounds (a sync attacker's lures)
+    // fills the buffer and then is refused: the next round's deltas stay.
     for r in 1..=20 {
         s.handle(0, Event::PeerDelta(delta(2, r, 0.0)));
     }
-    assert!(s.future_rounds() <= s.config.buffered_rounds);
-    assert_eq!(s.admit(&delta(3, 20, 0.0).header), Admission::Accept);
-    assert_eq!(s.admit(&delta(3, 1, 0.0).header), Admission::Full);
-    // An evicted round's payloads go with it; those of the rounds held stay.
+    assert_eq!(s.future_rounds(), s.config.buffered_rounds);
+    assert_eq!(s.admit(&delta(3, 20, 0.0).header), Admission::Full);
+    assert_eq!(s.admit(&delta(3, 1, 0.0).header), Admission::Accept);
+    // A nearer round than the farthest held takes that one's place.
+    let mut far = RoundState::new(PublicKey::of(&key(1)), config(), 0);
+    for r in 2..=buffered + 1 {
+        far.handle(0, Event::PeerDelta(delta(2, 10 * r, 0.0)));
+    }
+    far.handle(0, Event::PeerDelta(delta(3, 1, 0.0)));
+    assert_eq!(far.future_rounds(), far.config.buffered_rounds);
+    assert_eq!(far.admit(&delta(3, 1, 0.0).header), Admission::Duplicate, "the nearest round is kept");
+    assert_eq!(far.admit(&delta(4, 10 * (buffered + 1), 0.0).header), Admission::Full, "the farthest went");
+    // A refused round's payloads are never remembered; those of the rounds held are.
     assert_eq!(s.remembered_payloads(), s.config.buffered_rounds);
-    assert_eq!(s.admit(&resigned(3, 15, &delta(2, 1, 0.0)).header), Admission::Accept);
-    assert_eq!(s.admit(&resigned(3, 15, &delta(2, 20, 0.0)).header), Admission::Replayed);
+    assert_eq!(s.admit(&resigned(3, 5, &delta(2, 1, 0.0)).header), Admission::Replayed);
+    assert_eq!(s.admit(&resigned(3, 5, &delta(2, 20, 0.0)).header), Admission::Accept);
 }
 
 #[test]
@@ -723,4 +735,32 @@ fn a_delta_sent_before_its_peer_left_does_not_make_it_expected_again() {
     // A delta of a round after it left: it is in the run, through others.
     s.handle(4, Event::PeerDelta(delta(3, 1, 3.0)));
     assert!(s.active().contains(&pk(3)));
+}
+
+/// Rounds that all close at the deadline (a peer is expected and never
+/// sends) keep the nodes' offsets when each deadline counts from the node's
+/// own publish, and training times make them drift until one node closes a
+/// deadline after another and leaves its delta out (netsim's
+/// `attack-sync-sybil-deadline`). A node whose peer published first counts
+/// from that peer's delta, even one that came before the node entered the round.
+#[test]
+fn a_deadline_counts_from_the_rounds_first_delta_when_a_peer_published_before_us() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    // Node 2 is ahead of us: its delta of round 1 comes while we gather round 0.
+    s.handle(400, Event::PeerDelta(delta(2, 1, 2.0)));
+    let (round, _, reason) = merged(&s.handle(1_000, Event::Tick)).unwrap();
+    assert_eq!((round, reason), (0, CloseReason::Deadline), "node 3 never sends");
+    // Our delta of round 1 is out at 1 300: the deadline counts from 400, not from 1 300.
+    s.handle(1_300, Event::LocalDelta(delta(1, 1, 1.0)));
+    assert_eq!(s.wake_at(), Some(1_400));
+    let (round, senders, reason) = merged(&s.handle(1_400, Event::Tick)).unwrap();
+    assert_eq!((round, senders.len(), reason), (1, 2, CloseReason::Deadline));
+    // When we publish first, a later peer delta does not move our deadline.
+    s.handle(1_500, Event::LocalDelta(delta(1, 2, 1.0)));
+    assert!(
+        merged(&s.handle(1_900, Event::PeerDelta(delta(3, 2, 3.0)))).is_none(),
+        "node 2 is still expected"
+    );
+    assert_eq!(s.wake_at(), Some(2_500));
 }
