@@ -66,6 +66,14 @@ impl Lineages {
         self.own.get(&round).copied()
     }
 
+    /// Whether a state of a round and lineage is not ours: compared with our
+    /// lineage in that round if we held it, else with our latest one.
+    pub(super) fn differs_from(&self) -> impl Fn(u64, [u8; 32]) -> bool {
+        let own = self.own.clone();
+        let latest = own.last_key_value().map(|(_, l)| *l);
+        move |round, lineage| own.get(&round).copied().or(latest) != Some(lineage)
+    }
+
     /// A connected peer sent a delta of `round` trained from `base`. Returns
     /// whether that base differs from our own lineage in that round (a
     /// round we did not hold, ahead of us or long past, compares with nothing).
@@ -169,6 +177,20 @@ mod tests {
 
     fn pk(i: u8) -> PublicKey {
         PublicKey::of(&SigningKey::from_bytes(&[i; 32]))
+    }
+
+    #[test]
+    fn a_state_one_merge_behind_ours_on_our_lineage_is_not_another_lineage() {
+        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+        let mut l = Lineages::new(10, a);
+        l.merged(11, b);
+        let differs = l.differs_from();
+        // A peer that has not merged round 10 yet holds what we held then.
+        assert!(!differs(10, a));
+        assert!(differs(10, c), "round 10 of another lineage");
+        assert!(!differs(11, b) && differs(11, a));
+        // A round we never held compares with our latest lineage.
+        assert!(!differs(4, b) && differs(4, a));
     }
 
     #[test]

@@ -10,12 +10,18 @@ impl Engine {
     /// Whether a chosen state, of `round` and `lineage`, is worth installing;
     /// `majority`: a strict majority of the peers reached announced it.
     pub(super) fn wanted(&self) -> impl Fn(u64, [u8; 32], bool) -> bool {
-        let (own_round, own_lineage, observing, reason) =
-            (self.round, self.lineage, self.rounds.observing(), self.fetch.reason);
+        let (own_round, observing, reason) = (self.round, self.rounds.observing(), self.fetch.reason);
         let reach = own_round.saturating_add(self.config.round.sync_lag_rounds);
+        // Whether a state of `round` is of another lineage than ours. One of
+        // a round we held compares with what we held then: a peer one merge
+        // behind us on our own lineage (it has not yet merged the round we
+        // just did) holds no other lineage, and going back to its state would
+        // only undo our merge (a diverged node's pending retry once did so at
+        // the last round, and stopped a round short).
+        let differs = self.lineages.differs_from();
         move |round, lineage, majority| match reason {
             SyncReason::Probe => round > own_round,
-            SyncReason::Behind => round > own_round || (observing && lineage != own_lineage),
+            SyncReason::Behind => round > own_round || (observing && differs(round, lineage)),
             // A diverged node that ran ahead of the majority (the faster side
             // of a partition) goes back to the majority's state, but only on
             // the word of a strict majority: fewer colluders cannot turn it back.
@@ -25,7 +31,7 @@ impl Engine {
             // colluders claiming a far round cannot win a repair by plurality.
             SyncReason::Diverged => {
                 (round > own_round && (round <= reach || majority))
-                    || (lineage != own_lineage && (round == own_round || (round < own_round && majority)))
+                    || (differs(round, lineage) && (round == own_round || (round < own_round && majority)))
             }
         }
     }
