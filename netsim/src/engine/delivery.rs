@@ -150,9 +150,7 @@ impl Engine<'_> {
         if self.sync_sybil(to) {
             // A sync attacker relays gossip as any mesh peer does, and takes
             // no part in the rounds: it never syncs, nor says when it starts.
-            if !self.grouped {
-                self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
-            }
+            self.relay(to, from, message);
             return Ok(());
         }
         let n = &mut self.nodes[to];
@@ -189,10 +187,16 @@ impl Engine<'_> {
             }
         }
         let actions = n.engine.handle(self.now / MS, Input::PeerDelta(delta.clone()));
-        if !self.grouped {
-            self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node: to, from, message });
-        }
+        self.relay(to, from, message);
         self.apply(to, actions)
+    }
+
+    /// `node` passes an accepted delta on to its mesh after the forward hold
+    /// (grouped rounds send to their group directly: nothing to relay).
+    fn relay(&mut self, node: usize, from: usize, message: Rc<Message>) {
+        if !self.grouped {
+            self.schedule(self.now + FORWARD_HOLD, Happening::Forward { node, from, message });
+        }
     }
 
     /// Gossip: forward an accepted delta to mesh peers, except the one it came

@@ -20,6 +20,7 @@
 //! the node's only on the word of a strict majority of the peers reached).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
@@ -37,7 +38,10 @@ pub const LINEAGE_ROUNDS: u64 = 256;
 #[derive(Debug, Default)]
 pub(super) struct Lineages {
     /// Our lineage at the start of each recent round. Bound: `LINEAGE_ROUNDS + 1` rounds.
-    own: BTreeMap<u64, [u8; 32]>,
+    /// Shared with [`Lineages::differs_from`]'s check, which the engine builds
+    /// on every timer and sync response: a merge copies the map only while
+    /// such a check is alive, which it never is by then.
+    own: Arc<BTreeMap<u64, [u8; 32]>>,
     /// The round and base of each connected peer's latest delta. Bound: the
     /// engine's connected peers (a peer is forgotten when it leaves).
     latest: BTreeMap<PublicKey, (u64, [u8; 32])>,
@@ -45,20 +49,21 @@ pub(super) struct Lineages {
 
 impl Lineages {
     pub(super) fn new(round: u64, lineage: [u8; 32]) -> Self {
-        Self { own: BTreeMap::from([(round, lineage)]), latest: BTreeMap::new() }
+        Self { own: Arc::new(BTreeMap::from([(round, lineage)])), latest: BTreeMap::new() }
     }
 
     /// Our state reached `round` with `lineage` by a merge.
     pub(super) fn merged(&mut self, round: u64, lineage: [u8; 32]) {
-        self.own.insert(round, lineage);
+        let own = Arc::make_mut(&mut self.own);
+        own.insert(round, lineage);
         let horizon = round.saturating_sub(LINEAGE_ROUNDS);
-        self.own.retain(|r, _| *r >= horizon);
+        own.retain(|r, _| *r >= horizon);
     }
 
     /// We installed a state of `round` with `lineage`: our history before it
     /// is of a lineage we left, and compares with nothing any more.
     pub(super) fn installed(&mut self, round: u64, lineage: [u8; 32]) {
-        self.own = BTreeMap::from([(round, lineage)]);
+        self.own = Arc::new(BTreeMap::from([(round, lineage)]));
     }
 
     /// Our lineage at the start of `round`, if we held that round.
@@ -69,7 +74,7 @@ impl Lineages {
     /// Whether a state of a round and lineage is not ours: compared with our
     /// lineage in that round if we held it, else with our latest one.
     pub(super) fn differs_from(&self) -> impl Fn(u64, [u8; 32]) -> bool {
-        let own = self.own.clone();
+        let own = Arc::clone(&self.own);
         let latest = own.last_key_value().map(|(_, l)| *l);
         move |round, lineage| own.get(&round).copied().or(latest) != Some(lineage)
     }
