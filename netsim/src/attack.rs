@@ -276,9 +276,11 @@ pub fn forgeries(delta: &SignedDelta, victim: PublicKey) -> Vec<SignedDelta> {
     let mut impersonation = delta.clone();
     impersonation.header.sender = victim;
     let mut altered = delta.clone();
-    if let Some(b) = altered.payload.first_mut() {
+    let mut payload = altered.payload.to_vec();
+    if let Some(b) = payload.first_mut() {
         *b ^= 0x40;
     }
+    altered.payload = payload.into();
     vec![impersonation, altered]
 }
 

@@ -76,7 +76,7 @@ fn ms_per_step(layers: &[usize], batch: usize, rounds: u32, private: bool) -> an
     };
     let mut trainer = Trainer::new(&spec, data, 1)?;
     if private {
-        trainer.set_private(DpSgd::new(1.0, 1.0, batch, SHARD, NoiseRng::seeded(1)));
+        trainer.set_private(DpSgd::new(1.0, 1.0, batch, SHARD, NoiseRng::seeded(1)))?;
     }
     let mut params = Mlp::initial_params(layers, 1);
     params = trainer.train_round(&params, STEPS)?.params;

@@ -296,7 +296,7 @@ struct Node {
     /// The loop has ended: finish the work in hand, start none.
     stopping: bool,
     /// Our delta's wire bytes, encoded by the writer, until the engine publishes it.
-    own_bytes: Option<(starling_protocol::DeltaId, Vec<u8>)>,
+    own_bytes: Option<(starling_protocol::DeltaId, bytes::Bytes)>,
     /// Peers subscribed to the run's topic. Bound: the open connections (a
     /// peer leaves it when its last connection closes).
     run_peers: BTreeSet<PeerId>,
@@ -705,7 +705,7 @@ impl Node {
                 Output::Publish(delta) => {
                     let bytes = match self.own_bytes.take() {
                         Some((id, bytes)) if id == delta.id() => bytes,
-                        _ => delta.to_bytes(),
+                        _ => delta.to_bytes().into(),
                     };
                     self.published_bytes += bytes.len() as u64;
                     self.metrics.deltas_published.inc();

@@ -6,6 +6,7 @@
 //! (several GB/s per core), so verifying a delta costs one pass over the
 //! payload; ed25519 then signs 32 bytes whatever the payload size.
 
+use bytes::Bytes;
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -40,7 +41,9 @@ pub struct DeltaHeader {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedDelta {
     pub header: DeltaHeader,
-    pub payload: Vec<u8>,
+    /// Shared, not copied, when the delta is: the engine, the merge and the
+    /// outbox all hold the same bytes (a dense delta is as large as the model).
+    pub payload: Bytes,
     pub signature: [u8; 64],
 }
 
@@ -147,8 +150,9 @@ impl SignedDelta {
         base: [u8; 32],
         samples: u64,
         codec: Codec,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
     ) -> Self {
+        let payload = payload.into();
         let header = DeltaHeader {
             run_id,
             round,

@@ -7,6 +7,7 @@
 //! untrusted bytes returns an error, never panics, and never leaves trailing
 //! bytes unread.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::accountability::{EquivocationProof, SignedHeader};
@@ -70,14 +71,35 @@ struct SignedDeltaWire<'a> {
     signature: &'a [u8],
 }
 
-/// Encodes a signed delta for the wire or the delta log.
+/// Encodes a signed delta for the wire or the delta log, into a buffer sized
+/// for it up front (a dense delta is as large as the model; a growing buffer
+/// would reach twice that).
 pub fn encode_delta(delta: &SignedDelta) -> Vec<u8> {
-    encode(&SignedDeltaWire {
+    let wire = SignedDeltaWire {
         header: delta.header.clone(),
         payload: &delta.payload,
         signature: &delta.signature,
-    })
+    };
+    let mut out = Vec::with_capacity(delta.payload.len() + DELTA_FRAMING_BYTES);
+    bincode::serde::encode_into_std_write(&wire, &mut out, CONFIG).expect("starling types always encode");
+    out
 }
+
+/// [`encode_delta`] whose payload then lives only in the encoding: the
+/// returned delta's payload is a slice of the returned bytes, so a node holds
+/// its own delta once, not once to merge and once to send.
+pub fn encode_delta_shared(delta: SignedDelta) -> (SignedDelta, Bytes) {
+    let bytes = Bytes::from(encode_delta(&delta));
+    // The encoding ends with the payload, the signature's length (one byte: 64) and the signature.
+    let end = bytes.len() - 1 - delta.signature.len();
+    let payload = bytes.slice(end - delta.payload.len()..end);
+    debug_assert_eq!(payload, delta.payload, "the payload is not where the encoding keeps it");
+    (SignedDelta { payload, ..delta }, bytes)
+}
+
+/// Room for a signed delta's header, signature and length prefixes: enough
+/// that [`encode_delta`] never regrows its buffer.
+const DELTA_FRAMING_BYTES: usize = 512;
 
 /// Decodes a signed delta of at most `limit` bytes. This checks the shape only;
 /// [`SignedDelta::verify`] checks what it claims.
@@ -90,7 +112,7 @@ fn delta_from_wire(wire: SignedDeltaWire) -> Result<SignedDelta, WireError> {
         .signature
         .try_into()
         .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", wire.signature.len())))?;
-    Ok(SignedDelta { header: wire.header, payload: wire.payload.to_vec(), signature })
+    Ok(SignedDelta { header: wire.header, payload: Bytes::copy_from_slice(wire.payload), signature })
 }
 
 /// A [`SignedHeader`] as it travels: the signature borrows the input.
@@ -315,15 +337,31 @@ struct OutboxWire<'a> {
 
 /// Encodes a node's own published delta and its residual after encoding.
 pub fn encode_outbox(delta: &SignedDelta, residual: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(delta.payload.len() + residual.len() * 4 + DELTA_FRAMING_BYTES);
+    write_outbox(delta, residual, &mut out).expect("writing to memory cannot fail");
+    out
+}
+
+/// [`encode_outbox`] straight into `out` (a file), with no copy of the payload.
+pub fn write_outbox(
+    delta: &SignedDelta,
+    residual: &[f32],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
     let residual = f32s_to_le_bytes(residual);
-    encode(&OutboxWire {
+    let wire = OutboxWire {
         delta: SignedDeltaWire {
             header: delta.header.clone(),
             payload: &delta.payload,
             signature: &delta.signature,
         },
         residual: &residual,
-    })
+    };
+    bincode::serde::encode_into_std_write(&wire, out, CONFIG).map_err(|e| match e {
+        bincode::error::EncodeError::Io { inner, .. } => inner,
+        other => std::io::Error::other(other.to_string()),
+    })?;
+    Ok(())
 }
 
 /// Decodes what [`encode_outbox`] wrote, for a model of `param_count` parameters.
@@ -560,6 +598,34 @@ mod tests {
             assert_eq!(decode_sync_response(&bytes, 1 << 20).unwrap(), response);
         }
         assert_eq!(decode_state(&encode_state(&state), 1 << 20, 2).unwrap(), state);
+    }
+
+    #[test]
+    fn a_signed_delta_is_encoded_into_one_buffer_sized_up_front() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        // The largest header: every integer at its longest varint, the longest codec name.
+        let codec = crate::Codec::Sparse { k: 1 << 20, chunk: 1 << 20, bits: 4 };
+        for len in [0, 1, 4096] {
+            let delta = SignedDelta::sign(
+                &key,
+                crate::RunId([9; 32]),
+                u64::MAX,
+                [8; 32],
+                u64::MAX,
+                codec,
+                vec![5; len],
+            );
+            let bytes = encode_delta(&delta);
+            assert!(bytes.len() <= len + DELTA_FRAMING_BYTES, "{} bytes of framing", bytes.len() - len);
+            assert_eq!(bytes.capacity(), len + DELTA_FRAMING_BYTES, "the buffer grew");
+            assert_eq!(decode_delta(&bytes, usize::MAX).unwrap(), delta);
+            let (shared, shared_bytes) = encode_delta_shared(delta.clone());
+            assert_eq!((&shared, &shared_bytes[..]), (&delta, &bytes[..]));
+            assert_eq!(shared.payload.as_ptr_range().end, shared_bytes[bytes.len() - 65..].as_ptr());
+            let residual = vec![0.5f32; 3];
+            let outbox = encode_outbox(&delta, &residual);
+            assert_eq!(decode_outbox(&outbox, usize::MAX, 3).unwrap(), (delta, residual));
+        }
     }
 
     #[test]

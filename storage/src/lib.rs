@@ -331,9 +331,10 @@ impl Store {
     pub fn save_outbox(&self, delta: &SignedDelta, residual: &[f32]) -> Result<(), StoreError> {
         let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let io = |source| StoreError::File { path: self.dir.clone(), source };
-        let body = wire::encode_outbox(delta, &[]);
-        let (delta_sum, _) =
-            files::write_durably(&self.dir, files::delta_name, |out| out.write_all(&body)).map_err(io)?;
+        let (delta_sum, _) = files::write_durably(&self.dir, files::delta_name, |mut out| {
+            wire::write_outbox(delta, &[], &mut out)
+        })
+        .map_err(io)?;
         let newest = self.pointers.last()?.map(|(k, _)| k.as_ref().try_into().map(u64::from_be_bytes));
         let residual = match newest {
             Some(Ok(round)) if round == delta.header.round => {

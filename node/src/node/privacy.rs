@@ -44,7 +44,7 @@ pub(super) fn open_privacy(
     let shard_len = trainer.data().len();
     let budget = PrivacyBudget::new(privacy, &spec.inner, shard_len, spent)?;
     if let Some(dp) = budget.dp_sgd(spec.inner.batch_size, shard_len, NoiseRng::from_os()) {
-        trainer.set_private(dp);
+        trainer.set_private(dp)?;
     }
     info!(
         level = ?budget.level(),

@@ -31,8 +31,11 @@ const FINISH_TIME: Duration = Duration::from_secs(60);
 
 /// A training job's result: the pseudo-gradient, computed on the training thread.
 pub(super) struct Trained {
-    /// Δ = θ_r − θ_i: the outer step moves against it.
-    pub(super) delta: Vec<f32>,
+    /// θ_i, the parameters after the round's inner steps. The delta
+    /// Δ = θ_r − θ_i is taken in their place by the encode job, against the
+    /// state they were trained from, so training holds one copy of the
+    /// parameters, not two.
+    pub(super) params: Vec<f32>,
     pub(super) samples: u64,
     pub(super) mean_loss: f32,
 }
@@ -74,15 +77,15 @@ impl Node {
         let tx = self.train_tx.clone();
         self.telemetry.training_started();
         tokio::task::spawn_blocking(move || {
-            // The trainer's copy of θ_r, made here rather than on the event loop;
-            // the shared state is let go at once, so a merge never waits for it.
-            let mut start = state.params.clone();
+            // The trainer's copy of θ_r, made here rather than on the event loop
+            // and trained in place; the shared state is let go at once, so a
+            // merge never waits for it (nor copies it).
+            let mut params = state.params.clone();
             drop(state);
-            let outcome = trainer.train_round(&start, steps).map(|outcome| {
-                for (s, t) in start.iter_mut().zip(&outcome.params) {
-                    *s -= t;
-                }
-                Trained { delta: start, samples: outcome.samples, mean_loss: outcome.mean_loss }
+            let outcome = trainer.train_in_place(&mut params, steps).map(|stats| Trained {
+                params,
+                samples: stats.samples,
+                mean_loss: stats.mean_loss,
             });
             let _ = tx.send((trainer, round, base, outcome));
         });
@@ -114,8 +117,11 @@ impl Node {
             }
         };
         self.last_loss = trained.mean_loss;
+        // The engine wants the delta only while its state is the one trained from.
+        debug_assert_eq!((self.state.round, self.state.lineage), (round, base), "trained from another state");
         let encode = EncodeJob {
-            delta: trained.delta,
+            trained: trained.params,
+            base: self.state.clone(),
             residual: self.residual.clone(),
             noise: self.lend_noise(),
             key: self.key.clone(),

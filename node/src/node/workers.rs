@@ -189,8 +189,11 @@ pub(super) struct Noise {
 
 /// Our pseudo-gradient to encode, sign and save before it is published.
 pub(super) struct EncodeJob {
-    /// Δ = θ_r − θ_i; becomes the new error-feedback residual.
-    pub(super) delta: Vec<f32>,
+    /// θ_i, the trained parameters; replaced in place by Δ = θ_r − θ_i, which
+    /// then becomes the new error-feedback residual.
+    pub(super) trained: Vec<f32>,
+    /// The state θ_r they were trained from, let go once Δ is taken.
+    pub(super) base: Arc<ModelState>,
     /// The residual now, left as it is (the delta may yet be dropped).
     pub(super) residual: Arc<Vec<f32>>,
     pub(super) noise: Option<Noise>,
@@ -287,7 +290,8 @@ pub(super) struct Merged {
 /// Our delta, signed and saved, its wire bytes (for gossip), and the residual it leaves.
 pub(super) struct Encoded {
     pub(super) delta: SignedDelta,
-    pub(super) bytes: Vec<u8>,
+    /// Its wire bytes, which its payload is a slice of.
+    pub(super) bytes: bytes::Bytes,
     pub(super) residual: Vec<f32>,
 }
 
@@ -493,20 +497,27 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
                 }
                 let Some(mut job) = encode else { return Ok(None) };
                 let started = Instant::now();
+                let delta = &mut job.trained;
+                for (d, start) in delta.iter_mut().zip(&job.base.params) {
+                    *d = start - *d;
+                }
+                drop(job.base);
                 if let Some(n) = &mut job.noise {
-                    clip_and_noise(&mut job.delta, n.clip, n.sigma, &mut n.rng);
+                    clip_and_noise(delta, n.clip, n.sigma, &mut n.rng);
                 }
                 noise = job.noise.take();
-                let payload = encode_keeping_residual(job.codec, &mut job.delta, &job.residual, job.decay);
+                let payload = encode_keeping_residual(job.codec, delta, &job.residual, job.decay);
                 let delta =
                     SignedDelta::sign(&job.key, job.run_id, round, base, job.samples, job.codec, payload);
                 timed("encode", started);
                 let started = Instant::now();
                 // Saved before it goes out: after a crash, the same delta is published again.
-                store.save_outbox(&delta, &job.delta)?;
+                // A lossless codec sends everything: its residual is zero, kept as empty.
+                let residual = if job.codec.is_lossless() { Vec::new() } else { job.trained };
+                store.save_outbox(&delta, &residual)?;
                 timed("outbox", started);
-                let bytes = delta.to_bytes();
-                Ok(Some(Encoded { delta, bytes, residual: job.delta }))
+                let (delta, bytes) = starling_protocol::wire::encode_delta_shared(delta);
+                Ok(Some(Encoded { delta, bytes, residual }))
             })();
             Done::Own { round, base, result, noise }
         }

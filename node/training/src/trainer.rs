@@ -24,6 +24,9 @@ use starling_protocol::ModelSpec;
 const TAG_SAMPLER: u64 = 0x7361_6d70_6c65_0005;
 /// Rows per forward pass when evaluating: bounds memory whatever the data size.
 const EVAL_CHUNK: usize = 1024;
+/// Rows per forward pass of the hand-written MLP evaluation: its activations
+/// stay in the tens of MB even at 10⁸ parameters.
+const FAST_EVAL_ROWS: usize = 256;
 
 /// What one round of local training produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,18 +63,54 @@ enum InnerStepper {
     Candle(candle_nn::AdamW),
 }
 
-/// A node's local trainer: its model, its shard, its inner AdamW and its sampler.
-pub struct Trainer {
+/// candle's model and inner optimizer: what trains where the hand-written step
+/// does not apply (the language models, a GPU, DP-SGD on the CNN). Built only
+/// then, so the fast path holds no second copy of the parameters or moments.
+struct Reference {
     model: Model,
-    /// A second model for evaluation, so evaluating never disturbs training state.
-    eval_model: Model,
-    data: TrainData,
     optimizer: InnerStepper,
+}
+
+impl Reference {
+    fn new(spec: &ModelSpec, rule: &InnerRule, device: &Device) -> Result<Self, TrainError> {
+        let model = Model::new_on(spec, device)?;
+        // The fused update works on host slices: on a GPU it would copy every
+        // variable out and back each step, so there candle's own AdamW runs.
+        let optimizer = match rule {
+            InnerRule::AdamW(adamw) if !device.is_cpu() => {
+                InnerStepper::Candle(candle_nn::AdamW::new(model.vars(), adamw.clone())?)
+            }
+            _ => InnerStepper::Fused(FusedOptimizer::new(model.vars(), rule.clone())?),
+        };
+        Ok(Self { model, optimizer })
+    }
+}
+
+/// What one round of in-place training ([`Trainer::train_in_place`]) reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundStats {
+    /// Samples processed this round: steps × batch size.
+    pub samples: u64,
+    /// Mean training loss over the round's steps.
+    pub mean_loss: f32,
+}
+
+/// A node's local trainer: its model, its shard, its inner optimizer and its sampler.
+///
+/// Full-size buffers it holds: on the fast path the gradient and the inner
+/// optimizer's moments (the parameters are the caller's, lent for the round);
+/// on the reference path candle's variables, the moments, and whatever
+/// candle's autograd keeps for a step.
+pub struct Trainer {
+    spec: ModelSpec,
+    data: TrainData,
     /// Where the model and its batches live.
     device: Device,
-    /// The hand-written CPU step, where it covers the model and is allowed;
-    /// it then trains instead of candle's autograd and `optimizer`.
+    /// The hand-written CPU step, where it covers the model and is allowed.
     fast: Option<FastTrainer>,
+    /// candle's model and optimizer, where the fast step does not train.
+    reference: Option<Reference>,
+    rule: InnerRule,
     sampler: BatchSampler,
     batch_size: usize,
     steps_done: u64,
@@ -93,7 +132,6 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let data = data.into();
-        let model = Model::new_on(&spec.model, device)?;
         check_fits(&spec.model, &data)?;
         if data.is_empty() {
             return Err(TrainError::DataMismatch(
@@ -104,53 +142,80 @@ impl Trainer {
             return Err(TrainError::Zero("inner.batch_size"));
         }
         let rule = InnerRule::from_spec(&spec.inner);
-        // The fused update works on host slices: on a GPU it would copy every
-        // variable out and back each step, so there candle's own AdamW runs.
-        let optimizer = match &rule {
-            InnerRule::AdamW(adamw) if !device.is_cpu() => {
-                InnerStepper::Candle(candle_nn::AdamW::new(model.vars(), adamw.clone())?)
-            }
-            _ => InnerStepper::Fused(FusedOptimizer::new(model.vars(), rule.clone())?),
-        };
         let fast = match &data {
             TrainData::Labelled(_) if device.is_cpu() && fast_path_allowed() => {
-                FastTrainer::for_spec(&spec.model, rule)
+                FastTrainer::for_spec(&spec.model, rule.clone())
             }
             _ => None,
         };
+        let reference = match fast {
+            Some(_) => None,
+            None => Some(Reference::new(&spec.model, &rule, device)?),
+        };
         Ok(Self {
-            eval_model: Model::new(&spec.model)?,
+            spec: spec.model.clone(),
             device: device.clone(),
             sampler: BatchSampler::new(data.len(), sampler_seed),
-            model,
             data,
-            optimizer,
             fast,
+            reference,
+            rule,
             batch_size: spec.inner.batch_size,
             steps_done: 0,
             private: None,
         })
     }
 
-    /// Loads `start` into the model, runs `steps` AdamW steps on batches drawn from
-    /// the shard, and returns the new parameters.
+    /// Loads `start` into the model, runs `steps` optimizer steps on batches drawn from
+    /// the shard, and returns the new parameters. [`Self::train_in_place`] without
+    /// the copies.
     pub fn train_round(&mut self, start: &[f32], steps: u32) -> Result<TrainOutcome, TrainError> {
+        let mut params = start.to_vec();
+        let stats = self.train_in_place(&mut params, steps)?;
+        Ok(TrainOutcome { params, samples: stats.samples, mean_loss: stats.mean_loss })
+    }
+
+    /// Runs `steps` optimizer steps from `params` on batches drawn from the
+    /// shard, leaving the trained parameters in `params`. On the fast path the
+    /// steps update `params` itself: no copy of the parameters is made. After
+    /// an error `params` holds whatever the steps had reached.
+    pub fn train_in_place(&mut self, params: &mut Vec<f32>, steps: u32) -> Result<RoundStats, TrainError> {
         if steps == 0 {
             return Err(TrainError::Zero("inner.steps"));
         }
-        check_finite(start)?;
-        self.model.set_params(start)?;
-        let mean_loss = self.run_steps(steps as u64)?;
-        Ok(TrainOutcome {
-            params: self.model.params()?,
-            samples: steps as u64 * self.batch_size as u64,
-            mean_loss,
-        })
+        let mean_loss = self.train_for(params, steps as u64)?;
+        Ok(RoundStats { samples: steps as u64 * self.batch_size as u64, mean_loss })
+    }
+
+    /// [`Self::train_in_place`] for any number of steps; returns the mean loss.
+    fn train_for(&mut self, params: &mut Vec<f32>, steps: u64) -> Result<f32, TrainError> {
+        let expected = self.spec.param_count();
+        if params.len() != expected {
+            return Err(TrainError::ParamCount { expected, got: params.len() });
+        }
+        check_finite(params)?;
+        if steps == 0 {
+            return Ok(0.0);
+        }
+        match self.fast.as_mut() {
+            Some(fast) => {
+                fast.lend(params);
+                let loss = self.run_fast_steps(steps);
+                self.fast.as_mut().expect("the fast path is still set").give_back(params);
+                loss
+            }
+            None => {
+                self.reference()?.model.set_params(params)?;
+                let loss = self.run_steps(steps)?;
+                *params = self.reference()?.model.params()?;
+                Ok(loss)
+            }
+        }
     }
 
     /// Loss and accuracy of `params` on `data`, in chunks so memory stays small.
     pub fn evaluate(&self, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
-        evaluate_with(&self.eval_model, params, data)
+        evaluate(&self.spec, params, data)
     }
 
     /// The shard this trainer learns from.
@@ -173,32 +238,43 @@ impl Trainer {
     }
 
     /// Trains with DP-SGD from now on (see [`crate::privacy::dpsgd`]).
-    pub fn set_private(&mut self, dp: crate::privacy::DpSgd) {
+    pub fn set_private(&mut self, dp: crate::privacy::DpSgd) -> Result<(), TrainError> {
         // The fast step clips the MLP's examples; other models clip on candle's autograd.
         if !self.fast.as_ref().is_some_and(FastTrainer::clips_per_example) {
             self.fast = None;
+            if self.reference.is_none() {
+                self.reference = Some(Reference::new(&self.spec, &self.rule, &self.device)?);
+            }
         }
         self.private = Some(dp);
+        Ok(())
     }
 
-    /// Runs `steps` steps from the model's current parameters; returns the mean loss.
+    /// candle's model and optimizer: present whenever the fast path is not.
+    fn reference(&mut self) -> Result<&mut Reference, TrainError> {
+        match self.reference {
+            Some(ref mut reference) => Ok(reference),
+            None => Err(TrainError::DataMismatch(
+                "the fast path trains this model; it has no candle model".into(),
+            )),
+        }
+    }
+
+    /// Runs `steps` steps on candle's model from its current parameters;
+    /// returns the mean loss.
     fn run_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
+        let Some(Reference { model, optimizer }) = self.reference.as_mut() else {
+            return Err(TrainError::DataMismatch(
+                "the fast path trains this model; it has no candle model".into(),
+            ));
+        };
         if let Some(dp) = self.private.as_mut() {
-            let InnerStepper::Fused(optimizer) = &mut self.optimizer else {
+            let InnerStepper::Fused(optimizer) = optimizer else {
                 return Err(TrainError::DataMismatch(
                     "differential privacy trains on the CPU only; leave out --device".into(),
                 ));
             };
-            if let (Some(fast), TrainData::Labelled(data)) = (self.fast.as_mut(), &self.data) {
-                fast.load(&self.model.params()?);
-                let loss = dp.run_fast_steps(fast, data, steps, &mut self.steps_done)?;
-                self.model.set_params(fast.params())?;
-                return Ok(loss);
-            }
-            return dp.run_steps(&self.model, &self.data, optimizer, steps, &mut self.steps_done);
-        }
-        if self.fast.is_some() {
-            return self.run_fast_steps(steps);
+            return dp.run_steps(model, &self.data, optimizer, steps, &mut self.steps_done);
         }
         let mut xs = Vec::new();
         let mut ys = Vec::new();
@@ -215,7 +291,7 @@ impl Trainer {
                     }
                 }
                 TrainData::Text(corpus) => {
-                    let t = lm_context(&self.model, corpus)?;
+                    let t = lm_context(&self.spec, corpus)?;
                     tokens.clear();
                     next.clear();
                     for _ in 0..self.batch_size {
@@ -230,14 +306,14 @@ impl Trainer {
                     }
                 }
             };
-            let (loss, _) = self.model.loss(&batch)?;
+            let (loss, _) = model.loss(&batch)?;
             let value = loss.to_scalar::<f32>()?;
             self.steps_done += 1;
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step: self.steps_done, loss: value });
             }
             loss_sum += value as f64;
-            match &mut self.optimizer {
+            match optimizer {
                 InnerStepper::Fused(o) => o.backward_step(&loss)?,
                 InnerStepper::Candle(o) => o.backward_step(&loss)?,
             }
@@ -247,12 +323,15 @@ impl Trainer {
 }
 
 impl Trainer {
-    /// [`Self::run_steps`] on the hand-written step: same batches, same checks.
+    /// [`Self::run_steps`] on the hand-written step, over the parameters lent to
+    /// it: same batches, same checks (DP-SGD's too).
     fn run_fast_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
         let (Some(fast), TrainData::Labelled(data)) = (self.fast.as_mut(), &self.data) else {
             unreachable!("the fast path is only built for labelled data");
         };
-        fast.load(&self.model.params()?);
+        if let Some(dp) = self.private.as_mut() {
+            return dp.run_fast_steps(fast, data, steps, &mut self.steps_done);
+        }
         let mut xs = Vec::with_capacity(self.batch_size * data.dim);
         let mut ys = Vec::with_capacity(self.batch_size);
         let mut loss_sum = 0f64;
@@ -266,7 +345,6 @@ impl Trainer {
             loss_sum += value as f64;
             fast.apply_update();
         }
-        self.model.set_params(fast.params())?;
         Ok((loss_sum / steps as f64) as f32)
     }
 }
@@ -281,25 +359,51 @@ pub fn train_alone(
     sampler_seed: u64,
 ) -> Result<Vec<f32>, TrainError> {
     let mut trainer = Trainer::new(spec, data, sampler_seed)?;
-    check_finite(initial)?;
-    trainer.model.set_params(initial)?;
-    if steps > 0 {
-        trainer.run_steps(steps)?;
-    }
-    trainer.model.params()
+    let mut params = initial.to_vec();
+    trainer.train_for(&mut params, steps)?;
+    Ok(params)
 }
 
-/// Loss and accuracy of `params` for `model` on `data`.
+/// Loss and accuracy of `params` for `model` on `data`, in chunks so memory
+/// stays small. The MLP on labelled data is evaluated by the hand-written
+/// forward pass over `params` itself (unless [`crate::fast::PATH_VAR`] asks
+/// for the reference path); other models load a copy into candle's.
 pub fn evaluate(model: &ModelSpec, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
-    evaluate_with(&Model::new(model)?, params, data)
-}
-
-fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
-    check_fits(model.spec(), data)?;
+    check_fits(model, data)?;
     if data.is_empty() {
         return Err(TrainError::DataMismatch("cannot evaluate on an empty data set".into()));
     }
+    let expected = model.param_count();
+    if params.len() != expected {
+        return Err(TrainError::ParamCount { expected, got: params.len() });
+    }
     check_finite(params)?;
+    match (model, data) {
+        (ModelSpec::Mlp(mlp), TrainData::Labelled(data)) if fast_path_allowed() => {
+            Ok(evaluate_mlp_fast(&mlp.layers, params, data))
+        }
+        _ => evaluate_with(&Model::new(model)?, params, data),
+    }
+}
+
+/// [`evaluate`] by the hand-written MLP forward pass, [`FAST_EVAL_ROWS`] rows at a time.
+fn evaluate_mlp_fast(layers: &[usize], params: &[f32], data: &crate::data::Dataset) -> Evaluation {
+    let mut step =
+        crate::fast::mlp::MlpStep::new(layers, crate::fast::Threads(candle_core::utils::get_num_threads()));
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    for start in (0..data.len()).step_by(FAST_EVAL_ROWS) {
+        let n = FAST_EVAL_ROWS.min(data.len() - start);
+        let x = &data.features[start * data.dim..(start + n) * data.dim];
+        let (loss, right) = step.loss_sum_and_correct(params, x, &data.labels[start..start + n]);
+        loss_sum += loss;
+        correct += right;
+    }
+    let count = data.len() as f64;
+    Evaluation { loss: (loss_sum / count) as f32, accuracy: (correct as f64 / count) as f32 }
+}
+
+/// candle's evaluation: `params` loaded into `model`.
+fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
     model.set_params(params)?;
     let (mut loss_sum, mut correct, mut count) = (0f64, 0f64, 0f64);
     let mut add = |batch: Batch, n: usize| -> Result<(), TrainError> {
@@ -324,7 +428,7 @@ fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Eval
         }
         TrainData::Text(corpus) => {
             // Non-overlapping windows, each predicting t next tokens.
-            let t = lm_context(model, corpus)?;
+            let t = lm_context(model.spec(), corpus)?;
             let windows = (corpus.tokens.len() - 1) / t;
             let per_chunk = (EVAL_CHUNK / t).max(1);
             for first in (0..windows).step_by(per_chunk) {
@@ -345,8 +449,8 @@ fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Eval
 
 /// The window length of the language model on `corpus`: its context, or less
 /// when the corpus is shorter.
-fn lm_context(model: &Model, corpus: &Corpus) -> Result<usize, TrainError> {
-    let Some(context) = model.spec().context() else {
+fn lm_context(model: &ModelSpec, corpus: &Corpus) -> Result<usize, TrainError> {
+    let Some(context) = model.context() else {
         return Err(TrainError::DataMismatch(
             "text data needs model.kind = \"gpt\" or \"transformer\"".into(),
         ));
@@ -555,6 +659,40 @@ mod tests {
         );
         let free = evaluate(&spec.model, &init, &eval).unwrap();
         assert_eq!(free, a.evaluate(&init, &eval).unwrap());
+    }
+
+    #[test]
+    fn the_hand_written_evaluation_agrees_with_candles() {
+        let mut spec = small_spec();
+        // 600 rows: two full chunks of FAST_EVAL_ROWS and a partial one.
+        spec.dataset.eval_samples = 600;
+        let (mut t, eval, init) = setup(&spec);
+        let trained = t.train_round(&init, 20).unwrap().params;
+        let TrainData::Labelled(rows) = &eval else { unreachable!() };
+        assert_eq!(rows.len(), 600);
+        for params in [&init, &trained] {
+            let fast = evaluate_mlp_fast(spec.model.mlp_layers().unwrap(), params, rows);
+            let candle = evaluate_with(&Model::new(&spec.model).unwrap(), params, &eval).unwrap();
+            assert!(
+                (fast.loss - candle.loss).abs() < 1e-5 * candle.loss.max(1.0),
+                "{fast:?} against {candle:?}"
+            );
+            assert!((fast.accuracy - candle.accuracy).abs() <= 1.0 / 600.0, "{fast:?} against {candle:?}");
+        }
+    }
+
+    #[test]
+    fn training_in_place_is_training_a_copy() {
+        let spec = small_spec();
+        let (mut a, _, init) = setup(&spec);
+        let (mut b, _, _) = setup(&spec);
+        let mut params = init.clone();
+        for _ in 0..2 {
+            let copied = a.train_round(&params, 7).unwrap();
+            let stats = b.train_in_place(&mut params, 7).unwrap();
+            assert_eq!(bits(&copied.params), bits(&params));
+            assert_eq!((copied.samples, copied.mean_loss), (stats.samples, stats.mean_loss));
+        }
     }
 
     #[test]

@@ -97,6 +97,36 @@ impl MlpStep {
         }
     }
 
+    /// The forward pass alone over a batch: its summed cross-entropy and how many
+    /// examples' largest logit is their label (the first largest on a tie).
+    /// No gradient is computed and `params` is only read, so evaluation needs
+    /// no copy of the parameters.
+    pub fn loss_sum_and_correct(&mut self, params: &[f32], x: &[f32], labels: &[u32]) -> (f64, usize) {
+        let n = labels.len();
+        assert_eq!(params.len(), self.param_count());
+        assert_eq!(x.len(), n * self.layers[0], "the batch does not have the model's input width");
+        if n == 0 {
+            return (0.0, 0);
+        }
+        self.resize(n);
+        let offsets = self.offsets();
+        self.forward(params, x, n, &offsets);
+        let depth = self.layers.len() - 1;
+        let classes = self.layers[depth];
+        let logits = &mut self.pre[depth - 1];
+        let correct = logits
+            .chunks_exact(classes)
+            .zip(labels)
+            .filter(|(row, &y)| {
+                let best =
+                    row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
+                best == y as usize
+            })
+            .count();
+        let mean = softmax_cross_entropy(logits, labels, classes);
+        (mean as f64 * n as f64, correct)
+    }
+
     /// DP-SGD's clipped gradient sum by ghost clipping (see
     /// [`crate::privacy::dpsgd`]): each example's gradient of its own loss,
     /// clipped to L2 norm `clip`, summed into `grad`; returns the summed loss.

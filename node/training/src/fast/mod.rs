@@ -99,7 +99,13 @@ impl Kernel {
 /// Parameters, gradient, AdamW moments and the kernel: the whole inner loop's state.
 pub struct FastTrainer {
     kernel: Kernel,
+    /// The parameters being trained: loaded with [`Self::load`], or lent by
+    /// the caller for a round ([`Self::lend`], [`Self::give_back`]) so that
+    /// training makes no copy of them.
     params: Vec<f32>,
+    /// The last step's gradient: allocated while parameters are loaded or
+    /// lent, let go with them, so that between rounds the trainer holds only
+    /// the optimizer's moments.
     grad: Vec<f32>,
     optimizer: ops::FlatOptimizer,
     threads: Threads,
@@ -114,8 +120,8 @@ impl FastTrainer {
         let n = kernel.param_count();
         Some(Self {
             kernel,
-            params: vec![0.0; n],
-            grad: vec![0.0; n],
+            params: Vec::new(),
+            grad: Vec::new(),
             optimizer: ops::FlatOptimizer::new(n, rule),
             threads,
         })
@@ -123,7 +129,23 @@ impl FastTrainer {
 
     /// Replaces the parameters (in canonical order); the moments carry on.
     pub fn load(&mut self, params: &[f32]) {
-        self.params.copy_from_slice(params);
+        self.params.clear();
+        self.params.extend_from_slice(params);
+        self.grad.resize(self.params.len(), 0.0);
+    }
+
+    /// Trains `params` itself from now on: they are moved in, and whatever
+    /// the trainer held moves out into `params`. The moments carry on.
+    pub fn lend(&mut self, params: &mut Vec<f32>) {
+        assert_eq!(params.len(), self.kernel.param_count(), "lent parameters of another model");
+        std::mem::swap(&mut self.params, params);
+        self.grad.resize(self.params.len(), 0.0);
+    }
+
+    /// Hands the trained parameters back into `params` (what [`Self::lend`] left there is dropped).
+    pub fn give_back(&mut self, params: &mut Vec<f32>) {
+        *params = std::mem::take(&mut self.params);
+        self.grad = Vec::new();
     }
 
     pub fn params(&self) -> &[f32] {

@@ -81,7 +81,7 @@ fn dp_sgd_still_learns_and_a_seeded_run_repeats() {
     let init = Mlp::initial_params(&[32, 32, 10], spec.seed);
     let run = |seed: u64| {
         let mut trainer = Trainer::new(&spec, task.shard(0, 1024), 1).unwrap();
-        trainer.set_private(DpSgd::new(1.0, 1.0, 64, 1024, NoiseRng::seeded(seed)));
+        trainer.set_private(DpSgd::new(1.0, 1.0, 64, 1024, NoiseRng::seeded(seed))).unwrap();
         let mut params = init.clone();
         for _ in 0..6 {
             params = trainer.train_round(&params, 20).unwrap().params;
