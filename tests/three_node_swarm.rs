@@ -19,6 +19,74 @@ use starling_training::{
 const ROUNDS: u64 = 8;
 
 #[test]
+fn three_processes_agree_when_every_delta_travels_apart_from_gossip() {
+    // --pull-above 0: every delta is announced on gossip and its payload fetched
+    // from the peer that forwarded the announcement. Node 2 knows only node 1.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = test_spec("three-node-pull");
+    let spec_path = write_spec(dir.path(), &spec);
+    let rounds = "4";
+    let path = |what: String| dir.path().join(what).to_str().unwrap().to_string();
+    let datadirs: Vec<String> = (0..3).map(|i| path(format!("node-{i}"))).collect();
+    let summaries: Vec<String> = (0..3).map(|i| path(format!("summary-{i}.json"))).collect();
+    let args = |i: usize| -> Vec<&str> {
+        let wait = if i == 1 { "2" } else { "1" };
+        vec![
+            "run",
+            "--datadir",
+            &datadirs[i],
+            "--spec",
+            &spec_path,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--wait-peers",
+            wait,
+            "--wait-timeout",
+            "60",
+            "--rounds",
+            rounds,
+            "--pull-above",
+            "0",
+            "--summary",
+            &summaries[i],
+        ]
+    };
+    let mut nodes = vec![NodeProcess::start("node-0", &args(0))];
+    for i in 1..3 {
+        let boot = nodes[i - 1].tcp_address();
+        let mut a = args(i);
+        a.extend(["--bootnodes", &boot]);
+        nodes.push(NodeProcess::start(&format!("node-{i}"), &a));
+    }
+    for node in &mut nodes {
+        node.wait_exit(Duration::from_secs(300));
+    }
+    let mut finals = Vec::new();
+    for (datadir, summary) in datadirs.iter().zip(&summaries) {
+        let store = Store::open(std::path::Path::new(datadir)).unwrap();
+        let state =
+            store.latest_checkpoint(spec.param_count()).unwrap().checkpoint.expect("a checkpoint").state;
+        assert_eq!(state.round, 4, "{datadir} stopped at round {}", state.round);
+        finals.push(state.params);
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+        let (published, pulled) =
+            (summary["published_bytes"].as_u64().unwrap(), summary["pulled_bytes"].as_u64().unwrap());
+        // It fetched its two peers' payloads, at least one round's worth, and
+        // each once: no more than two peers' deltas of every round.
+        assert!(pulled >= 2 * spec.param_count() as u64 * 4, "{datadir} pulled only {pulled} bytes");
+        assert!(
+            pulled <= 2 * published,
+            "{datadir} pulled {pulled} bytes; its peers published at most {published} each"
+        );
+    }
+    let views: Vec<&[f32]> = finals.iter().map(|p| p.as_slice()).collect();
+    let distance = consensus_distance(&views);
+    assert!(distance < 1e-6, "nodes disagree: consensus distance {distance:.3e}");
+}
+
+#[test]
 fn three_processes_beat_training_alone_and_agree() {
     let dir = tempfile::tempdir().unwrap();
     let spec = test_spec("three-node-swarm");

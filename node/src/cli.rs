@@ -241,6 +241,11 @@ pub struct NetworkArgs {
     /// failure (1 s, doubling, up to a minute). 0 turns redialling off.
     #[arg(long, default_value_t = crate::net::upkeep::DEFAULT_TARGET_PEERS)]
     pub target_peers: usize,
+    /// Deltas larger than this many bytes are announced on gossip and their
+    /// payload fetched from the peer that forwarded the announcement, once per
+    /// node; smaller ones travel whole on gossip.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::net::DEFAULT_PULL_ABOVE)]
+    pub pull_above: usize,
 }
 
 fn default_listen() -> Vec<Multiaddr> {
@@ -268,6 +273,9 @@ pub struct SwarmArgs {
     /// Seeds the node identities (and so their data shards).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Deltas larger than this many bytes travel apart from gossip (see `starling run --pull-above`).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::net::DEFAULT_PULL_ABOVE)]
+    pub pull_above: usize,
     /// Overrides the spec's delta codec: dense, f16, int8, topk:F, topk:F+int8,
     /// sparse:K/C+2bit or sparse:K/C+4bit.
     /// With the built-in spec, the outer step changes to the one that suits the
@@ -595,6 +603,7 @@ async fn run(args: RunArgs) -> Result<()> {
             mdns: !args.network.no_mdns,
             bandwidth: args.limits.bandwidth(),
             target_peers: args.network.target_peers,
+            pull_above: args.network.pull_above,
             ..NetOptions::default()
         },
         args.network.listen,
@@ -720,6 +729,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
     let options = SwarmOptions {
         datadir: args.datadir,
         seed: args.seed,
+        pull_above: args.pull_above,
         progress_to_stderr: args.json,
         quiet: false,
         dataset: args.workload.dataset.clone(),

@@ -102,6 +102,8 @@ pub struct SwarmOptions {
     pub network: Vec<NetworkChange>,
     /// Every node's copy of the spec's tokenizer (`--tokenizer`); the spec's path when absent.
     pub tokenizer: Option<std::path::PathBuf>,
+    /// Deltas over this many bytes travel apart from gossip ([`NetOptions::pull_above`]).
+    pub pull_above: usize,
 }
 
 impl SwarmOptions {
@@ -131,6 +133,7 @@ impl SwarmOptions {
             crashes: Vec::new(),
             network: Vec::new(),
             tokenizer: None,
+            pull_above: crate::net::DEFAULT_PULL_ABOVE,
         }
     }
 }
@@ -411,6 +414,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 // Bootstrap connections outside the gossip mesh idle; closing one
                 // would make both ends stop expecting each other's deltas.
                 idle_timeout: CONNECTION_IDLE_TIMEOUT,
+                pull_above: options.pull_above,
                 ..NetOptions::default()
             },
             // A joiner waits for the nodes it dials, which are all running.

@@ -58,6 +58,8 @@ pub struct NodeMetrics {
     /// 1 while training is paused (the node still follows the run), else 0.
     pub paused: Gauge,
     pub deltas_published: Counter,
+    /// Payload bytes of announced deltas fetched from peers (see `--pull-above`).
+    pub payload_bytes_pulled: Counter,
     /// Bytes through the transport, refreshed from libp2p's bandwidth counters.
     pub network_bytes: Family<DirectionLabel, Counter>,
     /// Time to train one round's inner steps, and to merge a round.
@@ -113,6 +115,7 @@ impl Default for NodeMetrics {
         let peers = Gauge::default();
         let paused = Gauge::default();
         let deltas_published = Counter::default();
+        let payload_bytes_pulled = Counter::default();
         let network_bytes = Family::<DirectionLabel, Counter>::default();
         let train_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let merge_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
@@ -134,6 +137,12 @@ impl Default for NodeMetrics {
             paused.clone(),
         );
         starling.register("deltas_published", "Deltas of this node published", deltas_published.clone());
+        starling.register_with_unit(
+            "payload_pulled",
+            "Payload bytes of announced deltas fetched from peers",
+            Unit::Bytes,
+            payload_bytes_pulled.clone(),
+        );
         starling.register_with_unit(
             "network",
             "Bytes through the transport, gossip duplicates and protocol overhead included",
@@ -217,6 +226,7 @@ impl Default for NodeMetrics {
             peers,
             paused,
             deltas_published,
+            payload_bytes_pulled,
             network_bytes,
             train_seconds,
             merge_seconds,

@@ -20,6 +20,7 @@ mod leaving;
 pub use busy::{LoopStats, Timing};
 pub use control::{ControlError, ControlRequest, NodeControl};
 mod privacy;
+mod pull;
 mod sync;
 mod work;
 mod workers;
@@ -47,7 +48,7 @@ use starling_training::{
     trainer::{Evaluation, Trainer},
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     metrics::{NodeMetrics, Traffic},
@@ -184,6 +185,8 @@ pub struct NodeOutcome {
     pub refused_deltas: u64,
     /// Bytes of the delta payloads this node published.
     pub published_bytes: u64,
+    /// Payload bytes of announced deltas it fetched from peers (see `--pull-above`).
+    pub pulled_bytes: u64,
     /// Refused deltas and proofs by reason (the labels of `starling_deltas_refused`).
     pub refused_by_reason: BTreeMap<String, u64>,
     /// Keys banned for the run (reloaded ones included).
@@ -242,6 +245,10 @@ struct Node {
     proof_topic: gossipsub::IdentTopic,
     /// The run's leave notices travel here (see `leaving`).
     leave_topic: gossipsub::IdentTopic,
+    /// Announcements of deltas whose payload is fetched apart (see `pull`).
+    announce_topic: gossipsub::IdentTopic,
+    /// Payloads held for peers and fetched from them (see `pull`).
+    pulls: pull::Pulls,
     /// A private run's allowed keys; `None` for a public run.
     allowed: Option<BTreeSet<PublicKey>>,
     /// Refused messages per peer key and reason, saved with each merge.
@@ -573,6 +580,7 @@ impl Node {
         );
         let (topic, proof_topic) = net::subscribe_run(&mut swarm, &spec);
         let leave_topic = net::leave_topic(&spec);
+        let announce_topic = net::announce_topic(&spec);
         info!(run = %spec.run_id().short(), peer = %swarm.local_peer_id(), round = state.round, "node started");
 
         for peer in &hooks.expected_peers {
@@ -590,6 +598,8 @@ impl Node {
             topic,
             proof_topic,
             leave_topic,
+            announce_topic,
+            pulls: pull::Pulls::default(),
             refusals: bounded::BoundedCounts::new(starling_storage::MAX_REFUSAL_RECORDS),
             refusals_dirty: false,
             refused_by_reason: BTreeMap::new(),
@@ -707,12 +717,7 @@ impl Node {
                         Some((id, bytes)) if id == delta.id() => bytes,
                         _ => delta.to_bytes().into(),
                     };
-                    self.published_bytes += bytes.len() as u64;
-                    self.metrics.deltas_published.inc();
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
-                        // Alone in the run: nobody to send to, and the round closes on our delta alone.
-                        debug!(error = %e, "delta not published");
-                    }
+                    self.publish_delta(&delta, bytes);
                 }
                 Output::Train { round, base } => {
                     if !self.may_contribute() {
@@ -790,6 +795,7 @@ impl Node {
             rounds_merged: self.rounds_merged,
             refused_deltas: self.metrics.refused_total(),
             published_bytes: self.published_bytes,
+            pulled_bytes: self.metrics.payload_bytes_pulled.get(),
             refused_by_reason: self.refused_by_reason.clone(),
             banned: self.engine.rounds().banned().iter().copied().collect(),
             peer_scores: self.peer_scores(),

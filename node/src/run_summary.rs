@@ -22,6 +22,9 @@ pub struct RunSummary {
     /// Bytes of the signed deltas this node published (whether or not any peer
     /// was there to receive them).
     pub published_bytes: u64,
+    /// Payload bytes of announced deltas fetched from peers (`--pull-above`).
+    #[serde(default)]
+    pub pulled_bytes: u64,
     /// Bytes through the transport.
     pub sent_bytes: u64,
     pub received_bytes: u64,
@@ -50,6 +53,7 @@ impl RunSummary {
             rounds_merged: outcome.rounds_merged,
             params: outcome.state.params.len(),
             published_bytes: outcome.published_bytes,
+            pulled_bytes: outcome.pulled_bytes,
             sent_bytes: outcome.traffic.sent,
             received_bytes: outcome.traffic.received,
             work: outcome.loop_stats.work.clone(),

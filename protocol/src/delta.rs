@@ -12,6 +12,7 @@ use std::fmt;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::accountability::SignedHeader;
 use crate::codec::{Codec, CodecError};
 use crate::keys::PublicKey;
 use crate::spec::RunId;
@@ -134,6 +135,44 @@ pub fn header_digest(header: &DeltaHeader) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Everything [`SignedDelta::validate`] checks that needs no payload: run,
+/// codec, samples, the payload length the header claims, and the signature.
+fn check_signed_header(
+    header: &DeltaHeader,
+    signature: &[u8; 64],
+    rules: &DeltaRules,
+) -> Result<(), Refusal> {
+    let DeltaRules { run_id, codec, params, max_samples } = *rules;
+    if header.run_id != run_id {
+        return Err(Refusal::WrongRun);
+    }
+    if header.codec != codec {
+        return Err(Refusal::WrongCodec { got: header.codec, expected: codec });
+    }
+    if header.samples == 0 {
+        return Err(Refusal::ZeroSamples);
+    }
+    if header.samples > max_samples {
+        return Err(Refusal::TooManySamples { claimed: header.samples, limit: max_samples });
+    }
+    if header.payload_len > codec.max_payload_len(params) as u64 {
+        return Err(Refusal::PayloadLength);
+    }
+    let key = VerifyingKey::from_bytes(&header.sender.0).map_err(|_| Refusal::BadKey)?;
+    key.verify_strict(&header_digest(header), &Signature::from_bytes(signature))
+        .map_err(|_| Refusal::BadSignature)
+}
+
+impl SignedHeader {
+    /// Checks a delta announced without its payload: everything
+    /// [`SignedDelta::validate`] checks but the payload's hash and shape, so
+    /// that a node fetches only payloads a valid key of this run signed, of a
+    /// length the run allows.
+    pub fn validate(&self, rules: &DeltaRules) -> Result<(), Refusal> {
+        check_signed_header(&self.header, &self.signature, rules)
+    }
+}
+
 fn payload_hash(payload: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(PAYLOAD_DOMAIN);
     h.update(payload);
@@ -185,25 +224,21 @@ impl SignedDelta {
     /// run, codec, samples, payload shape, payload hash, signature. Cheap checks come
     /// first; the signature last.
     pub fn validate(&self, rules: &DeltaRules) -> Result<(), Refusal> {
-        let DeltaRules { run_id, codec, params, max_samples } = *rules;
-        if self.header.run_id != run_id {
-            return Err(Refusal::WrongRun);
-        }
-        if self.header.codec != codec {
-            return Err(Refusal::WrongCodec { got: self.header.codec, expected: codec });
-        }
-        if self.header.samples == 0 {
-            return Err(Refusal::ZeroSamples);
-        }
-        if self.header.samples > max_samples {
-            return Err(Refusal::TooManySamples { claimed: self.header.samples, limit: max_samples });
-        }
-        if self.payload.len() > codec.max_payload_len(params) {
+        if self.payload.len() as u64 != self.header.payload_len {
             return Err(Refusal::PayloadLength);
         }
-        self.verify()?;
-        codec.check(&self.payload, params)?;
+        check_signed_header(&self.header, &self.signature, rules)?;
+        if payload_hash(&self.payload) != self.header.payload_hash {
+            return Err(Refusal::PayloadHash);
+        }
+        rules.codec.check(&self.payload, rules.params)?;
         Ok(())
+    }
+
+    /// The delta whose signed header is `signed` and whose payload is
+    /// `payload`, fetched apart from it (see [`SignedHeader::validate`]).
+    pub fn from_parts(signed: SignedHeader, payload: Bytes) -> Self {
+        Self { header: signed.header, payload, signature: signed.signature }
     }
 
     /// Decodes and fully validates bytes received from the network.
@@ -246,6 +281,31 @@ mod tests {
         let d = sample(&[1.0, 2.0, 3.0]);
         d.verify().unwrap();
         d.validate(&DeltaRules::new(RunId([9; 32]), Codec::Dense, 3)).unwrap();
+    }
+
+    #[test]
+    fn an_announcement_is_checked_without_its_payload_and_joins_it_after() {
+        let d = sample(&[1.0, 2.0, 3.0]);
+        let rules = DeltaRules::new(RunId([9; 32]), Codec::Dense, 3);
+        let signed = wire::decode_announcement(&wire::encode_announcement(&SignedHeader::of(&d))).unwrap();
+        signed.validate(&rules).unwrap();
+        assert_eq!(SignedDelta::from_parts(signed.clone(), d.payload.clone()), d);
+        // A payload other than the signed one is refused once joined.
+        let other = SignedDelta::from_parts(signed.clone(), Codec::Dense.encode(&[1.0, 2.0, 4.0]).into());
+        assert_eq!(other.validate(&rules), Err(Refusal::PayloadHash));
+        // What the header alone can show is refused before any payload is fetched.
+        assert_eq!(
+            signed.validate(&DeltaRules::new(RunId([8; 32]), Codec::Dense, 3)),
+            Err(Refusal::WrongRun)
+        );
+        assert_eq!(
+            signed.validate(&DeltaRules::new(RunId([9; 32]), Codec::Dense, 2)),
+            Err(Refusal::PayloadLength)
+        );
+        let mut forged = signed.clone();
+        forged.header.samples += 1;
+        assert_eq!(forged.validate(&rules), Err(Refusal::BadSignature));
+        assert!(wire::decode_announcement(&[0xFF; 2000]).is_err());
     }
 
     #[test]

@@ -123,6 +123,28 @@ struct SignedHeaderWire<'a> {
     signature: &'a [u8],
 }
 
+/// The largest announcement: a signed header.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
+
+/// Encodes the announcement of a delta whose payload is fetched apart: its
+/// header and signature.
+pub fn encode_announcement(signed: &SignedHeader) -> Vec<u8> {
+    encode(&SignedHeaderWire { header: signed.header.clone(), signature: &signed.signature })
+}
+
+/// Decodes an announcement. This checks the shape only; [`SignedHeader::validate`] checks what it claims.
+pub fn decode_announcement(bytes: &[u8]) -> Result<SignedHeader, WireError> {
+    signed_header_from_wire(decode(bytes, MAX_ANNOUNCEMENT_BYTES)?)
+}
+
+fn signed_header_from_wire(w: SignedHeaderWire) -> Result<SignedHeader, WireError> {
+    let signature = w
+        .signature
+        .try_into()
+        .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", w.signature.len())))?;
+    Ok(SignedHeader { header: w.header, signature })
+}
+
 /// An [`EquivocationProof`] as it travels.
 #[derive(Serialize, Deserialize)]
 struct ProofWire<'a> {
@@ -144,13 +166,7 @@ pub fn encode_proof(proof: &EquivocationProof) -> Vec<u8> {
 /// only; [`EquivocationProof::verify`] checks what it claims.
 pub fn decode_proof(bytes: &[u8], limit: usize) -> Result<EquivocationProof, WireError> {
     let wire: ProofWire = decode(bytes, limit)?;
-    let part = |w: SignedHeaderWire| -> Result<SignedHeader, WireError> {
-        let signature = w
-            .signature
-            .try_into()
-            .map_err(|_| WireError::Malformed(format!("signature is {} bytes, not 64", w.signature.len())))?;
-        Ok(SignedHeader { header: w.header, signature })
-    };
+    let part = signed_header_from_wire;
     Ok(EquivocationProof { a: part(wire.a)?, b: part(wire.b)? })
 }
 

@@ -5,6 +5,7 @@
 pub mod first_dials;
 pub mod forward_hold;
 pub mod given_relays;
+pub mod payload;
 pub mod pnet;
 pub mod rate_limit;
 pub mod reach;
@@ -50,6 +51,8 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<StateCodec>,
+    /// Payloads of deltas announced on gossip without them (see [`payload`]).
+    pub payload: request_response::Behaviour<payload::PayloadCodec>,
     /// Listens through relays and dials `/p2p-circuit` addresses (see [`reach`]).
     pub relay_client: relay::client::Behaviour,
     /// Relays for others, with `--relay-server`.
@@ -97,7 +100,13 @@ pub struct NetOptions {
     pub target_peers: usize,
     /// Caps on connections.
     pub caps: ConnectionCaps,
+    /// Deltas whose wire bytes exceed this go out as an announcement on
+    /// gossip, their payload fetched apart (see [`payload`]).
+    pub pull_above: usize,
 }
+
+/// The default of [`NetOptions::pull_above`]: gossip carries deltas up to 1 MiB whole.
+pub const DEFAULT_PULL_ABOVE: usize = 1 << 20;
 
 /// Caps on connections, so that no one can open more than a node serves:
 /// past a cap, libp2p refuses the connection before its handshake uses more
@@ -145,6 +154,7 @@ impl Default for NetOptions {
             reach: reach::ReachOptions::default(),
             target_peers: upkeep::DEFAULT_TARGET_PEERS,
             caps: ConnectionCaps::default(),
+            pull_above: DEFAULT_PULL_ABOVE,
         }
     }
 }
@@ -178,14 +188,21 @@ pub fn leave_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("/starling/{}/leaving/1", spec.run_id().short()))
 }
 
-/// Subscribes `swarm` to the run's delta, equivocation-proof and leave-notice
-/// topics; returns the first two in that order (see [`leave_topic`]).
+/// The topic of announcements: the signed headers of deltas too large for
+/// gossip, whose payloads are fetched apart (see [`payload`]).
+pub fn announce_topic(spec: &RunSpec) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/starling/{}/announce/1", spec.run_id().short()))
+}
+
+/// Subscribes `swarm` to the run's delta, equivocation-proof, leave-notice and
+/// announcement topics; returns the first two in that order (see
+/// [`leave_topic`], [`announce_topic`]).
 pub fn subscribe_run(
     swarm: &mut Swarm<Behaviour>,
     spec: &RunSpec,
 ) -> (gossipsub::IdentTopic, gossipsub::IdentTopic) {
     let topics = (delta_topic(spec), proof_topic(spec));
-    for topic in [&topics.0, &topics.1, &leave_topic(spec)] {
+    for topic in [&topics.0, &topics.1, &leave_topic(spec), &announce_topic(spec)] {
         swarm.behaviour_mut().gossipsub.subscribe(topic).expect("subscribing to a new topic cannot fail");
     }
     topics
@@ -385,8 +402,20 @@ fn behaviour(
             .with_request_timeout(Duration::from_secs(30))
             .with_max_concurrent_streams(64),
     );
+    let payload = request_response::Behaviour::with_codec(
+        payload::PayloadCodec::new(limits.max_delta),
+        [(
+            StreamProtocol::try_from_owned(format!("/starling/{run}/payload/1"))
+                .expect("starts with a slash"),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(payload_timeout(limits.max_delta))
+            .with_max_concurrent_streams(64),
+    );
     Ok(Behaviour {
         caps: connection_limits::Behaviour::new(limits.caps.limits()),
+        payload,
         gossipsub,
         identify,
         ping: ping::Behaviour::default(),
@@ -403,6 +432,11 @@ fn behaviour(
             limits.autonat.then(|| autonat::Behaviour::new(peer, autonat::Config::default())),
         ),
     })
+}
+
+/// How long a payload may take to arrive: 30 s, or the run's largest payload at 2 MB/s.
+fn payload_timeout(max_payload: usize) -> Duration {
+    Duration::from_secs(30).max(Duration::from_secs_f64(max_payload as f64 / 2e6))
 }
 
 /// How far gossipsub's frame limit must exceed the largest message: libp2p-gossipsub

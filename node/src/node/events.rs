@@ -88,6 +88,8 @@ impl Node {
                     self.on_proof(propagation_source, message_id, &message.data)?;
                 } else if message.topic == self.leave_topic.hash() {
                     self.on_leave_notice(propagation_source, message_id, &message.data)?;
+                } else if message.topic == self.announce_topic.hash() {
+                    self.on_announcement(propagation_source, message_id, &message.data)?;
                 } else {
                     self.on_gossip(propagation_source, message_id, message.data)?;
                 }
@@ -148,6 +150,25 @@ impl Node {
                     self.on_sync_response(request_id, Some(response))?;
                 }
             },
+            BehaviourEvent::Payload(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.on_payload_request(peer, request, channel);
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        self.on_payload_response(request_id, Some(response))?;
+                    }
+                }
+            }
+            BehaviourEvent::Payload(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                debug!(%peer, %error, "payload request failed");
+                self.on_payload_response(request_id, None)?;
+            }
             BehaviourEvent::Sync(request_response::Event::OutboundFailure {
                 peer,
                 request_id,
@@ -232,6 +253,7 @@ impl Node {
         Ok(match self.engine.admit(&delta.header) {
             Admission::Accept => {
                 self.metrics.deltas_accepted.inc();
+                self.hold_accepted(&delta);
                 self.drive(Input::PeerDelta(delta))?;
                 gossipsub::MessageAcceptance::Accept
             }

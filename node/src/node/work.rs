@@ -214,6 +214,7 @@ impl Node {
         self.lent = false;
         self.unsaved = !checkpointed;
         self.merge_buffer = buffer;
+        self.pulls.forget_before(self.state.round);
         if copied {
             self.metrics.state_copies.inc();
             debug!(round, "a reader still held the state when it was merged; it was copied");
