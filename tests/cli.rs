@@ -244,6 +244,7 @@ fn errors_name_the_flag_or_command_that_fixes_them() {
     let datadir = datadir.to_str().unwrap();
     ok(&["init", "--datadir", datadir], &[]);
     fails(&["run", "--datadir", datadir], &["holds no run spec", "--spec"]);
+    fails(&["run", "--datadir", datadir, "--evaluate-every", "0"], &["--evaluate-every", "'0'"]);
     let config = Path::new(datadir).join("config.toml");
     std::fs::write(&config, "wait-peers = \"lots\"\n").unwrap();
     let config_name = config.to_str().unwrap();

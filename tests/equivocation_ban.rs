@@ -91,6 +91,7 @@ async fn an_equivocating_key_is_banned_by_every_node_and_after_a_restart() {
         rounds: Some(ROUNDS),
         key: Some(keys[i].clone()),
         evaluate: false,
+        evaluate_every: 1,
         checkpoint_every: 1,
         data: Default::default(),
     };

@@ -31,6 +31,7 @@ async fn a_late_joiner_syncs_state_and_then_agrees_with_the_swarm() {
         rounds: Some(rounds),
         key: Some(node_key(99, i)),
         evaluate: false,
+        evaluate_every: 1,
         checkpoint_every: 1,
         data: Default::default(),
     };

@@ -37,6 +37,7 @@ async fn a_private_swarm_refuses_keys_it_does_not_allow() {
         rounds: Some(ROUNDS),
         key: Some(keys[i].clone()),
         evaluate: false,
+        evaluate_every: 1,
         checkpoint_every: 1,
         data: Default::default(),
     };

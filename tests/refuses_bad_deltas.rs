@@ -37,6 +37,7 @@ async fn wrong_key_and_wrong_run_deltas_are_refused_and_never_merged() {
         rounds: Some(2),
         key: Some(SigningKey::from_bytes(&[1; 32])),
         evaluate: false,
+        evaluate_every: 1,
         checkpoint_every: 1,
         data: Default::default(),
     };

@@ -103,6 +103,7 @@ async fn a_restart_into_a_published_round_publishes_the_same_delta() {
         rounds: Some(10),
         key: Some(SigningKey::from_bytes(&[60; 32])),
         evaluate: false,
+        evaluate_every: 1,
         checkpoint_every: 1,
         data: Default::default(),
     };

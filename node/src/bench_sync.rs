@@ -107,6 +107,7 @@ pub async fn sync(
             rounds: Some(rounds),
             key: Some(node_key(0x5379_6e63, i)),
             evaluate: false,
+            evaluate_every: 1,
             checkpoint_every: 1,
             data: Default::default(),
         }

@@ -194,6 +194,11 @@ pub struct RunArgs {
     /// Evaluate on the held-out split after every round (logged).
     #[arg(long)]
     pub evaluate: bool,
+    /// With --evaluate, evaluate every N merged rounds (and the last) instead
+    /// of every round: held-out evaluation of a large model costs a good part
+    /// of a round's training (see docs/scale.md).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub evaluate_every: u64,
     /// Checkpoint the state every N merged rounds instead of every round, to
     /// spare the disk with big models. A kill -9 then loses up to N-1 rounds of
     /// this node's state (never its word: see docs/checkpoints.md); a clean
@@ -621,6 +626,7 @@ async fn run(args: RunArgs) -> Result<()> {
         rounds: args.rounds,
         key: None,
         evaluate: args.evaluate,
+        evaluate_every: args.evaluate_every,
         checkpoint_every: args.checkpoint_every,
         data: DataOptions {
             dataset: args.workload.dataset.clone(),

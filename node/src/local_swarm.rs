@@ -426,6 +426,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                 Evaluate::EveryNode => true,
                 Evaluate::FirstNodes(n) => index < n,
             },
+            evaluate_every: 1,
             checkpoint_every: 1,
             data: DataOptions {
                 dataset: options.dataset.clone(),

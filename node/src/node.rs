@@ -72,8 +72,10 @@ pub struct NodeOptions {
     pub rounds: Option<u64>,
     /// Overrides the datadir's identity (the local swarm derives keys from a seed).
     pub key: Option<SigningKey>,
-    /// Evaluate on the held-out set after every merge.
+    /// Evaluate on the held-out set after merges.
     pub evaluate: bool,
+    /// Evaluate every this many merged rounds (1: every round), and the round the node stops at.
+    pub evaluate_every: u64,
     /// Checkpoint every this many merged rounds (1: every round); a stop
     /// checkpoints the last. See docs/checkpoints.md for what a crash loses.
     pub checkpoint_every: u64,

@@ -78,6 +78,7 @@ pub async fn stall(params: usize, rounds: u64, peers: usize) -> Result<StallRepo
         rounds: Some(rounds),
         key: Some(node_key(0x5374_616c, i)),
         evaluate: true,
+        evaluate_every: 1,
         checkpoint_every: 1,
         data: Default::default(),
     };

@@ -59,6 +59,13 @@ impl From<WorkError> for NodeError {
     }
 }
 
+/// Whether the state merged in `round` is evaluated: every `every` merged
+/// rounds, and the one the node stops at (`stop`).
+fn evaluates_after(round: u64, every: u64, stop: Option<u64>) -> bool {
+    let next = round + 1;
+    next.is_multiple_of(every.max(1)) || stop.is_some_and(|stop| next >= stop)
+}
+
 impl Node {
     /// Trains round `round` from the current state on a blocking thread.
     pub(super) fn start_training(&mut self, round: u64, base: [u8; 32]) {
@@ -277,6 +284,9 @@ impl Node {
     /// Queues the evaluation of the state just merged in `round`; whether it was.
     fn evaluate(&mut self, round: u64) -> bool {
         let Some(data) = self.eval.clone().filter(|_| !self.stopping) else { return false };
+        if !evaluates_after(round, self.options.evaluate_every, self.options.rounds) {
+            return false;
+        }
         let job = EvalJob { round, state: self.state.clone(), model: self.spec.model.clone(), data };
         if let Submitted::Dropped(Job::Eval(older)) = self.workers.submit(Job::Eval(job), &self.metrics) {
             debug!(round = older.round, "evaluations fall behind the rounds; this round reports no accuracy");
@@ -478,5 +488,19 @@ impl Node {
                 .send_response(channel, starling_protocol::wire::SyncResponse::Unavailable);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::evaluates_after;
+
+    #[test]
+    fn evaluation_every_n_rounds_keeps_the_last() {
+        let evaluated = |every, stop| (0..7).filter(|&r| evaluates_after(r, every, stop)).collect::<Vec<_>>();
+        assert_eq!(evaluated(1, Some(7)), vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(evaluated(3, Some(7)), vec![2, 5, 6]);
+        assert_eq!(evaluated(3, None), vec![2, 5]);
+        assert_eq!(evaluated(0, None), vec![0, 1, 2, 3, 4, 5, 6], "0 reads as every round");
     }
 }
