@@ -1,7 +1,9 @@
 //! `starling bench`: figures that anyone can rerun.
 //!
 //! - `average`: two peers on loopback, each with a delta of `--params` floats,
-//!   exchange and average them over the real libp2p stack; seconds per round
+//!   exchange and average them over the real libp2p stack, as nodes send
+//!   them: whole on gossip, or (over `--pull-above`) announced on gossip with
+//!   the payload fetched over the payload protocol; seconds per round
 //!   include encode, sign, transfer, verify, decode and
 //!   merge (after one unmeasured warm-up round).
 //! - `codecs`: the local swarm once per codec, as a table of bytes, compression
@@ -49,6 +51,8 @@ pub struct AverageReport {
     pub params: usize,
     pub codec: String,
     pub payload_bytes: usize,
+    /// `gossip` (the delta whole on gossip) or `pull` (announced, then fetched).
+    pub transport: &'static str,
     pub rounds: usize,
     pub mean_seconds: f64,
     pub min_seconds: f64,
@@ -60,6 +64,8 @@ pub struct AverageReport {
     pub transfer_seconds: f64,
     pub verify_seconds: f64,
     pub merge_seconds: f64,
+    /// Payload megabytes (10⁶ bytes) per second of transfer time.
+    pub transfer_mb_per_s: f64,
 }
 
 /// A spec whose model has about `params` parameters (the exact count is reported).
@@ -82,7 +88,13 @@ struct Timing {
 }
 
 /// Runs `rounds` exchanges of a `params`-float delta between two peers on loopback.
-pub async fn average(params: usize, rounds: usize, codec: Codec) -> Result<AverageReport, BenchError> {
+/// Deltas whose signed bytes exceed `pull_above` are announced and pulled, as a node sends them.
+pub async fn average(
+    params: usize,
+    rounds: usize,
+    codec: Codec,
+    pull_above: usize,
+) -> Result<AverageReport, BenchError> {
     if params < 1000 {
         return Err(BenchError::TooFewParams(params));
     }
@@ -93,24 +105,28 @@ pub async fn average(params: usize, rounds: usize, codec: Codec) -> Result<Avera
     // Each peer gets its own thread and runtime, as it would have its own
     // machine: on one shared runtime, both peers' CPU work could end up on one
     // worker and run one after the other.
-    let first = on_own_thread(peer(0, spec.clone(), barrier.clone(), rounds, None, Some(addr_tx)));
+    let first =
+        on_own_thread(peer(0, spec.clone(), barrier.clone(), rounds, pull_above, None, Some(addr_tx)));
     let address = addr_rx.await.map_err(|_| BenchError::Net("first peer did not listen".into()))?;
-    let second = on_own_thread(peer(1, spec.clone(), barrier, rounds, Some(address), None));
+    let second = on_own_thread(peer(1, spec.clone(), barrier, rounds, pull_above, Some(address), None));
     let (a, b) = (first.await, second.await);
     let (a, b) = (a?, b?);
     let per_round: Vec<f64> = a.0.iter().zip(&b.0).map(|(x, y)| x.total.max(y.total)).collect();
     let all: Vec<Timing> = a.0.iter().chain(&b.0).copied().collect();
     let avg = |f: fn(&Timing) -> f64| all.iter().map(f).sum::<f64>() / all.len() as f64;
+    let transfer = avg(|t| t.transfer);
     Ok(AverageReport {
         params: n,
         codec: codec.to_string(),
         payload_bytes: a.1,
+        transport: if a.2 { "pull" } else { "gossip" },
+        transfer_mb_per_s: a.1 as f64 / 1e6 / transfer,
         rounds,
         mean_seconds: per_round.iter().sum::<f64>() / rounds as f64,
         min_seconds: per_round.iter().copied().fold(f64::INFINITY, f64::min),
         max_seconds: per_round.iter().copied().fold(0.0, f64::max),
         encode_sign_seconds: avg(|t| t.encode_sign),
-        transfer_seconds: avg(|t| t.transfer),
+        transfer_seconds: transfer,
         verify_seconds: avg(|t| t.verify),
         merge_seconds: avg(|t| t.merge),
     })
@@ -118,9 +134,9 @@ pub async fn average(params: usize, rounds: usize, codec: Codec) -> Result<Avera
 
 /// Starts a peer on a thread of its own with a single-threaded runtime; the
 /// receiver yields its result.
-fn on_own_thread<F>(peer: F) -> impl std::future::Future<Output = Result<(Vec<Timing>, usize), BenchError>>
+fn on_own_thread<F>(peer: F) -> impl std::future::Future<Output = Result<PeerResult, BenchError>>
 where
-    F: std::future::Future<Output = Result<(Vec<Timing>, usize), BenchError>> + Send + 'static,
+    F: std::future::Future<Output = Result<PeerResult, BenchError>> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -133,21 +149,28 @@ where
     async move { rx.await.unwrap_or_else(|_| Err(BenchError::Net("a peer thread panicked".into()))) }
 }
 
+/// A peer's timings, its payload's bytes, and whether it pulled.
+type PeerResult = (Vec<Timing>, usize, bool);
+
 async fn peer(
     index: usize,
     spec: Arc<RunSpec>,
     barrier: Arc<Barrier>,
     rounds: usize,
+    pull_above: usize,
     dial: Option<Multiaddr>,
     listening: Option<tokio::sync::oneshot::Sender<Multiaddr>>,
-) -> Result<(Vec<Timing>, usize), BenchError> {
+) -> Result<PeerResult, BenchError> {
     let key = SigningKey::from_bytes(&[index as u8 + 1; 32]);
     let mut registry = Default::default();
     let options = NetOptions { mdns: false, ..NetOptions::default() };
     let mut swarm =
         net::build_swarm(&key, &spec, &options, &mut registry).map_err(|e| BenchError::Net(e.to_string()))?;
     let topic = net::delta_topic(&spec);
-    swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribe");
+    let announce = net::announce_topic(&spec);
+    for topic in [&topic, &announce] {
+        swarm.behaviour_mut().gossipsub.subscribe(topic).expect("subscribe");
+    }
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid"))
         .map_err(|e| BenchError::Net(e.to_string()))?;
@@ -184,6 +207,7 @@ async fn peer(
     let (run, codec) = (spec.run_id(), spec.codec);
     let mut timings = Vec::with_capacity(rounds);
     let mut payload_bytes = 0;
+    let mut pulled = false;
     // Round 0 is a warm-up, not measured: it pays the first touch of every buffer.
     for round in 0..=rounds as u64 {
         barrier.wait().await;
@@ -193,36 +217,22 @@ async fn peer(
         let payload = codec.encode_with_feedback(&delta, &mut residual, 1.0);
         payload_bytes = payload.len();
         let own = SignedDelta::sign(&key, run, round, base, 64, codec, payload);
-        let bytes = own.to_bytes();
+        let (own, bytes) = starling_protocol::wire::encode_delta_shared(own);
         let encoded = Instant::now();
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic.clone(), bytes)
-            .map_err(|e| BenchError::Net(e.to_string()))?;
-        let (id, source, data) = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    message_id,
-                    propagation_source,
-                    message,
-                })) = swarm.select_next_some().await
-                {
-                    break (message_id, propagation_source, message.data);
-                }
-            }
-        })
-        .await
-        .map_err(|_| BenchError::Timeout("the other peer's delta did not arrive"))?;
+        pulled = bytes.len() > pull_above;
+        let data = if pulled {
+            exchange_pulled(&mut swarm, &announce, &own).await?
+        } else {
+            exchange_gossiped(&mut swarm, &topic, bytes).await?
+        };
         let received = Instant::now();
-        let other = SignedDelta::from_untrusted(&data, &starling_protocol::DeltaRules::new(run, codec, n))
-            .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
+        let rules = starling_protocol::DeltaRules::new(run, codec, n);
+        let other = match data {
+            Received::Bytes(bytes) => SignedDelta::from_untrusted(&bytes, &rules),
+            Received::Delta(delta) => delta.validate(&rules).map(|()| delta),
+        }
+        .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
         let verified = Instant::now();
-        swarm.behaviour_mut().gossipsub.report_message_validation_result(
-            &id,
-            &source,
-            gossipsub::MessageAcceptance::Accept,
-        );
         // Canonical merge order: by sender.
         let mut pair = [own, other];
         pair.sort_by_key(|d| d.header.sender);
@@ -245,5 +255,127 @@ async fn peer(
     }
     // Let the last messages (and their acknowledgements) drain before the peer goes.
     barrier.wait().await;
-    Ok((timings, payload_bytes))
+    Ok((timings, payload_bytes, pulled))
+}
+
+/// The other peer's delta, as it arrived.
+enum Received {
+    Bytes(Vec<u8>),
+    Delta(SignedDelta),
+}
+
+/// Publishes our delta whole and waits for the other's.
+async fn exchange_gossiped(
+    swarm: &mut libp2p::Swarm<net::Behaviour>,
+    topic: &gossipsub::IdentTopic,
+    bytes: bytes::Bytes,
+) -> Result<Received, BenchError> {
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic.clone(), bytes)
+        .map_err(|e| BenchError::Net(e.to_string()))?;
+    let (id, source, data) = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message_id,
+                propagation_source,
+                message,
+            })) = swarm.select_next_some().await
+            {
+                break (message_id, propagation_source, message.data);
+            }
+        }
+    })
+    .await
+    .map_err(|_| BenchError::Timeout("the other peer's delta did not arrive"))?;
+    swarm.behaviour_mut().gossipsub.report_message_validation_result(
+        &id,
+        &source,
+        gossipsub::MessageAcceptance::Accept,
+    );
+    Ok(Received::Bytes(data))
+}
+
+/// Announces our delta, fetches the other's payload when its announcement
+/// comes, and serves ours; returns once both payloads have crossed.
+async fn exchange_pulled(
+    swarm: &mut libp2p::Swarm<net::Behaviour>,
+    topic: &gossipsub::IdentTopic,
+    own: &SignedDelta,
+) -> Result<Received, BenchError> {
+    use libp2p::request_response::{Event, Message};
+    use net::payload::PayloadRequest;
+    use starling_protocol::SignedHeader;
+
+    let announcement = starling_protocol::wire::encode_announcement(&SignedHeader::of(own));
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic.clone(), announcement)
+        .map_err(|e| BenchError::Net(e.to_string()))?;
+    let (mut announced, mut received, mut served) = (None, None, false);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while received.is_none() || !served {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                    message_id,
+                    propagation_source,
+                    message,
+                })) => {
+                    let signed = starling_protocol::wire::decode_announcement(&message.data)
+                        .map_err(|e| BenchError::Net(e.to_string()))?;
+                    let request = PayloadRequest(signed.header.payload_hash);
+                    swarm.behaviour_mut().payload.send_request(&propagation_source, request);
+                    swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Accept,
+                    );
+                    announced = Some(signed);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Payload(Event::Message { message, .. })) => {
+                    match message {
+                        Message::Request { request, channel, .. } => {
+                            let payload = (request.0 == own.header.payload_hash).then(|| own.payload.clone());
+                            let _ = swarm.behaviour_mut().payload.send_response(channel, payload);
+                        }
+                        Message::Response { response, .. } => {
+                            let payload =
+                                response.ok_or(BenchError::Net("the other peer held no payload".into()))?;
+                            let signed = announced
+                                .take()
+                                .ok_or(BenchError::Net("a payload nobody announced".into()))?;
+                            received = Some(SignedDelta::from_parts(signed, payload));
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Payload(Event::ResponseSent { .. })) => served = true,
+                SwarmEvent::Behaviour(BehaviourEvent::Payload(Event::OutboundFailure { error, .. })) => {
+                    return Err(BenchError::Net(format!("fetching the other's payload failed: {error}")));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| BenchError::Timeout("the other peer's delta did not arrive"))??;
+    Ok(Received::Delta(received.expect("the loop ends with a payload")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_peers_average_a_delta_whole_on_gossip_or_pulled() {
+        for (pull_above, transport) in [(usize::MAX, "gossip"), (0, "pull")] {
+            let report = average(5000, 2, Codec::Dense, pull_above).await.unwrap();
+            assert_eq!(report.transport, transport);
+            assert_eq!((report.rounds, report.codec.as_str()), (2, "dense"));
+            assert!(report.payload_bytes >= report.params * 4, "{report:?}");
+            assert!(report.transfer_mb_per_s > 0.0 && report.mean_seconds > 0.0, "{report:?}");
+        }
+    }
 }

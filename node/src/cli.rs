@@ -90,6 +90,10 @@ pub enum BenchCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Deltas larger than this many bytes are announced and pulled, as
+        /// `starling run --pull-above` sends them; 0 pulls every delta.
+        #[arg(long, value_name = "BYTES", default_value_t = crate::net::DEFAULT_PULL_ABOVE)]
+        pull_above: usize,
     },
     /// Nodes train a model of --params parameters on loopback; a late joiner
     /// syncs their state in chunks. Prints its time to catch up and the bytes.
@@ -374,25 +378,27 @@ pub async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Swarm(args) => swarm(args).await,
-        Command::Bench(BenchCommand::Average { params, rounds, codec, json }) => {
-            let report = crate::bench::average(params, rounds, codec).await?;
+        Command::Bench(BenchCommand::Average { params, rounds, codec, json, pull_above }) => {
+            let report = crate::bench::average(params, rounds, codec, pull_above).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "two peers, {} floats, {} ({} per delta): {:.3} s per round (min {:.3}, max {:.3}) over {} rounds",
+                    "two peers, {} floats, {} ({} per delta, {}): {:.3} s per round (min {:.3}, max {:.3}) over {} rounds",
                     report.params,
                     report.codec,
                     human_bytes(report.payload_bytes as f64),
+                    report.transport,
                     report.mean_seconds,
                     report.min_seconds,
                     report.max_seconds,
                     report.rounds
                 );
                 println!(
-                    "  encode+sign {:.3} s, transfer {:.3} s, verify {:.3} s, decode+merge {:.3} s",
+                    "  encode+sign {:.3} s, transfer {:.3} s ({:.0} MB/s), verify {:.3} s, decode+merge {:.3} s",
                     report.encode_sign_seconds,
                     report.transfer_seconds,
+                    report.transfer_mb_per_s,
                     report.verify_seconds,
                     report.merge_seconds
                 );
