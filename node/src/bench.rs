@@ -229,7 +229,7 @@ async fn peer(
         let rules = starling_protocol::DeltaRules::new(run, codec, n);
         let other = match data {
             Received::Bytes(bytes) => SignedDelta::from_untrusted(&bytes, &rules),
-            Received::Delta(delta) => delta.validate(&rules).map(|()| delta),
+            Received::Delta(delta) => delta.validate(&rules).map(|()| *delta),
         }
         .map_err(|e| BenchError::Refused { peer: index, reason: e.to_string() })?;
         let verified = Instant::now();
@@ -261,7 +261,7 @@ async fn peer(
 /// The other peer's delta, as it arrived.
 enum Received {
     Bytes(Vec<u8>),
-    Delta(SignedDelta),
+    Delta(Box<SignedDelta>),
 }
 
 /// Publishes our delta whole and waits for the other's.
@@ -361,7 +361,7 @@ async fn exchange_pulled(
     })
     .await
     .map_err(|_| BenchError::Timeout("the other peer's delta did not arrive"))??;
-    Ok(Received::Delta(received.expect("the loop ends with a payload")))
+    Ok(Received::Delta(Box::new(received.expect("the loop ends with a payload"))))
 }
 
 #[cfg(test)]
