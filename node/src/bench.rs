@@ -53,6 +53,8 @@ pub struct AverageReport {
     pub payload_bytes: usize,
     /// `gossip` (the delta whole on gossip) or `pull` (announced, then fetched).
     pub transport: &'static str,
+    /// `tcp` (noise and yamux over TCP) or `quic`.
+    pub connection: &'static str,
     pub rounds: usize,
     pub mean_seconds: f64,
     pub min_seconds: f64,
@@ -87,14 +89,19 @@ struct Timing {
     merge: f64,
 }
 
-/// Runs `rounds` exchanges of a `params`-float delta between two peers on loopback.
-/// Deltas whose signed bytes exceed `pull_above` are announced and pulled, as a node sends them.
-pub async fn average(
-    params: usize,
-    rounds: usize,
-    codec: Codec,
-    pull_above: usize,
-) -> Result<AverageReport, BenchError> {
+/// How the two peers of [`average`] exchange their deltas.
+#[derive(Clone, Copy, Debug)]
+pub struct Exchange {
+    pub rounds: usize,
+    /// Deltas whose signed bytes exceed this are announced and pulled, as a node sends them.
+    pub pull_above: usize,
+    /// Connect over QUIC instead of TCP (noise and yamux).
+    pub quic: bool,
+}
+
+/// Runs `exchange.rounds` exchanges of a `params`-float delta between two peers on loopback.
+pub async fn average(params: usize, codec: Codec, exchange: Exchange) -> Result<AverageReport, BenchError> {
+    let Exchange { rounds, .. } = exchange;
     if params < 1000 {
         return Err(BenchError::TooFewParams(params));
     }
@@ -105,10 +112,9 @@ pub async fn average(
     // Each peer gets its own thread and runtime, as it would have its own
     // machine: on one shared runtime, both peers' CPU work could end up on one
     // worker and run one after the other.
-    let first =
-        on_own_thread(peer(0, spec.clone(), barrier.clone(), rounds, pull_above, None, Some(addr_tx)));
+    let first = on_own_thread(peer(0, spec.clone(), barrier.clone(), exchange, None, Some(addr_tx)));
     let address = addr_rx.await.map_err(|_| BenchError::Net("first peer did not listen".into()))?;
-    let second = on_own_thread(peer(1, spec.clone(), barrier, rounds, pull_above, Some(address), None));
+    let second = on_own_thread(peer(1, spec.clone(), barrier, exchange, Some(address), None));
     let (a, b) = (first.await, second.await);
     let (a, b) = (a?, b?);
     let per_round: Vec<f64> = a.0.iter().zip(&b.0).map(|(x, y)| x.total.max(y.total)).collect();
@@ -120,6 +126,7 @@ pub async fn average(
         codec: codec.to_string(),
         payload_bytes: a.1,
         transport: if a.2 { "pull" } else { "gossip" },
+        connection: if exchange.quic { "quic" } else { "tcp" },
         transfer_mb_per_s: a.1 as f64 / 1e6 / transfer,
         rounds,
         mean_seconds: per_round.iter().sum::<f64>() / rounds as f64,
@@ -156,8 +163,7 @@ async fn peer(
     index: usize,
     spec: Arc<RunSpec>,
     barrier: Arc<Barrier>,
-    rounds: usize,
-    pull_above: usize,
+    Exchange { rounds, pull_above, quic }: Exchange,
     dial: Option<Multiaddr>,
     listening: Option<tokio::sync::oneshot::Sender<Multiaddr>>,
 ) -> Result<PeerResult, BenchError> {
@@ -172,7 +178,11 @@ async fn peer(
         swarm.behaviour_mut().gossipsub.subscribe(topic).expect("subscribe");
     }
     swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid"))
+        .listen_on(
+            if quic { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" }
+                .parse()
+                .expect("valid"),
+        )
         .map_err(|e| BenchError::Net(e.to_string()))?;
     if let Some(address) = dial {
         swarm.dial(address).map_err(|e| BenchError::Net(e.to_string()))?;
@@ -370,8 +380,10 @@ mod tests {
 
     #[tokio::test]
     async fn two_peers_average_a_delta_whole_on_gossip_or_pulled() {
-        for (pull_above, transport) in [(usize::MAX, "gossip"), (0, "pull")] {
-            let report = average(5000, 2, Codec::Dense, pull_above).await.unwrap();
+        for (pull_above, transport, quic) in
+            [(usize::MAX, "gossip", false), (0, "pull", false), (0, "pull", true)]
+        {
+            let report = average(5000, Codec::Dense, Exchange { rounds: 2, pull_above, quic }).await.unwrap();
             assert_eq!(report.transport, transport);
             assert_eq!((report.rounds, report.codec.as_str()), (2, "dense"));
             assert!(report.payload_bytes >= report.params * 4, "{report:?}");

@@ -94,6 +94,9 @@ pub enum BenchCommand {
         /// `starling run --pull-above` sends them; 0 pulls every delta.
         #[arg(long, value_name = "BYTES", default_value_t = crate::net::DEFAULT_PULL_ABOVE)]
         pull_above: usize,
+        /// Connect the two peers over QUIC instead of TCP.
+        #[arg(long)]
+        quic: bool,
     },
     /// Nodes train a model of --params parameters on loopback; a late joiner
     /// syncs their state in chunks. Prints its time to catch up and the bytes.
@@ -378,17 +381,19 @@ pub async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Swarm(args) => swarm(args).await,
-        Command::Bench(BenchCommand::Average { params, rounds, codec, json, pull_above }) => {
-            let report = crate::bench::average(params, rounds, codec, pull_above).await?;
+        Command::Bench(BenchCommand::Average { params, rounds, codec, json, pull_above, quic }) => {
+            let exchange = crate::bench::Exchange { rounds, pull_above, quic };
+            let report = crate::bench::average(params, codec, exchange).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "two peers, {} floats, {} ({} per delta, {}): {:.3} s per round (min {:.3}, max {:.3}) over {} rounds",
+                    "two peers, {} floats, {} ({} per delta, {} over {}): {:.3} s per round (min {:.3}, max {:.3}) over {} rounds",
                     report.params,
                     report.codec,
                     human_bytes(report.payload_bytes as f64),
                     report.transport,
+                    report.connection,
                     report.mean_seconds,
                     report.min_seconds,
                     report.max_seconds,
