@@ -21,7 +21,7 @@ const ROUNDS: u64 = 8;
 #[test]
 fn three_processes_agree_when_every_delta_travels_apart_from_gossip() {
     // --pull-above 0: every delta is announced on gossip and its payload fetched
-    // from the peer that forwarded the announcement. Node 2 knows only node 1.
+    // from the peer that forwarded the announcement. Node 2 is bootstrapped from node 1 alone.
     let dir = tempfile::tempdir().unwrap();
     let spec = test_spec("three-node-pull");
     let spec_path = write_spec(dir.path(), &spec);
@@ -29,35 +29,22 @@ fn three_processes_agree_when_every_delta_travels_apart_from_gossip() {
     let path = |what: String| dir.path().join(what).to_str().unwrap().to_string();
     let datadirs: Vec<String> = (0..3).map(|i| path(format!("node-{i}"))).collect();
     let summaries: Vec<String> = (0..3).map(|i| path(format!("summary-{i}.json"))).collect();
-    let args = |i: usize| -> Vec<&str> {
+    let args = |i: usize, boot: Option<String>| -> Vec<String> {
         let wait = if i == 1 { "2" } else { "1" };
-        vec![
-            "run",
-            "--datadir",
-            &datadirs[i],
-            "--spec",
-            &spec_path,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-mdns",
-            "--wait-peers",
-            wait,
-            "--wait-timeout",
-            "60",
-            "--rounds",
-            rounds,
-            "--pull-above",
-            "0",
-            "--summary",
-            &summaries[i],
-        ]
+        let mut extra = vec!["--wait-peers", wait, "--wait-timeout", "60", "--rounds", rounds];
+        extra.extend(["--pull-above", "0", "--summary", &summaries[i]]);
+        let mut args = common::run_args(&datadirs[i], &spec_path, &extra);
+        args.extend(boot.into_iter().flat_map(|boot| ["--bootnodes".to_string(), boot]));
+        args
     };
-    let mut nodes = vec![NodeProcess::start("node-0", &args(0))];
+    let start = |i: usize, boot: Option<String>| {
+        let args = args(i, boot);
+        NodeProcess::start(&format!("node-{i}"), &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut nodes = vec![start(0, None)];
     for i in 1..3 {
         let boot = nodes[i - 1].tcp_address();
-        let mut a = args(i);
-        a.extend(["--bootnodes", &boot]);
-        nodes.push(NodeProcess::start(&format!("node-{i}"), &a));
+        nodes.push(start(i, Some(boot)));
     }
     for node in &mut nodes {
         node.wait_exit(Duration::from_secs(300));
