@@ -6,9 +6,10 @@
 //! announcement only once its delta is verified, so whoever forwards one
 //! holds the payload; each node fetches each payload once.
 //!
-//! Bounds: [`MAX_HELD`] payloads, of the current round and later ones (a
-//! merged round's are let go at its merge); each served at most once to each
-//! peer; [`MAX_PULLS`] fetches in flight, each trying at most [`MAX_ASKS`] peers.
+//! Bounds: [`MAX_HELD`] payloads, of the current and the next round (a
+//! merged round's are let go at its merge), so no more than the round state
+//! holds anyway; each served at most once to each peer; [`MAX_PULLS`] fetches
+//! in flight, each trying at most [`MAX_ASKS`] peers.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -57,11 +58,12 @@ pub(super) struct Pulls {
 }
 
 impl Pulls {
-    /// Keeps `payload` (of a delta of `round`) to serve, and lets go of those
-    /// of rounds before `current`; past [`MAX_HELD`], the earliest round goes.
+    /// Keeps `payload` (of a delta of `round`) to serve when `round` is the
+    /// current or the next one, and lets go of those of rounds before
+    /// `current`; past [`MAX_HELD`], the earliest round goes.
     pub(super) fn hold(&mut self, round: u64, hash: [u8; 32], payload: Bytes, current: u64) {
-        self.held.retain(|_, held| held.round >= current);
-        if round < current {
+        self.forget_before(current);
+        if round < current || round > current + 1 {
             return;
         }
         if self.held.len() >= MAX_HELD && !self.held.contains_key(&hash) {
@@ -109,8 +111,7 @@ impl Node {
         // The signed delta, whichever way it goes: what each peer receives of it once.
         self.published_bytes += bytes.len() as u64;
         let (topic, message) = if bytes.len() > self.options.net.pull_above {
-            let current = self.state.round;
-            self.pulls.hold(delta.header.round, delta.header.payload_hash, delta.payload.clone(), current);
+            self.hold_payload(delta);
             (self.announce_topic.clone(), wire::encode_announcement(&SignedHeader::of(delta)))
         } else {
             (self.topic.clone(), Vec::from(bytes))
@@ -122,13 +123,17 @@ impl Node {
         }
     }
 
-    /// Keeps an accepted delta's payload to serve, when it came (or would
-    /// have gone) apart from gossip.
+    /// Keeps an accepted delta's payload to serve, whatever its size: its
+    /// announcement is forwarded, and peers whose `--pull-above` is lower than
+    /// ours (or a delta just over the limit once framed) fetch it from us. The
+    /// bytes are the ones the round state holds, shared, not copied.
     pub(super) fn hold_accepted(&mut self, delta: &SignedDelta) {
-        if delta.payload.len() > self.options.net.pull_above {
-            let current = self.state.round;
-            self.pulls.hold(delta.header.round, delta.header.payload_hash, delta.payload.clone(), current);
-        }
+        self.hold_payload(delta);
+    }
+
+    fn hold_payload(&mut self, delta: &SignedDelta) {
+        let current = self.state.round;
+        self.pulls.hold(delta.header.round, delta.header.payload_hash, delta.payload.clone(), current);
     }
 
     /// An announcement from gossip: checked, then its payload fetched when the
@@ -289,11 +294,13 @@ mod tests {
         assert!(pulls.get(&[3; 32]).is_none(), "a merged round's payload is not kept");
         pulls.forget_before(4);
         assert!(pulls.get(&[1; 32]).is_none() && pulls.get(&[2; 32]).is_some());
+        pulls.hold(6, [4; 32], Bytes::from_static(b"r6"), 4);
+        assert!(pulls.get(&[4; 32]).is_none(), "only the current and the next round are kept");
         for i in 0..(MAX_HELD as u32 + 10) {
             let mut hash = [0u8; 32];
             hash[..4].copy_from_slice(&i.to_le_bytes());
             hash[31] = 9;
-            pulls.hold(5 + i as u64, hash, Bytes::from_static(b"x"), 4);
+            pulls.hold(5, hash, Bytes::from_static(b"x"), 4);
         }
         assert_eq!(pulls.held.len(), MAX_HELD);
         assert!(pulls.get(&[2; 32]).is_none(), "the earliest round gave way");

@@ -86,6 +86,11 @@ impl Reference {
     }
 }
 
+/// Asked of candle's model where the fast path trains and there is none: a bug.
+fn no_reference() -> TrainError {
+    TrainError::DataMismatch("the fast path trains this model; it has no candle model".into())
+}
+
 /// What one round of in-place training ([`Trainer::train_in_place`]) reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RoundStats {
@@ -254,9 +259,7 @@ impl Trainer {
     fn reference(&mut self) -> Result<&mut Reference, TrainError> {
         match self.reference {
             Some(ref mut reference) => Ok(reference),
-            None => Err(TrainError::DataMismatch(
-                "the fast path trains this model; it has no candle model".into(),
-            )),
+            None => Err(no_reference()),
         }
     }
 
@@ -264,9 +267,7 @@ impl Trainer {
     /// returns the mean loss.
     fn run_steps(&mut self, steps: u64) -> Result<f32, TrainError> {
         let Some(Reference { model, optimizer }) = self.reference.as_mut() else {
-            return Err(TrainError::DataMismatch(
-                "the fast path trains this model; it has no candle model".into(),
-            ));
+            return Err(no_reference());
         };
         if let Some(dp) = self.private.as_mut() {
             let InnerStepper::Fused(optimizer) = optimizer else {
