@@ -68,7 +68,7 @@ async fn honest_joiners_and_lagging_nodes_refuse_a_state_forged_by_colluders() {
         params: vec![0.25; params],
         momentum: vec![0.0; params],
     };
-    let forged = Arc::new(StateSnapshot::of(&forged_state));
+    let forged = Arc::new(StateSnapshot::of_flat(&forged_state));
     let colluders = [
         RawPeer::colluder(201, &spec, boot.parse().unwrap(), forged.clone()).await,
         RawPeer::colluder(202, &spec, boot.parse().unwrap(), forged.clone()).await,

@@ -678,7 +678,8 @@ impl<'a> Engine<'a> {
                 Output::Notify { peer, request } => self.send_sync_request(node, peer, None, request),
                 Output::DecodeState(decode) => {
                     // Decoded at once: a simulated node's decode takes no time.
-                    let input = Input::StateDecoded { root: decode.root(), result: decode.decode() };
+                    let root = decode.root();
+                    let input = Input::StateDecoded { root, result: decode.decode() };
                     queue.extend(self.nodes[node].engine.handle(self.now / MS, input));
                 }
                 Output::Install { state, deltas, .. } => {

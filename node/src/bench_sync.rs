@@ -144,13 +144,11 @@ pub async fn sync(
         if let NodeEvent::StateInstalled { round, traffic, .. } =
             next(&mut events, "the joiner to sync").await?
         {
-            let state_bytes =
-                starling_protocol::wire::encode_state(&starling_protocol::ModelState::initial(vec![
-                0.0;
-                spec.param_count()
-            ]))
-                .len() as u64;
             let catch_up_seconds = started.elapsed().as_secs_f64();
+            // After the clock: this encodes a whole state.
+            let state = starling_protocol::ModelState::initial(vec![0.0; spec.param_count()]);
+            let layout = starling_protocol::state_file::Layout::flat(spec.param_count());
+            let state_bytes = starling_protocol::state_file::encode_state(&layout, &state).len() as u64;
             break SyncReport {
                 params: spec.param_count(),
                 state_bytes,

@@ -99,7 +99,7 @@ impl SpecSource {
 
 /// A datadir's store, or the running node that holds it.
 enum Access {
-    Store(crate::dirs::DatadirLock, Store),
+    Store(crate::dirs::DatadirLock, Box<Store>),
     Running,
 }
 
@@ -107,7 +107,7 @@ enum Access {
 fn open_or_running(datadir: &Datadir) -> Result<Access> {
     datadir.require()?;
     match datadir.lock() {
-        Ok(lock) => Ok(Access::Store(lock, Store::open(datadir.root())?)),
+        Ok(lock) => Ok(Access::Store(lock, Box::new(Store::open(datadir.root())?))),
         Err(crate::dirs::DatadirError::Locked { .. }) => Ok(Access::Running),
         Err(e) => Err(e.into()),
     }

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use crate::delta::SignedDelta;
 use crate::snapshot::ModelState;
-use crate::wire::{self, WireError};
+use crate::state_file::{self, Layout, StateFileError};
 
 /// Bytes of every chunk but the last.
 pub const CHUNK_BYTES: usize = 1 << 20;
 /// Most chunks a manifest may list (a 4 GiB state): bounds what a peer can make us allocate.
 pub const MAX_CHUNKS: usize = 4096;
 
-const CHUNK_DOMAIN: &str = "starling 2026-11 state chunk v1";
-const ROOT_DOMAIN: &str = "starling 2026-11 state root v1";
+const CHUNK_DOMAIN: &str = "starling 2026-12 state file chunk v2";
+const ROOT_DOMAIN: &str = "starling 2026-12 state file root v2";
 
 /// What a peer announces about the state it serves: its round and lineage, its
 /// encoded length and the hash of each chunk. Its [`StateManifest::root`] names it.
@@ -38,7 +38,7 @@ pub enum ChunkError {
     #[error("chunk {index} does not match its hash in the manifest")]
     HashMismatch { index: u32 },
     #[error("assembled state does not decode: {0}")]
-    Decode(#[from] WireError),
+    Decode(#[from] StateFileError),
     #[error("assembled state is round {got}, the manifest announced {announced}")]
     RoundMismatch { got: u64, announced: u64 },
 }
@@ -85,6 +85,13 @@ impl StateManifest {
         Ok(())
     }
 
+    /// The manifest of the state file `bytes` of a state of `round` and `lineage`.
+    pub fn of_bytes(round: u64, lineage: [u8; 32], bytes: &[u8]) -> Self {
+        let mut hasher = ChunkHasher::default();
+        std::io::Write::write_all(&mut hasher, bytes).expect("hashing takes every byte");
+        hasher.finish(round, lineage)
+    }
+
     /// Length of chunk `index`.
     pub fn chunk_len(&self, index: usize) -> usize {
         let start = index * CHUNK_BYTES;
@@ -92,7 +99,52 @@ impl StateManifest {
     }
 }
 
-/// A state ready to serve: its encoding, cut into chunks.
+/// Hashes a state file's chunks as its bytes stream past (to disk, or into
+/// memory), so that a node learns its checkpoint's manifest while writing it.
+#[derive(Default)]
+pub struct ChunkHasher {
+    hashes: Vec<[u8; 32]>,
+    current: Option<blake3::Hasher>,
+    in_chunk: usize,
+    total: u64,
+}
+
+impl ChunkHasher {
+    /// The manifest of the bytes written, a state of `round` and `lineage`.
+    pub fn finish(mut self, round: u64, lineage: [u8; 32]) -> StateManifest {
+        if let Some(h) = self.current.take() {
+            self.hashes.push(*h.finalize().as_bytes());
+        }
+        StateManifest { round, lineage, total_len: self.total, chunk_hashes: self.hashes }
+    }
+}
+
+impl std::io::Write for ChunkHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let take = (CHUNK_BYTES - self.in_chunk).min(rest.len());
+            let h = self.current.get_or_insert_with(|| blake3::Hasher::new_derive_key(CHUNK_DOMAIN));
+            h.update(&rest[..take]);
+            self.in_chunk += take;
+            if self.in_chunk == CHUNK_BYTES {
+                self.hashes.push(*self.current.take().expect("just used").finalize().as_bytes());
+                self.in_chunk = 0;
+            }
+            rest = &rest[take..];
+        }
+        self.total += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A state ready to serve from memory: its state file, cut into chunks. (A
+/// node serves its checkpoint file from disk instead; the simulator and tests
+/// use this.)
 #[derive(Clone, Debug)]
 pub struct StateSnapshot {
     pub manifest: StateManifest,
@@ -101,17 +153,17 @@ pub struct StateSnapshot {
 }
 
 impl StateSnapshot {
-    /// Encodes `state` and hashes its chunks.
-    pub fn of(state: &ModelState) -> Self {
-        let bytes = wire::encode_state(state);
-        let chunk_hashes = bytes.chunks(CHUNK_BYTES).map(chunk_hash).collect();
-        let manifest = StateManifest {
-            round: state.round,
-            lineage: state.lineage,
-            total_len: bytes.len() as u64,
-            chunk_hashes,
-        };
+    /// Encodes `state` as the state file of `layout` and hashes its chunks.
+    pub fn of(state: &ModelState, layout: &Layout) -> Self {
+        let bytes = state_file::encode_state(layout, state);
+        let manifest = StateManifest::of_bytes(state.round, state.lineage, &bytes);
         Self { root: manifest.root(), manifest, bytes }
+    }
+
+    /// As [`StateSnapshot::of`], with the model's values as one flat tensor
+    /// (for the simulator, whose models have no tensor names).
+    pub fn of_flat(state: &ModelState) -> Self {
+        Self::of(state, &Layout::flat(state.params.len()))
     }
 
     /// The bytes of chunk `index`, if there is one.
@@ -186,13 +238,15 @@ impl ChunkAssembly {
         Ok(())
     }
 
-    /// The state, once every chunk is held, for a model of `param_count` parameters.
-    pub fn finish(&self, param_count: usize) -> Result<ModelState, ChunkError> {
+    /// The state, once every chunk is held, for a model of `param_count`
+    /// parameters. Each chunk is let go once copied, so the whole costs the
+    /// state file and the state, not twice the file.
+    pub fn finish(self, param_count: usize) -> Result<ModelState, ChunkError> {
         let mut bytes = Vec::with_capacity(self.manifest.total_len as usize);
-        for c in self.chunks.iter().flatten() {
-            bytes.extend_from_slice(c);
+        for c in self.chunks.into_iter().flatten() {
+            bytes.extend_from_slice(&c);
         }
-        let state = wire::decode_state(&bytes, self.manifest.total_len as usize, param_count)?;
+        let state = state_file::decode_state(&bytes, param_count)?;
         if state.round != self.manifest.round || state.lineage != self.manifest.lineage {
             return Err(ChunkError::RoundMismatch { got: state.round, announced: self.manifest.round });
         }
@@ -255,7 +309,7 @@ mod tests {
     fn a_state_survives_chunking_in_any_order() {
         // Large enough for three chunks.
         let original = state(300_000, 7);
-        let snapshot = StateSnapshot::of(&original);
+        let snapshot = StateSnapshot::of(&original, &Layout::flat(300_000));
         assert_eq!(snapshot.manifest.chunk_count(), 3);
         snapshot.manifest.check(original.params.len() * 8 + 1024).unwrap();
         let mut assembly = ChunkAssembly::new(snapshot.manifest.clone());
@@ -267,8 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn hashing_while_streaming_gives_the_manifest_of_the_bytes() {
+        let s = state(300_000, 4);
+        let bytes = state_file::encode_state(&Layout::flat(300_000), &s);
+        let mut hasher = ChunkHasher::default();
+        for piece in bytes.chunks(333_333) {
+            std::io::Write::write_all(&mut hasher, piece).unwrap();
+        }
+        let manifest = hasher.finish(4, s.lineage);
+        assert_eq!(manifest, StateManifest::of_bytes(4, s.lineage, &bytes));
+        assert_eq!(manifest.total_len, bytes.len() as u64);
+        manifest.check(bytes.len()).unwrap();
+    }
+
+    #[test]
     fn a_wrong_chunk_is_refused_and_changes_nothing() {
-        let snapshot = StateSnapshot::of(&state(300_000, 1));
+        let snapshot = StateSnapshot::of(&state(300_000, 1), &Layout::flat(300_000));
         let mut assembly = ChunkAssembly::new(snapshot.manifest.clone());
         let mut bad = snapshot.chunk(1).unwrap().to_vec();
         bad[10] ^= 1;
@@ -279,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_manifest_that_lies_about_its_size_is_refused() {
-        let mut manifest = StateSnapshot::of(&state(10, 1)).manifest;
+        let mut manifest = StateSnapshot::of(&state(10, 1), &Layout::flat(10)).manifest;
         assert!(manifest.check(1 << 20).is_ok());
         manifest.total_len = 5 * CHUNK_BYTES as u64;
         assert!(matches!(manifest.check(usize::MAX), Err(ChunkError::ChunkCount { .. })));
@@ -288,11 +356,11 @@ mod tests {
 
     #[test]
     fn the_root_changes_with_any_chunk() {
-        let a = StateSnapshot::of(&state(10, 1));
+        let a = StateSnapshot::of(&state(10, 1), &Layout::flat(10));
         let mut b = state(10, 1);
         b.params[3] = 9.0;
-        assert_ne!(a.root, StateSnapshot::of(&b).root);
-        assert_eq!(a.root, StateSnapshot::of(&state(10, 1)).root);
+        assert_ne!(a.root, StateSnapshot::of(&b, &Layout::flat(10)).root);
+        assert_eq!(a.root, StateSnapshot::of(&state(10, 1), &Layout::flat(10)).root);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod privacy;
 pub mod round;
 pub mod snapshot;
 pub mod spec;
+pub mod state_file;
 pub mod wire;
 
 #[cfg(test)]

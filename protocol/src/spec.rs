@@ -310,7 +310,7 @@ impl RunSpec {
 
     /// The largest encoded model state, with room for the header.
     pub fn max_state_bytes(&self) -> usize {
-        self.param_count() * 8 + 1024
+        self.param_count() * 8 + crate::state_file::MAX_HEADER_BYTES
     }
 
     /// The largest sync reply: a state and the deltas of one round.

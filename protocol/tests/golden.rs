@@ -16,8 +16,8 @@
 //! the vector; never update a vector alone.
 
 use ed25519_dalek::SigningKey;
-use starling_protocol::wire;
 use starling_protocol::{
+    state_file::{self, Layout},
     AggregationRule, Codec, DeltaRules, ModelState, PublicKey, RunId, RunSpec, SignedDelta, StateSnapshot,
 };
 
@@ -162,24 +162,34 @@ fn lineage_after_one_merge() {
 #[test]
 fn state_root() {
     check(
-        "StateSnapshot::of(state).root",
-        &StateSnapshot::of(&merged_state()).root,
-        "66b0dd24a45d450bd68c6f02147ad776bc931899664d004d1b406a0adb9eb0d0",
+        "StateSnapshot::of_flat(state).root",
+        &StateSnapshot::of_flat(&merged_state()).root,
+        "bb87cd37fa2be813da57459119d05822339e1d5797ec5c83762b34e94cab9d3f",
     );
 }
 
 #[test]
-fn state_encoding() {
-    // round, lineage, then params and momentum as length-prefixed little-endian f32s.
+fn state_file_encoding() {
+    // The state file a checkpoint holds and state sync serves: the header's
+    // length, a JSON header (metadata, then each tensor's place), then the
+    // params and the momentum as little-endian f32s.
+    let bytes = state_file::encode_state(&Layout::flat(4), &merged_state());
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
     let want = concat!(
-        "01",
-        "23e8ec9b38e54c2e61c280d1466bd4f00b988dc77ef8f939abb28c5e04186f26",
-        "10",
-        "0000003f000080bf000000400000803e",
-        "10",
-        "00000000000000000000000000000000",
+        r#"{"__metadata__":{"starling.format":"state/1","#,
+        r#""starling.lineage":"23e8ec9b38e54c2e61c280d1466bd4f00b988dc77ef8f939abb28c5e04186f26","#,
+        r#""starling.order":"[\"params\"]","starling.round":"1"},"#,
+        r#""outer_momentum.params":{"data_offsets":[0,16],"dtype":"F32","shape":[4]},"#,
+        r#""params":{"data_offsets":[16,32],"dtype":"F32","shape":[4]}}"#,
     );
-    check("wire::encode_state(state)", &wire::encode_state(&merged_state()), want);
+    assert_eq!(header.trim_end(), want, "state file header: {CHANGED}");
+    check(
+        "state file tensors",
+        &bytes[8 + header_len..],
+        // Tensors in name order: the momentum, then the params.
+        concat!("00000000000000000000000000000000", "0000003f000080bf000000400000803e"),
+    );
 }
 
 #[test]

@@ -3,12 +3,11 @@
 //! named after the BLAKE3 checksum of their bytes, which sled keeps and every
 //! load checks.
 //!
-//! A state file holds the parameters under the model's own tensor names and the
-//! outer momentum under `outer_momentum.<name>`; a residual file holds the
+//! A state file is [`starling_protocol::state_file`]'s (the bytes state sync
+//! serves), named after its manifest's root, so that the file a node
+//! checkpoints is the one it serves; a residual file holds the
 //! error-feedback residual under the model's names (and a delta file the
-//! node's own signed delta, as it travels). Tensors are laid out sorted
-//! by name; the metadata key `starling.order` lists the names in the order of
-//! the node's flat parameter vector, so a file reads back without the model.
+//! node's own signed delta, as it travels).
 
 use std::{
     collections::BTreeMap,
@@ -17,92 +16,41 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use starling_protocol::ModelState;
-
-#[cfg(target_endian = "big")]
-compile_error!("checkpoint files are written as little-endian f32 straight from memory");
+use starling_protocol::{
+    chunks::ChunkHasher,
+    state_file::{self, Layout, FORMAT_KEY, ORDER_KEY},
+    ModelState, StateManifest,
+};
 
 /// The folder of the datadir that holds the checkpoint files.
 pub const DIR: &str = "checkpoints";
 /// What a file being written is called until it is renamed into place.
 const TMP_SUFFIX: &str = ".tmp";
 const STATE_PREFIX: &str = "state-";
+/// A state file written only to be served (of a round not checkpointed).
+const SERVED_PREFIX: &str = "served-";
 const RESIDUAL_PREFIX: &str = "residual-";
 const EXTENSION: &str = ".safetensors";
 const DELTA_PREFIX: &str = "delta-";
 const DELTA_EXTENSION: &str = ".bin";
-/// The prefix of the momentum's tensors in a state file.
-pub const MOMENTUM_PREFIX: &str = "outer_momentum.";
-/// Metadata: the tensor names in the order of the flat vector.
-pub const ORDER_KEY: &str = "starling.order";
-/// Metadata: what the file is (`state/1` or `residual/1`).
-pub const FORMAT_KEY: &str = "starling.format";
-/// Metadata: the round of the state.
-pub const ROUND_KEY: &str = "starling.round";
-/// Metadata: the state's lineage, as hex.
-pub const LINEAGE_KEY: &str = "starling.lineage";
-const STATE_FORMAT: &str = "state/1";
 const RESIDUAL_FORMAT: &str = "residual/1";
 
-/// A file's BLAKE3 checksum.
+/// A file's BLAKE3 checksum (of a state file: its manifest's root).
 pub type Checksum = [u8; 32];
-
-/// Names and shapes of a model's tensors, in the order of its flat parameter vector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    tensors: Vec<(String, Vec<usize>)>,
-}
-
-impl Layout {
-    /// A layout of `(name, shape)` pairs in the flat vector's order.
-    /// Names must be distinct and must not start with [`MOMENTUM_PREFIX`].
-    pub fn new(tensors: Vec<(String, Vec<usize>)>) -> Result<Self, String> {
-        let mut seen = std::collections::BTreeSet::new();
-        for (name, _) in &tensors {
-            if name.starts_with(MOMENTUM_PREFIX) || name.is_empty() || !seen.insert(name.as_str()) {
-                return Err(format!("tensor name `{name}` is empty, repeated or reserved"));
-            }
-        }
-        Ok(Self { tensors })
-    }
-
-    /// One tensor `params` of `len` values: for a store that was given no model.
-    pub fn flat(len: usize) -> Self {
-        Self { tensors: vec![("params".to_string(), vec![len])] }
-    }
-
-    /// Values in all tensors together.
-    pub fn len(&self) -> usize {
-        self.tensors.iter().map(|(_, shape)| shape.iter().product::<usize>()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn order(&self) -> String {
-        let names: Vec<&str> = self.tensors.iter().map(|(n, _)| n.as_str()).collect();
-        serde_json::to_string(&names).expect("strings serialize")
-    }
-
-    /// `flat` cut into the layout's tensors, named with `prefix`.
-    fn cut<'a>(&'a self, prefix: &str, flat: &'a [f32]) -> Vec<(String, &'a [usize], &'a [f32])> {
-        let mut offset = 0;
-        self.tensors
-            .iter()
-            .map(|(name, shape)| {
-                let n: usize = shape.iter().product();
-                let part = &flat[offset..offset + n];
-                offset += n;
-                (format!("{prefix}{name}"), shape.as_slice(), part)
-            })
-            .collect()
-    }
-}
 
 /// The name of the state file of `round` with checksum `sum`.
 pub fn state_name(round: u64, sum: &Checksum) -> String {
     format!("{STATE_PREFIX}{round:08}-{}{EXTENSION}", short_hex(sum))
+}
+
+/// The name of a state file written only to be served, of `round` with root `root`.
+pub fn served_name(round: u64, root: &Checksum) -> String {
+    format!("{SERVED_PREFIX}{round:08}-{}{EXTENSION}", short_hex(root))
+}
+
+/// Whether `name` is a file written only to be served.
+pub fn is_served(name: &str) -> bool {
+    name.starts_with(SERVED_PREFIX) && name.ends_with(EXTENSION)
 }
 
 /// The name of the residual file with checksum `sum`.
@@ -131,30 +79,6 @@ pub fn is_temporary(name: &str) -> bool {
     name.ends_with(TMP_SUFFIX)
 }
 
-/// What goes into a state file.
-pub struct StateFile<'a> {
-    pub layout: &'a Layout,
-    pub round: u64,
-    pub lineage: [u8; 32],
-    pub params: &'a [f32],
-    pub momentum: &'a [f32],
-}
-
-impl StateFile<'_> {
-    /// Writes the file's bytes to `out`.
-    pub fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
-        let mut tensors = self.layout.cut("", self.params);
-        tensors.extend(self.layout.cut(MOMENTUM_PREFIX, self.momentum));
-        let metadata = BTreeMap::from([
-            (FORMAT_KEY, STATE_FORMAT.to_string()),
-            (ROUND_KEY, self.round.to_string()),
-            (LINEAGE_KEY, self.lineage.iter().map(|b| format!("{b:02x}")).collect()),
-            (ORDER_KEY, self.layout.order()),
-        ]);
-        write_safetensors(out, tensors, &metadata)
-    }
-}
-
 /// What goes into a residual file. Its bytes depend on the values alone, so
 /// equal residuals have equal checksums and are written once.
 pub struct ResidualFile<'a> {
@@ -166,40 +90,8 @@ impl ResidualFile<'_> {
     pub fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
         let metadata =
             BTreeMap::from([(FORMAT_KEY, RESIDUAL_FORMAT.to_string()), (ORDER_KEY, self.layout.order())]);
-        write_safetensors(out, self.layout.cut("", self.residual), &metadata)
+        state_file::write_safetensors(out, self.layout.cut("", self.residual), &metadata)
     }
-}
-
-/// The safetensors format: an 8-byte little-endian header length, a JSON header
-/// padded with spaces to a multiple of 8, then the tensors' bytes. Written
-/// here rather than by `safetensors::serialize` so that it streams into the
-/// file without a copy of the state in memory, and so that its bytes (the
-/// metadata's order included) are the same for the same values.
-fn write_safetensors(
-    out: &mut dyn Write,
-    mut tensors: Vec<(String, &[usize], &[f32])>,
-    metadata: &BTreeMap<&str, String>,
-) -> io::Result<()> {
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
-    let mut offset = 0usize;
-    for (name, shape, data) in &tensors {
-        let end = offset + std::mem::size_of_val(*data);
-        header.insert(
-            name.clone(),
-            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, end] }),
-        );
-        offset = end;
-    }
-    let mut header = serde_json::to_vec(&header).expect("a JSON map serializes");
-    header.resize(header.len().next_multiple_of(8), b' ');
-    out.write_all(&(header.len() as u64).to_le_bytes())?;
-    out.write_all(&header)?;
-    for (_, _, data) in &tensors {
-        out.write_all(bytemuck::cast_slice(data))?;
-    }
-    Ok(())
 }
 
 /// The checksum of what `write` writes, without writing it anywhere.
@@ -228,18 +120,47 @@ pub fn write_durably(
     name: impl FnOnce(&Checksum) -> String,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<(Checksum, PathBuf)> {
+    let (hasher, tmp) = write_hashed(dir, hasher(), write)?;
+    let sum = *hasher.finalize().as_bytes();
+    Ok((sum, rename_durably(dir, &tmp, &name(&sum))?))
+}
+
+/// Writes the state file of `state` durably (as [`write_durably`]), under
+/// `name` of its manifest's root, hashing its chunks on the way. Returns
+/// the manifest and the file's path.
+pub fn write_state_durably(
+    dir: &Path,
+    layout: &Layout,
+    state: &ModelState,
+    name: impl FnOnce(&Checksum) -> String,
+) -> io::Result<(StateManifest, PathBuf)> {
+    let (hasher, tmp) =
+        write_hashed(dir, ChunkHasher::default(), |out| state_file::write_state(layout, state, out))?;
+    let manifest = hasher.finish(state.round, state.lineage);
+    let path = rename_durably(dir, &tmp, &name(&manifest.root()))?;
+    Ok((manifest, path))
+}
+
+/// Writes `dir/writing.tmp` through `hasher` and fsyncs it.
+fn write_hashed<H: Write>(
+    dir: &Path,
+    hasher: H,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<(H, PathBuf)> {
     let tmp = dir.join(format!("writing{TMP_SUFFIX}"));
     let file = fs::File::create(&tmp)?;
-    let mut out = BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher: hasher() });
+    let mut out = BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher });
     write(&mut out)?;
     let Hashing { inner: file, hasher } = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    drop(file);
-    let sum = *hasher.finalize().as_bytes();
-    let path = dir.join(name(&sum));
-    fs::rename(&tmp, &path)?;
+    Ok((hasher, tmp))
+}
+
+fn rename_durably(dir: &Path, tmp: &Path, name: &str) -> io::Result<PathBuf> {
+    let path = dir.join(name);
+    fs::rename(tmp, &path)?;
     sync_dir(dir)?;
-    Ok((sum, path))
+    Ok(path)
 }
 
 /// Makes the directory's entries (a rename, a new file) durable.
@@ -256,82 +177,31 @@ pub fn read_checked(path: &Path, sum: &Checksum) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// The state a state file holds, for a model of `count` values.
-pub fn decode_state(bytes: &[u8], count: usize) -> Result<ModelState, String> {
-    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not safetensors: {e}"))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    let get = |key: &str| meta.get(key).ok_or_else(|| format!("metadata `{key}` is missing"));
-    if get(FORMAT_KEY)? != STATE_FORMAT {
-        return Err(format!("format is `{}`, expected `{STATE_FORMAT}`", get(FORMAT_KEY)?));
+/// Whether `bytes`, a state file, are the file named by `sum`: the root of
+/// their manifest, or (a file of an older version) their checksum.
+pub fn state_matches(bytes: &[u8], sum: &Checksum) -> Result<(), String> {
+    let (round, lineage) = state_file::read_round_and_lineage(bytes).map_err(|e| e.to_string())?;
+    if &StateManifest::of_bytes(round, lineage, bytes).root() == sum || &checksum(bytes) == sum {
+        return Ok(());
     }
-    let round = get(ROUND_KEY)?.parse().map_err(|_| "round is not a number".to_string())?;
-    let lineage = parse_hex32(get(LINEAGE_KEY)?)?;
-    let order: Vec<String> = serde_json::from_str(get(ORDER_KEY)?).map_err(|e| format!("order: {e}"))?;
-    let params = gather(&file, "", &order, count)?;
-    let momentum = gather(&file, MOMENTUM_PREFIX, &order, count)?;
-    Ok(ModelState { round, lineage, params, momentum })
+    Err("checksum mismatch (torn or corrupted file)".into())
 }
 
 /// A residual file's values, for a model of `count` values.
 pub fn decode_residual(bytes: &[u8], count: usize) -> Result<Vec<f32>, String> {
-    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not safetensors: {e}"))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    if meta.get(FORMAT_KEY).map(String::as_str) != Some(RESIDUAL_FORMAT) {
-        return Err(format!("not a `{RESIDUAL_FORMAT}` file"));
-    }
-    let order = meta.get(ORDER_KEY).ok_or("metadata `starling.order` is missing")?;
-    let order: Vec<String> = serde_json::from_str(order).map_err(|e| format!("order: {e}"))?;
-    gather(&file, "", &order, count)
-}
-
-fn gather(
-    file: &safetensors::SafeTensors,
-    prefix: &str,
-    order: &[String],
-    count: usize,
-) -> Result<Vec<f32>, String> {
-    let mut out = Vec::with_capacity(count);
-    for name in order {
-        let name = format!("{prefix}{name}");
-        let view = file.tensor(&name).map_err(|_| format!("tensor `{name}` is missing"))?;
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("tensor `{name}` is {:?}, not F32", view.dtype()));
-        }
-        if out.len() + view.data().len() / 4 > count {
-            return Err(format!("the file holds more than the model's {count} values"));
-        }
-        out.extend(view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))));
-    }
-    if out.len() != count {
-        return Err(format!("the file holds {} values, the model has {count}", out.len()));
-    }
-    Ok(out)
-}
-
-fn parse_hex32(hex: &str) -> Result<[u8; 32], String> {
-    let bad = || format!("`{hex}` is not 32 bytes of hex");
-    if hex.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    state_file::decode_values(bytes, RESIDUAL_FORMAT, count).map_err(|e| e.to_string())
 }
 
 /// A writer that hashes what passes through it.
-struct Hashing<W> {
+struct Hashing<W, H> {
     inner: W,
-    hasher: blake3::Hasher,
+    hasher: H,
 }
 
-impl<W: Write> Write for Hashing<W> {
+impl<W: Write, H: Write> Write for Hashing<W, H> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        self.hasher.write_all(&buf[..n])?;
         Ok(n)
     }
 

@@ -25,11 +25,14 @@ use std::{
 
 use ed25519_dalek::SigningKey;
 use rand::Rng;
-use starling_protocol::{wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError};
+use starling_protocol::{
+    chunks::{ChunkHasher, CHUNK_BYTES},
+    state_file, wire, Checkpoint, ModelState, RunSpec, SignedDelta, SpecError, StateManifest,
+};
 
-pub use files::Layout;
-use files::{Checksum, ResidualFile, StateFile};
+use files::{Checksum, ResidualFile};
 pub use peers::{Ban, BanScan, CorruptBan, RefusalCount, MAX_BANS, MAX_REFUSAL_RECORDS};
+pub use starling_protocol::state_file::Layout;
 
 const IDENTITY_KEY: &[u8] = b"identity.ed25519";
 const SPEC_KEY: &[u8] = b"run_spec.toml";
@@ -94,6 +97,18 @@ pub struct Migration {
     pub unreadable: usize,
 }
 
+/// A state file on disk that peers may fetch in chunks: its manifest (whose
+/// root names it) and its path. The file may be deleted once newer
+/// checkpoints replace it; a read then fails and the chunk is unavailable.
+#[derive(Clone, Debug)]
+pub struct ServedFile {
+    pub manifest: StateManifest,
+    pub path: PathBuf,
+}
+
+/// How many files written only to be served are kept.
+const SERVED_FILES: usize = 2;
+
 /// Verified chunks of a state being fetched: its root, and (index, bytes) pairs.
 pub type KeptChunks = ([u8; 32], Vec<(u32, Vec<u8>)>);
 
@@ -135,9 +150,15 @@ pub struct Store {
     legacy: sled::Tree,
     /// The node's own delta of its current round, saved before it is published.
     outbox: sled::Tree,
-    /// Verified chunks of a state being fetched, keyed by root and index, so a
-    /// fetch interrupted by a restart resumes.
+    /// Which verified chunks of a state being fetched are kept (root and
+    /// index → length), so a fetch interrupted by a restart resumes; their
+    /// bytes are in [`SYNC_DIR`] (sled keeps old versions of big values and
+    /// writes them slowly: profiled at 42 % of a 10M-parameter fetch).
     sync_chunks: sled::Tree,
+    /// The file of the chunks being kept, and the root it is for.
+    sync_file: Mutex<Option<([u8; 32], std::fs::File)>>,
+    /// `<datadir>/sync`.
+    sync_dir: PathBuf,
     /// How many bans are on record, once counted (sled counts by a scan).
     bans_held: Mutex<Option<usize>>,
     /// `<datadir>/checkpoints`.
@@ -167,6 +188,8 @@ impl Store {
             legacy: db.open_tree(legacy::CHECKPOINTS_TREE)?,
             outbox: db.open_tree("outbox")?,
             sync_chunks: db.open_tree("sync_chunks")?,
+            sync_file: Mutex::new(None),
+            sync_dir: dir.join(SYNC_DIR),
             db,
             bans_held: Mutex::new(None),
             dir: files_dir,
@@ -243,26 +266,68 @@ impl Store {
     /// Checkpoints of later rounds are forgotten in the same batch: a node that
     /// installed an older state (a diverged node going back to the majority's)
     /// left their lineage, and must not resume from it.
-    pub fn save_checkpoint(&self, state: &ModelState, residual: &[f32]) -> Result<(), StoreError> {
+    /// Returns the state file, which peers may fetch.
+    pub fn save_checkpoint(&self, state: &ModelState, residual: &[f32]) -> Result<ServedFile, StoreError> {
         if state.momentum.len() != state.params.len() {
             return Err(StoreError::Shape { params: state.params.len(), momentum: state.momentum.len() });
         }
         let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let layout = self.layout_for(state.params.len());
-        let file = StateFile {
-            layout: &layout,
-            round: state.round,
-            lineage: state.lineage,
-            params: &state.params,
-            momentum: &state.momentum,
-        };
-        let (sum, _) = files::write_durably(
-            &self.dir,
-            |sum| files::state_name(state.round, sum),
-            |out| file.write_to(out),
-        )
+        let (manifest, path) = files::write_state_durably(&self.dir, &layout, state, |root| {
+            files::state_name(state.round, root)
+        })
         .map_err(|source| StoreError::File { path: self.dir.clone(), source })?;
-        let residual = self.keep_residual(&layout, residual, true)?;
+        self.point_at(state, manifest, path, &layout, residual)
+    }
+
+    /// Checkpoints a state installed from peers as [`Store::save_checkpoint`]
+    /// does, but when the chunks fetched of it (kept under `root`, see
+    /// [`Store::save_sync_chunk`]) are whole and hash to `root`, they are the
+    /// state file: fsynced and moved into place rather than written again.
+    /// The kept chunks are forgotten either way.
+    pub fn save_fetched_checkpoint(
+        &self,
+        state: &ModelState,
+        residual: &[f32],
+        root: &[u8; 32],
+    ) -> Result<ServedFile, StoreError> {
+        let fetched = self.sync_path(root);
+        self.sync_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let whole = match manifest_of_file(&fetched) {
+            Ok(Some(m)) if &m.root() == root && m.round == state.round && m.lineage == state.lineage => {
+                Some(m)
+            }
+            _ => None,
+        };
+        let saved = if let (Some(manifest), true) = (whole, state.momentum.len() == state.params.len()) {
+            let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let path = self.dir.join(files::state_name(state.round, root));
+            let io = |source| StoreError::File { path: fetched.clone(), source };
+            std::fs::File::open(&fetched).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::rename(&fetched, &path).map_err(io)?;
+            files::sync_dir(&self.dir).map_err(io)?;
+            let layout = self.layout_for(state.params.len());
+            self.point_at(state, manifest, path, &layout, residual)?
+        } else {
+            self.save_checkpoint(state, residual)?
+        };
+        self.clear_sync_chunks()?;
+        Ok(saved)
+    }
+
+    /// Points sled at the durable state file of `state` (and a residual file
+    /// written now), forgets the checkpoints past the last [`KEEP_CHECKPOINTS`]
+    /// and later ones, and deletes the files no pointer names.
+    fn point_at(
+        &self,
+        state: &ModelState,
+        manifest: StateManifest,
+        path: PathBuf,
+        layout: &Layout,
+        residual: &[f32],
+    ) -> Result<ServedFile, StoreError> {
+        let sum = manifest.root();
+        let residual = self.keep_residual(layout, residual, true)?;
         let key = state.round.to_be_bytes();
         let mut batch = sled::Batch::default();
         for later in self.pointers.range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded)) {
@@ -278,7 +343,44 @@ impl Store {
         if forgot {
             self.db.flush()?;
         }
-        self.delete_unreferenced()
+        self.delete_unreferenced()?;
+        Ok(ServedFile { manifest, path })
+    }
+
+    /// The state file of `state` to serve to peers: its checkpoint's file
+    /// when it has one (hashed again after a restart), else a file written
+    /// only to be served (a round `checkpoint_every` skipped), of which the
+    /// last [`SERVED_FILES`] are kept. Never a copy of the state in memory.
+    pub fn serve_state(&self, state: &ModelState) -> Result<ServedFile, StoreError> {
+        let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pointer) = self.pointers.get(state.round.to_be_bytes())?.and_then(|p| Pointer::decode(&p))
+        {
+            let path = self.dir.join(files::state_name(state.round, &pointer.state));
+            if let Ok(Some(manifest)) = manifest_of_file(&path) {
+                if manifest.lineage == state.lineage && manifest.root() == pointer.state {
+                    return Ok(ServedFile { manifest, path });
+                }
+            }
+        }
+        let layout = self.layout_for(state.params.len());
+        let io = |source| StoreError::File { path: self.dir.clone(), source };
+        let (manifest, path) = files::write_state_durably(&self.dir, &layout, state, |root| {
+            files::served_name(state.round, root)
+        })
+        .map_err(io)?;
+        let mut served: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name().to_str().is_some_and(files::is_served) && entry.path() != path {
+                let modified = entry.metadata().and_then(|m| m.modified()).map_err(io)?;
+                served.push((modified, entry.path()));
+            }
+        }
+        served.sort();
+        for (_, old) in served.iter().rev().skip(SERVED_FILES - 1) {
+            std::fs::remove_file(old).map_err(|source| StoreError::File { path: old.clone(), source })?;
+        }
+        Ok(ServedFile { manifest, path })
     }
 
     /// The newest checkpoint that verifies, for a model of `param_count` parameters.
@@ -302,9 +404,10 @@ impl Store {
 
     fn load(&self, round: u64, pointer: &[u8], param_count: usize) -> Result<Checkpoint, String> {
         let pointer = Pointer::decode(pointer).ok_or("the pointer record is malformed")?;
-        let bytes =
-            files::read_checked(&self.dir.join(files::state_name(round, &pointer.state)), &pointer.state)?;
-        let state = files::decode_state(&bytes, param_count)?;
+        let path = self.dir.join(files::state_name(round, &pointer.state));
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        files::state_matches(&bytes, &pointer.state).map_err(|e| format!("{}: {e}", path.display()))?;
+        let state = state_file::decode_state(&bytes, param_count).map_err(|e| e.to_string())?;
         drop(bytes);
         if state.round != round {
             return Err(format!("the file claims round {}", state.round));
@@ -431,26 +534,42 @@ impl Store {
         Ok(Some(body.to_vec()))
     }
 
-    /// Keeps a verified chunk of the state with `root` being fetched. Not
-    /// flushed: a chunk lost in a crash is fetched again, and every chunk is
-    /// checked against the agreed manifest when it is used.
+    /// Keeps a verified chunk of the state with `root` being fetched: its
+    /// bytes at their place in `<datadir>/sync/<root>.chunks`, its length in
+    /// sled. Neither is flushed: a chunk lost in a crash is fetched again,
+    /// and every chunk is checked against the agreed manifest when it is used.
     pub fn save_sync_chunk(&self, root: &[u8; 32], index: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.sync_path(root);
+        let io = |source| StoreError::File { path: path.clone(), source };
+        let mut file = self.sync_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if file.as_ref().map(|(r, _)| r) != Some(root) {
+            std::fs::create_dir_all(&self.sync_dir).map_err(io)?;
+            let opened = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path);
+            *file = Some((*root, opened.map_err(io)?));
+        }
+        let (_, handle) = file.as_ref().expect("opened above");
+        handle.write_all_at(bytes, u64::from(index) * CHUNK_BYTES as u64).map_err(io)?;
         let mut key = root.to_vec();
         key.extend_from_slice(&index.to_be_bytes());
-        self.sync_chunks.insert(key, bytes)?;
+        self.sync_chunks.insert(key, &(bytes.len() as u32).to_be_bytes())?;
         Ok(())
     }
 
     /// The kept chunks of a state being fetched: its root and (index, bytes) pairs.
-    /// Chunks of more than one root (a crash while switching) keep the first root's.
+    /// Chunks of more than one root (a crash while switching) keep the first root's;
+    /// a chunk whose bytes did not reach the disk reads back short or wrong, and
+    /// the fetch refuses it against the manifest.
     pub fn sync_chunks(&self) -> Result<Option<KeptChunks>, StoreError> {
+        use std::os::unix::fs::FileExt;
         let mut root: Option<[u8; 32]> = None;
-        let mut chunks = Vec::new();
+        let mut lengths = Vec::new();
         for entry in self.sync_chunks.iter() {
             let (key, value) = entry?;
-            let (Ok(r), Ok(index)) = (
+            let (Ok(r), Ok(index), Ok(len)) = (
                 <[u8; 32]>::try_from(&key[..32.min(key.len())]),
                 <[u8; 4]>::try_from(&key[32.min(key.len())..]),
+                <[u8; 4]>::try_from(value.as_ref()),
             ) else {
                 continue;
             };
@@ -459,15 +578,40 @@ impl Store {
                 Some(first) if first != r => continue,
                 Some(_) => {}
             }
-            chunks.push((u32::from_be_bytes(index), value.to_vec()));
+            let len = (u32::from_be_bytes(len) as usize).min(CHUNK_BYTES);
+            lengths.push((u32::from_be_bytes(index), len));
         }
-        Ok(root.map(|r| (r, chunks)))
+        let Some(root) = root else { return Ok(None) };
+        let Ok(file) = std::fs::File::open(self.sync_path(&root)) else {
+            return Ok(Some((root, Vec::new())));
+        };
+        let chunks = lengths
+            .into_iter()
+            .filter_map(|(index, len)| {
+                let mut bytes = vec![0; len];
+                file.read_exact_at(&mut bytes, u64::from(index) * CHUNK_BYTES as u64).ok()?;
+                Some((index, bytes))
+            })
+            .collect();
+        Ok(Some((root, chunks)))
     }
 
     /// Forgets kept chunks (the state was installed, or another one is fetched).
     pub fn clear_sync_chunks(&self) -> Result<(), StoreError> {
+        let mut file = self.sync_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *file = None;
         self.sync_chunks.clear()?;
-        Ok(())
+        match std::fs::remove_dir_all(&self.sync_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::File { path: self.sync_dir.clone(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn sync_path(&self, root: &[u8; 32]) -> PathBuf {
+        let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
+        self.sync_dir.join(format!("{hex}.chunks"))
     }
 
     /// Flushes everything written so far to disk (each save already does; this is for shutdown).
@@ -579,6 +723,15 @@ impl Store {
     /// names, and any half-written one.
     fn collect_garbage(&self) -> Result<(), StoreError> {
         let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Files written to be served, by an earlier run.
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(|source| StoreError::File { path: self.dir.clone(), source })?
+        {
+            let path = entry.map_err(|source| StoreError::File { path: self.dir.clone(), source })?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(files::is_served) {
+                std::fs::remove_file(&path).map_err(|source| StoreError::File { path, source })?;
+            }
+        }
         self.delete_unreferenced()
     }
 
@@ -615,6 +768,8 @@ impl Store {
 const DB: &str = "db";
 const DB_COMPACTING: &str = "db.compacting";
 const DB_REPLACED: &str = "db.replaced";
+/// The datadir's folder of the chunks of a state being fetched.
+const SYNC_DIR: &str = "sync";
 
 /// Ends a compaction a crash cut short. The copy (`db.compacting`) is whole
 /// once the old database has been moved aside (`db.replaced`); before that,
@@ -632,6 +787,30 @@ fn finish_compaction(root: &Path) -> std::io::Result<()> {
         std::fs::remove_dir_all(&fresh)?;
     }
     Ok(())
+}
+
+/// The manifest of the state file at `path`, its chunks hashed as it is read
+/// (in pieces: never the whole file in memory); `None` if it is not a state file.
+fn manifest_of_file(path: &Path) -> std::io::Result<Option<StateManifest>> {
+    use std::io::{Read, Write};
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = ChunkHasher::default();
+    let mut piece = vec![0; CHUNK_BYTES];
+    let mut first = None;
+    loop {
+        let n = file.read(&mut piece)?;
+        if n == 0 {
+            break;
+        }
+        if first.is_none() {
+            first = Some(state_file::read_round_and_lineage(&piece[..n]));
+        }
+        hasher.write_all(&piece[..n])?;
+    }
+    Ok(match first {
+        Some(Ok((round, lineage))) => Some(hasher.finish(round, lineage)),
+        _ => None,
+    })
 }
 
 /// The checksum of a small record in sled (the privacy ledger; the old layout's checkpoints).

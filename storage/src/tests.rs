@@ -280,8 +280,23 @@ fn kept_sync_chunks_survive_reopen_until_cleared() {
     let (root, chunks) = store.sync_chunks().unwrap().unwrap();
     assert_eq!(root, [7; 32]);
     assert_eq!(chunks, vec![(0, b"zero".to_vec()), (2, b"two".to_vec())]);
+    assert!(dir.path().join("sync").is_dir(), "the bytes are in a file, not in sled");
     store.clear_sync_chunks().unwrap();
     assert!(store.sync_chunks().unwrap().is_none());
+    assert!(!dir.path().join("sync").exists(), "the file goes with them");
+}
+
+#[test]
+fn a_kept_chunk_whose_bytes_are_lost_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.save_sync_chunk(&[7; 32], 0, b"zero").unwrap();
+    store.save_sync_chunk(&[7; 32], 3, b"three").unwrap();
+    // A crash kept sled's records but not all the file's bytes.
+    let file = std::fs::read_dir(dir.path().join("sync")).unwrap().next().unwrap().unwrap().path();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(4).unwrap();
+    let (_, chunks) = store.sync_chunks().unwrap().unwrap();
+    assert_eq!(chunks, vec![(0, b"zero".to_vec())]);
 }
 
 #[test]

@@ -195,7 +195,7 @@ impl Engine<'_> {
             momentum: vec![0.0; self.params],
         };
         self.forged_lineages.insert(state.lineage);
-        let snapshot = Rc::new(StateSnapshot::of(&state));
+        let snapshot = Rc::new(StateSnapshot::of_flat(&state));
         self.forged = Some(snapshot.clone());
         snapshot
     }

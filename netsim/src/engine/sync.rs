@@ -108,7 +108,7 @@ impl Engine<'_> {
                 s.clone()
             }
             _ => {
-                let s = Rc::new(StateSnapshot::of(&n.state));
+                let s = Rc::new(StateSnapshot::of_flat(&n.state));
                 n.snapshot = Some(s.clone());
                 s
             }

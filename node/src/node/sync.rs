@@ -124,18 +124,28 @@ impl Node {
         Ok(())
     }
 
-    /// Has the writer build the snapshot of our state if offers wait for it
-    /// and none is on its way (nor can be, while a merge has the state).
+    /// Has the writer find or write the state file of our state if offers
+    /// wait for it and none is on its way (nor can be, while a merge has the
+    /// state; a merge or an install in the queue brings its checkpoint's file).
     pub(super) fn want_snapshot(&mut self) {
         if self.offers.is_empty()
             || self.lent
             || self.stopping
             || self.workers.pending(Kind::Snapshot) > 0
+            || self.workers.pending(Kind::Merge) > 0
             || self.snapshots.newest_of(self.state.round, &self.state.lineage).is_some()
         {
             return;
         }
-        let _ = self.workers.submit(Job::Snapshot(self.state.clone()), &self.metrics);
+        let job = Job::Snapshot { state: self.state.clone(), store: self.store.clone() };
+        let _ = self.workers.submit(job, &self.metrics);
+    }
+
+    /// Answers the waiting offer requests "unavailable" (no state file to serve).
+    pub(super) fn refuse_offers(&mut self) {
+        while let Some((_, channel)) = self.offers.pop_front() {
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse::Unavailable);
+        }
     }
 
     /// Answers the waiting offer requests, if the snapshot of our state is at hand.

@@ -216,10 +216,13 @@ impl Node {
     }
 
     fn on_merged(&mut self, merged: Result<Merged, WorkError>) -> Result<(), NodeError> {
-        let Merged { round, reason, merged, state, buffer, params, copied, checkpointed } = merged?;
+        let Merged { round, reason, merged, state, buffer, params, copied, served } = merged?;
         self.state = state;
         self.lent = false;
-        self.unsaved = !checkpointed;
+        self.unsaved = served.is_none();
+        if let Some(served) = served {
+            self.snapshots.insert(served);
+        }
         self.merge_buffer = buffer;
         self.pulls.forget_before(self.state.round);
         if copied {
@@ -340,13 +343,12 @@ impl Node {
         debug_assert!(!self.lent, "installing over a lent state");
         self.state = Arc::new(state);
         self.unsaved = false;
-        self.store.clear_sync_chunks()?;
-        self.kept_chunks_root = None;
         self.metrics.state_syncs.inc();
         let job = Job::Install {
             state: self.state.clone(),
             residual: self.residual.clone(),
             store: self.store.clone(),
+            fetched: self.kept_chunks_root.take(),
             from,
             expected_from,
         };
@@ -413,7 +415,8 @@ impl Node {
         match done {
             Done::Merged(merged) => self.on_merged(merged),
             Done::Installed { result, round, from, expected_from, params_hash } => {
-                result?;
+                self.snapshots.insert(result?);
+                self.answer_offers()?;
                 info!(
                     from,
                     to = round,
@@ -432,10 +435,15 @@ impl Node {
                 Ok(())
             }
             Done::Own { round, base, result, noise } => self.on_own_saved(round, base, result, noise),
-            Done::Snapshot(snapshot) => {
-                self.snapshots.insert(snapshot);
+            Done::Snapshot(Ok(served)) => {
+                self.snapshots.insert(served);
                 self.answer_offers()?;
                 self.want_snapshot();
+                Ok(())
+            }
+            Done::Snapshot(Err(e)) => {
+                warn!(error = %e, "cannot write the state file to serve; answering the waiting offer requests unavailable");
+                self.refuse_offers();
                 Ok(())
             }
             Done::Verified { origin: Origin::Gossip { source, id }, result } => {

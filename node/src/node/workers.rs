@@ -30,9 +30,9 @@ use ed25519_dalek::SigningKey;
 use libp2p::{gossipsub, PeerId};
 use starling_protocol::{
     engine::StateDecode, round::CloseReason, AggregationRule, ChunkError, Codec, DeltaRules, ModelSpec,
-    ModelState, OuterOptimizer, Refusal, RunId, SignedDelta, StateSnapshot,
+    ModelState, OuterOptimizer, Refusal, RunId, SignedDelta,
 };
-use starling_storage::{RefusalCount, Store, StoreError};
+use starling_storage::{RefusalCount, ServedFile, Store, StoreError};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -229,16 +229,22 @@ pub(super) struct EvalJob {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Job {
     Merge(MergeJob),
-    /// Checkpoint a state installed from peers (`from` is the round left).
+    /// Checkpoint a state installed from peers (`from` is the round left),
+    /// from the chunks kept on disk under `fetched` when they are whole.
     Install {
         state: Arc<ModelState>,
         residual: Arc<Vec<f32>>,
         store: Arc<Store>,
+        fetched: Option<[u8; 32]>,
         from: u64,
         expected_from: u64,
     },
     Own(OwnJob),
-    Snapshot(Arc<ModelState>),
+    /// Find or write the state file of a state, to serve it.
+    Snapshot {
+        state: Arc<ModelState>,
+        store: Arc<Store>,
+    },
     Verify {
         origin: Origin,
         delta: Unverified,
@@ -254,7 +260,7 @@ impl Job {
         match self {
             Job::Merge(_) | Job::Install { .. } => Kind::Merge,
             Job::Own(_) => Kind::Own,
-            Job::Snapshot(_) => Kind::Snapshot,
+            Job::Snapshot { .. } => Kind::Snapshot,
             Job::Verify { .. } => Kind::Verify,
             Job::Eval(_) => Kind::Eval,
             Job::Decode(_) => Kind::Decode,
@@ -283,8 +289,8 @@ pub(super) struct Merged {
     pub(super) params: Option<Arc<Vec<f32>>>,
     /// The state was still shared (a reader held it) and had to be copied.
     pub(super) copied: bool,
-    /// The merged state is checkpointed.
-    pub(super) checkpointed: bool,
+    /// The merged state's checkpoint file, to serve (None: not checkpointed).
+    pub(super) served: Option<ServedFile>,
 }
 
 /// Our delta, signed and saved, its wire bytes (for gossip), and the residual it leaves.
@@ -302,7 +308,7 @@ pub(super) struct Encoded {
 pub(super) enum Done {
     Merged(Result<Merged, WorkError>),
     Installed {
-        result: Result<(), WorkError>,
+        result: Result<ServedFile, WorkError>,
         round: u64,
         from: u64,
         expected_from: u64,
@@ -314,7 +320,7 @@ pub(super) enum Done {
         result: Result<Option<Encoded>, WorkError>,
         noise: Option<Noise>,
     },
-    Snapshot(Arc<StateSnapshot>),
+    Snapshot(Result<ServedFile, StoreError>),
     Verified {
         origin: Origin,
         result: Result<SignedDelta, Refusal>,
@@ -476,9 +482,16 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
     let mut timed = |kind: &'static str, since: Instant| timings.push((kind, since.elapsed()));
     match job {
         Job::Merge(job) => Done::Merged(merge(job, &mut timed)),
-        Job::Install { state, residual, store, from, expected_from } => {
+        Job::Install { state, residual, store, fetched, from, expected_from } => {
             let started = Instant::now();
-            let result = store.save_checkpoint(&state, &residual).map_err(WorkError::from);
+            let result = match fetched {
+                Some(root) => store.save_fetched_checkpoint(&state, &residual, &root),
+                None => store.save_checkpoint(&state, &residual).and_then(|saved| {
+                    store.clear_sync_chunks()?;
+                    Ok(saved)
+                }),
+            }
+            .map_err(WorkError::from);
             timed("checkpoint", started);
             Done::Installed {
                 result,
@@ -521,11 +534,11 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
             })();
             Done::Own { round, base, result, noise }
         }
-        Job::Snapshot(state) => {
+        Job::Snapshot { state, store } => {
             let started = Instant::now();
-            let snapshot = Arc::new(StateSnapshot::of(&state));
+            let served = store.serve_state(&state);
             timed("snapshot", started);
-            Done::Snapshot(snapshot)
+            Done::Snapshot(served)
         }
         Job::Verify { origin, delta, rules } => {
             let started = Instant::now();
@@ -545,9 +558,10 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
         }
         Job::Decode(decode) => {
             let started = Instant::now();
+            let root = decode.root();
             let result = decode.decode();
             timed("decode", started);
-            Done::Decoded { root: decode.root(), result }
+            Done::Decoded { root, result }
         }
     }
 }
@@ -583,24 +597,13 @@ fn merge(job: MergeJob, timed: &mut impl FnMut(&'static str, Instant)) -> Result
     state.record_merge(round, &deltas);
     timed("merge", started);
     let started = Instant::now();
-    if checkpoint {
-        store.save_checkpoint(&state, &residual)?;
-    }
+    let served = if checkpoint { Some(store.save_checkpoint(&state, &residual)?) } else { None };
     if let Some(refusals) = refusals {
         store.save_refusals(&refusals)?;
     }
     timed("checkpoint", started);
     let params = copy_params.then(|| Arc::new(state.params.clone()));
-    Ok(Merged {
-        round,
-        reason,
-        merged: deltas.len(),
-        state: Arc::new(state),
-        buffer,
-        params,
-        copied,
-        checkpointed: checkpoint,
-    })
+    Ok(Merged { round, reason, merged: deltas.len(), state: Arc::new(state), buffer, params, copied, served })
 }
 
 /// Error feedback that leaves `residual` as it is: `delta` becomes

@@ -87,7 +87,7 @@ impl StateDecode {
     }
 
     /// The state the chunks make, checked against the announced round and lineage.
-    pub fn decode(&self) -> Result<ModelState, ChunkError> {
+    pub fn decode(self) -> Result<ModelState, ChunkError> {
         self.assembly.finish(self.param_count)
     }
 }

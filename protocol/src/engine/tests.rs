@@ -88,7 +88,7 @@ fn serve_decoding(
     mut out: Vec<Output>,
     serves: &BTreeMap<PublicKey, StateSnapshot>,
     expected_from: u64,
-    decode: impl Fn(&StateDecode) -> Result<ModelState, ChunkError>,
+    decode: impl Fn(StateDecode) -> Result<ModelState, ChunkError>,
 ) -> (Option<ModelState>, BTreeSet<PublicKey>, Vec<Output>) {
     let mut served_by = BTreeSet::new();
     let mut all = Vec::new();
@@ -112,7 +112,8 @@ fn serve_decoding(
             return (None, served_by, all);
         }
         for d in decodes {
-            out.extend(e.handle(1, Input::StateDecoded { root: d.root(), result: decode(&d) }));
+            let root = d.root();
+            out.extend(e.handle(1, Input::StateDecoded { root, result: decode(d) }));
         }
         for (peer, id, request) in reqs {
             let snapshot = &serves[&peer];
@@ -131,7 +132,7 @@ fn serve_decoding(
 
 #[test]
 fn the_probe_fetches_the_root_a_majority_announce_from_all_of_them_and_skips_a_lone_liar() {
-    let (good, lie) = (StateSnapshot::of(&state(5, 1.0)), StateSnapshot::of(&state(50, 2.0)));
+    let (good, lie) = (StateSnapshot::of_flat(&state(5, 1.0)), StateSnapshot::of_flat(&state(50, 2.0)));
     let (mut e, out) = engine(3, 3);
     assert_eq!(e.phase(), Phase::Probing);
     let serves = BTreeMap::from([(pk(2), good.clone()), (pk(3), good.clone()), (pk(4), lie)]);
@@ -146,7 +147,7 @@ fn the_probe_fetches_the_root_a_majority_announce_from_all_of_them_and_skips_a_l
 #[test]
 fn colluders_under_half_of_the_peers_reached_cannot_plant_a_state_with_a_higher_round() {
     // A quarter of the peers collude on a forged state far ahead.
-    let (honest, forged) = (StateSnapshot::of(&state(5, 1.0)), StateSnapshot::of(&state(900, 3.0)));
+    let (honest, forged) = (StateSnapshot::of_flat(&state(5, 1.0)), StateSnapshot::of_flat(&state(900, 3.0)));
     let (mut e, out) = engine(8, 8);
     let serves: BTreeMap<PublicKey, StateSnapshot> =
         (2..10).map(|i| (pk(i), if i < 4 { forged.clone() } else { honest.clone() })).collect();
@@ -167,7 +168,7 @@ fn colluders_under_half_of_the_peers_reached_cannot_plant_a_state_with_a_higher_
 
 #[test]
 fn a_peer_that_leaves_unanswered_is_not_counted_as_reached() {
-    let good = StateSnapshot::of(&state(5, 1.0));
+    let good = StateSnapshot::of_flat(&state(5, 1.0));
     let (mut e, out) = engine(3, 3);
     let reqs = requests(&out);
     assert_eq!(reqs.len(), 3);
@@ -204,7 +205,7 @@ fn a_delta_from_the_future_while_gathering_starts_no_sync_on_one_peers_word() {
 
 #[test]
 fn a_fetch_whose_sources_all_leave_resumes_with_the_chunks_it_had() {
-    let good = StateSnapshot::of(&state(5, 1.0));
+    let good = StateSnapshot::of_flat(&state(5, 1.0));
     let (mut e, out) = engine(1, 1);
     let (_, id, _) = requests(&out).remove(0);
     let out = e.handle(1, Input::SyncResponse { id, response: Some(offer(&good)) });
@@ -230,7 +231,7 @@ fn a_fetch_whose_sources_all_leave_resumes_with_the_chunks_it_had() {
 
 #[test]
 fn chunks_kept_before_a_restart_are_not_fetched_again() {
-    let good = StateSnapshot::of(&state(5, 1.0));
+    let good = StateSnapshot::of_flat(&state(5, 1.0));
     let kept = vec![(0, good.chunk(0).unwrap().to_vec()), (1, vec![0; 3])];
     let genesis = ModelState::initial(vec![0.0; PARAMS]);
     let mut e = Engine::new(pk(1), config(1), 0, genesis.lineage).with_stored_chunks(good.root, kept);
@@ -287,7 +288,7 @@ fn based(i: u8, round: u64, base: [u8; 32]) -> SignedDelta {
 fn of_lineage(round: u64, lineage: [u8; 32]) -> StateSnapshot {
     let mut s = state(round, f32::from(lineage[0]));
     s.lineage = lineage;
-    StateSnapshot::of(&s)
+    StateSnapshot::of_flat(&s)
 }
 
 /// Node 1 of five, on the minority's lineage `[50; 32]` at round 5, running
@@ -481,7 +482,7 @@ fn a_lone_node_restarted_behind_its_last_delta_sits_its_signed_rounds_out_and_go
 
 #[test]
 fn a_fetched_state_is_decoded_by_the_driver_and_one_that_does_not_decode_is_not_installed() {
-    let good = StateSnapshot::of(&state(5, 1.0));
+    let good = StateSnapshot::of_flat(&state(5, 1.0));
     let serves = BTreeMap::from([(pk(2), good.clone()), (pk(3), good)]);
     let (mut e, out) = engine(2, 2);
     let (installed, _, all) =

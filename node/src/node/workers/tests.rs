@@ -89,7 +89,7 @@ async fn the_writer_runs_one_job_at_a_time_in_order() {
         outer: OuterOptimizer::from(&starling_protocol::spec::OuterSpec::for_codec(Codec::Dense)),
         params: 64,
     };
-    workers.submit(Job::Snapshot(state.clone()), &metrics);
+    workers.submit(Job::Snapshot { state: state.clone(), store: store.clone() }, &metrics);
     let merge = MergeJob {
         round: 0,
         deltas: vec![delta],
