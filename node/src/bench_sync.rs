@@ -52,6 +52,10 @@ pub struct SyncReport {
     pub received_bytes: u64,
     /// `received_bytes / catch_up_seconds`.
     pub received_bytes_per_second: f64,
+    /// The transfer alone: from choosing the state to its last chunk verified.
+    pub transfer_seconds: f64,
+    /// `state_bytes / transfer_seconds`.
+    pub transfer_bytes_per_second: f64,
     /// The serving nodes' upload cap and the joiner's download cap, bytes per second.
     pub max_upload: Option<u64>,
     pub max_download: Option<u64>,
@@ -141,7 +145,7 @@ pub async fn sync(
         stop_rx.clone(),
     )));
     let report = loop {
-        if let NodeEvent::StateInstalled { round, traffic, .. } =
+        if let NodeEvent::StateInstalled { round, traffic, fetch_seconds, .. } =
             next(&mut events, "the joiner to sync").await?
         {
             let catch_up_seconds = started.elapsed().as_secs_f64();
@@ -157,6 +161,8 @@ pub async fn sync(
                 catch_up_seconds,
                 received_bytes: traffic.received,
                 received_bytes_per_second: traffic.received as f64 / catch_up_seconds,
+                transfer_seconds: fetch_seconds.unwrap_or(f64::NAN),
+                transfer_bytes_per_second: state_bytes as f64 / fetch_seconds.unwrap_or(f64::NAN),
                 max_upload: limits.upload,
                 max_download: limits.download,
             };

@@ -2,6 +2,7 @@
 //! training through `starling_training`.
 
 pub mod bench;
+pub mod bench_cli;
 pub mod bench_codecs;
 pub mod bench_sync;
 pub mod cli;

@@ -17,7 +17,7 @@ use std::{
 };
 
 use starling_protocol::{
-    chunks::ChunkHasher,
+    chunks::{ChunkHasher, CHUNK_BYTES},
     state_file::{self, Layout, FORMAT_KEY, ORDER_KEY},
     ModelState, StateManifest,
 };
@@ -180,16 +180,41 @@ pub fn read_checked(path: &Path, sum: &Checksum) -> Result<Vec<u8>, String> {
 /// Whether `bytes`, a state file, are the file named by `sum`: the root of
 /// their manifest, or (a file of an older version) their checksum.
 pub fn state_matches(bytes: &[u8], sum: &Checksum) -> Result<(), String> {
-    let (round, lineage) = state_file::read_round_and_lineage(bytes).map_err(|e| e.to_string())?;
+    let torn = "checksum mismatch (torn or corrupted file)";
+    let (round, lineage) = state_file::read_round_and_lineage(bytes).map_err(|e| format!("{torn}: {e}"))?;
     if &StateManifest::of_bytes(round, lineage, bytes).root() == sum || &checksum(bytes) == sum {
         return Ok(());
     }
-    Err("checksum mismatch (torn or corrupted file)".into())
+    Err(torn.into())
 }
 
 /// A residual file's values, for a model of `count` values.
 pub fn decode_residual(bytes: &[u8], count: usize) -> Result<Vec<f32>, String> {
     state_file::decode_values(bytes, RESIDUAL_FORMAT, count).map_err(|e| e.to_string())
+}
+
+/// The manifest of the state file at `path`, its chunks hashed as it is read
+/// (in pieces: never the whole file in memory); `None` if it is not a state file.
+pub fn manifest_of_file(path: &Path) -> std::io::Result<Option<StateManifest>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut hasher = ChunkHasher::default();
+    let mut piece = vec![0; CHUNK_BYTES];
+    let mut first = None;
+    loop {
+        let n = file.read(&mut piece)?;
+        if n == 0 {
+            break;
+        }
+        if first.is_none() {
+            first = Some(state_file::read_round_and_lineage(&piece[..n]));
+        }
+        hasher.write_all(&piece[..n])?;
+    }
+    Ok(match first {
+        Some(Ok((round, lineage))) => Some(hasher.finish(round, lineage)),
+        _ => None,
+    })
 }
 
 /// A writer that hashes what passes through it.

@@ -306,3 +306,57 @@ fn two_stores_cannot_share_a_datadir() {
     let err = Store::open(dir.path()).err().expect("second open must fail");
     assert!(err.to_string().contains("--datadir"), "{err}");
 }
+
+#[test]
+fn a_fetched_state_whole_on_disk_becomes_the_checkpoint_without_a_second_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fetched = state(5);
+    let snapshot = starling_protocol::StateSnapshot::of_flat(&fetched.state);
+    for index in (0..snapshot.manifest.chunk_count() as u32).rev() {
+        store.save_sync_chunk(&snapshot.root, index, snapshot.chunk(index).unwrap()).unwrap();
+    }
+    let kept = std::fs::read_dir(dir.path().join("sync")).unwrap().next().unwrap().unwrap().path();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&kept).unwrap());
+    let served = store.save_fetched_checkpoint(&fetched.state, &fetched.residual, &snapshot.root).unwrap();
+    assert_eq!(served.manifest, snapshot.manifest);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&served.path).unwrap()),
+        inode,
+        "moved, not rewritten"
+    );
+    assert!(!dir.path().join("sync").exists() && store.sync_chunks().unwrap().is_none());
+    let loaded = store.latest_checkpoint(3).unwrap().checkpoint.unwrap();
+    assert_eq!(loaded, fetched);
+}
+
+#[test]
+fn a_fetched_state_not_whole_on_disk_is_written_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fetched = state(6);
+    let root = starling_protocol::StateSnapshot::of_flat(&fetched.state).root;
+    store.save_sync_chunk(&root, 0, b"not the state file").unwrap();
+    store.save_fetched_checkpoint(&fetched.state, &fetched.residual, &root).unwrap();
+    assert_eq!(store.latest_checkpoint(3).unwrap().checkpoint.unwrap(), fetched);
+    assert!(store.sync_chunks().unwrap().is_none());
+}
+
+#[test]
+fn a_state_is_served_from_its_checkpoint_file_or_a_file_written_to_serve_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let saved = store.save_checkpoint(&state(3).state, &[]).unwrap();
+    let served = store.serve_state(&state(3).state).unwrap();
+    assert_eq!((&served.path, &served.manifest), (&saved.path, &saved.manifest), "the checkpoint's own file");
+    for round in 4..8 {
+        let served = store.serve_state(&state(round).state).unwrap();
+        assert!(files::is_served(served.path.file_name().unwrap().to_str().unwrap()));
+        assert_eq!(served.manifest, starling_protocol::StateSnapshot::of_flat(&state(round).state).manifest);
+    }
+    let served: Vec<String> = files_in(&store).into_iter().filter(|n| files::is_served(n)).collect();
+    assert_eq!(served.len(), SERVED_FILES, "only the last few: {served:?}");
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!files_in(&store).iter().any(|n| files::is_served(n)), "none survives a restart");
+}

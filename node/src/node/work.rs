@@ -430,6 +430,7 @@ impl Node {
                         from,
                         round,
                         traffic: self.metrics.transport_bytes(),
+                        fetch_seconds: self.fetch_clock.1.take().map(|d| d.as_secs_f64()),
                     });
                 }
                 Ok(())
