@@ -462,7 +462,7 @@ impl Node {
             own_bytes: None,
             run_peers: BTreeSet::new(),
             sync_requests: HashMap::new(),
-            sync_limits: net::rate_limit::RateLimiter::default(),
+            sync_limits: net::rate_limit::RateLimiter::for_state(options.spec.max_state_bytes()),
             snapshots: SnapshotCache::default(),
             kept_chunks_root,
             fetch_clock: (None, None),
@@ -587,8 +587,13 @@ impl Node {
                 }
                 Output::Note(note) => {
                     match note {
-                        Note::Fetching { .. } => self.fetch_clock = (Some(Instant::now()), None),
-                        Note::Fetched { .. } => self.fetch_clock.1 = self.fetch_clock.0.map(|t| t.elapsed()),
+                        // From the first choice: a fetch that stalls and resumes counts whole.
+                        Note::Fetching { .. } if self.fetch_clock.0.is_none() => {
+                            self.fetch_clock = (Some(Instant::now()), None)
+                        }
+                        Note::Fetched { .. } => {
+                            self.fetch_clock = (None, self.fetch_clock.0.map(|t| t.elapsed()))
+                        }
                         _ => {}
                     }
                     self.log_note(note)

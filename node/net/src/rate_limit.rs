@@ -48,8 +48,21 @@ pub const OFFER_QUOTA: Quota = Quota { capacity: 10, period: Duration::from_secs
 /// Chunks: a fetching node keeps 4 chunk requests in flight per peer, so
 /// honest fetches run at the speed of the link; 256 chunks (256 MiB) at once
 /// and 64 MiB a second after that are more than one peer's share of any
-/// state fetch, and bound what one peer can make this node upload.
+/// state fetch up to 128 MiB, and bound what one peer can make this node
+/// upload. Larger states get [`chunk_quota`].
 pub const CHUNK_QUOTA: Quota = Quota { capacity: 256, period: Duration::from_secs(4) };
+
+/// The chunk quota for a run whose state takes up to `max_state_bytes`: at
+/// once, two whole states (a fetch and one retry, even from this peer
+/// alone: a lone honest joiner fetches at the speed of the link), and the
+/// same 64 chunks a second as [`CHUNK_QUOTA`] after that. Measured: with the
+/// fixed 256 a 10⁸-parameter joiner (767 chunks) was cut off four times in
+/// one fetch from one peer.
+pub fn chunk_quota(max_state_bytes: usize) -> Quota {
+    let chunks = max_state_bytes.div_ceil(starling_protocol::chunks::CHUNK_BYTES) as u32;
+    let capacity = CHUNK_QUOTA.capacity.max(chunks.saturating_mul(2));
+    Quota { capacity, period: CHUNK_QUOTA.period * capacity / CHUNK_QUOTA.capacity }
+}
 
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +152,11 @@ impl Default for RateLimiter {
 }
 
 impl RateLimiter {
+    /// The default quotas, with chunks sized to the run's largest state ([`chunk_quota`]).
+    pub fn for_state(max_state_bytes: usize) -> Self {
+        Self::new(OFFER_QUOTA, chunk_quota(max_state_bytes), MAX_TRACKED_PEERS)
+    }
+
     pub fn new(offers: Quota, chunks: Quota, max_peers: usize) -> Self {
         Self { offers: Buckets::new(offers, max_peers), chunks: Buckets::new(chunks, max_peers) }
     }
@@ -168,6 +186,17 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_large_state_may_be_fetched_whole_twice_at_the_same_steady_rate() {
+        let small = chunk_quota(8 << 20);
+        assert_eq!(small, CHUNK_QUOTA);
+        let big = chunk_quota(800 << 20);
+        assert_eq!(big.capacity, 1600);
+        assert_eq!(big.period, Duration::from_secs(25));
+        let rate = |q: Quota| q.capacity as f64 / q.period.as_secs_f64();
+        assert_eq!(rate(big), rate(CHUNK_QUOTA));
+    }
+
     use super::*;
 
     const QUOTA: Quota = Quota { capacity: 4, period: Duration::from_secs(4) };
