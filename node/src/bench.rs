@@ -212,6 +212,7 @@ async fn peer(
     let delta: Vec<f32> = (0..n).map(|_| rng.random_range(-1e-3f32..1e-3)).collect();
     let mut state = ModelState::initial(vec![0.0; n]);
     let mut residual = Vec::new();
+    let mut work = Vec::new();
     let mut mean = vec![0.0f32; n];
     let outer = OuterOptimizer::from(&spec.outer);
     let (run, codec) = (spec.run_id(), spec.codec);
@@ -224,10 +225,16 @@ async fn peer(
         let start = Instant::now();
         // A node announces the lineage of the state it trained from with each delta.
         let base = state.lineage;
-        let payload = codec.encode_with_feedback(&delta, &mut residual, 1.0);
-        payload_bytes = payload.len();
-        let own = SignedDelta::sign(&key, run, round, base, 64, codec, payload);
-        let (own, bytes) = starling_protocol::wire::encode_delta_shared(own);
+        // As a node encodes: the trained delta in the buffer it trained in,
+        // left holding the new residual (kept only by a lossy codec).
+        work.resize(n, 0.0);
+        work.copy_from_slice(&delta);
+        let signing = crate::node::Signing { key: &key, run_id: run, round, base, samples: 64 };
+        let (own, bytes) = crate::node::encode_and_sign(&signing, codec, &mut work, &residual, 1.0);
+        if !codec.is_lossless() {
+            std::mem::swap(&mut residual, &mut work);
+        }
+        payload_bytes = own.payload.len();
         let encoded = Instant::now();
         pulled = bytes.len() > pull_above;
         let data = if pulled {

@@ -27,6 +27,8 @@ mod sync;
 mod work;
 mod workers;
 
+pub(crate) use workers::{encode_and_sign, Signing};
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::Arc,

@@ -173,7 +173,7 @@ impl SignedHeader {
     }
 }
 
-fn payload_hash(payload: &[u8]) -> [u8; 32] {
+pub(crate) fn payload_hash(payload: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(PAYLOAD_DOMAIN);
     h.update(payload);
     *h.finalize().as_bytes()

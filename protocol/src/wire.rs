@@ -97,6 +97,54 @@ pub fn encode_delta_shared(delta: SignedDelta) -> (SignedDelta, Bytes) {
     (SignedDelta { payload, ..delta }, bytes)
 }
 
+/// Signs a delta whose payload `write` appends straight into its wire
+/// encoding (exactly `payload_len` bytes): the same delta and bytes as
+/// [`encode_delta_shared`] of [`SignedDelta::sign`], without a buffer and a
+/// copy of the payload of its own (a dense delta is as large as the model).
+/// The header is encoded first with an empty payload hash, then again with
+/// the hash over what was written; its length does not depend on the hash.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_delta_encoded(
+    key: &ed25519_dalek::SigningKey,
+    run_id: RunId,
+    round: u64,
+    base: [u8; 32],
+    samples: u64,
+    codec: crate::Codec,
+    payload_len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> (SignedDelta, Bytes) {
+    use ed25519_dalek::Signer;
+    let mut header = DeltaHeader {
+        run_id,
+        round,
+        base,
+        sender: PublicKey::of(key),
+        samples,
+        codec,
+        payload_len: payload_len as u64,
+        payload_hash: [0; 32],
+    };
+    let mut out = Vec::with_capacity(payload_len + DELTA_FRAMING_BYTES);
+    bincode::serde::encode_into_std_write(&header, &mut out, CONFIG).expect("starling types always encode");
+    let header_len = out.len();
+    // A byte string's length prefix, as `serde_bytes` writes it.
+    bincode::serde::encode_into_std_write(header.payload_len, &mut out, CONFIG).expect("a u64 encodes");
+    let start = out.len();
+    write(&mut out);
+    assert_eq!(out.len() - start, payload_len, "the payload writer wrote another length than announced");
+    header.payload_hash = crate::delta::payload_hash(&out[start..]);
+    let head = encode_header(&header);
+    assert_eq!(head.len(), header_len, "a header's length does not depend on its payload hash");
+    out[..header_len].copy_from_slice(&head);
+    let signature = key.sign(&crate::delta::header_digest(&header)).to_bytes();
+    bincode::serde::encode_into_std_write(serde_bytes::Bytes::new(&signature), &mut out, CONFIG)
+        .expect("a signature encodes");
+    let bytes = Bytes::from(out);
+    let payload = bytes.slice(start..start + payload_len);
+    (SignedDelta { header, payload, signature }, bytes)
+}
+
 /// Room for a signed delta's header, signature and length prefixes: enough
 /// that [`encode_delta`] never regrows its buffer.
 const DELTA_FRAMING_BYTES: usize = 512;
@@ -536,10 +584,18 @@ pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, 
 /// Little-endian bytes of an `f32` slice.
 pub fn f32s_to_le_bytes(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
+    extend_le_bytes(&mut out, values);
+    out
+}
+
+/// Appends `values` to `out` as little-endian `f32`s.
+pub fn extend_le_bytes(out: &mut Vec<u8>, values: &[f32]) {
+    #[cfg(target_endian = "little")]
+    out.extend_from_slice(bytemuck::cast_slice(values));
+    #[cfg(not(target_endian = "little"))]
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out
 }
 
 /// `f32`s from little-endian bytes; the length must be a multiple of 4 (callers check).
@@ -594,6 +650,26 @@ mod tests {
         {
             let bytes = encode_sync_response(&response);
             assert_eq!(decode_sync_response(&bytes, 1 << 20).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn a_delta_signed_into_its_encoding_is_the_delta_signed_then_encoded() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        for (codec, payload) in [
+            (crate::Codec::Dense, crate::Codec::Dense.encode(&[1.5, -0.0, 3.25, f32::MIN_POSITIVE])),
+            (crate::Codec::Dense, Vec::new()),
+            (crate::Codec::Int8, vec![7; 300]),
+        ] {
+            let signed = SignedDelta::sign(&key, RunId([4; 32]), 9, [5; 32], 64, codec, payload.clone());
+            let (want, want_bytes) = encode_delta_shared(signed);
+            let (got, bytes) =
+                sign_delta_encoded(&key, RunId([4; 32]), 9, [5; 32], 64, codec, payload.len(), |out| {
+                    out.extend_from_slice(&payload)
+                });
+            assert_eq!(bytes, want_bytes, "{codec}");
+            assert!(got == want, "{codec}");
+            assert_eq!(decode_delta(&bytes, 1 << 20).unwrap().payload, payload);
         }
     }
 

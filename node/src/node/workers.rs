@@ -519,9 +519,8 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
                     clip_and_noise(delta, n.clip, n.sigma, &mut n.rng);
                 }
                 noise = job.noise.take();
-                let payload = encode_keeping_residual(job.codec, delta, &job.residual, job.decay);
-                let delta =
-                    SignedDelta::sign(&job.key, job.run_id, round, base, job.samples, job.codec, payload);
+                let signed = Signing { key: &job.key, run_id: job.run_id, round, base, samples: job.samples };
+                let (delta, bytes) = encode_and_sign(&signed, job.codec, delta, &job.residual, job.decay);
                 timed("encode", started);
                 let started = Instant::now();
                 // Saved before it goes out: after a crash, the same delta is published again.
@@ -529,7 +528,6 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
                 let residual = if job.codec.is_lossless() { Vec::new() } else { job.trained };
                 store.save_outbox(&delta, &residual)?;
                 timed("outbox", started);
-                let (delta, bytes) = starling_protocol::wire::encode_delta_shared(delta);
                 Ok(Some(Encoded { delta, bytes, residual }))
             })();
             Done::Own { round, base, result, noise }
@@ -610,12 +608,53 @@ fn merge(job: MergeJob, timed: &mut impl FnMut(&'static str, Instant)) -> Result
 /// `delta + decay × residual`, is encoded, and is left holding what the payload
 /// did not carry, the next residual. The same payload and residual as
 /// [`Codec::encode_with_feedback`], which updates the residual in place.
-pub(super) fn encode_keeping_residual(
+/// Who signs a delta, for which run and round, from which state, on how many samples.
+pub(crate) struct Signing<'a> {
+    pub(crate) key: &'a SigningKey,
+    pub(crate) run_id: RunId,
+    pub(crate) round: u64,
+    pub(crate) base: [u8; 32],
+    pub(crate) samples: u64,
+}
+
+/// Encodes `delta + decay × residual` with `codec`, signs it, and returns
+/// the signed delta with its wire bytes (its payload a slice of them);
+/// `delta` is left holding what the payload does not carry, the new residual
+/// (as [`encode_keeping_residual`]). A `dense` payload is written straight
+/// into the wire bytes: no payload buffer of its own, no copy.
+pub(crate) fn encode_and_sign(
+    signing: &Signing,
     codec: Codec,
     delta: &mut [f32],
     residual: &[f32],
     decay: f32,
-) -> Vec<u8> {
+) -> (SignedDelta, bytes::Bytes) {
+    let Signing { key, run_id, round, base, samples } = *signing;
+    if codec != Codec::Dense {
+        let payload = encode_keeping_residual(codec, delta, residual, decay);
+        let signed = SignedDelta::sign(key, run_id, round, base, samples, codec, payload);
+        return starling_protocol::wire::encode_delta_shared(signed);
+    }
+    add_residual(delta, residual, decay);
+    let encoded = starling_protocol::wire::sign_delta_encoded(
+        key,
+        run_id,
+        round,
+        base,
+        samples,
+        codec,
+        delta.len() * 4,
+        |out| starling_protocol::wire::extend_le_bytes(out, delta),
+    );
+    // Lossless: what the payload leaves is v − v.
+    for d in delta.iter_mut() {
+        *d -= *d;
+    }
+    encoded
+}
+
+/// `delta += decay × residual` (an empty residual counts as zeros).
+fn add_residual(delta: &mut [f32], residual: &[f32], decay: f32) {
     if residual.len() == delta.len() {
         for (d, r) in delta.iter_mut().zip(residual) {
             *d += decay * r;
@@ -625,6 +664,15 @@ pub(super) fn encode_keeping_residual(
             *d += decay * 0.0;
         }
     }
+}
+
+pub(super) fn encode_keeping_residual(
+    codec: Codec,
+    delta: &mut [f32],
+    residual: &[f32],
+    decay: f32,
+) -> Vec<u8> {
+    add_residual(delta, residual, decay);
     let payload = codec.encode(delta);
     codec.accumulate(&payload, delta.len(), -1.0, delta).expect("a payload we just encoded decodes");
     payload

@@ -29,6 +29,27 @@ fn encoding_beside_the_residual_gives_the_payload_and_residual_of_encoding_into_
     }
 }
 
+#[test]
+fn a_delta_encoded_and_signed_at_once_is_the_one_signed_then_encoded() {
+    let n = 300_000;
+    let key = SigningKey::from_bytes(&[9; 32]);
+    for codec in ["dense", "int8", "topk:0.01+int8"] {
+        let codec: Codec = codec.parse().unwrap();
+        for residual in [Vec::new(), values(2, n)] {
+            let mut expected_residual = values(1, n);
+            let payload = encode_keeping_residual(codec, &mut expected_residual, &residual, 0.8);
+            let signed = SignedDelta::sign(&key, RunId([1; 32]), 3, [2; 32], 64, codec, payload);
+            let (want, want_bytes) = starling_protocol::wire::encode_delta_shared(signed);
+            let mut delta = values(1, n);
+            let signing = Signing { key: &key, run_id: RunId([1; 32]), round: 3, base: [2; 32], samples: 64 };
+            let (got, bytes) = encode_and_sign(&signing, codec, &mut delta, &residual, 0.8);
+            assert_eq!(bytes, want_bytes, "{codec}: wire bytes");
+            assert!(got == want, "{codec}: delta");
+            assert_eq!(delta, expected_residual, "{codec}: residual");
+        }
+    }
+}
+
 fn verify_job(i: u8) -> Job {
     Job::Verify {
         origin: Origin::Gossip { source: PeerId::random(), id: gossipsub::MessageId::new(&[i]) },
