@@ -173,6 +173,24 @@ impl SignedHeader {
     }
 }
 
+impl DeltaHeader {
+    /// The header `key` signs for a payload of `payload_len` bytes, before
+    /// its hash is known (`payload_hash` all zeros).
+    pub(crate) fn unhashed(
+        key: &SigningKey,
+        run_id: RunId,
+        round: u64,
+        base: [u8; 32],
+        samples: u64,
+        codec: Codec,
+        payload_len: usize,
+    ) -> Self {
+        let sender = PublicKey::of(key);
+        let payload_len = payload_len as u64;
+        Self { run_id, round, base, sender, samples, codec, payload_len, payload_hash: [0; 32] }
+    }
+}
+
 pub(crate) fn payload_hash(payload: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(PAYLOAD_DOMAIN);
     h.update(payload);
@@ -192,16 +210,8 @@ impl SignedDelta {
         payload: impl Into<Bytes>,
     ) -> Self {
         let payload = payload.into();
-        let header = DeltaHeader {
-            run_id,
-            round,
-            base,
-            sender: PublicKey::of(key),
-            samples,
-            codec,
-            payload_len: payload.len() as u64,
-            payload_hash: payload_hash(&payload),
-        };
+        let mut header = DeltaHeader::unhashed(key, run_id, round, base, samples, codec, payload.len());
+        header.payload_hash = payload_hash(&payload);
         let signature = key.sign(&header_digest(&header)).to_bytes();
         Self { header, payload, signature }
     }

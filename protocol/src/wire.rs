@@ -115,16 +115,7 @@ pub fn sign_delta_encoded(
     write: impl FnOnce(&mut Vec<u8>),
 ) -> (SignedDelta, Bytes) {
     use ed25519_dalek::Signer;
-    let mut header = DeltaHeader {
-        run_id,
-        round,
-        base,
-        sender: PublicKey::of(key),
-        samples,
-        codec,
-        payload_len: payload_len as u64,
-        payload_hash: [0; 32],
-    };
+    let mut header = DeltaHeader::unhashed(key, run_id, round, base, samples, codec, payload_len);
     let mut out = Vec::with_capacity(payload_len + DELTA_FRAMING_BYTES);
     bincode::serde::encode_into_std_write(&header, &mut out, CONFIG).expect("starling types always encode");
     let header_len = out.len();
