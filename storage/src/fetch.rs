@@ -19,19 +19,22 @@ impl Store {
         &self,
         state: &ModelState,
         residual: &[f32],
-        root: &[u8; 32],
+        root: Option<&[u8; 32]>,
     ) -> Result<ServedFile, StoreError> {
-        let fetched = self.sync_path(root);
         self.sync_file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        let whole = match files::manifest_of_file(&fetched) {
-            Ok(Some(m)) if &m.root() == root && m.round == state.round && m.lineage == state.lineage => {
-                Some(m)
+        let shaped = state.momentum.len() == state.params.len();
+        let whole = root.filter(|_| shaped).and_then(|root| {
+            let path = self.sync_path(root);
+            match files::manifest_of_file(&path) {
+                Ok(Some(m)) if &m.root() == root && m.round == state.round && m.lineage == state.lineage => {
+                    Some((m, path))
+                }
+                _ => None,
             }
-            _ => None,
-        };
-        let saved = if let (Some(manifest), true) = (whole, state.momentum.len() == state.params.len()) {
+        });
+        let saved = if let Some((manifest, fetched)) = whole {
             let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let path = self.dir.join(files::state_name(state.round, root));
+            let path = self.dir.join(files::state_name(state.round, &manifest.root()));
             let io = |source| StoreError::File { path: fetched.clone(), source };
             std::fs::File::open(&fetched).and_then(|f| f.sync_all()).map_err(io)?;
             std::fs::rename(&fetched, &path).map_err(io)?;

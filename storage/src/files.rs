@@ -120,47 +120,52 @@ pub fn write_durably(
     name: impl FnOnce(&Checksum) -> String,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<(Checksum, PathBuf)> {
-    let (hasher, tmp) = write_hashed(dir, hasher(), write)?;
+    let (hasher, tmp) = write_hashed(dir, hasher(), write, true)?;
     let sum = *hasher.finalize().as_bytes();
-    Ok((sum, rename_durably(dir, &tmp, &name(&sum))?))
+    let path = dir.join(name(&sum));
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok((sum, path))
 }
 
-/// Writes the state file of `state` durably (as [`write_durably`]), under
-/// `name` of its manifest's root, hashing its chunks on the way. Returns
-/// the manifest and the file's path.
-pub fn write_state_durably(
+/// Writes the state file of `state` under `name` of its manifest's root,
+/// hashing its chunks on the way, durably (as [`write_durably`]) or, for a
+/// file no restart reads (`durable` false), without the fsyncs. Returns the
+/// manifest and the file's path.
+pub fn write_state_file(
     dir: &Path,
     layout: &Layout,
     state: &ModelState,
     name: impl FnOnce(&Checksum) -> String,
+    durable: bool,
 ) -> io::Result<(StateManifest, PathBuf)> {
-    let (hasher, tmp) =
-        write_hashed(dir, ChunkHasher::default(), |out| state_file::write_state(layout, state, out))?;
+    let write = |out: &mut dyn Write| state_file::write_state(layout, state, out);
+    let (hasher, tmp) = write_hashed(dir, ChunkHasher::default(), write, durable)?;
     let manifest = hasher.finish(state.round, state.lineage);
-    let path = rename_durably(dir, &tmp, &name(&manifest.root()))?;
+    let path = dir.join(name(&manifest.root()));
+    fs::rename(&tmp, &path)?;
+    if durable {
+        sync_dir(dir)?;
+    }
     Ok((manifest, path))
 }
 
-/// Writes `dir/writing.tmp` through `hasher` and fsyncs it.
+/// Writes `dir/writing.tmp` through `hasher`, fsynced if `durable`.
 fn write_hashed<H: Write>(
     dir: &Path,
     hasher: H,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    durable: bool,
 ) -> io::Result<(H, PathBuf)> {
     let tmp = dir.join(format!("writing{TMP_SUFFIX}"));
     let file = fs::File::create(&tmp)?;
     let mut out = BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher });
     write(&mut out)?;
     let Hashing { inner: file, hasher } = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     Ok((hasher, tmp))
-}
-
-fn rename_durably(dir: &Path, tmp: &Path, name: &str) -> io::Result<PathBuf> {
-    let path = dir.join(name);
-    fs::rename(tmp, &path)?;
-    sync_dir(dir)?;
-    Ok(path)
 }
 
 /// Makes the directory's entries (a rename, a new file) durable.

@@ -273,10 +273,9 @@ impl Store {
         }
         let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let layout = self.layout_for(state.params.len());
-        let (manifest, path) = files::write_state_durably(&self.dir, &layout, state, |root| {
-            files::state_name(state.round, root)
-        })
-        .map_err(|source| StoreError::File { path: self.dir.clone(), source })?;
+        let name = |root: &Checksum| files::state_name(state.round, root);
+        let (manifest, path) = files::write_state_file(&self.dir, &layout, state, name, true)
+            .map_err(|source| StoreError::File { path: self.dir.clone(), source })?;
         self.point_at(state, manifest, path, &layout, residual)
     }
 
@@ -329,20 +328,12 @@ impl Store {
         }
         let layout = self.layout_for(state.params.len());
         let io = |source| StoreError::File { path: self.dir.clone(), source };
-        let (manifest, path) = files::write_state_durably(&self.dir, &layout, state, |root| {
-            files::served_name(state.round, root)
-        })
-        .map_err(io)?;
-        let mut served: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if entry.file_name().to_str().is_some_and(files::is_served) && entry.path() != path {
-                let modified = entry.metadata().and_then(|m| m.modified()).map_err(io)?;
-                served.push((modified, entry.path()));
-            }
-        }
-        served.sort();
-        for (_, old) in served.iter().rev().skip(SERVED_FILES - 1) {
+        // Never read after a restart (deleted on open): no fsync.
+        let name = |root: &Checksum| files::served_name(state.round, root);
+        let (manifest, path) = files::write_state_file(&self.dir, &layout, state, name, false).map_err(io)?;
+        let mut older: Vec<PathBuf> = self.served_files()?.into_iter().filter(|p| p != &path).collect();
+        older.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        for old in older.iter().rev().skip(SERVED_FILES - 1) {
             std::fs::remove_file(old).map_err(|source| StoreError::File { path: old.clone(), source })?;
         }
         Ok(ServedFile { manifest, path })
@@ -609,15 +600,23 @@ impl Store {
     fn collect_garbage(&self) -> Result<(), StoreError> {
         let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Files written to be served, by an earlier run.
-        for entry in std::fs::read_dir(&self.dir)
-            .map_err(|source| StoreError::File { path: self.dir.clone(), source })?
-        {
-            let path = entry.map_err(|source| StoreError::File { path: self.dir.clone(), source })?.path();
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(files::is_served) {
-                std::fs::remove_file(&path).map_err(|source| StoreError::File { path, source })?;
-            }
+        for path in self.served_files()? {
+            std::fs::remove_file(&path).map_err(|source| StoreError::File { path, source })?;
         }
         self.delete_unreferenced()
+    }
+
+    /// The files written only to be served (see [`Store::serve_state`]).
+    fn served_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let io = |source| StoreError::File { path: self.dir.clone(), source };
+        let mut served = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(files::is_served) {
+                served.push(path);
+            }
+        }
+        Ok(served)
     }
 
     fn delete_unreferenced(&self) -> Result<(), StoreError> {

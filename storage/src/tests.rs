@@ -318,7 +318,8 @@ fn a_fetched_state_whole_on_disk_becomes_the_checkpoint_without_a_second_write()
     }
     let kept = std::fs::read_dir(dir.path().join("sync")).unwrap().next().unwrap().unwrap().path();
     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&kept).unwrap());
-    let served = store.save_fetched_checkpoint(&fetched.state, &fetched.residual, &snapshot.root).unwrap();
+    let served =
+        store.save_fetched_checkpoint(&fetched.state, &fetched.residual, Some(&snapshot.root)).unwrap();
     assert_eq!(served.manifest, snapshot.manifest);
     assert_eq!(
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&served.path).unwrap()),
@@ -337,7 +338,7 @@ fn a_fetched_state_not_whole_on_disk_is_written_from_memory() {
     let fetched = state(6);
     let root = starling_protocol::StateSnapshot::of_flat(&fetched.state).root;
     store.save_sync_chunk(&root, 0, b"not the state file").unwrap();
-    store.save_fetched_checkpoint(&fetched.state, &fetched.residual, &root).unwrap();
+    store.save_fetched_checkpoint(&fetched.state, &fetched.residual, Some(&root)).unwrap();
     assert_eq!(store.latest_checkpoint(3).unwrap().checkpoint.unwrap(), fetched);
     assert!(store.sync_chunks().unwrap().is_none());
 }

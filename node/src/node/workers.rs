@@ -484,14 +484,8 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
         Job::Merge(job) => Done::Merged(merge(job, &mut timed)),
         Job::Install { state, residual, store, fetched, from, expected_from } => {
             let started = Instant::now();
-            let result = match fetched {
-                Some(root) => store.save_fetched_checkpoint(&state, &residual, &root),
-                None => store.save_checkpoint(&state, &residual).and_then(|saved| {
-                    store.clear_sync_chunks()?;
-                    Ok(saved)
-                }),
-            }
-            .map_err(WorkError::from);
+            let result =
+                store.save_fetched_checkpoint(&state, &residual, fetched.as_ref()).map_err(WorkError::from);
             timed("checkpoint", started);
             Done::Installed {
                 result,
