@@ -175,10 +175,8 @@ impl Store {
     /// or written but never pointed at) are deleted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         finish_compaction(dir).map_err(|source| StoreError::File { path: dir.to_path_buf(), source })?;
-        let db = sled::Config::new()
-            .path(dir.join(DB))
-            .open()
-            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+        let db =
+            open_db(&dir.join(DB)).map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         let files_dir = dir.join(files::DIR);
         std::fs::create_dir_all(&files_dir)
             .map_err(|source| StoreError::File { path: files_dir.clone(), source })?;
@@ -654,6 +652,28 @@ const DB_COMPACTING: &str = "db.compacting";
 const DB_REPLACED: &str = "db.replaced";
 /// The datadir's folder of the chunks of a state being fetched.
 const SYNC_DIR: &str = "sync";
+
+/// Opens sled's database, waiting up to [`LOCK_WAIT`] for its lock: a store
+/// dropped in this process lets the lock go only once sled's background
+/// threads have dropped their handles, a moment later (seen as a flaky
+/// reopen in `inspect`'s tests). Another process holding it still fails.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(sled::Error::Io(e));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`open_db`] waits for a lock a closing store still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Ends a compaction a crash cut short. The copy (`db.compacting`) is whole
 /// once the old database has been moved aside (`db.replaced`); before that,
