@@ -9,7 +9,9 @@
 //! Both the fused candle optimizer ([`FusedOptimizer`]) and the fast CPU step
 //! apply the same [`RuleStep`], so the two paths train alike.
 
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
+use std::cell::RefCell;
+
+use candle_core::{backprop::GradStore, CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 
 /// The coefficients of one AdamW step (the `t`-th, from 1), applied
@@ -182,6 +184,13 @@ impl Optimizer for FusedOptimizer {
         let step = self.rule.step(self.step_t);
         for slot in self.vars.iter_mut() {
             let Some(g) = grads.get(&slot.var) else { continue };
+            if slot.var.device().is_cpu() && slot.var.dtype() == candle_core::DType::F32 {
+                // In the variable's own storage: no copy of it, nor of its gradient.
+                let update =
+                    UpdateInPlace { step, m: RefCell::new(&mut slot.m), v: RefCell::new(&mut slot.v) };
+                slot.var.as_tensor().inplace_op2(&g.contiguous()?, &update)?;
+                continue;
+            }
             let g = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
             let mut theta = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             step.apply(&mut theta, &mut slot.m, &mut slot.v, &g);
@@ -196,6 +205,38 @@ impl Optimizer for FusedOptimizer {
 
     fn set_learning_rate(&mut self, lr: f64) {
         self.rule.set_lr(lr)
+    }
+}
+
+/// One variable's update applied to its CPU storage in place, with its moments.
+struct UpdateInPlace<'a> {
+    step: RuleStep,
+    m: RefCell<&'a mut Vec<f32>>,
+    v: RefCell<&'a mut Vec<f32>>,
+}
+
+impl InplaceOp2 for UpdateInPlace<'_> {
+    fn name(&self) -> &'static str {
+        "inner-update"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (s1, s2) else {
+            candle_core::bail!("the inner update expects f32 parameters and gradients");
+        };
+        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("the inner update expects contiguous parameters and gradients");
+        };
+        if t1 - t0 != g1 - g0 {
+            candle_core::bail!("{} parameters but {} gradients", t1 - t0, g1 - g0);
+        }
+        self.step.apply(
+            &mut theta[t0..t1],
+            &mut self.m.borrow_mut(),
+            &mut self.v.borrow_mut(),
+            &grad[g0..g1],
+        );
+        Ok(())
     }
 }
 

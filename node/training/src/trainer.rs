@@ -6,7 +6,7 @@
 //! DiLoCo. Given the same spec, shard, sampler seed and sequence of calls, a
 //! `Trainer` produces bit-identical parameters.
 
-use candle_core::{Device, Tensor};
+use candle_core::{backprop::GradStore, Device, Tensor};
 use candle_nn::Optimizer;
 
 use crate::optim::{FusedOptimizer, InnerRule};
@@ -24,6 +24,11 @@ use starling_protocol::ModelSpec;
 const TAG_SAMPLER: u64 = 0x7361_6d70_6c65_0005;
 /// Rows per forward pass when evaluating: bounds memory whatever the data size.
 const EVAL_CHUNK: usize = 1024;
+/// Tokens of one micro-batch of a language model's step: autograd keeps the
+/// activations of this many tokens at most, whatever the batch; the
+/// micro-batches' gradients are summed before the update, which is the
+/// batch's gradient up to float rounding.
+const MICRO_BATCH_TOKENS: usize = 1024;
 /// Rows per forward pass of the hand-written MLP evaluation: its activations
 /// stay in the tens of MB even at 10⁸ parameters.
 const FAST_EVAL_ROWS: usize = 256;
@@ -118,6 +123,8 @@ pub struct Trainer {
     rule: InnerRule,
     sampler: BatchSampler,
     batch_size: usize,
+    /// Tokens of one micro-batch of a language model ([`MICRO_BATCH_TOKENS`]).
+    micro_batch_tokens: usize,
     steps_done: u64,
     /// DP-SGD in place of plain batches, for a record-level private run.
     private: Option<crate::privacy::DpSgd>,
@@ -166,6 +173,7 @@ impl Trainer {
             reference,
             rule,
             batch_size: spec.inner.batch_size,
+            micro_batch_tokens: MICRO_BATCH_TOKENS,
             steps_done: 0,
             private: None,
         })
@@ -211,9 +219,13 @@ impl Trainer {
             }
             None => {
                 self.reference()?.model.set_params(params)?;
-                let loss = self.run_steps(steps)?;
+                // The model's variables are the trained copy now: the caller's
+                // buffer is let go while the steps run (its size again in
+                // memory at the peak of every backward pass) and refilled after.
+                drop(std::mem::take(params));
+                let loss = self.run_steps(steps);
                 *params = self.reference()?.model.params()?;
-                Ok(loss)
+                loss
             }
         }
     }
@@ -282,41 +294,84 @@ impl Trainer {
         let mut tokens = Vec::new();
         let mut next = Vec::new();
         let mut loss_sum = 0f64;
+        let batch_size = self.batch_size;
         for _ in 0..steps {
-            let batch = match &self.data {
+            // Rows of one micro-batch: the language models' batch is split so
+            // that autograd keeps the activations of `micro_batch_tokens` at most.
+            let rows = match &self.data {
                 TrainData::Labelled(data) => {
-                    self.sampler.fill(data, self.batch_size, &mut xs, &mut ys);
-                    Batch::Labelled {
-                        x: Tensor::from_slice(&xs, (self.batch_size, data.dim), &self.device)?,
-                        y: Tensor::from_slice(&ys, self.batch_size, &self.device)?,
-                    }
+                    self.sampler.fill(data, batch_size, &mut xs, &mut ys);
+                    batch_size
                 }
                 TrainData::Text(corpus) => {
                     let t = lm_context(&self.spec, corpus)?;
                     tokens.clear();
                     next.clear();
-                    for _ in 0..self.batch_size {
+                    for _ in 0..batch_size {
                         let start = self.sampler.next_start(corpus.tokens.len() - t);
                         let window = &corpus.tokens[start..start + t + 1];
                         tokens.extend_from_slice(&window[..t]);
                         next.extend_from_slice(&window[1..]);
                     }
-                    Batch::Tokens {
-                        x: Tensor::from_slice(&tokens, (self.batch_size, t), &self.device)?,
-                        y: Tensor::from_slice(&next, (self.batch_size, t), &self.device)?,
-                    }
+                    (self.micro_batch_tokens / t).clamp(1, batch_size)
                 }
             };
-            let (loss, _) = model.loss(&batch)?;
-            let value = loss.to_scalar::<f32>()?;
+            let mut value = 0f64;
+            let mut grads: Option<GradStore> = None;
+            for first in (0..batch_size).step_by(rows) {
+                let range = first..(first + rows).min(batch_size);
+                let n = range.len();
+                let batch = match &self.data {
+                    TrainData::Labelled(data) => Batch::Labelled {
+                        x: Tensor::from_slice(
+                            &xs[range.start * data.dim..range.end * data.dim],
+                            (n, data.dim),
+                            &self.device,
+                        )?,
+                        y: Tensor::from_slice(&ys[range], n, &self.device)?,
+                    },
+                    TrainData::Text(_) => {
+                        let t = tokens.len() / batch_size;
+                        Batch::Tokens {
+                            x: Tensor::from_slice(
+                                &tokens[range.start * t..range.end * t],
+                                (n, t),
+                                &self.device,
+                            )?,
+                            y: Tensor::from_slice(
+                                &next[range.start * t..range.end * t],
+                                (n, t),
+                                &self.device,
+                            )?,
+                        }
+                    }
+                };
+                // Each micro-batch's mean loss weighs by its share of the rows,
+                // so the summed gradients are the whole batch's.
+                let share = n as f64 / batch_size as f64;
+                let mut loss = model.training_loss(&batch)?;
+                value += loss.to_scalar::<f32>()? as f64 * share;
+                if n < batch_size {
+                    loss = (loss * share)?;
+                }
+                let micro_grads = loss.backward()?;
+                // The micro-batch's activations go before the next one and the update.
+                drop((loss, batch));
+                match grads.as_mut() {
+                    None => grads = Some(micro_grads),
+                    Some(sum) => sum.extend(micro_grads)?,
+                }
+            }
+            let value = value as f32;
             self.steps_done += 1;
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step: self.steps_done, loss: value });
             }
             loss_sum += value as f64;
+            let grads = grads.expect("a batch has at least one row");
             match optimizer {
-                InnerStepper::Fused(o) => o.backward_step(&loss)?,
-                InnerStepper::Candle(o) => o.backward_step(&loss)?,
+                InnerStepper::Fused(o) => o.step(&grads)?,
+                InnerStepper::Candle(o) => o.step(&grads)?,
             }
         }
         Ok((loss_sum / steps as f64) as f32)
@@ -736,6 +791,43 @@ mod tests {
         assert!(after.loss < before.loss * 0.8, "{before:?} -> {after:?}");
         assert!(after.perplexity() < before.perplexity());
         assert!((before.perplexity() - before.loss.exp()).abs() < 1e-3);
+    }
+
+    /// A batch split into micro-batches trains as the whole batch does, up to
+    /// float rounding: same losses, same parameters. Under SGD: AdamW divides
+    /// by each gradient's own size, which turns the rounding of a gradient that
+    /// is zero in exact arithmetic (a key bias's) into a full-size step.
+    #[test]
+    fn micro_batches_train_as_the_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = crate::datasets::tests::gpt_text_spec(dir.path());
+        spec.inner.optimizer = Some(starling_protocol::spec::InnerOptimizer::Sgd);
+        spec.inner.momentum = Some(0.9);
+        spec.inner.lr = 0.5;
+        let w = crate::datasets::Workload::open(&spec, None).unwrap();
+        let data = w.shard(crate::datasets::Shard { index: 0, count: 1 }, 1).unwrap();
+        let init = crate::models::initial_params(&spec.model, spec.seed).unwrap();
+        let run = |micro_batch_tokens: usize| {
+            let mut trainer = Trainer::new(&spec, data.clone(), 1).unwrap();
+            trainer.micro_batch_tokens = micro_batch_tokens;
+            trainer.train_round(&init, 3).unwrap()
+        };
+        let context = match &spec.model {
+            ModelSpec::Gpt(g) => g.context,
+            other => panic!("a GPT spec, got {other:?}"),
+        };
+        assert!(spec.inner.batch_size >= 3, "the test needs a batch of several rows");
+        let (whole, split) = (run(usize::MAX), run(context));
+        assert!(
+            (whole.mean_loss - split.mean_loss).abs() < 1e-4,
+            "{} vs {}",
+            whole.mean_loss,
+            split.mean_loss
+        );
+        for (i, (a, b)) in whole.params.iter().zip(&split.params).enumerate() {
+            assert!((a - b).abs() < 1e-5, "parameter {i}: {a} vs {b}");
+        }
+        assert_ne!(whole.params, init);
     }
 
     #[test]

@@ -2,17 +2,16 @@
 //! pre-norm blocks of multi-head self-attention and a GELU MLP, a final norm,
 //! and an output head that is its own linear layer (the byte-level
 //! `transformer`) or the token embedding transposed (the GPT-style `gpt`, as in
-//! GPT-2). Built from plain tensor operations that all have gradients (candle's
-//! fused softmax and layer norm have none).
+//! GPT-2). Attention and layer norm are the fused operations of
+//! [`super::fused`], which keep no `t × t` scores for the backward pass.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use starling_protocol::spec::TransformerSpec;
 
+use super::fused;
+
 const LN_EPS: f64 = 1e-5;
-/// Added to the scores of future positions: large enough to zero them after
-/// softmax, finite so no NaN appears.
-const MASKED: f32 = -1e9;
 
 struct Norm {
     weight: Tensor,
@@ -25,11 +24,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_sub(&mean)?;
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        x.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        fused::layer_norm(x, &self.weight, &self.bias, LN_EPS)
     }
 }
 
@@ -51,8 +46,6 @@ pub struct Transformer {
     ln_f: Norm,
     /// The output head; `None` when tied to the token embedding.
     head: Option<Linear>,
-    /// `(context, context)`: 0 on and below the diagonal, `MASKED` above.
-    mask: Tensor,
 }
 
 impl Transformer {
@@ -76,44 +69,50 @@ impl Transformer {
         }
         let ln_f = Norm::new(d, vb.pp("ln_f"))?;
         let head = if tied { None } else { Some(candle_nn::linear(d, spec.vocab, vb.pp("head"))?) };
-        let t = spec.context;
-        let mask: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { MASKED } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), vb.device())?;
-        Ok(Self { heads: spec.heads, context: t, tokens, positions, blocks, ln_f, head, mask })
+        Ok(Self { heads: spec.heads, context: spec.context, tokens, positions, blocks, ln_f, head })
     }
 
     /// Logits `(batch, t, vocab)` for token ids `(batch, t)`, `t ≤ context`.
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        if t > self.context {
-            candle_core::bail!("{t} tokens exceed the model's context of {}", self.context);
-        }
-        let mut x = self.tokens.forward(ids)?.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
-        let mask = self.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
-        for block in &self.blocks {
-            x = (&x + self.attention(block, &block.ln1.forward(&x)?, &mask, b, t)?)?;
-            let h = block.fc.forward(&block.ln2.forward(&x)?)?.gelu()?;
-            x = (&x + block.fc2.forward(&h)?)?;
-        }
-        let x = self.ln_f.forward(&x)?;
+        let x = self.states(ids)?;
         match &self.head {
             Some(head) => head.forward(&x),
             None => {
+                let (b, t, d) = x.dims3()?;
                 let table = self.tokens.embeddings();
-                let d = x.dim(2)?;
                 x.reshape((b * t, d))?.matmul(&table.t()?)?.reshape((b, t, table.dim(0)?))
             }
         }
     }
 
-    fn attention(
-        &self,
-        block: &Block,
-        x: &Tensor,
-        mask: &Tensor,
-        b: usize,
-        t: usize,
-    ) -> candle_core::Result<Tensor> {
+    /// Mean cross-entropy of the next tokens `targets` `(batch, t)` after `ids`:
+    /// with a tied head, without holding the logits.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+        let targets = targets.flatten_all()?;
+        if self.head.is_some() {
+            let logits = self.forward(ids)?;
+            return fused::cross_entropy(&logits.flatten_to(1)?, &targets);
+        }
+        let x = self.states(ids)?;
+        fused::tied_head_cross_entropy(&x.flatten_to(1)?, self.tokens.embeddings(), &targets)
+    }
+
+    /// The final normed states `(batch, t, d_model)` for token ids `(batch, t)`.
+    fn states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.context {
+            candle_core::bail!("{t} tokens exceed the model's context of {}", self.context);
+        }
+        let mut x = self.tokens.forward(ids)?.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
+        for block in &self.blocks {
+            x = (&x + self.attention(block, &block.ln1.forward(&x)?, b, t)?)?;
+            let h = block.fc.forward(&block.ln2.forward(&x)?)?.gelu()?;
+            x = (&x + block.fc2.forward(&h)?)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    fn attention(&self, block: &Block, x: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
         let d = x.dim(2)?;
         let hd = d / self.heads;
         let qkv = block.qkv.forward(x)?;
@@ -121,10 +120,7 @@ impl Transformer {
             qkv.narrow(2, i * d, d)?.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.broadcast_add(mask)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let y = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let y = fused::causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, d))?;
         block.proj.forward(&y)
     }
 }
