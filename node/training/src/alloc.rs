@@ -16,6 +16,12 @@ const TRIM_THRESHOLD: i32 = 1 << 30;
 /// Extra memory asked for whenever the heap grows.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TOP_PAD: i32 = 64 << 20;
+/// Heaps (arenas) threads allocate from. glibc's default, 8 per core, lets
+/// every worker thread keep its own freed buffers: a lone `lm-small` node
+/// peaked at 1.26 GB for 0.66 GB of live heap (`heaptrack`); with 2 arenas at
+/// 0.78 GB, and no step slower (`starling bench train`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: i32 = 2;
 
 /// Applies the settings; call once at start-up, before other threads run.
 /// Does nothing where the C library is not glibc.
@@ -27,5 +33,6 @@ pub fn tune_for_training() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
         libc::mallopt(libc::M_TOP_PAD, TOP_PAD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
     }
 }
