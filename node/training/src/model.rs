@@ -121,6 +121,17 @@ impl Mlp {
         &self.varmap
     }
 
+    /// The same network over the same storage, its layers built from plain
+    /// tensors instead of variables, so candle records no graph through it.
+    pub fn detached(&self) -> Self {
+        let linears = self
+            .vars
+            .chunks_exact(2)
+            .map(|wb| Linear::new(wb[0].as_tensor().detach(), Some(wb[1].as_tensor().detach())))
+            .collect();
+        Self { layers: self.layers.clone(), varmap: self.varmap.clone(), vars: self.vars.clone(), linears }
+    }
+
     /// The variables in canonical order.
     pub fn vars(&self) -> &[Var] {
         &self.vars

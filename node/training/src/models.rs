@@ -96,6 +96,31 @@ impl Model {
         Ok(model)
     }
 
+    /// The same model over the same parameters (shared storage, not a copy),
+    /// built from plain tensors instead of variables: candle records no graph
+    /// through it, so a forward pass lets each activation go once used. For
+    /// evaluation, where a graph would hold a whole step's activations.
+    /// [`Self::set_params`] on either model changes both.
+    pub fn detached(&self) -> Result<Self, TrainError> {
+        let tensors = || -> std::collections::HashMap<String, Tensor> {
+            self.named.iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect()
+        };
+        let device = self.named.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+        let vb = || VarBuilder::from_tensors(tensors(), DType::F32, &device);
+        let arch = match (&self.spec, &self.arch) {
+            (_, Arch::Mlp(mlp)) => Arch::Mlp(mlp.detached()),
+            (ModelSpec::Cnn(c), _) => Arch::Cnn(cnn::Cnn::new(c, vb())?),
+            (ModelSpec::Transformer(t), _) => {
+                Arch::Transformer(transformer::Transformer::new(t, false, vb())?)
+            }
+            (ModelSpec::Gpt(g), _) => {
+                Arch::Transformer(transformer::Transformer::new(&g.dims(), true, vb())?)
+            }
+            (ModelSpec::Mlp(_), _) => unreachable!("an MLP spec builds an MLP"),
+        };
+        Ok(Self { spec: self.spec.clone(), arch, named: self.named.clone() })
+    }
+
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
@@ -355,6 +380,25 @@ mod tests {
         let m = Model::new(&spec).unwrap();
         m.set_params(&initial_params(&spec, 1).unwrap()).unwrap();
         assert_learns(&m, &batch);
+    }
+
+    /// A detached model computes what its model does, shares its parameters
+    /// and records no graph.
+    #[test]
+    fn a_detached_model_agrees_and_records_no_graph() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec((0..24u32).map(|i| i % 5).collect::<Vec<u32>>(), (3, 8), &dev).unwrap();
+        let y =
+            Tensor::from_vec((0..24u32).map(|i| (i + 1) % 5).collect::<Vec<u32>>(), (3, 8), &dev).unwrap();
+        let batch = Batch::Tokens { x, y };
+        for spec in [lm(), gpt()] {
+            let m = Model::new(&spec).unwrap();
+            let frozen = m.detached().unwrap();
+            m.set_params(&initial_params(&spec, 2).unwrap()).unwrap();
+            let (want, got) = (m.loss(&batch).unwrap().0, frozen.loss(&batch).unwrap().0);
+            assert_eq!(want.to_scalar::<f32>().unwrap(), got.to_scalar::<f32>().unwrap(), "{}", spec.kind());
+            assert!(want.track_op() && !got.track_op(), "{}", spec.kind());
+        }
     }
 
     /// Trains on the loss training uses (for the GPT, the fused head and

@@ -438,7 +438,11 @@ pub fn evaluate(model: &ModelSpec, params: &[f32], data: &TrainData) -> Result<E
         (ModelSpec::Mlp(mlp), TrainData::Labelled(data)) if fast_path_allowed() => {
             Ok(evaluate_mlp_fast(&mlp.layers, params, data))
         }
-        _ => evaluate_with(&Model::new(model)?, params, data),
+        _ => {
+            let model = Model::new(model)?;
+            model.set_params(params)?;
+            evaluate_with(&model.detached()?, data)
+        }
     }
 }
 
@@ -458,9 +462,8 @@ fn evaluate_mlp_fast(layers: &[usize], params: &[f32], data: &crate::data::Datas
     Evaluation { loss: (loss_sum / count) as f32, accuracy: (correct as f64 / count) as f32 }
 }
 
-/// candle's evaluation: `params` loaded into `model`.
-fn evaluate_with(model: &Model, params: &[f32], data: &TrainData) -> Result<Evaluation, TrainError> {
-    model.set_params(params)?;
+/// candle's evaluation of `model`, detached (see [`Model::detached`]).
+fn evaluate_with(model: &Model, data: &TrainData) -> Result<Evaluation, TrainError> {
     let (mut loss_sum, mut correct, mut count) = (0f64, 0f64, 0f64);
     let mut add = |batch: Batch, n: usize| -> Result<(), TrainError> {
         let (loss, right) = model.loss(&batch)?;
@@ -728,7 +731,9 @@ mod tests {
         assert_eq!(rows.len(), 600);
         for params in [&init, &trained] {
             let fast = evaluate_mlp_fast(spec.model.mlp_layers().unwrap(), params, rows);
-            let candle = evaluate_with(&Model::new(&spec.model).unwrap(), params, &eval).unwrap();
+            let model = Model::new(&spec.model).unwrap();
+            model.set_params(params).unwrap();
+            let candle = evaluate_with(&model.detached().unwrap(), &eval).unwrap();
             assert!(
                 (fast.loss - candle.loss).abs() < 1e-5 * candle.loss.max(1.0),
                 "{fast:?} against {candle:?}"

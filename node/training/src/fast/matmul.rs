@@ -22,6 +22,14 @@ impl<'a> View<'a> {
         view
     }
 
+    /// `rows × cols` at the start of `data`, row `r` starting at `r·row_stride`:
+    /// a block of columns of a wider row-major matrix.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        let view = Self { data, rows, cols, row_stride, col_stride: 1 };
+        view.check();
+        view
+    }
+
     /// The transpose, as a view of the same memory.
     pub fn t(self) -> Self {
         Self {

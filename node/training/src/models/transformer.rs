@@ -76,7 +76,7 @@ impl Transformer {
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.states(ids)?;
         match &self.head {
-            Some(head) => head.forward(&x),
+            Some(head) => fused::linear(&x, head),
             None => {
                 let (b, t, d) = x.dims3()?;
                 let table = self.tokens.embeddings();
@@ -99,28 +99,21 @@ impl Transformer {
 
     /// The final normed states `(batch, t, d_model)` for token ids `(batch, t)`.
     fn states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let (_, t) = ids.dims2()?;
         if t > self.context {
             candle_core::bail!("{t} tokens exceed the model's context of {}", self.context);
         }
         let mut x = self.tokens.forward(ids)?.broadcast_add(&self.positions.narrow(0, 0, t)?)?;
         for block in &self.blocks {
-            x = (&x + self.attention(block, &block.ln1.forward(&x)?, b, t)?)?;
-            let h = block.fc.forward(&block.ln2.forward(&x)?)?.gelu()?;
-            x = (&x + block.fc2.forward(&h)?)?;
+            x = (&x + self.attention(block, &block.ln1.forward(&x)?)?)?;
+            let h = fused::linear(&block.ln2.forward(&x)?, &block.fc)?.gelu()?;
+            x = (&x + fused::linear(&h, &block.fc2)?)?;
         }
         self.ln_f.forward(&x)
     }
 
-    fn attention(&self, block: &Block, x: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
-        let d = x.dim(2)?;
-        let hd = d / self.heads;
-        let qkv = block.qkv.forward(x)?;
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, i * d, d)?.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let y = fused::causal_attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        block.proj.forward(&y)
+    fn attention(&self, block: &Block, x: &Tensor) -> candle_core::Result<Tensor> {
+        let qkv = fused::linear(x, &block.qkv)?;
+        fused::linear(&fused::causal_attention(&qkv, self.heads)?, &block.proj)
     }
 }

@@ -1,12 +1,13 @@
-//! The transformer's three memory-heavy pieces as fused candle operations with
+//! The transformer's memory-heavy pieces as fused candle operations with
 //! hand-written CPU kernels and backward passes: causal self-attention, layer
-//! norm and cross-entropy.
+//! norm, linear layers and cross-entropy.
 //!
 //! Built from candle's plain operations, each of these keeps every
 //! intermediate tensor of its forward pass alive until the backward pass: the
 //! attention its scores, scaled scores, masked scores and the softmax's pieces
 //! (about six `batch × heads × t²` tensors a block), the loss about five
-//! `tokens × vocab` tensors, the norm nine `tokens × d_model` tensors. At
+//! `tokens × vocab` tensors, the norm nine `tokens × d_model` tensors, a linear
+//! layer its product and its sum with the bias. At
 //! `gpt2-small` (t = 1024, vocab 50257) that is most of a step's 10 GB. The
 //! fused operations keep only their inputs and output and recompute what the
 //! backward pass needs (the attention row by row, in blocks of queries, as
@@ -21,20 +22,32 @@
 
 mod attention;
 mod head;
+mod linear;
 mod loss;
 mod norm;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 
-/// Causal softmax attention of `q`, `k`, `v`, each `(batch, heads, t, head_dim)`:
-/// `softmax(q·kᵀ/√head_dim + causal mask)·v`, the same shape.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if fusable(q) {
-        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        q.apply_op3(&k, &v, attention::CausalAttention)
+/// Causal softmax attention of `heads` heads from the packed projection `qkv`
+/// `(batch, t, 3·d_model)` (queries, then keys, then values):
+/// `softmax(q·kᵀ/√head_dim + causal mask)·v` per head, `(batch, t, d_model)`.
+pub fn causal_attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    if fusable(qkv) {
+        qkv.contiguous()?.apply_op1(attention::CausalAttention { heads })
     } else {
-        attention::reference(q, k, v)
+        attention::reference(qkv, heads)
+    }
+}
+
+/// `layer` (`x·wᵀ + b`) applied to `x` `(.., in)`, keeping only its output
+/// for the backward pass (candle's `Linear` keeps the product and the sum).
+pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
+    match layer.bias() {
+        Some(bias) if fusable(x) => {
+            x.contiguous()?.apply_op3(&layer.weight().contiguous()?, &bias.contiguous()?, linear::Linear)
+        }
+        _ => candle_core::Module::forward(layer, x),
     }
 }
 
