@@ -94,6 +94,7 @@ impl Node {
                 samples: stats.samples,
                 mean_loss: stats.mean_loss,
             });
+            starling_training::alloc::release_free_memory();
             let _ = tx.send((trainer, round, base, outcome));
         });
     }

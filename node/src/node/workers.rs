@@ -471,6 +471,9 @@ impl Workers {
                 let kind = job.kind();
                 let mut timings = Vec::new();
                 let done_job = run(job, &mut timings);
+                // A job's transient buffers go back to the system, not to a
+                // heap that would keep them until the next burst of the same size.
+                starling_training::alloc::release_free_memory();
                 let _ = done.send(Finished { kind, done: done_job, timings });
             });
         }
