@@ -43,7 +43,7 @@ use starling_protocol::{
     wire::SyncResponse,
     DeltaRules, Engine, EngineConfig, ModelState, OuterOptimizer, PublicKey, RoundConfig, RunSpec,
 };
-use starling_storage::{SavedDelta, Store};
+use starling_storage::{SavedDelta, Store, UnreadableOutbox};
 use starling_training::{
     datasets::{shard_seed, Shard, TrainData, Workload},
     error::TrainError,
@@ -318,6 +318,7 @@ impl Node {
         // Our delta of this round, if we published one before a crash: republish
         // it. Any later one (the checkpoint is an older state it installed)
         // still goes to the engine, which then signs nothing up to its round.
+        let mut signed_before = None;
         let own_delta = match store.outbox(params, spec.max_delta_bytes()) {
             Ok(Some(SavedDelta { delta, residual: after }))
                 if delta.header.round == state.round && delta.header.base == state.lineage =>
@@ -349,7 +350,20 @@ impl Node {
                 Some(delta)
             }
             Ok(_) => None,
-            Err(reason) => {
+            Err(UnreadableOutbox { reason, signed: Some(header) }) => {
+                // Its record was flushed before the delta went out: it may
+                // have been published, so its round is never signed again.
+                warn!(
+                    %reason,
+                    round = state.round,
+                    signed = header.round,
+                    "the saved own delta is unreadable (its file torn by a machine crash?); this node signed \
+                     a delta for that round, so it sits out the rounds up to it (never signing twice)"
+                );
+                signed_before = Some(header);
+                None
+            }
+            Err(UnreadableOutbox { reason, signed: None }) => {
                 warn!(%reason, "the saved own delta is unreadable; training the round afresh");
                 None
             }
@@ -368,6 +382,9 @@ impl Node {
         );
         if let Some(delta) = own_delta {
             engine = engine.with_outbox(delta);
+        }
+        if let Some(header) = signed_before {
+            engine = engine.with_signed(header);
         }
         let mut kept_chunks_root = None;
         match store.sync_chunks() {

@@ -31,7 +31,9 @@ pub struct RunSummary {
     /// Each kind of work over the whole run (how often, seconds in all, the
     /// longest): `train` (a round's inner steps), `encode` (error feedback,
     /// encoding and signing of our delta), `outbox` (saving it before it goes
-    /// out), `merge` (aggregation and outer step), `checkpoint`, `eval`, `verify`, ...
+    /// out), `merge` (aggregation and outer step), `checkpoint`, `eval`, `verify`, ...,
+    /// and `between_trainings` (from the end of one training to the start of
+    /// the next: what the rest of a round adds to its training).
     pub work: BTreeMap<String, Timing>,
 }
 

@@ -120,11 +120,25 @@ pub fn write_durably(
     name: impl FnOnce(&Checksum) -> String,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<(Checksum, PathBuf)> {
-    let (hasher, tmp) = write_hashed(dir, hasher(), write, true)?;
+    write_named(dir, name, write, true)
+}
+
+/// As [`write_durably`], or (`durable` false) without the fsyncs: the file is
+/// whole and in place for this machine's readers (a killed process loses
+/// nothing the kernel holds), and the caller makes it durable later.
+pub fn write_named(
+    dir: &Path,
+    name: impl FnOnce(&Checksum) -> String,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    durable: bool,
+) -> io::Result<(Checksum, PathBuf)> {
+    let (hasher, tmp) = write_hashed(dir, hasher(), write, durable)?;
     let sum = *hasher.finalize().as_bytes();
     let path = dir.join(name(&sum));
     fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
+    if durable {
+        sync_dir(dir)?;
+    }
     Ok((sum, path))
 }
 

@@ -16,6 +16,7 @@
 mod fetch;
 pub mod files;
 mod legacy;
+mod outbox;
 pub mod peers;
 
 use std::{
@@ -31,6 +32,7 @@ use starling_protocol::{
 };
 
 use files::{Checksum, ResidualFile};
+pub use outbox::{SavedDelta, UnreadableOutbox};
 pub use peers::{Ban, BanScan, CorruptBan, RefusalCount, MAX_BANS, MAX_REFUSAL_RECORDS};
 pub use starling_protocol::state_file::Layout;
 
@@ -79,15 +81,6 @@ pub struct CheckpointScan {
     pub skipped: Vec<CorruptCheckpoint>,
 }
 
-/// The node's own delta as saved before it was published.
-#[derive(Debug)]
-pub struct SavedDelta {
-    pub delta: SignedDelta,
-    /// The residual its encoding left, when it was saved with it (see
-    /// [`Store::save_outbox`]); `Err` with the reason if its file is unreadable.
-    pub residual: Result<Option<Vec<f32>>, String>,
-}
-
 /// What [`Store::migrate_legacy`] moved out of sled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Migration {
@@ -115,13 +108,13 @@ pub type KeptChunks = ([u8; 32], Vec<(u32, Vec<u8>)>);
 /// Where a checkpoint's files are: sled's record of one round (and, with
 /// `state` the delta's file, of the outbox).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Pointer {
+pub(crate) struct Pointer {
     state: Checksum,
     residual: Option<Checksum>,
 }
 
 impl Pointer {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = self.state.to_vec();
         if let Some(residual) = &self.residual {
             out.extend_from_slice(residual);
@@ -129,7 +122,7 @@ impl Pointer {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let state = bytes.get(..32)?.try_into().ok()?;
         let residual = match bytes.len() {
             32 => None,
@@ -167,6 +160,14 @@ pub struct Store {
     layout: Option<Layout>,
     /// Held while checkpoint files are written or deleted.
     files: Mutex<()>,
+    /// The fsync of the outbox's delta file, after its record is flushed.
+    outbox_sync: outbox::Syncer,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.outbox_sync.wait();
+    }
 }
 
 impl Store {
@@ -193,6 +194,7 @@ impl Store {
             dir: files_dir,
             layout: None,
             files: Mutex::new(()),
+            outbox_sync: outbox::Syncer::default(),
         };
         store.collect_garbage()?;
         Ok(store)
@@ -384,13 +386,17 @@ impl Store {
     /// Its `residual` (what the encoding left) is saved with it only when the
     /// newest checkpoint is of the delta's round, the one case where a restart
     /// resumes from the state the delta was trained from and needs it; the
-    /// next checkpoint then points at the same file.
+    /// next checkpoint then points at the same file. The delta's file is made
+    /// durable after the record, off the caller's path (see [`outbox`]).
     pub fn save_outbox(&self, delta: &SignedDelta, residual: &[f32]) -> Result<(), StoreError> {
         let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let io = |source| StoreError::File { path: self.dir.clone(), source };
-        let (delta_sum, _) = files::write_durably(&self.dir, files::delta_name, |mut out| {
-            wire::write_outbox(delta, &[], &mut out)
-        })
+        let (delta_sum, delta_path) = files::write_named(
+            &self.dir,
+            files::delta_name,
+            |mut out| wire::write_outbox(delta, &[], &mut out),
+            false,
+        )
         .map_err(io)?;
         let newest = self.pointers.last()?.map(|(k, _)| k.as_ref().try_into().map(u64::from_be_bytes));
         let residual = match newest {
@@ -399,30 +405,41 @@ impl Store {
             }
             _ => None,
         };
-        let pointer = Pointer { state: delta_sum, residual }.encode();
-        let mut record = files::checksum(&pointer).to_vec();
-        record.extend_from_slice(&pointer);
+        let record = outbox::encode_record(&Pointer { state: delta_sum, residual }, delta);
         self.outbox.insert(OUTBOX_KEY, record)?;
         self.db.flush()?;
+        self.outbox_sync.sync_later(delta_path);
         self.delete_unreferenced()
     }
 
-    /// The saved own delta, if any; an unreadable record is an `Err` with the
+    /// The saved own delta, if any. An unreadable record is an `Err` with the
     /// reason (the node then trains the round afresh: a record that did not
-    /// reach the disk whole was never published).
-    pub fn outbox(&self, param_count: usize, max_delta_bytes: usize) -> Result<Option<SavedDelta>, String> {
-        let Some(record) = self.outbox.get(OUTBOX_KEY).map_err(|e| e.to_string())? else {
-            return match self.outbox.get(legacy::OUTBOX_KEY).map_err(|e| e.to_string())? {
-                Some(old) => legacy::outbox(&old, param_count, max_delta_bytes).map(|(delta, residual)| {
-                    Some(SavedDelta { delta, residual: Ok((!residual.is_empty()).then_some(residual)) })
-                }),
+    /// reach the disk whole was never published); a readable record whose
+    /// delta file is not is an `Err` with the delta's header
+    /// ([`UnreadableOutbox::signed`]: the node then sits that round out).
+    pub fn outbox(
+        &self,
+        param_count: usize,
+        max_delta_bytes: usize,
+    ) -> Result<Option<SavedDelta>, UnreadableOutbox> {
+        let db_err = |e: sled::Error| UnreadableOutbox::new(e.to_string());
+        let Some(record) = self.outbox.get(OUTBOX_KEY).map_err(db_err)? else {
+            return match self.outbox.get(legacy::OUTBOX_KEY).map_err(db_err)? {
+                Some(old) => legacy::outbox(&old, param_count, max_delta_bytes)
+                    .map(|(delta, residual)| {
+                        Some(SavedDelta { delta, residual: Ok((!residual.is_empty()).then_some(residual)) })
+                    })
+                    .map_err(UnreadableOutbox::new),
                 None => Ok(None),
             };
         };
-        let pointer = outbox_pointer(&record).ok_or("outbox checksum mismatch (torn or corrupted write)")?;
-        let bytes = files::read_checked(&self.dir.join(files::delta_name(&pointer.state)), &pointer.state)?;
-        let (delta, _) =
-            wire::decode_outbox(&bytes, max_delta_bytes + 1024, param_count).map_err(|e| e.to_string())?;
+        let (pointer, signed) = outbox::decode_record(&record)
+            .ok_or_else(|| UnreadableOutbox::new("outbox checksum mismatch (torn or corrupted write)"))?;
+        let unreadable = |reason: String| UnreadableOutbox { reason, signed: signed.clone() };
+        let bytes = files::read_checked(&self.dir.join(files::delta_name(&pointer.state)), &pointer.state)
+            .map_err(unreadable)?;
+        let (delta, _) = wire::decode_outbox(&bytes, max_delta_bytes + 1024, param_count)
+            .map_err(|e| unreadable(e.to_string()))?;
         let residual = match pointer.residual {
             Some(sum) => files::read_checked(&self.dir.join(files::residual_name(&sum)), &sum)
                 .and_then(|bytes| files::decode_residual(&bytes, param_count))
@@ -629,7 +646,7 @@ impl Store {
             keep.insert(files::state_name(round, &pointer.state));
             keep.extend(pointer.residual.as_ref().map(files::residual_name));
         }
-        if let Some(outbox) = self.outbox.get(OUTBOX_KEY)?.and_then(|r| outbox_pointer(&r)) {
+        if let Some((outbox, _)) = self.outbox.get(OUTBOX_KEY)?.and_then(|r| outbox::decode_record(&r)) {
             keep.insert(files::delta_name(&outbox.state));
             keep.extend(outbox.residual.as_ref().map(files::residual_name));
         }
@@ -701,10 +718,5 @@ fn checksum(body: &[u8]) -> blake3::Hash {
 }
 
 /// The files an outbox record names (`state`: the delta's), if its checksum holds.
-fn outbox_pointer(record: &[u8]) -> Option<Pointer> {
-    let (sum, pointer) = record.split_at_checked(CHECKSUM_LEN)?;
-    (files::checksum(pointer) == sum).then(|| Pointer::decode(pointer)).flatten()
-}
-
 #[cfg(test)]
 mod tests;

@@ -29,7 +29,7 @@ fn files_in(store: &Store) -> Vec<String> {
     names
 }
 
-fn delta(round: u64) -> SignedDelta {
+pub(crate) fn delta(round: u64) -> SignedDelta {
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
     let codec = starling_protocol::Codec::Dense;
     SignedDelta::sign(
@@ -184,7 +184,24 @@ fn the_own_delta_survives_reopen_and_a_torn_one_is_reported() {
     assert_eq!((saved.delta.id(), saved.residual), (delta.id(), Ok(None)));
     let record = store.outbox.get(OUTBOX_KEY).unwrap().unwrap();
     store.outbox.insert(OUTBOX_KEY, &record[..record.len() / 2]).unwrap();
-    assert!(store.outbox(3, 1024).unwrap_err().contains("checksum"));
+    assert!(store.outbox(3, 1024).unwrap_err().reason.contains("checksum"));
+}
+
+#[test]
+fn a_torn_delta_file_still_tells_which_round_was_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let delta = delta(4);
+    let store = Store::open(dir.path()).unwrap();
+    store.save_outbox(&delta, &[]).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let file = files_in(&store).into_iter().find(|n| n.starts_with("delta-")).unwrap();
+    let path = store.checkpoint_dir().join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let unreadable = store.outbox(3, 1024).unwrap_err();
+    assert!(unreadable.reason.contains("checksum"), "{unreadable}");
+    assert_eq!(unreadable.signed, Some(delta.header), "the record keeps the signed header");
 }
 
 #[test]

@@ -127,6 +127,10 @@ pub struct ScaleRow {
     /// Saving our delta and residual before the delta goes out.
     pub outbox_seconds: f64,
     pub eval_seconds: f64,
+    /// From the end of one round's training to the start of the next, on
+    /// average: what the rest of a round adds to its training (the work above
+    /// that runs beside the next training is not in it).
+    pub between_trainings_seconds: f64,
     /// The node process from start to exit (start-up, every round, the linger
     /// before it leaves).
     pub wall_seconds: f64,
@@ -258,6 +262,8 @@ fn measure(size: &Size, spec: &RunSpec, rounds: u64, dir: &Path) -> Result<Scale
         checkpoint_seconds: per_round("checkpoint"),
         outbox_seconds: per_round("outbox"),
         eval_seconds: per_round("eval"),
+        between_trainings_seconds: summary.seconds("between_trainings")
+            / summary.count("between_trainings").max(1) as f64,
         wall_seconds: wall,
         datadir_bytes: dir_bytes(&datadir),
         unsent_signed_delta_bytes_per_round: summary.published_bytes / summary.count("encode").max(1),
@@ -300,7 +306,7 @@ fn dir_bytes(path: &Path) -> u64 {
 /// The table's header line.
 pub fn table_header() -> String {
     format!(
-        "{:<10} {:>11} {:>10} {:>10} {:>6} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>7} {:>10} {:>18}",
+        "{:<10} {:>11} {:>10} {:>10} {:>6} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>7} {:>10} {:>18}",
         "size",
         "params",
         "params B",
@@ -312,6 +318,7 @@ pub fn table_header() -> String {
         "ckpt",
         "outbox",
         "eval",
+        "between",
         "node s",
         "datadir",
         "delta/round unsent"
@@ -322,7 +329,7 @@ impl ScaleRow {
     /// The row under [`table_header`]: seconds per round, but the node's whole run.
     pub fn table_line(&self) -> String {
         format!(
-            "{:<10} {:>11} {:>10} {:>10} {:>6.1} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>7.1} {:>10} {:>18}",
+            "{:<10} {:>11} {:>10} {:>10} {:>6.1} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>7.1} {:>10} {:>18}",
             self.size,
             self.params,
             human_bytes(self.param_bytes as f64),
@@ -334,6 +341,7 @@ impl ScaleRow {
             self.checkpoint_seconds,
             self.outbox_seconds,
             self.eval_seconds,
+            self.between_trainings_seconds,
             self.wall_seconds,
             human_bytes(self.datadir_bytes as f64),
             human_bytes(self.unsent_signed_delta_bytes_per_round as f64)

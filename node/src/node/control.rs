@@ -96,6 +96,8 @@ pub(super) struct Telemetry {
     history: History,
     /// When the training in flight began.
     training_since: Option<Instant>,
+    /// When the last training ended.
+    trained_at: Option<Instant>,
     /// Whether the round being merged was trained here.
     trained_round: Option<u64>,
     last_accuracy: Option<f32>,
@@ -108,6 +110,7 @@ impl Default for Telemetry {
             started: Instant::now(),
             history: History::default(),
             training_since: None,
+            trained_at: None,
             trained_round: None,
             last_accuracy: None,
             last_eval_loss: None,
@@ -116,8 +119,11 @@ impl Default for Telemetry {
 }
 
 impl Telemetry {
-    pub(super) fn training_started(&mut self) {
-        self.training_since = Some(Instant::now());
+    /// Notes that training began; returns how long since the last one ended.
+    pub(super) fn training_started(&mut self) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        self.training_since = Some(now);
+        self.trained_at.take().map(|at| now - at)
     }
 }
 
@@ -179,6 +185,7 @@ impl Node {
     pub(super) fn drop_trained_while_paused(&mut self) -> bool {
         if let Some(since) = self.telemetry.training_since.take() {
             let took = since.elapsed();
+            self.telemetry.trained_at = Some(Instant::now());
             self.metrics.train_seconds.observe(took.as_secs_f64());
             // Beside the heavy work, so a run's summary splits a round's time.
             self.busy.stats_only("train", took);

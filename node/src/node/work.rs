@@ -3,11 +3,13 @@
 //! writer to merge and checkpoint; evaluations; and the results that come back
 //! ([`workers::Finished`]) turned into engine inputs, round reports and log lines.
 //!
-//! Crash safety holds as it did when this work ran on the loop: the engine
-//! hears [`Input::Merged`] only once the round's checkpoint is on disk (when
-//! the round is checkpointed: every `checkpoint_every` rounds), and
-//! [`Input::Trained`] (which publishes) only once the delta is in the outbox,
-//! every round: what keeps a restarted node from signing twice (docs/checkpoints.md).
+//! Crash safety holds as it did when this work ran on the loop: a merged
+//! round's checkpoint (every `checkpoint_every` rounds) is queued on the writer
+//! before the engine hears [`Input::Merged`], so it is on disk before anything
+//! trained from that state is saved (the writer runs its jobs in order) while
+//! the next round already trains, and the engine hears [`Input::Trained`]
+//! (which publishes) only once the delta is in the outbox, every round: what
+//! keeps a restarted node from signing twice (docs/checkpoints.md).
 //! The engine is asked [`Engine::wants_trained`](starling_protocol::Engine::wants_trained)
 //! before anything is encoded, and again when the signed delta comes back;
 //! the new error-feedback residual is taken only if the delta is.
@@ -82,7 +84,10 @@ impl Node {
         let state = self.state.clone();
         let steps = self.spec.inner.steps;
         let tx = self.train_tx.clone();
-        self.telemetry.training_started();
+        if let Some(gap) = self.telemetry.training_started() {
+            // What the rest of a round adds to its training, as the summary splits it.
+            self.busy.stats_only("between_trainings", gap);
+        }
         tokio::task::spawn_blocking(move || {
             // The trainer's copy of θ_r, made here rather than on the event loop
             // and trained in place; the shared state is let go at once, so a
@@ -184,7 +189,7 @@ impl Node {
         }
     }
 
-    /// Hands the state to the writer to merge `deltas` into and checkpoint.
+    /// Hands the state to the writer to merge `deltas` into.
     pub(super) fn start_merge(&mut self, round: u64, deltas: Vec<SignedDelta>, reason: CloseReason) {
         let stand_in = Arc::new(ModelState {
             round: self.state.round,
@@ -210,19 +215,22 @@ impl Node {
             store: self.store.clone(),
             refusals: self.take_refusals(),
             copy_params: self.hooks.report_params,
-            checkpoint: self.checkpoints_after(round),
         };
         // Never dropped: see the queue's policy.
         let _ = self.workers.submit(Job::Merge(job), &self.metrics);
     }
 
     fn on_merged(&mut self, merged: Result<Merged, WorkError>) -> Result<(), NodeError> {
-        let Merged { round, reason, merged, state, buffer, params, copied, served } = merged?;
+        let Merged { round, reason, merged, state, buffer, params, copied, residual } = merged?;
         self.state = state;
         self.lent = false;
-        self.unsaved = served.is_none();
-        if let Some(served) = served {
-            self.snapshots.insert(served);
+        // The checkpoint goes to the writer before the engine hears of the
+        // merge, so before anything trained from the state can be saved.
+        self.unsaved = !self.checkpoints_after(round);
+        if !self.unsaved {
+            let job = Job::Checkpoint { state: self.state.clone(), residual, store: self.store.clone() };
+            // Never dropped: see the queue's policy.
+            let _ = self.workers.submit(job, &self.metrics);
         }
         self.merge_buffer = buffer;
         self.pulls.forget_before(self.state.round);
@@ -415,6 +423,13 @@ impl Node {
         }
         match done {
             Done::Merged(merged) => self.on_merged(merged),
+            Done::Checkpointed { round, result } => {
+                self.snapshots.insert(result?);
+                debug!(round, "checkpointed");
+                self.answer_offers()?;
+                self.want_snapshot();
+                Ok(())
+            }
             Done::Installed { result, round, from, expected_from, params_hash } => {
                 self.snapshots.insert(result?);
                 self.answer_offers()?;

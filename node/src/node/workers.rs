@@ -6,16 +6,17 @@
 //!
 //! | kind       | work                                              | pool            | capacity | when full |
 //! | ---------- | ------------------------------------------------- | --------------- | -------- | --------- |
-//! | `merge`    | aggregate, outer step, checkpoint (every `checkpoint_every` rounds; an installed state's always) | writer | 2 | never: the engine runs one merge at a time and installs only between merges |
+//! | `merge`    | aggregate and outer step; then, as a job of its own, the merged state's checkpoint (every `checkpoint_every` rounds); an installed state's checkpoint | writer | 3 | never: the engine runs one merge at a time and installs only between merges; a checkpoint follows its merge |
 //! | `own`      | privacy ledger, node-level noise, encode, sign, outbox | writer     | 1        | never: one training job at a time, and the next starts only once this one's result is in |
 //! | `snapshot` | a state's encoding and chunk hashes, to serve      | writer          | 1        | refused; the offers wait for the one in flight |
 //! | `verify`   | decode and verify a large delta (gossip, or one an installed state came with) | 2 workers | 64 | the new one is dropped (gossip verdict: ignore) |
 //! | `eval`     | held-out evaluation after a merge                 | 1 worker        | 2        | the oldest waiting one is dropped (its round reports no accuracy) |
 //!
 //! The writer runs its jobs one at a time in the order they came: merges
-//! apply in round order, a checkpoint is on disk before the next state's, an
-//! installed state is checkpointed before any delta trained from it is saved
-//! and published, and a snapshot in progress never holds the state a merge
+//! apply in round order, a checkpoint is on disk before the next state's, a
+//! merged or installed state is checkpointed before any delta trained from it
+//! is saved and published (so the next round may train while the checkpoint
+//! is written: nothing durable happens before it is on disk), and a snapshot in progress never holds the state a merge
 //! wants to change in place. Full-size buffers move into a job and come back
 //! with its result (the state, the merge buffer, the delta that becomes the
 //! new error-feedback residual); nothing is copied per round.
@@ -96,7 +97,7 @@ impl Kind {
     /// Jobs that may wait (not counting those running).
     fn capacity(self) -> usize {
         match self {
-            Kind::Merge => 2,
+            Kind::Merge => 3,
             Kind::Own | Kind::Snapshot | Kind::Decode => 1,
             Kind::Verify => 64,
             Kind::Eval => 2,
@@ -161,7 +162,7 @@ pub(super) struct MergeRules {
     pub(super) params: usize,
 }
 
-/// A round to merge into the state, then (maybe) checkpoint.
+/// A round to merge into the state.
 pub(super) struct MergeJob {
     pub(super) round: u64,
     pub(super) deltas: Vec<SignedDelta>,
@@ -169,15 +170,14 @@ pub(super) struct MergeJob {
     pub(super) state: Arc<ModelState>,
     /// The merge buffer, reused from round to round.
     pub(super) buffer: Vec<f32>,
+    /// The error-feedback residual now, checkpointed with the merged state.
     pub(super) residual: Arc<Vec<f32>>,
     pub(super) rules: MergeRules,
     pub(super) store: Arc<Store>,
-    /// The per-peer refusal counts to save with the checkpoint, if they changed.
+    /// The per-peer refusal counts to save with the merge, if they changed.
     pub(super) refusals: Option<Vec<RefusalCount>>,
     /// Copy the merged parameters for the harness (`report_params`).
     pub(super) copy_params: bool,
-    /// Checkpoint the merged state (false between `checkpoint_every` rounds).
-    pub(super) checkpoint: bool,
 }
 
 /// Node-level privacy noise: its clip, multiplier and generator (lent to the job).
@@ -229,6 +229,13 @@ pub(super) struct EvalJob {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Job {
     Merge(MergeJob),
+    /// Checkpoint a merged state; queued as its merge comes back, so before
+    /// anything trained from the state is saved.
+    Checkpoint {
+        state: Arc<ModelState>,
+        residual: Arc<Vec<f32>>,
+        store: Arc<Store>,
+    },
     /// Checkpoint a state installed from peers (`from` is the round left),
     /// from the chunks kept on disk under `fetched` when they are whole.
     Install {
@@ -258,7 +265,7 @@ pub(super) enum Job {
 impl Job {
     pub(super) fn kind(&self) -> Kind {
         match self {
-            Job::Merge(_) | Job::Install { .. } => Kind::Merge,
+            Job::Merge(_) | Job::Checkpoint { .. } | Job::Install { .. } => Kind::Merge,
             Job::Own(_) => Kind::Own,
             Job::Snapshot { .. } => Kind::Snapshot,
             Job::Verify { .. } => Kind::Verify,
@@ -289,8 +296,8 @@ pub(super) struct Merged {
     pub(super) params: Option<Arc<Vec<f32>>>,
     /// The state was still shared (a reader held it) and had to be copied.
     pub(super) copied: bool,
-    /// The merged state's checkpoint file, to serve (None: not checkpointed).
-    pub(super) served: Option<ServedFile>,
+    /// The residual the merge was handed, to checkpoint with the state.
+    pub(super) residual: Arc<Vec<f32>>,
 }
 
 /// Our delta, signed and saved, its wire bytes (for gossip), and the residual it leaves.
@@ -307,6 +314,11 @@ pub(super) struct Encoded {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Done {
     Merged(Result<Merged, WorkError>),
+    /// A merged state's checkpoint, its file to serve.
+    Checkpointed {
+        round: u64,
+        result: Result<ServedFile, WorkError>,
+    },
     Installed {
         result: Result<ServedFile, WorkError>,
         round: u64,
@@ -340,6 +352,7 @@ impl Done {
     pub(super) fn arm(&self) -> &'static str {
         match self {
             Done::Merged(_) => "work/merged",
+            Done::Checkpointed { .. } => "work/checkpointed",
             Done::Installed { .. } => "work/installed",
             Done::Own { .. } => "work/own",
             Done::Snapshot(_) => "work/snapshot",
@@ -471,10 +484,11 @@ impl Workers {
                 let kind = job.kind();
                 let mut timings = Vec::new();
                 let done_job = run(job, &mut timings);
-                // A job's transient buffers go back to the system, not to a
-                // heap that would keep them until the next burst of the same size.
-                starling_training::alloc::release_free_memory();
                 let _ = done.send(Finished { kind, done: done_job, timings });
+                // A job's transient buffers go back to the system, not to a
+                // heap that would keep them until the next burst of the same
+                // size; after its result is sent, so the next step need not wait.
+                starling_training::alloc::release_free_memory();
             });
         }
     }
@@ -485,6 +499,12 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
     let mut timed = |kind: &'static str, since: Instant| timings.push((kind, since.elapsed()));
     match job {
         Job::Merge(job) => Done::Merged(merge(job, &mut timed)),
+        Job::Checkpoint { state, residual, store } => {
+            let started = Instant::now();
+            let result = store.save_checkpoint(&state, &residual).map_err(WorkError::from);
+            timed("checkpoint", started);
+            Done::Checkpointed { round: state.round, result }
+        }
         Job::Install { state, residual, store, fetched, from, expected_from } => {
             let started = Instant::now();
             let result =
@@ -562,19 +582,8 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
 }
 
 fn merge(job: MergeJob, timed: &mut impl FnMut(&'static str, Instant)) -> Result<Merged, WorkError> {
-    let MergeJob {
-        round,
-        deltas,
-        reason,
-        state,
-        mut buffer,
-        residual,
-        rules,
-        store,
-        refusals,
-        copy_params,
-        checkpoint,
-    } = job;
+    let MergeJob { round, deltas, reason, state, mut buffer, residual, rules, store, refusals, copy_params } =
+        job;
     let started = Instant::now();
     let (mut state, copied) = match Arc::try_unwrap(state) {
         Ok(state) => (state, false),
@@ -590,15 +599,21 @@ fn merge(job: MergeJob, timed: &mut impl FnMut(&'static str, Instant)) -> Result
         rules.outer.step(&mut state.params, &mut state.momentum, &buffer);
     }
     state.record_merge(round, &deltas);
-    timed("merge", started);
-    let started = Instant::now();
-    let served = if checkpoint { Some(store.save_checkpoint(&state, &residual)?) } else { None };
     if let Some(refusals) = refusals {
         store.save_refusals(&refusals)?;
     }
-    timed("checkpoint", started);
+    timed("merge", started);
     let params = copy_params.then(|| Arc::new(state.params.clone()));
-    Ok(Merged { round, reason, merged: deltas.len(), state: Arc::new(state), buffer, params, copied, served })
+    Ok(Merged {
+        round,
+        reason,
+        merged: deltas.len(),
+        state: Arc::new(state),
+        buffer,
+        params,
+        copied,
+        residual,
+    })
 }
 
 /// Error feedback that leaves `residual` as it is: `delta` becomes

@@ -336,8 +336,17 @@ impl Engine {
     pub fn with_outbox(mut self, delta: SignedDelta) -> Self {
         if delta.header.round == self.round && delta.header.base == self.lineage {
             self.outbox = Some(delta);
-        } else if delta.header.round >= self.round {
-            self.rounds.signed_before(delta.header);
+            self
+        } else {
+            self.with_signed(delta.header)
+        }
+    }
+
+    /// A delta this node signed before it restarted, known by its header alone
+    /// (its saved bytes are lost): it signs nothing more for that round or any before.
+    pub fn with_signed(mut self, header: DeltaHeader) -> Self {
+        if header.round >= self.round {
+            self.rounds.signed_before(header);
         }
         self
     }

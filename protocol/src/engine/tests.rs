@@ -449,6 +449,16 @@ fn a_restarted_node_whose_outbox_is_ahead_of_its_checkpoint_observes_past_it() {
     assert_eq!(e.rounds().contributes_from(), 7);
 }
 
+#[test]
+fn a_restarted_node_that_knows_only_the_header_of_its_delta_never_signs_that_round_again() {
+    let config = EngineConfig { probe_on_start: false, ..config(0) };
+    // Its delta of round 5, trained from its checkpoint, was torn on disk.
+    let mut e = Engine::new(pk(1), config, 5, [51; 32]).with_signed(based(1, 5, [51; 32]).header);
+    let out = e.handle(0, Input::Start);
+    assert!(!out.iter().any(|o| matches!(o, Output::Train { .. } | Output::Publish(_))), "{out:?}");
+    assert_eq!(e.rounds().contributes_from(), 6);
+}
+
 /// A node alone, restarted from a checkpoint older than its last signed delta,
 /// sits out the rounds it signed as empty rounds closed at their deadline, and
 /// trains again past them (it stalled at its first observed round before).
