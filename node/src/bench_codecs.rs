@@ -109,7 +109,7 @@ pub async fn codecs(args: CodecsArgs) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     let base = match &args.spec {
-        Some(path) => crate::cli::load_spec(path)?,
+        Some(path) => crate::spec_file::load_spec(path)?,
         None => RunSpec::builtin(),
     };
     let mut all = vec![Codec::Dense];

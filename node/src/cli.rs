@@ -264,14 +264,6 @@ fn parse_allowed_key(text: &str) -> Result<starling_protocol::PublicKey> {
     starling_protocol::PublicKey::from_hex(text).map_err(|e| anyhow::anyhow!("--allow / --allowed-keys: {e}"))
 }
 
-/// Reads and validates a spec file; the error names the file.
-pub fn load_spec(path: &PathBuf) -> Result<RunSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the spec file {} (--spec)", path.display()))?;
-    RunSpec::from_toml(&text)
-        .with_context(|| format!("the spec file {} (--spec) is not usable", path.display()))
-}
-
 /// Runs the parsed command.
 pub async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
@@ -342,7 +334,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let _lock = datadir.lock()?;
     let summary = args.summary.clone();
     let spec = match &args.spec {
-        Some(path) => load_spec(path)?,
+        Some(path) => crate::spec_file::load_spec(path)?,
         None => {
             let store = starling_storage::Store::open(datadir.root())?;
             match store.spec()? {
@@ -474,7 +466,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
     let spec = match (&args.spec, args.codec) {
         // A spec file's outer step is the author's choice; only the codec changes.
         (Some(path), codec) => {
-            let mut spec = load_spec(path)?;
+            let mut spec = crate::spec_file::load_spec(path)?;
             spec.codec = codec.unwrap_or(spec.codec);
             spec
         }

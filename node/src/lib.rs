@@ -23,6 +23,7 @@ pub mod node;
 pub mod operator_cli;
 pub mod progress;
 pub mod run_summary;
+pub mod spec_file;
 pub mod statesync;
 pub mod status;
 pub mod units;

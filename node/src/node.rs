@@ -360,7 +360,7 @@ impl Node {
                     "the saved own delta is unreadable (its file torn by a machine crash?); this node signed \
                      a delta for that round, so it sits out the rounds up to it (never signing twice)"
                 );
-                signed_before = Some(header);
+                signed_before = Some(*header);
                 None
             }
             Err(UnreadableOutbox { reason, signed: None }) => {

@@ -84,7 +84,7 @@ pub struct SpecSource {
 impl SpecSource {
     pub fn load(&self) -> Result<RunSpec> {
         if let Some(path) = &self.spec {
-            return crate::cli::load_spec(path);
+            return crate::spec_file::load_spec(path);
         }
         let datadir = self.datadir.resolve();
         if !datadir.exists() {

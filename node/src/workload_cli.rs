@@ -178,7 +178,7 @@ pub struct BaselineReport {
 /// Trains the spec's model alone on the union of `nodes` shards and evaluates it.
 pub fn baseline(args: BaselineArgs) -> Result<()> {
     let spec = match &args.spec {
-        Some(p) => crate::cli::load_spec(p)?,
+        Some(p) => crate::spec_file::load_spec(p)?,
         None => RunSpec::builtin(),
     };
     if args.nodes == 0 || args.rounds == 0 {

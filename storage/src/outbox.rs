@@ -35,7 +35,7 @@ pub struct UnreadableOutbox {
     /// The header of the delta the node signed, when the record was readable
     /// and only the delta's file was not (torn by a machine crash, or rotten):
     /// enough to never sign its round again.
-    pub signed: Option<DeltaHeader>,
+    pub signed: Option<Box<DeltaHeader>>,
 }
 
 impl UnreadableOutbox {
@@ -58,7 +58,7 @@ pub(crate) fn encode_record(pointer: &Pointer, delta: &SignedDelta) -> Vec<u8> {
 /// A record's pointer and signed header; `None` if torn or corrupted. A record
 /// written before the header was kept is the bare pointer (32 or 64 bytes,
 /// where a body with a header is over a hundred).
-pub(crate) fn decode_record(record: &[u8]) -> Option<(Pointer, Option<DeltaHeader>)> {
+pub(crate) fn decode_record(record: &[u8]) -> Option<(Pointer, Option<Box<DeltaHeader>>)> {
     let (sum, body) = record.split_at_checked(CHECKSUM_LEN)?;
     if files::checksum(body) != sum {
         return None;
@@ -68,7 +68,7 @@ pub(crate) fn decode_record(record: &[u8]) -> Option<(Pointer, Option<DeltaHeade
     }
     let (&len, rest) = body.split_first()?;
     let (pointer, header) = rest.split_at_checked(usize::from(len))?;
-    Some((Pointer::decode(pointer)?, Some(wire::decode_announcement(header).ok()?.header)))
+    Some((Pointer::decode(pointer)?, Some(Box::new(wire::decode_announcement(header).ok()?.header))))
 }
 
 /// Makes outbox files durable on a thread of their own, one at a time.
@@ -117,7 +117,7 @@ mod tests {
         let (back, header) = decode_record(&record).unwrap();
         assert_eq!(
             (back.state, back.residual, header),
-            (pointer.state, pointer.residual, Some(delta.header))
+            (pointer.state, pointer.residual, Some(Box::new(delta.header)))
         );
         let mut torn = record.clone();
         torn.truncate(record.len() - 1);

@@ -201,7 +201,7 @@ fn a_torn_delta_file_still_tells_which_round_was_signed() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let unreadable = store.outbox(3, 1024).unwrap_err();
     assert!(unreadable.reason.contains("checksum"), "{unreadable}");
-    assert_eq!(unreadable.signed, Some(delta.header), "the record keeps the signed header");
+    assert_eq!(unreadable.signed, Some(Box::new(delta.header)), "the record keeps the signed header");
 }
 
 #[test]

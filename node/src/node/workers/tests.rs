@@ -122,7 +122,6 @@ async fn the_writer_runs_one_job_at_a_time_in_order() {
         store: store.clone(),
         refusals: None,
         copy_params: false,
-        checkpoint: true,
     };
     workers.submit(Job::Merge(merge), &metrics);
     assert_eq!((workers.pending(Kind::Snapshot), workers.pending(Kind::Merge)), (1, 1));
@@ -136,6 +135,13 @@ async fn the_writer_runs_one_job_at_a_time_in_order() {
     workers.finished(second.kind, &metrics);
     let Done::Merged(Ok(merged)) = second.done else { panic!("merged") };
     assert_eq!((merged.state.round, merged.copied, merged.buffer.len()), (1, false, 64));
+    // The checkpoint is a job of its own, after the merge's result came back.
+    let checkpoint =
+        Job::Checkpoint { state: merged.state.clone(), residual: merged.residual, store: store.clone() };
+    workers.submit(checkpoint, &metrics);
+    let third = rx.recv().await.unwrap();
+    workers.finished(third.kind, &metrics);
+    let Done::Checkpointed { round: 1, result: Ok(_) } = third.done else { panic!("checkpointed round 1") };
     let saved = store.latest_checkpoint(64).unwrap().checkpoint.unwrap();
     assert_eq!(saved.state, *merged.state, "checkpointed before the result came back");
     assert!(workers.idle());
