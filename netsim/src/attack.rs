@@ -15,7 +15,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 use starling_protocol::{PublicKey, SignedDelta};
 
-use crate::link::standard_normal;
+use crate::draw::standard_normal;
 
 /// What an attacker does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@
 //! ([`report`]).
 
 pub mod attack;
+mod draw;
 pub mod engine;
 pub mod link;
 pub mod live;

@@ -2,7 +2,7 @@
 
 use rand::{rngs::Xoshiro256PlusPlus, RngExt};
 
-use crate::scenario::Latency;
+use crate::{draw::standard_normal, scenario::Latency};
 
 /// Microseconds to push `bytes` through a link of `mbps` (0: instant).
 pub fn transfer_time(bytes: u64, mbps: f64) -> u64 {
@@ -36,13 +36,6 @@ pub fn sample_latency(latency: &Latency, rng: &mut Xoshiro256PlusPlus) -> u64 {
         Latency::Lognormal { median_ms, sigma } => median_ms * (sigma * standard_normal(rng)).exp(),
     };
     (ms * 1000.0).round() as u64
-}
-
-/// Box–Muller.
-pub(crate) fn standard_normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
-    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// Each node's gossip mesh peers (symmetric).

@@ -4,17 +4,18 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use libp2p::Multiaddr;
 use starling_protocol::{AggregationRule, Codec, RunSpec};
 use tokio::sync::watch;
 
 pub use crate::bench_cli::BenchCommand;
 use crate::{
+    config::ConfigError,
     local_swarm::{run_swarm, SwarmOptions},
     net::NetOptions,
     node::{DataOptions, NodeOptions},
-    operator_cli::{ConfigCommand, DatadirArg, ExportArgs, KeyCommand, SpecSource},
+    operator_cli::{DatadirArg, ExportArgs, KeyCommand, SpecSource},
     units::human_bytes,
     workload_cli::{BaselineArgs, DataCommand, WorkloadArgs},
 };
@@ -117,7 +118,7 @@ pub struct RunArgs {
     /// Train on shard INDEX of COUNT (e.g. 2/8) of the data; the whole data set when absent.
     #[arg(long)]
     pub shard: Option<starling_training::datasets::Shard>,
-    /// Where each option came from; filled in by [`crate::config::parse_from`].
+    /// Where each option came from; filled in by [`parse_from`].
     #[arg(skip)]
     pub provenance: crate::config::Provenance,
     #[command(flatten)]
@@ -196,6 +197,36 @@ pub struct SwarmArgs {
     pub aggregation: Option<AggregationRule>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the options `starling run` would use, as TOML, each with where it
+    /// came from: flag, environment, config.toml or default. Takes run's flags.
+    Dump(RunArgs),
+}
+
+/// The `starling` command with the environment layer added to the options of `run`.
+pub fn command() -> clap::Command {
+    crate::config::with_env_layer(Cli::command())
+}
+
+/// Parses the command line with every layer applied: flags, `STARLING_*`
+/// variables, the datadir's config.toml, defaults.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let (matches, provenance) = crate::config::parse_layered(command(), args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Some(provenance) = provenance {
+        match &mut cli.command {
+            Command::Run(args) | Command::Config(ConfigCommand::Dump(args)) => args.provenance = provenance,
+            _ => {}
+        }
+    }
+    Ok(cli)
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,11 +345,13 @@ pub async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Spec(SpecCommand::Show(source)) => crate::operator_cli::spec_show(&source),
         Command::Spec(SpecCommand::Hash(source)) => crate::operator_cli::spec_hash(&source),
-        Command::Init(datadir) => crate::operator_cli::init(&datadir),
+        Command::Init(datadir) => {
+            crate::operator_cli::init(&datadir, &crate::config::commented_defaults(&command()))
+        }
         Command::Key(command) => crate::operator_cli::key(&command).await,
         Command::Export(args) => crate::operator_cli::export(&args).await,
         Command::Config(ConfigCommand::Dump(args)) => {
-            crate::operator_cli::config_dump(&args);
+            crate::operator_cli::config_dump(&args.provenance);
             Ok(())
         }
     }

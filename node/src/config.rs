@@ -18,18 +18,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::{
-    builder::BoolishValueParser, parser::ValueSource, ArgAction, ArgMatches, CommandFactory, FromArgMatches,
-};
+use clap::{builder::BoolishValueParser, parser::ValueSource, ArgAction, ArgMatches};
 use libp2p::Multiaddr;
 
 pub use render::{commented_defaults, dump};
 
-use crate::{
-    cli::{Cli, Command},
-    dirs::Datadir,
-    operator_cli::ConfigCommand,
-};
+use crate::dirs::Datadir;
 
 /// Options of `run` that config.toml cannot set.
 const NOT_IN_FILE: &[(&str, &str)] =
@@ -101,9 +95,10 @@ pub enum ConfigError {
     BadValue { path: PathBuf, key: String, value: String, reason: String, expected: String },
 }
 
-/// The `starling` command with the environment layer added to the options of `run`.
-pub fn command() -> clap::Command {
-    Cli::command()
+/// `command` (the `starling` command) with the environment layer added to the
+/// options of `run` (and of `config dump`, which takes them).
+pub fn with_env_layer(command: clap::Command) -> clap::Command {
+    command
         .mut_subcommand("run", with_env)
         .mut_subcommand("config", |config| config.mut_subcommand("dump", with_env))
 }
@@ -130,17 +125,21 @@ pub fn env_var(long: &str) -> String {
     format!("STARLING_{}", long.to_ascii_uppercase().replace('-', "_"))
 }
 
-/// Parses the command line with every layer applied.
-pub fn parse_from<I, T>(args: I) -> Result<Cli, ConfigError>
+/// Parses the command line by `command` (with [`with_env_layer`] applied)
+/// with every layer: flags, environment, the datadir's config.toml; returns
+/// the matches and, for `run` (or `config dump`), where each option came from.
+pub fn parse_layered<I, T>(
+    command: clap::Command,
+    args: I,
+) -> Result<(ArgMatches, Option<Provenance>), ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let command = command();
     let first = command.clone().try_get_matches_from(&args).map_err(|e| blame_env(e, &args))?;
     let Some(run) = run_matches(&first) else {
-        return Ok(Cli::from_arg_matches(&first)?);
+        return Ok((first, None));
     };
     let run_command = command.find_subcommand("run").expect("run is a subcommand");
     let datadir = Datadir::resolve(run.get_one::<PathBuf>("datadir").map(PathBuf::as_path));
@@ -162,16 +161,13 @@ where
     }
     let mut all = args.clone();
     all.extend(injected.into_iter().map(OsString::from));
-    let matches =
-        command.clone().try_get_matches_from(&all).map_err(|e| blame_file(e, table.as_ref(), &path))?;
+    let matches = command
+        .clone()
+        .try_get_matches_from(&all)
+        .map_err(|e| blame_file(e, table.as_ref(), &path, run_command))?;
     let run = run_matches(&matches).expect("same subcommand");
     let provenance = provenance(run_command, run, &datadir, &path, table.is_some(), &from_file);
-    let mut cli = Cli::from_arg_matches(&matches)?;
-    match &mut cli.command {
-        Command::Run(args) | Command::Config(ConfigCommand::Dump(args)) => args.provenance = provenance,
-        _ => {}
-    }
-    Ok(cli)
+    Ok((matches, Some(provenance)))
 }
 
 /// The matches of `run`'s options: `run` itself or `config dump`.
@@ -321,7 +317,12 @@ fn blame_env(error: clap::Error, args: &[OsString]) -> ConfigError {
 }
 
 /// Turns clap's complaint about a value that came from the file into one that names the file and key.
-fn blame_file(error: clap::Error, table: Option<&toml::Table>, path: &Path) -> ConfigError {
+fn blame_file(
+    error: clap::Error,
+    table: Option<&toml::Table>,
+    path: &Path,
+    run: &clap::Command,
+) -> ConfigError {
     use clap::error::{ContextKind, ContextValue};
     let (Some(table), Some(ContextValue::String(arg))) = (table, error.get(ContextKind::InvalidArg)) else {
         return error.into();
@@ -334,8 +335,6 @@ fn blame_file(error: clap::Error, table: Option<&toml::Table>, path: &Path) -> C
     };
     let reason = error.render().to_string();
     let reason = reason.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
-    let command = command();
-    let run = command.find_subcommand("run").expect("run is a subcommand");
     let expected = run
         .get_arguments()
         .find(|a| a.get_long() == Some(&key.replace('_', "-")))

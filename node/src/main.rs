@@ -2,8 +2,8 @@
 //! datadir's config.toml), sets up logging, runs.
 
 use starling_node::{
-    cli::{execute, Command},
-    config::{parse_from, ConfigError},
+    cli::{execute, parse_from, Command},
+    config::ConfigError,
 };
 
 fn main() -> std::process::ExitCode {

@@ -12,7 +12,7 @@ use rand::Rng;
 use starling_protocol::RunSpec;
 use starling_storage::Store;
 
-use crate::{cli::RunArgs, dirs::Datadir};
+use crate::{config::Provenance, dirs::Datadir};
 
 /// `--datadir`, where a command takes one.
 #[derive(Debug, Args)]
@@ -44,13 +44,6 @@ pub enum KeyCommand {
         #[command(flatten)]
         datadir: DatadirArg,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Print the options `starling run` would use, as TOML, each with where it
-    /// came from: flag, environment, config.toml or default. Takes run's flags.
-    Dump(RunArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -140,7 +133,8 @@ pub fn peer_id(key: &SigningKey) -> String {
 
 /// `starling init`: creates the datadir, its key and a commented config.toml;
 /// keeps what is already there, and says which.
-pub fn init(datadir: &DatadirArg) -> Result<()> {
+/// `config_template` is the commented config.toml to write ([`crate::config::commented_defaults`]).
+pub fn init(datadir: &DatadirArg, config_template: &str) -> Result<()> {
     let datadir = datadir.resolve();
     let root = datadir.root().display();
     match datadir.create()? {
@@ -156,7 +150,7 @@ pub fn init(datadir: &DatadirArg) -> Result<()> {
     if config.exists() {
         println!("kept {}", config.display());
     } else {
-        std::fs::write(&config, crate::config::commented_defaults())
+        std::fs::write(&config, config_template)
             .with_context(|| format!("cannot write {}", config.display()))?;
         println!(
             "wrote {} (the options of `starling run`, commented out at their defaults)",
@@ -289,7 +283,7 @@ pub fn spec_hash(source: &SpecSource) -> Result<()> {
     Ok(())
 }
 
-/// `starling config dump`.
-pub fn config_dump(args: &RunArgs) {
-    print!("{}", crate::config::dump(&args.provenance));
+/// `starling config dump`: `run`'s options and where each came from.
+pub fn config_dump(provenance: &Provenance) {
+    print!("{}", crate::config::dump(provenance));
 }

@@ -6,7 +6,7 @@ use std::any::TypeId;
 
 use clap::{ArgAction, ArgMatches};
 
-use super::{command, env_var, expected, file_args, Provenance, Source};
+use super::{env_var, expected, file_args, Provenance, Source};
 
 /// A resolved option's value as TOML: booleans for flags, arrays for options
 /// that take several values, numbers for numeric options, strings otherwise.
@@ -73,7 +73,8 @@ pub fn dump(provenance: &Provenance) -> String {
 
 /// The config.toml `starling init` writes: every option `run` reads from the
 /// file, commented out at its default, with its help and variable.
-pub fn commented_defaults() -> String {
+/// `command` is the `starling` command ([`crate::cli::command`]).
+pub fn commented_defaults(command: &clap::Command) -> String {
     let mut out = String::from(
         "# Options of `starling run` for this datadir, written by `starling init`.\n\
          # Precedence: command-line flags, then STARLING_* environment variables,\n\
@@ -82,7 +83,6 @@ pub fn commented_defaults() -> String {
          # Relative paths are taken from the datadir. `starling config dump` prints\n\
          # the resolved options and where each came from.\n",
     );
-    let command = command();
     let run = command.find_subcommand("run").expect("run is a subcommand");
     for arg in file_args(run) {
         let key = arg.get_long().expect("file options have a long flag");

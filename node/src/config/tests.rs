@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::cli::RunArgs;
+use crate::cli::{command, parse_from, Command, RunArgs};
 
 fn resolve(datadir: &Path, file: Option<&str>, flags: &[&str]) -> Result<RunArgs, ConfigError> {
     if let Some(text) = file {
@@ -97,7 +97,7 @@ fn unknown_keys_datadir_and_bad_toml_are_refused_with_the_file_named() {
 
 #[test]
 fn the_commented_defaults_parse_and_resolve_to_the_defaults_when_uncommented() {
-    let text = commented_defaults();
+    let text = commented_defaults(&command());
     assert!(text.contains("# wait-peers = 0\n"), "{text}");
     assert!(text.contains("STARLING_WAIT_PEERS"), "{text}");
     let dir = tempfile::tempdir().unwrap();
