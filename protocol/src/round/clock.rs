@@ -14,9 +14,22 @@ impl RoundState {
     /// after quorum, else the deadline; `None` before our own delta is in.
     pub fn wake_at(&self) -> Option<u64> {
         match (self.quorum_at, self.deadline_from()) {
-            (Some(at), _) => Some(at.saturating_add(self.config.settle_ms)),
+            (Some(at), _) => Some(at.saturating_add(self.settle_ms())),
             (None, Some(at)) => Some(at.saturating_add(self.config.deadline_ms)),
             (None, None) => None,
+        }
+    }
+
+    /// How long a round that reached its quorum keeps listening: the config's
+    /// settle time, for a second delta of one key that gossip brings a hop
+    /// behind the first; none for a node with no peer connected or expected,
+    /// which no delta can reach.
+    fn settle_ms(&self) -> u64 {
+        let alone = self.connected.is_empty() && self.active().iter().all(|k| *k == self.me);
+        if alone {
+            0
+        } else {
+            self.config.settle_ms
         }
     }
 
@@ -93,7 +106,7 @@ impl RoundState {
         let deadline = published_at.saturating_add(self.config.deadline_ms);
         let reason = if from_active >= self.quorum_target() {
             let at = *self.quorum_at.get_or_insert(now_ms);
-            if now_ms < at.saturating_add(self.config.settle_ms) && now_ms < deadline {
+            if now_ms < at.saturating_add(self.settle_ms()) && now_ms < deadline {
                 return;
             }
             CloseReason::Quorum

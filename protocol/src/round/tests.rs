@@ -100,6 +100,18 @@ fn a_round_settles_after_quorum_so_a_twin_delta_can_surface() {
 }
 
 #[test]
+fn a_node_with_no_peer_closes_at_quorum_without_settling() {
+    let mut s = RoundState::new(PublicKey::of(&key(1)), RoundConfig { settle_ms: 50, ..config() }, 0);
+    let (_, senders, reason) = merged(&s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)))).unwrap();
+    assert_eq!((senders.len(), reason), (1, CloseReason::Quorum), "no twin can come: closed at once");
+    // With a peer connected it settles again.
+    s.handle(1, Event::PeerConnected(PublicKey::of(&key(2))));
+    s.handle(2, Event::PeerDelta(delta(2, 1, 2.0)));
+    assert!(merged(&s.handle(3, Event::LocalDelta(delta(1, 1, 1.0)))).is_none(), "quorum, then settle");
+    assert_eq!(s.wake_at(), Some(53));
+}
+
+#[test]
 fn merges_what_it_has_at_the_deadline() {
     let mut s = state();
     s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
