@@ -8,28 +8,15 @@
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
-use crate::delta::{header_digest, DeltaHeader, SignedDelta};
+use crate::delta::{header_digest, SignedDelta, SignedHeader};
 use crate::keys::PublicKey;
-use crate::spec::RunId;
-use crate::wire;
+use crate::run_id::RunId;
 
 /// The most bytes an encoded proof may take: two headers and two signatures,
 /// with room to spare. Decoding refuses anything longer before it allocates.
 pub const MAX_PROOF_BYTES: usize = 2048;
 
-/// A delta header with the sender's signature over its digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedHeader {
-    pub header: DeltaHeader,
-    pub signature: [u8; 64],
-}
-
 impl SignedHeader {
-    /// The signed header of a delta (its payload is not needed to check the signature).
-    pub fn of(delta: &SignedDelta) -> Self {
-        Self { header: delta.header.clone(), signature: delta.signature }
-    }
-
     fn digest(&self) -> [u8; 32] {
         header_digest(&self.header)
     }
@@ -111,20 +98,6 @@ impl EquivocationProof {
         self.a.verify("a")?;
         self.b.verify("b")?;
         Ok(a.sender)
-    }
-
-    /// Encoded for the wire and the ban record.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        wire::encode_proof(self)
-    }
-
-    /// Decodes untrusted bytes (at most [`MAX_PROOF_BYTES`]) and verifies the
-    /// proof for `run`; returns it with the guilty key.
-    pub fn from_untrusted(bytes: &[u8], run: RunId) -> Result<(Self, PublicKey), ProofError> {
-        let proof =
-            wire::decode_proof(bytes, MAX_PROOF_BYTES).map_err(|e| ProofError::Malformed(e.to_string()))?;
-        let key = proof.verify(run)?;
-        Ok((proof, key))
     }
 }
 

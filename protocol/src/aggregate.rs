@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn aggregating_payloads_matches_aggregating_decoded_values() {
-        use crate::spec::RunId;
+        use crate::run_id::RunId;
         use ed25519_dalek::SigningKey;
         let rows = [(3u64, vec![1.0f32, -2.0, 0.5]), (1, vec![0.0, 4.0, -1.0]), (4, vec![2.0, 2.0, 2.0])];
         for codec in Codec::examples() {
@@ -375,7 +375,7 @@ mod tests {
 
     /// Dense deltas of `rows`, each signed by its own key, with 10 samples.
     fn signed_dense(rows: &[Vec<f32>]) -> Vec<SignedDelta> {
-        use crate::spec::RunId;
+        use crate::run_id::RunId;
         use ed25519_dalek::SigningKey;
         rows.iter()
             .enumerate()

@@ -12,11 +12,9 @@ use std::fmt;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::accountability::SignedHeader;
 use crate::codec::{Codec, CodecError};
 use crate::keys::PublicKey;
-use crate::spec::RunId;
-use crate::wire;
+use crate::run_id::RunId;
 
 const HEADER_DOMAIN: &str = "starling 2026-11 delta header v1";
 const PAYLOAD_DOMAIN: &str = "starling 2026-11 delta payload v1";
@@ -131,7 +129,7 @@ impl DeltaRules {
 /// The digest a header is signed under.
 pub fn header_digest(header: &DeltaHeader) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(HEADER_DOMAIN);
-    h.update(&wire::encode_header(header));
+    h.update(&crate::wire::primitives::encode(header));
     *h.finalize().as_bytes()
 }
 
@@ -161,6 +159,21 @@ fn check_signed_header(
     let key = VerifyingKey::from_bytes(&header.sender.0).map_err(|_| Refusal::BadKey)?;
     key.verify_strict(&header_digest(header), &Signature::from_bytes(signature))
         .map_err(|_| Refusal::BadSignature)
+}
+
+/// A delta header with the sender's signature over its digest: what an
+/// announcement carries, and half of an equivocation proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedHeader {
+    pub header: DeltaHeader,
+    pub signature: [u8; 64],
+}
+
+impl SignedHeader {
+    /// The signed header of a delta (its payload is not needed to check the signature).
+    pub fn of(delta: &SignedDelta) -> Self {
+        Self { header: delta.header.clone(), signature: delta.signature }
+    }
 }
 
 impl SignedHeader {
@@ -251,14 +264,6 @@ impl SignedDelta {
         Self { header: signed.header, payload, signature: signed.signature }
     }
 
-    /// Decodes and fully validates bytes received from the network.
-    pub fn from_untrusted(bytes: &[u8], rules: &DeltaRules) -> Result<Self, Refusal> {
-        let limit = rules.codec.max_payload_len(rules.params) + 1024;
-        let delta = wire::decode_delta(bytes, limit).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        delta.validate(rules)?;
-        Ok(delta)
-    }
-
     /// The delta's identity, stable across re-encodings.
     pub fn id(&self) -> DeltaId {
         let mut h = blake3::Hasher::new_derive_key("starling 2026-11 delta id v1");
@@ -266,16 +271,12 @@ impl SignedDelta {
         h.update(&self.signature);
         DeltaId(*h.finalize().as_bytes())
     }
-
-    /// Encoded for the wire.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        wire::encode_delta(self)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire;
     use proptest::prelude::*;
 
     fn key(seed: u8) -> SigningKey {

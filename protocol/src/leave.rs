@@ -14,8 +14,7 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::keys::PublicKey;
-use crate::spec::RunId;
-use crate::wire;
+use crate::run_id::RunId;
 
 const LEAVE_DOMAIN: &str = "starling 2026-12 leave notice v1";
 
@@ -62,7 +61,7 @@ impl LeaveRefusal {
 /// The digest a notice is signed under.
 fn digest(run_id: &RunId, sender: &PublicKey, from: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(LEAVE_DOMAIN);
-    h.update(&wire::encode_leave_claim(run_id, sender, from));
+    h.update(&crate::wire::primitives::encode(&(run_id, sender, from)));
     *h.finalize().as_bytes()
 }
 
@@ -85,19 +84,6 @@ impl LeaveNotice {
             &Signature::from_bytes(&self.signature),
         )
         .map_err(|_| LeaveRefusal::BadSignature)
-    }
-
-    /// Decodes untrusted bytes (at most [`MAX_LEAVE_BYTES`]) and verifies them for `run_id`.
-    pub fn from_untrusted(bytes: &[u8], run_id: RunId) -> Result<Self, LeaveRefusal> {
-        let notice =
-            wire::decode_leave(bytes, MAX_LEAVE_BYTES).map_err(|e| LeaveRefusal::Malformed(e.to_string()))?;
-        notice.verify(run_id)?;
-        Ok(notice)
-    }
-
-    /// Encoded for the wire.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        wire::encode_leave(self)
     }
 
     /// The notice's identity (for duplicate suppression in a simulator).

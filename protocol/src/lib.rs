@@ -24,6 +24,7 @@ pub mod model_spec;
 pub mod outer;
 pub mod privacy;
 pub mod round;
+pub mod run_id;
 pub mod snapshot;
 pub mod spec;
 pub mod state_file;
@@ -32,12 +33,12 @@ pub mod wire;
 #[cfg(test)]
 mod test_keys;
 
-pub use accountability::{EquivocationProof, ProofError, SignedHeader};
+pub use accountability::{EquivocationProof, ProofError};
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnapshot};
 pub use codec::{Codec, CodecError};
 pub use consensus::consensus_distance;
-pub use delta::{DeltaHeader, DeltaId, DeltaRules, Refusal, SignedDelta};
+pub use delta::{DeltaHeader, DeltaId, DeltaRules, Refusal, SignedDelta, SignedHeader};
 pub use engine::{Engine, EngineConfig};
 pub use keys::PublicKey;
 pub use leave::{LeaveNotice, LeaveRefusal};

@@ -1,8 +1,6 @@
 //! `RunSpec`, the genesis of a swarm: everything nodes must agree on before
 //! they can train together. Stored as TOML; its hash is the run id.
 
-use std::fmt;
-
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
@@ -14,35 +12,9 @@ use crate::keys::PublicKey;
 pub use crate::model_spec::{
     CnnSpec, GptSpec, MlpSpec, ModelSpec, TokenizerSpec, TransformerSpec, GPT_PRESETS,
 };
-pub use crate::outer::OuterRule;
+pub use crate::outer::{OuterRule, OuterSpec};
 pub use crate::privacy::{PrivacyLevel, PrivacySpec};
-
-/// The hash of a run's spec. Topics, protocol names and every signed delta carry it,
-/// so different runs never mix.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RunId(pub [u8; 32]);
-
-impl RunId {
-    /// A short hex prefix, enough to name topics and logs.
-    pub fn short(&self) -> String {
-        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RunId({})", self.short())
-    }
-}
+pub use crate::run_id::RunId;
 
 /// Why a spec could not be read or is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -156,51 +128,6 @@ impl InnerSpec {
     }
 }
 
-/// The outer optimizer (see [`crate::outer`]): SGD with (Nesterov) momentum on
-/// the aggregated pseudo-gradient, or the SparseLoCo rule, in which error
-/// feedback (decay `feedback_decay`) takes the place of momentum.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OuterSpec {
-    /// `momentum` (when absent) or `sparseloco`. Left out of the TOML and of
-    /// the run id when it is `momentum`, so specs written before it keep their id.
-    #[serde(default, skip_serializing_if = "OuterRule::is_default")]
-    pub rule: OuterRule,
-    pub lr: f64,
-    /// The momentum rule's μ, in [0, 1); 0 under `sparseloco` (which may leave it out).
-    #[serde(default)]
-    pub momentum: f64,
-    /// Nesterov momentum; false under `sparseloco` (which may leave it out).
-    #[serde(default)]
-    pub nesterov: bool,
-}
-
-impl OuterSpec {
-    /// The outer step that suits deltas of `codec` on the built-in task (measured
-    /// with `starling bench codecs`): Nesterov 0.7 / 0.9 for dense and quantized
-    /// deltas; for top-k, a larger step with less momentum. A top-k delta with
-    /// error feedback moves each coordinate in rare bursts, and the feedback
-    /// decay lets part of what waits fade, so less of the pseudo-gradient arrives
-    /// per round than with dense deltas; the residual already delays and smooths
-    /// like momentum, and outer momentum on top of it overshoots. Chunked sparse
-    /// deltas take the SparseLoCo rule, with no outer momentum at all and a
-    /// larger step: on the built-in task it reached the same accuracy as top-k's
-    /// step at a lower held-out loss.
-    pub fn for_codec(codec: Codec) -> Self {
-        match codec {
-            Codec::TopK { .. } => {
-                OuterSpec { rule: OuterRule::Momentum, lr: 3.0, momentum: 0.5, nesterov: true }
-            }
-            Codec::Sparse { .. } => {
-                OuterSpec { rule: OuterRule::Sparseloco, lr: 5.0, momentum: 0.0, nesterov: false }
-            }
-            Codec::Dense | Codec::F16 | Codec::Int8 => {
-                OuterSpec { rule: OuterRule::Momentum, lr: 0.7, momentum: 0.9, nesterov: true }
-            }
-        }
-    }
-}
-
 /// Round timing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,7 +199,7 @@ impl RunSpec {
     /// encoding (not of its TOML, whose formatting is free).
     pub fn run_id(&self) -> RunId {
         let mut h = blake3::Hasher::new_derive_key("starling 2026-11 run spec v1");
-        h.update(&crate::wire::encode(self));
+        h.update(&crate::wire::primitives::encode(self));
         RunId(*h.finalize().as_bytes())
     }
 
@@ -513,7 +440,7 @@ mod tests {
         assert!(!back.allows(&PublicKey::of(&ed25519_dalek::SigningKey::from_bytes(&[4; 32]))));
         // The id of a public spec is the hash it had before the field existed.
         let mut h = blake3::Hasher::new_derive_key("starling 2026-11 run spec v1");
-        h.update(&crate::wire::encode(&(
+        h.update(&crate::wire::primitives::encode(&(
             &public.name,
             public.seed,
             &public.model,

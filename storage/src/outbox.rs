@@ -14,7 +14,7 @@
 
 use std::{path::PathBuf, sync::Mutex, thread::JoinHandle};
 
-use starling_protocol::{accountability::SignedHeader, wire, DeltaHeader, SignedDelta};
+use starling_protocol::{delta::SignedHeader, wire, DeltaHeader, SignedDelta};
 
 use crate::{files, Pointer, CHECKSUM_LEN};
 

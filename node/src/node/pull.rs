@@ -19,7 +19,7 @@ use libp2p::{
     request_response::{self, OutboundRequestId},
     PeerId,
 };
-use starling_protocol::{accountability::SignedHeader, round::Admission, wire, Refusal, SignedDelta};
+use starling_protocol::{delta::SignedHeader, round::Admission, wire, Refusal, SignedDelta};
 use tracing::{debug, warn};
 
 use super::workers::{Origin, Unverified, INLINE_VERIFY_BYTES};

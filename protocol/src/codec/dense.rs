@@ -3,7 +3,7 @@
 use super::CodecError;
 
 pub(super) fn encode(values: &[f32]) -> Vec<u8> {
-    crate::wire::f32s_to_le_bytes(values)
+    crate::wire::primitives::f32s_to_le_bytes(values)
 }
 
 fn length(payload: &[u8], params: usize) -> Result<(), CodecError> {

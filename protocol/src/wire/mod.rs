@@ -10,57 +10,21 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::accountability::{EquivocationProof, SignedHeader};
+pub(crate) mod primitives;
+use primitives::CONFIG;
+pub use primitives::{
+    decode, encode, extend_le_bytes, f32s_to_le_bytes, le_bytes_to_f32s, WireError, MAX_MESSAGE_BYTES,
+};
+
+use crate::accountability::{EquivocationProof, ProofError, MAX_PROOF_BYTES};
 use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
-use crate::delta::{DeltaHeader, SignedDelta};
+use crate::delta::{DeltaHeader, DeltaRules, Refusal, SignedDelta, SignedHeader};
 use crate::keys::PublicKey;
-use crate::leave::LeaveNotice;
+use crate::leave::{LeaveNotice, LeaveRefusal, MAX_LEAVE_BYTES};
+use crate::run_id::RunId;
 use crate::snapshot::{Checkpoint, ModelState, SyncReply, MAX_SYNC_DELTAS};
-use crate::spec::RunId;
 
 /// The largest message any Starling decoder accepts, whatever the caller's limit.
-pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
-
-type Config = bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<MAX_MESSAGE_BYTES>,
->;
-
-const CONFIG: Config = bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>();
-
-/// Why bytes could not be decoded.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum WireError {
-    #[error("message is {len} bytes, over the limit of {limit} bytes")]
-    TooLarge { len: usize, limit: usize },
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    #[error("message has {0} trailing bytes after its end")]
-    TrailingBytes(usize),
-}
-
-/// Encodes a value. Encoding our own types cannot fail except by running out of
-/// memory, so this panics only on a bug (a type serde cannot express in bincode).
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(value, CONFIG).expect("starling types always encode")
-}
-
-/// Decodes a value from untrusted bytes of at most `limit` bytes. Types with byte
-/// fields should borrow them (`&'a [u8]`) so that decoding never allocates.
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, WireError> {
-    let limit = limit.min(MAX_MESSAGE_BYTES);
-    if bytes.len() > limit {
-        return Err(WireError::TooLarge { len: bytes.len(), limit });
-    }
-    let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, CONFIG)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if read != bytes.len() {
-        return Err(WireError::TrailingBytes(bytes.len() - read));
-    }
-    Ok(value)
-}
-
 /// A [`SignedDelta`] as it travels: the payload and signature borrow the input.
 #[derive(Serialize, Deserialize)]
 struct SignedDeltaWire<'a> {
@@ -209,14 +173,6 @@ pub fn decode_proof(bytes: &[u8], limit: usize) -> Result<EquivocationProof, Wir
     Ok(EquivocationProof { a: part(wire.a)?, b: part(wire.b)? })
 }
 
-/// What a [`LeaveNotice`]'s signature covers.
-#[derive(Serialize, Deserialize)]
-struct LeaveClaimWire {
-    run_id: RunId,
-    sender: PublicKey,
-    from: u64,
-}
-
 /// A [`LeaveNotice`] as it travels: the signature borrows the input.
 #[derive(Serialize, Deserialize)]
 struct LeaveNoticeWire<'a> {
@@ -225,11 +181,6 @@ struct LeaveNoticeWire<'a> {
     from: u64,
     #[serde(borrow, with = "serde_bytes")]
     signature: &'a [u8],
-}
-
-/// The bytes a leave notice's digest is computed over.
-pub fn encode_leave_claim(run_id: &RunId, sender: &PublicKey, from: u64) -> Vec<u8> {
-    encode(&LeaveClaimWire { run_id: *run_id, sender: *sender, from })
 }
 
 /// Encodes a leave notice for the wire.
@@ -572,26 +523,52 @@ pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, 
     })
 }
 
-/// Little-endian bytes of an `f32` slice.
-pub fn f32s_to_le_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 4);
-    extend_le_bytes(&mut out, values);
-    out
-}
+// The types' own encodings: their methods that read and write bytes live
+// here, beside the formats, so that no type's module depends on this one.
 
-/// Appends `values` to `out` as little-endian `f32`s.
-pub fn extend_le_bytes(out: &mut Vec<u8>, values: &[f32]) {
-    #[cfg(target_endian = "little")]
-    out.extend_from_slice(bytemuck::cast_slice(values));
-    #[cfg(not(target_endian = "little"))]
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+impl SignedDelta {
+    /// Decodes and fully validates bytes received from the network.
+    pub fn from_untrusted(bytes: &[u8], rules: &DeltaRules) -> Result<Self, Refusal> {
+        let limit = rules.codec.max_payload_len(rules.params) + 1024;
+        let delta = decode_delta(bytes, limit).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        delta.validate(rules)?;
+        Ok(delta)
+    }
+
+    /// Encoded for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_delta(self)
     }
 }
 
-/// `f32`s from little-endian bytes; the length must be a multiple of 4 (callers check).
-pub fn le_bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+impl EquivocationProof {
+    /// Encoded for the wire and the ban record.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_proof(self)
+    }
+
+    /// Decodes untrusted bytes (at most [`MAX_PROOF_BYTES`]) and verifies the
+    /// proof for `run`; returns it with the guilty key.
+    pub fn from_untrusted(bytes: &[u8], run: RunId) -> Result<(Self, PublicKey), ProofError> {
+        let proof = decode_proof(bytes, MAX_PROOF_BYTES).map_err(|e| ProofError::Malformed(e.to_string()))?;
+        let key = proof.verify(run)?;
+        Ok((proof, key))
+    }
+}
+
+impl LeaveNotice {
+    /// Decodes untrusted bytes (at most [`MAX_LEAVE_BYTES`]) and verifies them for `run_id`.
+    pub fn from_untrusted(bytes: &[u8], run_id: RunId) -> Result<Self, LeaveRefusal> {
+        let notice =
+            decode_leave(bytes, MAX_LEAVE_BYTES).map_err(|e| LeaveRefusal::Malformed(e.to_string()))?;
+        notice.verify(run_id)?;
+        Ok(notice)
+    }
+
+    /// Encoded for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode_leave(self)
+    }
 }
 
 #[cfg(test)]
