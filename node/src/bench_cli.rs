@@ -94,6 +94,9 @@ pub enum BenchCommand {
         /// Text the language models train on (a file or a directory of them).
         #[arg(long, value_name = "PATH")]
         text: Option<PathBuf>,
+        /// Each node writes a state file every N rounds (`starling run --checkpoint-every`).
+        #[arg(long, default_value_t = 1)]
+        checkpoint_every: u64,
         /// Print one JSON object per size instead of the table.
         #[arg(long)]
         json: bool,
@@ -217,8 +220,9 @@ pub async fn bench(command: BenchCommand) -> Result<()> {
         }
         BenchCommand::Codecs(args) => crate::bench_codecs::codecs(args).await,
         BenchCommand::Train(args) => crate::workload_cli::bench_train(args),
-        BenchCommand::Scale { sizes, rounds, steps, codec, text, json } => {
-            let options = crate::bench::scale::ScaleOptions { sizes, rounds, steps, codec, text };
+        BenchCommand::Scale { sizes, rounds, steps, codec, text, checkpoint_every, json } => {
+            let options =
+                crate::bench::scale::ScaleOptions { sizes, rounds, steps, codec, text, checkpoint_every };
             if !json {
                 println!("{}", crate::bench::scale::table_header());
             }

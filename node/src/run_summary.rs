@@ -82,6 +82,11 @@ impl RunSummary {
         self.work.get(kind).map_or(0.0, |t| t.total_seconds)
     }
 
+    /// CPU seconds of `kind` of work over the run (work on the workers only).
+    pub fn cpu_seconds(&self, kind: &str) -> f64 {
+        self.work.get(kind).map_or(0.0, |t| t.cpu_seconds)
+    }
+
     pub fn count(&self, kind: &str) -> u64 {
         self.work.get(kind).map_or(0, |t| t.count)
     }

@@ -101,6 +101,8 @@ pub struct ScaleOptions {
     pub codec: Option<Codec>,
     /// Text for the language models.
     pub text: Option<PathBuf>,
+    /// `--checkpoint-every` of each node.
+    pub checkpoint_every: u64,
 }
 
 /// One size's figures. Times are seconds per merged round.
@@ -131,6 +133,10 @@ pub struct ScaleRow {
     /// average: what the rest of a round adds to its training (the work above
     /// that runs beside the next training is not in it).
     pub between_trainings_seconds: f64,
+    /// CPU seconds a round of encode+sign, merge+outer, checkpoint and outbox
+    /// took on their workers' threads (their wall times above also count what
+    /// the OS gave the training beside them, and waits on the disk).
+    pub outside_training_cpu_seconds: f64,
     /// The node process from start to exit (start-up, every round, the linger
     /// before it leaves).
     pub wall_seconds: f64,
@@ -153,7 +159,7 @@ pub fn scale(options: &ScaleOptions, mut on_row: impl FnMut(&ScaleRow)) -> Resul
     }
     let mut rows = Vec::new();
     for (size, spec, size_dir) in specs {
-        let row = measure(size, &spec, options.rounds, &size_dir)?;
+        let row = measure(size, &spec, options, &size_dir)?;
         on_row(&row);
         rows.push(row);
         // Each datadir goes as soon as it is measured: the big ones are GBs.
@@ -206,7 +212,8 @@ fn mlp_width(params: usize) -> usize {
 }
 
 /// Runs one lone node on `spec` for `rounds` rounds and reads its figures.
-fn measure(size: &Size, spec: &RunSpec, rounds: u64, dir: &Path) -> Result<ScaleRow, ScaleError> {
+fn measure(size: &Size, spec: &RunSpec, options: &ScaleOptions, dir: &Path) -> Result<ScaleRow, ScaleError> {
+    let rounds = options.rounds;
     let (datadir, log, summary_path) = (dir.join("node"), dir.join("node.log"), dir.join("summary.json"));
     let log_file = std::fs::File::create(&log).map_err(io("cannot create the node's log"))?;
     let exe = std::env::current_exe().map_err(io("cannot find the starling binary"))?;
@@ -220,6 +227,7 @@ fn measure(size: &Size, spec: &RunSpec, rounds: u64, dir: &Path) -> Result<Scale
         .arg("--summary")
         .arg(&summary_path)
         .args(["--rounds", &rounds.to_string(), "--evaluate", "--wait-peers", "0", "--target-peers", "0"])
+        .args(["--checkpoint-every", &options.checkpoint_every.max(1).to_string()])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--no-http"])
         .env_remove("STARLING_BOOTNODES")
         .env("RUST_LOG", "info")
@@ -264,6 +272,11 @@ fn measure(size: &Size, spec: &RunSpec, rounds: u64, dir: &Path) -> Result<Scale
         eval_seconds: per_round("eval"),
         between_trainings_seconds: summary.seconds("between_trainings")
             / summary.count("between_trainings").max(1) as f64,
+        outside_training_cpu_seconds: ["encode", "merge", "checkpoint", "outbox"]
+            .iter()
+            .map(|kind| summary.cpu_seconds(kind))
+            .sum::<f64>()
+            / merged,
         wall_seconds: wall,
         datadir_bytes: dir_bytes(&datadir),
         unsent_signed_delta_bytes_per_round: summary.published_bytes / summary.count("encode").max(1),
@@ -306,7 +319,7 @@ fn dir_bytes(path: &Path) -> u64 {
 /// The table's header line.
 pub fn table_header() -> String {
     format!(
-        "{:<10} {:>11} {:>10} {:>10} {:>6} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>7} {:>10} {:>18}",
+        "{:<10} {:>11} {:>10} {:>10} {:>6} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>7} {:>10} {:>18}",
         "size",
         "params",
         "params B",
@@ -319,6 +332,7 @@ pub fn table_header() -> String {
         "outbox",
         "eval",
         "between",
+        "work cpu",
         "node s",
         "datadir",
         "delta/round unsent"
@@ -329,7 +343,7 @@ impl ScaleRow {
     /// The row under [`table_header`]: seconds per round, but the node's whole run.
     pub fn table_line(&self) -> String {
         format!(
-            "{:<10} {:>11} {:>10} {:>10} {:>6.1} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>7.1} {:>10} {:>18}",
+            "{:<10} {:>11} {:>10} {:>10} {:>6.1} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>7.1} {:>10} {:>18}",
             self.size,
             self.params,
             human_bytes(self.param_bytes as f64),
@@ -342,6 +356,7 @@ impl ScaleRow {
             self.outbox_seconds,
             self.eval_seconds,
             self.between_trainings_seconds,
+            self.outside_training_cpu_seconds,
             self.wall_seconds,
             human_bytes(self.datadir_bytes as f64),
             human_bytes(self.unsent_signed_delta_bytes_per_round as f64)
@@ -382,6 +397,7 @@ mod tests {
             steps: None,
             codec: None,
             text: None,
+            checkpoint_every: 1,
         };
         let err = scale(&options, |_| panic!("nothing runs")).unwrap_err().to_string();
         assert!(err.contains("--text") && err.contains("lm-tiny"), "{err}");

@@ -28,6 +28,11 @@ pub struct Timing {
     pub max_seconds: f64,
     /// The most CPU time the event loop's thread spent in one (handlers only).
     pub max_cpu_seconds: f64,
+    /// CPU time in all, where it is measured (work on the workers): wall time
+    /// less what the OS gave other threads (training, on a loaded machine) and
+    /// the waits on the disk.
+    #[serde(default)]
+    pub cpu_seconds: f64,
 }
 
 impl Timing {
@@ -43,6 +48,7 @@ impl Timing {
         self.total_seconds += other.total_seconds;
         self.max_seconds = self.max_seconds.max(other.max_seconds);
         self.max_cpu_seconds = self.max_cpu_seconds.max(other.max_cpu_seconds);
+        self.cpu_seconds += other.cpu_seconds;
     }
 
     pub fn mean_seconds(&self) -> f64 {
@@ -102,7 +108,7 @@ impl Since {
 }
 
 /// CPU seconds the calling thread has used.
-fn thread_cpu() -> f64 {
+pub(super) fn thread_cpu() -> f64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into `t`, which lives for the call.
     let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
@@ -152,11 +158,20 @@ impl Busy {
         self.stats.lag.add(seconds);
     }
 
-    /// One piece of heavy work of `kind` took `took`.
-    pub(super) fn work(&mut self, metrics: &NodeMetrics, kind: &'static str, took: Duration) {
+    /// One piece of heavy work of `kind` took `took`, of which `cpu` seconds
+    /// of its thread's CPU time (where measured).
+    pub(super) fn work(
+        &mut self,
+        metrics: &NodeMetrics,
+        kind: &'static str,
+        took: Duration,
+        cpu: Option<f64>,
+    ) {
         let seconds = took.as_secs_f64();
         metrics.work_done(kind, seconds);
-        self.stats.work.entry(kind.to_string()).or_default().add(seconds);
+        let timing = self.stats.work.entry(kind.to_string()).or_default();
+        timing.add(seconds);
+        timing.cpu_seconds += cpu.unwrap_or(0.0);
     }
 
     /// Time of `kind` counted in the figures only: `starling_train_seconds`

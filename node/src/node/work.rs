@@ -287,7 +287,7 @@ impl Node {
                 reason: format!("the checkpoint task failed: {e}"),
             },
         )??;
-        self.busy.work(&self.metrics, "checkpoint", started.elapsed());
+        self.busy.work(&self.metrics, "checkpoint", started.elapsed(), None);
         self.unsaved = false;
         info!(round = self.state.round, "checkpointed the last merged round on the way out");
         Ok(())
@@ -415,8 +415,8 @@ impl Node {
     pub(super) fn on_work_done(&mut self, finished: Finished) -> Result<(), NodeError> {
         let Finished { kind, done, timings } = finished;
         self.workers.finished(kind, &self.metrics);
-        for (what, took) in timings {
-            self.busy.work(&self.metrics, what, took);
+        for (what, took, cpu) in timings {
+            self.busy.work(&self.metrics, what, took, Some(cpu));
             if what == "merge" {
                 self.metrics.merge_seconds.observe(took.as_secs_f64());
             }

@@ -367,7 +367,8 @@ impl Done {
 pub(super) struct Finished {
     pub(super) kind: Kind,
     pub(super) done: Done,
-    pub(super) timings: Vec<(&'static str, Duration)>,
+    /// Each part's wall time and its thread's CPU seconds.
+    pub(super) timings: Vec<(&'static str, Duration, f64)>,
 }
 
 /// What [`Workers::submit`] did with a job.
@@ -495,8 +496,14 @@ impl Workers {
 }
 
 /// Does one job, noting how long its parts took.
-fn run(job: Job, timings: &mut Vec<(&'static str, Duration)>) -> Done {
-    let mut timed = |kind: &'static str, since: Instant| timings.push((kind, since.elapsed()));
+fn run(job: Job, timings: &mut Vec<(&'static str, Duration, f64)>) -> Done {
+    // Each part's CPU time runs from the end of the part before (or the job's start).
+    let mut cpu_since = super::busy::thread_cpu();
+    let mut timed = |kind: &'static str, since: Instant| {
+        let cpu = super::busy::thread_cpu();
+        timings.push((kind, since.elapsed(), (cpu - cpu_since).max(0.0)));
+        cpu_since = cpu;
+    };
     match job {
         Job::Merge(job) => Done::Merged(merge(job, &mut timed)),
         Job::Checkpoint { state, residual, store } => {
