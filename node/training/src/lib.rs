@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod data;
 pub mod datasets;
 pub mod error;
+pub mod evaluation;
 pub mod fast;
 pub mod init;
 pub mod model;
