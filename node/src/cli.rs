@@ -195,6 +195,11 @@ pub struct SwarmArgs {
     /// trimmed-mean[:TRIM], centered-clip[:RADIUS] or geometric-median.
     #[arg(long)]
     pub aggregation: Option<AggregationRule>,
+    /// Skip the centralized baseline (one model trained on every node's data
+    /// for as many steps as the swarm together), which costs as much time as
+    /// the swarm; its figures then read 0.
+    #[arg(long)]
+    pub no_baseline: bool,
     #[command(flatten)]
     pub workload: WorkloadArgs,
 }
@@ -521,6 +526,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         pull_above: args.pull_above,
         progress_to_stderr: args.json,
         quiet: false,
+        centralized_baseline: !args.no_baseline,
         dataset: args.workload.dataset.clone(),
         tokenizer: args.workload.tokenizer.clone(),
         ..SwarmOptions::new(args.nodes, args.rounds, spec)

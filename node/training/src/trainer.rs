@@ -29,8 +29,21 @@ const TAG_SAMPLER: u64 = 0x7361_6d70_6c65_0005;
 /// whatever the batch; the micro-batches' gradients are summed before the
 /// update, which is the batch's gradient up to float rounding. `lm-small`'s
 /// batch of 8 × 256: 0.38 GB a step at 512, 0.51 GB at 1024, 2 % slower
-/// (`starling bench train --model lm-small`).
+/// (`starling bench train --model lm-small`). On a GPU the whole batch is one
+/// micro-batch: there memory is plenty, and every micro-batch costs a forward
+/// and a backward pass of kernel launches, a loss read back and a sum of the
+/// gradients (`lm-tiny`'s batch of 32 × 128 was eight of them).
 const MICRO_BATCH_TOKENS: usize = 512;
+
+/// The tokens of a micro-batch on `device`: [`MICRO_BATCH_TOKENS`] on the
+/// CPU, the whole batch elsewhere.
+fn micro_batch_tokens(device: &Device) -> usize {
+    if device.is_cpu() {
+        MICRO_BATCH_TOKENS
+    } else {
+        usize::MAX
+    }
+}
 
 /// What one round of local training produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -155,7 +168,7 @@ impl Trainer {
             reference,
             rule,
             batch_size: spec.inner.batch_size,
-            micro_batch_tokens: MICRO_BATCH_TOKENS,
+            micro_batch_tokens: micro_batch_tokens(device),
             steps_done: 0,
             private: None,
         })

@@ -260,8 +260,15 @@ pub fn reference(qkv: &Tensor, heads: usize) -> Result<Tensor> {
         qkv.narrow(2, i * d_model, d_model)?.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
     };
     let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-    let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { MASKED } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, (t, t), qkv.device())?.to_dtype(qkv.dtype())?;
+    // Built where the scores are: a (t, t) mask from the host would cross to
+    // the device in every block of every step.
+    let device = qkv.device();
+    let position = Tensor::arange(0u32, t as u32, device)?;
+    let future = position.reshape((1, t))?.broadcast_gt(&position.reshape((t, 1))?)?;
+    let mask = future.where_cond(
+        &Tensor::full(MASKED, (t, t), device)?.to_dtype(qkv.dtype())?,
+        &Tensor::zeros((t, t), qkv.dtype(), device)?,
+    )?;
     let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
     let weights = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
     weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d_model))
