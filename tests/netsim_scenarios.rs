@@ -360,6 +360,33 @@ fn a_crash_and_restart_behave_alike_in_virtual_and_live_mode() {
     }
 }
 
+/// A graceful leave and a kill with no restart, in both modes: the others
+/// go on without each from the round it went (the leaver's notice, or its
+/// closed connections, tell them to stop waiting), no round waits for its
+/// deadline, nobody fetches a state, and the two left end agreeing. As with
+/// a crash, whether the departing node merged the round before its event
+/// is a race in live mode, so that round may count it or not.
+#[test]
+fn a_leave_and_a_kill_behave_alike_in_virtual_and_live_mode() {
+    let sc = scenario("leave-live");
+    let (leave, kill) = (sc.events[0].at_round as usize, sc.events[1].at_round as usize);
+    for mode in [Mode::Virtual, Mode::Live] {
+        let sc = Scenario { mode, ..sc.clone() };
+        let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+        let merged: Vec<usize> = out.rows.iter().map(|r| r.active_nodes).collect();
+        assert_eq!(merged.len(), sc.rounds as usize, "{mode:?}: a row per round");
+        assert!(merged[..leave - 1].iter().all(|&n| n == 4), "{mode:?}: four before the leave: {merged:?}");
+        assert!(merged[leave - 1..=leave].contains(&3), "{mode:?}: the leaver is gone: {merged:?}");
+        assert!(merged[leave + 1..kill - 1].iter().all(|&n| n == 3), "{mode:?}: three after it: {merged:?}");
+        assert!(merged[kill - 1..=kill].contains(&2), "{mode:?}: the killed node is gone: {merged:?}");
+        assert!(merged[kill + 1..].iter().all(|&n| n == 2), "{mode:?}: two at the end: {merged:?}");
+        let s = &out.summary;
+        assert_eq!(s.deadline_closes, 0, "{mode:?}: no round waited for its deadline");
+        assert_eq!(s.state_syncs, 0, "{mode:?}: nobody needed a state");
+        assert_eq!(s.final_consensus_distance, 0.0, "{mode:?}: the nodes left end agreeing");
+    }
+}
+
 #[test]
 fn live_mode_refuses_what_only_virtual_mode_simulates() {
     let sc: Scenario = toml::from_str(

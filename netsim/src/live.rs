@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use starling_node::{
     local_swarm::{
-        run_swarm, Bootstrap, Crash, Evaluate, Membership, NetworkChange, NodeRound, SwarmOptions,
+        run_swarm, Bootstrap, Crash, Departure, Evaluate, Membership, NetworkChange, NodeRound, SwarmOptions,
     },
     net::Transport,
 };
@@ -63,14 +63,6 @@ fn refuse_virtual_only(sc: &Scenario) -> Result<(), SimError> {
         ("[link] other than partition_disconnects", link != Link::default()),
         ("[compute]", sc.compute != Compute::default()),
         ("[churn]", sc.churn != Churn::default()),
-        (
-            "[[events]] of kind leave, or crash with restart_after_ms = 0",
-            sc.events.iter().any(|e| match e.what {
-                EventKind::Join { .. } | EventKind::Partition { .. } | EventKind::Heal => false,
-                EventKind::Crash { restart_after_ms, .. } => restart_after_ms == 0,
-                EventKind::Leave { .. } => true,
-            }),
-        ),
         ("[attack]", sc.attack != Attack::default()),
         ("protocol.group_size", sc.protocol.group_size != 0),
     ]
@@ -118,7 +110,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
         .events
         .iter()
         .filter_map(|e| match e.what {
-            EventKind::Crash { count, restart_after_ms } => Some(Crash {
+            EventKind::Crash { count, restart_after_ms } if restart_after_ms > 0 => Some(Crash {
                 at_round: e.at_round,
                 count,
                 restart_after: Duration::from_millis(restart_after_ms),
@@ -126,6 +118,22 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
             _ => None,
         })
         .collect();
+    // A crash with no restart is a departure by kill, as in virtual mode.
+    options.departures = sc
+        .events
+        .iter()
+        .filter_map(|e| match e.what {
+            EventKind::Crash { count, restart_after_ms: 0 } => {
+                Some(Departure { at_round: e.at_round, count, graceful: false })
+            }
+            EventKind::Leave { count, graceful } => Some(Departure { at_round: e.at_round, count, graceful }),
+            _ => None,
+        })
+        .collect();
+    let departed_by = |round: u64| -> usize {
+        options.departures.iter().filter(|d| d.at_round <= round).map(|d| d.count).sum()
+    };
+    let departed_by: Vec<usize> = (0..sc.rounds).map(departed_by).collect();
     options.network = sc
         .events
         .iter()
@@ -160,7 +168,9 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
             let entry = reports.entry(report.round).or_default();
             entry.insert(report.node, report);
             // Rounds complete in order; a round is done when every node has merged it.
-            while reports.get(&complete).is_some_and(|done| done.len() >= nodes) {
+            let expected =
+                |round: u64| nodes.saturating_sub(departed_by.get(round as usize).copied().unwrap_or(0));
+            while reports.get(&complete).is_some_and(|done| done.len() >= expected(complete).max(1)) {
                 complete += 1;
                 progress(complete, sc.rounds);
             }
@@ -188,15 +198,15 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
 fn markers(sc: &Scenario) -> Vec<(u64, String)> {
     sc.events
         .iter()
-        .filter_map(|e| {
+        .map(|e| {
             let label = match &e.what {
                 EventKind::Partition { sides } => partition_label(sides),
                 EventKind::Heal => "heal".to_string(),
                 EventKind::Crash { count, .. } => format!("{count} crash"),
                 EventKind::Join { count } => format!("{count} join"),
-                EventKind::Leave { .. } => return None,
+                EventKind::Leave { count, .. } => format!("{count} leave"),
             };
-            Some((e.at_round, label))
+            (e.at_round, label)
         })
         .collect()
 }

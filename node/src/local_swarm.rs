@@ -14,10 +14,7 @@ use libp2p::Multiaddr;
 use rand::{rngs::Xoshiro256PlusPlus, SeedableRng};
 use starling_protocol::{keys::node_key, round::CloseReason, PublicKey, RunSpec};
 use starling_training::datasets::Shard;
-use tokio::{
-    sync::{mpsc, watch},
-    task::JoinSet,
-};
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     net::{NetOptions, Transport},
@@ -29,9 +26,12 @@ use crate::{
 mod crashes;
 mod partitions;
 mod report;
+mod running;
 
-pub use crashes::Crash;
+use crashes::Fault;
+pub use crashes::{Crash, Departure};
 pub use partitions::{sides_of, NetworkChange};
+use running::RunningNodes;
 
 use report::{summarize, Progress};
 pub use report::{CurvePoint, SwarmSummary};
@@ -97,6 +97,8 @@ pub struct SwarmOptions {
     /// Crashes: nodes whose task is aborted at a round (as `kill -9` stops a
     /// process) and that start again from their datadirs (see [`Crash`]).
     pub crashes: Vec<Crash>,
+    /// Nodes that leave for good at a round, gracefully or dead (see [`Departure`]).
+    pub departures: Vec<Departure>,
     /// Partitions and heals: at a round, nodes split into sides that cannot
     /// reach one another, until a heal (see [`NetworkChange`]).
     pub network: Vec<NetworkChange>,
@@ -131,6 +133,7 @@ impl SwarmOptions {
             dataset: None,
             joiners: Vec::new(),
             crashes: Vec::new(),
+            departures: Vec::new(),
             network: Vec::new(),
             tokenizer: None,
             pull_above: crate::net::DEFAULT_PULL_ABOVE,
@@ -296,64 +299,6 @@ fn bootstrap_degrees(plan: &[Vec<usize>]) -> Vec<usize> {
 
 type NodeResult = (usize, Result<NodeOutcome, NodeError>);
 
-/// The running nodes, stopped and joined on every way out.
-struct RunningNodes {
-    tasks: JoinSet<NodeResult>,
-    /// Node index of each task, for the tasks that end without returning theirs.
-    index_of_task: HashMap<tokio::task::Id, usize>,
-    /// Each running node's task, to abort it in a crash.
-    aborts: HashMap<usize, tokio::task::AbortHandle>,
-    /// Tasks aborted in a crash: their end is no failure.
-    crashed: HashSet<tokio::task::Id>,
-    shutdown: watch::Sender<bool>,
-    rounds: u64,
-}
-
-impl RunningNodes {
-    fn spawn(&mut self, index: usize, node: impl std::future::Future<Output = NodeResult> + Send + 'static) {
-        let handle = self.tasks.spawn(node);
-        self.index_of_task.insert(handle.id(), index);
-        self.aborts.insert(index, handle);
-    }
-
-    /// Stops node `index` dead, as a crash would.
-    fn crash(&mut self, index: usize) {
-        if let Some(handle) = self.aborts.remove(&index) {
-            self.crashed.insert(handle.id());
-            handle.abort();
-        }
-    }
-
-    /// The next node to stop: its outcome if it reached the last round, or why not.
-    async fn join_next(&mut self) -> Option<Result<(usize, NodeOutcome), SwarmError>> {
-        let joined = loop {
-            match self.tasks.join_next().await? {
-                Err(e) if e.is_cancelled() && self.crashed.remove(&e.id()) => continue,
-                joined => break joined,
-            }
-        };
-        Some(match joined {
-            Ok((index, Ok(outcome))) if outcome.state.round >= self.rounds => Ok((index, outcome)),
-            Ok((index, Ok(outcome))) => {
-                Err(SwarmError::NodeStoppedEarly { index, round: outcome.state.round, rounds: self.rounds })
-            }
-            Ok((index, Err(source))) => Err(SwarmError::Node { index, source }),
-            Err(e) => Err(SwarmError::NodePanicked {
-                index: self.index_of_task.get(&e.id()).copied().unwrap_or(usize::MAX),
-                reason: e.to_string(),
-            }),
-        })
-    }
-
-    /// Asks every node to stop, waits a little for them to checkpoint, aborts the rest.
-    async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(STOP_TIMEOUT, async { while self.tasks.join_next().await.is_some() {} })
-            .await;
-        self.tasks.shutdown().await;
-    }
-}
-
 /// Runs the swarm to the end and returns its summary.
 pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError> {
     if options.nodes == 0 {
@@ -374,16 +319,8 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let base =
         options.datadir.clone().unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (start_tx, start_rx) = watch::channel(false);
-    let mut running = RunningNodes {
-        tasks: JoinSet::new(),
-        index_of_task: HashMap::new(),
-        aborts: HashMap::new(),
-        crashed: HashSet::new(),
-        shutdown: shutdown_tx,
-        rounds: options.rounds,
-    };
+    let mut running = RunningNodes::new(options.rounds);
     let plan = bootstrap_plan(options.nodes, options.bootstrap, options.seed);
     // The nodes that start together wait for each other only: joiners come later.
     let degrees = bootstrap_degrees(&plan[..starters]);
@@ -453,8 +390,10 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut addresses: Vec<Multiaddr> = Vec::new();
     for index in 0..starters {
         let (node_options, hooks, key) = node(index, &addresses);
-        let run = run_node_with(node_options, hooks, Some(events_tx.clone()), shutdown_rx.clone());
-        running.spawn(index, async move { (index, run.await) });
+        let events = events_tx.clone();
+        running.spawn(index, |stop| async move {
+            (index, run_node_with(node_options, hooks, Some(events), stop).await)
+        });
         match wait_listening(&mut running, &mut events_rx, PublicKey::of(&key)).await {
             Ok(address) => addresses.push(address),
             Err(e) => {
@@ -480,7 +419,7 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     let mut stopped = 0;
     // Nodes that merged the last round; they linger, relaying, until all have.
     let mut finished = HashSet::new();
-    let mut crashes = crashes::CrashPlan::new(options.crashes.clone());
+    let mut crashes = crashes::CrashPlan::new(options.crashes.clone(), options.departures.clone());
     let mut up: std::collections::BTreeSet<usize> = (0..starters).collect();
     while stopped < options.nodes {
         tokio::select! {
@@ -499,37 +438,52 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                         tracing::info!(round = report.round, ?change, "the local swarm's network changes");
                         cut_offs.apply(&change);
                     }
-                    for index in crashes.due(report.round, &up, tokio::time::Instant::now()) {
-                        up.remove(&index);
-                        running.crash(index);
+                    for fault in crashes.due(report.round, &up, tokio::time::Instant::now()) {
+                        match fault {
+                            Fault::Crash(index) => {
+                                up.remove(&index);
+                                running.crash(index);
+                            }
+                            Fault::Depart { index, graceful } => {
+                                up.remove(&index);
+                                running.depart(index, graceful);
+                                progress.node_gone();
+                            }
+                        }
                     }
                     while let Some(&(index, _)) = waiting.front().filter(|(_, at)| report.round + 1 >= *at) {
                         waiting.pop_front();
                         let (node_options, hooks, _) = node(index, &addresses);
                         let events = joiner_events.clone().expect("held while joiners wait");
-                        let run = run_node_with(node_options, hooks, Some(events), shutdown_rx.clone());
-                        running.spawn(index, async move { (index, run.await) });
+                        running.spawn(index, |stop| async move {
+                            (index, run_node_with(node_options, hooks, Some(events), stop).await)
+                        });
                         up.insert(index);
                         if waiting.is_empty() {
                             joiner_events = None;
                         }
                     }
                     if report.round + 1 >= options.rounds {
-                        finished.insert(report.node);
-                        if finished.len() == options.nodes {
-                            // Every node holds the last round: nothing left to relay.
-                            let _ = running.shutdown.send(true);
+                        if let Some(&index) = observer.index_of.get(&report.node) {
+                            finished.insert(index);
                         }
                     }
                     observer.send(&report);
                     progress.add(report);
+                    if all_finished(&finished, &running, options.nodes) {
+                        // Every node left holds the last round: nothing left to relay.
+                        running.shutdown_all();
+                    }
                 }
             }
             Some(result) = running.join_next() => {
                 match result {
                     Ok((index, outcome)) => {
-                        outcomes[index] = Some(outcome);
+                        outcomes[index] = outcome;
                         stopped += 1;
+                        if all_finished(&finished, &running, options.nodes) {
+                            running.shutdown_all();
+                        }
                     }
                     Err(e) => {
                         running.stop().await;
@@ -549,8 +503,9 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
                         up.iter().filter(|&&i| i < addresses.len()).map(|&i| addresses[i].clone()).collect();
                     node_options.wait_peers = 1;
                     let events = restart_events.clone().expect("held when crashes are planned");
-                    let run = run_node_with(node_options, hooks, Some(events), shutdown_rx.clone());
-                    running.spawn(index, async move { (index, run.await) });
+                    running.spawn(index, |stop| async move {
+                        (index, run_node_with(node_options, hooks, Some(events), stop).await)
+                    });
                     up.insert(index);
                 }
             }
@@ -577,11 +532,17 @@ pub async fn run_swarm(options: SwarmOptions) -> Result<SwarmSummary, SwarmError
     }
     running.stop().await;
     let swarm_seconds = swarm_start.elapsed().as_secs_f64();
-    let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.expect("every node joined")).collect();
+    // The nodes gone for good have no outcome: the summary is of those left.
+    let outcomes: Vec<NodeOutcome> = outcomes.into_iter().flatten().collect();
     let mut summary =
         summarize(&options, &outcomes, std::mem::take(&mut progress.curve), swarm_seconds, wall)?;
     summary.state_syncs = state_syncs;
     Ok(summary)
+}
+
+/// Whether every node not gone for good has merged the last round.
+fn all_finished(finished: &HashSet<usize>, running: &RunningNodes, nodes: usize) -> bool {
+    finished.iter().filter(|&&i| !running.is_gone(i)).count() + running.gone() >= nodes
 }
 
 /// Sleeps until `at`; forever when there is none.
@@ -616,8 +577,8 @@ async fn wait_listening(
                 return Err(Some(match result {
                     Ok((index, outcome)) => SwarmError::NodeStoppedEarly {
                         index,
-                        round: outcome.state.round,
-                        rounds: running.rounds,
+                        round: outcome.map_or(0, |o| o.state.round),
+                        rounds: running.rounds(),
                     },
                     Err(e) => e,
                 }));

@@ -216,10 +216,25 @@ impl Progress {
         let round = report.round;
         let reports = self.pending.entry(round).or_default();
         reports.push(report);
-        if reports.len() < self.nodes {
-            return;
+        if reports.len() >= self.nodes {
+            self.complete(round);
         }
-        let reports = self.pending.remove(&round).expect("just inserted");
+    }
+
+    /// A node is gone for good: rounds count as merged by every node once the
+    /// others have merged them.
+    pub(super) fn node_gone(&mut self) {
+        self.nodes = self.nodes.saturating_sub(1).max(1);
+        let ready: Vec<u64> =
+            self.pending.iter().filter(|(_, r)| r.len() >= self.nodes).map(|(&round, _)| round).collect();
+        for round in ready {
+            self.complete(round);
+        }
+    }
+
+    /// Prints and records `round`, which every node has merged.
+    fn complete(&mut self, round: u64) {
+        let reports = self.pending.remove(&round).expect("a pending round");
         self.complete = self.complete.max(Some(round));
         let n = reports.len() as f32;
         let loss = reports.iter().map(|r| r.train_loss).sum::<f32>() / n;
