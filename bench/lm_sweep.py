@@ -119,6 +119,8 @@ def run_once(args, config):
     spec = os.path.join(args.out, f"{name}.toml")
     result = os.path.join(args.out, f"{name}.json")
     if os.path.exists(result) and not args.rerun:
+        if not os.path.exists(spec):
+            write_spec(args, codec, outer, spec)
         return json.load(open(result)), spec
     write_spec(args, codec, outer, spec)
     started = time.time()
