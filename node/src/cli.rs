@@ -546,27 +546,35 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!();
+        // Without the baseline (--no-baseline) its figures are NaN: left out.
+        let baseline = !args.no_baseline;
+        let versus =
+            |what: String| if baseline { format!("; centralized baseline {what}") } else { String::new() };
         println!(
-            "accuracy      mean {:.2}%  min {:.2}%  (centralized baseline {:.2}%)",
+            "accuracy      mean {:.2}%  min {:.2}%{}",
             summary.mean_accuracy * 100.0,
             summary.min_accuracy * 100.0,
-            summary.centralized_accuracy * 100.0
+            if baseline {
+                format!("  (centralized baseline {:.2}%)", summary.centralized_accuracy * 100.0)
+            } else {
+                String::new()
+            }
         );
         println!(
-            "held-out loss mean {:.4}  (initially {:.4}; centralized baseline {:.4}; {} on {}, partition {})",
+            "held-out loss mean {:.4}  (initially {:.4}{}; {} on {}, partition {})",
             summary.mean_loss,
             summary.initial_loss,
-            summary.centralized_loss,
+            versus(format!("{:.4}", summary.centralized_loss)),
             summary.model,
             summary.dataset,
             summary.partition
         );
         if options_is_lm {
             println!(
-                "perplexity    {:.2} per token  (initially {:.2}; centralized baseline {:.2})",
+                "perplexity    {:.2} per token  (initially {:.2}{})",
                 summary.mean_perplexity,
                 summary.initial_loss.exp(),
-                summary.centralized_loss.exp()
+                versus(format!("{:.2}", summary.centralized_loss.exp()))
             );
         }
         println!(
