@@ -44,8 +44,10 @@ DEFAULT_GRID = [
     "sparse:32/4096+2bit",
     "sparse:32/4096+2bit@sparseloco:1:0.95",
     "sparse:32/4096+2bit@sparseloco:10:0.8",
+    "sparse:32/4096+2bit@sparseloco:3:0.9",
     "sparse:32/4096+2bit@momentum:3:0.5",
     "sparse:16/4096+2bit",
+    "sparse:16/4096+2bit@sparseloco:3:0.9",
 ]
 
 
