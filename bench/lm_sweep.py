@@ -3,6 +3,7 @@
 chunk size and bits, and the outer rule, each a `starling swarm --json` of the
 same spec, seed and rounds, against the dense run. Not part of CI.
 
+    cargo build --release -p starling-node                      # from the repository's root
     bench/lm_sweep.py --text fortunes.txt                        # lm-small, the default grid
     bench/lm_sweep.py --text fortunes.txt --model lm-small --d-model 384 --heads 6 \
         --configs dense,sparse:32/4096+2bit@sparseloco:5
