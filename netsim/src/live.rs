@@ -130,10 +130,14 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
             _ => None,
         })
         .collect();
-    let departed_by = |round: u64| -> usize {
-        options.departures.iter().filter(|d| d.at_round <= round).map(|d| d.count).sum()
-    };
-    let departed_by: Vec<usize> = (0..sc.rounds).map(departed_by).collect();
+    // How many nodes are gone by each round: a round is complete once the rest merged it.
+    let expected: Vec<usize> = (0..sc.rounds)
+        .map(|round| {
+            let gone: usize =
+                options.departures.iter().filter(|d| d.at_round <= round).map(|d| d.count).sum();
+            nodes.saturating_sub(gone).max(1)
+        })
+        .collect();
     options.network = sc
         .events
         .iter()
@@ -168,9 +172,10 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(u64, u64)) -> Result<RunOutpu
             let entry = reports.entry(report.round).or_default();
             entry.insert(report.node, report);
             // Rounds complete in order; a round is done when every node has merged it.
-            let expected =
-                |round: u64| nodes.saturating_sub(departed_by.get(round as usize).copied().unwrap_or(0));
-            while reports.get(&complete).is_some_and(|done| done.len() >= expected(complete).max(1)) {
+            while reports
+                .get(&complete)
+                .is_some_and(|done| done.len() >= expected.get(complete as usize).copied().unwrap_or(1))
+            {
                 complete += 1;
                 progress(complete, sc.rounds);
             }

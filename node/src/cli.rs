@@ -197,7 +197,7 @@ pub struct SwarmArgs {
     pub aggregation: Option<AggregationRule>,
     /// Skip the centralized baseline (one model trained on every node's data
     /// for as many steps as the swarm together), which costs as much time as
-    /// the swarm; its figures then read 0.
+    /// the swarm; its figures are then left out (null in --json).
     #[arg(long)]
     pub no_baseline: bool,
     #[command(flatten)]
@@ -550,15 +550,15 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
         let baseline = !args.no_baseline;
         let versus =
             |what: String| if baseline { format!("; centralized baseline {what}") } else { String::new() };
+        let accuracy_versus = if baseline {
+            format!("  (centralized baseline {:.2}%)", summary.centralized_accuracy * 100.0)
+        } else {
+            String::new()
+        };
         println!(
-            "accuracy      mean {:.2}%  min {:.2}%{}",
+            "accuracy      mean {:.2}%  min {:.2}%{accuracy_versus}",
             summary.mean_accuracy * 100.0,
             summary.min_accuracy * 100.0,
-            if baseline {
-                format!("  (centralized baseline {:.2}%)", summary.centralized_accuracy * 100.0)
-            } else {
-                String::new()
-            }
         );
         println!(
             "held-out loss mean {:.4}  (initially {:.4}{}; {} on {}, partition {})",
@@ -587,9 +587,14 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
             human_bytes(summary.bytes_sent_per_node),
             human_bytes(summary.dense_delta_bytes as f64)
         );
+        let baseline_time = if baseline {
+            format!(", {:.1}s centralized baseline", summary.centralized_seconds)
+        } else {
+            String::new()
+        };
         println!(
-            "time          {:.1}s swarm, {:.1}s centralized baseline, {:.1}s in all",
-            summary.swarm_seconds, summary.centralized_seconds, summary.wall_seconds
+            "time          {:.1}s swarm{baseline_time}, {:.1}s in all",
+            summary.swarm_seconds, summary.wall_seconds
         );
     }
     Ok(())
