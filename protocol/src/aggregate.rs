@@ -204,16 +204,16 @@ impl AggregationRule {
                 return Err(AggregateError::DuplicateSender(pair[0].header.sender.short()));
             }
         }
-        out.fill(0.0);
+        let weighted = |weight: &dyn Fn(&SignedDelta) -> f32, out: &mut [f32]| {
+            let inputs: Vec<(&[u8], f32)> = sorted.iter().map(|d| (&d.payload[..], weight(d))).collect();
+            codec.weighted_sum(&inputs, params, out).map_err(|(i, source)| AggregateError::Payload {
+                sender: sorted[i].header.sender.short(),
+                source,
+            })
+        };
         if self == AggregationRule::WeightedMean {
             let total: f64 = sorted.iter().map(|d| d.header.samples as f64).sum();
-            for d in sorted {
-                let weight = (d.header.samples as f64 / total) as f32;
-                codec
-                    .accumulate(&d.payload, params, weight, out)
-                    .map_err(|source| AggregateError::Payload { sender: d.header.sender.short(), source })?;
-            }
-            return Ok(());
+            return weighted(&|d| (d.header.samples as f64 / total) as f32, out);
         }
         if sorted.len() <= 2 {
             // Every robust rule of one or two inputs is their plain mean (the
@@ -221,13 +221,9 @@ impl AggregationRule {
             // their midpoint, and Weiszfeld started there stays), so decode
             // straight into the output instead of densifying each delta.
             let weight = 1.0 / sorted.len() as f32;
-            for d in sorted {
-                codec
-                    .accumulate(&d.payload, params, weight, out)
-                    .map_err(|source| AggregateError::Payload { sender: d.header.sender.short(), source })?;
-            }
-            return Ok(());
+            return weighted(&|_| weight, out);
         }
+        out.fill(0.0);
         let inputs = sorted
             .iter()
             .map(|d| {

@@ -5,6 +5,7 @@
 pub mod first_dials;
 pub mod forward_hold;
 pub mod given_relays;
+pub mod large_buffer;
 pub mod payload;
 pub mod pnet;
 pub mod rate_limit;

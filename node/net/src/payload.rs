@@ -76,11 +76,11 @@ impl libp2p::request_response::Codec for PayloadCodec {
             )));
         }
         // Sized once and zeroed by the allocator (fresh pages from the
-        // kernel, not a pass over them): the pages are touched only as bytes
-        // arrive, so a peer that claims more than it sends costs what it
-        // sends. (`read_to_end` would zero the whole buffer first: profiled at
-        // about a sixth of a 40 MB transfer.)
-        let mut buf = vec![0u8; len as usize];
+        // kernel, not a pass over them; huge pages when large): the pages are
+        // touched only as bytes arrive, so a peer that claims more than it
+        // sends costs what it sends. (`read_to_end` would zero the whole
+        // buffer first: profiled at about a sixth of a 40 MB transfer.)
+        let mut buf = crate::large_buffer::zeroed(len as usize);
         io.read_exact(&mut buf).await.map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -144,6 +144,27 @@ impl Codec {
         .map_err(|e| e.with_codec(self))
     }
 
+    /// Sets `out` (length `params`) to `Σ weightᵢ × payloadᵢ`, adding in the
+    /// order given: the same values as zeroing `out` and [`Codec::accumulate`]
+    /// of each input in turn. Dense payloads are summed a block of `out` at a
+    /// time, so `out` is written once. The error names the input that failed.
+    /// Call [`Codec::check`] first on untrusted payloads.
+    pub fn weighted_sum(
+        self,
+        inputs: &[(&[u8], f32)],
+        params: usize,
+        out: &mut [f32],
+    ) -> Result<(), (usize, CodecError)> {
+        if self == Codec::Dense && out.len() == params {
+            return dense::weighted_sum(inputs, out).map_err(|(i, e)| (i, e.with_codec(self)));
+        }
+        out.fill(0.0);
+        for (i, (payload, weight)) in inputs.iter().enumerate() {
+            self.accumulate(payload, params, *weight, out).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
     /// The largest payload this codec produces for `params` parameters.
     pub fn max_payload_len(self, params: usize) -> usize {
         match self {

@@ -121,6 +121,53 @@ fn non_finite_values_are_refused() {
     assert_eq!(Codec::Int8.check(&int8, 2), Err(CodecError::BadScale(0)));
 }
 
+#[test]
+fn dense_check_names_the_first_non_finite_value_in_any_block() {
+    let n = 3 * 4096 + 17;
+    let clean = vec![0.5f32; n];
+    assert_eq!(Codec::Dense.check(&Codec::Dense.encode(&clean), n), Ok(()));
+    for (at, bad) in [(0, f32::NAN), (4095, f32::INFINITY), (4096, f32::NEG_INFINITY), (n - 1, f32::NAN)] {
+        let mut v = clean.clone();
+        v[at] = bad;
+        v[n - 1] = if at == n - 1 { bad } else { f32::NAN };
+        assert_eq!(Codec::Dense.check(&Codec::Dense.encode(&v), n), Err(CodecError::NonFinite(at)), "{at}");
+    }
+    let mut v = clean;
+    v[9000] = f32::MAX;
+    v[9001] = f32::MIN_POSITIVE / 2.0;
+    assert_eq!(
+        Codec::Dense.check(&Codec::Dense.encode(&v), n),
+        Ok(()),
+        "large and subnormal values are finite"
+    );
+}
+
+#[test]
+fn weighted_sums_equal_accumulating_each_payload_in_turn() {
+    let n = 2 * 8192 + 5;
+    let mut next = lcg(7);
+    let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| next()).collect()).collect();
+    for codec in [Codec::Dense, Codec::Int8, "sparse:16/4096+2bit".parse().unwrap()] {
+        let payloads: Vec<Vec<u8>> = inputs.iter().map(|v| codec.encode(v)).collect();
+        let weighted: Vec<(&[u8], f32)> =
+            payloads.iter().zip([0.5, 0.25, 0.25]).map(|(p, w)| (&p[..], w)).collect();
+        let mut expected = vec![0.0f32; n];
+        for (payload, weight) in &weighted {
+            codec.accumulate(payload, n, *weight, &mut expected).unwrap();
+        }
+        let mut out = vec![9.0f32; n];
+        codec.weighted_sum(&weighted, n, &mut out).unwrap();
+        assert!(
+            out.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{codec}: not bit for bit"
+        );
+    }
+    let short = Codec::Dense.encode(&inputs[0][..n - 1]);
+    let inputs = [(&Codec::Dense.encode(&inputs[0])[..], 0.5), (&short[..], 0.5)];
+    let error = Codec::Dense.weighted_sum(&inputs, n, &mut vec![0.0; n]).unwrap_err();
+    assert_eq!(error.0, 1, "the error names the short payload");
+}
+
 proptest! {
     #[test]
     fn random_payloads_are_an_error_not_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), n in 1usize..300) {
