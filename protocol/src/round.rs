@@ -301,6 +301,10 @@ pub struct RoundState {
     future: future::FutureBytes,
     /// Peers that said they leave (see [`leaving`]). Bound: `max_peers` keys.
     leavers: leaving::Leavers,
+    /// Stale deltas of the last `sync_lag_rounds` rounds, for a node that goes
+    /// back to them (see [`stale`]). Bound: those rounds, `max_deltas_per_round`
+    /// each, within `max_future_bytes`.
+    stale: stale::RecentStale,
 }
 
 impl RoundState {
@@ -332,6 +336,7 @@ impl RoundState {
             signed: BTreeMap::new(),
             future: future::FutureBytes::default(),
             leavers: leaving::Leavers::default(),
+            stale: stale::RecentStale::default(),
         }
     }
 
@@ -461,40 +466,19 @@ impl RoundState {
                 self.ever_published = true;
                 actions.push(Action::Publish(delta));
             }
-            Event::PeerDelta(delta) => {
-                match self.admit(&delta.header) {
-                    Admission::Accept => {}
-                    Admission::Equivocation => {
-                        self.catch_equivocation(&delta);
-                        self.maybe_close(now_ms, &mut actions);
-                        return actions;
-                    }
-                    _ => return actions,
+            Event::PeerDelta(delta) => match self.admit(&delta.header) {
+                Admission::Accept => self.take_in(now_ms, delta, &mut actions),
+                Admission::Equivocation => {
+                    self.catch_equivocation(&delta);
+                    self.maybe_close(now_ms, &mut actions);
+                    return actions;
                 }
-                let (round, sender) = (delta.header.round, delta.header.sender);
-                if round > self.round {
-                    self.make_future_room(&delta.header);
-                    self.charge_future(&delta.header);
+                Admission::Stale => {
+                    self.stale.keep(delta, self.round, &self.config);
+                    return actions;
                 }
-                self.remember_payload(&delta.header);
-                self.rounds.entry(round).or_default().insert(sender, delta);
-                if round == self.round {
-                    self.opened_at.get_or_insert(now_ms);
-                    self.heard_at.get_or_insert(now_ms);
-                } else if round == self.round + 1 && self.next_heard_at.is_none() {
-                    self.next_heard_at = Some((round, now_ms));
-                }
-                self.note_active(sender, round);
-                // A delta of a round it said it would not contribute to: it is back.
-                if self.leavers.gone(&sender, round) {
-                    self.leavers.back(&sender);
-                }
-                let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
-                if round >= self.round + lag && self.sync_allowed(round, now_ms) {
-                    self.last_sync_request = Some((round, now_ms));
-                    actions.push(Action::RequestState { peer: sender, round });
-                }
-            }
+                _ => return actions,
+            },
             Event::PeerConnected(peer) => {
                 if peer != self.me && !self.connected.contains_key(&peer) && self.room_to_connect() {
                     let from = if self.ever_published { self.round + 2 } else { self.round };
@@ -563,7 +547,16 @@ impl RoundState {
                 // rounds behind its own): deltas it holds of later rounds, its
                 // own among them, stay, as its peers merge them too.
                 if round != self.round || self.observing() {
+                    let back = round < self.round;
                     self.jump_to(round, now_ms);
+                    if back {
+                        // The round's deltas that came while we were past it.
+                        for delta in self.stale.take(round) {
+                            if self.admit(&delta.header) == Admission::Accept {
+                                self.take_in(now_ms, delta, &mut actions);
+                            }
+                        }
+                    }
                     // Never contribute again to a round we signed for.
                     let past_signed = self.last_signed().map_or(0, |r| r + 1);
                     self.contribute_from = expected_from.max(past_signed);
@@ -576,6 +569,33 @@ impl RoundState {
         }
         self.maybe_close(now_ms, &mut actions);
         actions
+    }
+
+    /// Takes in a peer's delta that [`RoundState::admit`] accepted.
+    fn take_in(&mut self, now_ms: u64, delta: SignedDelta, actions: &mut Vec<Action>) {
+        let (round, sender) = (delta.header.round, delta.header.sender);
+        if round > self.round {
+            self.make_future_room(&delta.header);
+            self.charge_future(&delta.header);
+        }
+        self.remember_payload(&delta.header);
+        self.rounds.entry(round).or_default().insert(sender, delta);
+        if round == self.round {
+            self.opened_at.get_or_insert(now_ms);
+            self.heard_at.get_or_insert(now_ms);
+        } else if round == self.round + 1 && self.next_heard_at.is_none() {
+            self.next_heard_at = Some((round, now_ms));
+        }
+        self.note_active(sender, round);
+        // A delta of a round it said it would not contribute to: it is back.
+        if self.leavers.gone(&sender, round) {
+            self.leavers.back(&sender);
+        }
+        let lag = if self.observing() { 1 } else { self.config.sync_lag_rounds };
+        if round >= self.round + lag && self.sync_allowed(round, now_ms) {
+            self.last_sync_request = Some((round, now_ms));
+            actions.push(Action::RequestState { peer: sender, round });
+        }
     }
 
     /// Bans the sender of `delta` when it and the delta already held for its
@@ -606,6 +626,7 @@ impl RoundState {
             self.banned.insert(key);
         }
         self.uncharge_key(key);
+        self.stale.forget_key(&key);
         for deltas in self.rounds.values_mut() {
             deltas.remove(&key);
         }
@@ -636,6 +657,7 @@ mod future;
 mod leaving;
 mod replay;
 mod signed;
+mod stale;
 
 pub use leaving::LeaveAdmission;
 

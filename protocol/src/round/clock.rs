@@ -77,8 +77,7 @@ impl RoundState {
         self.opened_at = None;
         self.hear_round();
         self.open_clock(now_ms);
-        self.prune_activity();
-        self.forget_old_payloads();
+        self.forget_past_rounds();
         self.recharge_future();
     }
 
@@ -133,8 +132,7 @@ impl RoundState {
         self.opened_at = None;
         self.hear_round();
         self.open_clock(now_ms);
-        self.prune_activity();
-        self.forget_old_payloads();
+        self.forget_past_rounds();
         let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {
@@ -156,5 +154,13 @@ impl RoundState {
             return None;
         }
         deltas.iter().find(|d| d.header.base == *best).map(|d| d.header.sender)
+    }
+
+    /// Forgets what is kept about rounds that fell out of the windows the
+    /// current round sets: activity, stale deltas, remembered payloads.
+    fn forget_past_rounds(&mut self) {
+        self.prune_activity();
+        self.stale.prune(self.round, &self.config);
+        self.forget_old_payloads();
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 use crate::test_keys::{key, pk};
 use crate::{Codec, RunId};
 
-fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
+pub(super) fn delta(i: u8, round: u64, value: f32) -> SignedDelta {
     based(i, round, value, [0; 32])
 }
 
@@ -36,14 +36,14 @@ fn config() -> RoundConfig {
     RoundConfig { settle_ms: 0, ..RoundConfig::from_spec(&RoundSpec { deadline_ms: 1_000, quorum: 1.0 }) }
 }
 
-fn state() -> RoundState {
+pub(super) fn state() -> RoundState {
     let mut s = RoundState::new(PublicKey::of(&key(1)), config(), 0);
     s.handle(0, Event::PeerConnected(PublicKey::of(&key(2))));
     s.handle(0, Event::PeerConnected(PublicKey::of(&key(3))));
     s
 }
 
-fn merged(actions: &[Action]) -> Option<(u64, Vec<PublicKey>, CloseReason)> {
+pub(super) fn merged(actions: &[Action]) -> Option<(u64, Vec<PublicKey>, CloseReason)> {
     actions.iter().find_map(|a| match a {
         Action::Merge { round, deltas, reason } => {
             Some((*round, deltas.iter().map(|d| d.header.sender).collect(), *reason))
