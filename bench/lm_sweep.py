@@ -49,6 +49,18 @@ DEFAULT_GRID = [
     "sparse:32/4096+2bit@momentum:3:0.5",
     "sparse:16/4096+2bit",
     "sparse:16/4096+2bit@sparseloco:3:0.9",
+    "sparse:16/4096+2bit@sparseloco:7:0.8",
+    "sparse:16/4096+2bit@sparseloco:9:0.8",
+    "sparse:16/4096+2bit@sparseloco:5:0.9",
+    "sparse:16/4096+2bit@sparseloco:7:0.6",
+    "sparse:16/4096+4bit",
+    "sparse:8/4096+2bit",
+    "sparse:24/4096+2bit@sparseloco:7:0.8",
+    "sparse:32/4096+2bit@sparseloco:5:0.6",
+    "sparse:32/4096+2bit@sparseloco:7:0.6",
+    "sparse:32/4096+2bit@sparseloco:5:0.3",
+    "sparse:32/4096+2bit@sparseloco:5:0",
+    "sparse:16/4096+2bit@sparseloco:7:0.3",
 ]
 
 

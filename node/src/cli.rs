@@ -547,14 +547,10 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
     } else {
         println!();
         // Without the baseline (--no-baseline) its figures are NaN: left out.
-        let baseline = !args.no_baseline;
-        let versus =
-            |what: String| if baseline { format!("; centralized baseline {what}") } else { String::new() };
-        let accuracy_versus = if baseline {
-            format!("  (centralized baseline {:.2}%)", summary.centralized_accuracy * 100.0)
-        } else {
-            String::new()
-        };
+        let baseline = |text: String| if args.no_baseline { String::new() } else { text };
+        let versus = |what: String| baseline(format!("; centralized baseline {what}"));
+        let accuracy_versus =
+            baseline(format!("  (centralized baseline {:.2}%)", summary.centralized_accuracy * 100.0));
         println!(
             "accuracy      mean {:.2}%  min {:.2}%{accuracy_versus}",
             summary.mean_accuracy * 100.0,
@@ -587,11 +583,7 @@ async fn swarm(args: SwarmArgs) -> Result<()> {
             human_bytes(summary.bytes_sent_per_node),
             human_bytes(summary.dense_delta_bytes as f64)
         );
-        let baseline_time = if baseline {
-            format!(", {:.1}s centralized baseline", summary.centralized_seconds)
-        } else {
-            String::new()
-        };
+        let baseline_time = baseline(format!(", {:.1}s centralized baseline", summary.centralized_seconds));
         println!(
             "time          {:.1}s swarm{baseline_time}, {:.1}s in all",
             summary.swarm_seconds, summary.wall_seconds
