@@ -61,6 +61,10 @@ DEFAULT_GRID = [
     "sparse:32/4096+2bit@sparseloco:5:0.3",
     "sparse:32/4096+2bit@sparseloco:5:0",
     "sparse:16/4096+2bit@sparseloco:7:0.3",
+    "sparse:48/4096+2bit@sparseloco:5:0.6",
+    "sparse:40/4096+2bit@sparseloco:5:0.6",
+    "sparse:32/4096+2bit@sparseloco:4:0.6",
+    "sparse:32/4096+2bit@sparseloco:5:0.5",
 ]
 
 
