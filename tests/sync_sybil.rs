@@ -35,7 +35,8 @@ fn hex8(bytes: &[u8]) -> String {
 async fn honest_joiners_and_lagging_nodes_refuse_a_state_forged_by_colluders() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = test_spec("sync-sybil");
-    // The colluders never send a delta of the current round: rounds close at the deadline.
+    // The colluders never send a delta of the current round: the rounds that
+    // still expect them (a new connection's first two) close at the deadline.
     spec.round.deadline_ms = 3_000;
     let spec_path = write_spec(dir.path(), &spec);
     let datadirs: Vec<String> =

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::delta::SignedDelta;
+use crate::keys::PublicKey;
 use crate::snapshot::ModelState;
 use crate::state_file::{self, Layout, StateFileError};
 
@@ -172,14 +173,25 @@ impl StateSnapshot {
     }
 }
 
+/// The most keys a [`StateOffer`] lists as expected (a swarm's `max_peers`).
+pub const MAX_SYNC_EXPECTED: usize = 4096;
+
 /// What a peer answers to "what state do you serve?": the manifest, the round
-/// from which it expects the asker's deltas, and the deltas of its current round
-/// (gossip does not replay what was published before the asker subscribed).
+/// from which it expects the asker's deltas, the deltas of its current round
+/// (gossip does not replay what was published before the asker subscribed),
+/// and the keys it expects to contribute to that round, itself among them.
+///
+/// A node that installs the state waits in its round for the keys most of its
+/// sources expect, as they do, rather than for every peer it happens to be
+/// connected to (a silent one, or one still syncing, would hold the round to
+/// its deadline) or only for the senders of the deltas it holds (a round
+/// closed on those would leave out a delta still on its way).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateOffer {
     pub manifest: StateManifest,
     pub expected_from: u64,
     pub deltas: Vec<SignedDelta>,
+    pub expected: Vec<PublicKey>,
 }
 
 /// Chunks of one announced state, gathered from any peers, each verified on arrival.

@@ -144,8 +144,9 @@ pub enum Event {
     Tick,
     /// The node installed a peer's state for the start of `round`; the peer
     /// expects our deltas from `expected_from`. Until then we observe, syncing
-    /// again as each new round begins.
-    Synced { round: u64, expected_from: u64 },
+    /// again as each new round begins. `expected`: the keys our sources expect
+    /// in `round` (see [`crate::StateOffer`]); empty when they said none.
+    Synced { round: u64, expected_from: u64, expected: Vec<PublicKey> },
     /// The peers reached hold our state and expect our deltas from round
     /// `from` (they saw us leave, and connect again: a restarted node); we
     /// observe until then, as after a sync, rather than contribute to rounds
@@ -263,6 +264,10 @@ pub struct RoundState {
     /// `buffered_rounds + 1` rounds (the farthest are dropped past it), each
     /// with the members the driver computed (not fed by the network).
     groups: BTreeMap<u64, BTreeSet<PublicKey>>,
+    /// The round a sync landed in and the keys our sources expect in it (see
+    /// [`Event::Synced`]): who is expected in that round. Bound: one round,
+    /// [`crate::MAX_SYNC_EXPECTED`] keys.
+    landing: Option<(u64, BTreeSet<PublicKey>)>,
     /// Keys banned for the run. Bound: `max_banned` keys.
     banned: BTreeSet<PublicKey>,
     /// Equivocations caught since the driver last took them. Bound: one per key
@@ -325,6 +330,7 @@ impl RoundState {
             contribute_from: 0,
             ever_published: false,
             groups: BTreeMap::new(),
+            landing: None,
             banned: BTreeSet::new(),
             equivocations: Vec::new(),
             payloads: HashMap::new(),
@@ -500,6 +506,7 @@ impl RoundState {
                     if from > self.round {
                         // It said it sits out until then; do not wait for it.
                         self.last_active.remove(&peer);
+                        self.unexpect_landing(&peer);
                     }
                 }
             }
@@ -508,6 +515,7 @@ impl RoundState {
                     self.note_departed(peer);
                 }
                 self.last_active.remove(&peer);
+                self.unexpect_landing(&peer);
                 self.reclass_future(peer);
             }
             Event::Tick => {}
@@ -542,13 +550,17 @@ impl RoundState {
                     self.contribute_from = self.contribute_from.max(from);
                 }
             }
-            Event::Synced { round, expected_from } => {
+            Event::Synced { round, expected_from, expected } => {
                 // An older state too (a diverged node takes the majority's,
                 // rounds behind its own): deltas it holds of later rounds, its
                 // own among them, stay, as its peers merge them too.
-                if round != self.round || self.observing() {
+                // So does a node that installs its peers' state of the round
+                // it is in (it went its own way) when they expect it only
+                // later: its delta of this round, trained from the new
+                // state, would reach them after they closed the round.
+                if round != self.round || self.observing() || expected_from > round {
                     let back = round < self.round;
-                    self.jump_to(round, now_ms);
+                    self.jump_to(round, now_ms, &expected);
                     if back {
                         // The round's deltas that came while we were past it.
                         for delta in self.stale.take(round) {
@@ -635,7 +647,16 @@ impl RoundState {
         }
         self.connected.remove(&key);
         self.last_active.remove(&key);
+        self.unexpect_landing(&key);
         remembered
+    }
+
+    /// `key` is not expected in the round a sync landed in after all (it
+    /// left, was banned, or said it starts later).
+    fn unexpect_landing(&mut self, key: &PublicKey) {
+        if let Some((_, keys)) = self.landing.as_mut() {
+            keys.remove(key);
+        }
     }
 
     fn room_to_connect(&self) -> bool {

@@ -155,6 +155,7 @@ fn answer(
                 manifest: forged.manifest.clone(),
                 expected_from: forged.manifest.round,
                 deltas: Vec::new(),
+                expected: Vec::new(),
             })
         }
         (Some(forged), SyncRequest::Chunk { root, index }) if root == forged.root => {

@@ -208,6 +208,7 @@ impl Engine<'_> {
                 manifest: forged.manifest.clone(),
                 expected_from: forged.manifest.round,
                 deltas: Vec::new(),
+                expected: Vec::new(),
             })),
             SyncRequest::Chunk { root, index } if root == forged.root => {
                 forged.chunk(index).map(|c| SyncResponse::Chunk(c.to_vec()))

@@ -69,12 +69,13 @@ impl Engine<'_> {
             match answer {
                 Answer::Noted => SyncResponse::Noted,
                 Answer::Unavailable => SyncResponse::Unavailable,
-                Answer::Offer { expected_from, deltas } => {
+                Answer::Offer { expected_from, deltas, expected } => {
                     let snapshot = self.snapshot_of(to);
                     SyncResponse::Offer(StateOffer {
                         manifest: snapshot.manifest.clone(),
                         expected_from,
                         deltas,
+                        expected,
                     })
                 }
                 Answer::Chunk { root, index } => match &self.nodes[to].snapshot {

@@ -9,16 +9,17 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use starling_protocol::{
-    chunks::{CHUNK_BYTES, MAX_CHUNKS},
+    chunks::{CHUNK_BYTES, MAX_CHUNKS, MAX_SYNC_EXPECTED},
     snapshot::MAX_SYNC_DELTAS,
     wire::{self, SyncRequest, SyncResponse, MAX_MESSAGE_BYTES, MAX_SYNC_REQUEST_BYTES},
     RunSpec,
 };
 
-/// The largest sync response of a run: an offer (a manifest and one round's
-/// deltas) or one chunk, whichever is larger, never over the wire's hard limit.
+/// The largest sync response of a run: an offer (a manifest, one round's
+/// deltas and the keys expected in it) or one chunk, whichever is larger,
+/// never over the wire's hard limit.
 pub fn max_response_bytes(spec: &RunSpec) -> usize {
-    let offer = MAX_SYNC_DELTAS * spec.max_delta_bytes() + 32 * MAX_CHUNKS + 4096;
+    let offer = MAX_SYNC_DELTAS * spec.max_delta_bytes() + 32 * (MAX_CHUNKS + MAX_SYNC_EXPECTED) + 4096;
     offer.clamp(CHUNK_BYTES + 1024, MAX_MESSAGE_BYTES)
 }
 

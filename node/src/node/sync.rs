@@ -100,12 +100,13 @@ impl Node {
                 SyncResponse::Noted
             }
             Answer::Unavailable => SyncResponse::Unavailable,
-            Answer::Offer { expected_from, deltas } => {
+            Answer::Offer { expected_from, deltas, expected } => {
                 match self.snapshots.newest_of(self.state.round, &self.state.lineage) {
                     Some(snapshot) => SyncResponse::Offer(StateOffer {
                         manifest: snapshot.manifest.clone(),
                         expected_from,
                         deltas,
+                        expected,
                     }),
                     None if self.offers.len() < PENDING_OFFERS && !self.stopping => {
                         self.offers.push_back((key, channel));
@@ -156,10 +157,11 @@ impl Node {
         while let Some((key, channel)) = self.offers.pop_front() {
             // Asked afresh: the round's deltas may have changed while the request waited.
             let response = match self.engine.serve(self.now_ms(), key, &SyncRequest::Offer) {
-                Answer::Offer { expected_from, deltas } => SyncResponse::Offer(StateOffer {
+                Answer::Offer { expected_from, deltas, expected } => SyncResponse::Offer(StateOffer {
                     manifest: snapshot.manifest.clone(),
                     expected_from,
                     deltas,
+                    expected,
                 }),
                 _ => SyncResponse::Unavailable,
             };

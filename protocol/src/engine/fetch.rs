@@ -12,7 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::chunks::{choose_root, choose_root_by_support, ChunkAssembly, ChunkError, StateOffer};
+use crate::chunks::{
+    choose_root, choose_root_by_support, ChunkAssembly, ChunkError, StateOffer, MAX_SYNC_EXPECTED,
+};
 use crate::delta::SignedDelta;
 use crate::keys::PublicKey;
 use crate::snapshot::ModelState;
@@ -47,15 +49,27 @@ pub fn required_support(reached: usize) -> usize {
     reached / 2 + 1
 }
 
+/// The keys that more than half of `offers` expect in their round: what
+/// one or a few agreeing offers (colluders serving the honest state among
+/// them) list alone does not count. At most [`MAX_SYNC_EXPECTED`] keys.
+fn expected_by_most(offers: &[&StateOffer]) -> Vec<PublicKey> {
+    let mut counts: BTreeMap<PublicKey, usize> = BTreeMap::new();
+    for offer in offers {
+        let keys: BTreeSet<&PublicKey> = offer.expected.iter().take(MAX_SYNC_EXPECTED).collect();
+        for key in keys {
+            *counts.entry(*key).or_default() += 1;
+        }
+    }
+    counts.into_iter().filter(|(_, n)| 2 * n > offers.len()).map(|(k, _)| k).take(MAX_SYNC_EXPECTED).collect()
+}
+
 /// What the engine must do after the fetch handled something.
 #[derive(Debug)]
 pub(super) enum FetchStep {
     /// Send these requests.
     Send(Vec<(PublicKey, RequestId, SyncRequest)>),
-    /// A verified state, the round from which the peers expect our deltas,
-    /// their current round's deltas (still to validate), and whether a strict
-    /// majority of the peers reached announced it.
-    Done { state: ModelState, expected_from: u64, deltas: Vec<SignedDelta>, majority: bool },
+    /// A verified state, and what the peers that announced it said.
+    Done { state: ModelState, agreed: Agreed },
     /// Every chunk is held and verified: the driver decodes the state off its
     /// event loop and hands the result back.
     Decode(StateDecode),
@@ -92,6 +106,20 @@ impl StateDecode {
     }
 }
 
+/// What the peers that announced the state being fetched said with it.
+#[derive(Clone, Debug)]
+pub(super) struct Agreed {
+    /// The round from which the peers expect our deltas.
+    pub(super) expected_from: u64,
+    /// Their current round's deltas (still to validate).
+    pub(super) deltas: Vec<SignedDelta>,
+    /// The keys a strict majority of them expect in the state's round (see
+    /// [`StateOffer::expected`]).
+    pub(super) expected: Vec<PublicKey>,
+    /// Whether a strict majority of the peers reached announced the state.
+    pub(super) majority: bool,
+}
+
 enum Pending {
     Offer(PublicKey),
     Chunk(PublicKey, u32),
@@ -110,16 +138,12 @@ enum Stage {
     Fetching {
         assembly: ChunkAssembly,
         sources: BTreeSet<PublicKey>,
-        expected_from: u64,
-        deltas: Vec<SignedDelta>,
-        majority: bool,
+        agreed: Agreed,
     },
     /// The chunks are whole; the driver decodes the state.
     Decoding {
         root: [u8; 32],
-        expected_from: u64,
-        deltas: Vec<SignedDelta>,
-        majority: bool,
+        agreed: Agreed,
     },
 }
 
@@ -256,17 +280,15 @@ impl StateFetch {
         result: Result<ModelState, ChunkError>,
         notes: &mut Vec<Note>,
     ) -> Option<FetchStep> {
-        let (expected_from, deltas, majority) = match std::mem::replace(&mut self.stage, Stage::Idle) {
-            Stage::Decoding { root: r, expected_from, deltas, majority } if r == root => {
-                (expected_from, deltas, majority)
-            }
+        let agreed = match std::mem::replace(&mut self.stage, Stage::Idle) {
+            Stage::Decoding { root: r, agreed } if r == root => agreed,
             other => {
                 self.stage = other;
                 return None;
             }
         };
         Some(match result {
-            Ok(state) => FetchStep::Done { state, expected_from, deltas, majority },
+            Ok(state) => FetchStep::Done { state, agreed },
             Err(e) => {
                 notes.push(Note::Undecodable { reason: e.to_string() });
                 FetchStep::Ended { agreed: false, ahead: true }
@@ -408,6 +430,8 @@ impl StateFetch {
             return FetchStep::Ended { agreed: true, ahead: false };
         }
         let deltas = agreeing.iter().flat_map(|o| o.deltas.iter().cloned()).collect();
+        let expected = expected_by_most(&agreeing);
+        let agreed = Agreed { expected_from, deltas, expected, majority };
         let mut kept = 0;
         let assembly = match self.parked.take() {
             Some(parked) if parked.root() == root => {
@@ -435,7 +459,7 @@ impl StateFetch {
             chunks: assembly.progress().1,
             kept,
         });
-        self.stage = Stage::Fetching { assembly, sources, expected_from, deltas, majority };
+        self.stage = Stage::Fetching { assembly, sources, agreed };
         self.pump(notes)
     }
 
@@ -446,15 +470,14 @@ impl StateFetch {
             return FetchStep::Send(Vec::new());
         };
         if assembly.is_complete() {
-            let Stage::Fetching { assembly, expected_from, deltas, majority, .. } =
-                std::mem::replace(&mut self.stage, Stage::Idle)
+            let Stage::Fetching { assembly, agreed, .. } = std::mem::replace(&mut self.stage, Stage::Idle)
             else {
                 unreachable!()
             };
             self.pending.clear();
             let root = assembly.root();
             notes.push(Note::Fetched { round: assembly.manifest().round, chunks: assembly.progress().1 });
-            self.stage = Stage::Decoding { root, expected_from, deltas, majority };
+            self.stage = Stage::Decoding { root, agreed };
             return FetchStep::Decode(StateDecode { assembly, param_count: self.param_count });
         }
         if sources.is_empty() {

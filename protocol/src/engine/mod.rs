@@ -241,8 +241,8 @@ pub enum Note {
 /// How an inbound sync request is to be answered.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
-    /// Offer the state the driver holds, with these.
-    Offer { expected_from: u64, deltas: Vec<SignedDelta> },
+    /// Offer the state the driver holds, with these (see [`StateOffer`](crate::StateOffer)).
+    Offer { expected_from: u64, deltas: Vec<SignedDelta>, expected: Vec<PublicKey> },
     /// Serve chunk `index` of the state with this root, if the driver still holds it.
     Chunk { root: [u8; 32], index: u32 },
     /// A joining notice taken note of.
@@ -254,10 +254,7 @@ pub enum Answer {
 /// A fetched state waiting for a merge in flight to finish.
 struct Ready {
     state: ModelState,
-    expected_from: u64,
-    deltas: Vec<SignedDelta>,
-    /// Whether a strict majority of the peers reached announced it.
-    majority: bool,
+    agreed: fetch::Agreed,
 }
 
 /// One node's protocol.
@@ -447,6 +444,9 @@ impl Engine {
             Input::PeerDelta(delta) => {
                 let (sender, round, base) = (delta.header.sender, delta.header.round, delta.header.base);
                 self.round_event(now, round::Event::PeerDelta(delta));
+                if !self.grouped && self.lineages.at(round).is_some_and(|own| own != base) {
+                    self.rounds.discount(&sender, round);
+                }
                 self.weigh_lineage(now, sender, round, base);
             }
             Input::Trained { round, base, delta } => {
@@ -534,6 +534,7 @@ impl Engine {
             SyncRequest::Offer => Answer::Offer {
                 expected_from: self.rounds.expected_from(&peer),
                 deltas: self.rounds.current_deltas(),
+                expected: self.rounds.active().into_iter().filter(|k| *k != peer).collect(),
             },
             SyncRequest::Chunk { root, index } => Answer::Chunk { root, index },
         }

@@ -3,7 +3,7 @@
 //! worth installing, the install, and what the node does after.
 
 use super::fetch::FetchStep;
-use super::{round, Engine, Note, Output, Phase, Ready, SyncReason};
+use super::{fetch, round, Engine, Note, Output, Phase, Ready, SyncReason};
 use crate::keys::PublicKey;
 
 impl Engine {
@@ -85,8 +85,8 @@ impl Engine {
                 }
                 self.after_sync(now, reason);
             }
-            FetchStep::Done { state, expected_from, deltas, majority } => {
-                let ready = Ready { state, expected_from, deltas, majority };
+            FetchStep::Done { state, agreed } => {
+                let ready = Ready { state, agreed };
                 if self.merging.is_some() {
                     // Installed once the merge in flight is applied, if still wanted.
                     self.ready = Some(ready);
@@ -123,7 +123,7 @@ impl Engine {
 
     pub(super) fn finish_fetch(&mut self, now: u64, ready: Ready) {
         let reason = self.fetch.reason;
-        let Ready { state, expected_from, deltas, majority } = ready;
+        let Ready { state, agreed: fetch::Agreed { expected_from, deltas, expected, majority } } = ready;
         if !(self.wanted())(state.round, state.lineage, majority) {
             self.out.push(Output::Note(Note::Outdated { round: state.round }));
             self.after_sync(now, reason);
@@ -136,7 +136,7 @@ impl Engine {
         // A training job from the old state is dropped when it comes back
         // (`wants_trained`), and the next one starts from the new state.
         self.out.push(Output::Install { state, from, expected_from, deltas });
-        self.round_event(now, round::Event::Synced { round: self.round, expected_from });
+        self.round_event(now, round::Event::Synced { round: self.round, expected_from, expected });
         if self.rounds.observing() {
             // Peers saw us connect in rounds of their own; tell them all the one
             // our source gave (or, back in rounds we signed, the one past

@@ -58,7 +58,12 @@ fn offer(snapshot: &StateSnapshot) -> SyncResponse {
 }
 
 fn offer_from(snapshot: &StateSnapshot, expected_from: u64) -> SyncResponse {
-    SyncResponse::Offer(StateOffer { manifest: snapshot.manifest.clone(), expected_from, deltas: vec![] })
+    SyncResponse::Offer(StateOffer {
+        manifest: snapshot.manifest.clone(),
+        expected_from,
+        deltas: vec![],
+        expected: vec![],
+    })
 }
 
 /// Answers every request in `out` from the snapshot each peer serves, until

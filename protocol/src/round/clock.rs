@@ -61,12 +61,29 @@ impl RoundState {
         self.heard_at = self.next_heard_at.take().filter(|(r, _)| *r == self.round).map(|(_, at)| at);
     }
 
-    pub(super) fn jump_to(&mut self, round: u64, now_ms: u64) {
-        // The rounds jumped over showed nothing of our peers: a connected
-        // peer's grace (see `active`) starts again in the round we land in,
-        // rather than run out on a silence we could not have heard.
-        for from in self.connected.values_mut() {
-            *from = (*from).max(round);
+    /// Lands in `round` after a sync, expecting there the keys our sources
+    /// expect (`expected`), as they do.
+    pub(super) fn jump_to(&mut self, round: u64, now_ms: u64, expected: &[PublicKey]) {
+        // The rounds jumped over showed nothing of our peers. Without word of
+        // whom our sources expect, a connected peer's grace (see `active`)
+        // starts again in the round we land in, rather than run out on a
+        // silence we could not have heard; but then a silent peer (a
+        // colluder's live connection, a node still syncing) holds this round
+        // and the next to their deadline, as the others do not wait for it.
+        if expected.is_empty() {
+            for from in self.connected.values_mut() {
+                *from = (*from).max(round);
+            }
+            self.landing = None;
+        } else {
+            // Not a peer that told us itself it starts later (or is syncing):
+            // its word is newer than what our sources knew when they answered.
+            let keys = expected
+                .iter()
+                .filter(|k| **k != self.me && self.connected.get(k).is_none_or(|&from| from <= round))
+                .copied()
+                .collect();
+            self.landing = Some((round, keys));
         }
         self.round = round;
         self.groups = self.groups.split_off(&round);
@@ -78,6 +95,7 @@ impl RoundState {
         self.hear_round();
         self.open_clock(now_ms);
         self.forget_past_rounds();
+        self.note_held_active();
         self.recharge_future();
     }
 
@@ -133,6 +151,7 @@ impl RoundState {
         self.hear_round();
         self.open_clock(now_ms);
         self.forget_past_rounds();
+        self.note_held_active();
         let diverged = if group.is_none() && !observed { self.majority_elsewhere(&deltas) } else { None };
         actions.push(Action::Merge { round, deltas, reason });
         if let Some(peer) = diverged {

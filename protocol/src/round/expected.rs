@@ -34,6 +34,21 @@ impl RoundState {
             set.insert(self.me);
             return set;
         }
+        let contributing = !(self.paused || self.observing()) || self.published_at.is_some();
+        if let Some((_, keys)) = self.landing.as_ref().filter(|(round, _)| *round == self.round) {
+            // The round a sync landed in: the keys our sources expect, and
+            // the senders of its deltas we hold; not a silent peer that
+            // merely stayed connected, as the sources no longer wait for it.
+            let mut set = keys.clone();
+            if let Some(held) = self.rounds.get(&self.round) {
+                set.extend(held.keys().filter(|k| **k != self.me));
+            }
+            if contributing {
+                set.insert(self.me);
+            }
+            set.retain(|k| !self.leavers.gone(k, self.round));
+            return set;
+        }
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
         // A connected peer is expected once its start round comes, and stays
         // expected while it keeps contributing: one silent for `activity_rounds`
@@ -49,7 +64,7 @@ impl RoundState {
             })
             .map(|(k, _)| *k)
             .collect();
-        if !(self.paused || self.observing()) || self.published_at.is_some() {
+        if contributing {
             set.insert(self.me);
         }
         // Recent contributors count too; but a delta of a later round from a
@@ -75,8 +90,15 @@ impl RoundState {
     /// Records that `sender` contributed to `round`, within `max_peers` keys;
     /// not when it is a delta of a peer that left, of the round it left in or
     /// before (sent before it left, it says nothing of the rounds to come).
+    ///
+    /// Nor, yet, a delta of a round past the next one: it says nothing of
+    /// whether its sender will send one for ours. Counted then, one signed
+    /// delta of a round eight ahead (as far as the buffer takes) would keep
+    /// its sender expected, and every round waiting for it until its
+    /// deadline, for ten rounds; one such delta a round would do it for ever.
+    /// It counts when its round comes ([`RoundState::note_held_active`]).
     pub(super) fn note_active(&mut self, sender: PublicKey, round: u64) {
-        if self.departed.get(&sender).is_some_and(|&left| round <= left) {
+        if self.departed.get(&sender).is_some_and(|&left| round <= left) || round > self.round + 1 {
             return;
         }
         if let Some(seen) = self.last_active.get_mut(&sender) {
@@ -95,6 +117,33 @@ impl RoundState {
             }
         }
         self.last_active.insert(sender, round);
+    }
+
+    /// `sender`'s delta of `round` was trained from a lineage other than ours
+    /// in that round: unless a later delta of it showed it back on ours, it
+    /// is not expected until it is (a node across a healed partition, or
+    /// one that went its own way, waits for a state sync first; relayed
+    /// peers do not hear when it starts contributing again, but see its
+    /// delta of our lineage then).
+    pub fn discount(&mut self, sender: &PublicKey, round: u64) {
+        if self.last_active.get(sender).is_some_and(|&r| r <= round) {
+            self.last_active.remove(sender);
+        }
+    }
+
+    /// Entering a round: the senders of its peer deltas held already
+    /// (arrived while it was rounds ahead) count as its contributors now.
+    pub(super) fn note_held_active(&mut self) {
+        // Not our own delta: whether we are expected is `active`'s own rule
+        // (an observer that signed this round before it synced is not).
+        let senders: Vec<PublicKey> = self
+            .rounds
+            .get(&self.round)
+            .map(|m| m.keys().filter(|k| **k != self.me).copied().collect())
+            .unwrap_or_default();
+        for sender in senders {
+            self.note_active(sender, self.round);
+        }
     }
 
     /// Remembers that `peer`'s connection closed in the current round. Full

@@ -102,17 +102,18 @@ mod tests {
     #[test]
     fn a_node_back_in_an_older_round_has_the_deltas_that_came_while_it_was_past_it() {
         let mut s = state();
-        s.handle(0, Event::Synced { round: 2, expected_from: 2 });
+        s.handle(0, Event::Synced { round: 2, expected_from: 2, expected: vec![] });
         assert!(s.handle(1, Event::PeerDelta(delta(2, 1, 1.0))).is_empty(), "stale");
         s.handle(1, Event::PeerDelta(delta(3, 1, 1.0)));
         s.handle(1, Event::PeerDelta(delta(3, 0, 1.0)));
         assert_eq!(s.stale.len(), 3, "rounds within sync_lag_rounds are kept");
-        let (round, senders, reason) = merged(&s.handle(2, Event::Synced { round: 1, expected_from: 3 }))
-            .expect("round 1 closes at once");
+        let (round, senders, reason) =
+            merged(&s.handle(2, Event::Synced { round: 1, expected_from: 3, expected: vec![] }))
+                .expect("round 1 closes at once");
         assert_eq!((round, senders.len(), reason), (1, 2, CloseReason::Quorum));
         // Far behind, or of a banned key, nothing is kept.
         let mut s = state();
-        s.handle(0, Event::Synced { round: 5, expected_from: 5 });
+        s.handle(0, Event::Synced { round: 5, expected_from: 5, expected: vec![] });
         s.handle(1, Event::PeerDelta(delta(2, 2, 1.0)));
         s.handle(1, Event::PeerDelta(delta(3, 3, 1.0)));
         assert_eq!(s.stale.len(), 1, "round 2 is more than sync_lag_rounds behind 5");

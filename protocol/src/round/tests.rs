@@ -201,9 +201,9 @@ fn payloads_are_forgotten_after_the_replay_window() {
     let old = delta(2, 0, 2.0);
     s.handle(0, Event::PeerDelta(old.clone()));
     assert_eq!(s.payloads.len(), 1);
-    s.handle(1, Event::Synced { round: 2, expected_from: 2 });
+    s.handle(1, Event::Synced { round: 2, expected_from: 2, expected: vec![] });
     assert_eq!(s.admit(&resigned(2, 2, &old).header), Admission::Replayed);
-    s.handle(2, Event::Synced { round: 3, expected_from: 3 });
+    s.handle(2, Event::Synced { round: 3, expected_from: 3, expected: vec![] });
     assert!(s.payloads.is_empty(), "memory is bounded by the window");
     assert_eq!(s.admit(&resigned(2, 3, &old).header), Admission::Accept);
 }
@@ -215,7 +215,7 @@ fn a_peer_far_ahead_triggers_one_state_request_and_sync_jumps() {
     assert!(matches!(a[0], Action::RequestState { round: 7, .. }));
     let again = s.handle(1, Event::PeerDelta(delta(3, 7, 3.0)));
     assert!(again.is_empty(), "requests are rate limited");
-    s.handle(2, Event::Synced { round: 7, expected_from: 7 });
+    s.handle(2, Event::Synced { round: 7, expected_from: 7, expected: vec![] });
     assert_eq!(s.round(), 7);
     assert_eq!(s.collected(), 2, "deltas buffered for the synced round are kept");
     let a = s.handle(3, Event::LocalDelta(delta(1, 7, 1.0)));
@@ -225,7 +225,7 @@ fn a_peer_far_ahead_triggers_one_state_request_and_sync_jumps() {
 #[test]
 fn a_stale_local_delta_after_sync_is_ignored() {
     let mut s = state();
-    s.handle(0, Event::Synced { round: 3, expected_from: 3 });
+    s.handle(0, Event::Synced { round: 3, expected_from: 3, expected: vec![] });
     assert!(s.handle(1, Event::LocalDelta(delta(1, 0, 1.0))).is_empty());
 }
 
@@ -327,22 +327,23 @@ fn connected_peers_are_bounded() {
 
 #[test]
 fn recently_active_senders_are_bounded_and_the_nearest_rounds_win() {
-    let mut s = RoundState::new(pk(1), RoundConfig { max_peers: 3, ..config() }, 0);
-    s.handle(0, Event::PeerDelta(delta(2, 3, 2.0)));
-    s.handle(0, Event::PeerDelta(delta(3, 2, 3.0)));
-    s.handle(0, Event::PeerDelta(delta(4, 1, 4.0)));
+    // Activity counts for the current round and the next (see `note_active`).
+    let mut s = RoundState::new(pk(1), RoundConfig { max_peers: 3, ..config() }, 10);
+    s.handle(0, Event::PeerDelta(delta(2, 11, 2.0)));
+    s.handle(0, Event::PeerDelta(delta(3, 10, 3.0)));
+    s.handle(0, Event::PeerDelta(delta(4, 10, 4.0)));
     assert_eq!(s.last_active.len(), 3);
     // A sender of a nearer round takes the place of the farthest.
-    s.handle(0, Event::PeerDelta(delta(5, 0, 5.0)));
+    s.handle(0, Event::PeerDelta(delta(5, 10, 5.0)));
     assert_eq!(s.last_active.len(), 3);
     assert!(!s.last_active.contains_key(&pk(2)) && s.last_active.contains_key(&pk(5)));
     // One no nearer than any held is not tracked, but its delta is kept.
-    s.handle(0, Event::PeerDelta(delta(6, 2, 6.0)));
+    s.handle(0, Event::PeerDelta(delta(6, 10, 6.0)));
     assert!(!s.last_active.contains_key(&pk(6)));
-    assert_eq!(s.rounds[&2].len(), 2);
+    assert_eq!(s.rounds[&10].len(), 4);
     // Those tracked still move on.
-    s.handle(0, Event::PeerDelta(delta(4, 2, 4.0)));
-    assert_eq!(s.last_active[&pk(4)], 2);
+    s.handle(0, Event::PeerDelta(delta(4, 11, 4.0)));
+    assert_eq!(s.last_active[&pk(4)], 11);
 }
 
 #[test]
@@ -407,7 +408,7 @@ fn a_newcomer_is_expected_from_the_round_it_announces() {
 #[test]
 fn an_observer_sits_out_but_follows_by_merging_its_peers_rounds() {
     let mut s = state();
-    s.handle(0, Event::Synced { round: 5, expected_from: 7 });
+    s.handle(0, Event::Synced { round: 5, expected_from: 7, expected: vec![] });
     assert!(s.observing() && !s.wants_local());
     assert!(!s.active().contains(&PublicKey::of(&key(1))), "an observer is not in its own quorum");
     // Its peers' deltas close its rounds, as for a paused node, so its state
@@ -426,7 +427,7 @@ fn an_observer_sits_out_but_follows_by_merging_its_peers_rounds() {
 #[test]
 fn an_observer_overtaken_by_a_later_round_syncs_again() {
     let mut s = state();
-    s.handle(0, Event::Synced { round: 5, expected_from: 7 });
+    s.handle(0, Event::Synced { round: 5, expected_from: 7, expected: vec![] });
     let a = s.handle(2, Event::PeerDelta(delta(2, 6, 2.0)));
     assert!(matches!(a[0], Action::RequestState { round: 6, .. }), "{a:?}");
     s.handle(2, Event::PeerDelta(delta(3, 6, 2.0)));
@@ -434,7 +435,8 @@ fn an_observer_overtaken_by_a_later_round_syncs_again() {
     // so the round closes on them (after the settle time, none in these tests)
     // rather than wait for deltas that already came.
     let (round, senders, reason) =
-        merged(&s.handle(3, Event::Synced { round: 6, expected_from: 7 })).expect("round 6 closes");
+        merged(&s.handle(3, Event::Synced { round: 6, expected_from: 7, expected: vec![] }))
+            .expect("round 6 closes");
     assert_eq!((round, senders.len(), reason), (6, 2, CloseReason::Quorum));
     assert!(!s.observing() && s.wants_local(), "contributes from round 7");
 }
@@ -534,7 +536,7 @@ fn going_back_to_an_older_state_observes_past_the_rounds_signed_and_keeps_their_
     s.handle(4, Event::PeerDelta(delta(2, 1, 2.5)));
     assert_eq!(s.round(), 1);
     // The majority's state of round 0 is installed: back to round 0, observing.
-    assert!(s.handle(5, Event::Synced { round: 0, expected_from: 0 }).is_empty());
+    assert!(s.handle(5, Event::Synced { round: 0, expected_from: 0, expected: vec![] }).is_empty());
     assert_eq!((s.round(), s.contributes_from(), s.last_signed()), (0, 2, Some(1)));
     assert!(s.observing() && !s.wants_local());
     // A second delta of ours for round 0 is never taken, nor handed back as ours.
@@ -659,7 +661,8 @@ fn a_lagging_node_learns_it_is_behind_through_a_flood() {
     // And after the sync, the buffered deltas of the round reached stay,
     // charged anew within the budget.
     // (round 6 then closes on it: see `an_observer_overtaken_by_a_later_round_syncs_again`).
-    let (round, senders, _) = merged(&s.handle(2, Event::Synced { round: 6, expected_from: 8 })).unwrap();
+    let (round, senders, _) =
+        merged(&s.handle(2, Event::Synced { round: 6, expected_from: 8, expected: vec![] })).unwrap();
     assert_eq!((round, senders), (6, vec![pk(2)]));
     assert_eq!(s.future_bytes(), 0);
 }
@@ -691,7 +694,7 @@ fn a_node_that_syncs_ahead_waits_for_every_connected_peer_in_the_round_it_lands_
     let mut s = RoundState::new(pk(1), config(), 3);
     s.handle(0, Event::PeerConnected(pk(2)));
     s.handle(0, Event::PeerConnected(pk(3)));
-    s.handle(10, Event::Synced { round: 5, expected_from: 7 });
+    s.handle(10, Event::Synced { round: 5, expected_from: 7, expected: vec![] });
     assert!(s.observing());
     let early = s.handle(20, Event::PeerDelta(delta(2, 5, 1.0)));
     assert_eq!(merged(&early), None, "one of two peers' deltas closes nothing");
@@ -775,4 +778,91 @@ fn a_deadline_counts_from_the_rounds_first_delta_when_a_peer_published_before_us
         "node 2 is still expected"
     );
     assert_eq!(s.wake_at(), Some(2_500));
+}
+
+/// A delta of a round far ahead says nothing of whether its sender takes
+/// part in ours: it must not hold our rounds to their deadline (before, one
+/// such delta kept its sender expected until its round plus
+/// `activity_rounds`). It counts when its round comes.
+#[test]
+fn a_delta_of_a_far_round_keeps_no_one_expected_until_its_round_comes() {
+    let mut s = state();
+    let close = |s: &mut RoundState, at: u64, round: u64, senders: &[u8]| {
+        let mut last = None;
+        s.handle(at, Event::LocalDelta(delta(1, round, round as f32)));
+        for &i in senders {
+            last = merged(&s.handle(at + 1, Event::PeerDelta(delta(i, round, round as f32)))).or(last);
+        }
+        last.or_else(|| merged(&s.handle(at + 1_000, Event::Tick))).expect("the round closes")
+    };
+    for round in 0..2 {
+        assert_eq!(close(&mut s, round * 2_000, round, &[2, 3]).2, CloseReason::Quorum);
+    }
+    // Key 3 falls silent, but for one delta of round 9.
+    s.handle(4_000, Event::PeerDelta(delta(3, 9, 9.0)));
+    for round in 2..4 {
+        let (_, senders, reason) = close(&mut s, round * 2_000, round, &[2]);
+        assert_eq!((senders.len(), reason), (2, CloseReason::Deadline), "round {round}: 3 is still expected");
+    }
+    for round in 4..9 {
+        let (_, senders, reason) = close(&mut s, round * 2_000, round, &[2]);
+        assert_eq!((senders.len(), reason), (2, CloseReason::Quorum), "round {round}: 3 is not awaited");
+    }
+    let (_, senders, reason) = close(&mut s, 18_000, 9, &[2]);
+    assert_eq!((senders.len(), reason), (3, CloseReason::Quorum), "round 9 counts its delta");
+}
+
+/// A node that lands in a round by a sync waits there for the keys its
+/// sources expect, not for every peer it is connected to: a silent peer (a
+/// colluder's live connection, a node still syncing) held that round and the
+/// next to their deadline, while the sources closed them at quorum.
+#[test]
+fn a_synced_node_expects_in_its_landing_round_whom_its_sources_expect() {
+    let mut s = state();
+    s.handle(0, Event::PeerConnected(pk(4)));
+    // Our sources expect 2 and 3 (and not 4, silent since it connected).
+    s.handle(0, Event::Synced { round: 5, expected_from: 7, expected: vec![pk(2), pk(3), pk(1)] });
+    assert_eq!(s.active(), BTreeSet::from([pk(2), pk(3)]), "not us (observing), not 4");
+    s.handle(1, Event::PeerDelta(delta(2, 5, 2.0)));
+    let (round, senders, reason) = merged(&s.handle(1, Event::PeerDelta(delta(3, 5, 2.0)))).unwrap();
+    assert_eq!((round, senders.len(), reason), (5, 2, CloseReason::Quorum));
+    // The next round: who contributed to the landing round.
+    assert_eq!(s.active(), BTreeSet::from([pk(2), pk(3)]));
+    // Without word of whom the sources expect, every connected peer is
+    // given its grace again in the landing round, as before.
+    let mut old = state();
+    old.handle(0, Event::PeerConnected(pk(4)));
+    old.handle(0, Event::Synced { round: 5, expected_from: 7, expected: vec![] });
+    assert!(old.active().contains(&pk(4)));
+    // A key that tells us itself it starts later is not awaited either.
+    let mut told = state();
+    told.handle(0, Event::Synced { round: 5, expected_from: 7, expected: vec![pk(2), pk(3)] });
+    told.handle(1, Event::PeerStarts { peer: pk(3), from: 7 });
+    assert_eq!(told.active(), BTreeSet::from([pk(2)]));
+}
+
+/// A node that went its own way and installs its peers' state of the round it
+/// is in observes that round when they expect it only later: its delta of the
+/// round, trained from the new state, would come after they closed it, and
+/// merging it itself would set it apart again, round after round (netsim's
+/// partition-heal-minority-ahead with held deltas, seeds 6, 8 and 10).
+#[test]
+fn a_node_that_installs_the_state_of_its_own_round_observes_it_when_told_to() {
+    let mut s = state();
+    s.handle(0, Event::LocalDelta(based(1, 0, 1.0, [9; 32])));
+    assert!(!s.observing());
+    s.handle(1, Event::Synced { round: 0, expected_from: 2, expected: vec![pk(2), pk(3)] });
+    assert!(s.observing() && !s.wants_local(), "sits out round 0 and 1");
+    assert_eq!(s.contributes_from(), 2);
+    // Its peers' deltas close the round; its own (of the lineage it left) is
+    // no reason to wait, and it is not in its own quorum.
+    s.handle(2, Event::PeerDelta(delta(2, 0, 2.0)));
+    let (round, senders, reason) = merged(&s.handle(2, Event::PeerDelta(delta(3, 0, 3.0)))).unwrap();
+    assert_eq!((round, reason), (0, CloseReason::Quorum));
+    assert!(senders.contains(&pk(2)) && senders.contains(&pk(3)));
+    // Told to contribute at once (expected from its own round), it goes on.
+    let mut at_once = state();
+    at_once.handle(0, Event::LocalDelta(based(1, 0, 1.0, [9; 32])));
+    at_once.handle(1, Event::Synced { round: 0, expected_from: 0, expected: vec![pk(2), pk(3)] });
+    assert!(!at_once.observing());
 }

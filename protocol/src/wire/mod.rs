@@ -17,7 +17,7 @@ pub use primitives::{
 };
 
 use crate::accountability::{EquivocationProof, ProofError, MAX_PROOF_BYTES};
-use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS};
+use crate::chunks::{StateManifest, StateOffer, MAX_CHUNKS, MAX_SYNC_EXPECTED};
 use crate::delta::{DeltaHeader, DeltaRules, Refusal, SignedDelta, SignedHeader};
 use crate::keys::PublicKey;
 use crate::leave::{LeaveNotice, LeaveRefusal, MAX_LEAVE_BYTES};
@@ -436,6 +436,7 @@ enum SyncResponseWire<'a> {
         expected_from: u64,
         #[serde(borrow)]
         deltas: Vec<SignedDeltaWire<'a>>,
+        expected: Vec<PublicKey>,
     },
     Chunk(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
     Unavailable,
@@ -452,7 +453,8 @@ pub fn decode_sync_request(bytes: &[u8]) -> Result<SyncRequest, WireError> {
     decode(bytes, MAX_SYNC_REQUEST_BYTES)
 }
 
-/// Encodes a sync response; an offer carries at most [`MAX_SYNC_DELTAS`] deltas.
+/// Encodes a sync response; an offer carries at most [`MAX_SYNC_DELTAS`]
+/// deltas and [`MAX_SYNC_EXPECTED`] expected keys.
 pub fn encode_sync_response(response: &SyncResponse) -> Vec<u8> {
     match response {
         SyncResponse::Offer(offer) => {
@@ -475,6 +477,7 @@ pub fn encode_sync_response(response: &SyncResponse) -> Vec<u8> {
                         signature: &d.signature,
                     })
                     .collect(),
+                expected: offer.expected.iter().take(MAX_SYNC_EXPECTED).copied().collect(),
             })
         }
         SyncResponse::Chunk(bytes) => encode(&SyncResponseWire::Chunk(bytes)),
@@ -487,7 +490,7 @@ pub fn encode_sync_response(response: &SyncResponse) -> Vec<u8> {
 /// need [`SignedDelta::validate`]; its manifest needs [`StateManifest::check`].
 pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, WireError> {
     Ok(match decode(bytes, limit)? {
-        SyncResponseWire::Offer { manifest, expected_from, deltas } => {
+        SyncResponseWire::Offer { manifest, expected_from, deltas, expected } => {
             if manifest.chunk_hashes.len() % 32 != 0 || manifest.chunk_hashes.len() / 32 > MAX_CHUNKS {
                 return Err(WireError::Malformed(format!(
                     "manifest carries {} bytes of chunk hashes, not a multiple of 32 up to {MAX_CHUNKS} of them",
@@ -498,6 +501,12 @@ pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, 
                 return Err(WireError::Malformed(format!(
                     "offer carries {} deltas, over {MAX_SYNC_DELTAS}",
                     deltas.len()
+                )));
+            }
+            if expected.len() > MAX_SYNC_EXPECTED {
+                return Err(WireError::Malformed(format!(
+                    "offer lists {} expected keys, over {MAX_SYNC_EXPECTED}",
+                    expected.len()
                 )));
             }
             let chunk_hashes =
@@ -515,6 +524,7 @@ pub fn decode_sync_response(bytes: &[u8], limit: usize) -> Result<SyncResponse, 
                 },
                 expected_from,
                 deltas: decoded,
+                expected,
             })
         }
         SyncResponseWire::Chunk(bytes) => SyncResponse::Chunk(bytes.to_vec()),
@@ -612,6 +622,7 @@ mod tests {
             manifest: snapshot.manifest.clone(),
             expected_from: 5,
             deltas: vec![],
+            expected: vec![crate::test_keys::pk(2), crate::test_keys::pk(3)],
         });
         for response in
             [offer, SyncResponse::Chunk(vec![1, 2, 3]), SyncResponse::Unavailable, SyncResponse::Noted]
