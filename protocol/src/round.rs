@@ -683,6 +683,8 @@ mod stale;
 pub use leaving::LeaveAdmission;
 
 #[cfg(test)]
+mod expected_tests;
+#[cfg(test)]
 mod pause_tests;
 
 #[cfg(test)]
