@@ -65,6 +65,10 @@ DEFAULT_GRID = [
     "sparse:40/4096+2bit@sparseloco:5:0.6",
     "sparse:32/4096+2bit@sparseloco:4:0.6",
     "sparse:32/4096+2bit@sparseloco:5:0.5",
+    "sparse:32/4096+2bit@sparseloco:5:0.4",
+    "sparse:32/4096+2bit@sparseloco:6:0.5",
+    "sparse:40/4096+2bit@sparseloco:5:0.5",
+    "sparse:48/4096+2bit@sparseloco:5:0.5",
 ]
 
 
