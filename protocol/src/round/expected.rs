@@ -125,7 +125,7 @@ impl RoundState {
     /// one that went its own way, waits for a state sync first; relayed
     /// peers do not hear when it starts contributing again, but see its
     /// delta of our lineage then).
-    pub fn discount(&mut self, sender: &PublicKey, round: u64) {
+    pub(crate) fn discount(&mut self, sender: &PublicKey, round: u64) {
         if self.last_active.get(sender).is_some_and(|&r| r <= round) {
             self.last_active.remove(sender);
         }
