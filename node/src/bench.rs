@@ -213,6 +213,8 @@ async fn peer(
     let mut state = ModelState::initial(vec![0.0; n]);
     let mut residual = Vec::new();
     let mut work = Vec::new();
+    // As a node does: the wire bytes go into last round's buffer once it is back.
+    let wire_pool = starling_protocol::wire::pool::BufferPool::new();
     let mut mean = vec![0.0f32; n];
     let outer = OuterOptimizer::from(&spec.outer);
     let (run, codec) = (spec.run_id(), spec.codec);
@@ -230,7 +232,8 @@ async fn peer(
         work.resize(n, 0.0);
         work.copy_from_slice(&delta);
         let signing = crate::node::Signing { key: &key, run_id: run, round, base, samples: 64 };
-        let (own, bytes) = crate::node::encode_and_sign(&signing, codec, &mut work, &residual, 1.0);
+        let (own, bytes) =
+            crate::node::encode_and_sign(&signing, codec, &mut work, &residual, 1.0, Some(&wire_pool));
         if !codec.is_lossless() {
             std::mem::swap(&mut residual, &mut work);
         }

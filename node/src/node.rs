@@ -164,6 +164,8 @@ struct Node {
     /// When we last asked the DHT for peers.
     last_lookup: Option<Instant>,
     last_loss: f32,
+    /// Our last delta's wire buffer, back once every peer has it, for the next.
+    wire_pool: Arc<starling_protocol::wire::pool::BufferPool>,
     rounds_merged: u64,
     /// Bytes of all the delta payloads this node published.
     published_bytes: u64,
@@ -490,6 +492,7 @@ impl Node {
             started: Instant::now(),
             last_lookup: None,
             last_loss: f32::NAN,
+            wire_pool: starling_protocol::wire::pool::BufferPool::new(),
             rounds_merged: 0,
             published_bytes: 0,
             events,

@@ -22,6 +22,8 @@ use starling_protocol::{
     ModelState, StateManifest,
 };
 
+use crate::direct::DirectFile;
+
 /// The folder of the datadir that holds the checkpoint files.
 pub const DIR: &str = "checkpoints";
 /// What a file being written is called until it is renamed into place.
@@ -125,14 +127,16 @@ pub fn write_durably(
 
 /// As [`write_durably`], or (`durable` false) without the fsyncs: the file is
 /// whole and in place for this machine's readers (a killed process loses
-/// nothing the kernel holds), and the caller makes it durable later.
+/// nothing the kernel holds), and the caller makes it durable later. Either
+/// way its bytes go past the page cache ([`DirectFile`]): this is the node's
+/// own delta, read again only by a restart.
 pub fn write_named(
     dir: &Path,
     name: impl FnOnce(&Checksum) -> String,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     durable: bool,
 ) -> io::Result<(Checksum, PathBuf)> {
-    let (hasher, tmp) = write_hashed(dir, hasher(), write, durable)?;
+    let (hasher, tmp) = write_hashed(dir, hasher(), write, true, durable)?;
     let sum = *hasher.finalize().as_bytes();
     let path = dir.join(name(&sum));
     fs::rename(&tmp, &path)?;
@@ -154,7 +158,7 @@ pub fn write_state_file(
     durable: bool,
 ) -> io::Result<(StateManifest, PathBuf)> {
     let write = |out: &mut dyn Write| state_file::write_state(layout, state, out);
-    let (hasher, tmp) = write_hashed(dir, ChunkHasher::default(), write, durable)?;
+    let (hasher, tmp) = write_hashed(dir, ChunkHasher::default(), write, durable, durable)?;
     let manifest = hasher.finish(state.round, state.lineage);
     let path = dir.join(name(&manifest.root()));
     fs::rename(&tmp, &path)?;
@@ -164,18 +168,21 @@ pub fn write_state_file(
     Ok((manifest, path))
 }
 
-/// Writes `dir/writing.tmp` through `hasher`, fsynced if `durable`.
+/// Writes `dir/writing.tmp` through `hasher`, past the page cache if
+/// `direct` ([`DirectFile`]: for files not read again soon), fsynced if `durable`.
 fn write_hashed<H: Write>(
     dir: &Path,
     hasher: H,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    direct: bool,
     durable: bool,
 ) -> io::Result<(H, PathBuf)> {
     let tmp = dir.join(format!("writing{TMP_SUFFIX}"));
-    let file = fs::File::create(&tmp)?;
+    let file = DirectFile::create(&tmp, direct)?;
     let mut out = BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher });
     write(&mut out)?;
     let Hashing { inner: file, hasher } = out.into_inner().map_err(|e| e.into_error())?;
+    let file = file.finish()?;
     if durable {
         file.sync_all()?;
     }

@@ -13,6 +13,7 @@
 //! reported and skipped, never loaded. What a crash leaves half-written (a
 //! `.tmp` file, a file no pointer names) is deleted on the next open.
 
+mod direct;
 mod fetch;
 pub mod files;
 mod legacy;

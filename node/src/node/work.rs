@@ -142,6 +142,7 @@ impl Node {
             samples: trained.samples,
             codec: self.spec.codec,
             decay: self.spec.feedback_decay as f32,
+            wire_pool: self.wire_pool.clone(),
         };
         self.save_own(round, base, ledger, Some(encode))
     }

@@ -30,8 +30,8 @@ use std::{
 use ed25519_dalek::SigningKey;
 use libp2p::{gossipsub, PeerId};
 use starling_protocol::{
-    engine::StateDecode, round::CloseReason, AggregationRule, ChunkError, Codec, DeltaRules, ModelSpec,
-    ModelState, OuterOptimizer, Refusal, RunId, SignedDelta,
+    engine::StateDecode, round::CloseReason, wire::pool::BufferPool, AggregationRule, ChunkError, Codec,
+    DeltaRules, ModelSpec, ModelState, OuterOptimizer, Refusal, RunId, SignedDelta,
 };
 use starling_storage::{RefusalCount, ServedFile, Store, StoreError};
 use tokio::sync::mpsc;
@@ -202,6 +202,8 @@ pub(super) struct EncodeJob {
     pub(super) samples: u64,
     pub(super) codec: Codec,
     pub(super) decay: f32,
+    /// Where the wire bytes are written: last round's, once every peer has them.
+    pub(super) wire_pool: Arc<BufferPool>,
 }
 
 /// What a finished training job leaves to save (and maybe publish).
@@ -544,7 +546,14 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration, f64)>) -> Done {
                 }
                 noise = job.noise.take();
                 let signed = Signing { key: &job.key, run_id: job.run_id, round, base, samples: job.samples };
-                let (delta, bytes) = encode_and_sign(&signed, job.codec, delta, &job.residual, job.decay);
+                let (delta, bytes) = encode_and_sign(
+                    &signed,
+                    job.codec,
+                    delta,
+                    &job.residual,
+                    job.decay,
+                    Some(&job.wire_pool),
+                );
                 timed("encode", started);
                 let started = Instant::now();
                 // Saved before it goes out: after a crash, the same delta is published again.
@@ -640,13 +649,15 @@ pub(crate) struct Signing<'a> {
 /// the signed delta with its wire bytes (its payload a slice of them);
 /// `delta` is left holding what the payload does not carry, the new residual
 /// (as [`encode_keeping_residual`]). A `dense` payload is written straight
-/// into the wire bytes: no payload buffer of its own, no copy.
+/// into the wire bytes (the buffer `pool` keeps, if any): no payload buffer of
+/// its own, no copy.
 pub(crate) fn encode_and_sign(
     signing: &Signing,
     codec: Codec,
     delta: &mut [f32],
     residual: &[f32],
     decay: f32,
+    pool: Option<&Arc<BufferPool>>,
 ) -> (SignedDelta, bytes::Bytes) {
     let Signing { key, run_id, round, base, samples } = *signing;
     if codec != Codec::Dense {
@@ -660,6 +671,7 @@ pub(crate) fn encode_and_sign(
     const BLOCK: usize = 16 << 10;
     let residual = if residual.len() == delta.len() { residual } else { &[] };
     starling_protocol::wire::sign_delta_encoded(
+        pool,
         key,
         run_id,
         round,
@@ -668,7 +680,9 @@ pub(crate) fn encode_and_sign(
         codec,
         delta.len() * 4,
         |out| {
-            crate::net::large_buffer::advise_huge_pages(out.spare_capacity_mut());
+            if std::env::var_os("XNOHUGE").is_none() {
+                crate::net::large_buffer::advise_huge_pages(out.spare_capacity_mut());
+            }
             for (i, block) in delta.chunks_mut(BLOCK).enumerate() {
                 let start = i * BLOCK;
                 add_residual(block, residual.get(start..start + block.len()).unwrap_or(&[]), decay);

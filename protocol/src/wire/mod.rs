@@ -7,10 +7,14 @@
 //! untrusted bytes returns an error, never panics, and never leaves trailing
 //! bytes unread.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub mod pool;
 pub(crate) mod primitives;
+use pool::BufferPool;
 use primitives::CONFIG;
 pub use primitives::{
     decode, encode, extend_le_bytes, f32s_to_le_bytes, le_bytes_to_f32s, WireError, MAX_MESSAGE_BYTES,
@@ -67,8 +71,11 @@ pub fn encode_delta_shared(delta: SignedDelta) -> (SignedDelta, Bytes) {
 /// copy of the payload of its own (a dense delta is as large as the model).
 /// The header is encoded first with an empty payload hash, then again with
 /// the hash over what was written; its length does not depend on the hash.
+/// With a `pool`, the bytes are written into the buffer it keeps and go back
+/// to it when their last clone is dropped.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_delta_encoded(
+    pool: Option<&Arc<BufferPool>>,
     key: &ed25519_dalek::SigningKey,
     run_id: RunId,
     round: u64,
@@ -80,7 +87,8 @@ pub fn sign_delta_encoded(
 ) -> (SignedDelta, Bytes) {
     use ed25519_dalek::Signer;
     let mut header = DeltaHeader::unhashed(key, run_id, round, base, samples, codec, payload_len);
-    let mut out = Vec::with_capacity(payload_len + DELTA_FRAMING_BYTES);
+    let capacity = payload_len + DELTA_FRAMING_BYTES;
+    let mut out = pool.map_or_else(|| Vec::with_capacity(capacity), |pool| pool.take(capacity));
     bincode::serde::encode_into_std_write(&header, &mut out, CONFIG).expect("starling types always encode");
     let header_len = out.len();
     // A byte string's length prefix, as `serde_bytes` writes it.
@@ -95,7 +103,10 @@ pub fn sign_delta_encoded(
     let signature = key.sign(&crate::delta::header_digest(&header)).to_bytes();
     bincode::serde::encode_into_std_write(serde_bytes::Bytes::new(&signature), &mut out, CONFIG)
         .expect("a signature encodes");
-    let bytes = Bytes::from(out);
+    let bytes = match pool {
+        Some(pool) => pool.share(out),
+        None => Bytes::from(out),
+    };
     let payload = bytes.slice(start..start + payload_len);
     (SignedDelta { header, payload, signature }, bytes)
 }
@@ -643,11 +654,25 @@ mod tests {
             let signed = SignedDelta::sign(&key, RunId([4; 32]), 9, [5; 32], 64, codec, payload.clone());
             let (want, want_bytes) = encode_delta_shared(signed);
             let (got, bytes) =
-                sign_delta_encoded(&key, RunId([4; 32]), 9, [5; 32], 64, codec, payload.len(), |out| {
+                sign_delta_encoded(None, &key, RunId([4; 32]), 9, [5; 32], 64, codec, payload.len(), |out| {
                     out.extend_from_slice(&payload)
                 });
             assert_eq!(bytes, want_bytes, "{codec}");
             assert!(got == want, "{codec}");
+            let pool = BufferPool::new();
+            let (pooled, pooled_bytes) = sign_delta_encoded(
+                Some(&pool),
+                &key,
+                RunId([4; 32]),
+                9,
+                [5; 32],
+                64,
+                codec,
+                payload.len(),
+                |out| out.extend_from_slice(&payload),
+            );
+            assert_eq!(pooled_bytes, want_bytes, "{codec} into a pooled buffer");
+            assert!(pooled == want, "{codec}");
             assert_eq!(decode_delta(&bytes, 1 << 20).unwrap().payload, payload);
         }
     }

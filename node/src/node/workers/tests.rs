@@ -42,7 +42,7 @@ fn a_delta_encoded_and_signed_at_once_is_the_one_signed_then_encoded() {
             let (want, want_bytes) = starling_protocol::wire::encode_delta_shared(signed);
             let mut delta = values(1, n);
             let signing = Signing { key: &key, run_id: RunId([1; 32]), round: 3, base: [2; 32], samples: 64 };
-            let (got, bytes) = encode_and_sign(&signing, codec, &mut delta, &residual, 0.8);
+            let (got, bytes) = encode_and_sign(&signing, codec, &mut delta, &residual, 0.8, None);
             assert_eq!(bytes, want_bytes, "{codec}: wire bytes");
             assert!(got == want, "{codec}: delta");
             assert_eq!(delta, expected_residual, "{codec}: residual");
