@@ -175,6 +175,11 @@ pub enum Event {
     /// round closes on peers' deltas alone, at their quorum or our deadline,
     /// and we merge it like any other.
     Abstain,
+    /// A delta with this header, its signature verified, was refused as a
+    /// replay ([`Admission::Replayed`]): its sender has signed its delta of
+    /// that round, and no other can come without an equivocation, so the
+    /// round does not wait for it.
+    Replayed(DeltaHeader),
 }
 
 /// Why a round closed.
@@ -268,6 +273,10 @@ pub struct RoundState {
     /// [`Event::Synced`]): who is expected in that round. Bound: one round,
     /// [`crate::MAX_SYNC_EXPECTED`] keys.
     landing: Option<(u64, BTreeSet<PublicKey>)>,
+    /// Keys whose delta of the current or the next round was refused as a
+    /// replay (see [`Event::Replayed`]): not expected in that round. Bound:
+    /// two rounds, `max_peers` keys each.
+    spent: BTreeMap<u64, BTreeSet<PublicKey>>,
     /// Keys banned for the run. Bound: `max_banned` keys.
     banned: BTreeSet<PublicKey>,
     /// Equivocations caught since the driver last took them. Bound: one per key
@@ -331,6 +340,7 @@ impl RoundState {
             ever_published: false,
             groups: BTreeMap::new(),
             landing: None,
+            spent: BTreeMap::new(),
             banned: BTreeSet::new(),
             equivocations: Vec::new(),
             payloads: HashMap::new(),
@@ -520,6 +530,11 @@ impl RoundState {
             }
             Event::Tick => {}
             Event::PeerLeaving { peer, from } => self.peer_leaves(peer, from),
+            Event::Replayed(header) => {
+                self.note_spent(&header);
+                self.maybe_close(now_ms, &mut actions);
+                return actions;
+            }
             Event::Abstain => {
                 if self.published_at.is_none() && !self.observing() {
                     self.published_at = Some(now_ms);

@@ -173,7 +173,12 @@ impl Engine<'_> {
             }
             Admission::Replayed => {
                 self.ledger.refused("replayed");
-                return Ok(());
+                // Its sender spent its delta of the round: not merged, but
+                // passed on as the real node does, so that nodes past this
+                // one stop waiting for that key too (see `events.rs`).
+                let actions = n.engine.handle(self.now / MS, Input::PeerReplayed(delta.header.clone()));
+                self.relay(to, from, message);
+                return self.apply(to, actions);
             }
             Admission::Equivocation => {
                 // The round state checks it against the delta it holds, bans

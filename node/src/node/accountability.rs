@@ -56,6 +56,17 @@ impl Node {
         }
     }
 
+    /// Counts a refused replay against `source` when it signed it; a peer
+    /// that forwarded it (as honest peers do: see `events.rs`) is not blamed.
+    pub(super) fn refuse_replay(&mut self, source: &PeerId, sender: &PublicKey) {
+        if blame(source, sender) == gossipsub::MessageAcceptance::Reject {
+            self.refuse(source, "replayed");
+        } else {
+            self.metrics.refused("replayed");
+            *self.refused_by_reason.entry("replayed".to_string()).or_default() += 1;
+        }
+    }
+
     /// Saves the per-peer refusal counts if they changed (those evicted from
     /// the bounded counts leave the store too).
     pub(super) fn save_refusals(&mut self) -> Result<(), NodeError> {

@@ -274,8 +274,13 @@ impl Node {
             }
             Admission::Replayed => {
                 warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a delta whose payload was already seen in another round or from another key (a replay)");
-                self.refuse(&source, "replayed");
-                accountability::blame(&source, &delta.header.sender)
+                self.refuse_replay(&source, &delta.header.sender);
+                self.drive(Input::PeerReplayed(delta.header))?;
+                // Never merged, but forwarded: its sender signed its delta of
+                // the round (validly; one per round, or it equivocates), and
+                // peers that do not hear of it would wait for that key until
+                // the deadline. The mesh carries it as it would an honest delta.
+                gossipsub::MessageAcceptance::Accept
             }
             other => {
                 self.metrics.ignored(&format!("{other:?}").to_lowercase());

@@ -19,11 +19,11 @@ use libp2p::{
     request_response::{self, OutboundRequestId},
     PeerId,
 };
-use starling_protocol::{delta::SignedHeader, round::Admission, wire, Refusal, SignedDelta};
+use starling_protocol::{delta::SignedHeader, engine::Input, round::Admission, wire, Refusal, SignedDelta};
 use tracing::{debug, warn};
 
 use super::workers::{Origin, Unverified, INLINE_VERIFY_BYTES};
-use super::{accountability, Node, NodeError};
+use super::{Node, NodeError};
 use crate::net::payload::{PayloadRequest, PayloadResponse};
 
 /// Payloads held to serve, at most.
@@ -161,9 +161,10 @@ impl Node {
             Admission::Accept | Admission::Equivocation | Admission::Stale => {}
             Admission::Replayed => {
                 warn!(peer = %source, sender = %signed.header.sender, round = signed.header.round, "refused an announcement of a payload already seen in another round or from another key (a replay)");
-                self.refuse(&source, "replayed");
-                let acceptance = accountability::blame(&source, &signed.header.sender);
-                return self.verdict(&id, &source, acceptance);
+                self.refuse_replay(&source, &signed.header.sender);
+                self.drive(Input::PeerReplayed(signed.header))?;
+                // Forwarded, not pulled: see the same case in `events.rs`.
+                return self.verdict(&id, &source, gossipsub::MessageAcceptance::Accept);
             }
             other => {
                 self.metrics.ignored(&format!("{other:?}").to_lowercase());

@@ -140,6 +140,10 @@ pub enum Input {
     /// [`Engine::admit`] accepted, found [`Admission::Stale`] (its lineage still
     /// counts as evidence), or took for an [`Admission::Equivocation`].
     PeerDelta(SignedDelta),
+    /// A peer's delta (or announcement) whose signature checked out and that
+    /// [`Engine::admit`] found [`Admission::Replayed`]: its sender is not
+    /// waited for in that round (see [`round::Event::Replayed`]).
+    PeerReplayed(DeltaHeader),
     /// The training job of [`Output::Train`] finished: `delta` is our signed
     /// delta, `None` when it failed or was not wanted any more
     /// (see [`Engine::wants_trained`]).
@@ -449,6 +453,7 @@ impl Engine {
                 }
                 self.weigh_lineage(now, sender, round, base);
             }
+            Input::PeerReplayed(header) => self.round_event(now, round::Event::Replayed(header)),
             Input::Trained { round, base, delta } => {
                 self.training = None;
                 match delta {

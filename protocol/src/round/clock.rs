@@ -179,6 +179,7 @@ impl RoundState {
     /// current round sets: activity, stale deltas, remembered payloads.
     fn forget_past_rounds(&mut self) {
         self.prune_activity();
+        self.forget_spent();
         self.stale.prune(self.round, &self.config);
         self.forget_old_payloads();
     }

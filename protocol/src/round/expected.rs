@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::RoundState;
-use crate::keys::PublicKey;
+use crate::{delta::DeltaHeader, keys::PublicKey};
 
 impl RoundState {
     /// The round from which we expect `peer`'s deltas (what a syncing peer is told).
@@ -32,7 +32,7 @@ impl RoundState {
             let mut set = group.clone();
             set.retain(|k| !self.leavers.gone(k, self.round));
             set.insert(self.me);
-            return set;
+            return self.unspent(set);
         }
         let contributing = !(self.paused || self.observing()) || self.published_at.is_some();
         if let Some((_, keys)) = self.landing.as_ref().filter(|(round, _)| *round == self.round) {
@@ -47,7 +47,7 @@ impl RoundState {
                 set.insert(self.me);
             }
             set.retain(|k| !self.leavers.gone(k, self.round));
-            return set;
+            return self.unspent(set);
         }
         let horizon = self.round.saturating_sub(self.config.activity_rounds);
         // A connected peer is expected once its start round comes, and stays
@@ -78,7 +78,34 @@ impl RoundState {
                 .map(|(k, _)| *k),
         );
         set.retain(|k| !self.leavers.gone(k, self.round));
+        self.unspent(set)
+    }
+
+    /// `set` without the keys whose delta of the current round was refused as a replay.
+    fn unspent(&self, mut set: BTreeSet<PublicKey>) -> BTreeSet<PublicKey> {
+        if let Some(spent) = self.spent.get(&self.round) {
+            set.retain(|k| !spent.contains(k));
+        }
         set
+    }
+
+    /// A replay refused with `header`, validly signed: its sender spent its
+    /// delta of that round. Only the current and the next round count (a
+    /// farther one says nothing yet, as for activity), and at most
+    /// `max_peers` keys a round.
+    pub(super) fn note_spent(&mut self, header: &DeltaHeader) {
+        if header.sender == self.me || header.round < self.round || header.round > self.round + 1 {
+            return;
+        }
+        let keys = self.spent.entry(header.round).or_default();
+        if keys.len() < self.config.max_peers {
+            keys.insert(header.sender);
+        }
+    }
+
+    /// Forgets the spent keys of rounds before the current one.
+    pub(super) fn forget_spent(&mut self) {
+        self.spent = self.spent.split_off(&self.round);
     }
 
     /// How many deltas close the current round before its deadline.

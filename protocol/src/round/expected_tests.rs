@@ -2,7 +2,7 @@
 //! sync lands in (whom the sources expect), and a node that installs the
 //! state of the round it is in.
 
-use super::tests::{based, delta, merged, state};
+use super::tests::{based, delta, merged, resigned, state};
 use super::*;
 use crate::test_keys::pk;
 
@@ -91,4 +91,37 @@ fn a_node_that_installs_the_state_of_its_own_round_observes_it_when_told_to() {
     at_once.handle(0, Event::LocalDelta(based(1, 0, 1.0, [9; 32])));
     at_once.handle(1, Event::Synced { round: 0, expected_from: 0, expected: vec![pk(2), pk(3)] });
     assert!(!at_once.observing());
+}
+
+/// A key whose delta of the round is refused as a replay has signed its one
+/// delta of that round: the round does not wait for it (before, a swarm with
+/// replayers held every round they replayed in to its deadline: netsim's
+/// `attack-replay`, 80 deadline closes in 20 rounds). The next round expects
+/// it again; a refusal of a far round, or of our own key, counts for nothing.
+#[test]
+fn a_key_whose_delta_was_refused_as_a_replay_is_not_awaited_in_that_round() {
+    let mut s = state();
+    let old = delta(3, 0, 3.0);
+    s.handle(0, Event::LocalDelta(delta(1, 0, 1.0)));
+    s.handle(1, Event::PeerDelta(delta(2, 0, 2.0)));
+    merged(&s.handle(2, Event::PeerDelta(old.clone()))).expect("round 0 closes with all three");
+    // Round 1: 3 re-signs its old payload; refused, and it is not awaited.
+    let replay = resigned(3, 1, &old);
+    assert_eq!(s.admit(&replay.header), Admission::Replayed);
+    s.handle(10, Event::Replayed(resigned(3, 5, &old).header));
+    s.handle(10, Event::Replayed(delta(1, 1, 9.0).header));
+    assert!(s.active().contains(&pk(3)), "a far round's or our own refusal changes nothing");
+    s.handle(10, Event::LocalDelta(delta(1, 1, 1.0)));
+    assert!(merged(&s.handle(11, Event::PeerDelta(delta(2, 1, 2.0)))).is_none(), "3 is awaited");
+    let (round, senders, reason) = merged(&s.handle(12, Event::Replayed(replay.header))).expect("closes");
+    assert_eq!((round, senders.len(), reason), (1, 2, CloseReason::Quorum), "without 3, at quorum");
+    // Round 2 expects 3 again.
+    assert!(s.active().contains(&pk(3)));
+    // A refusal of the next round's delta counts once that round comes.
+    s.handle(20, Event::LocalDelta(delta(1, 2, 1.0)));
+    s.handle(20, Event::Replayed(resigned(3, 3, &old).header));
+    assert!(merged(&s.handle(21, Event::PeerDelta(delta(3, 2, 3.5)))).is_none(), "2 is awaited");
+    let (_, senders, _) = merged(&s.handle(21, Event::PeerDelta(delta(2, 2, 2.0)))).expect("round 2 closes");
+    assert_eq!(senders.len(), 3, "round 2 waited for everyone");
+    assert!(!s.active().contains(&pk(3)), "round 3: its replay arrived a round early");
 }

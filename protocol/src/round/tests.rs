@@ -169,7 +169,7 @@ fn buffers_future_rounds_and_drops_stale_and_duplicates() {
 }
 
 /// `delta` with the payload of `old`: an old delta re-signed as new.
-fn resigned(i: u8, round: u64, old: &SignedDelta) -> SignedDelta {
+pub(super) fn resigned(i: u8, round: u64, old: &SignedDelta) -> SignedDelta {
     SignedDelta::sign(&key(i), RunId([0; 32]), round, [0; 32], 10, Codec::Dense, old.payload.clone())
 }
 
