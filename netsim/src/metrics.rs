@@ -14,8 +14,8 @@ pub struct NodeMerge {
     /// When the node is among those evaluated.
     pub score: Option<Score>,
     pub params: Vec<f32>,
-    /// Attackers' merges are left out of accuracy, loss and consensus: the
-    /// figures are the honest nodes'.
+    /// Attackers' merges are left out of accuracy, loss, consensus and
+    /// deadline closes: the figures are the honest nodes'.
     pub honest: bool,
 }
 
@@ -186,7 +186,7 @@ fn row(round: u64, mut acc: RoundAcc) -> RoundRow {
         p99_latency_ms: pct(0.99),
         bytes_sent_per_node: per_node(acc.sent),
         bytes_received_per_node: per_node(acc.received),
-        deadline_closes: acc.merges.iter().filter(|m| m.deadline).count(),
+        deadline_closes: acc.merges.iter().filter(|m| m.deadline && m.honest).count(),
         state_syncs: acc.syncs,
     }
 }

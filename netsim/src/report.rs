@@ -34,7 +34,8 @@ pub struct RoundRow {
     /// Bytes of this round's deltas and state transfers, per active node.
     pub bytes_sent_per_node: f64,
     pub bytes_received_per_node: f64,
-    /// Nodes whose round closed at the deadline rather than by quorum.
+    /// Honest nodes whose round closed at the deadline rather than by quorum
+    /// (an attacker's merges are not counted).
     pub deadline_closes: usize,
     /// State transfers (catch-up and repair) during the round.
     pub state_syncs: usize,
