@@ -128,8 +128,8 @@ pub fn write_durably(
 /// As [`write_durably`], or (`durable` false) without the fsyncs: the file is
 /// whole and in place for this machine's readers (a killed process loses
 /// nothing the kernel holds), and the caller makes it durable later. Either
-/// way its bytes go past the page cache ([`DirectFile`]): this is the node's
-/// own delta, read again only by a restart.
+/// way its bytes go past the page cache ([`DirectFile`]): what is written
+/// here (the outbox's delta, residuals) is read again only by a restart.
 pub fn write_named(
     dir: &Path,
     name: impl FnOnce(&Checksum) -> String,

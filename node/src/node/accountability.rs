@@ -48,23 +48,27 @@ impl Node {
     /// Counts a refused message from `source`, by reason, in the metrics, the
     /// outcome and the per-peer counts the store keeps.
     pub(super) fn refuse(&mut self, source: &PeerId, reason: &'static str) {
-        self.metrics.refused(reason);
-        *self.refused_by_reason.entry(reason.to_string()).or_default() += 1;
+        self.count_refused(reason);
         if let Some(key) = net::peer_key(source) {
             self.refusals.add((key, reason.to_string()), 1);
             self.refusals_dirty = true;
         }
     }
 
-    /// Counts a refused replay against `source` when it signed it; a peer
-    /// that forwarded it (as honest peers do: see `events.rs`) is not blamed.
+    /// Counts a refused replay, against `source` only when it signed it: a
+    /// peer that forwarded it (as honest peers do: see `events.rs`) is not blamed.
     pub(super) fn refuse_replay(&mut self, source: &PeerId, sender: &PublicKey) {
         if blame(source, sender) == gossipsub::MessageAcceptance::Reject {
             self.refuse(source, "replayed");
         } else {
-            self.metrics.refused("replayed");
-            *self.refused_by_reason.entry("replayed".to_string()).or_default() += 1;
+            self.count_refused("replayed");
         }
+    }
+
+    /// Counts a refusal by reason in the metrics and the outcome.
+    fn count_refused(&mut self, reason: &'static str) {
+        self.metrics.refused(reason);
+        *self.refused_by_reason.entry(reason.to_string()).or_default() += 1;
     }
 
     /// Saves the per-peer refusal counts if they changed (those evicted from

@@ -680,9 +680,7 @@ pub(crate) fn encode_and_sign(
         codec,
         delta.len() * 4,
         |out| {
-            if std::env::var_os("XNOHUGE").is_none() {
-                crate::net::large_buffer::advise_huge_pages(out.spare_capacity_mut());
-            }
+            crate::net::large_buffer::advise_huge_pages(out.spare_capacity_mut());
             for (i, block) in delta.chunks_mut(BLOCK).enumerate() {
                 let start = i * BLOCK;
                 add_residual(block, residual.get(start..start + block.len()).unwrap_or(&[]), decay);
