@@ -18,7 +18,10 @@ mod events;
 mod leaving;
 
 mod api;
-pub use api::{DataOptions, HarnessHooks, NodeError, NodeEvent, NodeOptions, NodeOutcome, RoundReport};
+pub use api::{
+    auto_evaluate_every, evaluation_cost_share, DataOptions, HarnessHooks, NodeError, NodeEvent, NodeOptions,
+    NodeOutcome, RoundReport, EVALUATION_BUDGET,
+};
 pub use busy::{LoopStats, Timing};
 pub use control::{ControlError, ControlRequest, NodeControl};
 mod privacy;

@@ -128,7 +128,14 @@ pub struct ScaleRow {
     pub checkpoint_seconds: f64,
     /// Saving our delta and residual before the delta goes out.
     pub outbox_seconds: f64,
+    /// One evaluation of the held-out split (the node evaluates every
+    /// `evaluate_every` rounds and the last; a 3-round run may evaluate once).
     pub eval_seconds: f64,
+    /// How often the node evaluates: `--evaluate-every` left to the node,
+    /// which keeps evaluation near 5 % of the training.
+    pub evaluate_every: u64,
+    /// `eval_seconds` spread over the rounds between two evaluations.
+    pub eval_seconds_per_round: f64,
     /// From the end of one round's training to the start of the next, on
     /// average: what the rest of a round adds to its training (the work above
     /// that runs beside the next training is not in it).
@@ -137,6 +144,9 @@ pub struct ScaleRow {
     /// took on their workers' threads (their wall times above also count what
     /// the OS gave the training beside them, and waits on the disk).
     pub outside_training_cpu_seconds: f64,
+    /// What a round adds to its training, as a share of it: the time between
+    /// trainings and the evaluation's time per round.
+    pub outside_training_share: f64,
     /// The node process from start to exit (start-up, every round, the linger
     /// before it leaves).
     pub wall_seconds: f64,
@@ -249,6 +259,12 @@ fn measure(size: &Size, spec: &RunSpec, options: &ScaleOptions, dir: &Path) -> R
     let merged = summary.rounds_merged.max(1) as f64;
     let per_round = |kind: &str| summary.seconds(kind) / merged;
     let param_bytes = 4 * summary.params as u64;
+    let evaluate_every = crate::node::auto_evaluate_every(spec);
+    let eval_seconds = summary.seconds("eval") / summary.count("eval").max(1) as f64;
+    let between_trainings_seconds =
+        summary.seconds("between_trainings") / summary.count("between_trainings").max(1) as f64;
+    let train_seconds = per_round("train");
+    let eval_seconds_per_round = eval_seconds / evaluate_every as f64;
     Ok(ScaleRow {
         size: size.to_string(),
         model: match &spec.model {
@@ -264,19 +280,22 @@ fn measure(size: &Size, spec: &RunSpec, options: &ScaleOptions, dir: &Path) -> R
         codec: spec.codec.to_string(),
         peak_rss_bytes,
         rss_per_param_byte: peak_rss_bytes as f64 / param_bytes.max(1) as f64,
-        train_seconds: per_round("train"),
+        train_seconds,
         encode_sign_seconds: per_round("encode"),
         merge_outer_seconds: per_round("merge"),
         checkpoint_seconds: per_round("checkpoint"),
         outbox_seconds: per_round("outbox"),
-        eval_seconds: per_round("eval"),
-        between_trainings_seconds: summary.seconds("between_trainings")
-            / summary.count("between_trainings").max(1) as f64,
+        eval_seconds,
+        evaluate_every,
+        eval_seconds_per_round,
+        between_trainings_seconds,
         outside_training_cpu_seconds: ["encode", "merge", "checkpoint", "outbox"]
             .iter()
             .map(|kind| summary.cpu_seconds(kind))
             .sum::<f64>()
             / merged,
+        outside_training_share: (between_trainings_seconds + eval_seconds_per_round)
+            / train_seconds.max(1e-9),
         wall_seconds: wall,
         datadir_bytes: dir_bytes(&datadir),
         unsent_signed_delta_bytes_per_round: summary.published_bytes / summary.count("encode").max(1),
@@ -319,7 +338,7 @@ fn dir_bytes(path: &Path) -> u64 {
 /// The table's header line.
 pub fn table_header() -> String {
     format!(
-        "{:<10} {:>11} {:>10} {:>10} {:>6} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} | {:>7} {:>10} {:>18}",
+        "{:<10} {:>11} {:>10} {:>10} {:>6} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>5} {:>7} {:>7} {:>6} | {:>7} {:>10} {:>18}",
         "size",
         "params",
         "params B",
@@ -331,8 +350,10 @@ pub fn table_header() -> String {
         "ckpt",
         "outbox",
         "eval",
+        "every",
         "between",
         "work cpu",
+        "share",
         "node s",
         "datadir",
         "delta/round unsent"
@@ -343,7 +364,7 @@ impl ScaleRow {
     /// The row under [`table_header`]: seconds per round, but the node's whole run.
     pub fn table_line(&self) -> String {
         format!(
-            "{:<10} {:>11} {:>10} {:>10} {:>6.1} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} | {:>7.1} {:>10} {:>18}",
+            "{:<10} {:>11} {:>10} {:>10} {:>6.1} | {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>5} {:>7.3} {:>7.3} {:>5.1}% | {:>7.1} {:>10} {:>18}",
             self.size,
             self.params,
             human_bytes(self.param_bytes as f64),
@@ -355,8 +376,10 @@ impl ScaleRow {
             self.checkpoint_seconds,
             self.outbox_seconds,
             self.eval_seconds,
+            self.evaluate_every,
             self.between_trainings_seconds,
             self.outside_training_cpu_seconds,
+            100.0 * self.outside_training_share,
             self.wall_seconds,
             human_bytes(self.datadir_bytes as f64),
             human_bytes(self.unsent_signed_delta_bytes_per_round as f64)
