@@ -360,6 +360,22 @@ fn a_crash_and_restart_behave_alike_in_virtual_and_live_mode() {
     }
 }
 
+/// A node restarted in the round its peers are in, after one of them
+/// published its delta of that round (see the scenario): it takes that delta
+/// from the offers of its probe and merges the round with them, where it
+/// fetched the next state before.
+#[test]
+fn a_node_restarted_in_its_swarms_round_merges_that_round_without_a_fetch() {
+    let sc = scenario("crash-restart-in-round");
+    let out = starling_netsim::run(&sc, false, &mut |_, _| {}).unwrap();
+    let merged: Vec<usize> = out.rows.iter().map(|r| r.active_nodes).collect();
+    assert_eq!(merged, vec![3; sc.rounds as usize], "every node merges every round");
+    let s = &out.summary;
+    assert_eq!(s.state_syncs, 0, "the restarted node had the state; it needed only the round's deltas");
+    assert_eq!(s.deadline_closes, 0, "no round waited for its deadline");
+    assert_eq!(s.final_consensus_distance, 0.0, "the nodes end agreeing");
+}
+
 /// A graceful leave and a kill with no restart, in both modes: the others
 /// go on without each from the round it went (the leaver's notice, or its
 /// closed connections, tell them to stop waiting), no round waits for its

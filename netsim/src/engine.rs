@@ -686,6 +686,10 @@ impl<'a> Engine<'a> {
                     let more = self.install(node, state, deltas);
                     queue.extend(more);
                 }
+                Output::Deltas(deltas) => {
+                    let more = self.take_offered(node, deltas);
+                    queue.extend(more);
+                }
                 Output::Timer(at) => {
                     let at = at * MS;
                     if self.nodes[node].wake != Some(at) {

@@ -604,6 +604,7 @@ impl Node {
                 Output::Install { state, from, expected_from, deltas } => {
                     self.install(state, from, expected_from, deltas)?;
                 }
+                Output::Deltas(deltas) => self.take_offered(deltas)?,
                 // The 100 ms tick hands the engine its timers.
                 Output::Timer(_) => {}
                 Output::Finished => {

@@ -136,6 +136,12 @@ impl Engine<'_> {
         self.track(node);
         self.ledger.sync(round, 0);
         self.enter_round(node);
+        self.take_offered(node, deltas)
+    }
+
+    /// Hands `node`'s engine the deltas of its round that came with offers
+    /// and validate; returns what the engine asks next.
+    pub(super) fn take_offered(&mut self, node: usize, deltas: Vec<SignedDelta>) -> Vec<Output> {
         let now = self.now / MS;
         let rules = self.rules;
         let mut outputs = Vec::new();

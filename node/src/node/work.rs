@@ -364,6 +364,14 @@ impl Node {
         };
         // Never dropped: see the queue's policy.
         let _ = self.workers.submit(job, &self.metrics);
+        self.take_offered(deltas)?;
+        self.want_snapshot();
+        Ok(())
+    }
+
+    /// Peers' deltas of our round that came with their offers: those that
+    /// verify and that the engine admits go to it (large ones through a worker).
+    pub(super) fn take_offered(&mut self, deltas: Vec<SignedDelta>) -> Result<(), NodeError> {
         for delta in deltas {
             if self.stopping {
                 break;
@@ -375,7 +383,6 @@ impl Node {
                 self.on_installed_delta(delta.validate(&rules).map(|()| delta))?;
             }
         }
-        self.want_snapshot();
         Ok(())
     }
 

@@ -63,6 +63,13 @@ fn expected_by_most(offers: &[&StateOffer]) -> Vec<PublicKey> {
     counts.into_iter().filter(|(_, n)| 2 * n > offers.len()).map(|(k, _)| k).take(MAX_SYNC_EXPECTED).collect()
 }
 
+/// The deltas the agreeing offers carry, each once (peers in one round
+/// mostly hold the same ones): the driver verifies every one it gets.
+fn offered_deltas(agreeing: &[&StateOffer]) -> Vec<SignedDelta> {
+    let mut seen = BTreeSet::new();
+    agreeing.iter().flat_map(|o| o.deltas.iter()).filter(|d| seen.insert(d.id())).cloned().collect()
+}
+
 /// What the engine must do after the fetch handled something.
 #[derive(Debug)]
 pub(super) enum FetchStep {
@@ -77,8 +84,10 @@ pub(super) enum FetchStep {
     /// is not newer than ours (`round`, `lineage`), expecting our deltas from
     /// `expected_from`: the engine observes until then if it is ours (a node
     /// restarted in the swarm's round after its peers saw it leave). Otherwise
-    /// as `Ended { agreed: true, ahead: false }`.
-    Current { round: u64, lineage: [u8; 32], expected_from: u64 },
+    /// as `Ended { agreed: true, ahead: false }`. `deltas`: the agreeing
+    /// peers' deltas of their current round (still to validate), which a node
+    /// restarted in that round cannot get by gossip any more.
+    Current { round: u64, lineage: [u8; 32], expected_from: u64, deltas: Vec<SignedDelta> },
     /// The sync ended without a state to install (nothing newer, or no
     /// agreement); `ahead`: a strict majority of the peers reached announced
     /// states the node would take, only not one and the same.
@@ -425,11 +434,12 @@ impl StateFetch {
         if !wanted(manifest.round, manifest.lineage, majority) {
             notes.push(Note::NotNewer { round });
             if self.reason == SyncReason::Probe && majority {
-                return FetchStep::Current { round, lineage: manifest.lineage, expected_from };
+                let deltas = offered_deltas(&agreeing);
+                return FetchStep::Current { round, lineage: manifest.lineage, expected_from, deltas };
             }
             return FetchStep::Ended { agreed: true, ahead: false };
         }
-        let deltas = agreeing.iter().flat_map(|o| o.deltas.iter().cloned()).collect();
+        let deltas = offered_deltas(&agreeing);
         let expected = expected_by_most(&agreeing);
         let agreed = Agreed { expected_from, deltas, expected, majority };
         let mut kept = 0;

@@ -194,6 +194,12 @@ pub enum Output {
     /// agreeing peers' deltas of its round: the driver validates each and
     /// hands it in as [`Input::PeerDelta`].
     Install { state: ModelState, from: u64, expected_from: u64, deltas: Vec<SignedDelta> },
+    /// Peers' deltas of the round the node is in, which it may never see
+    /// gossiped (a node restarted in its swarm's round comes back after they
+    /// were published): the offers of a probe that found the swarm at our own
+    /// state carry them. The driver validates each and hands in those the
+    /// engine admits as [`Input::PeerDelta`], as for [`Output::Install`].
+    Deltas(Vec<SignedDelta>),
     /// Hand in [`Input::Timer`] at this time (ms) or soon after.
     Timer(u64),
     /// The state reached the round limit.

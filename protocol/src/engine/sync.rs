@@ -79,9 +79,12 @@ impl Engine {
                 }));
             }
             FetchStep::Decode(decode) => self.out.push(Output::DecodeState(decode)),
-            FetchStep::Current { round, lineage, expected_from } => {
+            FetchStep::Current { round, lineage, expected_from, deltas } => {
                 if round == self.round && lineage == self.lineage {
                     self.round_event(now, round::Event::PeersExpect { from: expected_from });
+                    if !deltas.is_empty() {
+                        self.out.push(Output::Deltas(deltas));
+                    }
                 }
                 self.after_sync(now, reason);
             }

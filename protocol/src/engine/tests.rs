@@ -443,6 +443,57 @@ fn a_diverged_node_takes_no_far_round_on_a_tie_with_the_honest_lineage() {
     assert_eq!((installed.round, installed.lineage), (6, [61; 32]));
 }
 
+/// A node restarted in its swarm's round (its checkpoint is the state its
+/// peers hold) takes from their offers the deltas they published while it was
+/// down: gossip does not bring them again, and without them it could not
+/// close the round with its peers, and fetched the next state when their
+/// next round began (crash-restart-live, in live mode).
+#[test]
+fn a_node_restarted_in_its_swarms_round_takes_the_deltas_its_peers_offers_carry() {
+    let held = state(5, 1.0);
+    let snapshot = StateSnapshot::of_flat(&held);
+    let (mut e, out) = started(Engine::new(pk(1), config(2), 5, held.lineage), 2);
+    assert_eq!(e.phase(), Phase::Probing);
+    let published = [based(2, 5, held.lineage), based(3, 5, held.lineage)];
+    let mut out_after = Vec::new();
+    for (_, id, request) in requests(&out) {
+        assert!(matches!(request, SyncRequest::Offer), "{request:?}");
+        let response = SyncResponse::Offer(StateOffer {
+            manifest: snapshot.manifest.clone(),
+            expected_from: 5,
+            deltas: published.to_vec(),
+            expected: vec![pk(2), pk(3)],
+        });
+        out_after.extend(e.handle(1, Input::SyncResponse { id, response: Some(response) }));
+    }
+    assert_eq!((e.phase(), e.round()), (Phase::Running, 5), "{out_after:?}");
+    assert!(!out_after.iter().any(|o| matches!(o, Output::Install { .. })), "nothing to fetch");
+    let offered: Vec<SignedDelta> = out_after
+        .iter()
+        .find_map(|o| match o {
+            Output::Deltas(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the offers' deltas go to the driver: {out_after:?}"));
+    let ids = |ds: &[SignedDelta]| ds.iter().map(|d| d.id()).collect::<BTreeSet<_>>();
+    assert_eq!(offered.len(), 2, "each delta once, though both offers carry both");
+    assert_eq!(ids(&offered), ids(&published));
+    // The driver validates them and hands them in; with our own, round 5 closes.
+    let mut out = Vec::new();
+    for delta in offered {
+        assert_eq!(e.admit(&delta.header), Admission::Accept);
+        out.extend(e.handle(2, Input::PeerDelta(delta)));
+    }
+    out.extend(
+        e.handle(3, Input::Trained { round: 5, base: held.lineage, delta: Some(based(1, 5, held.lineage)) }),
+    );
+    let merged = out.iter().find_map(|o| match o {
+        Output::Merge { round: 5, deltas, reason } => Some((deltas.len(), *reason)),
+        _ => None,
+    });
+    assert_eq!(merged, Some((3, CloseReason::Quorum)), "{out:?}");
+}
+
 #[test]
 fn a_restarted_node_whose_outbox_is_ahead_of_its_checkpoint_observes_past_it() {
     let config = EngineConfig { probe_on_start: false, ..config(0) };
