@@ -20,7 +20,7 @@ mod leaving;
 mod api;
 pub use api::{
     auto_evaluate_every, evaluation_cost_share, DataOptions, HarnessHooks, NodeError, NodeEvent, NodeOptions,
-    NodeOutcome, RoundReport, EVALUATION_BUDGET,
+    NodeOutcome, RoundReport,
 };
 pub use busy::{LoopStats, Timing};
 pub use control::{ControlError, ControlRequest, NodeControl};
