@@ -100,6 +100,11 @@ pub struct RoundConfig {
     /// `buffered_rounds * max_deltas_per_round` full deltas. A single delta larger than it is held only when no other
     /// future delta is. The current round is neither charged nor refused for it.
     pub max_future_bytes: usize,
+    /// Most of `max_future_bytes` held for deltas of rounds two or more ahead
+    /// from keys that are not connected peers of the run: what a flood of far
+    /// rounds from made-up keys can take (such a delta is still evidence that
+    /// the node is behind, whether held or not). Checked as each is admitted.
+    pub max_far_unknown_bytes: usize,
 }
 
 impl RoundConfig {
@@ -118,12 +123,16 @@ impl RoundConfig {
             settle_ms: (spec.deadline_ms / 20).min(250),
             replay_window_rounds: 256,
             max_peers: 4096,
-            max_banned: 1 << 16,
+            max_banned: 4096,
             // The round section does not know the model's size: a fixed 64 MiB
             // holds about 8 rounds of 90 peers' deltas of the built-in spec
             // (88 KB each), or one round of some 750. A driver whose deltas
             // are far larger should raise it to a few of them.
             max_future_bytes: 64 << 20,
+            // About 90 of the built-in spec's deltas: a node lagging behind
+            // its peers learns from the first, and the state it fetches then
+            // comes with the deltas its peers hold for that round.
+            max_far_unknown_bytes: 8 << 20,
         }
     }
 }

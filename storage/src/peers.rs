@@ -23,7 +23,7 @@ const REFUSALS_TREE: &str = "refusals";
 /// Most bans on record: the round state's `max_banned` (keys cost an attacker
 /// nothing, so a ban past it is enforced for the process but not remembered,
 /// on disk as in memory).
-pub const MAX_BANS: usize = 1 << 16;
+pub const MAX_BANS: usize = 4096;
 
 /// Most refusal counts on record (one per peer key and reason).
 pub const MAX_REFUSAL_RECORDS: usize = 4096;

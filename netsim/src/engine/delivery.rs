@@ -191,8 +191,11 @@ impl Engine<'_> {
                 return self.apply(to, actions);
             }
         }
+        let relays = n.engine.relays(&delta.header);
         let actions = n.engine.handle(self.now / MS, Input::PeerDelta(delta.clone()));
-        self.relay(to, from, message);
+        if relays {
+            self.relay(to, from, message);
+        }
         self.apply(to, actions)
     }
 

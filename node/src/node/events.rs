@@ -253,9 +253,16 @@ impl Node {
         Ok(match self.engine.admit(&delta.header) {
             Admission::Accept => {
                 self.metrics.deltas_accepted.inc();
+                let relays = self.engine.relays(&delta.header);
                 self.hold_accepted(&delta);
                 self.drive(Input::PeerDelta(delta))?;
-                gossipsub::MessageAcceptance::Accept
+                if relays {
+                    gossipsub::MessageAcceptance::Accept
+                } else {
+                    // Kept, not forwarded: ignoring it also takes gossipsub's
+                    // copy out of its message cache (see `Engine::relays`).
+                    gossipsub::MessageAcceptance::Ignore
+                }
             }
             Admission::Equivocation => {
                 warn!(peer = %source, sender = %delta.header.sender, round = delta.header.round, "refused a second, different delta of one key for one round");

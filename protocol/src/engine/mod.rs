@@ -404,6 +404,17 @@ impl Engine {
         self.rounds.admit(header)
     }
 
+    /// Whether an accepted peer delta is one to pass on to the mesh. One of
+    /// a round more than one past ours is kept for its round (within the
+    /// future-round budget) but not forwarded: the nodes at its round forward
+    /// it to one another, a lagging node learns it is behind from its
+    /// arrival, and a flood of valid deltas for far rounds (from keys anyone
+    /// can make) goes no further than the nodes it is sent to, nor sits in
+    /// their gossip caches.
+    pub fn relays(&self, header: &DeltaHeader) -> bool {
+        header.round <= self.round.saturating_add(1)
+    }
+
     /// Whether the result of training `round` from `base` is still wanted:
     /// the driver asks before it encodes (which moves the codec's error
     /// feedback) and signs.

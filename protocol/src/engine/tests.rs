@@ -285,6 +285,17 @@ fn a_node_alone_runs_at_once_and_trains_from_its_state() {
     assert!(out.iter().any(|o| matches!(o, Output::Train { round: 1, base } if *base == [7; 32])), "{out:?}");
 }
 
+#[test]
+fn deltas_of_the_next_round_are_forwarded_and_those_of_farther_rounds_only_kept() {
+    let (e, _) = engine(0, 0);
+    assert_eq!(e.round(), 0);
+    for (round, relayed) in [(0, true), (1, true), (2, false), (1_000, false)] {
+        let delta = based(2, round, [0; 32]);
+        assert_eq!(e.admit(&delta.header), Admission::Accept, "round {round} is kept");
+        assert_eq!(e.relays(&delta.header), relayed, "round {round}");
+    }
+}
+
 fn based(i: u8, round: u64, base: [u8; 32]) -> SignedDelta {
     let payload = Codec::Dense.encode(&[f32::from(i), round as f32, 0.5]);
     SignedDelta::sign(&key(i), RunId([0; 32]), round, base, 10, Codec::Dense, payload)

@@ -13,7 +13,10 @@
 //! from keys that are not connected peers of the run (whether a key is connected
 //! is followed as peers come and go), then within each class the farthest round
 //! (a nearer round is merged sooner; a lagging node learns it is behind from
-//! the delta's arrival, not from keeping it). Within a round, deltas of one
+//! the delta's arrival, not from keeping it). Unknown keys' deltas of rounds
+//! two or more ahead share a smaller part of the budget,
+//! [`RoundConfig::max_far_unknown_bytes`](super::RoundConfig::max_far_unknown_bytes):
+//! made-up keys cost a flood nothing. Within a round, deltas of one
 //! class do not displace one another, so a flood of keys cannot churn out
 //! those already held. The current round is never charged and never refused
 //! for room; when it moves on, the deltas of the round it reaches leave the budget.
@@ -44,6 +47,13 @@ pub(super) struct FutureBytes {
     /// then key. Exactly the deltas of the future rounds `RoundState` holds
     /// (so bounded alike).
     by_class: [BTreeMap<(Reverse<u64>, PublicKey), usize>; 2],
+}
+
+/// Unknown keys' deltas of rounds `from` on are held within `bytes`.
+#[derive(Clone, Copy, Debug)]
+struct FarCap {
+    from: u64,
+    bytes: usize,
 }
 
 /// The first key of `round` in the order of [`FutureBytes::by_class`]: those
@@ -84,26 +94,48 @@ impl FutureBytes {
         }
     }
 
+    /// The charges of unknown keys' deltas of rounds `from` on.
+    fn unknown_from(&self, from: u64) -> usize {
+        // Farther rounds sort first: those from `from` on precede `from - 1`.
+        self.by_class[0].range(..round_start(from.saturating_sub(1))).map(|(_, &c)| c).sum()
+    }
+
     /// The deltas to drop, least useful first, so that one charged `cost` from
-    /// a `known` key (or not) for `round` fits within `budget`; `None` when all
-    /// those less useful than it would not make room. A delta larger than the
-    /// whole budget fits only when nothing else is held.
-    fn victims(&self, known: bool, round: u64, cost: usize, budget: usize) -> Option<Vec<(u64, PublicKey)>> {
-        let fits = |held: usize| held == 0 || held.saturating_add(cost) <= budget;
+    /// a `known` key (or not) for `round` fits within `budget`, and, from an
+    /// unknown key for a round at or past `far.from`, within `far.bytes` of
+    /// such deltas; `None` when all those less useful than it would not make
+    /// room. A delta larger than a whole budget fits only when nothing else
+    /// is held in it.
+    fn victims(
+        &self,
+        known: bool,
+        round: u64,
+        cost: usize,
+        budget: usize,
+        far: FarCap,
+    ) -> Option<Vec<(u64, PublicKey)>> {
+        let capped = !known && round >= far.from;
+        let within = |held: usize, limit: usize| held == 0 || held.saturating_add(cost) <= limit;
+        let fits =
+            |held: usize, far_held: usize| within(held, budget) && (!capped || within(far_held, far.bytes));
         let mut held = self.held;
+        let mut far_held = if capped { self.unknown_from(far.from) } else { 0 };
         let mut victims = Vec::new();
-        if fits(held) {
+        if fits(held, far_held) {
             return Some(victims);
         }
         let farther = ..round_start(round);
         // A connected peer's delta displaces any unknown key's; otherwise only
-        // those of its class for farther rounds.
+        // those of its class for farther rounds (all far, when it is).
         let unknown = if known { self.by_class[0].range(..) } else { self.by_class[0].range(farther) };
         let peers = self.by_class[1].range(farther).take(if known { usize::MAX } else { 0 });
         for (&(Reverse(r), key), &c) in unknown.chain(peers) {
             held -= c;
+            if capped {
+                far_held -= c;
+            }
             victims.push((r, key));
-            if fits(held) {
+            if fits(held, far_held) {
                 return Some(victims);
             }
         }
@@ -134,7 +166,13 @@ impl RoundState {
     pub(super) fn future_room(&self, header: &DeltaHeader) -> bool {
         let known = self.known(&header.sender);
         let cost = cost(header.payload_len);
-        self.future.victims(known, header.round, cost, self.config.max_future_bytes).is_some()
+        self.future.victims(known, header.round, cost, self.config.max_future_bytes, self.far_cap()).is_some()
+    }
+
+    /// What unknown keys' deltas of far rounds may hold: rounds two or more
+    /// ahead of the current one.
+    fn far_cap(&self) -> FarCap {
+        FarCap { from: self.round.saturating_add(2), bytes: self.config.max_far_unknown_bytes }
     }
 
     /// Makes room for an admitted delta of a future round: the farthest
@@ -149,7 +187,8 @@ impl RoundState {
         }
         let known = self.known(&header.sender);
         let cost = cost(header.payload_len);
-        let victims = self.future.victims(known, header.round, cost, self.config.max_future_bytes);
+        let victims =
+            self.future.victims(known, header.round, cost, self.config.max_future_bytes, self.far_cap());
         for (round, key) in victims.unwrap_or_default() {
             self.evict_future(round, key);
         }

@@ -603,6 +603,33 @@ fn a_flood_of_far_round_deltas_from_many_keys_stays_within_the_byte_budget() {
 }
 
 #[test]
+fn unknown_keys_deltas_of_far_rounds_hold_only_their_own_part_of_the_budget() {
+    let one = future::cost(delta(2, 1, 0.0).header.payload_len);
+    let config = RoundConfig { max_far_unknown_bytes: 3 * one, ..budget_of(10) };
+    let mut s = RoundState::new(pk(1), config, 0);
+    s.handle(0, Event::PeerConnected(pk(2)));
+    // A flood of made-up keys for far rounds: three are held.
+    for i in 10..40 {
+        s.handle(0, Event::PeerDelta(delta(i, 1_000 + u64::from(i % 4), 9.0)));
+    }
+    assert_eq!(s.future_bytes(), 3 * one);
+    // A nearer far round still displaces the farthest of them.
+    assert_eq!(s.admit(&delta(50, 2, 5.0).header), Admission::Accept);
+    s.handle(0, Event::PeerDelta(delta(50, 2, 5.0)));
+    assert!(s.rounds[&2].contains_key(&pk(50)));
+    assert_eq!(s.future_bytes(), 3 * one);
+    // Neither the next round's deltas of unknown keys nor a connected peer's
+    // far delta count against that part: the rest of the budget is theirs.
+    for i in 60..66 {
+        assert_eq!(s.admit(&delta(i, 1, 6.0).header), Admission::Accept, "key {i}");
+        s.handle(0, Event::PeerDelta(delta(i, 1, 6.0)));
+    }
+    s.handle(0, Event::PeerDelta(delta(2, 5, 2.0)));
+    assert!(s.rounds[&5].contains_key(&pk(2)));
+    assert_eq!(s.future_bytes(), 10 * one);
+}
+
+#[test]
 fn unknown_keys_give_way_to_a_peer_that_connects() {
     let mut s = RoundState::new(pk(1), budget_of(2), 0);
     s.handle(0, Event::PeerDelta(delta(2, 3, 2.0)));
