@@ -35,26 +35,28 @@ import time
 import tomllib
 
 # The README's table (lm-small, 2 nodes × 8 rounds of 10 steps × 4 windows).
+# Its rows at lr 5, β 0.8 were the outer step `spec new` wrote then; it now
+# writes β 0.5 for the sparse codec on a language model.
 DEFAULT_GRID = [
     "dense",
     "dense@momentum:1:0",
     "dense@momentum:1:0.9",
     "topk:0.01+int8",
-    "sparse:64/4096+2bit",
-    "sparse:32/4096+4bit",
-    "sparse:32/4096+2bit",
+    "sparse:64/4096+2bit@sparseloco:5:0.8",
+    "sparse:32/4096+4bit@sparseloco:5:0.8",
+    "sparse:32/4096+2bit@sparseloco:5:0.8",
     "sparse:32/4096+2bit@sparseloco:1:0.95",
     "sparse:32/4096+2bit@sparseloco:10:0.8",
     "sparse:32/4096+2bit@sparseloco:3:0.9",
     "sparse:32/4096+2bit@momentum:3:0.5",
-    "sparse:16/4096+2bit",
+    "sparse:16/4096+2bit@sparseloco:5:0.8",
     "sparse:16/4096+2bit@sparseloco:3:0.9",
     "sparse:16/4096+2bit@sparseloco:7:0.8",
     "sparse:16/4096+2bit@sparseloco:9:0.8",
     "sparse:16/4096+2bit@sparseloco:5:0.9",
     "sparse:16/4096+2bit@sparseloco:7:0.6",
-    "sparse:16/4096+4bit",
-    "sparse:8/4096+2bit",
+    "sparse:16/4096+4bit@sparseloco:5:0.8",
+    "sparse:8/4096+2bit@sparseloco:5:0.8",
     "sparse:24/4096+2bit@sparseloco:7:0.8",
     "sparse:32/4096+2bit@sparseloco:5:0.6",
     "sparse:32/4096+2bit@sparseloco:7:0.6",

@@ -89,7 +89,9 @@ fn lm_run(name: &str, preset: GptSpec, tokenizer: TokenizerSpec, vocab: usize, b
     spec.inner.weight_decay = 0.0;
     // Rounds take minutes on a CPU.
     spec.round.deadline_ms = 1_800_000;
-    spec
+    // What suits the codec on a language model (the base suited the MLP).
+    let codec = spec.codec;
+    spec.with_codec(codec)
 }
 
 /// Trains a byte-level BPE tokenizer of `vocab` tokens on the text at `path`
