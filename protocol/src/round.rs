@@ -709,6 +709,8 @@ pub use leaving::LeaveAdmission;
 #[cfg(test)]
 mod expected_tests;
 #[cfg(test)]
+mod future_tests;
+#[cfg(test)]
 mod pause_tests;
 
 #[cfg(test)]
