@@ -286,6 +286,14 @@ pub struct RoundState {
     /// replay (see [`Event::Replayed`]): not expected in that round. Bound:
     /// two rounds, `max_peers` keys each.
     spent: BTreeMap<u64, BTreeSet<PublicKey>>,
+    /// Keys that said they start contributing and let the grace that gave
+    /// them (`activity_rounds` rounds of being waited for) pass without a
+    /// delta: when they start again, they are not waited for until a delta of
+    /// theirs arrives (see `expected.rs`). Bound: `max_peers` keys.
+    unproven: BTreeSet<PublicKey>,
+    /// Keys that said they start, and sent no delta since.
+    /// Bound: `max_peers` keys.
+    unmet_starts: BTreeSet<PublicKey>,
     /// Keys banned for the run. Bound: `max_banned` keys.
     banned: BTreeSet<PublicKey>,
     /// Equivocations caught since the driver last took them. Bound: one per key
@@ -350,6 +358,8 @@ impl RoundState {
             groups: BTreeMap::new(),
             landing: None,
             spent: BTreeMap::new(),
+            unproven: BTreeSet::new(),
+            unmet_starts: BTreeSet::new(),
             banned: BTreeSet::new(),
             equivocations: Vec::new(),
             payloads: HashMap::new(),
@@ -517,10 +527,14 @@ impl RoundState {
             Event::PeerStarts { peer, from } => {
                 if peer != self.me && !self.banned.contains(&peer) {
                     self.leavers.back(&peer);
+                    self.note_unproven(&peer);
                     if self.connected.contains_key(&peer) || self.room_to_connect() {
                         self.connected.insert(peer, from);
                         self.departed.remove(&peer);
                         self.reclass_future(peer);
+                        if from != crate::wire::SYNCING {
+                            self.note_start(peer);
+                        }
                     }
                     if from > self.round {
                         // It said it sits out until then; do not wait for it.
@@ -534,6 +548,9 @@ impl RoundState {
                     self.note_departed(peer);
                 }
                 self.last_active.remove(&peer);
+                // A restarted node connects afresh: its grace is given again.
+                self.unmet_starts.remove(&peer);
+                self.unproven.remove(&peer);
                 self.unexpect_landing(&peer);
                 self.reclass_future(peer);
             }
@@ -623,6 +640,8 @@ impl RoundState {
             self.next_heard_at = Some((round, now_ms));
         }
         self.note_active(sender, round);
+        self.unproven.remove(&sender);
+        self.unmet_starts.remove(&sender);
         // A delta of a round it said it would not contribute to: it is back.
         if self.leavers.gone(&sender, round) {
             self.leavers.back(&sender);
@@ -671,6 +690,8 @@ impl RoundState {
         }
         self.connected.remove(&key);
         self.last_active.remove(&key);
+        self.unproven.remove(&key);
+        self.unmet_starts.remove(&key);
         self.unexpect_landing(&key);
         remembered
     }

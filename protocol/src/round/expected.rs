@@ -59,7 +59,7 @@ impl RoundState {
             .iter()
             .filter(|(k, &from)| {
                 from <= self.round
-                    && (from + self.config.activity_rounds > self.round
+                    && ((from + self.config.activity_rounds > self.round && !self.unproven.contains(*k))
                         || self.last_active.get(*k).is_some_and(|&r| r >= horizon))
             })
             .map(|(k, _)| *k)
@@ -79,6 +79,31 @@ impl RoundState {
         );
         set.retain(|k| !self.leavers.gone(k, self.round));
         self.unspent(set)
+    }
+
+    /// `peer` says it starts (again): if the grace of its last start passed
+    /// without a delta of it, it gets none this time. Otherwise a key could
+    /// hold every node's rounds to their deadline for `activity_rounds`
+    /// rounds each time it says so, and say so again and again while it
+    /// never sends a delta that passes validation (netsim's `attack-forge`:
+    /// its attackers fell behind, synced and started again every five
+    /// rounds, and 8 of 20 rounds closed at the deadline).
+    pub(super) fn note_unproven(&mut self, peer: &PublicKey) {
+        let Some(&from) = self.connected.get(peer) else { return };
+        if from == crate::wire::SYNCING || from.saturating_add(self.config.activity_rounds) > self.round {
+            return;
+        }
+        if self.unmet_starts.contains(peer) && self.unproven.len() < self.config.max_peers {
+            self.unproven.insert(*peer);
+        }
+    }
+
+    /// `peer` said when it starts: it has sent no delta since. (Not a mere
+    /// connection: a joiner is waited for from it while it still fetches.)
+    pub(super) fn note_start(&mut self, peer: PublicKey) {
+        if self.unmet_starts.len() < self.config.max_peers {
+            self.unmet_starts.insert(peer);
+        }
     }
 
     /// `set` without the keys whose delta of the current round was refused as a replay.

@@ -125,3 +125,45 @@ fn a_key_whose_delta_was_refused_as_a_replay_is_not_awaited_in_that_round() {
     assert_eq!(senders.len(), 3, "round 2 waited for everyone");
     assert!(!s.active().contains(&pk(3)), "round 3: its replay arrived a round early");
 }
+
+/// A key that says it starts, lets its grace pass without a delta, and says
+/// so again is not waited for the second time until a delta of it arrives:
+/// netsim's `attack-forge` attackers, whose deltas never pass validation,
+/// held two rounds in five to their deadline that way.
+#[test]
+fn a_key_silent_through_its_grace_is_not_waited_for_when_it_starts_again() {
+    let mut s = state();
+    let k4 = pk(4);
+    s.handle(0, Event::PeerConnected(k4));
+    s.handle(0, Event::PeerStarts { peer: k4, from: 0 });
+    let close = |s: &mut RoundState, at: u64, round: u64, senders: &[u8]| {
+        let mut last = None;
+        s.handle(at, Event::LocalDelta(delta(1, round, round as f32)));
+        for &i in senders {
+            last = merged(&s.handle(at + 1, Event::PeerDelta(delta(i, round, round as f32)))).or(last);
+        }
+        last.or_else(|| merged(&s.handle(at + 1_000, Event::Tick))).expect("the round closes")
+    };
+    for round in 0..2 {
+        assert_eq!(close(&mut s, round * 2_000, round, &[2, 3]).2, CloseReason::Deadline, "its grace");
+    }
+    // It syncs and says it starts at round 4: no grace this time.
+    s.handle(4_000, Event::PeerStarts { peer: k4, from: crate::wire::SYNCING });
+    s.handle(4_000, Event::PeerStarts { peer: k4, from: 4 });
+    for round in 2..5 {
+        let (_, senders, reason) = close(&mut s, round * 2_000, round, &[2, 3]);
+        assert_eq!((senders.len(), reason), (3, CloseReason::Quorum), "round {round}: 4 is not awaited");
+    }
+    // A delta of it comes: it is waited for again, and given its grace
+    // when it next starts.
+    s.handle(10_000, Event::PeerDelta(delta(4, 5, 4.0)));
+    assert!(s.active().contains(&k4));
+    let (_, senders, reason) = close(&mut s, 10_000, 5, &[2, 3]);
+    assert_eq!((senders.len(), reason), (4, CloseReason::Quorum));
+    s.handle(12_000, Event::PeerStarts { peer: k4, from: crate::wire::SYNCING });
+    s.handle(12_000, Event::PeerStarts { peer: k4, from: 8 });
+    for round in 6..8 {
+        close(&mut s, round * 2_000, round, &[2, 3]);
+    }
+    assert!(s.active().contains(&k4), "round 8: its grace");
+}
