@@ -6,6 +6,17 @@ use super::tests::{based, delta, merged, resigned, state};
 use super::*;
 use crate::test_keys::pk;
 
+/// Our delta of `round` at `at`, then `senders`' a moment later; the round
+/// closes at quorum, or at the deadline (1 s) for want of it.
+fn close(s: &mut RoundState, at: u64, round: u64, senders: &[u8]) -> (u64, Vec<PublicKey>, CloseReason) {
+    let mut last = None;
+    s.handle(at, Event::LocalDelta(delta(1, round, round as f32)));
+    for &i in senders {
+        last = merged(&s.handle(at + 1, Event::PeerDelta(delta(i, round, round as f32)))).or(last);
+    }
+    last.or_else(|| merged(&s.handle(at + 1_000, Event::Tick))).expect("the round closes")
+}
+
 /// A delta of a round far ahead says nothing of whether its sender takes
 /// part in ours: it must not hold our rounds to their deadline (before, one
 /// such delta kept its sender expected until its round plus
@@ -13,14 +24,6 @@ use crate::test_keys::pk;
 #[test]
 fn a_delta_of_a_far_round_keeps_no_one_expected_until_its_round_comes() {
     let mut s = state();
-    let close = |s: &mut RoundState, at: u64, round: u64, senders: &[u8]| {
-        let mut last = None;
-        s.handle(at, Event::LocalDelta(delta(1, round, round as f32)));
-        for &i in senders {
-            last = merged(&s.handle(at + 1, Event::PeerDelta(delta(i, round, round as f32)))).or(last);
-        }
-        last.or_else(|| merged(&s.handle(at + 1_000, Event::Tick))).expect("the round closes")
-    };
     for round in 0..2 {
         assert_eq!(close(&mut s, round * 2_000, round, &[2, 3]).2, CloseReason::Quorum);
     }
@@ -136,14 +139,6 @@ fn a_key_silent_through_its_grace_is_not_waited_for_when_it_starts_again() {
     let k4 = pk(4);
     s.handle(0, Event::PeerConnected(k4));
     s.handle(0, Event::PeerStarts { peer: k4, from: 0 });
-    let close = |s: &mut RoundState, at: u64, round: u64, senders: &[u8]| {
-        let mut last = None;
-        s.handle(at, Event::LocalDelta(delta(1, round, round as f32)));
-        for &i in senders {
-            last = merged(&s.handle(at + 1, Event::PeerDelta(delta(i, round, round as f32)))).or(last);
-        }
-        last.or_else(|| merged(&s.handle(at + 1_000, Event::Tick))).expect("the round closes")
-    };
     for round in 0..2 {
         assert_eq!(close(&mut s, round * 2_000, round, &[2, 3]).2, CloseReason::Deadline, "its grace");
     }
