@@ -145,7 +145,7 @@ pub const DEFAULT_FEEDBACK_DECAY: f64 = 0.8;
 
 /// The feedback decay that suits `codec` on `model`. A language model under
 /// the chunked sparse codec and SparseLoCo's rule keeps less of what waits:
-/// on `lm-small` (`sparse:32/4096+2bit`, lr 5, 8 rounds, seeds 7, 2 and 3,
+/// on `lm-small` (`sparse:32/4096+2bit`, lr 5, 8 rounds, seeds 1, 2 and 3,
 /// `bench/lm_sweep.py`) β 0.5 ends 1.25, 2.71 and 1.77 % above dense's
 /// held-out loss, β 0.8 3.9, 3.38 and 2.70 %.
 pub fn suited_feedback_decay(codec: Codec, model: &ModelSpec) -> f64 {
