@@ -549,8 +549,7 @@ impl RoundState {
                 }
                 self.last_active.remove(&peer);
                 // A restarted node connects afresh: its grace is given again.
-                self.unmet_starts.remove(&peer);
-                self.unproven.remove(&peer);
+                self.forget_starts(&peer);
                 self.unexpect_landing(&peer);
                 self.reclass_future(peer);
             }
@@ -640,8 +639,7 @@ impl RoundState {
             self.next_heard_at = Some((round, now_ms));
         }
         self.note_active(sender, round);
-        self.unproven.remove(&sender);
-        self.unmet_starts.remove(&sender);
+        self.forget_starts(&sender);
         // A delta of a round it said it would not contribute to: it is back.
         if self.leavers.gone(&sender, round) {
             self.leavers.back(&sender);
@@ -690,8 +688,7 @@ impl RoundState {
         }
         self.connected.remove(&key);
         self.last_active.remove(&key);
-        self.unproven.remove(&key);
-        self.unmet_starts.remove(&key);
+        self.forget_starts(&key);
         self.unexpect_landing(&key);
         remembered
     }

@@ -106,6 +106,13 @@ impl RoundState {
         }
     }
 
+    /// Forgets what `peer`'s starts showed: a delta of it arrived, it left
+    /// (a restarted node connects afresh), or it is banned.
+    pub(super) fn forget_starts(&mut self, peer: &PublicKey) {
+        self.unmet_starts.remove(peer);
+        self.unproven.remove(peer);
+    }
+
     /// `set` without the keys whose delta of the current round was refused as a replay.
     fn unspent(&self, mut set: BTreeSet<PublicKey>) -> BTreeSet<PublicKey> {
         if let Some(spent) = self.spent.get(&self.round) {

@@ -47,6 +47,9 @@ pub(super) struct FutureBytes {
     /// then key. Exactly the deltas of the future rounds `RoundState` holds
     /// (so bounded alike).
     by_class: [BTreeMap<(Reverse<u64>, PublicKey), usize>; 2],
+    /// The charges of `by_class[0]` (unknown keys), summed by round: at most
+    /// `buffered_rounds` entries, so the far rounds' share is a short sum.
+    unknown_by_round: BTreeMap<u64, usize>,
 }
 
 /// Unknown keys' deltas of rounds `from` on are held within `bytes`.
@@ -75,12 +78,27 @@ impl FutureBytes {
         self.remove(round, key);
         self.by_class[usize::from(known)].insert((Reverse(round), key), cost);
         self.held += cost;
+        if !known {
+            *self.unknown_by_round.entry(round).or_default() += cost;
+        }
     }
 
     fn remove(&mut self, round: u64, key: PublicKey) {
-        for class in &mut self.by_class {
-            if let Some(cost) = class.remove(&(Reverse(round), key)) {
+        for class in 0..self.by_class.len() {
+            if let Some(cost) = self.by_class[class].remove(&(Reverse(round), key)) {
                 self.held -= cost;
+                if class == 0 {
+                    self.uncharge_unknown(round, cost);
+                }
+            }
+        }
+    }
+
+    fn uncharge_unknown(&mut self, round: u64, cost: usize) {
+        if let Some(sum) = self.unknown_by_round.get_mut(&round) {
+            *sum -= cost;
+            if *sum == 0 {
+                self.unknown_by_round.remove(&round);
             }
         }
     }
@@ -92,12 +110,12 @@ impl FutureBytes {
             let gone = class.split_off(&round_start(round));
             self.held -= gone.values().sum::<usize>();
         }
+        self.unknown_by_round = self.unknown_by_round.split_off(&round.saturating_add(1));
     }
 
     /// The charges of unknown keys' deltas of rounds `from` on.
     fn unknown_from(&self, from: u64) -> usize {
-        // Farther rounds sort first: those from `from` on precede `from - 1`.
-        self.by_class[0].range(..round_start(from.saturating_sub(1))).map(|(_, &c)| c).sum()
+        self.unknown_by_round.range(from..).map(|(_, &c)| c).sum()
     }
 
     /// The deltas to drop, least useful first, so that one charged `cost` from
@@ -276,6 +294,11 @@ impl RoundState {
             self.future.len(),
             self.rounds.range(self.round + 1..).map(|(_, m)| m.len()).sum::<usize>()
         );
+        let mut unknown = BTreeMap::<u64, usize>::new();
+        for (&(Reverse(round), _), &c) in &self.future.by_class[0] {
+            *unknown.entry(round).or_default() += c;
+        }
+        assert_eq!(unknown, self.future.unknown_by_round, "the unknown keys' sums by round match");
         held
     }
 }
