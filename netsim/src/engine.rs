@@ -196,6 +196,8 @@ pub(crate) struct Engine<'a> {
     task: &'a dyn Task,
     run: RunId,
     codec: Codec,
+    /// The model's weight matrices, for `lowrank`.
+    matrices: Vec<starling_protocol::Matrix>,
     /// What every delta must satisfy (run, codec, model, samples a node can train).
     rules: DeltaRules,
     outer: OuterOptimizer,
@@ -316,6 +318,7 @@ impl<'a> Engine<'a> {
             run,
             rules: DeltaRules::new(run, codec, params).with_max_samples(task.max_samples()),
             codec,
+            matrices: task.matrices(),
             outer: sc.protocol.outer(),
             config,
             params,
@@ -621,7 +624,12 @@ impl<'a> Engine<'a> {
                 self.note_honest(round, &delta);
             }
             let n = &mut self.nodes[node];
-            self.codec.encode_with_feedback(&delta, &mut n.residual, self.sc.protocol.feedback_decay)
+            self.codec.encode_with_feedback_shaped(
+                &delta,
+                &mut n.residual,
+                self.sc.protocol.feedback_decay,
+                &self.matrices,
+            )
         };
         let n = &mut self.nodes[node];
         let signed = SignedDelta::sign(

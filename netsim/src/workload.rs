@@ -49,6 +49,10 @@ pub trait Task: Sync {
     fn cheap_to_evaluate(&self) -> bool;
     /// The most samples one node trains in a round: a delta claiming more is refused.
     fn max_samples(&self) -> u64;
+    /// The model's weight matrices (what `lowrank` factors); none for a flat vector.
+    fn matrices(&self) -> Vec<starling_protocol::Matrix> {
+        Vec::new()
+    }
 }
 
 /// Builds the scenario's task.
@@ -175,6 +179,10 @@ struct CandleNode {
 }
 
 impl Task for Candle {
+    fn matrices(&self) -> Vec<starling_protocol::Matrix> {
+        self.spec.model.matrices()
+    }
+
     fn initial_params(&self) -> Vec<f32> {
         self.initial.clone()
     }

@@ -233,7 +233,7 @@ async fn peer(
         work.copy_from_slice(&delta);
         let signing = crate::node::Signing { key: &key, run_id: run, round, base, samples: 64 };
         let (own, bytes) =
-            crate::node::encode_and_sign(&signing, codec, &mut work, &residual, 1.0, Some(&wire_pool));
+            crate::node::encode_and_sign(&signing, codec, &[], &mut work, &residual, 1.0, Some(&wire_pool));
         if !codec.is_lossless() {
             std::mem::swap(&mut residual, &mut work);
         }

@@ -18,7 +18,7 @@ pub enum BenchCommand {
         params: usize,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Codec of the deltas (dense, f16, int8, topk:F, topk:F+int8, sparse:K/C+2bit, sparse:K/C+4bit).
+        /// Codec of the deltas (dense, f16, int8, topk:F, topk:F+int8, sparse:K/C+2bit, sparse:K/C+4bit, lowrank:R).
         #[arg(long, default_value = "dense")]
         codec: Codec,
         /// Print one JSON object.

@@ -190,7 +190,7 @@ pub struct SwarmArgs {
     #[arg(long, value_name = "BYTES", default_value_t = crate::net::DEFAULT_PULL_ABOVE)]
     pub pull_above: usize,
     /// Overrides the spec's delta codec: dense, f16, int8, topk:F, topk:F+int8,
-    /// sparse:K/C+2bit or sparse:K/C+4bit.
+    /// sparse:K/C+2bit, sparse:K/C+4bit or lowrank:R.
     /// With the built-in spec, the outer step changes to the one that suits the
     /// codec (`OuterSpec::for_codec`); a --spec file keeps its own.
     #[arg(long)]

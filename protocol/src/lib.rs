@@ -36,7 +36,7 @@ mod test_keys;
 pub use accountability::{EquivocationProof, ProofError};
 pub use aggregate::{AggregateError, AggregationRule, Contribution};
 pub use chunks::{ChunkAssembly, ChunkError, StateManifest, StateOffer, StateSnapshot, MAX_SYNC_EXPECTED};
-pub use codec::{Codec, CodecError};
+pub use codec::{Codec, CodecError, Matrix};
 pub use consensus::consensus_distance;
 pub use delta::{DeltaHeader, DeltaId, DeltaRules, Refusal, SignedDelta, SignedHeader};
 pub use engine::{Engine, EngineConfig};

@@ -6,6 +6,7 @@
 //! so specs written before other models existed (`model = { layers = [...] }`)
 //! keep parsing to the same run id.
 
+use crate::codec::Matrix;
 use serde::{Deserialize, Serialize};
 
 /// The model every node trains.
@@ -200,6 +201,43 @@ impl ModelSpec {
         }
     }
 
+    /// The shape of every parameter tensor, in the flat order every node
+    /// uses (the MLP's layer by layer, weight then bias; the others' sorted by
+    /// variable name). Their sizes sum to [`ModelSpec::param_count`].
+    pub fn shapes(&self) -> Vec<Vec<usize>> {
+        match self {
+            ModelSpec::Mlp(m) => m.layers.windows(2).flat_map(|w| [vec![w[1], w[0]], vec![w[1]]]).collect(),
+            ModelSpec::Cnn(c) => {
+                let (mut ch, mut h, mut w) = (c.input[0], c.input[1], c.input[2]);
+                let mut out = Vec::new();
+                for &o in &c.channels {
+                    out.extend([vec![o], vec![o, ch, 3, 3]]);
+                    (ch, h, w) = (o, h / 2, w / 2);
+                }
+                out.extend([vec![c.classes], vec![c.classes, ch * h * w]]);
+                out
+            }
+            ModelSpec::Transformer(t) => decoder_shapes(t, true),
+            ModelSpec::Gpt(g) => decoder_shapes(&g.dims(), false),
+        }
+    }
+
+    /// The weight matrices in the flat parameter vector (every tensor of two
+    /// or more dimensions, as its first dimension × the rest): what the
+    /// `lowrank` codec factors.
+    pub fn matrices(&self) -> Vec<Matrix> {
+        let mut offset = 0;
+        let mut out = Vec::new();
+        for shape in self.shapes() {
+            let len: usize = shape.iter().product();
+            if shape.len() >= 2 {
+                out.push(Matrix { offset, rows: shape[0], cols: len / shape[0].max(1) });
+            }
+            offset += len;
+        }
+        out
+    }
+
     /// Checks the sizes; the error names the field to fix.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let bad = |field, reason: &str| Err((field, reason.to_string()));
@@ -273,6 +311,24 @@ impl ModelSpec {
 pub const MAX_PARAMS: usize = 200_000_000;
 
 /// Parameters of the decoder without an output head: embeddings, blocks, final norm.
+/// A decoder's tensors sorted by name: `blocks.NN.{fc, fc2, ln1, ln2, proj,
+/// qkv}` (bias before weight), `head` (the byte-level model's own), `ln_f`,
+/// `pos_emb`, `tok_emb`.
+fn decoder_shapes(t: &TransformerSpec, head: bool) -> Vec<Vec<usize>> {
+    let d = t.d_model;
+    let mut out = Vec::new();
+    for _ in 0..t.layers {
+        out.extend([vec![4 * d], vec![4 * d, d], vec![d], vec![d, 4 * d]]);
+        out.extend([vec![d], vec![d], vec![d], vec![d]]);
+        out.extend([vec![d], vec![d, d], vec![3 * d], vec![3 * d, d]]);
+    }
+    if head {
+        out.extend([vec![t.vocab], vec![t.vocab, d]]);
+    }
+    out.extend([vec![d], vec![d], vec![t.context, d], vec![t.vocab, d]]);
+    out
+}
+
 fn decoder_count(t: &TransformerSpec) -> usize {
     let linear = |i: usize, o: usize| i * o + o;
     let d = t.d_model;
@@ -375,6 +431,22 @@ mod tests {
             ModelSpec::Gpt(spec).validate().unwrap();
         }
         assert!(GptSpec::preset("gpt5").is_none());
+    }
+
+    #[test]
+    fn shapes_add_up_to_the_parameter_count_and_matrices_lie_inside() {
+        let cnn = ModelSpec::Cnn(CnnSpec { input: [1, 8, 8], channels: vec![2, 3], classes: 4 });
+        let lm =
+            ModelSpec::Transformer(TransformerSpec { vocab: 5, d_model: 4, heads: 2, layers: 2, context: 3 });
+        let mlp = ModelSpec::Mlp(MlpSpec { layers: vec![6, 5, 3] });
+        for spec in [cnn, lm, mlp] {
+            let sizes: usize = spec.shapes().iter().map(|s| s.iter().product::<usize>()).sum();
+            assert_eq!(sizes, spec.param_count());
+            let matrices = spec.matrices();
+            assert!(matrices.windows(2).all(|w| w[0].offset + w[0].rows * w[0].cols <= w[1].offset));
+            let last = matrices.last().unwrap();
+            assert!(last.offset + last.rows * last.cols <= spec.param_count());
+        }
     }
 
     #[test]

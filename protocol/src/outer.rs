@@ -58,6 +58,9 @@ impl OuterSpec {
             Codec::Sparse { .. } => {
                 OuterSpec { rule: OuterRule::Sparseloco, lr: 5.0, momentum: 0.0, nesterov: false }
             }
+            Codec::LowRank { .. } => {
+                OuterSpec { rule: OuterRule::Sparseloco, lr: 1.0, momentum: 0.0, nesterov: false }
+            }
             Codec::Dense | Codec::F16 | Codec::Int8 => {
                 OuterSpec { rule: OuterRule::Momentum, lr: 0.7, momentum: 0.9, nesterov: true }
             }

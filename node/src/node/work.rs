@@ -141,6 +141,7 @@ impl Node {
             run_id: self.spec.run_id(),
             samples: trained.samples,
             codec: self.spec.codec,
+            matrices: self.spec.model.matrices(),
             decay: self.spec.feedback_decay as f32,
             wire_pool: self.wire_pool.clone(),
         };

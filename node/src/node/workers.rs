@@ -31,7 +31,7 @@ use ed25519_dalek::SigningKey;
 use libp2p::{gossipsub, PeerId};
 use starling_protocol::{
     engine::StateDecode, round::CloseReason, wire::pool::BufferPool, AggregationRule, ChunkError, Codec,
-    DeltaRules, ModelSpec, ModelState, OuterOptimizer, Refusal, RunId, SignedDelta,
+    DeltaRules, Matrix, ModelSpec, ModelState, OuterOptimizer, Refusal, RunId, SignedDelta,
 };
 use starling_storage::{RefusalCount, ServedFile, Store, StoreError};
 use tokio::sync::mpsc;
@@ -201,6 +201,8 @@ pub(super) struct EncodeJob {
     pub(super) run_id: RunId,
     pub(super) samples: u64,
     pub(super) codec: Codec,
+    /// The model's weight matrices, for `lowrank`.
+    pub(super) matrices: Vec<Matrix>,
     pub(super) decay: f32,
     /// Where the wire bytes are written: last round's, once every peer has them.
     pub(super) wire_pool: Arc<BufferPool>,
@@ -549,6 +551,7 @@ fn run(job: Job, timings: &mut Vec<(&'static str, Duration, f64)>) -> Done {
                 let (delta, bytes) = encode_and_sign(
                     &signed,
                     job.codec,
+                    &job.matrices,
                     delta,
                     &job.residual,
                     job.decay,
@@ -654,6 +657,7 @@ pub(crate) struct Signing<'a> {
 pub(crate) fn encode_and_sign(
     signing: &Signing,
     codec: Codec,
+    matrices: &[Matrix],
     delta: &mut [f32],
     residual: &[f32],
     decay: f32,
@@ -661,7 +665,7 @@ pub(crate) fn encode_and_sign(
 ) -> (SignedDelta, bytes::Bytes) {
     let Signing { key, run_id, round, base, samples } = *signing;
     if codec != Codec::Dense {
-        let payload = encode_keeping_residual(codec, delta, residual, decay);
+        let payload = encode_keeping_residual(codec, matrices, delta, residual, decay);
         let signed = SignedDelta::sign(key, run_id, round, base, samples, codec, payload);
         return starling_protocol::wire::encode_delta_shared(signed);
     }
@@ -708,12 +712,13 @@ fn add_residual(delta: &mut [f32], residual: &[f32], decay: f32) {
 
 pub(super) fn encode_keeping_residual(
     codec: Codec,
+    matrices: &[Matrix],
     delta: &mut [f32],
     residual: &[f32],
     decay: f32,
 ) -> Vec<u8> {
     add_residual(delta, residual, decay);
-    let payload = codec.encode(delta);
+    let payload = codec.encode_shaped(delta, matrices);
     codec.accumulate(&payload, delta.len(), -1.0, delta).expect("a payload we just encoded decodes");
     payload
 }

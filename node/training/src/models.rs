@@ -268,6 +268,17 @@ mod tests {
         }
     }
 
+    /// The `lowrank` codec factors what the spec calls matrices: the spec's
+    /// shapes must be the model's variables, in the flat order.
+    #[test]
+    fn the_specs_shapes_are_the_models_variables_in_order() {
+        for spec in [ModelSpec::mlp(vec![5, 7, 3]), cnn(), lm(), gpt()] {
+            let model = Model::new(&spec).unwrap();
+            let dims: Vec<Vec<usize>> = model.named_vars().iter().map(|(_, v)| v.dims().to_vec()).collect();
+            assert_eq!(dims, spec.shapes(), "{}", spec.kind());
+        }
+    }
+
     #[test]
     fn initial_params_are_seeded_and_sized() {
         for spec in [cnn(), lm(), gpt()] {

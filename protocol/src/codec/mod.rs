@@ -17,12 +17,15 @@
 mod dense;
 mod half;
 mod int8;
+mod lowrank;
 mod sparse;
 mod topk;
 
 use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use lowrank::Matrix;
 
 /// Values per int8 block (one `f32` scale each).
 pub const INT8_BLOCK: usize = 256;
@@ -41,6 +44,9 @@ pub enum Codec {
     /// Per chunk of `chunk` coordinates, the `k` largest in magnitude, with
     /// chunk-local bit-packed indices and `bits` (2 or 4) bits per value.
     Sparse { k: u32, chunk: u32, bits: u8 },
+    /// Each weight matrix as rank-`rank` factors (`int8`), the other values as
+    /// `int8`: PowerSGD's compressor.
+    LowRank { rank: u8 },
 }
 
 /// Why a payload could not be decoded, or a codec name not parsed.
@@ -54,9 +60,11 @@ pub enum CodecError {
     BadScale(usize),
     #[error("sparse payload is malformed: {0}")]
     Sparse(String),
+    #[error("low-rank payload is malformed: {0}")]
+    LowRank(String),
     #[error(
         "unknown codec `{0}` (known: dense, f16, int8, topk:F, topk:F+int8 with 0 < F <= 1, \
-         sparse:K/C+2bit, sparse:K/C+4bit)"
+         sparse:K/C+2bit, sparse:K/C+4bit, lowrank:R with 1 <= R <= {max})", max = lowrank::MAX_RANK
     )]
     Unknown(String),
     #[error("codec `{name}`: {problem} (write sparse:K/C+2bit or sparse:K/C+4bit: keep K of each chunk of C values, 1 <= K <= C <= {max})", max = sparse::MAX_CHUNK)]
@@ -64,14 +72,22 @@ pub enum CodecError {
 }
 
 impl Codec {
-    /// Encodes a delta.
+    /// Encodes a delta. `lowrank` sends every value as `int8` here, for want
+    /// of the model's matrices: see [`Codec::encode_shaped`].
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        self.encode_shaped(values, &[])
+    }
+
+    /// Encodes a delta of a model whose weight matrices are `matrices` (in the
+    /// flat order: [`crate::ModelSpec::matrices`]). Only `lowrank` uses them.
+    pub fn encode_shaped(self, values: &[f32], matrices: &[Matrix]) -> Vec<u8> {
         match self {
             Codec::Dense => dense::encode(values),
             Codec::F16 => half::encode(values),
             Codec::Int8 => int8::encode(values),
             Codec::TopK { ppm, int8 } => topk::encode(values, self.kept(values.len(), ppm), int8),
             Codec::Sparse { k, chunk, bits } => sparse::encode(values, sparse::Params { k, chunk, bits }),
+            Codec::LowRank { rank } => lowrank::encode(values, matrices, rank),
         }
     }
 
@@ -82,6 +98,18 @@ impl Codec {
     /// waits (it then plays the part of outer momentum). A lossless codec leaves
     /// the residual at zero.
     pub fn encode_with_feedback(self, delta: &[f32], residual: &mut Vec<f32>, decay: f32) -> Vec<u8> {
+        self.encode_with_feedback_shaped(delta, residual, decay, &[])
+    }
+
+    /// [`Codec::encode_with_feedback`] for a model whose weight matrices are
+    /// `matrices` (see [`Codec::encode_shaped`]).
+    pub fn encode_with_feedback_shaped(
+        self,
+        delta: &[f32],
+        residual: &mut Vec<f32>,
+        decay: f32,
+        matrices: &[Matrix],
+    ) -> Vec<u8> {
         if residual.len() != delta.len() {
             *residual = vec![0.0; delta.len()];
         }
@@ -91,7 +119,7 @@ impl Codec {
         for (r, d) in residual.iter_mut().zip(delta) {
             *r = decay * *r + d;
         }
-        let payload = self.encode(residual);
+        let payload = self.encode_shaped(residual, matrices);
         // residual ← v − decode(payload): subtract what was sent.
         self.accumulate(&payload, delta.len(), -1.0, residual).expect("a payload we just encoded decodes");
         payload
@@ -115,6 +143,7 @@ impl Codec {
             Codec::Sparse { k, chunk, bits } => {
                 sparse::check(payload, params, sparse::Params { k, chunk, bits })
             }
+            Codec::LowRank { rank } => lowrank::check(payload, params, rank),
         }
         .map_err(|e| e.with_codec(self))
     }
@@ -140,6 +169,7 @@ impl Codec {
             Codec::Sparse { k, chunk, bits } => {
                 sparse::accumulate(payload, sparse::Params { k, chunk, bits }, weight, out)
             }
+            Codec::LowRank { rank } => lowrank::accumulate(payload, rank, weight, out),
         }
         .map_err(|e| e.with_codec(self))
     }
@@ -173,13 +203,14 @@ impl Codec {
             Codec::Int8 => int8::len(params),
             Codec::TopK { ppm, int8 } => topk::max_len(self.kept(params, ppm), int8),
             Codec::Sparse { k, chunk, bits } => sparse::Params { k, chunk, bits }.len(params),
+            Codec::LowRank { rank } => lowrank::max_len(params, rank),
         }
     }
 
-    /// Whether a payload carries only some coordinates (top-k and sparse), so
-    /// it cannot carry a whole model.
+    /// Whether a payload carries only some coordinates (top-k and sparse) or
+    /// only a low-rank view of each matrix, so it cannot carry a whole model.
     pub fn is_sparse(self) -> bool {
-        matches!(self, Codec::TopK { .. } | Codec::Sparse { .. })
+        matches!(self, Codec::TopK { .. } | Codec::Sparse { .. } | Codec::LowRank { .. })
     }
 
     /// How many coordinates a top-k codec keeps of `params`.
@@ -205,6 +236,7 @@ impl Codec {
             Codec::TopK { ppm: 10_000, int8: true },
             Codec::Sparse { k: 64, chunk: 4096, bits: 2 },
             Codec::Sparse { k: 3, chunk: 10, bits: 4 },
+            Codec::LowRank { rank: 2 },
         ]
     }
 }
@@ -235,6 +267,7 @@ impl fmt::Display for Codec {
                 Ok(())
             }
             Codec::Sparse { k, chunk, bits } => write!(f, "sparse:{k}/{chunk}+{bits}bit"),
+            Codec::LowRank { rank } => write!(f, "lowrank:{rank}"),
         }
     }
 }
@@ -274,6 +307,12 @@ impl FromStr for Codec {
         if let Some(rest) = s.strip_prefix("sparse:") {
             return parse_sparse(s, rest);
         }
+        if let Some(rank) = s.strip_prefix("lowrank:") {
+            return match rank.parse::<u8>() {
+                Ok(rank) if (1..=lowrank::MAX_RANK).contains(&rank) => Ok(Codec::LowRank { rank }),
+                _ => Err(unknown()),
+            };
+        }
         let rest = s.strip_prefix("topk:").ok_or_else(unknown)?;
         let (fraction, int8) = match rest.strip_suffix("+int8") {
             Some(f) => (f, true),
@@ -312,5 +351,7 @@ impl<'de> Deserialize<'de> for Codec {
     }
 }
 
+#[cfg(test)]
+mod lowrank_tests;
 #[cfg(test)]
 mod tests;

@@ -15,14 +15,16 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 fn encoding_beside_the_residual_gives_the_payload_and_residual_of_encoding_into_it() {
     // Large enough for top-k's sampled threshold.
     let n = 300_000;
-    for codec in ["dense", "f16", "int8", "topk:0.01", "topk:0.05+int8", "sparse:64/4096+2bit"] {
+    let matrices =
+        [Matrix { offset: 1000, rows: 500, cols: 400 }, Matrix { offset: 250_000, rows: 100, cols: 300 }];
+    for codec in ["dense", "f16", "int8", "topk:0.01", "topk:0.05+int8", "sparse:64/4096+2bit", "lowrank:4"] {
         let codec: Codec = codec.parse().unwrap();
         for residual in [Vec::new(), values(2, n)] {
             let delta = values(1, n);
             let mut in_place = residual.clone();
-            let expected = codec.encode_with_feedback(&delta, &mut in_place, 0.8);
+            let expected = codec.encode_with_feedback_shaped(&delta, &mut in_place, 0.8, &matrices);
             let mut beside = delta.clone();
-            let payload = encode_keeping_residual(codec, &mut beside, &residual, 0.8);
+            let payload = encode_keeping_residual(codec, &matrices, &mut beside, &residual, 0.8);
             assert_eq!(payload, expected, "{codec}: payload");
             assert_eq!(beside, in_place, "{codec}: residual");
         }
@@ -37,12 +39,12 @@ fn a_delta_encoded_and_signed_at_once_is_the_one_signed_then_encoded() {
         let codec: Codec = codec.parse().unwrap();
         for residual in [Vec::new(), values(2, n)] {
             let mut expected_residual = values(1, n);
-            let payload = encode_keeping_residual(codec, &mut expected_residual, &residual, 0.8);
+            let payload = encode_keeping_residual(codec, &[], &mut expected_residual, &residual, 0.8);
             let signed = SignedDelta::sign(&key, RunId([1; 32]), 3, [2; 32], 64, codec, payload);
             let (want, want_bytes) = starling_protocol::wire::encode_delta_shared(signed);
             let mut delta = values(1, n);
             let signing = Signing { key: &key, run_id: RunId([1; 32]), round: 3, base: [2; 32], samples: 64 };
-            let (got, bytes) = encode_and_sign(&signing, codec, &mut delta, &residual, 0.8, None);
+            let (got, bytes) = encode_and_sign(&signing, codec, &[], &mut delta, &residual, 0.8, None);
             assert_eq!(bytes, want_bytes, "{codec}: wire bytes");
             assert!(got == want, "{codec}: delta");
             assert_eq!(delta, expected_residual, "{codec}: residual");
