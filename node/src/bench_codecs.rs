@@ -49,6 +49,8 @@ fn default_codecs() -> Vec<Codec> {
         "sparse:64/4096+2bit",
         // 0.39 % of coordinates.
         "sparse:16/4096+2bit",
+        // Rank 4 of each weight matrix (for language models).
+        "lowrank:4",
     ]
     .iter()
     .map(|c| c.parse().expect("valid codec"))

@@ -50,6 +50,12 @@ impl OuterSpec {
     /// deltas take the SparseLoCo rule, with no outer momentum at all and a
     /// larger step: on the built-in task it reached the same accuracy as top-k's
     /// step at a lower held-out loss.
+    ///
+    /// Low-rank deltas carry most of each matrix's change every round, as
+    /// dense ones do, and take SparseLoCo's rule at lr 1 (plain averaging of
+    /// what was sent): on `lm-small`, rank 4 with β 0.5 ended 2.5 % above
+    /// dense's held-out loss at lr 1.5 and 1.0 % at lr 1 (a trial build that
+    /// sent the factors as `f32`).
     pub fn for_codec(codec: Codec) -> Self {
         match codec {
             Codec::TopK { .. } => {

@@ -1,6 +1,7 @@
-//! `lowrank:R`: each weight matrix of the model as a rank-R product `U·Vᵀ`
-//! (PowerSGD's compressor), every other parameter (biases, norm gains) as
-//! `int8`. Factors are `int8` with one `f32` scale per factor column.
+//! `lowrank:R` and `lowrank:R+4bit`: each weight matrix of the model as a
+//! rank-R product `U·Vᵀ` (PowerSGD's compressor), every other parameter
+//! (biases, norm gains) as `int8`. Factors are 8-bit (or 4-bit) integers with
+//! one `f32` scale per factor column.
 //!
 //! Why: a language model's pseudo-gradient is close to low rank and far from
 //! sparse. On `lm-small` (a node's error-feedback accumulator in rounds 1, 4
@@ -17,7 +18,9 @@
 //! - `u32` count of matrices, then per matrix `u64` offset, `u32` rows,
 //!   `u32` cols (little-endian), in increasing, non-overlapping order;
 //! - per matrix and rank r: the `f32` scale of U's column r, then of V's;
-//! - per matrix and rank r: U's column r (`rows` × `i8`), then V's (`cols` × `i8`);
+//! - per matrix and rank r: U's column r (`rows` codes), then V's (`cols`
+//!   codes): `i8`, or 4-bit two's complement two to a byte, low half first,
+//!   the last byte's unused half zero;
 //! - every value outside the matrices, in order, as an `int8` payload.
 //!
 //! A matrix is only factored when its factors are smaller than it
@@ -59,7 +62,7 @@ impl Matrix {
 
 /// The largest payload for `params` parameters: `int8` of them all plus the
 /// largest header (factors never outweigh the values they stand for).
-pub(super) fn max_len(params: usize, rank: u8) -> usize {
+pub(super) fn max_len(params: usize, rank: u8, _bits: u8) -> usize {
     let matrices = MAX_MATRICES.min(params);
     4 + matrices * (HEADER + 8 * rank as usize) + int8::len(params)
 }
@@ -146,16 +149,42 @@ fn factor(a: &[f32], rows: usize, cols: usize, rank: usize) -> (Vec<f32>, Vec<f3
     (u, v)
 }
 
-/// Column `r` of a row-major `n × rank` factor, as `int8` with one scale.
-fn quantize_column(f: &[f32], rank: usize, r: usize, codes: &mut Vec<u8>) -> f32 {
+/// The largest code of `bits`-bit factors: 127 or 7.
+fn top(bits: u8) -> f32 {
+    ((1i32 << (bits - 1)) - 1) as f32
+}
+
+/// Column `r` of a row-major `n × rank` factor, as `bits`-bit codes with one scale.
+fn quantize_column(f: &[f32], rank: usize, r: usize, bits: u8, codes: &mut Vec<i8>) -> f32 {
+    let top = top(bits);
     let max = f.iter().skip(r).step_by(rank).fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = if max.is_finite() { max / 127.0 } else { 0.0 };
+    let scale = if max.is_finite() { max / top } else { 0.0 };
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    codes.extend(f.iter().skip(r).step_by(rank).map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
+    codes.extend(f.iter().skip(r).step_by(rank).map(|v| (v * inv).round().clamp(-top, top) as i8));
     scale
 }
 
-pub(super) fn encode(values: &[f32], layout: &[Matrix], rank: u8) -> Vec<u8> {
+/// Bytes holding `n` codes of `bits` bits.
+fn code_bytes(n: usize, bits: u8) -> usize {
+    if bits == 4 {
+        n.div_ceil(2)
+    } else {
+        n
+    }
+}
+
+/// Code `k` of a packed code section.
+fn code(codes: &[u8], bits: u8, k: usize) -> i8 {
+    if bits == 4 {
+        let byte = codes[k / 2];
+        let nibble = if k.is_multiple_of(2) { byte << 4 } else { byte & 0xF0 };
+        (nibble as i8) >> 4
+    } else {
+        codes[k] as i8
+    }
+}
+
+pub(super) fn encode(values: &[f32], layout: &[Matrix], rank: u8, bits: u8) -> Vec<u8> {
     let rank = rank as usize;
     let matrices = factored(layout, values.len(), rank);
     let mut out = Vec::new();
@@ -169,13 +198,17 @@ pub(super) fn encode(values: &[f32], layout: &[Matrix], rank: u8) -> Vec<u8> {
     for m in &matrices {
         let (u, v) = factor(&values[m.offset..m.offset + m.len()], m.rows, m.cols, rank);
         for r in 0..rank {
-            let su = quantize_column(&u, rank, r, &mut codes);
-            let sv = quantize_column(&v, rank, r, &mut codes);
+            let su = quantize_column(&u, rank, r, bits, &mut codes);
+            let sv = quantize_column(&v, rank, r, bits, &mut codes);
             out.extend_from_slice(&su.to_le_bytes());
             out.extend_from_slice(&sv.to_le_bytes());
         }
     }
-    out.extend_from_slice(&codes);
+    if bits == 4 {
+        out.extend(codes.chunks(2).map(|p| (p[0] as u8 & 0x0F) | (p.get(1).map_or(0, |&c| c as u8) << 4)));
+    } else {
+        out.extend(codes.iter().map(|&c| c as u8));
+    }
     let mut rest = Vec::with_capacity(values.len() - matrices.iter().map(|m| m.len()).sum::<usize>());
     let mut at = 0;
     for m in &matrices {
@@ -200,11 +233,11 @@ struct Parts<'a> {
     rest_len: usize,
 }
 
-fn parse(payload: &[u8], params: usize, rank: u8) -> Result<Parts<'_>, CodecError> {
-    let codec = Codec::LowRank { rank };
+fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>, CodecError> {
+    let codec = Codec::LowRank { rank, bits };
     let rank = rank as usize;
     let bad = |what: String| CodecError::LowRank(what);
-    let short = |len| CodecError::Length { codec, len, params, expected: max_len(params, rank as u8) };
+    let short = |len| CodecError::Length { codec, len, params, expected: max_len(params, rank as u8, bits) };
     if payload.len() < 4 {
         return Err(short(payload.len()));
     }
@@ -241,12 +274,15 @@ fn parse(payload: &[u8], params: usize, rank: u8) -> Result<Parts<'_>, CodecErro
     }
     let rest_len = params - matrices.iter().map(|m| m.len()).sum::<usize>();
     let scales_len = count * rank * 8;
-    let expected = header_end + scales_len + factor_values + int8::len(rest_len);
+    let expected = header_end + scales_len + code_bytes(factor_values, bits) + int8::len(rest_len);
     if payload.len() != expected {
         return Err(CodecError::Length { codec, len: payload.len(), params, expected });
     }
     let (scales, tail) = payload[header_end..].split_at(scales_len);
-    let (codes, rest) = tail.split_at(factor_values);
+    let (codes, rest) = tail.split_at(code_bytes(factor_values, bits));
+    if bits == 4 && factor_values % 2 == 1 && codes.last().is_some_and(|b| b >> 4 != 0) {
+        return Err(bad("the last factor byte's unused half is not zero".into()));
+    }
     for (i, s) in scales.chunks_exact(4).enumerate() {
         let s = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
         if !(s.is_finite() && s >= 0.0) {
@@ -256,20 +292,26 @@ fn parse(payload: &[u8], params: usize, rank: u8) -> Result<Parts<'_>, CodecErro
     Ok(Parts { matrices, scales, codes, rest, rest_len })
 }
 
-pub(super) fn check(payload: &[u8], params: usize, rank: u8) -> Result<(), CodecError> {
-    let parts = parse(payload, params, rank)?;
+pub(super) fn check(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<(), CodecError> {
+    let parts = parse(payload, params, rank, bits)?;
     int8::check(parts.rest, parts.rest_len)
 }
 
-pub(super) fn accumulate(payload: &[u8], rank: u8, weight: f32, out: &mut [f32]) -> Result<(), CodecError> {
-    let parts = parse(payload, out.len(), rank)?;
+pub(super) fn accumulate(
+    payload: &[u8],
+    rank: u8,
+    bits: u8,
+    weight: f32,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    let parts = parse(payload, out.len(), rank, bits)?;
     int8::check(parts.rest, parts.rest_len)?;
     let rank = rank as usize;
     let scale = |i: usize| {
         let s = &parts.scales[i * 4..i * 4 + 4];
         f32::from_le_bytes([s[0], s[1], s[2], s[3]])
     };
-    let (mut codes, mut u, mut v) = (parts.codes, Vec::new(), Vec::new());
+    let (mut k, mut u, mut v) = (0usize, Vec::new(), Vec::new());
     for (n, m) in parts.matrices.iter().enumerate() {
         // U and V as f32, row-major, weight folded into U.
         u.clear();
@@ -278,15 +320,14 @@ pub(super) fn accumulate(payload: &[u8], rank: u8, weight: f32, out: &mut [f32])
         v.resize(m.cols * rank, 0.0);
         for r in 0..rank {
             let (su, sv) = (scale((n * rank + r) * 2) * weight, scale((n * rank + r) * 2 + 1));
-            let (cu, rest) = codes.split_at(m.rows);
-            let (cv, rest) = rest.split_at(m.cols);
-            codes = rest;
-            for (i, &c) in cu.iter().enumerate() {
-                u[i * rank + r] = c as i8 as f32 * su;
+            for i in 0..m.rows {
+                u[i * rank + r] = code(parts.codes, bits, k + i) as f32 * su;
             }
-            for (j, &c) in cv.iter().enumerate() {
-                v[j * rank + r] = c as i8 as f32 * sv;
+            k += m.rows;
+            for j in 0..m.cols {
+                v[j * rank + r] = code(parts.codes, bits, k + j) as f32 * sv;
             }
+            k += m.cols;
         }
         let block = &mut out[m.offset..m.offset + m.len()];
         for (row, ui) in block.chunks_exact_mut(m.cols).zip(u.chunks_exact(rank)) {

@@ -44,27 +44,33 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn names_parse_and_bad_ranks_are_refused() {
-    assert_eq!("lowrank:4".parse::<Codec>().unwrap(), Codec::LowRank { rank: 4 });
-    assert_eq!(Codec::LowRank { rank: 16 }.to_string(), "lowrank:16");
-    for bad in ["lowrank:0", "lowrank:65", "lowrank:", "lowrank:x", "lowrank:-1"] {
+    assert_eq!("lowrank:4".parse::<Codec>().unwrap(), Codec::LowRank { rank: 4, bits: 8 });
+    assert_eq!("lowrank:8+4bit".parse::<Codec>().unwrap(), Codec::LowRank { rank: 8, bits: 4 });
+    assert_eq!(Codec::LowRank { rank: 16, bits: 8 }.to_string(), "lowrank:16");
+    assert_eq!(Codec::LowRank { rank: 16, bits: 4 }.to_string(), "lowrank:16+4bit");
+    for bad in
+        ["lowrank:0", "lowrank:65", "lowrank:", "lowrank:x", "lowrank:-1", "lowrank:4+2bit", "lowrank:4+8bit"]
+    {
         let e = bad.parse::<Codec>().unwrap_err();
-        assert!(e.to_string().contains("lowrank:R with 1 <= R <= 64"), "{bad}: {e}");
+        assert!(e.to_string().contains("lowrank:R, lowrank:R+4bit with 1 <= R <= 64"), "{bad}: {e}");
     }
 }
 
 #[test]
 fn matrices_of_the_codecs_rank_come_back_within_int8_precision() {
     let (n, matrices) = layout();
-    for rank in [1u8, 2, 3] {
+    for (rank, bits) in [(1u8, 8u8), (2, 8), (3, 8), (1, 4), (3, 4)] {
         let v = low_rank_values(n, &matrices, rank as usize, rank as u64);
-        let codec = Codec::LowRank { rank };
+        let codec = Codec::LowRank { rank, bits };
+        // An 8-bit code is within 1/254 of its column's largest value, a 4-bit one within 1/14.
+        let tolerance = if bits == 8 { 0.02 } else { 0.2 };
         let payload = codec.encode_shaped(&v, &matrices);
         assert!(payload.len() <= codec.max_payload_len(n));
         let decoded = codec.decode(&payload, n).unwrap();
         for m in &matrices {
             let range = m.offset..m.offset + m.rows * m.cols;
             let e = relative_error(&decoded[range.clone()], &v[range]);
-            assert!(e < 0.02, "rank {rank}: matrix at {} off by {e}", m.offset);
+            assert!(e < tolerance, "{codec}: matrix at {} off by {e}", m.offset);
         }
         // The values outside the matrices travel as int8, in place.
         for i in (0..10).chain(2410..2417).chain(n - 3..n) {
@@ -80,7 +86,7 @@ fn a_lower_rank_keeps_the_strongest_directions_and_error_feedback_keeps_the_rest
     let strong = low_rank_values(n, &matrices, 1, 7);
     let noise = low_rank_values(n, &matrices, 3, 8);
     let v: Vec<f32> = strong.iter().zip(&noise).map(|(s, x)| 10.0 * s + 0.1 * x).collect();
-    let codec = Codec::LowRank { rank: 1 };
+    let codec = Codec::LowRank { rank: 1, bits: 8 };
     let mut residual = Vec::new();
     let payload = codec.encode_with_feedback_shaped(&v, &mut residual, 1.0, &matrices);
     let decoded = codec.decode(&payload, n).unwrap();
@@ -99,7 +105,7 @@ fn matrices_no_larger_than_their_factors_travel_as_plain_values() {
     // 3 × 3 at rank 2: factors of 12 values for 9; sent as int8 instead.
     let matrices = [Matrix { offset: 0, rows: 3, cols: 3 }, Matrix { offset: 9, rows: 8, cols: 8 }];
     let v: Vec<f32> = (0..73).map(|i| (i as f32 * 0.37).sin()).collect();
-    let codec = Codec::LowRank { rank: 2 };
+    let codec = Codec::LowRank { rank: 2, bits: 8 };
     let payload = codec.encode_shaped(&v, &matrices);
     assert_eq!(u32::from_le_bytes(payload[..4].try_into().unwrap()), 1, "only the 8 × 8 is factored");
     let decoded = codec.decode(&payload, 73).unwrap();
@@ -127,7 +133,7 @@ fn forged(params: usize, headers: &[(u64, u32, u32)]) -> Vec<u8> {
 
 #[test]
 fn payloads_that_misplace_a_matrix_are_refused() {
-    let codec = Codec::LowRank { rank: 1 };
+    let codec = Codec::LowRank { rank: 1, bits: 8 };
     let n = 100;
     assert!(codec.check(&forged(n, &[(0, 5, 5), (25, 5, 5)]), n).is_ok());
     let refused = |headers: &[(u64, u32, u32)]| match codec.check(&forged(n, headers), n) {
@@ -150,12 +156,27 @@ fn payloads_that_misplace_a_matrix_are_refused() {
     assert!(matches!(codec.check(&short, n), Err(CodecError::Length { .. })));
 }
 
+#[test]
+fn a_4bit_payload_with_a_stray_half_byte_is_refused() {
+    // A 3 × 4 matrix at rank 1: 7 codes in 4 bytes, the last byte's high half unused.
+    let matrices = [Matrix { offset: 0, rows: 3, cols: 4 }];
+    let v: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin()).collect();
+    let codec = Codec::LowRank { rank: 1, bits: 4 };
+    let mut payload = codec.encode_shaped(&v, &matrices);
+    assert!(codec.check(&payload, 20).is_ok());
+    // After the header (4 + 16) and the two scales (8).
+    payload[4 + 16 + 8 + 3] |= 0x10;
+    assert!(
+        matches!(codec.check(&payload, 20), Err(CodecError::LowRank(why)) if why.contains("unused half"))
+    );
+}
+
 proptest! {
     #[test]
     fn lowrank_payloads_with_a_changed_byte_decode_or_are_refused(seed in 0u64..1000, at in 0usize..100_000, byte in any::<u8>()) {
         let (n, matrices) = layout();
         let v = low_rank_values(n, &matrices, 2, seed);
-        let codec = Codec::LowRank { rank: 2 };
+        let codec = Codec::LowRank { rank: 2, bits: if seed % 2 == 0 { 8 } else { 4 } };
         let mut payload = codec.encode_shaped(&v, &matrices);
         let at = at % payload.len();
         payload[at] = byte;
@@ -170,7 +191,7 @@ proptest! {
         headers in prop::collection::vec((0u64..400, 0u32..40, 0u32..40), 0..5),
         n in 1usize..400,
     ) {
-        let codec = Codec::LowRank { rank: 1 };
+        let codec = Codec::LowRank { rank: 1, bits: 8 };
         let payload = forged(n, &headers);
         let mut out = vec![0.0; n];
         if codec.check(&payload, n).is_ok() {

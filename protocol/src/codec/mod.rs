@@ -44,9 +44,9 @@ pub enum Codec {
     /// Per chunk of `chunk` coordinates, the `k` largest in magnitude, with
     /// chunk-local bit-packed indices and `bits` (2 or 4) bits per value.
     Sparse { k: u32, chunk: u32, bits: u8 },
-    /// Each weight matrix as rank-`rank` factors (`int8`), the other values as
-    /// `int8`: PowerSGD's compressor.
-    LowRank { rank: u8 },
+    /// Each weight matrix as rank-`rank` factors of `bits` (8 or 4) bits, the
+    /// other values as `int8`: PowerSGD's compressor.
+    LowRank { rank: u8, bits: u8 },
 }
 
 /// Why a payload could not be decoded, or a codec name not parsed.
@@ -64,7 +64,7 @@ pub enum CodecError {
     LowRank(String),
     #[error(
         "unknown codec `{0}` (known: dense, f16, int8, topk:F, topk:F+int8 with 0 < F <= 1, \
-         sparse:K/C+2bit, sparse:K/C+4bit, lowrank:R with 1 <= R <= {max})", max = lowrank::MAX_RANK
+         sparse:K/C+2bit, sparse:K/C+4bit, lowrank:R, lowrank:R+4bit with 1 <= R <= {max})", max = lowrank::MAX_RANK
     )]
     Unknown(String),
     #[error("codec `{name}`: {problem} (write sparse:K/C+2bit or sparse:K/C+4bit: keep K of each chunk of C values, 1 <= K <= C <= {max})", max = sparse::MAX_CHUNK)]
@@ -87,7 +87,7 @@ impl Codec {
             Codec::Int8 => int8::encode(values),
             Codec::TopK { ppm, int8 } => topk::encode(values, self.kept(values.len(), ppm), int8),
             Codec::Sparse { k, chunk, bits } => sparse::encode(values, sparse::Params { k, chunk, bits }),
-            Codec::LowRank { rank } => lowrank::encode(values, matrices, rank),
+            Codec::LowRank { rank, bits } => lowrank::encode(values, matrices, rank, bits),
         }
     }
 
@@ -143,7 +143,7 @@ impl Codec {
             Codec::Sparse { k, chunk, bits } => {
                 sparse::check(payload, params, sparse::Params { k, chunk, bits })
             }
-            Codec::LowRank { rank } => lowrank::check(payload, params, rank),
+            Codec::LowRank { rank, bits } => lowrank::check(payload, params, rank, bits),
         }
         .map_err(|e| e.with_codec(self))
     }
@@ -169,7 +169,7 @@ impl Codec {
             Codec::Sparse { k, chunk, bits } => {
                 sparse::accumulate(payload, sparse::Params { k, chunk, bits }, weight, out)
             }
-            Codec::LowRank { rank } => lowrank::accumulate(payload, rank, weight, out),
+            Codec::LowRank { rank, bits } => lowrank::accumulate(payload, rank, bits, weight, out),
         }
         .map_err(|e| e.with_codec(self))
     }
@@ -203,7 +203,7 @@ impl Codec {
             Codec::Int8 => int8::len(params),
             Codec::TopK { ppm, int8 } => topk::max_len(self.kept(params, ppm), int8),
             Codec::Sparse { k, chunk, bits } => sparse::Params { k, chunk, bits }.len(params),
-            Codec::LowRank { rank } => lowrank::max_len(params, rank),
+            Codec::LowRank { rank, bits } => lowrank::max_len(params, rank, bits),
         }
     }
 
@@ -236,7 +236,8 @@ impl Codec {
             Codec::TopK { ppm: 10_000, int8: true },
             Codec::Sparse { k: 64, chunk: 4096, bits: 2 },
             Codec::Sparse { k: 3, chunk: 10, bits: 4 },
-            Codec::LowRank { rank: 2 },
+            Codec::LowRank { rank: 2, bits: 8 },
+            Codec::LowRank { rank: 3, bits: 4 },
         ]
     }
 }
@@ -267,7 +268,8 @@ impl fmt::Display for Codec {
                 Ok(())
             }
             Codec::Sparse { k, chunk, bits } => write!(f, "sparse:{k}/{chunk}+{bits}bit"),
-            Codec::LowRank { rank } => write!(f, "lowrank:{rank}"),
+            Codec::LowRank { rank, bits: 8 } => write!(f, "lowrank:{rank}"),
+            Codec::LowRank { rank, bits } => write!(f, "lowrank:{rank}+{bits}bit"),
         }
     }
 }
@@ -307,9 +309,13 @@ impl FromStr for Codec {
         if let Some(rest) = s.strip_prefix("sparse:") {
             return parse_sparse(s, rest);
         }
-        if let Some(rank) = s.strip_prefix("lowrank:") {
+        if let Some(rest) = s.strip_prefix("lowrank:") {
+            let (rank, bits) = match rest.strip_suffix("+4bit") {
+                Some(rank) => (rank, 4),
+                None => (rest, 8),
+            };
             return match rank.parse::<u8>() {
-                Ok(rank) if (1..=lowrank::MAX_RANK).contains(&rank) => Ok(Codec::LowRank { rank }),
+                Ok(rank) if (1..=lowrank::MAX_RANK).contains(&rank) => Ok(Codec::LowRank { rank, bits }),
                 _ => Err(unknown()),
             };
         }
