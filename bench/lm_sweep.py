@@ -71,6 +71,13 @@ DEFAULT_GRID = [
     "sparse:32/4096+2bit@sparseloco:6:0.5",
     "sparse:40/4096+2bit@sparseloco:5:0.5",
     "sparse:48/4096+2bit@sparseloco:5:0.5",
+    "sparse:48/4096+2bit@sparseloco:3:0.5",
+    "sparse:48/4096+2bit@sparseloco:4:0.5",
+    "sparse:54/4096+2bit@sparseloco:3.5:0.5",
+    "lowrank:4@sparseloco:1:0.9",
+    "lowrank:4@sparseloco:1:1",
+    "lowrank:2@sparseloco:1:0.9",
+    "lowrank:8+4bit@sparseloco:1:0.9",
 ]
 
 

@@ -3,12 +3,18 @@
 //! Criterion prints bytes per second of the dense (f32) delta processed, so
 //! codecs compare on the same footing.
 //!
+//! `lowrank` is timed apart, on the matrices of the GPT presets `lm-small`
+//! (8.5M parameters) and `gpt2-small` (124M): `cargo bench -p
+//! starling-protocol -- lowrank`.
+//!
 //! `cargo bench -p starling-protocol`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use rand::{rngs::Xoshiro256PlusPlus, RngExt, SeedableRng};
-use starling_protocol::{AggregationRule, Codec, DeltaRules, RunId, SignedDelta};
+use starling_protocol::{
+    model_spec::GptSpec, AggregationRule, Codec, DeltaRules, ModelSpec, RunId, SignedDelta,
+};
 
 const SIZES: [usize; 2] = [1_000_000, 10_000_000];
 /// Deltas merged per aggregate (a 4-node swarm).
@@ -90,5 +96,29 @@ fn aggregate(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codecs, signatures, aggregate);
+/// `lowrank` encodes (subspace iteration on every matrix) and decodes (the
+/// factors' products) at the sizes of real language models.
+fn lowrank(c: &mut Criterion) {
+    for preset in ["lm-small", "gpt2-small"] {
+        let model = ModelSpec::Gpt(GptSpec::preset(preset).expect("a preset"));
+        let (n, matrices) = (model.param_count(), model.matrices());
+        let values = delta(n, 4);
+        let mut group = c.benchmark_group(format!("lowrank/{preset}"));
+        group.sample_size(10);
+        group.throughput(Throughput::Bytes((n * 4) as u64));
+        for codec in ["lowrank:4", "lowrank:8+4bit"] {
+            let codec: Codec = codec.parse().expect("a codec");
+            group.bench_with_input(BenchmarkId::new("encode", codec), &codec, |b, codec| {
+                b.iter(|| codec.encode_shaped(&values, &matrices))
+            });
+            let payload = codec.encode_shaped(&values, &matrices);
+            group.bench_with_input(BenchmarkId::new("decode", codec), &codec, |b, codec| {
+                b.iter(|| codec.decode(&payload, n).unwrap())
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, codecs, signatures, aggregate, lowrank);
 criterion_main!(benches);

@@ -23,10 +23,10 @@
 //!   the last byte's unused half zero;
 //! - every value outside the matrices, in order, as an `int8` payload.
 //!
-//! A matrix is only factored when its factors are smaller than it
-//! (R·(rows + cols) < rows·cols); decoding refuses a payload that says
-//! otherwise, so no payload is larger than `int8` of the whole model plus
-//! the headers.
+//! A matrix is only factored when its entry (header, scales and codes) is
+//! smaller than its values would be as `int8` (one byte each); decoding
+//! refuses a payload that says otherwise, so no payload is larger than
+//! `int8` of the whole model plus 4 bytes.
 
 use super::{int8, Codec, CodecError};
 
@@ -54,28 +54,34 @@ impl Matrix {
         self.rows * self.cols
     }
 
-    /// Whether rank-`rank` factors are smaller than the matrix.
-    fn worth_factoring(self, rank: usize) -> bool {
-        rank.saturating_mul(self.rows.saturating_add(self.cols)) < self.rows.saturating_mul(self.cols)
+    /// The bytes of its entry at `rank` and `bits`: header, scales, codes.
+    fn entry_bytes(self, rank: usize, bits: u8) -> usize {
+        let codes = rank.saturating_mul(self.rows.saturating_add(self.cols));
+        (HEADER + 8 * rank).saturating_add(code_bytes(codes, bits))
+    }
+
+    /// Whether its entry is smaller than its values as `int8`.
+    fn worth_factoring(self, rank: usize, bits: u8) -> bool {
+        self.entry_bytes(rank, bits) < self.rows.saturating_mul(self.cols)
     }
 }
 
-/// The largest payload for `params` parameters: `int8` of them all plus the
-/// largest header (factors never outweigh the values they stand for).
-pub(super) fn max_len(params: usize, rank: u8, _bits: u8) -> usize {
-    let matrices = MAX_MATRICES.min(params);
-    4 + matrices * (HEADER + 8 * rank as usize) + int8::len(params)
+/// The largest payload for `params` parameters: every factored matrix's
+/// entry is smaller than its values as `int8`, so `int8` of them all, plus
+/// the count.
+pub(super) fn max_len(params: usize) -> usize {
+    4 + int8::len(params)
 }
 
 /// The matrices of `layout` this codec factors: in range, in order,
 /// non-overlapping and worth it; the others' values go as `int8`.
-fn factored(layout: &[Matrix], params: usize, rank: usize) -> Vec<Matrix> {
+fn factored(layout: &[Matrix], params: usize, rank: usize, bits: u8) -> Vec<Matrix> {
     let mut out: Vec<Matrix> = Vec::new();
     let mut end = 0;
     for &m in layout {
         let fits = m.offset >= end
             && m.rows.checked_mul(m.cols).is_some_and(|n| m.offset.saturating_add(n) <= params);
-        if fits && m.worth_factoring(rank) && out.len() < MAX_MATRICES {
+        if fits && m.worth_factoring(rank, bits) && out.len() < MAX_MATRICES {
             end = m.offset + m.len();
             out.push(m);
         }
@@ -186,7 +192,7 @@ fn code(codes: &[u8], bits: u8, k: usize) -> i8 {
 
 pub(super) fn encode(values: &[f32], layout: &[Matrix], rank: u8, bits: u8) -> Vec<u8> {
     let rank = rank as usize;
-    let matrices = factored(layout, values.len(), rank);
+    let matrices = factored(layout, values.len(), rank, bits);
     let mut out = Vec::new();
     out.extend_from_slice(&(matrices.len() as u32).to_le_bytes());
     for m in &matrices {
@@ -237,7 +243,7 @@ fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>,
     let codec = Codec::LowRank { rank, bits };
     let rank = rank as usize;
     let bad = |what: String| CodecError::LowRank(what);
-    let short = |len| CodecError::Length { codec, len, params, expected: max_len(params, rank as u8, bits) };
+    let short = |len| CodecError::Length { codec, len, params, expected: max_len(params) };
     if payload.len() < 4 {
         return Err(short(payload.len()));
     }
@@ -263,9 +269,9 @@ fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>,
                 "matrix {n} ({rows} × {cols} at {offset}) overlaps another or leaves the model"
             )));
         }
-        if !m.worth_factoring(rank) {
+        if !m.worth_factoring(rank, bits) {
             return Err(bad(format!(
-                "matrix {n} ({rows} × {cols}) is no larger than its rank-{rank} factors"
+                "matrix {n} ({rows} × {cols}) is no larger as int8 than its rank-{rank} entry"
             )));
         }
         end = offset + m.len();

@@ -102,13 +102,13 @@ fn a_lower_rank_keeps_the_strongest_directions_and_error_feedback_keeps_the_rest
 
 #[test]
 fn matrices_no_larger_than_their_factors_travel_as_plain_values() {
-    // 3 × 3 at rank 2: factors of 12 values for 9; sent as int8 instead.
-    let matrices = [Matrix { offset: 0, rows: 3, cols: 3 }, Matrix { offset: 9, rows: 8, cols: 8 }];
-    let v: Vec<f32> = (0..73).map(|i| (i as f32 * 0.37).sin()).collect();
+    // 3 × 3 at rank 2: an entry of 16 + 16 + 12 bytes for 9 values; sent as int8 instead.
+    let matrices = [Matrix { offset: 0, rows: 3, cols: 3 }, Matrix { offset: 9, rows: 10, cols: 10 }];
+    let v: Vec<f32> = (0..120).map(|i| (i as f32 * 0.37).sin()).collect();
     let codec = Codec::LowRank { rank: 2, bits: 8 };
     let payload = codec.encode_shaped(&v, &matrices);
-    assert_eq!(u32::from_le_bytes(payload[..4].try_into().unwrap()), 1, "only the 8 × 8 is factored");
-    let decoded = codec.decode(&payload, 73).unwrap();
+    assert_eq!(u32::from_le_bytes(payload[..4].try_into().unwrap()), 1, "only the 10 × 10 is factored");
+    let decoded = codec.decode(&payload, 120).unwrap();
     assert!(decoded[..9].iter().zip(&v).all(|(d, x)| (d - x).abs() <= 1.0 / 127.0 + 1e-6));
 }
 
@@ -134,40 +134,42 @@ fn forged(params: usize, headers: &[(u64, u32, u32)]) -> Vec<u8> {
 #[test]
 fn payloads_that_misplace_a_matrix_are_refused() {
     let codec = Codec::LowRank { rank: 1, bits: 8 };
-    let n = 100;
-    assert!(codec.check(&forged(n, &[(0, 5, 5), (25, 5, 5)]), n).is_ok());
+    let n = 200;
+    assert!(codec.check(&forged(n, &[(0, 8, 8), (64, 8, 8)]), n).is_ok());
     let refused = |headers: &[(u64, u32, u32)]| match codec.check(&forged(n, headers), n) {
         Err(CodecError::LowRank(why)) => why,
         other => panic!("{headers:?}: {other:?}"),
     };
-    assert!(refused(&[(0, 5, 5), (20, 5, 5)]).contains("overlaps"));
-    assert!(refused(&[(90, 5, 5)]).contains("leaves the model"));
-    assert!(refused(&[(u64::MAX, 5, 5)]).contains("leaves the model"));
+    assert!(refused(&[(0, 8, 8), (60, 8, 8)]).contains("overlaps"));
+    assert!(refused(&[(190, 8, 8)]).contains("leaves the model"));
+    assert!(refused(&[(u64::MAX, 8, 8)]).contains("leaves the model"));
     assert!(refused(&[(0, u32::MAX, u32::MAX)]).contains("leaves the model"));
-    assert!(refused(&[(0, 1, 50)]).contains("no larger than its rank-1 factors"));
+    // 1 × 50: 50 bytes as int8, 24 + 51 as a rank-1 entry.
+    assert!(refused(&[(0, 1, 50)]).contains("no larger as int8 than its rank-1 entry"));
     let mut many = forged(n, &[]);
     many[..4].copy_from_slice(&(MAX_MATRICES as u32 + 1).to_le_bytes());
     assert!(matches!(codec.check(&many, n), Err(CodecError::LowRank(_))));
-    let mut nan = forged(n, &[(0, 5, 5)]);
+    let mut nan = forged(n, &[(0, 8, 8)]);
     nan[4 + 16..4 + 20].copy_from_slice(&f32::NAN.to_le_bytes());
     assert_eq!(codec.check(&nan, n), Err(CodecError::BadScale(0)));
-    let mut short = forged(n, &[(0, 5, 5)]);
+    let mut short = forged(n, &[(0, 8, 8)]);
     short.pop();
     assert!(matches!(codec.check(&short, n), Err(CodecError::Length { .. })));
 }
 
 #[test]
 fn a_4bit_payload_with_a_stray_half_byte_is_refused() {
-    // A 3 × 4 matrix at rank 1: 7 codes in 4 bytes, the last byte's high half unused.
-    let matrices = [Matrix { offset: 0, rows: 3, cols: 4 }];
-    let v: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin()).collect();
+    // A 7 × 8 matrix at rank 1: 15 codes in 8 bytes, the last byte's high half unused.
+    let matrices = [Matrix { offset: 0, rows: 7, cols: 8 }];
+    let v: Vec<f32> = (0..70).map(|i| (i as f32 * 0.37).sin()).collect();
     let codec = Codec::LowRank { rank: 1, bits: 4 };
     let mut payload = codec.encode_shaped(&v, &matrices);
-    assert!(codec.check(&payload, 20).is_ok());
+    assert_eq!(u32::from_le_bytes(payload[..4].try_into().unwrap()), 1);
+    assert!(codec.check(&payload, 70).is_ok());
     // After the header (4 + 16) and the two scales (8).
-    payload[4 + 16 + 8 + 3] |= 0x10;
+    payload[4 + 16 + 8 + 7] |= 0x10;
     assert!(
-        matches!(codec.check(&payload, 20), Err(CodecError::LowRank(why)) if why.contains("unused half"))
+        matches!(codec.check(&payload, 70), Err(CodecError::LowRank(why)) if why.contains("unused half"))
     );
 }
 

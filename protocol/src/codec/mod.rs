@@ -203,7 +203,7 @@ impl Codec {
             Codec::Int8 => int8::len(params),
             Codec::TopK { ppm, int8 } => topk::max_len(self.kept(params, ppm), int8),
             Codec::Sparse { k, chunk, bits } => sparse::Params { k, chunk, bits }.len(params),
-            Codec::LowRank { rank, bits } => lowrank::max_len(params, rank, bits),
+            Codec::LowRank { .. } => lowrank::max_len(params),
         }
     }
 
