@@ -49,8 +49,10 @@ fn default_codecs() -> Vec<Codec> {
         "sparse:64/4096+2bit",
         // 0.39 % of coordinates.
         "sparse:16/4096+2bit",
-        // Rank 4 of each weight matrix (for language models).
+        // Rank 4 of each weight matrix with 8-bit factors, rank 8 with 4-bit
+        // ones (for language models).
         "lowrank:4",
+        "lowrank:8+4bit",
     ]
     .iter()
     .map(|c| c.parse().expect("valid codec"))
