@@ -30,7 +30,8 @@
 
 use super::{int8, Codec, CodecError};
 
-/// The largest rank: more stops paying against `int8`.
+/// The largest rank a codec name may ask for (a matrix whose entry would not
+/// be smaller than its values goes as `int8` at any rank).
 pub const MAX_RANK: u8 = 64;
 /// The most matrices a payload may list.
 pub const MAX_MATRICES: usize = 1 << 16;
