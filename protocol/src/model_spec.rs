@@ -181,29 +181,16 @@ impl ModelSpec {
         }
     }
 
-    /// Number of parameters: exactly the length of the flat vector nodes exchange.
+    /// Number of parameters: exactly the length of the flat vector nodes
+    /// exchange, the sum of [`ModelSpec::shapes`]. (A GPT's head is its token
+    /// embedding, transposed: no parameters of its own.)
     pub fn param_count(&self) -> usize {
-        let linear = |i: usize, o: usize| i * o + o;
-        match self {
-            ModelSpec::Mlp(m) => m.layers.windows(2).map(|w| linear(w[0], w[1])).sum(),
-            ModelSpec::Cnn(c) => {
-                let (mut ch, mut h, mut w) = (c.input[0], c.input[1], c.input[2]);
-                let mut n = 0;
-                for &out in &c.channels {
-                    n += out * ch * 9 + out;
-                    (ch, h, w) = (out, h / 2, w / 2);
-                }
-                n + linear(ch * h * w, c.classes)
-            }
-            ModelSpec::Transformer(t) => decoder_count(t) + linear(t.d_model, t.vocab),
-            // The head is the token embedding, transposed: no parameters of its own.
-            ModelSpec::Gpt(g) => decoder_count(&g.dims()),
-        }
+        self.shapes().iter().map(|shape| shape.iter().product::<usize>()).sum()
     }
 
     /// The shape of every parameter tensor, in the flat order every node
     /// uses (the MLP's layer by layer, weight then bias; the others' sorted by
-    /// variable name). Their sizes sum to [`ModelSpec::param_count`].
+    /// variable name).
     pub fn shapes(&self) -> Vec<Vec<usize>> {
         match self {
             ModelSpec::Mlp(m) => m.layers.windows(2).flat_map(|w| [vec![w[1], w[0]], vec![w[1]]]).collect(),
@@ -310,7 +297,6 @@ impl ModelSpec {
 /// The largest model a spec may name: GPT-2 small (124M) and some room.
 pub const MAX_PARAMS: usize = 200_000_000;
 
-/// Parameters of the decoder without an output head: embeddings, blocks, final norm.
 /// A decoder's tensors sorted by name: `blocks.NN.{fc, fc2, ln1, ln2, proj,
 /// qkv}` (bias before weight), `head` (the byte-level model's own), `ln_f`,
 /// `pos_emb`, `tok_emb`.
@@ -327,13 +313,6 @@ fn decoder_shapes(t: &TransformerSpec, head: bool) -> Vec<Vec<usize>> {
     }
     out.extend([vec![d], vec![d], vec![t.context, d], vec![t.vocab, d]]);
     out
-}
-
-fn decoder_count(t: &TransformerSpec) -> usize {
-    let linear = |i: usize, o: usize| i * o + o;
-    let d = t.d_model;
-    let block = 2 * d + linear(d, 3 * d) + linear(d, d) + 2 * d + linear(d, 4 * d) + linear(4 * d, d);
-    t.vocab * d + t.context * d + t.layers * block + 2 * d
 }
 
 impl<'de> Deserialize<'de> for ModelSpec {

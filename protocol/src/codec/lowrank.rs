@@ -216,22 +216,23 @@ pub(super) fn encode(values: &[f32], layout: &[Matrix], rank: u8, bits: u8) -> V
     } else {
         out.extend(codes.iter().map(|&c| c as u8));
     }
-    let mut rest = Vec::with_capacity(values.len() - matrices.iter().map(|m| m.len()).sum::<usize>());
-    let mut at = 0;
-    for m in &matrices {
-        rest.extend_from_slice(&values[at..m.offset]);
-        at = m.offset + m.len();
-    }
-    rest.extend_from_slice(&values[at..]);
+    let rest: Vec<f32> = gaps(&matrices, values.len()).flat_map(|gap| &values[gap]).copied().collect();
     int8::encode_into(&rest, &mut out);
     out
+}
+
+/// The ranges of `params` no matrix covers, in order: where the plain values go.
+fn gaps(matrices: &[Matrix], params: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let starts = std::iter::once(0).chain(matrices.iter().map(|m| m.offset + m.len()));
+    let ends = matrices.iter().map(|m| m.offset).chain(std::iter::once(params));
+    starts.zip(ends).map(|(start, end)| start..end)
 }
 
 fn read_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// A payload's parts, checked against `params`.
+/// A payload's parts, every one checked against `params`.
 struct Parts<'a> {
     matrices: Vec<Matrix>,
     scales: &'a [u8],
@@ -296,12 +297,12 @@ fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>,
             return Err(CodecError::BadScale(i));
         }
     }
+    int8::check(rest, rest_len)?;
     Ok(Parts { matrices, scales, codes, rest, rest_len })
 }
 
 pub(super) fn check(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<(), CodecError> {
-    let parts = parse(payload, params, rank, bits)?;
-    int8::check(parts.rest, parts.rest_len)
+    parse(payload, params, rank, bits).map(|_| ())
 }
 
 pub(super) fn accumulate(
@@ -312,7 +313,6 @@ pub(super) fn accumulate(
     out: &mut [f32],
 ) -> Result<(), CodecError> {
     let parts = parse(payload, out.len(), rank, bits)?;
-    int8::check(parts.rest, parts.rest_len)?;
     let rank = rank as usize;
     let scale = |i: usize| {
         let s = &parts.scales[i * 4..i * 4 + 4];
@@ -343,19 +343,11 @@ pub(super) fn accumulate(
             }
         }
     }
-    // The values outside the matrices, in order: the n-th goes to the n-th
-    // position no matrix covers.
-    let (mut gap, mut at, mut next) = (0usize, 0usize, 0usize);
-    let params = out.len();
-    let gap_end = |g: usize| parts.matrices.get(g).map_or(params, |m| m.offset);
-    int8::for_each(parts.rest, parts.rest_len, weight, |n, x| {
-        debug_assert_eq!(n, next);
-        while at >= gap_end(gap) {
-            at = parts.matrices[gap].offset + parts.matrices[gap].len();
-            gap += 1;
+    // The plain values, in order, into the positions no matrix covers.
+    let mut positions = gaps(&parts.matrices, out.len()).flatten();
+    int8::for_each(parts.rest, parts.rest_len, weight, |_, x| {
+        if let Some(i) = positions.next() {
+            out[i] += x;
         }
-        out[at] += x;
-        at += 1;
-        next += 1;
     })
 }
