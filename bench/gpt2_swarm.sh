@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # A 4-node gpt2-small swarm on one machine: four `starling run` processes on
-# loopback TCP, 3 rounds, topk:0.01+int8 deltas, node 0 evaluating. Prints each
-# node's peak RSS (from /usr/bin/time -v), the machine's memory in use at its
-# highest (sampled every 5 s), the wall time and the datadirs' sizes; the nodes'
-# logs and `--summary` JSON stay in OUT.
+# loopback TCP, 3 rounds, topk:0.01+int8 deltas (CODEC=... for another codec),
+# node 0 evaluating. Prints each node's peak RSS (from /usr/bin/time -v), the
+# machine's memory in use at its highest (sampled every 5 s), the wall time and
+# the datadirs' sizes; the nodes' logs and `--summary` JSON stay in OUT.
 #
 #   bench/gpt2_swarm.sh TEXT [OUT]      # e.g. TEXT = fortunes.txt (README, "Language models")
+#   CODEC=lowrank:8+4bit bench/gpt2_swarm.sh TEXT [OUT]
 #
 # Needs a release build (`cargo build --release`) and /usr/bin/time.
 set -euo pipefail
 TEXT=${1:?usage: bench/gpt2_swarm.sh TEXT [OUT]}
 OUT=${2:-/tmp/gpt2-swarm}
 ROUNDS=${ROUNDS:-3}
+CODEC=${CODEC:-topk:0.01+int8}
 PORT=${PORT:-47101}
 BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release/starling
 [ -x "$BIN" ] || { echo "no $BIN: run cargo build --release first" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian package: time)" >&2; exit 1; }
 
 rm -rf "$OUT"; mkdir -p "$OUT"
-"$BIN" spec new --model gpt2-small --codec topk:0.01+int8 --data "text:$TEXT" --out "$OUT/spec.toml"
+"$BIN" spec new --model gpt2-small --codec "$CODEC" --data "text:$TEXT" --out "$OUT/spec.toml"
 for i in 0 1 2 3; do "$BIN" init --datadir "$OUT/n$i" > "$OUT/init$i.txt" 2>&1; done
 ID0=$(grep -o "peer id [A-Za-z0-9]*" "$OUT/init0.txt" | awk '{print $3}')
 
