@@ -78,6 +78,8 @@ DEFAULT_GRID = [
     "lowrank:4@sparseloco:1:1",
     "lowrank:2@sparseloco:1:0.9",
     "lowrank:8+4bit@sparseloco:1:0.9",
+    "lowrank:8+4bit@sparseloco:1:0.95",
+    "lowrank:8+4bit@sparseloco:1:0.99",
 ]
 
 

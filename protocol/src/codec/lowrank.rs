@@ -1,7 +1,11 @@
 //! `lowrank:R` and `lowrank:R+4bit`: each weight matrix of the model as a
-//! rank-R product `U·Vᵀ` (PowerSGD's compressor), every other parameter
-//! (biases, norm gains) as `int8`. Factors are 8-bit (or 4-bit) integers with
-//! one `f32` scale per factor column.
+//! low-rank product `U·Vᵀ` (PowerSGD's compressor), every other parameter
+//! (biases, norm gains) as `int8` (or 4-bit integers). Factors are 8-bit (or
+//! 4-bit) integers with one `f32` scale per factor column. R is a budget, not
+//! every matrix's rank: a payload holds at most R·Σ(rows + cols) factor codes
+//! over the matrices it factors, and the encoder gives each of them rank 1 and
+//! the rest of the budget to the factor columns that carry the most of the
+//! delta's energy per code ([`allot`]).
 //!
 //! Why: a language model's pseudo-gradient is close to low rank and far from
 //! sparse. On `lm-small` (a node's error-feedback accumulator in rounds 1, 4
@@ -16,19 +20,22 @@
 //! layout, only the parameter count; the encoder takes the layout
 //! ([`Matrix`], from [`crate::ModelSpec::matrices`]). Layout:
 //! - `u32` count of matrices, then per matrix `u64` offset, `u32` rows,
-//!   `u32` cols (little-endian), in increasing, non-overlapping order;
-//! - per matrix and rank r: the `f32` scale of U's column r, then of V's;
-//! - per matrix and rank r: U's column r (`rows` codes), then V's (`cols`
-//!   codes): `i8`, or 4-bit two's complement two to a byte, low half first,
-//!   the last byte's unused half zero;
-//! - every value outside the matrices, in order, as an `int8` payload.
+//!   `u32` cols, `u32` rank (little-endian), in increasing, non-overlapping
+//!   order;
+//! - per matrix and each of its ranks r: the `f32` scale of U's column r,
+//!   then of V's;
+//! - per matrix and each of its ranks r: U's column r (`rows` codes), then V's
+//!   (`cols` codes): `i8`, or 4-bit two's complement two to a byte, low half
+//!   first, the last byte's unused half zero;
+//! - every value outside the matrices, in order, as an `int8` payload (or,
+//!   with 4-bit factors, an `int4` one).
 //!
 //! A matrix is only factored when its entry (header, scales and codes) is
 //! smaller than its values would be as `int8` (one byte each); decoding
 //! refuses a payload that says otherwise, so no payload is larger than
 //! `int8` of the whole model plus 4 bytes.
 
-use super::{int8, Codec, CodecError};
+use super::{int4, int8, Codec, CodecError};
 
 /// The largest rank a codec name may ask for (a matrix whose entry would not
 /// be smaller than its values goes as `int8` at any rank).
@@ -39,7 +46,7 @@ pub const MAX_MATRICES: usize = 1 << 16;
 /// (rank 4, rounds 1 and 6): 1 step holds 80–83 % of the energy the SVD's top 4
 /// hold, 2 steps 98.5 %, 3 steps 99.6 %.
 const ITERATIONS: usize = 3;
-const HEADER: usize = 16;
+const HEADER: usize = 20;
 
 /// A weight matrix in the flat parameter vector: `rows × cols` values from
 /// `offset`, row-major.
@@ -183,41 +190,114 @@ fn code_bytes(n: usize, bits: u8) -> usize {
 /// Code `k` of a packed code section.
 fn code(codes: &[u8], bits: u8, k: usize) -> i8 {
     if bits == 4 {
-        let byte = codes[k / 2];
-        let nibble = if k.is_multiple_of(2) { byte << 4 } else { byte & 0xF0 };
-        (nibble as i8) >> 4
+        int4::code(codes, k)
     } else {
         codes[k] as i8
     }
 }
 
+/// The most rank a matrix may be given: twice the budget's, within
+/// [`MAX_RANK`] and below the size of its values as `int8`. At least `rank`,
+/// as [`factored`] only lists matrices worth factoring at it.
+fn cap(m: Matrix, rank: usize, bits: u8) -> usize {
+    let mut cap = (2 * rank).min(MAX_RANK as usize);
+    while cap > rank && !m.worth_factoring(cap, bits) {
+        cap -= 1;
+    }
+    cap
+}
+
+/// Each matrix's rank within the budget of `rank`·Σ(rows + cols) codes:
+/// rank 1 each, then factor columns one at a time in order of the energy
+/// they carry per code (`strength[m][k]` is column k's squared singular value,
+/// strongest first), each while the budget holds. So a matrix's columns are
+/// taken strongest first, and a matrix whose top directions carry more of the
+/// delta for their bytes gets more of them.
+///
+/// Why: late in training a node's own top directions are more and more its
+/// own noise, and rank is what keeps what the nodes share; this spends the
+/// rank where it carries the most per byte (on `lm-small`, attention's `qkv`
+/// and the first layers get 10–16, the token embedding 3–4). The README's
+/// language-model section has the 20-round figures against rank 8 for every
+/// matrix.
+fn allot(matrices: &[Matrix], strength: &[Vec<f64>], rank: usize) -> Vec<usize> {
+    let codes = |m: &Matrix| m.rows + m.cols;
+    let mut budget: usize = matrices.iter().map(|m| (rank - 1) * codes(m)).sum();
+    let mut ranks = vec![1usize; matrices.len()];
+    let mut columns: Vec<(f64, usize, usize)> = Vec::new();
+    for (i, (m, s)) in matrices.iter().zip(strength).enumerate() {
+        columns.extend(s.iter().enumerate().skip(1).map(|(k, e)| (e / codes(m) as f64, i, k)));
+    }
+    columns.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (_, i, k) in columns {
+        let cost = codes(&matrices[i]);
+        if ranks[i] == k && cost <= budget {
+            ranks[i] += 1;
+            budget -= cost;
+        }
+    }
+    ranks
+}
+
+/// Reorders the `rank` columns of `u` and `v` strongest first (by V's column
+/// norms, V = Aᵀ·U with U orthonormal: the singular values) and returns their
+/// squared norms in that order.
+fn strongest_first(u: &mut [f32], v: &mut [f32], rank: usize) -> Vec<f64> {
+    let norm = |f: &[f32], k: usize| f.iter().skip(k).step_by(rank).map(|x| (*x as f64).powi(2)).sum::<f64>();
+    let mut order: Vec<usize> = (0..rank).collect();
+    let strength: Vec<f64> = (0..rank).map(|k| norm(v, k)).collect();
+    order.sort_by(|&a, &b| strength[b].total_cmp(&strength[a]).then(a.cmp(&b)));
+    for f in [u, v] {
+        for row in f.chunks_exact_mut(rank) {
+            let old = row.to_vec();
+            for (x, &k) in row.iter_mut().zip(&order) {
+                *x = old[k];
+            }
+        }
+    }
+    order.iter().map(|&k| strength[k]).collect()
+}
+
 pub(super) fn encode(values: &[f32], layout: &[Matrix], rank: u8, bits: u8) -> Vec<u8> {
     let rank = rank as usize;
     let matrices = factored(layout, values.len(), rank, bits);
+    let mut factors = Vec::with_capacity(matrices.len());
+    let mut strength = Vec::with_capacity(matrices.len());
+    for m in &matrices {
+        let r = cap(*m, rank, bits);
+        let (mut u, mut v) = factor(&values[m.offset..m.offset + m.len()], m.rows, m.cols, r);
+        strength.push(strongest_first(&mut u, &mut v, r));
+        factors.push((u, v, r));
+    }
+    let ranks = allot(&matrices, &strength, rank);
     let mut out = Vec::new();
     out.extend_from_slice(&(matrices.len() as u32).to_le_bytes());
-    for m in &matrices {
+    for (m, r) in matrices.iter().zip(&ranks) {
         out.extend_from_slice(&(m.offset as u64).to_le_bytes());
         out.extend_from_slice(&(m.rows as u32).to_le_bytes());
         out.extend_from_slice(&(m.cols as u32).to_le_bytes());
+        out.extend_from_slice(&(*r as u32).to_le_bytes());
     }
     let mut codes = Vec::new();
-    for m in &matrices {
-        let (u, v) = factor(&values[m.offset..m.offset + m.len()], m.rows, m.cols, rank);
+    for ((u, v, stride), &rank) in factors.iter().zip(&ranks) {
         for r in 0..rank {
-            let su = quantize_column(&u, rank, r, bits, &mut codes);
-            let sv = quantize_column(&v, rank, r, bits, &mut codes);
+            let su = quantize_column(u, *stride, r, bits, &mut codes);
+            let sv = quantize_column(v, *stride, r, bits, &mut codes);
             out.extend_from_slice(&su.to_le_bytes());
             out.extend_from_slice(&sv.to_le_bytes());
         }
     }
     if bits == 4 {
-        out.extend(codes.chunks(2).map(|p| (p[0] as u8 & 0x0F) | (p.get(1).map_or(0, |&c| c as u8) << 4)));
+        int4::pack(&codes, &mut out);
     } else {
         out.extend(codes.iter().map(|&c| c as u8));
     }
     let rest: Vec<f32> = gaps(&matrices, values.len()).flat_map(|gap| &values[gap]).copied().collect();
-    int8::encode_into(&rest, &mut out);
+    if bits == 4 {
+        int4::encode_into(&rest, &mut out);
+    } else {
+        int8::encode_into(&rest, &mut out);
+    }
     out
 }
 
@@ -235,6 +315,7 @@ fn read_u32(b: &[u8]) -> u32 {
 /// A payload's parts, every one checked against `params`.
 struct Parts<'a> {
     matrices: Vec<Matrix>,
+    ranks: Vec<usize>,
     scales: &'a [u8],
     codes: &'a [u8],
     rest: &'a [u8],
@@ -258,10 +339,12 @@ fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>,
         return Err(short(payload.len()));
     }
     let mut matrices = Vec::with_capacity(count);
-    let (mut end, mut factor_values) = (0usize, 0usize);
+    let mut ranks = Vec::with_capacity(count);
+    let (mut end, mut factor_values, mut budget, mut columns) = (0usize, 0usize, 0usize, 0usize);
     for (n, h) in payload[4..header_end].chunks_exact(HEADER).enumerate() {
         let offset = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
         let (rows, cols) = (read_u32(&h[8..]) as usize, read_u32(&h[12..]) as usize);
+        let matrix_rank = read_u32(&h[16..]) as usize;
         let offset = usize::try_from(offset).unwrap_or(usize::MAX);
         let m = Matrix { offset, rows, cols };
         let inside =
@@ -271,18 +354,30 @@ fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>,
                 "matrix {n} ({rows} × {cols} at {offset}) overlaps another or leaves the model"
             )));
         }
-        if !m.worth_factoring(rank, bits) {
+        if !(1..=MAX_RANK as usize).contains(&matrix_rank) {
+            return Err(bad(format!("matrix {n} has rank {matrix_rank}; a rank is 1 to {MAX_RANK}")));
+        }
+        if !m.worth_factoring(matrix_rank, bits) {
             return Err(bad(format!(
-                "matrix {n} ({rows} × {cols}) is no larger as int8 than its rank-{rank} entry"
+                "matrix {n} ({rows} × {cols}) is no larger as int8 than its rank-{matrix_rank} entry"
             )));
         }
         end = offset + m.len();
-        factor_values += rank * (rows + cols);
+        factor_values += matrix_rank * (rows + cols);
+        budget += rank * (rows + cols);
+        columns += matrix_rank;
         matrices.push(m);
+        ranks.push(matrix_rank);
+    }
+    if factor_values > budget {
+        return Err(bad(format!(
+            "{factor_values} factor codes; rank {rank} allows {budget} for these matrices"
+        )));
     }
     let rest_len = params - matrices.iter().map(|m| m.len()).sum::<usize>();
-    let scales_len = count * rank * 8;
-    let expected = header_end + scales_len + code_bytes(factor_values, bits) + int8::len(rest_len);
+    let scales_len = columns * 8;
+    let rest_bytes = if bits == 4 { int4::len(rest_len) } else { int8::len(rest_len) };
+    let expected = header_end + scales_len + code_bytes(factor_values, bits) + rest_bytes;
     if payload.len() != expected {
         return Err(CodecError::Length { codec, len: payload.len(), params, expected });
     }
@@ -297,8 +392,12 @@ fn parse(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<Parts<'_>,
             return Err(CodecError::BadScale(i));
         }
     }
-    int8::check(rest, rest_len)?;
-    Ok(Parts { matrices, scales, codes, rest, rest_len })
+    if bits == 4 {
+        int4::check(rest, rest_len)?;
+    } else {
+        int8::check(rest, rest_len)?;
+    }
+    Ok(Parts { matrices, ranks, scales, codes, rest, rest_len })
 }
 
 pub(super) fn check(payload: &[u8], params: usize, rank: u8, bits: u8) -> Result<(), CodecError> {
@@ -313,20 +412,20 @@ pub(super) fn accumulate(
     out: &mut [f32],
 ) -> Result<(), CodecError> {
     let parts = parse(payload, out.len(), rank, bits)?;
-    let rank = rank as usize;
     let scale = |i: usize| {
         let s = &parts.scales[i * 4..i * 4 + 4];
         f32::from_le_bytes([s[0], s[1], s[2], s[3]])
     };
-    let (mut k, mut u, mut v) = (0usize, Vec::new(), Vec::new());
-    for (n, m) in parts.matrices.iter().enumerate() {
+    let (mut k, mut column, mut u, mut v) = (0usize, 0usize, Vec::new(), Vec::new());
+    for (m, &rank) in parts.matrices.iter().zip(&parts.ranks) {
         // U and V as f32, row-major, weight folded into U.
         u.clear();
         u.resize(m.rows * rank, 0.0);
         v.clear();
         v.resize(m.cols * rank, 0.0);
         for r in 0..rank {
-            let (su, sv) = (scale((n * rank + r) * 2) * weight, scale((n * rank + r) * 2 + 1));
+            let (su, sv) = (scale(column * 2) * weight, scale(column * 2 + 1));
+            column += 1;
             for i in 0..m.rows {
                 u[i * rank + r] = code(parts.codes, bits, k + i) as f32 * su;
             }
@@ -345,9 +444,14 @@ pub(super) fn accumulate(
     }
     // The plain values, in order, into the positions no matrix covers.
     let mut positions = gaps(&parts.matrices, out.len()).flatten();
-    int8::for_each(parts.rest, parts.rest_len, weight, |_, x| {
+    let add = |_, x| {
         if let Some(i) = positions.next() {
             out[i] += x;
         }
-    })
+    };
+    if bits == 4 {
+        int4::for_each(parts.rest, parts.rest_len, weight, add)
+    } else {
+        int8::for_each(parts.rest, parts.rest_len, weight, add)
+    }
 }

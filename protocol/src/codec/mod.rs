@@ -16,6 +16,7 @@
 
 mod dense;
 mod half;
+mod int4;
 mod int8;
 mod lowrank;
 mod sparse;
@@ -44,8 +45,9 @@ pub enum Codec {
     /// Per chunk of `chunk` coordinates, the `k` largest in magnitude, with
     /// chunk-local bit-packed indices and `bits` (2 or 4) bits per value.
     Sparse { k: u32, chunk: u32, bits: u8 },
-    /// Each weight matrix as rank-`rank` factors of `bits` (8 or 4) bits, the
-    /// other values as `int8`: PowerSGD's compressor.
+    /// Each weight matrix as low-rank factors of `bits` (8 or 4) bits within a
+    /// budget of rank `rank` per matrix, the other values as `bits`-bit
+    /// integers: PowerSGD's compressor.
     LowRank { rank: u8, bits: u8 },
 }
 
@@ -72,8 +74,9 @@ pub enum CodecError {
 }
 
 impl Codec {
-    /// Encodes a delta. `lowrank` sends every value as `int8` here, for want
-    /// of the model's matrices: see [`Codec::encode_shaped`].
+    /// Encodes a delta. `lowrank` sends every value as `int8` (or 4-bit
+    /// integers) here, for want of the model's matrices: see
+    /// [`Codec::encode_shaped`].
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         self.encode_shaped(values, &[])
     }
