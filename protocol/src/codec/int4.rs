@@ -3,7 +3,7 @@
 //! Layout: every block's scale, then every value's code, two to a byte, low
 //! half first, the last byte's unused half zero.
 
-use super::{CodecError, INT8_BLOCK};
+use super::{int8, CodecError, INT8_BLOCK};
 
 /// Encoded length for `n` values.
 pub(super) fn len(n: usize) -> usize {
@@ -32,23 +32,8 @@ pub(super) fn pack(codes: &[i8], out: &mut Vec<u8>) {
 /// Splits a payload of `n` values into its scales and its codes, checking
 /// the length, the scales and the last byte's unused half.
 fn split(payload: &[u8], n: usize) -> Result<(&[u8], &[u8]), CodecError> {
-    let expected = len(n);
-    if payload.len() != expected {
-        return Err(CodecError::Length {
-            codec: super::Codec::Int8,
-            len: payload.len(),
-            params: n,
-            expected,
-        });
-    }
-    let (scales, codes) = payload.split_at(n.div_ceil(INT8_BLOCK) * 4);
-    if let Some(b) = scales
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .position(|s| !(s.is_finite() && s >= 0.0))
-    {
-        return Err(CodecError::BadScale(b));
-    }
+    let (scales, codes) = int8::split_blocks(payload, n, n.div_ceil(2))?;
+    int8::check_scales(scales)?;
     if n % 2 == 1 && codes.last().is_some_and(|b| b >> 4 != 0) {
         return Err(CodecError::LowRank("the last plain value byte's unused half is not zero".into()));
     }

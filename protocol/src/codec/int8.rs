@@ -32,7 +32,17 @@ pub(super) fn encode(values: &[f32]) -> Vec<u8> {
 
 /// Splits a payload of `n` values into its scales and its values, checking lengths.
 fn split(payload: &[u8], n: usize) -> Result<(&[u8], &[u8]), CodecError> {
-    let expected = len(n);
+    split_blocks(payload, n, n)
+}
+
+/// Splits a payload of `n` values in blocks into the blocks' scales and
+/// `code_bytes` bytes of codes, checking the length (also for `int4`).
+pub(super) fn split_blocks(
+    payload: &[u8],
+    n: usize,
+    code_bytes: usize,
+) -> Result<(&[u8], &[u8]), CodecError> {
+    let expected = n.div_ceil(INT8_BLOCK) * 4 + code_bytes;
     if payload.len() != expected {
         return Err(CodecError::Length {
             codec: super::Codec::Int8,
@@ -47,6 +57,11 @@ fn split(payload: &[u8], n: usize) -> Result<(&[u8], &[u8]), CodecError> {
 /// Checks the quantized form of `n` values.
 pub(super) fn check(payload: &[u8], n: usize) -> Result<(), CodecError> {
     let (scales, _) = split(payload, n)?;
+    check_scales(scales)
+}
+
+/// Checks that every block's scale is a finite, non-negative `f32`.
+pub(super) fn check_scales(scales: &[u8]) -> Result<(), CodecError> {
     match scales
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
