@@ -247,9 +247,10 @@ fn strongest_first(u: &mut [f32], v: &mut [f32], rank: usize) -> Vec<f64> {
     let mut order: Vec<usize> = (0..rank).collect();
     let strength: Vec<f64> = (0..rank).map(|k| norm(v, k)).collect();
     order.sort_by(|&a, &b| strength[b].total_cmp(&strength[a]).then(a.cmp(&b)));
+    let mut old = vec![0.0f32; rank];
     for f in [u, v] {
         for row in f.chunks_exact_mut(rank) {
-            let old = row.to_vec();
+            old.copy_from_slice(row);
             for (x, &k) in row.iter_mut().zip(&order) {
                 *x = old[k];
             }
