@@ -5,7 +5,7 @@
 # machine's memory in use at its highest (sampled every 5 s), the wall time and
 # the datadirs' sizes; the nodes' logs and `--summary` JSON stay in OUT.
 #
-#   bench/gpt2_swarm.sh TEXT [OUT]      # e.g. TEXT = fortunes.txt (README, "Language models")
+#   bench/gpt2_swarm.sh TEXT [OUT]      # e.g. TEXT = fortunes.txt (README, "Workloads")
 #   CODEC=lowrank:8+4bit bench/gpt2_swarm.sh TEXT [OUT]
 #
 # Needs a release build (`cargo build --release`) and /usr/bin/time.

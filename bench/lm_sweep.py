@@ -34,7 +34,8 @@ import sys
 import time
 import tomllib
 
-# The README's table (lm-small, 2 nodes × 8 rounds of 10 steps × 4 windows).
+# The first sweep's table in docs/compression.md (lm-small, 2 nodes × 8 rounds
+# of 10 steps × 4 windows).
 # Its rows at lr 5, β 0.8 were the outer step `spec new` wrote then; it now
 # writes β 0.5 for the sparse codec on a language model.
 DEFAULT_GRID = [

@@ -217,8 +217,8 @@ fn cap(m: Matrix, rank: usize, bits: u8) -> usize {
 /// Why: late in training a node's own top directions are more and more its
 /// own noise, and rank is what keeps what the nodes share; this spends the
 /// rank where it carries the most per byte (on `lm-small`, attention's `qkv`
-/// and the first layers get 10–16, the token embedding 3–4). The README's
-/// language-model section has the 20-round figures against rank 8 for every
+/// and the first layers get 10–16, the token embedding 3–4).
+/// `docs/compression.md` has the 20-round figures against rank 8 for every
 /// matrix.
 fn allot(matrices: &[Matrix], strength: &[Vec<f64>], rank: usize) -> Vec<usize> {
     let codes = |m: &Matrix| m.rows + m.cols;
