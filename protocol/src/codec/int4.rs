@@ -57,14 +57,9 @@ pub(super) fn for_each(
     payload: &[u8],
     n: usize,
     weight: f32,
-    mut f: impl FnMut(usize, f32),
+    f: impl FnMut(usize, f32),
 ) -> Result<(), CodecError> {
     let (scales, codes) = split(payload, n)?;
-    for (b, scale) in scales.chunks_exact(4).enumerate() {
-        let s = weight * f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
-        for i in b * INT8_BLOCK..((b + 1) * INT8_BLOCK).min(n) {
-            f(i, s * code(codes, i) as f32);
-        }
-    }
+    int8::for_each_code(scales, n, weight, |i| code(codes, i), f);
     Ok(())
 }

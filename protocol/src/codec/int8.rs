@@ -77,16 +77,28 @@ pub(super) fn for_each(
     payload: &[u8],
     n: usize,
     weight: f32,
-    mut f: impl FnMut(usize, f32),
+    f: impl FnMut(usize, f32),
 ) -> Result<(), CodecError> {
     let (scales, values) = split(payload, n)?;
-    for (b, (scale, block)) in scales.chunks_exact(4).zip(values.chunks(INT8_BLOCK)).enumerate() {
+    for_each_code(scales, n, weight, |i| values[i] as i8, f);
+    Ok(())
+}
+
+/// Calls `f(position, code(position) × its block's scale × weight)` for each
+/// of `n` values in blocks (also for `int4`, whose codes are packed).
+pub(super) fn for_each_code(
+    scales: &[u8],
+    n: usize,
+    weight: f32,
+    code: impl Fn(usize) -> i8,
+    mut f: impl FnMut(usize, f32),
+) {
+    for (b, scale) in scales.chunks_exact(4).enumerate() {
         let s = weight * f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
-        for (i, &q) in block.iter().enumerate() {
-            f(b * INT8_BLOCK + i, s * (q as i8) as f32);
+        for i in b * INT8_BLOCK..((b + 1) * INT8_BLOCK).min(n) {
+            f(i, s * code(i) as f32);
         }
     }
-    Ok(())
 }
 
 pub(super) fn accumulate(payload: &[u8], weight: f32, out: &mut [f32]) -> Result<(), CodecError> {
